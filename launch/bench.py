@@ -1,0 +1,35 @@
+"""Benchmarks measured side by side in one process.
+
+  python -m launch.bench collapse   # one-call sweep vs NumPy loop vs per-n jit
+  python -m launch.bench train      # resjax vs PyTorch CPU training images/s
+  python -m launch.bench study      # vmapped grid of nets vs sequential runs
+
+`--quick` shrinks each benchmark (used by the tests); `--out=FILE.json` saves
+the printed figures.
+"""
+import importlib
+
+from absl import app, flags
+
+from launch import common
+from resjax import errors, files
+
+BENCHES = ("collapse", "train", "study")
+
+_QUICK = flags.DEFINE_bool("quick", False, "Shrink the benchmark to seconds.")
+_OUT = flags.DEFINE_string("out", None, "Write the figures to this JSON file.")
+
+
+@common.readable_errors
+def main(argv):
+  errors.check(len(argv) == 2, f"name one benchmark: python -m launch.bench {{{','.join(BENCHES)}}}")
+  name = errors.choice("benchmark", argv[1], BENCHES)
+  common.log_devices()
+  figures = importlib.import_module(f"resjax.bench.{name}").run(quick=_QUICK.value)
+  if _OUT.value:
+    files.write_json(_OUT.value, figures)
+    print(f"figures written to {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

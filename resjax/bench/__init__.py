@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks; each module exposes `run(quick: bool) -> dict`."""
