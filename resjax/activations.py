@@ -6,6 +6,7 @@ pre-activation lies in that region.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -23,6 +24,9 @@ class Activation(NamedTuple):
   # True when the function is piecewise linear with slope 1 on `active`, so it
   # acts as the identity there (MobileNetV2 Lemma 1).
   identity_on_active: bool
+  # The open interval (lo, hi) that `active` describes; the collapse theory
+  # uses it for the odds that a unit with a Gaussian pre-activation is on duty.
+  region: tuple[float, float] = (-math.inf, math.inf)
 
 
 def _everywhere(z: Array) -> Array:
@@ -34,12 +38,12 @@ _GELU_MIN = -0.7517916
 
 
 REGISTRY: dict[str, Activation] = {
-    "relu": Activation(jax.nn.relu, lambda z: z > 0, True),
-    "relu6": Activation(jax.nn.relu6, lambda z: (z > 0) & (z < 6), True),
+    "relu": Activation(jax.nn.relu, lambda z: z > 0, True, (0.0, math.inf)),
+    "relu6": Activation(jax.nn.relu6, lambda z: (z > 0) & (z < 6), True, (0.0, 6.0)),
     "leaky_relu": Activation(lambda z: jax.nn.leaky_relu(z, 0.01), _everywhere, False),
     "elu": Activation(jax.nn.elu, _everywhere, False),
     "gelu": Activation(lambda z: jax.nn.gelu(z, approximate=False),
-                       lambda z: z > _GELU_MIN, False),
+                       lambda z: z > _GELU_MIN, False, (_GELU_MIN, math.inf)),
     "softplus": Activation(jax.nn.softplus, _everywhere, False),
     "tanh": Activation(jnp.tanh, _everywhere, False),
     "identity": Activation(lambda z: z, _everywhere, True),

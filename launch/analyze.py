@@ -1,0 +1,40 @@
+"""Probes trained networks and writes a report with figures into DIR/analysis.
+
+  python -m launch.analyze --workdir=/tmp/d20
+  python -m launch.analyze --workdir=/tmp/p20 --compare=/tmp/d20 --step=1500
+
+Each run's checkpoint is restored on the devices present (any count) and probed
+on its own test split: probes.csv, probes.json, PNG figures and report.md.
+"""
+import shlex
+import sys
+
+from absl import app, flags
+
+from launch import common
+from resjax import errors, report
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of the training run to analyse.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step of every run (default: latest).")
+_COMPARE = flags.DEFINE_multi_string("compare", [], "Workdirs of runs to overlay.")
+_BATCH = flags.DEFINE_integer("batch_size", 256, "Global probe batch size.")
+_THRESHOLD = flags.DEFINE_float("dormant_threshold", 0.1, "ReDo dormant-score threshold.")
+_GRAD_BATCHES = flags.DEFINE_integer("grad_batches", 8, "Batches for the gradient norms.")
+_GRAD_BATCH = flags.DEFINE_integer("grad_batch_size", 64, "Examples per gradient batch.")
+_MAX = flags.DEFINE_integer("max_examples", None, "Probe only this many test examples.")
+
+
+@common.readable_errors
+def main(argv):
+  errors.check(len(argv) == 1, f"unexpected arguments: {' '.join(argv[1:])}")
+  errors.check(bool(_WORKDIR.value), "--workdir is required: pass --workdir=DIR of a run")
+  common.log_devices()
+  report.analyze(_WORKDIR.value, step=_STEP.value, compare=_COMPARE.value,
+                 batch_size=_BATCH.value, dormant_threshold=_THRESHOLD.value,
+                 grad_batches=_GRAD_BATCHES.value, grad_batch_size=_GRAD_BATCH.value,
+                 max_examples=_MAX.value,
+                 command="python -m launch.analyze " + shlex.join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+  app.run(main)

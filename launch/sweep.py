@@ -1,0 +1,34 @@
+"""Runs the ReLU-collapse sweep and writes collapse.csv / .json / .png.
+
+  python -m launch.sweep --workdir=/tmp/collapse
+  python -m launch.sweep --workdir=/tmp/collapse --config.dims=2,3,5,15,30 --config.seeds=256
+  python -m launch.sweep --config=configs/collapse.py:ball --workdir=/tmp/collapse_ball
+
+Any config field can be overridden with --config.FIELD=VALUE; tuples take a
+comma list (--config.activations=relu,tanh).
+"""
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+import configs
+from launch import common
+from resjax import collapse, errors
+
+_DEFAULT = os.path.join(os.path.dirname(configs.__file__), "collapse.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Sweep config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the results (created).")
+
+
+@common.readable_errors
+def main(argv):
+  errors.check(len(argv) == 1, f"unexpected arguments {argv[1:]}; pass options as --flag=value")
+  errors.check(bool(_WORKDIR.value), "--workdir is required: pass --workdir=DIR")
+  common.log_devices()
+  collapse.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

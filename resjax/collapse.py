@@ -1,0 +1,562 @@
+"""ReLU collapse (claims C1-C3, C7): embed a manifold, activate, try to get it back.
+
+For one grid cell (manifold dim d, activation, embedding dim n, seed): draw
+T_NxD Gaussian, compute y = act(T x) for every point x, and measure three
+relative errors sum ||x - x_rec||^2 / sum ||x||^2:
+
+  pinv    x_rec = T^+ y, as in MobileNetV2 Fig. 1;
+  refit   x_rec = the best linear map (least squares over the cell's points)
+          applied to T^+ y: how much of the shape survives;
+  oracle  x_rec = least squares on the units where the activation is invertible.
+          There act^-1(y_i) = (T x)_i exactly, so this is the projection of x
+          onto the span of the active rows of T: zero once d of them are on duty.
+
+plus the fraction of points with fewer than d units on duty (collapsed), with
+none (dead), the mean fraction on duty, and the fraction with all units on
+duty (the layer is linear there, Lemma 1). The theory beside them: a unit's
+pre-activation T_i x ~ N(0, |x|^2), so it is on duty with probability
+p(x) = P(lo < N(0, |x|^2) < hi) for the activation's region (lo, hi), and the
+point collapses with probability P(Binomial(n, p(x)) < d); for ReLU p = 1/2.
+
+`sweep` computes the whole grid in one compiled call. T is drawn once per
+(d, seed) at [n_max, d_max] (columns past d masked to zero), and T_n is its
+first n rows, exactly the unpadded draw for n. Everything that depends on n is
+a sum over the first n units, so prefix sums over the unit axis give every n
+at once. Draws are vmapped in chunks under `lax.map` (memory stays bounded)
+and the activations are unrolled inside the same program, sharing T x, the
+pseudo-inverses and the duty statistics.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import special, stats
+
+from resjax import activations, errors, files, manifolds
+
+Array = jax.Array
+
+ERRORS = ("pinv", "refit", "oracle")
+METRICS = ("pinv_error", "refit_error", "oracle_error", "collapsed_frac", "dead_frac",
+           "active_frac", "linear_frac")
+THEORY = ("collapsed_frac_theory", "dead_frac_theory", "linear_frac_theory",
+          "oracle_error_theory")
+
+# Singular values of T below this fraction of the largest count as zero, and
+# eigenvalues of the refit's Gram matrix below GRAM_RTOL of the largest. Both
+# are explicit, so a pseudo-inverse never depends on the padded size.
+PINV_RTOL = 1e-5
+GRAM_RTOL = 1e-6
+# Gram-Schmidt drops a row that keeps less than this fraction of its norm.
+_GS_RTOL = 1e-4
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """A validated sweep grid (what `sweep` needs from a config)."""
+  activations: tuple[str, ...]
+  dims: tuple[int, ...]  # embedding dimensions n
+  seeds: int
+  seed: int = 0
+  manifold: str = "spiral"
+  ds: tuple[int, ...] = (2,)  # manifold (input) dimensions d
+  points: int = 1000
+  turns: float = 3.0
+  chunk: int = 16  # draws of T (d, seed) per vmapped chunk; 0 = all at once
+
+  @property
+  def cells(self) -> int:
+    """Grid cells (d, activation, n, seed)."""
+    return len(self.ds) * len(self.activations) * len(self.dims) * self.seeds
+
+  @property
+  def draws(self) -> int:
+    """Draws of T, one per (d, seed): each serves every activation and n."""
+    return len(self.ds) * self.seeds
+
+
+def _names(value: Any, field: str) -> tuple[str, ...]:
+  """A tuple of names from a tuple or a comma-separated string."""
+  if isinstance(value, str):
+    value = (value,)
+  out = []
+  for item in value:
+    errors.check(isinstance(item, str), f"{field} contains {item!r}; give names like relu,tanh")
+    out.extend(part.strip() for part in item.split(",") if part.strip())
+  return tuple(out)
+
+
+def _ints(value: Any, field: str, what: str) -> tuple[int, ...]:
+  """A sorted tuple of distinct integers >= 1 from ints or a comma-separated string."""
+  if isinstance(value, (int, str)):
+    value = (value,)
+  out = []
+  for item in value:
+    parts = item.split(",") if isinstance(item, str) else [item]
+    for part in parts:
+      try:
+        number = int(part)
+        ok = not isinstance(part, (bool, float)) and number >= 1
+      except (TypeError, ValueError):
+        ok = False
+      errors.check(ok, f"{field} contains {part!r}; each {what} must be an integer >= 1")
+      out.append(number)
+  errors.check(bool(out), f"{field} is empty; give at least one {what} >= 1")
+  return tuple(sorted(set(out)))
+
+
+def grid_from_config(config) -> Grid:
+  """Validates a collapse config (ConfigDict or dict) into a Grid; ConfigError on bad input."""
+  names = _names(config["activations"], "activations")
+  errors.check(bool(names), "activations is empty; choose from: " + ", ".join(activations.names()))
+  for name in names:
+    errors.choice("activations", name, activations.names())
+  seeds, seed, chunk = config["seeds"], config["seed"], config["chunk"]
+  errors.check(isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1,
+               f"seeds={seeds!r} must be an integer >= 1")
+  errors.check(isinstance(seed, int) and seed >= 0, f"seed={seed!r} must be an integer >= 0")
+  errors.check(isinstance(chunk, int) and chunk >= 0,
+               f"chunk={chunk!r} must be an integer >= 0 (0 = no chunking)")
+  m = config["manifold"]
+  ds = _ints(m["dims"], "manifold.dims", "manifold dimension d")
+  manifolds.check(m["name"], ds, m["points"])
+  errors.check(float(m["turns"]) > 0, f"manifold.turns={m['turns']!r} must be > 0")
+  return Grid(activations=tuple(dict.fromkeys(names)),
+              dims=_ints(config["dims"], "dims", "embedding dimension n"),
+              seeds=seeds, seed=seed, manifold=m["name"], ds=ds, points=m["points"],
+              turns=float(m["turns"]), chunk=chunk)
+
+
+# ---------------------------------------------------------------- one cell
+
+
+def draw_embedding(key: Array, n: int, d: int) -> Array:
+  """T_NxD with i.i.d. N(0, 1) entries; column j comes from `fold_in(key, j)`.
+
+  Drawing each column from its own key makes a padded draw equal the unpadded
+  one: column j of any n is the first n entries of the same stream.
+  """
+  cols = [jax.random.normal(jax.random.fold_in(key, j), (n,)) for j in range(d)]
+  return jnp.stack(cols, -1)
+
+
+def _draw_padded(key: Array, n: Array, d: Array, n_max: int, d_max: int) -> Array:
+  """`draw_embedding(key, n, d)` zero-padded to [n_max, d_max] (n, d traced)."""
+  t_DxN = jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(key, j), (n_max,)))(
+      jnp.arange(d_max))
+  keep_NxD = (jnp.arange(n_max)[:, None] < n) & (jnp.arange(d_max)[None, :] < d)
+  return jnp.where(keep_NxD, t_DxN.T, 0.0)
+
+
+def _mm(a: Array, b: Array) -> Array:
+  return jnp.matmul(a, b, precision=_HIGHEST)
+
+
+def _small(a_IxK: Array, b_KxE: Array) -> Array:
+  """Batched a @ b for a small inner size K, as one fused reduction (no tiny dots)."""
+  return jnp.sum(a_IxK[..., :, :, None] * b_KxE[..., None, :, :], axis=-2)
+
+
+def _pinv(t_NxD: Array) -> Array:
+  """T^+ [D, N] from the SVD of T, singular values < PINV_RTOL * largest dropped.
+
+  Zero-padded rows or columns add exact zero singular values, which are
+  dropped, so this is the zero-padded pseudo-inverse of the unpadded T. The
+  SVD (not the normal equations) keeps float32 accurate for ill-conditioned T.
+  """
+  u_NxD, s_D, vt_DxD = jnp.linalg.svd(t_NxD, full_matrices=False)
+  keep_D = s_D > PINV_RTOL * s_D[..., :1]
+  inv_D = jnp.where(keep_D, 1.0 / jnp.where(keep_D, s_D, 1.0), 0.0)
+  return _small(jnp.swapaxes(vt_DxD, -1, -2) * inv_D[..., None, :], jnp.swapaxes(u_NxD, -1, -2))
+
+
+def _psd_pinv(g_DxD: Array) -> Array:
+  """Pseudo-inverse of a symmetric PSD Gram matrix, eigenvalues < GRAM_RTOL * max dropped."""
+  w_D, v_DxD = jnp.linalg.eigh(g_DxD)
+  keep_D = w_D > GRAM_RTOL * jnp.max(w_D, axis=-1, keepdims=True)
+  inv_D = jnp.where(keep_D, 1.0 / jnp.where(keep_D, w_D, 1.0), 0.0)
+  return _small(v_DxD * inv_D[..., None, :], jnp.swapaxes(v_DxD, -1, -2))
+
+
+def _gram_schmidt(x_PxD: Array, a_PxJxD: Array) -> Array:
+  """r_PxJ1xD: x minus its projection onto span(a_0..a_{j-1}), for j = 0..J.
+
+  Unrolled modified Gram-Schmidt over the J rows; a zero or dependent row adds
+  nothing to the span.
+  """
+  r_PxD, basis, out = x_PxD, [], [x_PxD]
+  for j in range(a_PxJxD.shape[1]):
+    v_PxD = a_PxJxD[:, j]
+    for q_PxD in basis:
+      v_PxD = v_PxD - jnp.sum(q_PxD * v_PxD, -1, keepdims=True) * q_PxD
+    norm_P1 = jnp.linalg.norm(v_PxD, axis=-1, keepdims=True)
+    ok_P1 = norm_P1 > _GS_RTOL * jnp.linalg.norm(a_PxJxD[:, j], axis=-1, keepdims=True)
+    q_PxD = jnp.where(ok_P1, v_PxD / jnp.where(ok_P1, norm_P1, 1.0), 0.0)
+    basis.append(q_PxD)
+    r_PxD = r_PxD - jnp.sum(q_PxD * r_PxD, -1, keepdims=True) * q_PxD
+    out.append(r_PxD)
+  return jnp.stack(out, 1)
+
+
+def _first_on_rows(t_NxD: Array, on_NxP: Array, rank_NxP: Array, d: Array) -> Array:
+  """a_PxJxD: for each point, the rows of T of its first d on-duty units (J = d_max).
+
+  d on-duty rows span R^d (almost surely), so they are all the oracle needs;
+  slots past d or past the point's count stay zero.
+  """
+  slot_J = jnp.arange(t_NxD.shape[1])
+  pick_JxNxP = (on_NxP[None] & (rank_NxP[None] == slot_J[:, None, None] + 1)
+                & (slot_J < d)[:, None, None])
+  return jnp.einsum("jnp,nd->pjd", pick_JxNxP.astype(t_NxD.dtype), t_NxD, precision=_HIGHEST)
+
+
+def _recon(x_PxD, t_NxD, n, d, act):
+  """Direct reconstructions through T_NxD (zero rows past n): pinv, refit, oracle, on-duty."""
+  on_N = jnp.arange(t_NxD.shape[0]) < n
+  z_NxP = _small(t_NxD, x_PxD.T)
+  y_NxP = jnp.where(on_N[:, None], act.fn(z_NxP), 0.0)
+  u_PxD = _mm(y_NxP.T, _pinv(t_NxD).T)
+  b_DxD = _small(_psd_pinv(_mm(u_PxD.T, u_PxD)), _mm(u_PxD.T, x_PxD))
+  on_NxP = act.active(z_NxP) & on_N[:, None]
+  a_PxJxD = _first_on_rows(t_NxD, on_NxP, _prefix_count(on_NxP), d)
+  r_PxD = _gram_schmidt(x_PxD, a_PxJxD)[:, -1]
+  return u_PxD, _small(u_PxD, b_DxD), x_PxD - r_PxD, on_NxP
+
+
+def recover(x_PxD: Array, t_NxD: Array, activation: str) -> dict[str, np.ndarray]:
+  """Reconstructions of x through `activation` and T (for figures): pinv, refit, oracle."""
+  n, d = t_NxD.shape
+  u, refit, oracle, on = _recon(jnp.asarray(x_PxD), jnp.asarray(t_NxD), n, d,
+                                activations.get(activation))
+  return {"pinv": np.asarray(u), "refit": np.asarray(refit), "oracle": np.asarray(oracle),
+          "on_duty": np.asarray(on).T}
+
+
+def cell_metrics(x_PxD: Array, t_NxD: Array, n: Array, d: Array,
+                 names: Sequence[str]) -> Array:
+  """Metrics [A, len(METRICS)] of one cell, computed directly from T_NxD.
+
+  The reference for `prefix_metrics` (and the per-n baseline of the
+  benchmark); rows of T past n and columns past d may be zero padding.
+  """
+  total = jnp.sum(x_PxD * x_PxD)
+  rows = []
+  for name in names:
+    act = activations.get(name)
+    u_PxD, refit_PxD, oracle_PxD, on_NxP = _recon(x_PxD, t_NxD, n, d, act)
+    count_P = jnp.sum(on_NxP, axis=0)
+    rows.append(jnp.stack([
+        jnp.sum((x_PxD - u_PxD) ** 2) / total,
+        jnp.sum((x_PxD - refit_PxD) ** 2) / total,
+        jnp.sum((x_PxD - oracle_PxD) ** 2) / total,
+        jnp.mean(count_P < d), jnp.mean(count_P == 0), jnp.mean(count_P) / n,
+        jnp.mean(count_P == n) if act.identity_on_active else jnp.nan]))
+  return jnp.stack(rows).astype(jnp.float32)
+
+
+def _prefix_count(on_NxP: Array) -> Array:
+  """count[n, p] = number of on-duty units among the first n + 1 (a triangular matmul)."""
+  n = on_NxP.shape[0]
+  tri_NxN = (jnp.arange(n)[:, None] >= jnp.arange(n)[None, :]).astype(jnp.float32)
+  return _mm(tri_NxN, on_NxP.astype(jnp.float32)).astype(jnp.int32)
+
+
+def _duty_stats(x_PxD, t_NxD, on_NxP, d, total):
+  """Oracle error, collapsed / dead / active / all-on fractions [N, 5] for every n."""
+  n_N = jnp.arange(1, t_NxD.shape[0] + 1)
+  count_NxP = _prefix_count(on_NxP)
+  r_PxJ1xD = _gram_schmidt(x_PxD, _first_on_rows(t_NxD, on_NxP, count_NxP, d))
+  sq_J1xP = jnp.sum(r_PxJ1xD * r_PxJ1xD, -1).T
+  lost_NxP = jnp.take_along_axis(sq_J1xP, jnp.minimum(count_NxP, d), axis=0)
+  return jnp.stack([
+      jnp.sum(lost_NxP, axis=1) / total,
+      jnp.mean(count_NxP < d, axis=1), jnp.mean(count_NxP == 0, axis=1),
+      jnp.mean(count_NxP, axis=1) / n_N, jnp.mean(count_NxP == n_N[:, None], axis=1)], -1)
+
+
+def _errors(x_PxD, pinv_NxDxN, y_NxP, total):
+  """pinv and refit errors [N, 2] for every n from one activation's outputs."""
+  u_NxPxD = jnp.einsum("ip,ndi->npd", y_NxP, pinv_NxDxN, precision=_HIGHEST)
+  uu_NxDxD = jnp.einsum("npd,npe->nde", u_NxPxD, u_NxPxD, precision=_HIGHEST)
+  ux_NxDxD = jnp.einsum("npd,pe->nde", u_NxPxD, x_PxD, precision=_HIGHEST)
+  b_NxDxD = _small(_psd_pinv(uu_NxDxD), ux_NxDxD)
+  return jnp.stack([
+      jnp.sum((x_PxD - u_NxPxD) ** 2, axis=(1, 2)) / total,
+      jnp.sum((x_PxD - _small(u_NxPxD, b_NxDxD)) ** 2, axis=(1, 2)) / total], -1)
+
+
+def prefix_metrics(x_PxD: Array, t_NxD: Array, d: Array, names: Sequence[str]) -> Array:
+  """Metrics [A, N, len(METRICS)] for every n = 1..N, T_n being the first n rows of T_NxD.
+
+  T_n^+ for all n come from one batched SVD of the masked prefixes, and T_n^+ y
+  for all n from one matmul; the duty counts of all n are prefix counts over
+  the unit axis. Only the activation functions themselves are unrolled: the
+  rest is vmapped over activations, and the duty statistics over the distinct
+  `active` regions.
+  """
+  specs = [activations.get(a) for a in names]
+  regions = list(dict.fromkeys(act.active for act in specs))
+  total = jnp.sum(x_PxD * x_PxD)
+  z_NxP = _small(t_NxD, x_PxD.T)
+  n_max = t_NxD.shape[0]
+  first_NxN = jnp.arange(n_max)[:, None] >= jnp.arange(n_max)[None, :]  # row n-1: units < n
+  pinv_NxDxN = _pinv(jnp.where(first_NxN[:, :, None], t_NxD[None], 0.0))
+  y_AxNxP = jnp.stack([act.fn(z_NxP) for act in specs])
+  err_AxNx2 = jax.vmap(_errors, (None, None, 0, None))(x_PxD, pinv_NxDxN, y_AxNxP, total)
+  on_RxNxP = jnp.stack([active(z_NxP) for active in regions])
+  duty_RxNx5 = jax.vmap(_duty_stats, (None, None, 0, None, None))(
+      x_PxD, t_NxD, on_RxNxP, d, total)
+  duty_AxNx5 = duty_RxNx5[np.array([regions.index(act.active) for act in specs])]
+  linear_A = np.array([1.0 if act.identity_on_active else np.nan for act in specs], np.float32)
+  duty_AxNx5 = duty_AxNx5.at[:, :, 4].multiply(linear_A[:, None])
+  return jnp.concatenate([err_AxNx2, duty_AxNx5], -1).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------- the grid
+
+
+def _grid_fn(x_KxPxD, d_K, k_C, s_C, seed, *, names, n_max, dims, chunk, progress):
+  """Metrics [C, A, len(dims), M] for every draw C = (manifold dim, seed); C % chunk == 0."""
+  d_max = x_KxPxD.shape[-1]
+  base = jax.random.key(seed)
+  pick_N = np.asarray(dims) - 1
+
+  def one(k, s):
+    t_NxD = _draw_padded(jax.random.fold_in(base, s), n_max, d_K[k], n_max, d_max)
+    return prefix_metrics(x_KxPxD[k], t_NxD, d_K[k], names)[:, pick_N]
+
+  chunks = k_C.shape[0] // chunk
+
+  def body(args):
+    i, k, s = args
+    out = jax.vmap(one)(k, s)
+    if progress is not None:
+      jax.debug.callback(lambda i, _: progress(int(i) + 1, chunks), i, out[0, 0, 0, 0])
+    return out
+
+  split = lambda a: a.reshape(chunks, chunk)
+  out = jax.lax.map(body, (jnp.arange(chunks), split(k_C), split(s_C)))
+  return out.reshape(-1, *out.shape[2:])
+
+
+def compile_sweep(grid: Grid, progress: Optional[Callable[[int, int], None]] = None):
+  """Lowers and compiles the grid's one program: returns (compiled, args, meta).
+
+  `compiled(*args)` -> metrics [draws, A, len(grid.dims), M] over the
+  (manifold dim, seed) draws; meta holds what unpacks it and the compile time.
+  """
+  x_KxPxD = manifolds.padded(grid.manifold, grid.points, grid.ds, seed=grid.seed,
+                             turns=grid.turns)
+  k_C, s_C = (a.ravel().astype(np.int32) for a in np.meshgrid(
+      np.arange(len(grid.ds)), np.arange(grid.seeds), indexing="ij"))
+  draws = k_C.size
+  chunk = draws if grid.chunk <= 0 else min(grid.chunk, draws)
+  pad = -draws % chunk
+  k_C, s_C = (np.concatenate([a, np.repeat(a[:1], pad)]) for a in (k_C, s_C))
+  args = (x_KxPxD, np.asarray(grid.ds, np.int32), k_C, s_C, np.int32(grid.seed))
+  fn = jax.jit(_grid_fn, static_argnames=("names", "n_max", "dims", "chunk", "progress"))
+  start = time.perf_counter()
+  compiled = fn.lower(*args, names=grid.activations, n_max=max(grid.dims), dims=grid.dims,
+                      chunk=chunk, progress=progress).compile()
+  meta = {"x": x_KxPxD, "draws": draws, "chunk": chunk,
+          "compile_s": time.perf_counter() - start}
+  return compiled, args, meta
+
+
+def theory(x_KxPxD: np.ndarray, ds: Sequence[int], names: Sequence[str],
+           dims: Sequence[int]) -> dict[str, np.ndarray]:
+  """Predicted collapsed / dead / linear fractions and oracle error [K, A, N].
+
+  A unit is on duty with probability p(x) = P(lo < N(0, |x|^2) < hi); units are
+  independent given x, so the count on duty is Binomial(n, p(x)) (for ReLU
+  p = 1/2: P(Binomial(n, 1/2) < d) and 2^-n). With k < d units on duty the
+  oracle keeps the projection of x onto k random directions: flipping a row's
+  sign keeps its span, so for a sign-symmetric region ((0, inf) or everywhere)
+  the span is uniformly random and keeps k/d of |x|^2 on average. The oracle
+  theory is NaN for other regions, where that argument does not hold.
+  """
+  out = {key: np.zeros((len(ds), len(names), len(dims))) for key in THEORY}
+  n_N = np.asarray(dims, np.float64)
+  for k, d in enumerate(ds):
+    sq_P = np.sum(x_KxPxD[k].astype(np.float64) ** 2, axis=-1)
+    r_P = np.maximum(np.sqrt(sq_P), 1e-300)
+    for a, name in enumerate(names):
+      act = activations.get(name)
+      lo, hi = act.region
+      p_P = special.ndtr(hi / r_P) - special.ndtr(lo / r_P)
+      p_PxN, n_PxN = np.broadcast_arrays(p_P[:, None], n_N[None, :])
+      out["collapsed_frac_theory"][k, a] = stats.binom.cdf(d - 1, n_PxN, p_PxN).mean(0)
+      out["dead_frac_theory"][k, a] = ((1 - p_PxN) ** n_PxN).mean(0)
+      out["linear_frac_theory"][k, a] = ((p_PxN ** n_PxN).mean(0) if act.identity_on_active
+                                         else np.nan)
+      if hi == math.inf and lo in (0.0, -math.inf):
+        lost_PxN = sum(stats.binom.pmf(j, n_PxN, p_PxN) * (1 - j / d) for j in range(d))
+        out["oracle_error_theory"][k, a] = (sq_P @ lost_PxN) / sq_P.sum()
+      else:
+        out["oracle_error_theory"][k, a] = np.nan
+  return out
+
+
+def sweep(config, *, progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
+  """Runs the whole grid in one compiled call.
+
+  Args:
+    config: a collapse ConfigDict / dict (see configs/collapse.py) or a Grid.
+    progress: optional `progress(chunks_done, chunks)`, called from the device loop.
+
+  Returns:
+    NumPy arrays over the grid: each of METRICS as [K, A, N, S] (manifold dims,
+    activations, embedding dims, seeds), each of THEORY as [K, A, N], plus the
+    grid's axes and timings.
+  """
+  grid = config if isinstance(config, Grid) else grid_from_config(config)
+  compiled, args, meta = compile_sweep(grid, progress)
+  start = time.perf_counter()
+  out_CxAxNxM = np.asarray(jax.block_until_ready(compiled(*args)))
+  run_s = time.perf_counter() - start
+  out = out_CxAxNxM[:meta["draws"]].reshape(
+      len(grid.ds), grid.seeds, len(grid.activations), len(grid.dims), len(METRICS))
+  out = out.transpose(0, 2, 3, 1, 4)
+  results = {"manifold": grid.manifold, "d": np.asarray(grid.ds),
+             "activations": grid.activations, "dims": np.asarray(grid.dims),
+             "seeds": grid.seeds, "seed": grid.seed, "points": grid.points,
+             "turns": grid.turns, "cells": grid.cells, "chunk": meta["chunk"],
+             "compile_s": meta["compile_s"], "run_s": run_s}
+  results.update({m: out[..., i] for i, m in enumerate(METRICS)})
+  results.update(theory(meta["x"], grid.ds, grid.activations, grid.dims))
+  return results
+
+
+# ---------------------------------------------------------------- summaries
+
+
+def interval(v_S: np.ndarray) -> tuple[float, float, float]:
+  """Mean and 95% t-interval over the last axis (NaN bounds for one sample)."""
+  v_S = np.asarray(v_S, np.float64)
+  s = v_S.shape[-1]
+  mean = v_S.mean(-1)
+  if s < 2:
+    return mean, np.full_like(mean, np.nan), np.full_like(mean, np.nan)
+  half = stats.t.ppf(0.975, s - 1) * v_S.std(-1, ddof=1) / math.sqrt(s)
+  return mean, mean - half, mean + half
+
+
+def _g(v) -> float:
+  return float(f"{float(v):.6g}")
+
+
+def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
+  """One row per (d, activation, n): means, 95% intervals and medians over seeds, theory."""
+  rows = []
+  for k, d in enumerate(results["d"]):
+    for a, name in enumerate(results["activations"]):
+      for i, n in enumerate(results["dims"]):
+        row = {"activation": name, "d": int(d), "dim": int(n), "seeds": results["seeds"]}
+        for e in ERRORS:
+          v_S = results[f"{e}_error"][k, a, i]
+          mean, lo, hi = interval(v_S)
+          row.update({f"{e}_error_mean": _g(mean), f"{e}_error_lo": _g(max(lo, 0.0)),
+                      f"{e}_error_hi": _g(hi), f"{e}_error_median": _g(np.median(v_S))})
+        row["oracle_error_theory"] = _g(results["oracle_error_theory"][k, a, i])
+        mean, lo, hi = interval(results["collapsed_frac"][k, a, i])
+        row.update({"collapsed_frac": _g(mean), "collapsed_frac_lo": _g(np.clip(lo, 0, 1)),
+                    "collapsed_frac_hi": _g(np.clip(hi, 0, 1))})
+        for m in ("collapsed_frac_theory", "dead_frac", "dead_frac_theory", "active_frac",
+                  "linear_frac", "linear_frac_theory"):
+          row[m] = _g(np.mean(results[m][k, a, i]))
+        rows.append(row)
+  return rows
+
+
+def table(rows: Sequence[dict[str, Any]], activation: str = "relu",
+          dims: Sequence[int] = (1, 2, 3, 5, 15, 30, 64)) -> str:
+  """A short text table of one activation at a few embedding dims (theory in brackets)."""
+  lines = [f"{activation}: relative errors (mean over seeds) and fractions of points "
+           "[theory]",
+           f"{'d':>2} {'n':>4} {'pinv':>8} {'refit':>6} {'oracle':>8} {'[theory]':>9} "
+           f"{'collapsed':>9} {'[theory]':>8} {'dead':>6} {'[theory]':>8} {'linear':>6}"]
+  for r in rows:
+    if r["activation"] == activation and r["dim"] in dims:
+      lines.append(
+          f"{r['d']:>2} {r['dim']:>4} {r['pinv_error_mean']:>8.3g} {r['refit_error_mean']:>6.3f}"
+          f" {r['oracle_error_mean']:>8.2g} {r['oracle_error_theory']:>9.2g}"
+          f" {r['collapsed_frac']:>9.4f} {r['collapsed_frac_theory']:>8.4f}"
+          f" {r['dead_frac']:>6.4f} {r['dead_frac_theory']:>8.2g} {r['linear_frac']:>6.3f}")
+  return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the job
+
+
+def figure_recoveries(grid: Grid, activation: str, dims: Sequence[int],
+                      seed_index: int = 0) -> dict[str, Any]:
+  """Input cloud (first manifold dim) and its recoveries at `dims`, seed `seed_index`."""
+  d = grid.ds[0]
+  x_PxD = manifolds.sample(grid.manifold, grid.points, d, seed=grid.seed, turns=grid.turns)
+  key = jax.random.fold_in(jax.random.key(grid.seed), seed_index)
+  out = {"x": x_PxD, "activation": activation, "panels": []}
+  for n in dims:
+    rec = recover(x_PxD, draw_embedding(key, n, d), activation)
+    total = float(np.sum(x_PxD.astype(np.float64) ** 2))
+    rec.update(n=n, **{f"{e}_error": float(np.sum((x_PxD - rec[e]) ** 2) / total)
+                       for e in ERRORS})
+    out["panels"].append(rec)
+  return out
+
+
+class _Progress:
+  """Prints chunk progress, cells/s and ETA at most every `every` seconds."""
+
+  def __init__(self, cells: int, every: float = 2.0):
+    self.cells, self.every = cells, every
+    self.start = self.last = time.perf_counter()
+
+  def __call__(self, done: int, total: int) -> None:
+    now = time.perf_counter()
+    if now - self.last < self.every and done < total:
+      return
+    self.last = now
+    rate = self.cells * done / total / max(now - self.start, 1e-9)
+    eta = (total - done) * (now - self.start) / done
+    print(f"  chunk {done}/{total}  {rate:,.0f} cells/s  ETA {eta:.0f} s", flush=True)
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  """Runs the sweep and writes collapse.csv, collapse.json, collapse.png into `workdir`."""
+  from resjax import plots  # matplotlib only when a figure is made
+  grid = grid_from_config(config)
+  fig_cfg = config["figure"]
+  fig_act = errors.choice("figure.activation", fig_cfg["activation"], activations.names())
+  fig_dims = _ints(fig_cfg["dims"], "figure.dims", "embedding dimension n")
+  workdir = files.ensure_workdir(workdir)
+  print(f"collapse sweep: {grid.manifold} (d={','.join(map(str, grid.ds))}, "
+        f"{grid.points} points) x {len(grid.activations)} activations x "
+        f"n={grid.dims[0]}..{grid.dims[-1]} ({len(grid.dims)} dims) x {grid.seeds} seeds "
+        f"= {grid.cells:,} cells, one compiled call", flush=True)
+  results = sweep(grid, progress=_Progress(grid.cells))
+  print(f"  compiled in {results['compile_s']:.1f} s, ran in {results['run_s']:.1f} s", flush=True)
+  rows = summarize(results)
+  recoveries = figure_recoveries(grid, fig_act, fig_dims) if grid.manifold == "spiral" else None
+  csv_path, json_path, png_path = (f"{workdir}/collapse.{ext}" for ext in ("csv", "json", "png"))
+  files.write_csv(csv_path, rows)
+  to_dict = getattr(config, "to_dict", None)
+  files.write_json(json_path, {
+      "config": to_dict() if to_dict else dict(config),
+      "grid": dataclasses.asdict(grid),
+      "timing": {"compile_s": results["compile_s"], "run_s": results["run_s"]},
+      "results": rows})
+  fig = plots.collapse_figure(results, recoveries)
+  files.save_figure(fig, png_path)
+  for name in dict.fromkeys(("relu",) + grid.activations[:1]):
+    if name in grid.activations:
+      print(table(rows, name, tuple(n for n in (1, 2, 3, 5, 15, 30, 64, grid.dims[-1])
+                                    if n in grid.dims)))
+  print(f"wrote {csv_path}\n      {json_path}\n      {png_path}")
+  return {"rows": rows, "results": results}

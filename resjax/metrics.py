@@ -1,0 +1,128 @@
+"""Training metrics: JSONL + TensorBoard from process 0, progress lines on stdout.
+
+`workdir/metrics.jsonl` holds one JSON object per line, `{"step": s, "<group>/<name>":
+value, ...}`; groups are `train` (means over the steps since the previous line)
+and `eval` (the full test split). `workdir/tensorboard/` holds the same scalars
+for `tensorboard --logdir`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+class Writer:
+  """Appends scalars to `workdir/metrics.jsonl` and TensorBoard events.
+
+  A writer with `enabled=False` (every process but 0) accepts calls and writes
+  nothing, so callers need no `if process_index == 0` of their own.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self._tb = None
+    if enabled:
+      from tensorboardX import SummaryWriter  # Imported lazily: slow to import.
+      self._tb = SummaryWriter(logdir=os.path.join(workdir, TENSORBOARD_DIR),
+                               flush_secs=30)
+
+  def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+    """Records `scalars` (name -> number) at `step`."""
+    if not self.enabled:
+      return
+    row = {"step": int(step)}
+    row.update({k: _to_float(v) for k, v in scalars.items()})
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    for name, value in row.items():
+      if name != "step":
+        self._tb.add_scalar(name, value, global_step=int(step))
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+  def __enter__(self) -> "Writer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def read(workdir: str) -> list[dict]:
+  """All rows of `workdir/metrics.jsonl`, in file order (empty if none yet).
+
+  A row cut short by a crash (the last line without a newline) is skipped.
+  """
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path) as f:
+    for line in f:
+      if line.endswith("\n"):
+        rows.append(json.loads(line))
+  return rows
+
+
+def series(rows: list[dict], name: str) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, values) of one metric across `rows` (those that carry it)."""
+  picked = [(r["step"], r[name]) for r in rows if name in r]
+  if not picked:
+    return np.zeros(0, np.int64), np.zeros(0)
+  steps, values = zip(*picked)
+  return np.asarray(steps), np.asarray(values, np.float64)
+
+
+def mean_of(per_step: list[Mapping[str, Any]]) -> dict[str, float]:
+  """Per-key mean of a list of fetched per-step metric dicts."""
+  keys = per_step[0].keys()
+  return {k: float(np.mean([np.asarray(m[k], np.float64) for m in per_step])) for k in keys}
+
+
+def first_nonfinite(per_step: list[Mapping[str, Any]], key: str = "loss") -> int | None:
+  """Index of the first entry whose `key` is NaN or inf; None when all are finite."""
+  for i, m in enumerate(per_step):
+    if not np.isfinite(np.asarray(m[key])).all():
+      return i
+  return None
+
+
+def format_duration(seconds: float) -> str:
+  """'1h02m', '4m05s' or '12s'."""
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(round(max(seconds, 0)))
+  h, rest = divmod(seconds, 3600)
+  m, s = divmod(rest, 60)
+  if h:
+    return f"{h}h{m:02d}m"
+  if m:
+    return f"{m}m{s:02d}s"
+  return f"{s}s"
+
+
+def progress_line(step: int, total: int, train: Mapping[str, float],
+                  images_per_sec: float, eta_s: float) -> str:
+  """One human-readable line: step, loss, accuracy, lr, images/s, ETA."""
+  width = len(str(total))
+  return (f"step {step:>{width}}/{total}  loss {train['loss']:.4f}  "
+          f"acc {100 * train['accuracy']:6.2f}%  lr {train['lr']:.3g}  "
+          f"{images_per_sec:8.1f} img/s  ETA {format_duration(eta_s)}")
+
+
+def _to_float(v: Any) -> float:
+  return float(np.asarray(v))

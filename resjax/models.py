@@ -1,0 +1,560 @@
+"""Flax linen models: MLP, CIFAR ResNet / plain / pre-activation, inverted residual.
+
+All models take NHWC images (the MLP flattens whatever it gets) and return
+float32 logits from `__call__(x, train=False)`. Parameters are float32; `dtype`
+sets the compute dtype.
+
+Probe hooks. Every tensor fed to an activation is sown into the 'preacts'
+collection under a flat, unique name in forward order ('stem',
+'stage1/block0/act1', ...). Residual blocks sow their identity path into
+'shortcut' and their residual branch into 'branch' under the block name
+('stage1/block0'), with block sum = shortcut + branch; blocks without a
+shortcut sow only 'branch'. Nothing is sown during `init`, so the variables from
+`init` hold only 'params' (and 'batch_stats'). Get the tensors with
+
+  logits, taps = model.apply(variables, x, train=False,
+                             mutable=['preacts', 'shortcut', 'branch'])
+
+where each value of `taps[collection]` is a 1-tuple (`probe_tensors` unwraps
+them). Sowing never changes the logits. Under jit the returned dicts are sorted
+by name; `sown_names` gives the forward order.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resjax import activations
+from resjax import errors
+
+Array = jax.Array
+Dtype = Any
+
+COLLECTIONS = ("preacts", "shortcut", "branch")
+NORMS = (None, "batch", "layer")
+DTYPES = ("float32", "bfloat16", "float16")
+
+# He et al. 2015 normal init, fan_out mode (keeps the backward-pass variance;
+# torchvision's choice for ResNets and MobileNetV2). Every conv is followed by
+# BatchNorm, so fan_in would train the same.
+he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+# Explicit symmetric padding: a stride-2 3x3 conv then centres its windows on
+# the even pixels, the same ones the option-A shortcut keeps (SAME padding
+# would pad only at the bottom/right and shift the windows by one pixel).
+_PAD1 = ((1, 1), (1, 1))
+
+
+def _batch_norm(train: bool, dtype: Dtype, name: str) -> nn.BatchNorm:
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      dtype=dtype, name=name)
+
+
+def _conv(features: int, kernel: int, strides: int, dtype: Dtype, name: str,
+          groups: int = 1) -> nn.Conv:
+  return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
+                 padding=_PAD1 if kernel == 3 else ((0, 0), (0, 0)),
+                 feature_group_count=groups, use_bias=False, dtype=dtype,
+                 kernel_init=he_normal, name=name)
+
+
+def _tap(module: nn.Module, collection: str, name: str, value: Array) -> None:
+  """Sows `value`, except during init (so init's variables stay clean)."""
+  if not module.is_initializing():
+    module.sow(collection, name, value)
+
+
+def _sow_taps(module: nn.Module, block: str, taps: Mapping[str, Array]) -> None:
+  """Sows a block's taps: activation inputs under 'block/key', the rest under 'block'."""
+  for key, value in taps.items():
+    if key in ("shortcut", "branch"):
+      _tap(module, key, block, value)
+    else:
+      _tap(module, "preacts", f"{block}/{key}", value)
+
+
+# ----------------------------------------------------------------------------
+# Validation (ConfigError, one line naming the field, the value and the fix).
+
+
+def _check_int(field: str, value: Any, minimum: int) -> None:
+  ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+  errors.check(ok and value >= minimum,
+               f"model.{field}={value!r} is not allowed; use an integer >= {minimum}")
+
+
+def _check_bool(field: str, value: Any) -> None:
+  errors.check(isinstance(value, (bool, np.bool_)),
+               f"model.{field}={value!r} is not allowed; use True or False")
+
+
+def _check_activation(value: Any) -> None:
+  errors.choice("model.activation", value, activations.names())
+
+
+def _check_dtype(value: Any) -> None:
+  try:
+    name = jnp.dtype(value).name
+  except TypeError:
+    name = None
+  errors.check(name in DTYPES,
+               f"model.dtype={value!r} is not allowed; choose one of: {', '.join(DTYPES)}")
+
+
+def _check_widths(field: str, widths: Any) -> None:
+  errors.check(isinstance(widths, (tuple, list)) and len(widths) > 0,
+               f"model.{field}={widths!r} is not allowed; use a non-empty tuple of integers >= 1")
+  for w in widths:
+    _check_int(field, w, 1)
+
+
+# ----------------------------------------------------------------------------
+# MLP.
+
+
+class MLP(nn.Module):
+  """Multi-layer perceptron on flattened inputs.
+
+  `depth` hidden layers of `width` units, each `norm -> activation` applied to
+  a dense output:
+
+    h_0 = W_0 x
+    h_i = [h_{i-1} +] W_i act(norm(h_{i-1}))      i = 1 .. depth-1
+    logits = W_out act(norm(h_{depth-1}))
+
+  Without `residual` this is the usual Dense-norm-act stack. With `residual`
+  the bracketed identity adds a shortcut around each of the depth-1 hidden
+  `norm -> act -> Dense` units (pre-activation style), and nothing else changes:
+  both variants have the same parameters. The shortcut carries h_{i-1}
+  linearly; only the branch goes through the activation.
+
+  Probe names: preacts 'layer0' .. 'layer{depth-1}' (input of each activation);
+  shortcut/branch 'block1' .. 'block{depth-1}' (block i outputs h_i).
+  """
+  num_classes: int
+  width: int = 64
+  depth: int = 4
+  activation: str = "relu"
+  residual: bool = False
+  norm: str | None = None
+  dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    _check_int("num_classes", self.num_classes, 1)
+    _check_int("width", self.width, 1)
+    _check_int("depth", self.depth, 1)
+    _check_activation(self.activation)
+    _check_bool("residual", self.residual)
+    errors.choice("model.norm", self.norm, NORMS)
+    _check_dtype(self.dtype)
+    super().__post_init__()
+
+  def _norm(self, h: Array, train: bool, index: int) -> Array:
+    if self.norm == "batch":
+      return _batch_norm(train, self.dtype, f"norm{index}")(h)
+    if self.norm == "layer":
+      return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=f"norm{index}")(h)
+    return h
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    act = activations.fn(self.activation)
+    x_BxD = x.reshape(x.shape[0], -1)
+    h = nn.Dense(self.width, dtype=self.dtype, name="dense0")(x_BxD)
+    for i in range(1, self.depth + 1):
+      z = self._norm(h, train, i - 1)
+      _tap(self, "preacts", f"layer{i - 1}", z)
+      a = act(z)
+      if i == self.depth:
+        h = a
+        break
+      b = nn.Dense(self.width, dtype=self.dtype, name=f"dense{i}")(a)
+      if self.residual:
+        _tap(self, "shortcut", f"block{i}", h)
+        h = h + b
+      else:
+        h = b
+      _tap(self, "branch", f"block{i}", b)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(h)
+    return logits.astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------
+# CIFAR ResNet (He et al. 2016) and its plain and pre-activation variants.
+
+
+def shortcut_option_a(x_BxHxWxC: Array, features: int, strides: int) -> Array:
+  """Parameter-free shortcut: subsample by `strides`, zero-pad the channels.
+
+  The input channels keep their positions (0 .. C-1); the new channels
+  C .. features-1 are zeros.
+  """
+  s = x_BxHxWxC[:, ::strides, ::strides, :] if strides > 1 else x_BxHxWxC
+  extra = features - s.shape[-1]
+  if extra > 0:
+    s = jnp.pad(s, ((0, 0), (0, 0), (0, 0), (0, extra)))
+  return s
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs with BatchNorm, an option-A shortcut unless `residual=False`.
+
+  Original (He et al. 2016a): y = act(s + bn2(conv2(act(bn1(conv1(x)))))).
+  Pre-activation (He et al. 2016b): y = s + conv2(act(bn2(conv1(act(bn1(x)))))),
+  shortcut s taken from x itself, so the identity path is never normalized or
+  activated.
+
+  Returns (y, taps): taps maps 'act1', 'act2' to the activation inputs and
+  'shortcut', 'branch' to the two summands (no 'shortcut' when plain).
+  """
+  features: int
+  strides: int = 1
+  residual: bool = True
+  preact: bool = False
+  activation: str = "relu"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> tuple[Array, dict[str, Array]]:
+    act = activations.fn(self.activation)
+    taps = {}
+    if self.preact:
+      z = _batch_norm(train, self.dtype, "bn1")(x)
+      taps["act1"] = z
+      h = _conv(self.features, 3, self.strides, self.dtype, "conv1")(act(z))
+      z = _batch_norm(train, self.dtype, "bn2")(h)
+      taps["act2"] = z
+      b = _conv(self.features, 3, 1, self.dtype, "conv2")(act(z))
+    else:
+      h = _conv(self.features, 3, self.strides, self.dtype, "conv1")(x)
+      z = _batch_norm(train, self.dtype, "bn1")(h)
+      taps["act1"] = z
+      h = _conv(self.features, 3, 1, self.dtype, "conv2")(act(z))
+      b = _batch_norm(train, self.dtype, "bn2")(h)
+    if self.residual:
+      s = shortcut_option_a(x, self.features, self.strides).astype(b.dtype)
+      taps["shortcut"] = s
+      y = s + b
+    else:
+      y = b
+    taps["branch"] = b
+    if not self.preact:
+      taps["act2"] = y
+      y = act(y)
+    return y, taps
+
+
+class ResNet(nn.Module):
+  """CIFAR ResNet of He et al. 2016: depth 6n+2, option-A shortcuts.
+
+  3x3 stem conv (widths[0] filters), then len(widths) stages of n basic blocks
+  each (the first stage at stride 1, every later stage starts with stride 2),
+  global average pooling, dense head. Convs have no bias; He-normal (fan_out)
+  init; the head keeps Flax's default (LeCun normal, zero bias). Depth counts
+  the stem, the 2 convs of every block and the head: 2 * len(widths) * n + 2.
+
+  plain=True drops the shortcuts and nothing else (same parameters).
+  preact=True is the full pre-activation variant (He et al. 2016b): each block
+  is BN-act-conv-BN-act-conv, the stem is a bare conv, and a final BN-act
+  comes before pooling. Its parameter count equals the original's.
+
+  Probe names: preacts 'stem' (original only), 'stage{s}/block{b}/act1',
+  'stage{s}/block{b}/act2', 'final' (preact only); stages count from 1, blocks
+  from 0. In the original, act2 is the input of the post-addition activation,
+  i.e. shortcut + branch. Captured block outputs (capture_intermediates) are
+  (y, taps) tuples.
+  """
+  depth: int = 20
+  num_classes: int = 10
+  plain: bool = False
+  preact: bool = False
+  widths: Sequence[int] = (16, 32, 64)
+  activation: str = "relu"
+  dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    _check_int("depth", self.depth, 2)
+    _check_int("num_classes", self.num_classes, 1)
+    _check_bool("plain", self.plain)
+    _check_bool("preact", self.preact)
+    _check_widths("widths", self.widths)
+    errors.check(all(a <= b for a, b in zip(self.widths, self.widths[1:])),
+                 f"model.widths={tuple(self.widths)!r} is not allowed; option-A "
+                 "shortcuts need non-decreasing widths")
+    per_block = 2 * len(self.widths)
+    examples = ", ".join(str(per_block * n + 2) for n in (1, 3, 5, 7, 9, 18))
+    errors.check((self.depth - 2) % per_block == 0 and self.depth > 2,
+                 f"model.depth={self.depth!r} is not allowed; with {len(self.widths)} "
+                 f"stages use {per_block}n+2: {examples}, ...")
+    _check_activation(self.activation)
+    _check_dtype(self.dtype)
+    super().__post_init__()
+
+  @property
+  def blocks_per_stage(self) -> int:
+    return (self.depth - 2) // (2 * len(self.widths))
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    act = activations.fn(self.activation)
+    h = _conv(self.widths[0], 3, 1, self.dtype, "stem_conv")(x)
+    if not self.preact:
+      z = _batch_norm(train, self.dtype, "stem_bn")(h)
+      _tap(self, "preacts", "stem", z)
+      h = act(z)
+    for s, features in enumerate(self.widths):
+      for b in range(self.blocks_per_stage):
+        name = f"stage{s + 1}/block{b}"
+        h, taps = BasicBlock(
+            features, strides=2 if (s > 0 and b == 0) else 1,
+            residual=not self.plain, preact=self.preact, activation=self.activation,
+            dtype=self.dtype, name=f"stage{s + 1}_block{b}")(h, train)
+        _sow_taps(self, name, taps)
+    if self.preact:
+      z = _batch_norm(train, self.dtype, "final_bn")(h)
+      _tap(self, "preacts", "final", z)
+      h = act(z)
+    h = jnp.mean(h, axis=(1, 2))
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(h)
+    return logits.astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------
+# Inverted residual network (MobileNetV2 blocks) for 32x32 inputs.
+
+
+def round_width(width: float, divisor: int = 8) -> int:
+  """Rounds a scaled width to a multiple of `divisor`, never below 90% of it."""
+  rounded = max(divisor, int(width + divisor / 2) // divisor * divisor)
+  if rounded < 0.9 * width:
+    rounded += divisor
+  return rounded
+
+
+class InvertedResidualBlock(nn.Module):
+  """MobileNetV2 block: 1x1 expand by t, depthwise 3x3, 1x1 linear projection.
+
+  Expansion and depthwise outputs go through BN and the activation (ReLU6).
+  The projection to the bottleneck goes through BN, and through the
+  activation only when `linear_bottleneck` is False. With `residual` (stride 1,
+  same width) the block output is x + branch. With t = 1 the expansion conv is
+  skipped.
+
+  Returns (y, taps): 'expand', 'depthwise', ['bottleneck'] activation inputs,
+  then 'shortcut' (if residual) and 'branch'.
+  """
+  features: int
+  expansion: int = 6
+  strides: int = 1
+  residual: bool = True
+  linear_bottleneck: bool = True
+  activation: str = "relu6"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> tuple[Array, dict[str, Array]]:
+    act = activations.fn(self.activation)
+    taps = {}
+    hidden = x.shape[-1] * self.expansion
+    h = x
+    if self.expansion != 1:
+      h = _conv(hidden, 1, 1, self.dtype, "expand_conv")(h)
+      z = _batch_norm(train, self.dtype, "expand_bn")(h)
+      taps["expand"] = z
+      h = act(z)
+    h = _conv(hidden, 3, self.strides, self.dtype, "depthwise_conv", groups=hidden)(h)
+    z = _batch_norm(train, self.dtype, "depthwise_bn")(h)
+    taps["depthwise"] = z
+    h = _conv(self.features, 1, 1, self.dtype, "project_conv")(act(z))
+    b = _batch_norm(train, self.dtype, "project_bn")(h)
+    if not self.linear_bottleneck:
+      taps["bottleneck"] = b
+      b = act(b)
+    if self.residual:
+      taps["shortcut"] = x.astype(b.dtype)
+      y = x + b
+    else:
+      y = b
+    taps["branch"] = b
+    return y, taps
+
+
+# (bottleneck width, blocks, stride of the first block) per stage. MobileNetV2's
+# first four ImageNet stages (16x1, 24x2, 32x3, 64x4) with a stride-1 stem and
+# the 64-stage at stride 1 and 3 blocks, so 32x32 inputs go 32 -> 16 -> 8 -> 8
+# like the CIFAR ResNet. With the defaults below: 207,546 parameters, about
+# 21.1M multiply-adds per image (ResNet-20: 269,722 and 40.6M).
+CIFAR_STAGES = ((16, 1, 1), (24, 2, 2), (32, 3, 2), (64, 3, 1))
+
+
+class InvertedResidualNet(nn.Module):
+  """MobileNetV2-style network for 32x32 inputs.
+
+  3x3 stem conv (stride 1, `stem_width`) with BN-ReLU6, the bottleneck stages of
+  `stages` (default CIFAR_STAGES: widths 16, 24, 32, 64; 1, 2, 3, 3 blocks;
+  resolution 32, 16, 8, 8), a 1x1 conv to `head_width` with BN-ReLU6, global
+  average pooling and a dense head. Every block expands by `expansion`. All
+  widths are scaled by `width_multiplier` and rounded to multiples of 8.
+
+  bottleneck='linear' keeps the projection output linear (MobileNetV2);
+  'relu6' (more generally: the name of `activation`) puts the activation
+  there too (the Fig. 6a ablation). shortcut=False removes the identity
+  shortcuts between bottlenecks (used by blocks with stride 1 and equal width)
+  and nothing else.
+
+  Probe names: preacts 'stem', 'stage{s}/block{b}/expand', '.../depthwise',
+  '.../bottleneck' (non-linear bottleneck only), 'head'; shortcut/branch
+  'stage{s}/block{b}'.
+  """
+  num_classes: int = 10
+  expansion: int = 6
+  bottleneck: str = "linear"
+  shortcut: bool = True
+  width_multiplier: float = 1.0
+  stages: Sequence[Sequence[int]] = CIFAR_STAGES
+  stem_width: int = 16
+  head_width: int = 256
+  activation: str = "relu6"
+  dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    _check_int("num_classes", self.num_classes, 1)
+    _check_int("expansion", self.expansion, 1)
+    _check_activation(self.activation)
+    allowed = ("linear", self.activation)
+    errors.check(self.bottleneck in allowed,
+                 f"model.bottleneck={self.bottleneck!r} is not allowed; choose one of: "
+                 f"{', '.join(allowed)} (the activation)")
+    _check_bool("shortcut", self.shortcut)
+    ok = isinstance(self.width_multiplier, (int, float)) and not isinstance(
+        self.width_multiplier, bool)
+    errors.check(ok and 0 < self.width_multiplier <= 16,
+                 f"model.width_multiplier={self.width_multiplier!r} is not allowed; "
+                 "use a number in (0, 16]")
+    stages_ok = isinstance(self.stages, (tuple, list)) and len(self.stages) > 0 and all(
+        isinstance(st, (tuple, list)) and len(st) == 3 for st in self.stages)
+    errors.check(stages_ok, f"model.stages={self.stages!r} is not allowed; use a "
+                 "non-empty tuple of (width, blocks, stride) triples")
+    for width, blocks, stride in self.stages:
+      _check_int("stages (width)", width, 1)
+      _check_int("stages (blocks)", blocks, 1)
+      errors.check(stride in (1, 2), f"model.stages={self.stages!r} is not allowed; "
+                   "each stride must be 1 or 2")
+    _check_int("stem_width", self.stem_width, 1)
+    _check_int("head_width", self.head_width, 1)
+    _check_dtype(self.dtype)
+    super().__post_init__()
+
+  def _width(self, width: int) -> int:
+    return round_width(width * self.width_multiplier)
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    act = activations.fn(self.activation)
+    h = _conv(self._width(self.stem_width), 3, 1, self.dtype, "stem_conv")(x)
+    z = _batch_norm(train, self.dtype, "stem_bn")(h)
+    _tap(self, "preacts", "stem", z)
+    h = act(z)
+    for s, (width, blocks, stride) in enumerate(self.stages):
+      features = self._width(width)
+      for b in range(blocks):
+        strides = stride if b == 0 else 1
+        residual = self.shortcut and strides == 1 and h.shape[-1] == features
+        h, taps = InvertedResidualBlock(
+            features, expansion=self.expansion, strides=strides, residual=residual,
+            linear_bottleneck=self.bottleneck == "linear", activation=self.activation,
+            dtype=self.dtype, name=f"stage{s + 1}_block{b}")(h, train)
+        _sow_taps(self, f"stage{s + 1}/block{b}", taps)
+    h = _conv(self._width(self.head_width), 1, 1, self.dtype, "head_conv")(h)
+    z = _batch_norm(train, self.dtype, "head_bn")(h)
+    _tap(self, "preacts", "head", z)
+    h = act(z)
+    h = jnp.mean(h, axis=(1, 2))
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(h)
+    return logits.astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------
+# Construction by name.
+
+MODELS: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "resnet": ResNet,
+    "invres": InvertedResidualNet,
+}
+
+
+def _as_tuple(value: Any) -> Any:
+  """Lists (e.g. from a ConfigDict) to tuples, recursively, so modules hash."""
+  if isinstance(value, (list, tuple)):
+    return tuple(_as_tuple(v) for v in value)
+  return value
+
+
+def fields(name: str) -> tuple[str, ...]:
+  """The keyword arguments that `build(name, ...)` accepts."""
+  errors.choice("model.name", name, MODELS)
+  return tuple(f.name for f in dataclasses.fields(MODELS[name])
+               if f.name not in ("parent", "name", "num_classes"))
+
+
+def build(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+  """The model called `name` ('mlp', 'resnet', 'invres') with `kwargs` as fields.
+
+  Raises ConfigError for an unknown name, an unknown field or a bad value.
+  `dtype` may be a string ('float32', 'bfloat16', 'float16'); lists become
+  tuples.
+  """
+  allowed = fields(name)
+  for key in kwargs:
+    errors.check(key in allowed, f"model.{key} is not a field of model {name!r}; "
+                 f"fields: {', '.join(allowed)}")
+  kwargs = {k: _as_tuple(v) for k, v in kwargs.items()}
+  if "dtype" in kwargs:
+    _check_dtype(kwargs["dtype"])
+    kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+  return MODELS[name](num_classes=num_classes, **kwargs)
+
+
+def param_count(params: Any) -> int:
+  """Number of scalars in a parameter tree (arrays or ShapeDtypeStructs)."""
+  return int(sum(math.prod(p.shape) for p in jax.tree.leaves(params)))
+
+
+def probe_tensors(taps: Mapping[str, Any], collection: str = "preacts") -> dict[str, Array]:
+  """Unwraps one collection of `apply(..., mutable=COLLECTIONS)` to {name: tensor}.
+
+  Outside jit the names come in forward order; a jitted apply returns them
+  sorted by name, so use `sown_names` for the forward order.
+  """
+  out = {}
+  for key, value in taps.get(collection, {}).items():
+    if not (isinstance(value, tuple) and len(value) == 1):
+      raise ValueError(f"{collection}[{key!r}] holds {len(value)} values, not 1; pass "
+                       "apply only 'params' and 'batch_stats'")
+    out[key] = value[0]
+  return out
+
+
+def sown_names(model: nn.Module, input_shape: Sequence[int],
+               collection: str = "preacts") -> tuple[str, ...]:
+  """Names `model` sows into `collection`, in forward order (abstract trace only).
+
+  `input_shape` excludes the batch dimension.
+  """
+  names = []
+
+  def trace(x):
+    variables = model.init(jax.random.key(0), x)
+    _, taps = model.apply(variables, x, mutable=[collection])
+    names.extend(taps.get(collection, {}))  # insertion order = forward order
+    return x
+
+  jax.eval_shape(trace, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
+  return tuple(names)

@@ -1,0 +1,591 @@
+"""From training workdirs to probe tables, figures and a report.
+
+`analyze(workdir, compare=...)` restores each run's checkpoint on whatever
+devices are present, probes it on the run's own test split
+(`resjax.probes.run`) and writes into `workdir/analysis/`:
+
+  probes.csv            one row per layer and run (kind: activation, block, weights)
+  probes.json           the same plus per-unit lists and the run summaries
+  units.png             dead / dormant fraction, active-fraction spread and
+                        linear-region fraction per layer (C4, C7)
+  effective_rank.png    effective rank before and after the activation (C3)
+  gradients.png         gradient norm per weight layer with 95% intervals (C4)
+  energy.png            shortcut share of the block energy per block (C5)
+  report.md             the figures and, in numbers, what they show per claim
+
+`write(out_dir, runs)` redraws everything from the runs' JSON form, so the
+figures can be regenerated from probes.json without restoring anything.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from resjax import errors, files
+
+FIGURES = {
+    "units": "units.png",
+    "rank": "effective_rank.png",
+    "gradients": "gradients.png",
+    "energy": "energy.png",
+}
+
+
+# ----------------------------------------------------------------------------
+# Restoring and probing.
+
+
+def describe(config) -> str:
+  """A short model name from a training config: 'resnet-20', 'plain-20', ..."""
+  m = config.model
+  if m.name == "resnet":
+    kind = "plain" if m.get("plain") else ("preact-resnet" if m.get("preact") else "resnet")
+    return f"{kind}-{m.get('depth', 20)}"
+  if m.name == "mlp":
+    kind = "residual-mlp" if m.get("residual") else "mlp"
+    return f"{kind}-{m.get('depth', 4)}x{m.get('width', 64)}"
+  if m.name == "invres":
+    shortcut = "" if m.get("shortcut", True) else ", no shortcut"
+    return f"invres ({m.get('bottleneck', 'linear')} bottleneck{shortcut})"
+  return str(m.name)
+
+
+def _check_workdir(path: str) -> str:
+  errors.check(bool(path), "--workdir is required: pass --workdir=DIR of a training run")
+  full = os.path.abspath(os.path.expanduser(path))
+  errors.check(os.path.isdir(full), f"workdir {full} does not exist; pass the --workdir of "
+               "a training run (python -m launch.train ... --workdir=DIR)")
+  return full
+
+
+def _labels(dirs: Sequence[str]) -> list[str]:
+  """Run names: the workdirs' base names, made unique."""
+  labels = []
+  for d in dirs:
+    base = os.path.basename(os.path.normpath(d)) or d
+    label, k = base, 2
+    while label in labels:
+      label, k = f"{base}-{k}", k + 1
+    labels.append(label)
+  return labels
+
+
+def analyze(workdir: str, *, step: int | None = None, compare: Sequence[str] = (),
+            batch_size: int = 256, dormant_threshold: float = 0.1, grad_batches: int = 8,
+            grad_batch_size: int = 64, max_examples: int | None = None,
+            command: str | None = None, say: Callable[[str], None] = print) -> dict:
+  """Probes the run in `workdir` (and the `compare` runs); writes workdir/analysis.
+
+  `step` picks the checkpoint of every run (default: each run's latest).
+  Returns {'dir': output folder, 'files': written paths, 'runs': [...]}.
+  """
+  from resjax import checkpoints, data, probes  # heavy imports only when analysing
+
+  dirs = [_check_workdir(d) for d in (workdir, *compare)]
+  errors.check(len(set(dirs)) == len(dirs), "--compare names a workdir twice; "
+               "pass each run once")
+  restored = [checkpoints.load(d, step) for d in dirs]  # fail fast on any bad run
+  out_dir = files.ensure_workdir(os.path.join(dirs[0], "analysis"))
+  datasets: dict[str, Any] = {}
+  runs = []
+  for label, d, (config, state) in zip(_labels(dirs), dirs, restored):
+    dcfg = config.data
+    key = json.dumps([dcfg.name, dcfg.get("data_dir"), dcfg.get("seed", 0),
+                      dict(dcfg.get("options", {}))], default=str)
+    if key not in datasets:
+      datasets[key] = data.load(dcfg.name, data_dir=dcfg.get("data_dir"),
+                                seed=int(dcfg.get("seed", 0)), **dict(dcfg.get("options", {})))
+    ds = datasets[key]
+    at = int(np.asarray(state.step))
+    n = len(ds.test) if max_examples is None else min(len(ds.test), max_examples)
+    say(f"probing {label}: {describe(config)} at step {at} on {ds.name} "
+        f"({n} test examples)")
+    res = probes.run(state, None, ds, batch_size=batch_size,
+                     dormant_threshold=dormant_threshold, grad_batches=grad_batches,
+                     grad_batch_size=grad_batch_size, max_examples=max_examples, progress=say)
+    say(res.table())
+    runs.append({"run": label, "workdir": d, "step": at, "model": describe(config),
+                 "dataset": ds.name, **_jsonable(res.to_dict())})
+  written = write(out_dir, runs, command=command)
+  say(summary_table(runs))
+  say(f"analysis written to {out_dir}: {', '.join(os.path.basename(p) for p in written)}")
+  return {"dir": out_dir, "files": written, "runs": runs}
+
+
+def _jsonable(obj: Any) -> Any:
+  """Floats that JSON can hold (NaN -> None), NumPy scalars to Python."""
+  if isinstance(obj, dict):
+    return {k: _jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_jsonable(v) for v in obj]
+  if isinstance(obj, (np.floating, float)):
+    return None if not math.isfinite(float(obj)) else float(obj)
+  if isinstance(obj, np.integer):
+    return int(obj)
+  if isinstance(obj, np.bool_):
+    return bool(obj)
+  return obj
+
+
+# ----------------------------------------------------------------------------
+# Tables.
+
+CSV_DROP = ("dead_units", "unit_active_rate", "dormant_score", "active_hist")
+
+
+def rows(runs: Sequence[dict]) -> list[dict]:
+  """probes.csv rows: one per layer (activation), block and weight layer, per run."""
+  out = []
+  for run in runs:
+    head = {"run": run["run"], "model": run["model"], "step": run["step"]}
+    for kind, group in (("activation", "layers"), ("block", "blocks"),
+                        ("weights", "weights")):
+      for row in run[group]:
+        flat = {("layer" if k == "block" else k): v for k, v in row.items()
+                if k not in CSV_DROP}
+        out.append({**head, "kind": kind, **flat})
+  return out
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+  if v is None:
+    return "n/a"
+  if isinstance(v, float):
+    return f"{v:.{digits}f}"
+  return str(v)
+
+
+def claim_numbers(run: dict) -> dict:
+  """The per-run aggregates the report states (all derived from the CSV columns)."""
+  layers, blocks, weights = run["layers"], run["blocks"], run["weights"]
+  units = sum(r["units"] for r in layers)
+  dead = sum(r["dead"] for r in layers)
+  dormant = sum(r["dormant"] for r in layers)
+  linear = [r["linear_frac"] or 0.0 for r in layers]
+  out = {
+      "accuracy": run["summary"]["accuracy"],
+      "layers": len(layers),
+      "units": units,
+      "dead": dead,
+      "dead_pct": 100.0 * dead / max(units, 1),
+      "dormant": dormant,
+      "dormant_pct": 100.0 * dormant / max(units, 1),
+      "worst_layer": max(layers, key=lambda r: r["dead_frac"])["layer"] if layers else None,
+      "worst_dead_frac": max((r["dead_frac"] for r in layers), default=0.0),
+      "active_mean": float(np.mean([r["active_mean"] for r in layers])),
+      "active_std": float(np.mean([r["active_std"] for r in layers])),
+      "linear_layers": sum(v > 0 for v in linear),
+      "linear_max": max(linear, default=0.0),
+      "linear_max_layer": layers[int(np.argmax(linear))]["layer"] if layers else None,
+      "linear_position_mean": float(np.mean([r["linear_frac_position"] for r in layers])),
+      "erank_pre": float(np.mean([r["erank_pre"] for r in layers])),
+      "erank_post": float(np.mean([r["erank_post"] for r in layers])),
+  }
+  redundancy = [r["units"] / r["erank_pre"] for r in layers if r["erank_pre"] > 0]
+  retention = [r["erank_post"] / r["erank_pre"] for r in layers if r["erank_pre"] > 0]
+  out["retention"] = float(np.mean(retention)) if retention else None
+  out["rank_corr"] = _spearman(redundancy, retention)
+  with_shortcut = [b for b in blocks if b["has_shortcut"]]
+  out["blocks"] = len(blocks)
+  out["shortcut_blocks"] = len(with_shortcut)
+  out["shortcut_frac"] = (float(np.mean([b["shortcut_frac"] for b in with_shortcut]))
+                          if with_shortcut else 0.0)
+  if weights:
+    g = [w["grad_norm"] for w in weights]
+    out["grad_first"], out["grad_last"] = g[0], g[-1]
+    out["grad_ratio"] = g[0] / g[-1] if g[-1] > 0 else None
+    out["grad_min"], out["grad_max"] = min(g), max(g)
+    out["grad_spread"] = math.log10(max(g) / min(g)) if min(g) > 0 else None
+  return out
+
+
+def _spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+  if len(a) < 3:
+    return None
+  ra = np.argsort(np.argsort(a)).astype(float)
+  rb = np.argsort(np.argsort(b)).astype(float)
+  if ra.std() == 0 or rb.std() == 0:
+    return None
+  return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def summary_table(runs: Sequence[dict]) -> str:
+  """One line per run: the numbers behind each claim."""
+  head = (f"{'run':<18} {'model':<18} {'step':>6} {'acc':>6} {'dead':>11} {'dormant':>8} "
+          f"{'linear':>7} {'rank pre>post':>13} {'shortcut':>8} {'grad 1st/last':>13}")
+  lines = [head, "-" * len(head)]
+  for run in runs:
+    c = claim_numbers(run)
+    ratio = _fmt(c.get("grad_ratio"), 3)
+    lines.append(
+        f"{run['run'][:18]:<18} {run['model'][:18]:<18} {run['step']:>6} {c['accuracy']:>6.3f} "
+        f"{c['dead']:>4}/{c['units']:<4}  {c['dormant_pct']:>7.1f}% {c['linear_max']:>7.3f} "
+        f"{c['erank_pre']:>6.2f}>{c['erank_post']:<6.2f} {c['shortcut_frac']:>8.3f} "
+        f"{ratio:>13}")
+  return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------
+# Figures.
+
+
+def _style():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt, {
+      "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+      "xtick.labelsize": 7, "ytick.labelsize": 8, "axes.spines.top": False,
+      "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
+      "grid.linewidth": 0.5, "lines.linewidth": 1.5, "lines.markersize": 4,
+  }
+
+
+def _colors(n: int) -> list:
+  palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf",
+             "#7f7f7f"]
+  return [palette[i % len(palette)] for i in range(n)]
+
+
+def _label(run: dict) -> str:
+  return run["run"] if run["run"] == run["model"] else f"{run['run']} ({run['model']})"
+
+
+def _layer_ticks(ax, names: Sequence[str]) -> None:
+  ax.set_xticks(range(len(names)))
+  ax.set_xticklabels(names, rotation=90)
+  ax.set_xlim(-0.5, len(names) - 0.5)
+
+
+def _longest(runs: Sequence[dict], group: str, key: str) -> list[str]:
+  names = max((run[group] for run in runs), key=len)
+  return [r[key] for r in names]
+
+
+def _title(runs: Sequence[dict]) -> str:
+  steps = sorted({r["step"] for r in runs})
+  data = sorted({r["dataset"] for r in runs})
+  at = f"step {steps[0]}" if len(steps) == 1 else "steps " + ", ".join(map(str, steps))
+  return f"{' vs '.join(r['model'] for r in runs)} on {', '.join(data)} test set ({at})"
+
+
+def _style_legend(ax, styles: Sequence[tuple[str, str, str]], **kwargs) -> None:
+  """A legend of line styles (in black), independent of the run colours."""
+  from matplotlib.lines import Line2D
+  handles = [Line2D([], [], color="0.2", linestyle=ls, marker=mk,
+                    markerfacecolor="0.2" if ls == "-" else "none", label=label)
+             for label, ls, mk in styles]
+  ax.add_artist(ax.legend(handles=handles, frameon=False, **kwargs))
+
+
+def _run_legend(fig, runs: Sequence[dict], colors: Sequence) -> None:
+  """One legend for the whole figure: which colour is which run."""
+  from matplotlib.lines import Line2D
+  handles = [Line2D([], [], color=c, linewidth=2.5, label=_label(r))
+             for r, c in zip(runs, colors)]
+  fig.legend(handles=handles, loc="upper center", ncol=min(len(runs), 4), frameon=False,
+             bbox_to_anchor=(0.5, 0.965))
+
+
+def plot_units(runs: Sequence[dict]):
+  """Dead/dormant fraction, active-fraction spread and linear-region fraction per layer."""
+  plt, rc = _style()
+  with plt.rc_context(rc):
+    fig, axes = plt.subplots(3, 1, figsize=(7.5, 8.6), sharex=True)
+    colors = _colors(len(runs))
+    threshold = runs[0]["summary"]["dormant_threshold"]
+    for run, color in zip(runs, colors):
+      layers = run["layers"]
+      x = np.arange(len(layers))
+      axes[0].plot(x, [r["dead_frac"] for r in layers], "o-", color=color)
+      axes[0].plot(x, [r["dormant_frac"] for r in layers], "s--", color=color,
+                   markerfacecolor="none")
+      axes[1].fill_between(x, [r["active_p025"] for r in layers],
+                           [r["active_p975"] for r in layers], color=color, alpha=0.18,
+                           linewidth=0)
+      axes[1].plot(x, [r["active_mean"] for r in layers], "o-", color=color)
+      axes[1].plot(x, [r["active_min"] for r in layers], ":", color=color, linewidth=1)
+      axes[1].plot(x, [r["active_max"] for r in layers], ":", color=color, linewidth=1)
+      axes[2].plot(x, [r["linear_frac"] or 0.0 for r in layers], "o-", color=color)
+      axes[2].plot(x, [r["linear_frac_position"] for r in layers], "^--", color=color,
+                   markerfacecolor="none")
+    axes[0].set_ylabel("fraction of units")
+    axes[0].set_title("(a) dead units (never on duty) and dormant units", loc="left")
+    axes[0].set_ylim(bottom=-0.02)
+    _style_legend(axes[0], [("dead", "-", "o"),
+                            (f"dormant (ReDo score $\leq$ {threshold:g})", "--", "s")],
+                  loc="upper left")
+    axes[1].set_ylabel("active fraction per input")
+    axes[1].set_title("(b) share of a layer's neurons on duty, over test inputs", loc="left")
+    axes[1].axhline(0.5, color="0.5", linewidth=0.8, linestyle="--")
+    axes[1].set_ylim(0, 1)
+    _style_legend(axes[1], [("mean", "-", "o"), ("min / max", ":", "")],
+                  loc="lower left", ncol=2)
+    axes[1].text(0.99, 0.03, "band: 2.5-97.5 percentile", transform=axes[1].transAxes,
+                 ha="right", va="bottom", fontsize=7, color="0.3")
+    axes[2].set_ylabel("linear-region fraction")
+    axes[2].set_title("(c) every unit on duty: the layer acts linearly (C7)", loc="left")
+    axes[2].set_ylim(-0.02, 1.02)
+    _style_legend(axes[2], [("per input", "-", "o"), ("per (input, position)", "--", "^")],
+                  loc="upper left")
+    _layer_ticks(axes[2], _longest(runs, "layers", "layer"))
+    axes[2].set_xlabel("activation layer (forward order)")
+    fig.suptitle(_title(runs), fontsize=10, y=0.995)
+    _run_legend(fig, runs, colors)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+  return fig
+
+
+def plot_rank(runs: Sequence[dict]):
+  """Effective rank of the features before and after the activation, per layer."""
+  import matplotlib.ticker as mticker
+  plt, rc = _style()
+  with plt.rc_context(rc):
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    colors = _colors(len(runs))
+    for run, color in zip(runs, colors):
+      layers = run["layers"]
+      x = np.arange(len(layers))
+      ax.plot(x, [r["erank_pre"] for r in layers], "o-", color=color)
+      ax.plot(x, [r["erank_post"] for r in layers], "s--", color=color, markerfacecolor="none")
+    widest = max(runs, key=lambda r: len(r["layers"]))
+    ax.step(np.arange(len(widest["layers"])), [r["units"] for r in widest["layers"]],
+            where="mid", color="0.55", linewidth=1)
+    ax.set_yscale("log", base=2)
+    ax.yaxis.set_major_formatter(mticker.ScalarFormatter())
+    ax.set_ylabel("effective rank (participation ratio)")
+    ax.set_xlabel("activation layer (forward order)")
+    _layer_ticks(ax, _longest(runs, "layers", "layer"))
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], color=c, linewidth=2.5, label=_label(r))
+               for r, c in zip(runs, colors)]
+    handles += [Line2D([], [], color="0.55", linewidth=1, label="layer width"),
+                Line2D([], [], color="0.2", marker="o", label="before the activation"),
+                Line2D([], [], color="0.2", linestyle="--", marker="s",
+                       markerfacecolor="none", label="after the activation")]
+    ax.legend(handles=handles, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(f"Effective rank of the channel covariance (C3)\n{_title(runs)}")
+    fig.tight_layout()
+  return fig
+
+
+def plot_gradients(runs: Sequence[dict]):
+  """Loss-gradient norm per weight layer (geometric mean, 95% interval)."""
+  plt, rc = _style()
+  with plt.rc_context(rc):
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    n_batches = 0
+    for run, color in zip(runs, _colors(len(runs))):
+      w = run["weights"]
+      if not w:
+        continue
+      n_batches = max(n_batches, w[0]["grad_batches"])
+      x = np.arange(len(w))
+      g = np.array([r["grad_norm"] for r in w])
+      err = np.array([g - [r["grad_norm_lo"] for r in w], [r["grad_norm_hi"] for r in w] - g])
+      ax.errorbar(x, g, yerr=err, fmt="o-", color=color, capsize=2, label=_label(run))
+    ax.set_yscale("log")
+    ax.set_ylabel(r"$\|\partial L / \partial W\|$")
+    ax.set_xlabel("weight layer (forward order)")
+    _layer_ticks(ax, _longest(runs, "weights", "layer"))
+    ax.legend(frameon=False)
+    ax.set_title(f"Gradient norm per layer (geometric mean over {n_batches} batches, "
+                 f"95% interval)\n{_title(runs)}")
+    fig.tight_layout()
+  return fig
+
+
+def plot_energy(runs: Sequence[dict]):
+  """Share of the block-output energy carried by the shortcut, per block."""
+  plt, rc = _style()
+  with plt.rc_context(rc):
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    names = _longest(runs, "blocks", "block")
+    width = 0.8 / max(len(runs), 1)
+    for i, (run, color) in enumerate(zip(runs, _colors(len(runs)))):
+      blocks = run["blocks"]
+      x = np.arange(len(blocks)) + (i - (len(runs) - 1) / 2) * width
+      frac = [b["shortcut_frac"] or 0.0 for b in blocks]
+      ax.bar(x, frac, width=width, color=color, alpha=0.85, label=_label(run))
+      for xi, b in zip(x, blocks):
+        if not b["has_shortcut"]:
+          ax.text(xi, 0.01, "no shortcut", rotation=90, ha="center", va="bottom",
+                  fontsize=6, color=color)
+    ax.axhline(0.5, color="0.5", linewidth=0.8, linestyle="--")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(r"shortcut share $\|s\|^2 / (\|s\|^2 + \|b\|^2)$")
+    ax.set_xlabel("block (forward order)")
+    _layer_ticks(ax, names)
+    ax.legend(frameon=False)
+    ax.set_title(f"Block output s + b: energy in the shortcut s vs the branch b\n"
+                 f"{_title(runs)}")
+    fig.tight_layout()
+  return fig
+
+
+# ----------------------------------------------------------------------------
+# The report.
+
+
+def _compare_sentence(runs: Sequence[dict], numbers: dict, key: str, what: str,
+                      digits: int = 1, unit: str = "") -> str:
+  parts = [f"{r['run']} {_fmt(numbers[r['run']].get(key), digits)}{unit}" for r in runs]
+  return f"{what}: " + ", ".join(parts) + "."
+
+
+def report_markdown(runs: Sequence[dict], command: str | None = None) -> str:
+  """report.md: the figures and what they show about C4, C5, C7 and C3, in numbers."""
+  num = {r["run"]: claim_numbers(r) for r in runs}
+  residual = [r for r in runs if num[r["run"]]["shortcut_blocks"] > 0]
+  plain = [r for r in runs if num[r["run"]]["shortcut_blocks"] == 0]
+  threshold = runs[0]["summary"]["dormant_threshold"]
+  md = [f"# Probes: {_title(runs)}", ""]
+  if command:
+    md += ["Regenerate with:", "", "```bash", command, "```", ""]
+  md += ["| run | model | workdir | step | test examples | accuracy | loss |",
+         "|---|---|---|---|---|---|---|"]
+  for r in runs:
+    s = r["summary"]
+    md.append(f"| {r['run']} | {r['model']} | `{r['workdir']}` | {r['step']} | "
+              f"{s['examples']} | {_fmt(s['accuracy'])} | {_fmt(s['loss'])} |")
+  md += ["", "All numbers below are computed over the whole test split and appear in "
+         "`probes.csv` (one row per layer and run).", ""]
+
+  md += ["## C4: dead units stop learning; gradients vanish in plain nets", ""]
+  for r in runs:
+    c = num[r["run"]]
+    line = (f"- **{r['run']}** ({r['model']}): {c['dead']} of {c['units']} units dead "
+            f"({c['dead_pct']:.2f}%) across {c['layers']} activation layers; the worst "
+            f"layer is `{c['worst_layer']}` with dead fraction {c['worst_dead_frac']:.4f}. "
+            f"{c['dormant']} units ({c['dormant_pct']:.2f}%) are dormant (ReDo score "
+            f"<= {threshold:g}).")
+    if "grad_ratio" in c:
+      line += (f" Gradient norm: first weight layer {c['grad_first']:.4g}, last "
+               f"{c['grad_last']:.4g} (ratio {_fmt(c['grad_ratio'], 4)}); across layers it "
+               f"spans {_fmt(c['grad_spread'], 2)} orders of magnitude.")
+    md.append(line)
+  if plain and residual:
+    p, q = plain[0]["run"], residual[0]["run"]
+    more = "more" if num[p]["dead"] > num[q]["dead"] else (
+        "as many" if num[p]["dead"] == num[q]["dead"] else "fewer")
+    md.append(f"- Plain vs residual: {p} has {more} dead units than {q} "
+              f"({num[p]['dead']} vs {num[q]['dead']}); C4/C5 predict more in the plain net.")
+  md += ["", f"![units]({FIGURES['units']})", ""]
+  if any(r["weights"] for r in runs):
+    md += [f"![gradients]({FIGURES['gradients']})", ""]
+
+  md += ["## C5: the shortcut carries the signal linearly", ""]
+  for r in runs:
+    c = num[r["run"]]
+    if c["shortcut_blocks"]:
+      md.append(f"- **{r['run']}**: in {c['shortcut_blocks']} of {c['blocks']} blocks the "
+                f"shortcut carries on average {100 * c['shortcut_frac']:.1f}% of the block "
+                f"energy (branch {100 * (1 - c['shortcut_frac']):.1f}%).")
+    else:
+      md.append(f"- **{r['run']}**: no shortcuts; the branch carries 100% of every block's "
+                f"output ({c['blocks']} blocks).")
+  if len(runs) > 1:
+    md.append("- " + _compare_sentence(runs, num, "accuracy", "Test accuracy", 4))
+    md.append("- " + _compare_sentence(runs, num, "dead_pct", "Dead units", 2, "%"))
+    if all("grad_ratio" in num[r["run"]] for r in runs):
+      md.append("- " + _compare_sentence(runs, num, "grad_ratio",
+                                         "First/last layer gradient-norm ratio", 4))
+  md.append("")
+  if any(r["blocks"] for r in runs):
+    md += [f"![energy]({FIGURES['energy']})", ""]
+
+  md += ["## C7: a layer that lets everything through acts linearly", ""]
+  for r in runs:
+    c = num[r["run"]]
+    md.append(f"- **{r['run']}**: {c['linear_layers']} of {c['layers']} layers pass every "
+              f"unit for at least one input; the highest linear-region fraction is "
+              f"{c['linear_max']:.4f} (`{c['linear_max_layer']}`). Per spatial position, "
+              f"all channels are on duty for {100 * c['linear_position_mean']:.2f}% of "
+              f"positions on average. A typical input turns on "
+              f"{100 * c['active_mean']:.1f}% of a layer's neurons (spread across inputs, "
+              f"mean std {c['active_std']:.4f}).")
+  md += ["", "See panel (c) of the units figure above.", ""]
+
+  md += ["## C3: redundancy decides what the activation destroys", ""]
+  for r in runs:
+    c = num[r["run"]]
+    corr = ("n/a (fewer than 3 layers)" if c["rank_corr"] is None
+            else f"{c['rank_corr']:.3f}")
+    md.append(f"- **{r['run']}**: mean effective rank {c['erank_pre']:.2f} before and "
+              f"{c['erank_post']:.2f} after the activation (mean retention "
+              f"{_fmt(c['retention'], 3)}). Spearman correlation across layers between "
+              f"redundancy (units / rank before) and retention (rank after / before): "
+              f"{corr}; C3 predicts it positive.")
+  md += ["", f"![effective rank]({FIGURES['rank']})", ""]
+
+  md += ["## Per-layer numbers", ""]
+  for r in runs:
+    md += [f"### {r['run']} ({r['model']})", "",
+           "| layer | units | dead | dead frac | dormant frac | active mean | active 2.5% | "
+           "active 97.5% | linear frac | erank pre | erank post |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for l in r["layers"]:
+      md.append(f"| {l['layer']} | {l['units']} | {l['dead']} | {_fmt(l['dead_frac'])} | "
+                f"{_fmt(l['dormant_frac'])} | {_fmt(l['active_mean'])} | "
+                f"{_fmt(l['active_p025'])} | {_fmt(l['active_p975'])} | "
+                f"{_fmt(l['linear_frac'])} | {_fmt(l['erank_pre'])} | "
+                f"{_fmt(l['erank_post'])} |")
+    if r["blocks"]:
+      md += ["", "| block | shortcut frac | cosine(s, b) |", "|---|---|---|"]
+      for b in r["blocks"]:
+        md.append(f"| {b['block']} | {_fmt(b['shortcut_frac'])} | {_fmt(b['cosine'])} |")
+    if r["weights"]:
+      md += ["", "| weight layer | grad norm | 95% low | 95% high | param norm |",
+             "|---|---|---|---|---|"]
+      for w in r["weights"]:
+        md.append(f"| {w['layer']} | {w['grad_norm']:.4g} | {w['grad_norm_lo']:.4g} | "
+                  f"{w['grad_norm_hi']:.4g} | {w['param_norm']:.4g} |")
+    md.append("")
+  md += ["## Definitions", "",
+         "- *dead*: a unit (a channel for convolutions) whose pre-activation is outside "
+         "the activation's invertible region (for ReLU: <= 0) for every input and every "
+         "spatial position.",
+         f"- *dormant* (ReDo): mean |activation| of a unit / mean over the layer's units "
+         f"<= {threshold:g}.",
+         "- *active fraction*: per input, the share of the layer's neurons (positions x "
+         "channels) that are on duty. *Linear-region fraction*: inputs for which all of "
+         "them are; *per position*: (input, position) pairs with every channel on duty.",
+         "- *effective rank*: participation ratio (sum of eigenvalues)^2 / sum of squared "
+         "eigenvalues of the channel covariance, spatial positions pooled as samples.",
+         "- *shortcut share*: sum ||s||^2 / (sum ||s||^2 + sum ||b||^2) over test inputs, "
+         "for block output s + b.",
+         "- *gradient norm*: ||dL/dW|| of each conv/dense kernel for the mean cross-entropy "
+         "of a batch, BatchNorm in training mode; geometric mean and 95% t-interval over "
+         "batches.", ""]
+  return "\n".join(md)
+
+
+def write(out_dir: str, runs: Sequence[dict], command: str | None = None) -> list[str]:
+  """Writes probes.csv, probes.json, the four figures and report.md into `out_dir`."""
+  import matplotlib.pyplot as plt
+
+  out_dir = files.ensure_workdir(out_dir)
+  runs = _jsonable(list(runs))
+  paths = []
+
+  def path(name):
+    paths.append(os.path.join(out_dir, name))
+    return paths[-1]
+
+  files.write_csv(path("probes.csv"), rows(runs))
+  files.write_json(path("probes.json"), {"command": command, "runs": runs})
+  for key, plot in (("units", plot_units), ("rank", plot_rank),
+                    ("gradients", plot_gradients), ("energy", plot_energy)):
+    if key == "energy" and not any(r["blocks"] for r in runs):
+      continue
+    if key == "gradients" and not any(r["weights"] for r in runs):
+      continue
+    fig = plot(runs)
+    files.save_figure(fig, path(FIGURES[key]), dpi=200)
+    plt.close(fig)
+  files.write_text(path("report.md"), report_markdown(runs, command))
+  return paths

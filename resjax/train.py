@@ -1,0 +1,542 @@
+"""Training: the state, the pure sharded steps, and `train_and_evaluate`.
+
+One jit-compiled `train_step` runs over a 1-D 'data' mesh: the global batch is
+split over all devices, parameters and optimizer state are replicated, the
+state buffers are donated. BatchNorm reduces over the whole (global) batch, so
+the numbers do not depend on how many devices share it. Augmentation and
+normalization run on device inside the step, with randomness drawn from
+`fold_in(state.rng, state.step)`; batches are a pure function of the step
+(`data.train_indices`), so a run restored from a checkpoint continues exactly.
+
+Weight decay is coupled L2 (added to the gradient before momentum, as in
+Caffe/PyTorch SGD and He et al. 2016) and by default applies to every
+parameter, BatchNorm scales and biases included, as the paper's 1e-4 does;
+`opt.decay_params='kernels'` restricts it to conv/dense kernels. 'adamw' uses
+optax's decoupled decay instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from resjax import checkpoints
+from resjax import data
+from resjax import errors
+from resjax import files
+from resjax import metrics
+from resjax import models
+from resjax import sharding
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "piecewise", "cosine")
+DECAY_PARAMS = ("all", "kernels")
+
+
+class Diverged(RuntimeError):
+  """The loss or the parameters became NaN or infinite; the message says where."""
+
+
+# ----------------------------------------------------------------------------
+# State.
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+  """What happens on device to a raw batch before the model sees it.
+
+  Normalizes with the dataset's per-channel (or per-feature) mean and std;
+  when training with `augment`, images then get a random crop after zero
+  padding by `pad` (zero = the mean colour) and an optional horizontal flip.
+  """
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  is_image: bool = True
+  augment: bool = False
+  pad: int = 4
+  flip: bool = True
+
+  def __call__(self, inputs: jax.Array, rng: jax.Array | None = None,
+               train: bool = False) -> jax.Array:
+    x = data.preprocess(inputs, jnp.asarray(self.mean, jnp.float32),
+                        jnp.asarray(self.std, jnp.float32))
+    if train and self.augment and self.is_image:
+      x = data.augment(rng, x, pad=self.pad, flip=self.flip)
+    return x
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a step changes (arrays) and what it needs to run (static).
+
+  `rng` stays fixed; each step draws from `fold_in(rng, step)`. The model is
+  `apply_fn.__self__`; `preprocess(inputs)` turns raw inputs into model inputs.
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+  apply_fn: Callable = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  schedule: Callable = flax.struct.field(pytree_node=False)
+  preprocess: Preprocess = flax.struct.field(pytree_node=False)
+
+  @property
+  def variables(self) -> dict:
+    """The Flax variables for `apply_fn`: params (+ batch_stats)."""
+    if self.batch_stats:
+      return {"params": self.params, "batch_stats": self.batch_stats}
+    return {"params": self.params}
+
+  def arrays(self) -> dict:
+    """The array fields as a dict (what a checkpoint holds)."""
+    return {"step": self.step, "params": self.params, "batch_stats": self.batch_stats,
+            "opt_state": self.opt_state, "rng": self.rng}
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int):
+  """The Flax module named by `config.model` (its other keys are model fields)."""
+  kwargs = {k: v for k, v in config.model.items() if k != "name"}
+  return models.build(config.model.name, num_classes, **kwargs)
+
+
+def make_schedule(opt: Mapping[str, Any], steps: int) -> Callable[[jax.Array], jax.Array]:
+  """Learning rate as a function of the step.
+
+  'constant': opt.lr. 'piecewise': opt.lr times opt.decay at each step in
+  opt.boundaries (He et al.: 0.1, x0.1 at 32k and 48k). 'cosine': opt.lr
+  decayed to 0 at `steps`. With opt.warmup_steps > 0 the first warmup_steps
+  steps use the constant opt.warmup_lr (He et al.'s ResNet-110 warm-up at 0.01),
+  and the schedule itself is not shifted.
+  """
+  lr = float(opt["lr"])
+  name = opt["schedule"]
+  if name == "constant":
+    base = lambda count: jnp.full((), lr, jnp.float32)
+  elif name == "piecewise":
+    bounds = jnp.asarray(sorted(int(b) for b in opt["boundaries"]), jnp.int32)
+    decay = float(opt["decay"])
+    base = lambda count: lr * decay ** jnp.sum(count >= bounds).astype(jnp.float32)
+  elif name == "cosine":
+    base = optax.cosine_decay_schedule(lr, decay_steps=max(int(steps), 1))
+  else:
+    errors.choice("opt.schedule", name, SCHEDULES)
+  warmup_steps = int(opt.get("warmup_steps", 0))
+  warmup_lr = float(opt.get("warmup_lr", 0.0))
+  if warmup_steps <= 0:
+    return lambda count: jnp.asarray(base(count), jnp.float32)
+  return lambda count: jnp.where(count < warmup_steps, jnp.float32(warmup_lr),
+                                 jnp.asarray(base(count), jnp.float32))
+
+
+def make_optimizer(opt: Mapping[str, Any],
+                   schedule: Callable[[jax.Array], jax.Array]) -> optax.GradientTransformation:
+  """SGD (+momentum) / Adam with coupled L2, or AdamW with decoupled decay."""
+  name = errors.choice("opt.name", opt["name"], OPTIMIZERS)
+  wd = float(opt.get("weight_decay", 0.0))
+  decay_params = errors.choice("opt.decay_params", opt.get("decay_params", "all"),
+                               DECAY_PARAMS)
+  mask = None
+  if decay_params == "kernels":
+    mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  if name == "adamw":
+    return optax.adamw(schedule, weight_decay=wd, mask=mask)
+  l2 = [optax.add_decayed_weights(wd, mask)] if wd > 0 else []
+  if name == "sgd":
+    momentum = float(opt.get("momentum", 0.0))
+    return optax.chain(*l2, optax.sgd(schedule, momentum=momentum or None,
+                                      nesterov=bool(opt.get("nesterov", False))))
+  return optax.chain(*l2, optax.adam(schedule))
+
+
+def _preprocess_for(config, input_shape, mean, std) -> Preprocess:
+  n = input_shape[-1] if len(input_shape) == 3 else int(np.prod(input_shape))
+  mean = (0.0,) * n if mean is None else tuple(float(v) for v in np.ravel(mean))
+  std = (1.0,) * n if std is None else tuple(float(v) for v in np.ravel(std))
+  return Preprocess(mean=mean, std=std, is_image=len(input_shape) == 3,
+                    augment=bool(config.data.get("augment", False)),
+                    pad=int(config.data.get("pad", 4)), flip=bool(config.data.get("flip", True)))
+
+
+def _init_fn(config, input_shape, num_classes, mean, std) -> Callable:
+  model = build_model(config, num_classes)
+  schedule = make_schedule(config.opt, config.train.steps)
+  tx = make_optimizer(config.opt, schedule)
+  prep = _preprocess_for(config, input_shape, mean, std)
+
+  def init(rng_init: jax.Array, rng_train: jax.Array) -> TrainState:
+    x = jnp.zeros((1, *input_shape), jnp.float32)
+    variables = model.init({"params": rng_init}, x, train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}),
+                      opt_state=tx.init(params), rng=rng_train, apply_fn=model.apply,
+                      tx=tx, schedule=schedule, preprocess=prep)
+
+  return init
+
+
+_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def _rngs(seed: int) -> tuple[jax.Array, jax.Array]:
+  rng_init, rng_train = jax.random.split(jax.random.PRNGKey(int(seed)))
+  return rng_init, rng_train
+
+
+def state_sharding(state: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Shardings for a (possibly abstract) state: every leaf replicated."""
+  return jax.tree.map(lambda _: sharding.replicated(mesh), state)
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                         input_shape, num_classes: int, *, mean=None, std=None) -> TrainState:
+  """The state's shapes, dtypes and shardings without computing anything."""
+  init = _init_fn(config, tuple(input_shape), num_classes, mean, std)
+  abstract = jax.eval_shape(init, *_rngs(config.seed))
+  shardings = state_sharding(abstract, mesh)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                       input_shape, num_classes: int, *, mean=None, std=None) -> TrainState:
+  """A fresh state for `config`, born with its final shardings on `mesh`.
+
+  `mean` / `std` are the dataset's per-channel (or per-feature) statistics used
+  to normalize inputs on device (default: none).
+  """
+  init = _init_fn(config, tuple(input_shape), num_classes, mean, std)
+  rngs = _rngs(config.seed)
+  abstract = jax.eval_shape(init, *rngs)
+  lowered = jax.jit(init, out_shardings=state_sharding(abstract, mesh)).lower(*rngs)
+  # Init runs once: XLA's backend optimizations would cost more compile time
+  # (several seconds for a ResNet on CPU, mostly the random initializers) than
+  # they could ever save.
+  return lowered.compile(compiler_options=_INIT_COMPILER_OPTIONS)(*rngs)
+
+
+# ----------------------------------------------------------------------------
+# Steps (pure; jitted with explicit shardings by `jit_steps`).
+
+
+def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
+  """One SGD step on a global batch {'inputs', 'labels'}; returns (state, metrics)."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  x = state.preprocess(batch["inputs"], rng, train=True)
+  labels = batch["labels"]
+
+  def loss_fn(params):
+    variables = dict(state.variables, params=params)
+    logits, new_vars = state.apply_fn(variables, x, train=True, mutable=["batch_stats"])
+    return _cross_entropy(logits, labels).mean(), (logits, new_vars.get("batch_stats", {}))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  out = {
+      "loss": loss,
+      "accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
+      "lr": state.schedule(state.step),
+      "grad_norm": optax.global_norm(grads),
+      "param_norm": optax.global_norm(params),
+      "update_norm": optax.global_norm(updates),
+  }
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state)
+  return new_state, out
+
+
+def eval_step(state: TrainState, batch: Mapping[str, jax.Array]) -> dict:
+  """Sums over a batch {'inputs', 'labels'[, 'mask']}: loss_sum, correct, count."""
+  x = state.preprocess(batch["inputs"], train=False)
+  logits = state.apply_fn(state.variables, x, train=False)
+  labels = batch["labels"]
+  mask = batch.get("mask")
+  mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  return {"loss_sum": jnp.sum(_cross_entropy(logits, labels) * mask),
+          "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
+
+
+def jit_steps(state: TrainState, mesh: jax.sharding.Mesh) -> tuple[Callable, Callable]:
+  """(train_step, eval_step) jitted for `mesh`: batch sharded, state replicated,
+  the state donated to train_step."""
+  state_s = state_sharding(state, mesh)
+  batch_s, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  p_train = jax.jit(train_step, in_shardings=(state_s, batch_s),
+                    out_shardings=(state_s, repl), donate_argnums=0)
+  p_eval = jax.jit(eval_step, in_shardings=(state_s, batch_s), out_shardings=repl)
+  return p_train, p_eval
+
+
+# ----------------------------------------------------------------------------
+# Host side: batches, evaluation.
+
+
+def host_batch(split: data.Split, step: int, *, seed: int, global_batch: int) -> dict:
+  """This process's rows of the training batch for `step` (NumPy)."""
+  return data.train_batch(split, step, seed=seed, global_batch=global_batch,
+                          process_index=jax.process_index(),
+                          process_count=jax.process_count())
+
+
+def evaluate(p_eval: Callable, state: TrainState, split: data.Split,
+             mesh: jax.sharding.Mesh, global_batch: int) -> dict[str, float]:
+  """Loss, accuracy and error on every example of `split` (padded, masked)."""
+  rows = data.local_rows(global_batch, jax.process_index(), jax.process_count())
+  sums = []
+  for batch in data.eval_batches(split, global_batch):
+    local = {k: np.asarray(v)[rows] for k, v in batch.items()}
+    sums.append(p_eval(state, sharding.to_global(local, mesh)))
+  sums = jax.device_get(sums)
+  count = sum(float(s["count"]) for s in sums)
+  loss = sum(float(s["loss_sum"]) for s in sums) / count
+  accuracy = sum(float(s["correct"]) for s in sums) / count
+  return {"loss": loss, "accuracy": accuracy, "error": 1.0 - accuracy}
+
+
+# ----------------------------------------------------------------------------
+# Config checks.
+
+
+def _get(config, dotted: str):
+  node = config
+  for part in dotted.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      return _MISSING
+    node = node[part]
+  return node
+
+
+_MISSING = object()
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ConfigError with one line per bad field (all of them, not just the first)."""
+  problems: list[str] = []
+
+  def need(field, ok, fix):
+    value = _get(config, field)
+    if value is _MISSING:
+      problems.append(f"config has no field {field}; {fix}")
+      return None
+    if not ok(value):
+      problems.append(f"{field}={value!r} is not allowed; {fix}")
+      return None
+    return value
+
+  def one_of(field, allowed):
+    return need(field, lambda v: v in allowed, f"choose one of: {', '.join(allowed)}")
+
+  pos_int, nonneg_int = lambda v: _is_int(v) and v > 0, lambda v: _is_int(v) and v >= 0
+  need("seed", _is_int, "use an integer")
+  model_name = one_of("model.name", tuple(models.MODELS))
+  one_of("data.name", tuple(data.NAMES))
+  batch = need("data.batch_size", pos_int, "use a positive integer (the global batch)")
+  if batch is not None and batch % num_devices:
+    problems.append(f"data.batch_size={batch} is not divisible by the {num_devices} devices; "
+                    f"use a multiple of {num_devices}")
+  for field in ("data.augment", "data.flip"):
+    if _get(config, field) is not _MISSING:
+      need(field, lambda v: isinstance(v, bool), "use True or False")
+  if _get(config, "data.pad") is not _MISSING:
+    need("data.pad", nonneg_int, "use an integer >= 0")
+  opt_name = one_of("opt.name", OPTIMIZERS)
+  schedule = one_of("opt.schedule", SCHEDULES)
+  need("opt.lr", lambda v: _is_number(v) and v > 0, "use a number > 0")
+  if opt_name == "sgd":
+    need("opt.momentum", lambda v: _is_number(v) and 0 <= v < 1, "use a number in [0, 1)")
+  need("opt.weight_decay", lambda v: _is_number(v) and v >= 0, "use a number >= 0")
+  if _get(config, "opt.decay_params") is not _MISSING:
+    one_of("opt.decay_params", DECAY_PARAMS)
+  if schedule == "piecewise":
+    need("opt.boundaries",
+         lambda v: isinstance(v, (tuple, list)) and all(_is_int(b) and b > 0 for b in v)
+         and list(v) == sorted(set(v)), "use increasing positive step numbers")
+    need("opt.decay", lambda v: _is_number(v) and 0 < v <= 1, "use a number in (0, 1]")
+  warmup = need("opt.warmup_steps", nonneg_int, "use an integer >= 0 (0 = no warm-up)")
+  if warmup:
+    need("opt.warmup_lr", lambda v: _is_number(v) and v > 0, "use a number > 0")
+  need("train.steps", pos_int, "use a positive number of steps")
+  need("train.log_every", pos_int, "use a positive number of steps")
+  need("train.eval_every", nonneg_int, "use an integer >= 0 (0 = only at the end)")
+  need("train.checkpoint_every", nonneg_int, "use an integer >= 0 (0 = only at the end)")
+  if _get(config, "train.keep_checkpoints") is not _MISSING:
+    need("train.keep_checkpoints", nonneg_int, "use an integer >= 0 (0 = keep all)")
+  if model_name is not None:
+    try:
+      build_model(config, num_classes=10)
+    except errors.ConfigError as e:
+      problems.append(str(e))
+  if problems:
+    raise errors.ConfigError("\n".join(problems))
+
+
+# ----------------------------------------------------------------------------
+# The training loop.
+
+
+# Fields of `config.data` the trainer reads; any other field is a dataset
+# option passed to `data.load` (e.g. spirals' num_arms).
+DATA_FIELDS = ("name", "data_dir", "seed", "batch_size", "augment", "pad", "flip")
+
+
+def load_data(config: ml_collections.ConfigDict) -> data.Dataset:
+  """The dataset named by `config.data` (its extra fields are dataset options)."""
+  options = {k: v for k, v in config.data.items() if k not in DATA_FIELDS}
+  return data.load(config.data.name, data_dir=config.data.get("data_dir"),
+                   seed=int(config.data.get("seed", 0)), **options)
+
+
+def _dataset_meta(ds: data.Dataset) -> dict:
+  return {"name": ds.name, "input_shape": list(ds.input_shape),
+          "num_classes": int(ds.num_classes),
+          "mean": np.ravel(np.asarray(ds.mean, np.float64)).tolist(),
+          "std": np.ravel(np.asarray(ds.std, np.float64)).tolist()}
+
+
+def _every(step: int, period: int, last: int) -> bool:
+  return step == last or (period > 0 and step % period == 0)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint).
+
+  Writes workdir/config.json, workdir/metrics.jsonl, TensorBoard events in
+  workdir/tensorboard and Orbax checkpoints in workdir/checkpoints; prints
+  progress lines. Returns the final metrics ('train/...' over the last log
+  window, 'eval/...' on the full test split). Raises `Diverged` on a non-finite
+  loss, keeping the last good checkpoint.
+  """
+  mesh = sharding.make_mesh()
+  validate(config, num_devices=sharding.num_shards(mesh))
+  ds = load_data(config)
+  batch_size, total = int(config.data.batch_size), int(config.train.steps)
+  errors.check(batch_size <= len(ds.train.labels),
+               f"data.batch_size={batch_size} exceeds the {len(ds.train.labels)} training "
+               f"examples of {ds.name}; use a smaller batch")
+  workdir = files.ensure_workdir(workdir)
+  meta = {"config": config.to_dict(), "dataset": _dataset_meta(ds)}
+  lead = jax.process_index() == 0
+  say = (lambda *a: print(*a, flush=True)) if lead else (lambda *a: None)
+
+  mngr = checkpoints.manager(workdir, keep=int(config.train.get("keep_checkpoints", 0)))
+  checkpoints.check_same_config(workdir, mngr, config)
+  if lead:
+    checkpoints.save_config(workdir, config)
+  state = create_train_state(config, mesh, ds.input_shape, ds.num_classes,
+                             mean=ds.mean, std=ds.std)
+  if mngr.latest_step() is not None:
+    state = checkpoints.restore(mngr, state)
+    say(f"resumed from {checkpoints.directory(workdir)} at step {int(state.step)}")
+  p_train, p_eval = jit_steps(state, mesh)
+  start = int(jax.device_get(state.step))
+  n_params = models.param_count(state.params)
+  say(f"{config.model.name} ({n_params:,} parameters) on {ds.name} "
+      f"({len(ds.train.labels)} train / {len(ds.test.labels)} test), batch {batch_size} "
+      f"over {sharding.num_shards(mesh)} devices, steps {start} -> {total}")
+
+  last_saved = mngr.latest_step()
+  window: list[dict] = []     # fetched metrics since the last progress line
+  pending: list[dict] = []    # on-device metrics not fetched yet (no sync per step)
+  timed_steps, timed_seconds, mark = 0, 0.0, None
+  result: dict[str, float] = {}
+  # A background thread gathers and transfers the next batches while the
+  # device runs the current step.
+  batches = data.prefetch(
+      (sharding.to_global(host_batch(ds.train, s, seed=config.seed, global_batch=batch_size),
+                          mesh) for s in range(start, total)), size=2)
+  with metrics.Writer(workdir, enabled=lead) as writer:
+    try:
+      for done, batch in enumerate(batches, start + 1):
+        if mark is None:  # The first step compiles: wait for it, leave it untimed.
+          tic = time.perf_counter()
+          state, m = p_train(state, batch)
+          jax.block_until_ready(m)
+          say(f"step {done} (with compilation) took {time.perf_counter() - tic:.1f}s")
+          mark = time.perf_counter()
+        else:
+          state, m = p_train(state, batch)
+          timed_steps += 1
+        pending.append(m)
+        log = _every(done, config.train.log_every, total)
+        do_eval = _every(done, config.train.eval_every, total)
+        save = _every(done, config.train.checkpoint_every, total)
+        if not (log or do_eval or save):
+          continue
+        window.extend(jax.device_get(pending))  # Waits for the device: the only sync.
+        pending = []
+        timed_seconds += time.perf_counter() - mark
+        _check_finite(window, done, last_saved, workdir, writer)
+        if log:
+          mean = metrics.mean_of(window)
+          mean["lr"] = float(window[-1]["lr"])  # The current rate, not the mean.
+          step_time = timed_seconds / timed_steps if timed_steps else float("nan")
+          row = {f"train/{k}": v for k, v in mean.items()}
+          row.update({"train/step_time": step_time,
+                      "train/images_per_sec": batch_size / step_time})
+          writer.write(done, row)
+          say(metrics.progress_line(done, total, mean, batch_size / step_time,
+                                    (total - done) * step_time))
+          result.update(row)
+          window, timed_steps, timed_seconds = [], 0, 0.0
+        if do_eval:
+          ev = evaluate(p_eval, state, ds.test, mesh, batch_size)
+          row = {f"eval/{k}": v for k, v in ev.items()}
+          writer.write(done, row)
+          say(f"eval at step {done}: loss {ev['loss']:.4f}  accuracy "
+              f"{100 * ev['accuracy']:.2f}%  error {100 * ev['error']:.2f}%")
+          result.update(row)
+        if save:
+          checkpoints.save(mngr, state, meta)
+          last_saved = done
+        writer.flush()
+        mark = time.perf_counter()  # Evaluation and saving are not training time.
+      if start >= total:
+        ev = evaluate(p_eval, state, ds.test, mesh, batch_size)
+        result.update({f"eval/{k}": v for k, v in ev.items()})
+        say(f"nothing to train: checkpoint at step {start} >= train.steps={total}; "
+            f"eval accuracy {100 * ev['accuracy']:.2f}%")
+    finally:
+      batches.close()
+      mngr.wait_until_finished()
+      mngr.close()
+  result["step"] = max(start, total)
+  return result
+
+
+def _check_finite(window: list[dict], done: int, last_saved: int | None, workdir: str,
+                  writer: metrics.Writer) -> None:
+  for key in ("loss", "param_norm"):
+    bad = metrics.first_nonfinite(window, key)
+    if bad is not None:
+      step = done - len(window) + bad + 1
+      value = float(np.asarray(window[bad][key]))
+      writer.write(step, {f"train/{key}": value})
+      kept = (f"the last good checkpoint is step {last_saved} in "
+              f"{checkpoints.directory(workdir)}" if last_saved is not None
+              else "no checkpoint was written")
+      what = "loss" if key == "loss" else "parameter norm"
+      raise Diverged(f"{what} is {value} at step {step}; training stopped and {kept} "
+                     "(lower opt.lr or check the data)")
