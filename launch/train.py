@@ -6,9 +6,10 @@
 Running the same command again resumes from the latest checkpoint in --workdir.
 Override any config field with --config.<group>.<field>=VALUE.
 """
+import logging as py_logging
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from launch import common
@@ -44,8 +45,14 @@ def parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
+def _quiet_orbax(record: py_logging.LogRecord) -> bool:
+  """Drops Orbax's per-save INFO lines, which would bury the progress lines."""
+  return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+
+
 @common.readable_errors
 def main(argv):
+  logging.get_absl_handler().addFilter(_quiet_orbax)
   errors.check(len(argv) == 1, f"unexpected arguments: {' '.join(argv[1:])}")
   errors.check(bool(_WORKDIR.value), "--workdir is required: pass --workdir=DIR")
   common.log_devices()

@@ -192,12 +192,12 @@ def _spirals(seed: int, *, num_arms: int, noise: float, turns: float, num_train:
   noise of std `noise`.
   Train and test come from independent streams of the same seed.
   """
-  errors.check(isinstance(num_arms, int) and num_arms >= 2,
+  errors.check(isinstance(num_arms, (int, np.integer)) and num_arms >= 2,
                f"data.num_arms={num_arms!r} must be an integer >= 2")
   errors.check(noise >= 0, f"data.noise={noise!r} must be >= 0")
   errors.check(turns > 0, f"data.turns={turns!r} must be > 0")
   for field, value in (("num_train", num_train), ("num_test", num_test)):
-    errors.check(isinstance(value, int) and value >= 1,
+    errors.check(isinstance(value, (int, np.integer)) and value >= 1,
                  f"data.{field}={value!r} must be an integer >= 1")
 
   def draw(n: int, stream: int) -> Split:
@@ -222,7 +222,7 @@ def _digits(seed: int, *, num_test: int) -> tuple[Split, Split, int]:
 
   digits = datasets.load_digits()
   n = len(digits.target)
-  errors.check(isinstance(num_test, int) and 1 <= num_test < n,
+  errors.check(isinstance(num_test, (int, np.integer)) and 1 <= num_test < n,
                f"data.num_test={num_test!r} must be an integer in [1, {n - 1}]")
   # Raw values are integers 0..16.
   images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -155,33 +155,29 @@ class MLP(nn.Module):
     _check_dtype(self.dtype)
     super().__post_init__()
 
-  def _norm(self, h: Array, train: bool, index: int) -> Array:
+  def _activate(self, h: Array, train: bool, index: int) -> Array:
+    """norm -> (sow) -> activation for hidden layer `index`."""
+    z = h
     if self.norm == "batch":
-      return _batch_norm(train, self.dtype, f"norm{index}")(h)
-    if self.norm == "layer":
-      return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=f"norm{index}")(h)
-    return h
+      z = _batch_norm(train, self.dtype, f"norm{index}")(h)
+    elif self.norm == "layer":
+      z = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=f"norm{index}")(h)
+    _tap(self, "preacts", f"layer{index}", z)
+    return activations.fn(self.activation)(z)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    act = activations.fn(self.activation)
     x_BxD = x.reshape(x.shape[0], -1)
     h = nn.Dense(self.width, dtype=self.dtype, name="dense0")(x_BxD)
-    for i in range(1, self.depth + 1):
-      z = self._norm(h, train, i - 1)
-      _tap(self, "preacts", f"layer{i - 1}", z)
-      a = act(z)
-      if i == self.depth:
-        h = a
-        break
-      b = nn.Dense(self.width, dtype=self.dtype, name=f"dense{i}")(a)
+    for i in range(1, self.depth):
+      b = nn.Dense(self.width, dtype=self.dtype, name=f"dense{i}")(
+          self._activate(h, train, i - 1))
       if self.residual:
         _tap(self, "shortcut", f"block{i}", h)
-        h = h + b
-      else:
-        h = b
       _tap(self, "branch", f"block{i}", b)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(h)
+      h = h + b if self.residual else b
+    a = self._activate(h, train, self.depth - 1)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(a)
     return logits.astype(jnp.float32)
 
 
@@ -255,14 +251,19 @@ class ResNet(nn.Module):
 
   3x3 stem conv (widths[0] filters), then len(widths) stages of n basic blocks
   each (the first stage at stride 1, every later stage starts with stride 2),
-  global average pooling, dense head. Convs have no bias; He-normal (fan_out)
-  init; the head keeps Flax's default (LeCun normal, zero bias). Depth counts
-  the stem, the 2 convs of every block and the head: 2 * len(widths) * n + 2.
+  global average pooling, dense 'classifier'. Convs have no bias; He-normal
+  (fan_out) init; the classifier keeps Flax's default (LeCun normal, zero
+  bias). Depth counts the stem, the 2 convs of every block and the classifier:
+  2 * len(widths) * n + 2. Parameters = weights + BN scale/bias (the running
+  statistics live in 'batch_stats'): ResNet-20/32/44/56/110 have 269,722 /
+  464,154 / 658,586 / 853,018 / 1,727,962.
 
   plain=True drops the shortcuts and nothing else (same parameters).
   preact=True is the full pre-activation variant (He et al. 2016b): each block
   is BN-act-conv-BN-act-conv, the stem is a bare conv, and a final BN-act
-  comes before pooling. Its parameter count equals the original's.
+  comes before pooling. Every shortcut, the first block's included, starts
+  from the raw block input, so one identity path runs from the stem to the
+  final BN. Its parameter count equals the original's.
 
   Probe names: preacts 'stem' (original only), 'stage{s}/block{b}/act1',
   'stage{s}/block{b}/act2', 'final' (preact only); stages count from 1, blocks
@@ -284,6 +285,7 @@ class ResNet(nn.Module):
     _check_bool("plain", self.plain)
     _check_bool("preact", self.preact)
     _check_widths("widths", self.widths)
+    object.__setattr__(self, "widths", tuple(self.widths))  # hashable, for jit
     errors.check(all(a <= b for a, b in zip(self.widths, self.widths[1:])),
                  f"model.widths={tuple(self.widths)!r} is not allowed; option-A "
                  "shortcuts need non-decreasing widths")
@@ -321,7 +323,7 @@ class ResNet(nn.Module):
       _tap(self, "preacts", "final", z)
       h = act(z)
     h = jnp.mean(h, axis=(1, 2))
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(h)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(h)
     return logits.astype(jnp.float32)
 
 
@@ -441,6 +443,7 @@ class InvertedResidualNet(nn.Module):
         isinstance(st, (tuple, list)) and len(st) == 3 for st in self.stages)
     errors.check(stages_ok, f"model.stages={self.stages!r} is not allowed; use a "
                  "non-empty tuple of (width, blocks, stride) triples")
+    object.__setattr__(self, "stages", tuple(tuple(st) for st in self.stages))
     for width, blocks, stride in self.stages:
       _check_int("stages (width)", width, 1)
       _check_int("stages (blocks)", blocks, 1)
@@ -476,7 +479,7 @@ class InvertedResidualNet(nn.Module):
     _tap(self, "preacts", "head", z)
     h = act(z)
     h = jnp.mean(h, axis=(1, 2))
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(h)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(h)
     return logits.astype(jnp.float32)
 
 

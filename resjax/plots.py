@@ -10,13 +10,16 @@ from matplotlib import ticker
 
 from resjax import collapse
 
-_ERROR_STYLE = {"pinv": ("T$^+$ y (paper)", "tab:gray"),
+_ERROR_STYLE = {"pinv": ("T$^+$ y, as in the paper (median)", "tab:gray"),
                 "refit": ("best linear map of T$^+$ y", "tab:blue"),
-                "oracle": ("oracle: invert on-duty units", "tab:red")}
+                "oracle": ("oracle: invert the on-duty units", "tab:red")}
 _ACT_COLORS = {"relu": "tab:red", "relu6": "tab:orange", "gelu": "tab:purple",
                "leaky_relu": "tab:brown", "elu": "tab:pink", "softplus": "tab:olive",
                "tanh": "tab:cyan", "identity": "black"}
-_FLOOR = 1e-5  # log axes stop here; smaller errors are exact up to float32
+_STYLES = {"relu": ("-", "o"), "relu6": ("--", "D"), "gelu": ("-", "^"),
+           "leaky_relu": (":", "v"), "elu": ("-.", "s"), "softplus": ("-", "P"),
+           "tanh": ("--", "X"), "identity": ("-", "*")}
+_FLOOR = 1e-6  # log axes stop here; smaller errors are exact up to float32
 
 
 def _log2_x(ax, dims) -> None:
@@ -65,7 +68,11 @@ def _fig1_row(fig, gs_row, rec: dict[str, Any]) -> None:
 def _errors_panel(ax, res, k: int, a: int) -> None:
   dims = res["dims"]
   for e, (label, color) in _ERROR_STYLE.items():
-    _band(ax, dims, np.maximum(res[f"{e}_error"][k, a], _FLOOR / 10), color, label, lw=1.8)
+    v_NxS = np.maximum(res[f"{e}_error"][k, a], _FLOOR / 10)
+    if e == "pinv":  # heavy-tailed: near-singular T at n ~ d make the mean meaningless
+      ax.plot(dims, np.median(v_NxS, -1), color=color, label=label, lw=1.8)
+    else:
+      _band(ax, dims, v_NxS, color, label + " (mean)", lw=1.8)
   theory = res["oracle_error_theory"][k, a]
   if np.isfinite(theory).any():
     ax.plot(dims, np.maximum(theory, _FLOOR / 10), "k--", lw=1.2,
@@ -82,7 +89,8 @@ def _errors_panel(ax, res, k: int, a: int) -> None:
 def _refit_panel(ax, res, k: int) -> None:
   dims = res["dims"]
   for a, name in enumerate(res["activations"]):
-    _band(ax, dims, res["refit_error"][k, a], _ACT_COLORS.get(name, None), name, lw=1.5)
+    _band(ax, dims, res["refit_error"][k, a], _ACT_COLORS.get(name, None), name, lw=1.5,
+          ls=_STYLES.get(name, ("-", "o"))[0])
   _log2_x(ax, dims)
   ax.set_ylim(bottom=0)
   ax.set_xlabel("embedding dimension n")
@@ -99,9 +107,11 @@ def _collapse_panel(ax, res, k: int) -> None:
   for a in shown or range(len(names)):
     color = _ACT_COLORS.get(names[a])
     mean, lo, hi = collapse.interval(res["collapsed_frac"][k, a])
+    marker = _STYLES.get(names[a], ("-", "o"))[1]
     ax.errorbar(dims, mean, yerr=[mean - np.clip(lo, 0, 1), np.clip(hi, 0, 1) - mean],
-                fmt="o", ms=3, color=color, elinewidth=1, capsize=0,
-                label=f"{names[a]} measured")
+                fmt=marker, ms=5 if marker == "D" else 3.5, color=color, elinewidth=1,
+                capsize=0, mfc="none" if marker == "D" else color,
+                label=f"{names[a]} measured (95% CI)")
     ax.plot(dims, res["collapsed_frac_theory"][k, a], "-", color=color, lw=1.2, alpha=0.8)
   if "relu" in names:
     a = names.index("relu")
@@ -156,11 +166,14 @@ def collapse_figure(res: dict[str, Any], recoveries: Optional[dict[str, Any]] = 
   names = res["activations"]
   a = names.index(activation) if activation in names else 0
   top = recoveries is not None
-  fig = mfigure.Figure(figsize=(16, 9.4 if top else 5.2))
-  gs = fig.add_gridspec(2 if top else 1, 1, height_ratios=[1, 1.35] if top else [1],
-                        hspace=0.28)
+  fig = mfigure.Figure(figsize=(16, 8.9 if top else 5.2))
+  gs = fig.add_gridspec(2 if top else 1, 1, height_ratios=[1, 1.6] if top else [1],
+                        hspace=0.3, top=0.88 if top else 0.85)
   if top:
     _fig1_row(fig, gs[0], recoveries)
+    fig.text(0.5, 0.895, f"MobileNetV2 Fig. 1 reproduced: T$^+$ {recoveries['activation']}"
+             "(T x) for one Gaussian T (seed 0) per embedding dimension n", ha="center",
+             fontsize=11, style="italic")
   if len(res["d"]) > 1:
     _by_d_panels(fig, gs[-1], res, a)
   else:

@@ -83,11 +83,11 @@ def analyze(workdir: str, *, step: int | None = None, compare: Sequence[str] = (
   `step` picks the checkpoint of every run (default: each run's latest).
   Returns {'dir': output folder, 'files': written paths, 'runs': [...]}.
   """
-  from resjax import checkpoints, data, probes  # heavy imports only when analysing
-
   dirs = [_check_workdir(d) for d in (workdir, *compare)]
   errors.check(len(set(dirs)) == len(dirs), "--compare names a workdir twice; "
                "pass each run once")
+  from resjax import checkpoints, data, probes  # heavy imports only when analysing
+
   restored = [checkpoints.load(d, step) for d in dirs]  # fail fast on any bad run
   out_dir = files.ensure_workdir(os.path.join(dirs[0], "analysis"))
   datasets: dict[str, Any] = {}
@@ -317,7 +317,7 @@ def plot_units(runs: Sequence[dict]):
     axes[0].set_title("(a) dead units (never on duty) and dormant units", loc="left")
     axes[0].set_ylim(bottom=-0.02)
     _style_legend(axes[0], [("dead", "-", "o"),
-                            (f"dormant (ReDo score $\leq$ {threshold:g})", "--", "s")],
+                            (f"dormant (ReDo score $\\leq$ {threshold:g})", "--", "s")],
                   loc="upper left")
     axes[1].set_ylabel("active fraction per input")
     axes[1].set_title("(b) share of a layer's neurons on duty, over test inputs", loc="left")
@@ -458,9 +458,10 @@ def report_markdown(runs: Sequence[dict], command: str | None = None) -> str:
   md += ["## C4: dead units stop learning; gradients vanish in plain nets", ""]
   for r in runs:
     c = num[r["run"]]
+    worst = (f"the worst layer is `{c['worst_layer']}` with dead fraction "
+             f"{c['worst_dead_frac']:.4f}" if c["dead"] else "no layer has a dead unit")
     line = (f"- **{r['run']}** ({r['model']}): {c['dead']} of {c['units']} units dead "
-            f"({c['dead_pct']:.2f}%) across {c['layers']} activation layers; the worst "
-            f"layer is `{c['worst_layer']}` with dead fraction {c['worst_dead_frac']:.4f}. "
+            f"({c['dead_pct']:.2f}%) across {c['layers']} activation layers; {worst}. "
             f"{c['dormant']} units ({c['dormant_pct']:.2f}%) are dormant (ReDo score "
             f"<= {threshold:g}).")
     if "grad_ratio" in c:
@@ -470,10 +471,20 @@ def report_markdown(runs: Sequence[dict], command: str | None = None) -> str:
     md.append(line)
   if plain and residual:
     p, q = plain[0]["run"], residual[0]["run"]
-    more = "more" if num[p]["dead"] > num[q]["dead"] else (
-        "as many" if num[p]["dead"] == num[q]["dead"] else "fewer")
-    md.append(f"- Plain vs residual: {p} has {more} dead units than {q} "
-              f"({num[p]['dead']} vs {num[q]['dead']}); C4/C5 predict more in the plain net.")
+    dp, dq = num[p]["dead"], num[q]["dead"]
+    if dp > dq:
+      verdict = f"{p} has more dead units than {q} ({dp} vs {dq}), as C4/C5 predict"
+    elif dp == dq:
+      verdict = f"{p} and {q} have the same number of dead units ({dp}); no separation here"
+    else:
+      verdict = f"{p} has fewer dead units than {q} ({dp} vs {dq}), against the C4/C5 prediction"
+    md.append(f"- Plain vs residual: {verdict}.")
+    rp, rq = num[p].get("grad_ratio"), num[q].get("grad_ratio")
+    if rp is not None and rq is not None:
+      smaller = "smaller" if rp < rq else "not smaller"
+      md.append(f"- The first layer's share of the gradient (first/last norm ratio) is "
+                f"{smaller} in the plain net ({rp:.4f} vs {rq:.4f}); vanishing gradients "
+                f"in plain nets (C4) predict smaller.")
   md += ["", f"![units]({FIGURES['units']})", ""]
   if any(r["weights"] for r in runs):
     md += [f"![gradients]({FIGURES['gradients']})", ""]
@@ -501,13 +512,17 @@ def report_markdown(runs: Sequence[dict], command: str | None = None) -> str:
   md += ["## C7: a layer that lets everything through acts linearly", ""]
   for r in runs:
     c = num[r["run"]]
-    md.append(f"- **{r['run']}**: {c['linear_layers']} of {c['layers']} layers pass every "
-              f"unit for at least one input; the highest linear-region fraction is "
-              f"{c['linear_max']:.4f} (`{c['linear_max_layer']}`). Per spatial position, "
-              f"all channels are on duty for {100 * c['linear_position_mean']:.2f}% of "
-              f"positions on average. A typical input turns on "
-              f"{100 * c['active_mean']:.1f}% of a layer's neurons (spread across inputs, "
-              f"mean std {c['active_std']:.4f}).")
+    if c["linear_layers"]:
+      best = (f"{c['linear_layers']} of {c['layers']} layers pass every unit for some "
+              f"inputs; the highest linear-region fraction is {c['linear_max']:.4f} "
+              f"(`{c['linear_max_layer']}`)")
+    else:
+      best = (f"none of the {c['layers']} layers passes every unit for a whole input "
+              f"(linear-region fraction 0)")
+    md.append(f"- **{r['run']}**: {best}. Per spatial position, all channels are on duty "
+              f"for {100 * c['linear_position_mean']:.2f}% of (input, position) pairs on "
+              f"average. A typical input turns on {100 * c['active_mean']:.1f}% of a "
+              f"layer's neurons (spread across inputs: mean std {c['active_std']:.4f}).")
   md += ["", "See panel (c) of the units figure above.", ""]
 
   md += ["## C3: redundancy decides what the activation destroys", ""]

@@ -485,20 +485,14 @@ def _loss(arch, params, spec, x, y):
   return loss, logits
 
 
-def _batch_indices(seed, step, num_examples: int, batch_size: int):
-  """Example indices of `step` for the net with `seed`: a fresh permutation per epoch.
-
-  The permutation sorts hashes of (seed, epoch, example); a pure function of its
-  arguments, so a resumed or unpadded run sees the same batches.
-  """
-  per_epoch = num_examples // batch_size
-  epoch, pos = step // per_epoch, step % per_epoch
-  perm = jnp.argsort(_hash(seed, 0x5EED, epoch, jnp.arange(num_examples)))
-  return lax.dynamic_slice(perm, (pos * batch_size,), (batch_size,))
+def epoch_permutation(seed, epoch, num_examples: int) -> jax.Array:
+  """The example order of `epoch` for the net with `seed` (sorts hashes; jit-able)."""
+  return jnp.argsort(_hash(seed, 0x5EED, epoch, jnp.arange(num_examples)))
 
 
-def _train_step(arch, tx, params, opt_state, spec, step, x_train, y_train, batch_size):
-  idx = _batch_indices(spec["seed"], step, x_train.shape[0], batch_size)
+def _train_step(arch, tx, params, opt_state, spec, perm, pos, x_train, y_train, batch_size):
+  """One step on rows perm[pos * batch_size:][:batch_size] of the training split."""
+  idx = lax.dynamic_slice(perm, (pos * batch_size,), (batch_size,))
   (loss, _), grads = jax.value_and_grad(_loss, argnums=1, has_aux=True)(
       arch, params, spec, x_train[idx], y_train[idx])
   mask = param_mask(arch, spec)
@@ -508,66 +502,74 @@ def _train_step(arch, tx, params, opt_state, spec, step, x_train, y_train, batch
   return optax.apply_updates(params, updates), opt_state, loss
 
 
-def _chunks(x, y, size):
-  """Pads a split to a multiple of `size` and reshapes to [n, size, ...] + a mask."""
+def _chunks(x, y, size, g=None):
+  """Pads arrays to a multiple of `size` rows, reshaped [n, size, ...], plus a row mask."""
   n = x.shape[0]
   k = -(-n // size)
   pad = k * size - n
-  xp = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
-  yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
-  mask = jnp.concatenate([jnp.ones((n,)), jnp.zeros((pad,))])
-  return (xp.reshape((k, size) + x.shape[1:]), yp.reshape(k, size), mask.reshape(k, size))
+
+  def cut(a):
+    a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
+    return a.reshape((k, size) + a.shape[1:])
+
+  out = (cut(x), cut(y), cut(jnp.ones((n,))))
+  return out if g is None else out + (cut(g),)
 
 
-def _evaluate(arch, params, spec, x, y, size):
-  """(mean loss, accuracy) over a whole split, `size` examples at a time."""
-  xs, ys, ms = _chunks(x, y, size)
+def _evaluate(arch, params, spec, x, y, group, size, groups: int = 2):
+  """Mean loss and accuracy [groups] of the rows of each group (e.g. 0 train, 1 test)."""
+  xs, ys, ms, gs = _chunks(x, y, size, group)
 
   def body(acc, b):
-    xb, yb, mb = b
+    xb, yb, mb, gb = b
     logits = apply(arch, params, spec, xb)
-    logp = jax.nn.log_softmax(logits)
-    nll = -jnp.take_along_axis(logp, yb[:, None], axis=1)[:, 0]
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), yb[:, None], axis=1)[:, 0]
     correct = (jnp.argmax(logits, -1) == yb).astype(jnp.float32)
-    return (acc[0] + jnp.sum(nll * mb), acc[1] + jnp.sum(correct * mb)), None
+    onehot_BxG = (gb[:, None] == jnp.arange(groups)) * mb[:, None]
+    return (acc[0] + nll @ onehot_BxG, acc[1] + correct @ onehot_BxG, acc[2] + onehot_BxG.sum(0)), None
 
-  (nll, correct), _ = lax.scan(body, (jnp.float32(0), jnp.float32(0)), (xs, ys, ms))
-  n = x.shape[0]
-  return nll / n, correct / n
+  zero = jnp.zeros((groups,))
+  (nll, correct, count), _ = lax.scan(body, (zero, zero, zero), (xs, ys, ms, gs))
+  count = jnp.maximum(count, 1.0)
+  return nll / count, correct / count
 
 
-def _probe_stats(arch, params, spec, x, y, size):
-  """Per-layer unit statistics over a whole split and per-layer gradient norms.
+def _probe_stats(arch, params, spec, x, y, size, min_on: int = 2):
+  """Per-layer unit statistics over a whole split, and per-layer gradient norms.
 
   Returns a dict of arrays: 'ever_on' [NL, C] (unit on duty for some input),
-  'unit' [NL, C], 'valid' [NL], 'all_off' / 'all_on' [NL] (fraction of inputs,
-  per spatial position, for which no unit / every unit of the layer is on duty),
-  'grad_norm' [NL] (norm of the loss gradient w.r.t. the layer's incoming weights,
-  over the first chunk of the split).
+  'unit' [NL, C], 'valid' [NL] (layers of this net: blocks, then the head),
+  'all_off' / 'few_on' / 'all_on' [NL] (fraction of inputs, per spatial
+  position, with no unit / fewer than `min_on` units / every unit of the layer
+  on duty), and 'grad_norm' [L] (norm of the loss gradient w.r.t. the weights
+  feeding layer l, on the first chunk of the split; entry l is this net's when
+  l < depth).
   """
   active = activations.get(probe_activation(arch)).active
   xs, ys, ms = _chunks(x, y, size)
 
   def body(acc, b):
-    xb, yb, mb = b
+    xb, _, mb = b
     _, pr = apply(arch, params, spec, xb, probe=True)
     on = active(pr.z) & (pr.unit[:, None, None, :] > 0) & (mb[None, :, None, None] > 0)
     n_on = jnp.sum(on, -1)
     width = jnp.sum(pr.unit, -1)[:, None, None]
     real = mb[None, :, None]
-    ever, off, all_on = acc
+    ever, off, few, every = acc
     return (ever | jnp.any(on, axis=(1, 2)),
             off + jnp.sum((n_on == 0) * real, axis=(1, 2)),
-            all_on + jnp.sum((n_on == width) * real, axis=(1, 2))), pr
+            few + jnp.sum((n_on < min_on) * real, axis=(1, 2)),
+            every + jnp.sum((n_on == width) * real, axis=(1, 2))), None
 
   _, pr0 = apply(arch, params, spec, xs[0], probe=True)
   nl, _, s, c = pr0.z.shape
-  init_acc = (jnp.zeros((nl, c), bool), jnp.zeros((nl,)), jnp.zeros((nl,)))
-  (ever, off, all_on), _ = lax.scan(lambda a, b: (body(a, b)[0], None), init_acc, (xs, ys, ms))
+  zero = jnp.zeros((nl,))
+  (ever, off, few, every), _ = lax.scan(body, (jnp.zeros((nl, c), bool), zero, zero, zero),
+                                        (xs, ys, ms))
   denom = x.shape[0] * s
   grads = jax.grad(lambda p: _loss(arch, p, spec, xs[0], ys[0])[0])(params)
-  return {"ever_on": ever, "unit": pr0.unit, "valid": pr0.valid,
-          "all_off": off / denom, "all_on": all_on / denom,
+  return {"ever_on": ever, "unit": pr0.unit, "valid": pr0.valid, "all_off": off / denom,
+          "few_on": few / denom, "all_on": every / denom,
           "grad_norm": _layer_grad_norms(arch, grads, nl)}
 
 
@@ -653,20 +655,25 @@ class _Runner:
     arch, tx, bs, every, eb = self.arch, self.tx, self.batch_size, self.eval_every, self.eval_batch
 
     def one(state, spec, step0, data):
-      x_tr, y_tr, x_te, y_te = data
+      x_tr, y_tr, x_all, y_all, g_all = data
+      n = x_tr.shape[0]
+      per_epoch = n // bs
 
       def window(carry, w):
         def step(c, i):
-          p, o = c
-          p, o, loss = _train_step(arch, tx, p, o, spec, step0 + w * every + i, x_tr, y_tr, bs)
-          return (p, o), loss
+          p, o, perm = c
+          s = step0 + w * every + i
+          epoch, pos = s // per_epoch, s % per_epoch
+          perm = lax.cond(pos == 0, lambda: epoch_permutation(spec["seed"], epoch, n), lambda: perm)
+          p, o, loss = _train_step(arch, tx, p, o, spec, perm, pos, x_tr, y_tr, bs)
+          return (p, o, perm), loss
 
-        (p, o), losses = lax.scan(step, carry, jnp.arange(every))
-        tr = _evaluate(arch, p, spec, x_tr, y_tr, eb)
-        te = _evaluate(arch, p, spec, x_te, y_te, eb)
-        return (p, o), jnp.stack([tr[0], tr[1], te[0], te[1], losses.mean()])
+        (p, o, perm), losses = lax.scan(step, carry, jnp.arange(every))
+        loss, acc = _evaluate(arch, p, spec, x_all, y_all, g_all, eb)
+        return (p, o, perm), jnp.stack([loss[0], acc[0], loss[1], acc[1], losses.mean()])
 
-      (p, o), hist = lax.scan(window, (state["params"], state["opt"]), jnp.arange(windows))
+      perm0 = epoch_permutation(spec["seed"], step0 // per_epoch, n)
+      (p, o, _), hist = lax.scan(window, (state["params"], state["opt"], perm0), jnp.arange(windows))
       return {"params": p, "opt": o}, hist
 
     return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None)),
@@ -737,6 +744,14 @@ def _repad(tree, size):
   return jax.tree.map(pad, tree)
 
 
+def _device_data(data: Arrays):
+  """(x_train, y_train, x_all, y_all, group_all): train + test stacked for evaluation."""
+  x_tr, y_tr = np.asarray(data.x_train, np.float32), np.asarray(data.y_train, np.int32)
+  x_te, y_te = np.asarray(data.x_test, np.float32), np.asarray(data.y_test, np.int32)
+  group = np.concatenate([np.zeros(len(y_tr), np.int32), np.ones(len(y_te), np.int32)])
+  return (x_tr, y_tr, np.concatenate([x_tr, x_te]), np.concatenate([y_tr, y_te]), group)
+
+
 def format_eta(seconds: float) -> str:
   """h:mm:ss."""
   seconds = max(0, int(round(seconds)))
@@ -788,9 +803,7 @@ def train_grid(arch: Arch, opt: Optim, nets: Sequence[Net], data: Arrays, *,
   padded = _pad_nets(nets, mesh.size)
   runner = _Runner(arch, opt, steps, batch_size, eval_every, eval_batch, mesh)
   spec = jax.device_put(specs(arch, padded), runner.grid)
-  dev_data = jax.device_put(
-      (np.asarray(data.x_train, np.float32), np.asarray(data.y_train, np.int32),
-       np.asarray(data.x_test, np.float32), np.asarray(data.y_test, np.int32)), runner.rep)
+  dev_data = jax.device_put(_device_data(data), runner.rep)
   n_evals = steps // eval_every
   history = {key: np.full((k, n_evals), np.nan, np.float32) for key in HISTORY_KEYS}
   timing = {"compile_s": 0.0, "train_s": 0.0}
@@ -867,8 +880,9 @@ def _single_fns(arch: Arch, opt: Optim, total_steps: int, batch_size: int, eval_
 
   step = jax.jit(functools.partial(_train_step, arch, tx, batch_size=batch_size),
                  donate_argnums=(0, 1))
-  evaluate = jax.jit(lambda p, s, x, y: _evaluate(arch, p, s, x, y, eval_batch))
-  return jax.jit(start), step, evaluate
+  evaluate = jax.jit(lambda p, s, x, y, g: _evaluate(arch, p, s, x, y, g, eval_batch))
+  perm = jax.jit(epoch_permutation, static_argnums=2)
+  return jax.jit(start), step, evaluate, perm
 
 
 def train_single(arch: Arch, opt: Optim, net: Net, data: Arrays, *, steps: int,
@@ -882,18 +896,21 @@ def train_single(arch: Arch, opt: Optim, net: Net, data: Arrays, *, steps: int,
   arch1 = unpadded(arch.validate(), net)
   check_nets(arch1, [net])
   spec = _spec1(arch1, net)
-  start, step_fn, evaluate = _single_fns(arch1, opt, steps, batch_size, eval_batch)
-  x_tr, y_tr = jnp.asarray(data.x_train, jnp.float32), jnp.asarray(data.y_train, jnp.int32)
-  x_te, y_te = jnp.asarray(data.x_test, jnp.float32), jnp.asarray(data.y_test, jnp.int32)
+  start, step_fn, evaluate, permutation = _single_fns(arch1, opt, steps, batch_size, eval_batch)
+  x_tr, y_tr, x_all, y_all, g_all = jax.device_put(_device_data(data))
   params, opt_state = start(spec)
+  n = x_tr.shape[0]
+  per_epoch = n // batch_size
   loss = jnp.nan
   for s in range(steps):
-    params, opt_state, loss = step_fn(params, opt_state, spec, jnp.int32(s), x_tr, y_tr)
-  tr = evaluate(params, spec, x_tr, y_tr)
-  te = evaluate(params, spec, x_te, y_te)
+    epoch, pos = divmod(s, per_epoch)
+    if pos == 0:
+      perm = permutation(spec["seed"], epoch, n)
+    params, opt_state, loss = step_fn(params, opt_state, spec, perm, pos, x_tr, y_tr)
+  loss_G, acc_G = evaluate(params, spec, x_all, y_all, g_all)
   return {"params": jax.device_get(params), "batch_loss": float(loss),
-          "train_loss": float(tr[0]), "train_acc": float(tr[1]),
-          "test_loss": float(te[0]), "test_acc": float(te[1])}
+          "train_loss": float(loss_G[0]), "train_acc": float(acc_G[0]),
+          "test_loss": float(loss_G[1]), "test_acc": float(acc_G[1])}
 
 
 def crop(arch: Arch, params: Params, net: Net) -> Params:

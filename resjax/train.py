@@ -8,11 +8,11 @@ normalization run on device inside the step, with randomness drawn from
 `fold_in(state.rng, state.step)`; batches are a pure function of the step
 (`data.train_indices`), so a run restored from a checkpoint continues exactly.
 
-Weight decay is coupled L2 (added to the gradient before momentum, as in
-Caffe/PyTorch SGD and He et al. 2016) and by default applies to every
-parameter, BatchNorm scales and biases included, as the paper's 1e-4 does;
-`opt.decay_params='kernels'` restricts it to conv/dense kernels. 'adamw' uses
-optax's decoupled decay instead.
+Weight decay is coupled L2: wd * w is added to the gradient before momentum
+(SGD as in Caffe and PyTorch, which He et al. 2016 used). By default it
+applies to every parameter, BatchNorm scales and offsets included, since the
+paper states 1e-4 without exceptions; `opt.decay_params='kernels'` restricts
+it to conv/dense kernels. 'adamw' uses optax's decoupled decay instead.
 """
 from __future__ import annotations
 
@@ -250,9 +250,9 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[Train
       "loss": loss,
       "accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
       "lr": state.schedule(state.step),
-      "grad_norm": optax.global_norm(grads),
-      "param_norm": optax.global_norm(params),
-      "update_norm": optax.global_norm(updates),
+      "grad_norm": optax.tree.norm(grads),
+      "param_norm": optax.tree.norm(params),
+      "update_norm": optax.tree.norm(updates),
   }
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from conftest import mock_tfds
 from resjax import data
 from resjax.errors import ConfigError
 
@@ -26,22 +27,6 @@ TFDS_FEATURES = {
     "fashion_mnist": ((28, 28, 1), 10),
     "svhn_cropped": ((32, 32, 3), 10),
 }
-
-
-@contextlib.contextmanager
-def mock_tfds(num_examples):
-  """tfds.testing.mock_data with random examples generated from the builder code.
-
-  tfds 4.9.10's mocked ArrayRecord source binds `__getitems__` without `self`
-  (TypeError); reading item by item inside the mock sidesteps that.
-  """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from tensorflow_datasets.core.data_sources import base  # pylint: disable=g-import-not-at-top
-  with tfds.testing.mock_data(num_examples=num_examples,
-                              policy=tfds.testing.MockPolicy.USE_CODE), \
-      mock.patch.object(base.BaseDataSource, "__getitems__",
-                        lambda self, keys: [self[k] for k in keys]):
-    yield
 
 
 @contextlib.contextmanager

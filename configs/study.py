@@ -1,0 +1,157 @@
+"""The five studies: grids of small nets trained in one compiled call each.
+
+  python -m launch.study --config=configs/study.py:degradation --workdir=runs/degradation
+  python -m launch.study --config=configs/study.py:dead_units  --workdir=runs/dead_units
+  python -m launch.study --config=configs/study.py:collapse    --workdir=runs/collapse_study
+  python -m launch.study --config=configs/study.py:bottleneck  --workdir=runs/bottleneck
+  python -m launch.study --config=configs/study.py:convergence --workdir=runs/convergence
+
+Each writes study.csv (one row per condition: means and 95% intervals over
+seeds), nets.csv (one row per net), study.json and <study>.png to --workdir, and
+resumes from its Orbax checkpoints when run again. Append `,tiny` to a name
+(e.g. `configs/study.py:collapse,tiny`) for a seconds-long version (CI).
+
+Expected at these defaults (2-core CPU, several minutes each; see RESULTS.md):
+  degradation  plain MLPs on spirals end with a higher training loss as depth
+               grows past a few layers; residual MLPs do not (He et al. Fig. 6).
+  dead_units   narrow plain nets lose a large fraction of their units; residual
+               nets lose fewer.
+  collapse     a ReLU first layer of width n costs accuracy at n = 2-4 and not
+               at n >= 16, like the untrained collapse curve; linear and
+               identity-plus-ReLU first layers do not lose accuracy at small n.
+  bottleneck   linear bottlenecks beat ReLU6 bottlenecks, most at narrow widths.
+  convergence  residual nets reach the target training loss in fewer steps.
+"""
+import ml_collections
+
+STUDIES = ("degradation", "dead_units", "collapse", "bottleneck", "convergence")
+
+
+def _grid(family: str, data: str, *, widths, depths, variants, steps: int,
+          batch_size: int, eval_every: int, chunk_steps: int, norm: str = "none",
+          lr: float = 1e-3, probes: bool = False, **model) -> ml_collections.ConfigDict:
+  """One grid of nets trained together (one compiled call per chunk of steps)."""
+  return ml_collections.ConfigDict(dict(
+      data=dict(
+          name=data,  # resjax.data name: 'spirals' (2-D features) or 'digits' (8x8 images).
+          seed=0,  # Dataset generation / split seed.
+          options={},  # Embedded-dataset options, e.g. {'num_arms': 3}.
+      ),
+      model=dict(
+          family=family,  # resjax.sweeps family: mlp | conv | invres | bottleneck.
+          widths=tuple(widths),  # Widths in the grid (units, channels, bottleneck or first-layer width).
+          depths=tuple(depths),  # Depths in the grid (activation layers; blocks for invres).
+          variants=tuple(variants),  # plain/residual, linear/relu6, or relu/linear/residual.
+          activation="relu",  # Hidden activation (resjax.activations name).
+          norm=norm,  # 'none' or 'layer' (masked layer norm before each activation).
+          branch_scale=model.get("branch_scale", False),  # Residual branches start at 1/sqrt(blocks).
+          head_width=model.get("head_width", 64),  # Hidden width of the invres / bottleneck heads.
+          expansion=model.get("expansion", 6),  # invres expansion factor t.
+      ),
+      opt=dict(
+          name="adam",  # adam (AdamW) or sgd (with momentum).
+          lr=lr,  # Learning rate.
+          momentum=0.9,  # sgd only.
+          weight_decay=0.0,  # Decoupled (adam) or L2 (sgd) weight decay.
+          schedule="constant",  # constant or cosine.
+      ),
+      train=dict(
+          steps=steps,  # Steps per net (the same budget for every net).
+          batch_size=batch_size,  # Examples per step per net.
+          eval_every=eval_every,  # Full train/test evaluation interval (the history).
+          chunk_steps=chunk_steps,  # Steps per compiled call; checkpoint + progress after each.
+          eval_batch=500,  # Examples per evaluation chunk.
+      ),
+      probes=probes,  # Measure dead units, duty fractions, gradient norms at init and end.
+  ))
+
+
+def _degradation():
+  return {
+      "mlp": _grid("mlp", "spirals", widths=(16,), depths=(2, 4, 8, 16, 32),
+                   variants=("plain", "residual"), norm="layer", steps=1500, batch_size=64,
+                   eval_every=50, chunk_steps=500, probes=True),
+      "conv": _grid("conv", "digits", widths=(8,), depths=(2, 4, 8, 12),
+                    variants=("plain", "residual"), norm="layer", steps=600, batch_size=32,
+                    eval_every=50, chunk_steps=200, probes=True),
+  }
+
+
+def _dead_units():
+  return {
+      "mlp": _grid("mlp", "spirals", widths=(2, 3, 4, 8, 16, 32), depths=(2, 8, 16),
+                   variants=("plain", "residual"), norm="none", branch_scale=True,
+                   steps=1000, batch_size=64, eval_every=100, chunk_steps=500, probes=True),
+  }
+
+
+def _collapse():
+  return {
+      "bottleneck": _grid("bottleneck", "spirals", widths=(2, 3, 4, 6, 8, 12, 16, 24, 32),
+                          depths=(1,), variants=("relu", "linear", "residual"),
+                          steps=2000, batch_size=64, eval_every=100, chunk_steps=1000,
+                          head_width=64, probes=True),
+  }
+
+
+def _bottleneck():
+  return {
+      "invres": _grid("invres", "digits", widths=(2, 4, 8, 12), depths=(2,),
+                      variants=("linear", "relu6"), steps=600, batch_size=32,
+                      eval_every=50, chunk_steps=200, head_width=64, expansion=6),
+  }
+
+
+def _convergence():
+  return {
+      "mlp": _grid("mlp", "spirals", widths=(16,), depths=(4, 8, 16),
+                   variants=("plain", "residual"), norm="layer", steps=1500, batch_size=64,
+                   eval_every=10, chunk_steps=500),
+  }
+
+
+_GRIDS = {"degradation": _degradation, "dead_units": _dead_units, "collapse": _collapse,
+          "bottleneck": _bottleneck, "convergence": _convergence}
+
+
+def _shrink(config: ml_collections.ConfigDict) -> None:
+  """Seconds instead of minutes: 2 seeds, small grids, few steps (CI)."""
+  config.seeds = 2
+  for grid in config.grids.values():
+    model, train = grid.model, grid.train
+    model.widths = tuple(sorted(model.widths))[:2]
+    model.depths = tuple(sorted(model.depths))[:2]
+    model.head_width = min(model.head_width, 8)
+    train.steps, train.eval_every, train.chunk_steps, train.batch_size = 20, 10, 10, 16
+    train.eval_batch = 200
+    if grid.data.name == "spirals":
+      grid.data.options = {"num_train": 96, "num_test": 64}
+    else:
+      grid.data.options = {"num_test": 1697}  # 100 training images.
+  config.collapse.seeds = 2
+  config.collapse.points = 200
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """`arg` = '<study>' or '<study>,tiny'."""
+  parts = [p.strip() for p in (arg or "degradation").split(",") if p.strip()]
+  name = parts[0] if parts else "degradation"
+  config = ml_collections.ConfigDict()
+  config.study = name  # One of STUDIES.
+  config.seed = 0  # First seed; the nets use seeds seed .. seed + seeds - 1.
+  config.seeds = 5 if name == "bottleneck" else 8  # Seeds per condition (the intervals' n).
+  # Steps-to-target threshold on the full training loss (convergence study).
+  config.target_loss = 0.3
+  # The untrained collapse curve drawn beside the collapse study (resjax.collapse.sweep).
+  config.collapse = ml_collections.ConfigDict(dict(
+      activations=("relu",),  # Activations of the untrained curve.
+      seeds=8,  # Random embeddings T per n.
+      seed=0,  # Seed of the embeddings.
+      chunk=0,  # Draws per vmapped chunk (0 = all at once).
+      manifold=dict(name="spiral", dims=(2,), points=1000, turns=3.0),  # The 2-D spiral.
+  ))
+  config.grids = ml_collections.ConfigDict(
+      _GRIDS[name]() if name in _GRIDS else {})  # Unknown names are rejected by resjax.study.
+  if "tiny" in parts[1:]:
+    _shrink(config)
+  return config

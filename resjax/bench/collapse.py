@@ -1,0 +1,175 @@
+"""The collapse sweep three ways, timed in one process on the same grid.
+
+  python -m launch.bench collapse [--quick] [--out=FILE.json]
+
+(a) `collapse.sweep`'s one compiled call for the whole grid;
+(b) a straightforward NumPy loop over (activation, n, seed), float64, per cell
+    (timed on the first seeds of the grid and extrapolated per cell when the
+    full loop would take long: the printout says so);
+(c) a loop over n that jits one program per n (vmapped over seeds, all
+    activations unrolled) and runs it: one compile per n.
+For each: compile time, first-run and steady-state time; then the ratios and
+the peak memory of (a).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import resource
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from scipy import special
+
+import configs.collapse
+from resjax import activations, collapse, manifolds
+
+# NumPy versions of the registered activations (float64).
+NUMPY_FNS = {
+    "relu": lambda z: np.maximum(z, 0.0),
+    "relu6": lambda z: np.clip(z, 0.0, 6.0),
+    "leaky_relu": lambda z: np.where(z > 0, z, 0.01 * z),
+    "elu": lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0.0))),
+    "gelu": lambda z: z * special.ndtr(z),
+    "softplus": lambda z: np.logaddexp(0.0, z),
+    "tanh": np.tanh,
+    "identity": lambda z: z,
+}
+
+
+def numpy_cell(x_PxD: np.ndarray, t_NxD: np.ndarray, activation: str) -> np.ndarray:
+  """The metrics of one cell (collapse.METRICS order), straight from the definitions."""
+  x_PxD, t_NxD = np.asarray(x_PxD, np.float64), np.asarray(t_NxD, np.float64)
+  n, d = t_NxD.shape
+  act = activations.get(activation)
+  total = np.sum(x_PxD ** 2)
+  z_PxN = x_PxD @ t_NxD.T
+  u_PxD = NUMPY_FNS[activation](z_PxN) @ np.linalg.pinv(t_NxD, rcond=collapse.PINV_RTOL).T
+  b_DxD = np.linalg.lstsq(u_PxD, x_PxD, rcond=math.sqrt(collapse.GRAM_RTOL))[0]
+  lo, hi = act.region
+  on_PxN = (z_PxN > lo) & (z_PxN < hi)
+  # Oracle: least squares on each point's on-duty rows, T_S^+ z_S.
+  rows_PxNxD = on_PxN[:, :, None] * t_NxD[None]
+  oracle_PxD = np.einsum("pdn,pn->pd", np.linalg.pinv(rows_PxNxD, rcond=collapse.PINV_RTOL),
+                         z_PxN * on_PxN)
+  count_P = on_PxN.sum(1)
+  return np.array([
+      np.sum((x_PxD - u_PxD) ** 2) / total,
+      np.sum((x_PxD - u_PxD @ b_DxD) ** 2) / total,
+      np.sum((x_PxD - oracle_PxD) ** 2) / total,
+      np.mean(count_P < d), np.mean(count_P == 0), np.mean(count_P) / n,
+      np.mean(count_P == n) if act.identity_on_active else np.nan])
+
+
+def _numpy_loop(grid: collapse.Grid, x_PxD: np.ndarray, seeds: int) -> float:
+  """Seconds for the NumPy loop over (activation, n, seed < seeds)."""
+  start = time.perf_counter()
+  for name in grid.activations:
+    for n in grid.dims:
+      for s in range(seeds):
+        t_NxD = np.random.default_rng([grid.seed, s]).standard_normal((n, x_PxD.shape[1]))
+        numpy_cell(x_PxD, t_NxD, name)
+  return time.perf_counter() - start
+
+
+def _per_n_loop(grid: collapse.Grid, x_PxD: np.ndarray) -> tuple[float, float, float]:
+  """(compile s, first-run s, steady-state s) of a loop that jits one program per n."""
+  d = x_PxD.shape[1]
+  seeds = jax.numpy.arange(grid.seeds)
+
+  def make(n):
+    def cells(seed_S):
+      def one(s):
+        key = jax.random.fold_in(jax.random.key(grid.seed), s)
+        return collapse.cell_metrics(x_PxD, collapse.draw_embedding(key, n, d), n, d,
+                                     grid.activations)
+      return jax.vmap(one)(seed_S)
+    return jax.jit(cells)
+
+  compile_s = run_s = 0.0
+  compiled = []
+  for n in grid.dims:
+    start = time.perf_counter()
+    fn = make(n).lower(seeds).compile()
+    compile_s += time.perf_counter() - start
+    start = time.perf_counter()
+    jax.block_until_ready(fn(seeds))
+    run_s += time.perf_counter() - start
+    compiled.append(fn)
+  start = time.perf_counter()
+  for fn in compiled:
+    jax.block_until_ready(fn(seeds))
+  return compile_s, run_s, time.perf_counter() - start
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+  """Times (a), (b), (c) on the default collapse grid (a small one when quick)."""
+  config = configs.collapse.get_config("quick" if quick else None)
+  if quick:
+    config.dims, config.seeds, config.activations = (1, 2, 3, 5, 8), 4, ("relu", "tanh")
+  grid = collapse.grid_from_config(config)
+  x_PxD = manifolds.sample(grid.manifold, grid.points, grid.ds[0], seed=grid.seed,
+                           turns=grid.turns)
+  cells = grid.cells
+  print(f"collapse benchmark on {jax.devices()[0].platform}: {len(grid.activations)} "
+        f"activations x {len(grid.dims)} dims (n <= {max(grid.dims)}) x {grid.seeds} seeds = "
+        f"{cells:,} cells, {grid.points} points", flush=True)
+
+  # (a) the one-call sweep.
+  compiled, args, meta = collapse.compile_sweep(grid)
+  start = time.perf_counter()
+  jax.block_until_ready(compiled(*args))
+  a_first = time.perf_counter() - start
+  start = time.perf_counter()
+  jax.block_until_ready(compiled(*args))
+  a_steady = time.perf_counter() - start
+  a_compile = meta["compile_s"]
+  mem = compiled.memory_analysis()
+  temp_mb = getattr(mem, "temp_size_in_bytes", 0) / 2 ** 20 if mem else float("nan")
+  rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print(f"(a) one-call sweep: compile {a_compile:.2f} s, first run {a_first:.2f} s, "
+        f"steady {a_steady:.3f} s; XLA temp memory {temp_mb:.0f} MiB "
+        f"(chunk={meta['chunk']} draws), process peak RSS {rss_mb:.0f} MiB", flush=True)
+  figures = {"cells": cells, "a_compile_s": a_compile, "a_first_s": a_first,
+             "a_steady_s": a_steady, "a_temp_mib": temp_mb, "a_peak_rss_mib": rss_mb}
+  if not quick:
+    unchunked = collapse.compile_sweep(dataclasses.replace(grid, chunk=0))[0]
+    mem0 = unchunked.memory_analysis()
+    figures["a_temp_mib_unchunked"] = getattr(mem0, "temp_size_in_bytes", 0) / 2 ** 20
+    print(f"    without chunking XLA would hold {figures['a_temp_mib_unchunked']:.0f} MiB "
+          "of temporaries", flush=True)
+
+  # (b) NumPy loop; on the first seeds only when the whole loop would be long.
+  b_seeds = grid.seeds if quick else min(grid.seeds, 2)
+  b_time = _numpy_loop(grid, x_PxD, b_seeds)
+  b_cells = len(grid.activations) * len(grid.dims) * b_seeds
+  b_total = b_time / b_cells * cells
+  how = ("measured" if b_seeds == grid.seeds else
+         f"extrapolated from {b_cells:,} cells ({b_seeds} of {grid.seeds} seeds) at "
+         f"{b_time / b_cells * 1e3:.2f} ms per cell")
+  print(f"(b) NumPy loop: {b_total:.1f} s for the grid ({how}); no compile", flush=True)
+  figures.update(b_s=b_total, b_measured_cells=b_cells, b_measured_s=b_time)
+
+  # (c) one jit per n.
+  c_compile, c_first, c_steady = _per_n_loop(grid, x_PxD)
+  print(f"(c) jit per n ({len(grid.dims)} programs): compile {c_compile:.1f} s, "
+        f"first run {c_first:.2f} s, steady {c_steady:.3f} s", flush=True)
+  figures.update(c_compile_s=c_compile, c_first_s=c_first, c_steady_s=c_steady)
+
+  a_total = a_compile + a_first
+  ratios = {
+      "b_over_a_total": b_total / a_total,
+      "b_over_a_steady": b_total / a_steady,
+      "c_over_a_total": (c_compile + c_first) / a_total,
+      "c_over_a_steady": c_steady / a_steady,
+  }
+  figures.update(ratios)
+  print(f"ratios: NumPy loop / one-call = {ratios['b_over_a_total']:.0f}x including (a)'s "
+        f"compile, {ratios['b_over_a_steady']:.0f}x steady (target >= 50x)")
+  print(f"        jit-per-n / one-call = {ratios['c_over_a_total']:.1f}x with compiles, "
+        f"{ratios['c_over_a_steady']:.1f}x steady (target >= 5x with compiles)")
+  print("note: (a) shares work across n (T_n is the first n rows of one draw, so every n "
+        "comes from prefix sums), which (b) and (c) cannot.")
+  return figures

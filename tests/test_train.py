@@ -1,0 +1,123 @@
+"""Training library: schedules, optimizers, config checks, device-count invariance."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import cifar10, embedded
+from resjax import errors, sharding, train
+
+
+def _lr(config, step):
+  return float(train.make_schedule(config.opt, config.train.steps)(jnp.asarray(step)))
+
+
+def test_he_et_al_piecewise_schedule():
+  config = cifar10.get_config("resnet56")
+  assert [_lr(config, s) for s in (0, 31999, 32000, 47999, 48000, 63999)] == pytest.approx(
+      [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_resnet110_warms_up_at_0_01_for_400_steps():
+  config = cifar10.get_config("resnet110")
+  assert [_lr(config, s) for s in (0, 399, 400, 32000)] == pytest.approx(
+      [0.01, 0.01, 0.1, 0.01])
+  assert cifar10.get_config("resnet56").opt.warmup_steps == 0
+
+
+def test_cosine_schedule_decays_to_zero():
+  config = embedded.get_config("spirals_mlp")
+  lrs = [_lr(config, s) for s in range(0, config.train.steps + 1, 250)]
+  assert lrs[0] == pytest.approx(config.opt.lr)
+  assert lrs[-1] == pytest.approx(0.0, abs=1e-9)
+  assert all(a > b for a, b in zip(lrs, lrs[1:]))
+
+
+@pytest.mark.parametrize("decay_params", ["all", "kernels"])
+def test_weight_decay_is_coupled_l2(decay_params):
+  config = cifar10.get_config("resnet20")
+  config.opt.momentum, config.opt.weight_decay, config.opt.decay_params = 0.0, 0.5, decay_params
+  tx = train.make_optimizer(config.opt, train.make_schedule(config.opt, 10))
+  params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
+  grads = {"kernel": jnp.full((2, 2), 0.25), "bias": jnp.full((2,), 0.25)}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # SGD on g + wd * w at lr 0.1; 'kernels' leaves the bias undecayed.
+  np.testing.assert_allclose(updates["kernel"], -0.1 * (0.25 + 0.5), rtol=1e-6)
+  bias_decay = 0.5 if decay_params == "all" else 0.0
+  np.testing.assert_allclose(updates["bias"], -0.1 * (0.25 + bias_decay), rtol=1e-6)
+
+
+def test_invalid_names_raise_config_error():
+  config = cifar10.get_config()
+  config.opt.name = "rmsprop"
+  with pytest.raises(errors.ConfigError, match="opt.name='rmsprop'.*sgd, adam, adamw"):
+    train.make_optimizer(config.opt, lambda step: 0.1)
+  config.opt.schedule = "linear"
+  with pytest.raises(errors.ConfigError, match="opt.schedule='linear'"):
+    train.make_schedule(config.opt, 10)
+
+
+def test_validate_names_every_bad_field_on_its_own_line():
+  config = cifar10.get_config()
+  config.train.steps = 0
+  config.data.batch_size = 100
+  config.model.depth = 21
+  config.opt.lr = -1.0
+  config.data.name = "imagenet"
+  with pytest.raises(errors.ConfigError) as info:
+    train.validate(config, num_devices=8)
+  lines = str(info.value).splitlines()
+  assert len(lines) == 5
+  for field in ("train.steps=0", "data.batch_size=100", "model.depth=21", "opt.lr=-1.0",
+                "data.name='imagenet'"):
+    assert sum(field in line for line in lines) == 1, (field, lines)
+  assert "8 devices" in str(info.value)
+  train.validate(cifar10.get_config("preact110"), num_devices=8)  # The defaults pass.
+
+
+def _run_steps(config, devices, steps):
+  """Losses of `steps` steps and the final params on a mesh over `devices`."""
+  ds = train.load_data(config)
+  mesh = sharding.make_mesh(devices)
+  state = train.create_train_state(config, mesh, ds.input_shape, ds.num_classes,
+                                   mean=ds.mean, std=ds.std)
+  p_train, _ = train.jit_steps(state, mesh)
+  losses = []
+  for step in range(steps):
+    local = train.host_batch(ds.train, step, seed=config.seed,
+                             global_batch=config.data.batch_size)
+    state, m = p_train(state, sharding.to_global(local, mesh))
+    losses.append(m["loss"])
+  assert state.params["dense0"]["kernel"].sharding.mesh.size == len(devices)
+  return np.asarray(jax.device_get(losses)), jax.device_get(state.params)
+
+
+def test_eight_devices_match_one_device():
+  # BatchNorm + on-device augmentation: both must see the global batch.
+  config = embedded.get_config("tiny_mlp")
+  config.data.name, config.data.augment, config.data.pad = "digits", True, 1
+  config.model.norm = "batch"
+  config.opt.name, config.opt.lr, config.opt.schedule = "sgd", 0.1, "constant"
+  losses_8, params_8 = _run_steps(config, jax.devices(), steps=5)
+  losses_1, params_1 = _run_steps(config, jax.devices()[:1], steps=5)
+  assert np.all(np.isfinite(losses_8)) and losses_8[-1] < losses_8[0]
+  np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               params_8, params_1)
+
+
+def test_residual_mlp_fits_spirals():
+  config = embedded.get_config("spirals_resmlp")
+  config.model.width, config.model.depth = 32, 4
+  config.opt.lr, config.train.steps = 2e-2, 300
+  ds = train.load_data(config)
+  mesh = sharding.make_mesh(jax.devices()[:1])  # Tiny steps: one device is fastest.
+  state = train.create_train_state(config, mesh, ds.input_shape, ds.num_classes,
+                                   mean=ds.mean, std=ds.std)
+  p_train, p_eval = train.jit_steps(state, mesh)
+  for step in range(config.train.steps):
+    local = train.host_batch(ds.train, step, seed=0, global_batch=config.data.batch_size)
+    state, _ = p_train(state, sharding.to_global(local, mesh))
+  result = train.evaluate(p_eval, state, ds.train, mesh, 256)
+  assert result["accuracy"] > 0.95, result
+  assert int(state.step) == config.train.steps
