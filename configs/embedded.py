@@ -33,8 +33,8 @@ def _spirals(residual: bool) -> ml_collections.ConfigDict:
   config = cifar10.base_config()
   config.model = ml_collections.ConfigDict(dict(
       name="mlp",
-      width=32,  # Units per hidden layer.
-      depth=8,  # Hidden layers.
+      width=16,  # Units per hidden layer.
+      depth=24,  # Hidden layers.
       activation="relu",  # resjax.activations name.
       residual=residual,  # Identity shortcuts around hidden layers 1..depth-1.
       norm=config_dict.placeholder(str),  # None | batch | layer.
@@ -59,11 +59,11 @@ def _digits(plain: bool) -> ml_collections.ConfigDict:
   config.data.batch_size = 128
   config.data.pad = 1  # 8x8 images: shift by at most one pixel.
   config.data.flip = False  # Digits are not mirror-symmetric.
-  config.opt.boundaries = (750, 1125)  # He et al.'s 50% / 75% points.
-  config.train.steps = 1500
+  config.opt.boundaries = (200, 300)  # He et al.'s 50% / 75% points.
+  config.train.steps = 400  # About 36 epochs of the 1437 training digits.
   config.train.log_every = 50
-  config.train.eval_every = 500
-  config.train.checkpoint_every = 500
+  config.train.eval_every = 100
+  config.train.checkpoint_every = 200
   return config
 
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 from resjax import activations, errors, files, manifolds
 
@@ -336,6 +336,12 @@ def prefix_metrics(x_PxD: Array, t_NxD: Array, d: Array, names: Sequence[str]) -
 # ---------------------------------------------------------------- the grid
 
 
+def compiler_options() -> Optional[dict[str, Any]]:
+  """XLA options for the sweep: on the CPU, LLVM at -O1 (measured: about a third less
+  compile time for about a tenth more run time on the default grid)."""
+  return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
+
+
 def _grid_fn(x_KxPxD, d_K, k_C, s_C, seed, *, names, n_max, dims, chunk, progress):
   """Metrics [C, A, len(dims), M] for every draw C = (manifold dim, seed); C % chunk == 0."""
   d_max = x_KxPxD.shape[-1]
@@ -378,10 +384,18 @@ def compile_sweep(grid: Grid, progress: Optional[Callable[[int, int], None]] = N
   fn = jax.jit(_grid_fn, static_argnames=("names", "n_max", "dims", "chunk", "progress"))
   start = time.perf_counter()
   compiled = fn.lower(*args, names=grid.activations, n_max=max(grid.dims), dims=grid.dims,
-                      chunk=chunk, progress=progress).compile()
+                      chunk=chunk, progress=progress).compile(compiler_options())
   meta = {"x": x_KxPxD, "draws": draws, "chunk": chunk,
           "compile_s": time.perf_counter() - start}
   return compiled, args, meta
+
+
+def _binom_cdf(k: int, n: np.ndarray, p: np.ndarray) -> np.ndarray:
+  """P(Binomial(n, p) <= k), elementwise."""
+  if k < 0:
+    return np.zeros(np.shape(n))
+  n = np.asarray(n, np.int64)
+  return np.where(k >= n, 1.0, special.bdtr(k, np.maximum(n, k + 1), p))
 
 
 def theory(x_KxPxD: np.ndarray, ds: Sequence[int], names: Sequence[str],
@@ -406,12 +420,13 @@ def theory(x_KxPxD: np.ndarray, ds: Sequence[int], names: Sequence[str],
       lo, hi = act.region
       p_P = special.ndtr(hi / r_P) - special.ndtr(lo / r_P)
       p_PxN, n_PxN = np.broadcast_arrays(p_P[:, None], n_N[None, :])
-      out["collapsed_frac_theory"][k, a] = stats.binom.cdf(d - 1, n_PxN, p_PxN).mean(0)
+      out["collapsed_frac_theory"][k, a] = _binom_cdf(d - 1, n_PxN, p_PxN).mean(0)
       out["dead_frac_theory"][k, a] = ((1 - p_PxN) ** n_PxN).mean(0)
       out["linear_frac_theory"][k, a] = ((p_PxN ** n_PxN).mean(0) if act.identity_on_active
                                          else np.nan)
       if hi == math.inf and lo in (0.0, -math.inf):
-        lost_PxN = sum(stats.binom.pmf(j, n_PxN, p_PxN) * (1 - j / d) for j in range(d))
+        lost_PxN = sum((_binom_cdf(j, n_PxN, p_PxN) - _binom_cdf(j - 1, n_PxN, p_PxN))
+                       * (1 - j / d) for j in range(d))
         out["oracle_error_theory"][k, a] = (sq_P @ lost_PxN) / sq_P.sum()
       else:
         out["oracle_error_theory"][k, a] = np.nan
@@ -458,7 +473,7 @@ def interval(v_S: np.ndarray) -> tuple[float, float, float]:
   mean = v_S.mean(-1)
   if s < 2:
     return mean, np.full_like(mean, np.nan), np.full_like(mean, np.nan)
-  half = stats.t.ppf(0.975, s - 1) * v_S.std(-1, ddof=1) / math.sqrt(s)
+  half = special.stdtrit(s - 1, 0.975) * v_S.std(-1, ddof=1) / math.sqrt(s)
   return mean, mean - half, mean + half
 
 

@@ -282,6 +282,21 @@ def _stats_row(index: int, name: str, acc: _LayerAcc, threshold: float) -> tuple
 LIST_FIELDS = ("dead_units", "unit_active_rate", "dormant_score", "active_hist")
 
 
+def table_rows(results: Mapping[str, Any], **head: Any) -> list[dict]:
+  """CSV rows from `Results.to_dict()` (or a run of probes.json), `head` first.
+
+  One row per activation layer, block and weight layer ('kind'); the block
+  name goes in the 'layer' column; per-unit lists are left out.
+  """
+  out = []
+  for kind, group in (("activation", "layers"), ("block", "blocks"), ("weights", "weights")):
+    for row in results[group]:
+      flat = {("layer" if k == "block" else k): v for k, v in row.items()
+              if k not in LIST_FIELDS}
+      out.append({**head, "kind": kind, **flat})
+  return out
+
+
 @dataclasses.dataclass
 class Results:
   """What the probes found; `rows()` for CSV, `to_dict()` for JSON."""
@@ -299,14 +314,7 @@ class Results:
 
   def rows(self, run: str = "run") -> list[dict]:
     """Flat rows, one per layer: kind is 'activation', 'block' or 'weights'."""
-    out = []
-    for kind, rows in (("activation", self.layers), ("block", self.blocks),
-                       ("weights", self.weights)):
-      for row in rows:
-        flat = {("layer" if k == "block" else k): v for k, v in row.items()
-                if k not in LIST_FIELDS}
-        out.append({"run": run, "kind": kind, **flat})
-    return out
+    return table_rows(self.to_dict(), run=run)
 
   def to_dict(self) -> dict:
     return {"summary": self.summary, "layers": self.layers, "blocks": self.blocks,

@@ -23,9 +23,10 @@ import math
 import os
 from typing import Any, Callable, Sequence
 
+import matplotlib
 import numpy as np
 
-from resjax import errors, files
+from resjax import checkpoints, errors, files, probes, train
 
 FIGURES = {
     "units": "units.png",
@@ -86,19 +87,16 @@ def analyze(workdir: str, *, step: int | None = None, compare: Sequence[str] = (
   dirs = [_check_workdir(d) for d in (workdir, *compare)]
   errors.check(len(set(dirs)) == len(dirs), "--compare names a workdir twice; "
                "pass each run once")
-  from resjax import checkpoints, data, probes  # heavy imports only when analysing
-
   restored = [checkpoints.load(d, step) for d in dirs]  # fail fast on any bad run
   out_dir = files.ensure_workdir(os.path.join(dirs[0], "analysis"))
   datasets: dict[str, Any] = {}
   runs = []
   for label, d, (config, state) in zip(_labels(dirs), dirs, restored):
-    dcfg = config.data
-    key = json.dumps([dcfg.name, dcfg.get("data_dir"), dcfg.get("seed", 0),
-                      dict(dcfg.get("options", {}))], default=str)
-    if key not in datasets:
-      datasets[key] = data.load(dcfg.name, data_dir=dcfg.get("data_dir"),
-                                seed=int(dcfg.get("seed", 0)), **dict(dcfg.get("options", {})))
+    key = json.dumps({k: v for k, v in config.data.to_dict().items()
+                      if k not in ("batch_size", "augment", "pad", "flip")},
+                     sort_keys=True, default=str)
+    if key not in datasets:  # the run's own data, as its trainer loaded it
+      datasets[key] = train.load_data(config)
     ds = datasets[key]
     at = int(np.asarray(state.step))
     n = len(ds.test) if max_examples is None else min(len(ds.test), max_examples)
@@ -134,20 +132,11 @@ def _jsonable(obj: Any) -> Any:
 # ----------------------------------------------------------------------------
 # Tables.
 
-CSV_DROP = ("dead_units", "unit_active_rate", "dormant_score", "active_hist")
-
-
 def rows(runs: Sequence[dict]) -> list[dict]:
   """probes.csv rows: one per layer (activation), block and weight layer, per run."""
   out = []
   for run in runs:
-    head = {"run": run["run"], "model": run["model"], "step": run["step"]}
-    for kind, group in (("activation", "layers"), ("block", "blocks"),
-                        ("weights", "weights")):
-      for row in run[group]:
-        flat = {("layer" if k == "block" else k): v for k, v in row.items()
-                if k not in CSV_DROP}
-        out.append({**head, "kind": kind, **flat})
+    out += probes.table_rows(run, run=run["run"], model=run["model"], step=run["step"])
   return out
 
 
@@ -233,16 +222,20 @@ def summary_table(runs: Sequence[dict]) -> str:
 # Figures.
 
 
-def _style():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt, {
-      "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
-      "xtick.labelsize": 7, "ytick.labelsize": 8, "axes.spines.top": False,
-      "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
-      "grid.linewidth": 0.5, "lines.linewidth": 1.5, "lines.markersize": 4,
-  }
+# Paper-sized text and a light grid; applied while each figure is built.
+RC = {
+    "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+    "xtick.labelsize": 7, "ytick.labelsize": 8, "axes.spines.top": False,
+    "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
+    "grid.linewidth": 0.5, "lines.linewidth": 1.5, "lines.markersize": 4,
+}
+
+
+def _figure(figsize, rows=1):
+  """A pyplot-free figure (no GUI backend, nothing to close) and its axes."""
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=figsize)
+  return fig, fig.subplots(rows, 1, sharex=rows > 1)
 
 
 def _colors(n: int) -> list:
@@ -293,9 +286,8 @@ def _run_legend(fig, runs: Sequence[dict], colors: Sequence) -> None:
 
 def plot_units(runs: Sequence[dict]):
   """Dead/dormant fraction, active-fraction spread and linear-region fraction per layer."""
-  plt, rc = _style()
-  with plt.rc_context(rc):
-    fig, axes = plt.subplots(3, 1, figsize=(7.5, 8.6), sharex=True)
+  with matplotlib.rc_context(RC):
+    fig, axes = _figure((7.5, 8.6), rows=3)
     colors = _colors(len(runs))
     threshold = runs[0]["summary"]["dormant_threshold"]
     for run, color in zip(runs, colors):
@@ -343,9 +335,8 @@ def plot_units(runs: Sequence[dict]):
 def plot_rank(runs: Sequence[dict]):
   """Effective rank of the features before and after the activation, per layer."""
   import matplotlib.ticker as mticker
-  plt, rc = _style()
-  with plt.rc_context(rc):
-    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+  with matplotlib.rc_context(RC):
+    fig, ax = _figure((7.5, 4.4))
     colors = _colors(len(runs))
     for run, color in zip(runs, colors):
       layers = run["layers"]
@@ -375,9 +366,8 @@ def plot_rank(runs: Sequence[dict]):
 
 def plot_gradients(runs: Sequence[dict]):
   """Loss-gradient norm per weight layer (geometric mean, 95% interval)."""
-  plt, rc = _style()
-  with plt.rc_context(rc):
-    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+  with matplotlib.rc_context(RC):
+    fig, ax = _figure((7.5, 4.0))
     n_batches = 0
     for run, color in zip(runs, _colors(len(runs))):
       w = run["weights"]
@@ -401,9 +391,8 @@ def plot_gradients(runs: Sequence[dict]):
 
 def plot_energy(runs: Sequence[dict]):
   """Share of the block-output energy carried by the shortcut, per block."""
-  plt, rc = _style()
-  with plt.rc_context(rc):
-    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+  with matplotlib.rc_context(RC):
+    fig, ax = _figure((7.5, 3.8))
     names = _longest(runs, "blocks", "block")
     width = 0.8 / max(len(runs), 1)
     for i, (run, color) in enumerate(zip(runs, _colors(len(runs)))):
@@ -581,8 +570,6 @@ def report_markdown(runs: Sequence[dict], command: str | None = None) -> str:
 
 def write(out_dir: str, runs: Sequence[dict], command: str | None = None) -> list[str]:
   """Writes probes.csv, probes.json, the four figures and report.md into `out_dir`."""
-  import matplotlib.pyplot as plt
-
   out_dir = files.ensure_workdir(out_dir)
   runs = _jsonable(list(runs))
   paths = []
@@ -599,8 +586,6 @@ def write(out_dir: str, runs: Sequence[dict], command: str | None = None) -> lis
       continue
     if key == "gradients" and not any(r["weights"] for r in runs):
       continue
-    fig = plot(runs)
-    files.save_figure(fig, path(FIGURES[key]), dpi=200)
-    plt.close(fig)
+    files.save_figure(plot(runs), path(FIGURES[key]), dpi=200)
   files.write_text(path("report.md"), report_markdown(runs, command))
   return paths

@@ -409,7 +409,12 @@ def load_data(config: ml_collections.ConfigDict) -> data.Dataset:
                    seed=int(config.data.get("seed", 0)), **options)
 
 
-def _dataset_meta(ds: data.Dataset) -> dict:
+def checkpoint_meta(config: ml_collections.ConfigDict, ds: data.Dataset) -> dict:
+  """What a checkpoint stores beside the arrays to be rebuilt without the data."""
+  return {"config": config.to_dict(), "dataset": _dataset_facts(ds)}
+
+
+def _dataset_facts(ds: data.Dataset) -> dict:
   return {"name": ds.name, "input_shape": list(ds.input_shape),
           "num_classes": int(ds.num_classes),
           "mean": np.ravel(np.asarray(ds.mean, np.float64)).tolist(),
@@ -437,7 +442,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                f"data.batch_size={batch_size} exceeds the {len(ds.train.labels)} training "
                f"examples of {ds.name}; use a smaller batch")
   workdir = files.ensure_workdir(workdir)
-  meta = {"config": config.to_dict(), "dataset": _dataset_meta(ds)}
+  meta = checkpoint_meta(config, ds)
   lead = jax.process_index() == 0
   say = (lambda *a: print(*a, flush=True)) if lead else (lambda *a: None)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import embedded
-from resjax import errors, report, train
+from resjax import errors, files, report, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNGS = ("units.png", "effective_rank.png", "gradients.png", "energy.png")
@@ -25,14 +25,19 @@ def _train(workdir, plain):
   return str(workdir)
 
 
-def _launch(*args):
-  return subprocess.run([sys.executable, "-m", "launch.analyze", *args], cwd=ROOT,
+def _launch(*args, devices=1):
+  """launch.analyze in a fresh process with `devices` host devices."""
+  env = dict(os.environ)
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
+  env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}"
+  return subprocess.run([sys.executable, "-m", "launch.analyze", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory):
   root = tmp_path_factory.mktemp("runs")
+  # Trained on 8 devices here, restored and probed on 1 in the launcher.
   plain = _train(root / "plain", plain=True)
   residual = _train(root / "residual", plain=False)
   out = _launch(f"--workdir={plain}", f"--compare={residual}", "--grad_batches=2",
@@ -108,13 +113,12 @@ def test_csv_json_and_report_agree(analysed):
       assert run["run"] == "plain"
   assert {r["has_shortcut"] for r in rows if r["run"] == "plain" and r["kind"] == "block"} == {
       "False"}
-  # Redrawing from probes.json gives the same tables and report.
-  again = os.path.join(out_dir, "again")
+  # probes.json alone regenerates the same tables and report.
   data = json.load(open(os.path.join(out_dir, "probes.json")))
-  report.write(again, data["runs"], data["command"])
-  assert _csv(os.path.join(again, "probes.csv")) == rows
-  assert open(os.path.join(again, "report.md")).read() == md
-  shutil.rmtree(again)
+  files.write_csv(os.path.join(out_dir, "again.csv"), report.rows(data["runs"]))
+  assert _csv(os.path.join(out_dir, "again.csv")) == rows
+  os.remove(os.path.join(out_dir, "again.csv"))
+  assert report.report_markdown(data["runs"], data["command"]) == md
 
 
 def test_bad_workdirs_are_one_line_errors(analysed, tmp_path):
@@ -136,7 +140,17 @@ def test_bad_workdirs_are_one_line_errors(analysed, tmp_path):
     for name in names:
       with open(os.path.join(dirpath, name), "wb") as f:
         f.write(b"\x00garbage")
-  out = _launch(f"--workdir={plain}", f"--compare={broken}")
-  lines = out.stderr.strip().splitlines()
-  assert out.returncode == 2 and lines[-1].startswith("error: ")
-  assert "Traceback" not in out.stderr and str(broken) in lines[-1]
+  with pytest.raises(errors.ConfigError, match="cannot be read") as e:
+    report.analyze(plain, compare=[str(broken)])
+  assert str(broken) in str(e.value) and "\n" not in str(e.value)
+  # Nothing was written for the failed analysis: the earlier one is intact.
+  assert os.path.isfile(os.path.join(plain, "analysis", "report.md"))
+
+
+def test_launcher_turns_bad_input_into_one_line(tmp_path):
+  out = _launch(f"--workdir={tmp_path / 'missing'}")
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1] == (
+      f"error: workdir {tmp_path / 'missing'} does not exist; pass the --workdir of a "
+      "training run (python -m launch.train ... --workdir=DIR)")
+  assert "Traceback" not in out.stderr

@@ -36,8 +36,7 @@ def saved(tmp_path_factory):
   expected = jax.device_get(state.arrays())
   mngr = checkpoints.manager(workdir)
   checkpoints.save_config(workdir, config)
-  checkpoints.save(mngr, state, {"config": config.to_dict(),
-                                 "dataset": train._dataset_meta(ds)})  # pylint: disable=protected-access
+  checkpoints.save(mngr, state, train.checkpoint_meta(config, ds))
   # The save runs in the background while the next steps donate (reuse) the
   # state's buffers: what lands on disk must still be the step-2 state.
   for i in range(2, 5):

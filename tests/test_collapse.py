@@ -44,10 +44,13 @@ def swept(grid):
 
 
 @jax.jit
-def _draws(seed, s):
-  """Unpadded draws T [N_MAX, d] for d = 1, 2, 3 of seed index s; T_n is the first n rows."""
-  key = jax.random.fold_in(jax.random.key(seed), s)
-  return [collapse.draw_embedding(key, _N_MAX, d) for d in (1, 2, 3)]
+def _draw(seed, s):
+  """The unpadded T [N_MAX, 3] of seed index s: T_n for d is its first n rows, d columns.
+
+  (Column j is its own stream and a prefix of a draw equals the shorter draw:
+  test_padded_draw_equals_unpadded_draw checks both.)
+  """
+  return collapse.draw_embedding(jax.random.fold_in(jax.random.key(seed), s), _N_MAX, 3)
 
 
 def test_whole_grid_compiles_exactly_once(swept, grid):
@@ -62,27 +65,27 @@ def test_padded_draw_equals_unpadded_draw():
   @jax.jit
   def draws(key):
     return (jax.random.normal(key, (64, 3)), jax.random.normal(key, (5, 3)),
-            collapse._draw_padded(key, 5, 2, 64, 3), collapse.draw_embedding(key, 64, 2),
-            collapse.draw_embedding(key, 5, 2))
+            collapse._draw_padded(key, 5, 2, 64, 3), collapse.draw_embedding(key, 5, 2),
+            collapse.draw_embedding(key, _N_MAX, 3))
 
-  long, short, padded, t64, t5 = map(np.asarray, draws(jax.random.key(7)))
+  long, short, padded, t5, t12 = map(np.asarray, draws(jax.random.key(7)))
   # The property the padding relies on (partitionable threefry): a longer
   # leading axis extends the stream, so a prefix equals the shorter draw.
   np.testing.assert_array_equal(long[:5], short)
-  np.testing.assert_array_equal(t64[:5], t5)
   np.testing.assert_array_equal(padded[:5, :2], t5)
+  np.testing.assert_array_equal(t12[:5, :2], t5)
   assert np.all(padded[5:] == 0) and np.all(padded[:, 2:] == 0)
 
 
 @pytest.mark.parametrize("s", [0, 1, 47])  # 47 sits in the padded last chunk
 def test_padded_sweep_equals_unpadded_numpy(swept, grid, s):
   results, _ = swept
-  t_by_d = [np.asarray(t) for t in _draws(grid.seed, s)]
+  t_NxD = np.asarray(_draw(grid.seed, s))
   for k, d in enumerate(grid.ds):
     x_PxD = manifolds.ball(grid.points, d, seed=grid.seed)
     for i, n in enumerate(grid.dims):
       for a, name in enumerate(_ACTS):
-        want = bench.numpy_cell(x_PxD, t_by_d[k][:n], name)
+        want = bench.numpy_cell(x_PxD, t_NxD[:n, :d], name)
         got = np.array([results[m][k, a, i, s] for m in collapse.METRICS])
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6,
                                    err_msg=f"{name} d={d} n={n}")
@@ -92,7 +95,7 @@ def test_padded_sweep_equals_unpadded_jax(swept, grid):
   results, _ = swept
   x_PxD = jnp.asarray(manifolds.ball(grid.points, 2, seed=grid.seed))
   n, i, a = 5, grid.dims.index(5), _ACTS.index("relu")
-  t_SxNxD = np.stack([np.asarray(_draws(grid.seed, s)[1])[:n] for s in range(4)])
+  t_SxNxD = np.stack([np.asarray(_draw(grid.seed, s))[:n, :2] for s in range(4)])
   direct = jax.jit(jax.vmap(lambda t: collapse.cell_metrics(x_PxD, t, n, 2, ("relu",))))(
       t_SxNxD)
   for m, metric in enumerate(collapse.METRICS):
@@ -133,7 +136,9 @@ def test_measured_fractions_match_binomial_theory(swept, grid, name):
   for measured, theory in (("collapsed_frac", "collapsed_frac_theory"),
                            ("dead_frac", "dead_frac_theory"),
                            ("oracle_error", "oracle_error_theory")):
-    for k, d in enumerate(grid.ds):
+    # In d = 1 all points on a half-line share one sign pattern, so a seed
+    # collapses half the points or none: 48 seeds cannot estimate its spread.
+    for k, d in enumerate(grid.ds[1:], 1):
       for i, n in enumerate(grid.dims):
         want = results[theory][k, a, i]
         v_S = results[measured][k, a, i]
@@ -142,7 +147,7 @@ def test_measured_fractions_match_binomial_theory(swept, grid, name):
         se = v_S.std(ddof=1) / math.sqrt(len(v_S))
         assert abs(v_S.mean() - want) <= 4 * se + 1e-6, (measured, d, n, v_S.mean(), want)
         tested += 1
-  assert tested >= 12
+  assert tested >= 10
 
 
 def test_relu_theory_is_the_binomial_tail(swept, grid):
@@ -179,6 +184,14 @@ def test_reference_refit_values_on_the_spiral():
   refit_N = collapse.sweep(grid)["refit_error"][0, 0].mean(-1)
   for got, (lo, hi) in zip(refit_N, [(0.40, 0.52), (0.10, 0.20), (0.05, 0.13), (0.003, 0.03)]):
     assert lo < got < hi, refit_N
+
+
+def test_quick_benchmark_times_all_three(capsys):
+  figures = bench.run(quick=True)
+  for key in ("a_compile_s", "a_steady_s", "b_s", "c_compile_s", "b_over_a_total",
+              "c_over_a_total", "a_temp_mib", "a_peak_rss_mib"):
+    assert figures[key] > 0, key
+  assert "ratios" in capsys.readouterr().out
 
 
 def test_activation_regions_match_active():
