@@ -6,18 +6,26 @@
   python -m launch.train --config=configs/embedded.py:spirals_mlp --workdir=/tmp/smlp
 
 Variants:
-  spirals_mlp     plain MLP, 8 hidden layers of 32 ReLUs, on 2-D spirals (Adam).
+  spirals_mlp     plain MLP, 24 hidden layers of 16 ReLUs, on 3-arm 2-D spirals
+                  (Adam 3e-3, cosine, 2000 steps of 128).
   spirals_resmlp  the same MLP with identity shortcuts (same parameters).
-  digits_resnet20 ResNet-20 on scikit-learn's 8x8 digits (SGD, He et al. recipe
-                  shrunk to 1500 steps; 1-pixel crop jitter, no flips).
+  digits_resnet20 ResNet-20 on scikit-learn's 8x8 digits: He et al.'s SGD
+                  recipe shrunk to 400 steps of 128 (lr /10 at 200 and 300),
+                  1-pixel crop jitter, no flips.
   digits_plain20  the same without shortcuts.
   tiny            a 4-step ResNet-8 (widths 4, 8, 8) on digits, for tests.
-  tiny_mlp        a 4-step residual MLP on spirals, for tests.
+  tiny_mlp        a 4-step residual MLP (2 x 8 units) on spirals, for tests.
 
-Expected: spirals_resmlp reaches > 99% train and test accuracy; the plain
-spirals_mlp trains more slowly from the same initialization. digits_resnet20
-and digits_plain20 both reach about 97-99% test accuracy (the digits are easy;
-the depth penalty of plain nets shows on CIFAR-10, configs/cifar10.py).
+Measured (seed 0, one run each, 2-core CPU shared with other jobs, about
+30 s per spirals run and 3 min per digits run):
+  spirals_resmlp  test accuracy 99.3%; train loss 0.0025 at step 1000
+  spirals_mlp     test accuracy 98.1%; train loss 0.18 at step 1000
+  digits_resnet20 test accuracy 99.4%; test accuracy 96.9% at step 200
+  digits_plain20  test accuracy 99.2%; test accuracy 91.4% at step 200
+The shortcuts speed up training at equal parameters; the gap in final
+accuracy is small on data this easy (the depth penalty of plain nets shows on
+CIFAR-10, configs/cifar10.py). At width 8 and depth 32 the plain MLP stays at
+chance (loss ln 3) while the residual one still learns a little.
 """
 import ml_collections
 from ml_collections import config_dict
@@ -29,7 +37,9 @@ VARIANTS = ("spirals_mlp", "spirals_resmlp", "digits_resnet20", "digits_plain20"
             "tiny_mlp")
 
 
-def _spirals(residual: bool) -> ml_collections.ConfigDict:
+def _spirals(residual: bool, options: bool = True) -> ml_collections.ConfigDict:
+  """`options=False` leaves out the spirals-only data fields, so that
+  `--config.data.name` can switch to another dataset."""
   config = cifar10.base_config()
   config.model = ml_collections.ConfigDict(dict(
       name="mlp",
@@ -42,6 +52,12 @@ def _spirals(residual: bool) -> ml_collections.ConfigDict:
   config.data.name = "spirals"
   config.data.batch_size = 128
   config.data.augment = False
+  if options:
+    config.data.num_arms = 3  # Classes = spiral arms.
+    config.data.noise = 0.03  # Std of the Gaussian noise added to each point.
+    config.data.turns = 1.5  # Turns of each arm.
+    config.data.num_train = 1500  # Training points.
+    config.data.num_test = 1500  # Test points.
   config.opt.name = "adam"
   config.opt.lr = 3e-3
   config.opt.weight_decay = 0.0
@@ -76,7 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg.startswith("digits"):
     return _digits(plain=arg == "digits_plain20")
   if arg == "tiny_mlp":
-    config = _spirals(residual=True)
+    config = _spirals(residual=True, options=False)
     config.model.width, config.model.depth = 8, 2
     config.data.batch_size = 32
   else:

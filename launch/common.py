@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import functools
+import logging as py_logging
 import sys
 from typing import Callable
 
-from absl import logging
+from absl import flags, logging
 
 from resjax import errors
 
@@ -18,8 +19,7 @@ def readable_errors(main: Callable) -> Callable:
     try:
       return main(argv)
     except errors.ConfigError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      fail(str(e))
 
   return wrapped
 
@@ -30,3 +30,42 @@ def log_devices() -> None:
   logging.info("process %d/%d, %d local / %d global devices: %s",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices())
+
+
+def fail(message: str, code: int = 2) -> None:
+  """Prints each line of `message` as `error: ...` and exits with `code`."""
+  print("\n".join(f"error: {line}" for line in message.strip().splitlines()), file=sys.stderr)
+  sys.exit(code)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing where a bad --config (file, variant, field) ends in one line.
+
+  Use as `app.run(main, flags_parser=common.parse_flags)`.
+  """
+  try:
+    rest = flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError) as e:
+    lines = str(e).strip().splitlines() or [repr(e)]
+    found = [l.split("ConfigError: ", 1)[1] for l in lines if "ConfigError: " in l]
+    if found:
+      fail(found[-1])
+    if isinstance(e, flags.Error):
+      fail(lines[0])
+    fail(f"a --config.<field> override names a field the config lacks ({lines[-1]})")
+  if "config" in flags.FLAGS:
+    try:
+      flags.FLAGS["config"].value.keys()  # A missing file fails here, not while parsing.
+    except OSError:
+      given = flags.FLAGS["config"].serialize().split("=", 1)[-1]
+      fail(f"cannot load --config={given}; pass an existing config file[:variant]")
+  return rest
+
+
+def _quiet_orbax(record: py_logging.LogRecord) -> bool:
+  return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_orbax() -> None:
+  """Drops Orbax's per-save INFO lines, which would bury the progress lines."""
+  logging.get_absl_handler().addFilter(_quiet_orbax)

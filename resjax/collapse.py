@@ -29,7 +29,6 @@ pseudo-inverses and the duty statistics.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -55,7 +54,7 @@ THEORY = ("collapsed_frac_theory", "dead_frac_theory", "linear_frac_theory",
 PINV_RTOL = 1e-5
 GRAM_RTOL = 1e-6
 # Gram-Schmidt drops a row that keeps less than this fraction of its norm.
-_GS_RTOL = 1e-4
+_GS_RTOL = 1e-6
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -209,8 +208,8 @@ def _gram_schmidt(x_PxD: Array, a_PxJxD: Array) -> Array:
 def _first_on_rows(t_NxD: Array, on_NxP: Array, rank_NxP: Array, d: Array) -> Array:
   """a_PxJxD: for each point, the rows of T of its first d on-duty units (J = d_max).
 
-  d on-duty rows span R^d (almost surely), so they are all the oracle needs;
-  slots past d or past the point's count stay zero.
+  With fewer than d on duty these are all of them, which is when the oracle
+  loses anything; slots past d or past the point's count stay zero.
   """
   slot_J = jnp.arange(t_NxD.shape[1])
   pick_JxNxP = (on_NxP[None] & (rank_NxP[None] == slot_J[:, None, None] + 1)
@@ -227,30 +226,9 @@ def _recon(x_PxD, t_NxD, n, d, act):
   b_DxD = _small(_psd_pinv(_mm(u_PxD.T, u_PxD)), _mm(u_PxD.T, x_PxD))
   on_NxP = act.active(z_NxP) & on_N[:, None]
   a_PxJxD = _first_on_rows(t_NxD, on_NxP, _prefix_count(on_NxP), d)
-  r_PxD = _gram_schmidt(x_PxD, a_PxJxD)[:, -1]
+  full_P1 = (jnp.sum(on_NxP, axis=0) >= d)[:, None]  # d rows on duty: exactly invertible
+  r_PxD = jnp.where(full_P1, 0.0, _gram_schmidt(x_PxD, a_PxJxD)[:, -1])
   return u_PxD, _small(u_PxD, b_DxD), x_PxD - r_PxD, on_NxP
-
-
-@functools.partial(jax.jit, static_argnames=("activation",))
-def _recover(x_PxD, t_NxD, n_K, activation):
-  def one(n):
-    t_masked = jnp.where((jnp.arange(t_NxD.shape[0]) < n)[:, None], t_NxD, 0.0)
-    return _recon(x_PxD, t_masked, n, t_NxD.shape[1], activations.get(activation))
-  return jax.vmap(one)(n_K)
-
-
-def recover(x_PxD: Array, t_NxD: Array, activation: str,
-            dims: Sequence[int]) -> dict[str, np.ndarray]:
-  """Reconstructions [len(dims), P, D] of x through `activation` and T_n = the first n rows.
-
-  Returns the pinv, refit and oracle reconstructions and the on-duty mask
-  [len(dims), P, N]; one compiled call for all dims.
-  """
-  errors.check(max(dims) <= t_NxD.shape[0], f"dims up to {max(dims)} need T with that many rows")
-  u, refit, oracle, on = _recover(jnp.asarray(x_PxD), jnp.asarray(t_NxD),
-                                  jnp.asarray(dims, jnp.int32), activation)
-  return {"pinv": np.asarray(u), "refit": np.asarray(refit), "oracle": np.asarray(oracle),
-          "on_duty": np.swapaxes(np.asarray(on), 1, 2)}
 
 
 def cell_metrics(x_PxD: Array, t_NxD: Array, n: Array, d: Array,
@@ -288,7 +266,10 @@ def _duty_stats(x_PxD, t_NxD, on_NxP, d, total):
   count_NxP = _prefix_count(on_NxP)
   r_PxJ1xD = _gram_schmidt(x_PxD, _first_on_rows(t_NxD, on_NxP, count_NxP, d))
   sq_J1xP = jnp.sum(r_PxJ1xD * r_PxJ1xD, -1).T
-  lost_NxP = jnp.take_along_axis(sq_J1xP, jnp.minimum(count_NxP, d), axis=0)
+  # With d units on duty (rows in general position, almost surely) x comes back
+  # exactly (Lemma 2); with fewer, what is lost is x's part outside their span.
+  lost_NxP = jnp.where(count_NxP >= d, 0.0,
+                       jnp.take_along_axis(sq_J1xP, jnp.minimum(count_NxP, d), axis=0))
   return jnp.stack([
       jnp.sum(lost_NxP, axis=1) / total,
       jnp.mean(count_NxP < d, axis=1), jnp.mean(count_NxP == 0, axis=1),
@@ -331,6 +312,54 @@ def prefix_metrics(x_PxD: Array, t_NxD: Array, d: Array, names: Sequence[str]) -
   linear_A = np.array([1.0 if act.identity_on_active else np.nan for act in specs], np.float32)
   duty_AxNx5 = duty_AxNx5.at[:, :, 4].multiply(linear_A[:, None])
   return jnp.concatenate([err_AxNx2, duty_AxNx5], -1).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------- NumPy reference
+
+# The registered activations in NumPy (float64), for the reference below.
+NUMPY_FNS = {
+    "relu": lambda z: np.maximum(z, 0.0),
+    "relu6": lambda z: np.clip(z, 0.0, 6.0),
+    "leaky_relu": lambda z: np.where(z > 0, z, 0.01 * z),
+    "elu": lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0.0))),
+    "gelu": lambda z: z * special.ndtr(z),
+    "softplus": lambda z: np.logaddexp(0.0, z),
+    "tanh": np.tanh,
+    "identity": lambda z: z,
+}
+
+
+def recover(x_PxD: np.ndarray, t_NxD: np.ndarray, activation: str) -> dict[str, np.ndarray]:
+  """Reconstructions of x through `activation` and T, straight from the definitions.
+
+  NumPy, float64, no padding: the reference for the sweep (and the figure's
+  panels). Returns pinv, refit and oracle reconstructions [P, D] and the
+  on-duty mask [P, N].
+  """
+  x_PxD, t_NxD = np.asarray(x_PxD, np.float64), np.asarray(t_NxD, np.float64)
+  z_PxN = x_PxD @ t_NxD.T
+  u_PxD = NUMPY_FNS[activation](z_PxN) @ np.linalg.pinv(t_NxD, rcond=PINV_RTOL).T
+  b_DxD = np.linalg.lstsq(u_PxD, x_PxD, rcond=math.sqrt(GRAM_RTOL))[0]
+  lo, hi = activations.get(activation).region
+  on_PxN = (z_PxN > lo) & (z_PxN < hi)
+  # Oracle: least squares on each point's on-duty rows, T_S^+ z_S.
+  rows_PxNxD = on_PxN[:, :, None] * t_NxD[None]
+  oracle_PxD = np.einsum("pdn,pn->pd", np.linalg.pinv(rows_PxNxD, rcond=PINV_RTOL),
+                         z_PxN * on_PxN)
+  return {"pinv": u_PxD, "refit": u_PxD @ b_DxD, "oracle": oracle_PxD, "on_duty": on_PxN}
+
+
+def reference_metrics(x_PxD: np.ndarray, t_NxD: np.ndarray, activation: str) -> np.ndarray:
+  """The METRICS of one cell from `recover` (NumPy, float64, unpadded)."""
+  rec = recover(x_PxD, t_NxD, activation)
+  x_PxD = np.asarray(x_PxD, np.float64)
+  n, d = np.shape(t_NxD)
+  total = np.sum(x_PxD ** 2)
+  count_P = rec["on_duty"].sum(1)
+  return np.array([*(np.sum((x_PxD - rec[e]) ** 2) / total for e in ERRORS),
+                   np.mean(count_P < d), np.mean(count_P == 0), np.mean(count_P) / n,
+                   np.mean(count_P == n) if activations.get(activation).identity_on_active
+                   else np.nan])
 
 
 # ---------------------------------------------------------------- the grid
@@ -530,11 +559,14 @@ def figure_recoveries(grid: Grid, activation: str, dims: Sequence[int],
   d = grid.ds[0]
   x_PxD = manifolds.sample(grid.manifold, grid.points, d, seed=grid.seed, turns=grid.turns)
   key = jax.random.fold_in(jax.random.key(grid.seed), seed_index)
-  rec = recover(x_PxD, draw_embedding(key, max(dims), d), activation, dims)
+  t_NxD = np.asarray(draw_embedding(key, max(dims), d))  # T_n: its first n rows
   total = float(np.sum(x_PxD.astype(np.float64) ** 2))
-  panels = [{"n": n, **{e: rec[e][i] for e in ERRORS},
-             **{f"{e}_error": float(np.sum((x_PxD - rec[e][i]) ** 2) / total) for e in ERRORS}}
-            for i, n in enumerate(dims)]
+  panels = []
+  for n in dims:
+    rec = recover(x_PxD, t_NxD[:n], activation)
+    rec.update(n=n, **{f"{e}_error": float(np.sum((x_PxD - rec[e]) ** 2) / total)
+                       for e in ERRORS})
+    panels.append(rec)
   return {"x": x_PxD, "activation": activation, "panels": panels}
 
 
@@ -557,7 +589,6 @@ class _Progress:
 
 def run(config, workdir: str) -> dict[str, Any]:
   """Runs the sweep and writes collapse.csv, collapse.json, collapse.png into `workdir`."""
-  from resjax import plots  # matplotlib only when a figure is made
   grid = grid_from_config(config)
   fig_cfg = config["figure"]
   fig_act = errors.choice("figure.activation", fig_cfg["activation"], activations.names())
@@ -579,6 +610,7 @@ def run(config, workdir: str) -> dict[str, Any]:
       "grid": dataclasses.asdict(grid),
       "timing": {"compile_s": results["compile_s"], "run_s": results["run_s"]},
       "results": rows})
+  from resjax import plots  # pylint: disable=g-import-not-at-top (matplotlib: slow import)
   fig = plots.collapse_figure(results, recoveries)
   files.save_figure(fig, png_path)
   for name in dict.fromkeys(("relu",) + grid.activations[:1]):

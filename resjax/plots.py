@@ -29,12 +29,18 @@ def _log2_x(ax, dims) -> None:
   ax.grid(True, which="major", alpha=0.3)
 
 
-def _band(ax, x, v_NxS, color, label, **kw) -> None:
-  """Mean over seeds as a line, its 95% interval as a band."""
+def _band(ax, x, v_NxS, color, label, floor=None, **kw) -> None:
+  """Mean over seeds as a line, its 95% interval as a band (on a log axis: where > floor)."""
   mean, lo, hi = collapse.interval(v_NxS)
   ax.plot(x, mean, color=color, label=label, **kw)
   if v_NxS.shape[-1] > 1:
-    ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+    where = None if floor is None else lo > floor
+    ax.fill_between(x, lo, hi, where=where, color=color, alpha=0.2, lw=0)
+
+
+def _letter(ax, letter: str) -> None:
+  ax.text(-0.02, 1.02, letter, transform=ax.transAxes, ha="right", va="bottom",
+          fontsize=13, fontweight="bold")
 
 
 def _curve(ax, x_Px2: np.ndarray, title: str, note: str = "") -> None:
@@ -59,7 +65,9 @@ def _fig1_row(fig, gs_row, rec: dict[str, Any]) -> None:
   """Input spiral and its T^+ act(T x) recoveries: MobileNetV2 Fig. 1."""
   panels = rec["panels"]
   sub = gs_row.subgridspec(1, len(panels) + 1, wspace=0.08)
-  _curve(fig.add_subplot(sub[0]), rec["x"], "input", "colour: position along the spiral")
+  ax = fig.add_subplot(sub[0])
+  _curve(ax, rec["x"], "input", "colour: position along the spiral")
+  _letter(ax, "a")
   for i, p in enumerate(panels):
     _curve(fig.add_subplot(sub[i + 1]), p["pinv"], f"n = {p['n']}",
            f"refit error {p['refit_error']:.2f}")
@@ -72,7 +80,7 @@ def _errors_panel(ax, res, k: int, a: int) -> None:
     if e == "pinv":  # heavy-tailed: near-singular T at n ~ d make the mean meaningless
       ax.plot(dims, np.median(v_NxS, -1), color=color, label=label, lw=1.8)
     else:
-      _band(ax, dims, v_NxS, color, label + " (mean)", lw=1.8)
+      _band(ax, dims, v_NxS, color, label + " (mean)", floor=_FLOOR, lw=1.8)
   theory = res["oracle_error_theory"][k, a]
   if np.isfinite(theory).any():
     ax.plot(dims, np.maximum(theory, _FLOOR / 10), "k--", lw=1.2,
@@ -111,18 +119,18 @@ def _collapse_panel(ax, res, k: int) -> None:
     ax.errorbar(dims, mean, yerr=[mean - np.clip(lo, 0, 1), np.clip(hi, 0, 1) - mean],
                 fmt=marker, ms=5 if marker == "D" else 3.5, color=color, elinewidth=1,
                 capsize=0, mfc="none" if marker == "D" else color,
-                label=f"{names[a]} measured (95% CI)")
+                label=f"{names[a]}: < {d} on duty (95% CI)")
     ax.plot(dims, res["collapsed_frac_theory"][k, a], "-", color=color, lw=1.2, alpha=0.8)
   if "relu" in names:
     a = names.index("relu")
     ax.plot(dims, res["dead_frac"][k, a].mean(-1), "s", ms=3, mfc="none", color="tab:red",
-            label="relu all silent")
+            label="relu: all silent")
     ax.plot(dims, 2.0 ** -dims, ":", color="tab:red", lw=1.2, label="$2^{-n}$")
-  ax.plot([], [], "k-", lw=1.2, label=f"theory P(Bin(n, p) < {d})")
+  ax.plot([], [], "k-", lw=1.2, label=f"theory: P(Bin(n, p) < {d})")
   _log2_x(ax, dims)
   ax.set_ylim(-0.02, 1.02)
   ax.set_xlabel("embedding dimension n")
-  ax.set_ylabel(f"fraction of points with < {d} units on duty")
+  ax.set_ylabel("fraction of points")
   ax.set_title("collapse odds: measured vs Binomial theory", fontsize=11)
   ax.legend(fontsize=8)
 
@@ -135,7 +143,7 @@ def _by_d_panels(fig, gs_row, res, a: int) -> None:
   for k, d in enumerate(res["d"]):
     ratio = res["dims"] / d
     _band(axes[0], ratio, np.maximum(res["oracle_error"][k, a], _FLOOR / 10), colors[k],
-          f"d = {d}")
+          f"d = {d}", floor=_FLOOR)
     axes[0].plot(ratio, np.maximum(res["oracle_error_theory"][k, a], _FLOOR / 10), "--",
                  color=colors[k], lw=1)
     _band(axes[1], ratio, res["refit_error"][k, a], colors[k], f"d = {d}")
@@ -146,7 +154,8 @@ def _by_d_panels(fig, gs_row, res, a: int) -> None:
   name = res["activations"][a]
   titles = (f"{name}: oracle error (dashed: theory)", f"{name}: refit error",
             f"{name}: collapsed fraction (lines: theory)")
-  for ax, title in zip(axes, titles):
+  for ax, title, letter in zip(axes, titles, "abc"):
+    _letter(ax, letter)
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.grid(True, alpha=0.3)
@@ -178,9 +187,12 @@ def collapse_figure(res: dict[str, Any], recoveries: Optional[dict[str, Any]] = 
     _by_d_panels(fig, gs[-1], res, a)
   else:
     sub = gs[-1].subgridspec(1, 3, wspace=0.28)
-    _errors_panel(fig.add_subplot(sub[0]), res, 0, a)
-    _refit_panel(fig.add_subplot(sub[1]), res, 0)
-    _collapse_panel(fig.add_subplot(sub[2]), res, 0)
+    axes = [fig.add_subplot(sub[i]) for i in range(3)]
+    _errors_panel(axes[0], res, 0, a)
+    _refit_panel(axes[1], res, 0)
+    _collapse_panel(axes[2], res, 0)
+    for ax, letter in zip(axes, "bcd" if top else "abc"):
+      _letter(ax, letter)
   dims = ", ".join(map(str, res["d"]))
   fig.suptitle(
       f"ReLU collapse: {res['manifold']} (d = {dims}, {res['points']} points) embedded by "

@@ -307,7 +307,9 @@ def plot_units(runs: Sequence[dict]):
                    markerfacecolor="none")
     axes[0].set_ylabel("fraction of units")
     axes[0].set_title("(a) dead units (never on duty) and dormant units", loc="left")
-    axes[0].set_ylim(bottom=-0.02)
+    top = max([r["dead_frac"] for run in runs for r in run["layers"]]
+              + [r["dormant_frac"] for run in runs for r in run["layers"]] + [0.0])
+    axes[0].set_ylim(-0.02 * max(top, 0.05), 1.25 * max(top, 0.05))
     _style_legend(axes[0], [("dead", "-", "o"),
                             (f"dormant (ReDo score $\\leq$ {threshold:g})", "--", "s")],
                   loc="upper left")
@@ -321,7 +323,10 @@ def plot_units(runs: Sequence[dict]):
                  ha="right", va="bottom", fontsize=7, color="0.3")
     axes[2].set_ylabel("linear-region fraction")
     axes[2].set_title("(c) every unit on duty: the layer acts linearly (C7)", loc="left")
-    axes[2].set_ylim(-0.02, 1.02)
+    top = max([r["linear_frac"] or 0.0 for run in runs for r in run["layers"]]
+              + [r["linear_frac_position"] for run in runs for r in run["layers"]])
+    top = min(1.0, max(top, 0.05))
+    axes[2].set_ylim(-0.02 * top, 1.3 * top)
     _style_legend(axes[2], [("per input", "-", "o"), ("per (input, position)", "--", "^")],
                   loc="upper left")
     _layer_ticks(axes[2], _longest(runs, "layers", "layer"))
@@ -375,16 +380,16 @@ def plot_gradients(runs: Sequence[dict]):
         continue
       n_batches = max(n_batches, w[0]["grad_batches"])
       x = np.arange(len(w))
-      g = np.array([r["grad_norm"] for r in w])
-      err = np.array([g - [r["grad_norm_lo"] for r in w], [r["grad_norm_hi"] for r in w] - g])
-      ax.errorbar(x, g, yerr=err, fmt="o-", color=color, capsize=2, label=_label(run))
+      ax.fill_between(x, [r["grad_norm_lo"] for r in w], [r["grad_norm_hi"] for r in w],
+                      color=color, alpha=0.18, linewidth=0)
+      ax.plot(x, [r["grad_norm"] for r in w], "o-", color=color, label=_label(run))
     ax.set_yscale("log")
     ax.set_ylabel(r"$\|\partial L / \partial W\|$")
     ax.set_xlabel("weight layer (forward order)")
     _layer_ticks(ax, _longest(runs, "weights", "layer"))
     ax.legend(frameon=False)
-    ax.set_title(f"Gradient norm per layer (geometric mean over {n_batches} batches, "
-                 f"95% interval)\n{_title(runs)}")
+    ax.set_title(f"Gradient norm per layer (geometric mean over {n_batches} batches; "
+                 f"band: 95% interval)\n{_title(runs)}")
     fig.tight_layout()
   return fig
 

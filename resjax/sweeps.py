@@ -85,6 +85,8 @@ class Arch:
     branch_scale: residual branches start scaled by 1/sqrt(number of blocks).
     head_width: hidden width of the 'invres' and 'bottleneck' heads.
     expansion: 'invres' expansion factor t.
+    stem_pool: 'conv' / 'invres': average-pool the stem output over
+      stem_pool x stem_pool windows (2 turns 8x8 digits into 4x4 maps).
   """
   family: str
   num_classes: int
@@ -96,6 +98,7 @@ class Arch:
   branch_scale: bool = False
   head_width: int = 64
   expansion: int = 6
+  stem_pool: int = 1
 
   def validate(self) -> "Arch":
     errors.choice("model.family", self.family, FAMILIES)
@@ -109,6 +112,9 @@ class Arch:
       errors.check(len(self.input_shape) == 3,
                    f"model.family={self.family!r} needs images [H,W,C]; "
                    f"the data has examples of shape {self.input_shape}")
+      p = self.stem_pool
+      errors.check(p >= 1 and self.input_shape[0] % p == 0 and self.input_shape[1] % p == 0,
+                   f"model.stem_pool={p} must divide the image size {self.input_shape[:2]}")
     return self
 
 
@@ -390,6 +396,14 @@ def _conv3x3(x_BxHxWxC, w_3x3xCxD):
   return out
 
 
+def _pool(x_BxHxWxC, p: int):
+  """Average over non-overlapping p x p windows."""
+  if p == 1:
+    return x_BxHxWxC
+  b, h, w, c = x_BxHxWxC.shape
+  return x_BxHxWxC.reshape(b, h // p, p, w // p, p, c).mean(axis=(2, 4))
+
+
 def _depthwise3x3(x_BxHxWxC, w_3x3xC):
   _, H, Wd, _ = x_BxHxWxC.shape
   xp = jnp.pad(x_BxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)))
@@ -413,7 +427,7 @@ def apply(arch: Arch, params: Params, spec: dict[str, jax.Array], x: jax.Array,
       h = x.reshape(x.shape[0], -1) @ params["stem"]["w"]
       lin = lambda a, w: a @ w  # noqa: E731
     else:
-      h = _conv3x3(x, params["stem"]["w"])
+      h = _pool(_conv3x3(x, params["stem"]["w"]), arch.stem_pool)
       lin = _conv3x3
     h = (h + params["stem"]["b"]) * u
 
@@ -443,7 +457,7 @@ def apply(arch: Arch, params: Params, spec: dict[str, jax.Array], x: jax.Array,
     relu6 = jax.nn.relu6
     use_relu6 = (m.variant == 1)
     sig = lambda y: jnp.where(use_relu6, relu6(y), y)  # noqa: E731
-    h = sig(_conv3x3(x, params["stem"]["w"]) + params["stem"]["b"]) * u
+    h = sig(_pool(_conv3x3(x, params["stem"]["w"]), arch.stem_pool) + params["stem"]["b"]) * u
 
     def block(h, xs):
       p, g = xs

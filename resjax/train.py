@@ -217,10 +217,11 @@ def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
   rngs = _rngs(config.seed)
   abstract = jax.eval_shape(init, *rngs)
   lowered = jax.jit(init, out_shardings=state_sharding(abstract, mesh)).lower(*rngs)
-  # Init runs once: XLA's backend optimizations would cost more compile time
-  # (several seconds for a ResNet on CPU, mostly the random initializers) than
+  # Init runs once: on the CPU, XLA's backend optimizations cost more compile
+  # time (several seconds for a ResNet, mostly the random initializers) than
   # they could ever save.
-  return lowered.compile(compiler_options=_INIT_COMPILER_OPTIONS)(*rngs)
+  on_cpu = mesh.devices.flat[0].platform == "cpu"
+  return lowered.compile(compiler_options=_INIT_COMPILER_OPTIONS if on_cpu else None)(*rngs)
 
 
 # ----------------------------------------------------------------------------
@@ -232,7 +233,7 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
-  """One SGD step on a global batch {'inputs', 'labels'}; returns (state, metrics)."""
+  """One optimizer step on a global batch {'inputs', 'labels'}; returns (state, metrics)."""
   rng = jax.random.fold_in(state.rng, state.step)
   x = state.preprocess(batch["inputs"], rng, train=True)
   labels = batch["labels"]

@@ -279,7 +279,9 @@ def test_progress_lines_and_table(toy):
   lines = []
   res = probes.probe(variables, model, _batches(x, y, 8), num_batches=13,
                      progress=lines.append, progress_every=5)
-  assert len(lines) == 3 and lines[-1].startswith("  batch 13/13: 100 examples")
+  assert lines[0].startswith("  batch 1 compiled and ran in")
+  assert [l.split(":")[0] for l in lines[1:]] == ["  batch 5/13", "  batch 10/13", "  batch 13/13"]
+  assert lines[-1].startswith("  batch 13/13: 100 examples")
   table = res.table()
   assert "hidden" in table and "all_on" in table and "100 examples" in table
   rows = res.rows("toy")

@@ -121,3 +121,13 @@ def test_residual_mlp_fits_spirals():
   result = train.evaluate(p_eval, state, ds.train, mesh, 256)
   assert result["accuracy"] > 0.95, result
   assert int(state.step) == config.train.steps
+
+
+@pytest.mark.parametrize("module", [cifar10, embedded])
+def test_every_config_variant_is_valid(module):
+  for variant in module.VARIANTS:
+    config = module.get_config(variant)
+    train.validate(config, num_devices=8)
+    assert train.build_model(config, num_classes=10).activation in ("relu", "relu6")
+  with pytest.raises(errors.ConfigError, match="config variant='resnet21'"):
+    module.get_config("resnet21")

@@ -3,7 +3,6 @@ import contextlib
 import os
 import subprocess
 import sys
-from unittest import mock
 
 import jax
 import numpy as np
@@ -11,26 +10,11 @@ import pytest
 from absl import flags
 
 import launch.train as launch_train
+from conftest import mock_tfds
 from resjax import checkpoints, metrics, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMBEDDED = os.path.join(ROOT, "configs", "embedded.py")
-
-
-@contextlib.contextmanager
-def mock_tfds(num_examples):
-  """tfds.testing.mock_data (random examples from the builder code), no network.
-
-  tfds 4.9.10's mocked ArrayRecord source binds `__getitems__` without `self`;
-  reading item by item inside the mock sidesteps that.
-  """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from tensorflow_datasets.core.data_sources import base  # pylint: disable=g-import-not-at-top
-  with tfds.testing.mock_data(num_examples=num_examples,
-                              policy=tfds.testing.MockPolicy.USE_CODE), \
-      mock.patch.object(base.BaseDataSource, "__getitems__",
-                        lambda self, keys: [self[k] for k in keys]):
-    yield
 
 
 def launch(monkeypatch, *args):

@@ -3,9 +3,10 @@
   python -m launch.bench collapse [--quick] [--out=FILE.json]
 
 (a) `collapse.sweep`'s one compiled call for the whole grid;
-(b) a straightforward NumPy loop over (activation, n, seed), float64, per cell
-    (timed on the first seeds of the grid and extrapolated per cell when the
-    full loop would take long: the printout says so);
+(b) a straightforward NumPy loop over (activation, n, seed) calling the
+    float64 `collapse.reference_metrics` per cell (timed on the first seeds
+    of the grid and extrapolated per cell when the full loop would take
+    long: the printout says so);
 (c) a loop over n that jits one program per n (vmapped over seeds, all
     activations unrolled) and runs it: one compile per n.
 For each: compile time, first-run and steady-state time; then the ratios and
@@ -14,53 +15,15 @@ the peak memory of (a).
 from __future__ import annotations
 
 import dataclasses
-import math
 import resource
 import time
 from typing import Any
 
 import jax
 import numpy as np
-from scipy import special
 
 import configs.collapse
-from resjax import activations, collapse, manifolds
-
-# NumPy versions of the registered activations (float64).
-NUMPY_FNS = {
-    "relu": lambda z: np.maximum(z, 0.0),
-    "relu6": lambda z: np.clip(z, 0.0, 6.0),
-    "leaky_relu": lambda z: np.where(z > 0, z, 0.01 * z),
-    "elu": lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0.0))),
-    "gelu": lambda z: z * special.ndtr(z),
-    "softplus": lambda z: np.logaddexp(0.0, z),
-    "tanh": np.tanh,
-    "identity": lambda z: z,
-}
-
-
-def numpy_cell(x_PxD: np.ndarray, t_NxD: np.ndarray, activation: str) -> np.ndarray:
-  """The metrics of one cell (collapse.METRICS order), straight from the definitions."""
-  x_PxD, t_NxD = np.asarray(x_PxD, np.float64), np.asarray(t_NxD, np.float64)
-  n, d = t_NxD.shape
-  act = activations.get(activation)
-  total = np.sum(x_PxD ** 2)
-  z_PxN = x_PxD @ t_NxD.T
-  u_PxD = NUMPY_FNS[activation](z_PxN) @ np.linalg.pinv(t_NxD, rcond=collapse.PINV_RTOL).T
-  b_DxD = np.linalg.lstsq(u_PxD, x_PxD, rcond=math.sqrt(collapse.GRAM_RTOL))[0]
-  lo, hi = act.region
-  on_PxN = (z_PxN > lo) & (z_PxN < hi)
-  # Oracle: least squares on each point's on-duty rows, T_S^+ z_S.
-  rows_PxNxD = on_PxN[:, :, None] * t_NxD[None]
-  oracle_PxD = np.einsum("pdn,pn->pd", np.linalg.pinv(rows_PxNxD, rcond=collapse.PINV_RTOL),
-                         z_PxN * on_PxN)
-  count_P = on_PxN.sum(1)
-  return np.array([
-      np.sum((x_PxD - u_PxD) ** 2) / total,
-      np.sum((x_PxD - u_PxD @ b_DxD) ** 2) / total,
-      np.sum((x_PxD - oracle_PxD) ** 2) / total,
-      np.mean(count_P < d), np.mean(count_P == 0), np.mean(count_P) / n,
-      np.mean(count_P == n) if act.identity_on_active else np.nan])
+from resjax import collapse, manifolds
 
 
 def _numpy_loop(grid: collapse.Grid, x_PxD: np.ndarray, seeds: int) -> float:
@@ -70,7 +33,7 @@ def _numpy_loop(grid: collapse.Grid, x_PxD: np.ndarray, seeds: int) -> float:
     for n in grid.dims:
       for s in range(seeds):
         t_NxD = np.random.default_rng([grid.seed, s]).standard_normal((n, x_PxD.shape[1]))
-        numpy_cell(x_PxD, t_NxD, name)
+        collapse.reference_metrics(x_PxD, t_NxD, name)
   return time.perf_counter() - start
 
 
@@ -108,7 +71,7 @@ def run(quick: bool = False) -> dict[str, Any]:
   """Times (a), (b), (c) on the default collapse grid (a small one when quick)."""
   config = configs.collapse.get_config("quick" if quick else None)
   if quick:
-    config.dims, config.seeds, config.activations = (1, 3), 2, ("relu",)
+    config.dims, config.seeds, config.activations = (2,), 2, ("relu",)
     config.manifold.points = 100
   grid = collapse.grid_from_config(config)
   x_PxD = manifolds.sample(grid.manifold, grid.points, grid.ds[0], seed=grid.seed,
