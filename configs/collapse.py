@@ -16,7 +16,7 @@ against n/d (C3); `quick` is a seconds-long smoke run.
 """
 import ml_collections
 
-from resjax import activations
+from resjax import activations, errors
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -45,5 +45,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seeds = 8
     config.manifold.points = 300
   elif arg:
-    raise ValueError(f"config variant {arg!r} is not known; choose ball, sphere or quick")
+    raise errors.ConfigError(
+        f"config variant {arg!r} is not known; use configs/collapse.py[:ball|:sphere|:quick]")
   return config

@@ -47,6 +47,7 @@ def _grid(family: str, data: str, *, widths, depths, variants, steps: int,
           branch_scale=model.get("branch_scale", False),  # Residual branches start at 1/sqrt(blocks).
           head_width=model.get("head_width", 64),  # Hidden width of the invres / bottleneck heads.
           expansion=model.get("expansion", 6),  # invres expansion factor t.
+          stem_pool=model.get("stem_pool", 1),  # Images: average-pool the stem output p x p.
       ),
       opt=dict(
           name="adam",  # adam (AdamW) or sgd (with momentum).
@@ -71,9 +72,9 @@ def _degradation():
       "mlp": _grid("mlp", "spirals", widths=(16,), depths=(2, 4, 8, 16, 32),
                    variants=("plain", "residual"), norm="layer", steps=1500, batch_size=64,
                    eval_every=50, chunk_steps=500, probes=True),
-      "conv": _grid("conv", "digits", widths=(8,), depths=(2, 4, 8, 12),
-                    variants=("plain", "residual"), norm="layer", steps=600, batch_size=32,
-                    eval_every=50, chunk_steps=200, probes=True),
+      "conv": _grid("conv", "digits", widths=(8,), depths=(2, 4, 8, 16),
+                    variants=("plain", "residual"), norm="layer", steps=400, batch_size=32,
+                    eval_every=50, chunk_steps=200, stem_pool=2, probes=True),
   }
 
 
@@ -96,9 +97,9 @@ def _collapse():
 
 def _bottleneck():
   return {
-      "invres": _grid("invres", "digits", widths=(2, 4, 8, 12), depths=(2,),
+      "invres": _grid("invres", "digits", widths=(2, 4, 8, 16), depths=(2,),
                       variants=("linear", "relu6"), steps=600, batch_size=32,
-                      eval_every=50, chunk_steps=200, head_width=64, expansion=6),
+                      eval_every=50, chunk_steps=200, head_width=64, expansion=6, stem_pool=2),
   }
 
 

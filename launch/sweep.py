@@ -17,8 +17,11 @@ from launch import common
 from resjax import collapse, errors
 
 _DEFAULT = os.path.join(os.path.dirname(configs.__file__), "collapse.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Sweep config file.",
-                                          lock_config=True)
+try:  # The default config takes its --config.<field> overrides right here.
+  _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Sweep config file[:variant].",
+                                            lock_config=True)
+except (AttributeError, KeyError) as e:
+  common.fail(f"a --config.<field> override names a field the config lacks ({e})")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the results (created).")
 
 
@@ -31,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

@@ -312,7 +312,7 @@ def plot_units(runs: Sequence[dict]):
     axes[0].set_ylim(-0.02 * max(top, 0.05), 1.25 * max(top, 0.05))
     _style_legend(axes[0], [("dead", "-", "o"),
                             (f"dormant (ReDo score $\\leq$ {threshold:g})", "--", "s")],
-                  loc="upper left")
+                  loc="best")
     axes[1].set_ylabel("active fraction per input")
     axes[1].set_title("(b) share of a layer's neurons on duty, over test inputs", loc="left")
     axes[1].axhline(0.5, color="0.5", linewidth=0.8, linestyle="--")
@@ -328,7 +328,7 @@ def plot_units(runs: Sequence[dict]):
     top = min(1.0, max(top, 0.05))
     axes[2].set_ylim(-0.02 * top, 1.3 * top)
     _style_legend(axes[2], [("per input", "-", "o"), ("per (input, position)", "--", "^")],
-                  loc="upper left")
+                  loc="best")
     _layer_ticks(axes[2], _longest(runs, "layers", "layer"))
     axes[2].set_xlabel("activation layer (forward order)")
     fig.suptitle(_title(runs), fontsize=10, y=0.995)
@@ -399,23 +399,26 @@ def plot_energy(runs: Sequence[dict]):
   with matplotlib.rc_context(RC):
     fig, ax = _figure((7.5, 3.8))
     names = _longest(runs, "blocks", "block")
-    width = 0.8 / max(len(runs), 1)
-    for i, (run, color) in enumerate(zip(runs, _colors(len(runs)))):
-      blocks = run["blocks"]
-      x = np.arange(len(blocks)) + (i - (len(runs) - 1) / 2) * width
-      frac = [b["shortcut_frac"] or 0.0 for b in blocks]
-      ax.bar(x, frac, width=width, color=color, alpha=0.85, label=_label(run))
-      for xi, b in zip(x, blocks):
-        if not b["has_shortcut"]:
-          ax.text(xi, 0.01, "no shortcut", rotation=90, ha="center", va="bottom",
-                  fontsize=6, color=color)
+    colors = _colors(len(runs))
+    shown = [i for i, r in enumerate(runs) if any(b["has_shortcut"] for b in r["blocks"])]
+    width = 0.8 / max(len(shown), 1)
+    for k, i in enumerate(shown):
+      blocks = runs[i]["blocks"]
+      x = np.arange(len(blocks)) + (k - (len(shown) - 1) / 2) * width
+      ax.bar(x, [b["shortcut_frac"] or 0.0 for b in blocks], width=width, color=colors[i],
+             alpha=0.85, label=_label(runs[i]))
+    missing = [_label(r) for i, r in enumerate(runs) if i not in shown]
+    if missing:
+      ax.text(0.01, 0.97, f"{', '.join(missing)}: no shortcuts (the branch carries 100%)",
+              transform=ax.transAxes, ha="left", va="top", fontsize=8, color="0.3")
     ax.axhline(0.5, color="0.5", linewidth=0.8, linestyle="--")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.08)
     ax.set_ylabel(r"shortcut share $\|s\|^2 / (\|s\|^2 + \|b\|^2)$")
     ax.set_xlabel("block (forward order)")
     _layer_ticks(ax, names)
-    ax.legend(frameon=False)
-    ax.set_title(f"Block output s + b: energy in the shortcut s vs the branch b\n"
+    if shown:
+      ax.legend(frameon=False, loc="lower right")
+    ax.set_title(f"Block output s + b: energy in the shortcut s vs the branch b (C5)\n"
                  f"{_title(runs)}")
     fig.tight_layout()
   return fig
@@ -456,8 +459,8 @@ def report_markdown(runs: Sequence[dict], command: str | None = None) -> str:
              f"{c['worst_dead_frac']:.4f}" if c["dead"] else "no layer has a dead unit")
     line = (f"- **{r['run']}** ({r['model']}): {c['dead']} of {c['units']} units dead "
             f"({c['dead_pct']:.2f}%) across {c['layers']} activation layers; {worst}. "
-            f"{c['dormant']} units ({c['dormant_pct']:.2f}%) are dormant (ReDo score "
-            f"<= {threshold:g}).")
+            f"Dormant (ReDo score <= {threshold:g}): {c['dormant']} units "
+            f"({c['dormant_pct']:.2f}%).")
     if "grad_ratio" in c:
       line += (f" Gradient norm: first weight layer {c['grad_first']:.4g}, last "
                f"{c['grad_last']:.4g} (ratio {_fmt(c['grad_ratio'], 4)}); across layers it "
@@ -476,9 +479,9 @@ def report_markdown(runs: Sequence[dict], command: str | None = None) -> str:
     rp, rq = num[p].get("grad_ratio"), num[q].get("grad_ratio")
     if rp is not None and rq is not None:
       smaller = "smaller" if rp < rq else "not smaller"
-      md.append(f"- The first layer's share of the gradient (first/last norm ratio) is "
-                f"{smaller} in the plain net ({rp:.4f} vs {rq:.4f}); vanishing gradients "
-                f"in plain nets (C4) predict smaller.")
+      md.append(f"- Gradient reaching the first layer relative to the last (first/last norm "
+                f"ratio): {rp:.4f} in {p} vs {rq:.4f} in {q}, {smaller} in the plain net; "
+                f"vanishing gradients in plain nets (C4) predict smaller.")
   md += ["", f"![units]({FIGURES['units']})", ""]
   if any(r["weights"] for r in runs):
     md += [f"![gradients]({FIGURES['gradients']})", ""]
@@ -525,8 +528,8 @@ def report_markdown(runs: Sequence[dict], command: str | None = None) -> str:
     corr = ("n/a (fewer than 3 layers)" if c["rank_corr"] is None
             else f"{c['rank_corr']:.3f}")
     md.append(f"- **{r['run']}**: mean effective rank {c['erank_pre']:.2f} before and "
-              f"{c['erank_post']:.2f} after the activation (mean retention "
-              f"{_fmt(c['retention'], 3)}). Spearman correlation across layers between "
+              f"{c['erank_post']:.2f} after the activation (mean retention, rank after / "
+              f"before, {_fmt(c['retention'], 3)}). Spearman correlation across layers between "
               f"redundancy (units / rank before) and retention (rank after / before): "
               f"{corr}; C3 predicts it positive.")
   md += ["", f"![effective rank]({FIGURES['rank']})", ""]

@@ -152,7 +152,7 @@ def _arch(grid, arrays: sweeps.Arrays) -> sweeps.Arch:
       family=m.family, num_classes=arrays.num_classes, input_shape=arrays.x_train.shape[1:],
       max_width=max(_tuple(m.widths, "model.widths")), max_depth=max(_tuple(m.depths, "model.depths")),
       activation=m.activation, norm=m.norm, branch_scale=bool(m.branch_scale),
-      head_width=int(m.head_width), expansion=int(m.expansion))
+      head_width=int(m.head_width), expansion=int(m.expansion), stem_pool=int(m.stem_pool))
 
 
 def _optim(grid) -> sweeps.Optim:

@@ -386,14 +386,15 @@ def _layer_norm(h, p, unit, count):
 
 
 def _conv3x3(x_BxHxWxC, w_3x3xCxD):
-  """'SAME' 3x3 convolution, stride 1, as nine shifted matmuls (fast when vmapped)."""
-  _, H, Wd, _ = x_BxHxWxC.shape
+  """'SAME' 3x3 convolution, stride 1: the nine shifted images side by side, one matmul.
+
+  Vmapped over a grid this is a batched matmul, several times faster on the
+  CPU than the grouped convolution that vmap makes of `lax.conv_general_dilated`.
+  """
+  _, H, W, C = x_BxHxWxC.shape
   xp = jnp.pad(x_BxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  out = 0.0
-  for i in range(3):
-    for j in range(3):
-      out = out + xp[:, i:i + H, j:j + Wd, :] @ w_3x3xCxD[i, j]
-  return out
+  patches = jnp.concatenate([xp[:, i:i + H, j:j + W, :] for i in range(3) for j in range(3)], -1)
+  return patches @ w_3x3xCxD.reshape(9 * C, -1)
 
 
 def _pool(x_BxHxWxC, p: int):
@@ -633,15 +634,35 @@ def _pad_nets(nets: Sequence[Net], multiple: int) -> list[Net]:
   return list(nets) + [nets[0]] * ((-len(nets)) % multiple)
 
 
+_EXECUTABLES: dict[tuple, Any] = {}
+
+
 class _Runner:
-  """Jitted, sharded functions of one grid (each compiled once)."""
+  """Jitted, sharded functions of one grid.
+
+  Executables are kept per process, keyed by everything they depend on (arch,
+  optimizer, step counts, devices, argument shapes), so a grid trained again in
+  the same process (a resumed study, a test) compiles nothing.
+  """
 
   def __init__(self, arch, opt, total_steps, batch_size, eval_every, eval_batch, mesh):
     self.arch, self.tx = arch, opt.make(total_steps)
     self.batch_size, self.eval_every, self.eval_batch = batch_size, eval_every, eval_batch
     self.grid = NamedSharding(mesh, PartitionSpec(GRID_AXIS))
     self.rep = NamedSharding(mesh, PartitionSpec())
-    self._compiled = {}
+    self._key = (arch, opt, total_steps, batch_size, eval_every, eval_batch,
+                 tuple(d.id for d in mesh.devices.flat))
+    self.compile_s = 0.0
+
+  def _call(self, kind, build: Callable[[], Callable], *args):
+    leaves, treedef = jax.tree.flatten(args)
+    key = (kind, self._key, str(treedef),
+           tuple((np.shape(a), str(np.result_type(a))) for a in leaves))
+    if key not in _EXECUTABLES:
+      t0 = time.perf_counter()
+      _EXECUTABLES[key] = build().lower(*args).compile()
+      self.compile_s += time.perf_counter() - t0
+    return _EXECUTABLES[key](*args)
 
   def init(self, spec):
     arch, tx = self.arch, self.tx
@@ -650,20 +671,15 @@ class _Runner:
       p = init(arch, s)
       return {"params": p, "opt": tx.init(p)}
 
-    return jax.jit(jax.vmap(one), in_shardings=(self.grid,), out_shardings=self.grid)(spec)
+    return self._call("init", lambda: jax.jit(jax.vmap(one), in_shardings=(self.grid,),
+                                              out_shardings=self.grid), spec)
 
-  def chunk(self, windows: int, *args):
+  def chunk(self, windows: int, state, spec, step0, data):
     """Trains `windows` x eval_every steps, evaluating after each window.
 
-    Returns the new state, the history [K, windows, 5] and the compile time
-    (0 when this chunk length was compiled before).
+    Returns the new state and the history [K, windows, 5].
     """
-    t0 = time.perf_counter()
-    if windows not in self._compiled:
-      self._compiled[windows] = self._chunk_fn(windows).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    state, hist = self._compiled[windows](*args)
-    return state, hist, compile_s
+    return self._call(("chunk", windows), lambda: self._chunk_fn(windows), state, spec, step0, data)
 
   def _chunk_fn(self, windows):
     arch, tx, bs, every, eb = self.arch, self.tx, self.batch_size, self.eval_every, self.eval_batch
@@ -695,12 +711,11 @@ class _Runner:
                    out_shardings=(self.grid, self.grid), donate_argnums=0)
 
   def probes(self, params, spec, data):
-    if "probes" not in self._compiled:
-      arch, eb = self.arch, self.eval_batch
-      self._compiled["probes"] = jax.jit(
-          jax.vmap(lambda p, s, x, y: _probe_stats(arch, p, s, x, y, eb), in_axes=(0, 0, None, None)),
-          in_shardings=(self.grid, self.grid, self.rep, self.rep), out_shardings=self.grid)
-    return self._compiled["probes"](params, spec, data[0], data[1])
+    arch, eb = self.arch, self.eval_batch
+    build = lambda: jax.jit(  # noqa: E731
+        jax.vmap(lambda p, s, x, y: _probe_stats(arch, p, s, x, y, eb), in_axes=(0, 0, None, None)),
+        in_shardings=(self.grid, self.grid, self.rep, self.rep), out_shardings=self.grid)
+    return self._call("probes", build, params, spec, data[0], data[1])
 
 
 HISTORY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "batch_loss")
@@ -847,11 +862,10 @@ def train_grid(arch: Arch, opt: Optim, nets: Sequence[Net], data: Arrays, *,
   while step < steps:
     n = min(chunk_steps, steps - step)
     windows = n // eval_every
-    t0 = time.perf_counter()
-    state, hist, compile_s = runner.chunk(windows, state, spec, jnp.int32(step), dev_data)
+    t0, c0 = time.perf_counter(), runner.compile_s
+    state, hist = runner.chunk(windows, state, spec, jnp.int32(step), dev_data)
     hist = np.asarray(jax.device_get(hist))[:k]
-    timing["compile_s"] += compile_s
-    timing["train_s"] += time.perf_counter() - t0 - compile_s
+    timing["train_s"] += time.perf_counter() - t0 - (runner.compile_s - c0)
     for i, key in enumerate(HISTORY_KEYS):
       history[key][:, done_evals:done_evals + windows] = hist[:, :, i]
     done_evals += windows
@@ -870,6 +884,7 @@ def train_grid(arch: Arch, opt: Optim, nets: Sequence[Net], data: Arrays, *,
   if manager is not None:
     manager.close()
   probes_final = _fetch(runner.probes(state["params"], spec, dev_data), k) if probes else None
+  timing["compile_s"] = runner.compile_s
   timing["total_s"] = time.perf_counter() - t_start
   return GridResult(nets=nets, eval_steps=np.arange(1, n_evals + 1) * eval_every,
                     history=history, probes_init=probes_init, probes_final=probes_final,
