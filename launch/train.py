@@ -3,18 +3,33 @@
   python -m launch.train --config=configs/cifar10.py:resnet20 --workdir=/tmp/resnet20
   python -m launch.train --config=configs/embedded.py:digits_resnet20 --workdir=/tmp/d20
 
-Running the same command again resumes from the latest checkpoint in --workdir.
-Override any config field with --config.<group>.<field>=VALUE.
+Running the same command again resumes from the latest checkpoint in --workdir;
+--fresh moves an earlier run aside (to DIR.old-<time>, never deleted) and starts
+over. SIGTERM or Ctrl-C saves a checkpoint at the current step and exits 0.
+Several processes: --multihost (JAX reads SLURM, Cloud TPU or Open MPI settings)
+or --coordinator_address/--num_processes/--process_id; see launch/slurm_gpu.sh
+and launch/tpu_pod.sh. Override any config field with --config.<group>.<field>=VALUE.
 """
-from absl import app, flags
+from launch import platform  # noqa: F401  # pylint: disable=unused-import  (before JAX)
+
+from absl import app, flags  # pylint: disable=g-import-not-at-top
+import jax
 from ml_collections import config_flags
 
 from launch import common
-from resjax import errors, train
+from resjax import distributed, errors, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/cifar10.py", "Training config file[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics and checkpoints go.")
+_FRESH = flags.DEFINE_bool("fresh", False, "Move an earlier run in --workdir aside to "
+                           "WORKDIR.old-<time> (nothing is deleted) and start at step 0.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Join a multi-process job described by "
+                               "the cluster environment (SLURM, Cloud TPU, Open MPI).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "HOST:PORT of process 0 of a multi-process job.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process: 0..num_processes-1.")
 
 
 @common.readable_errors
@@ -22,11 +37,21 @@ def main(argv):
   common.quiet_orbax()
   errors.check(len(argv) == 1, f"unexpected arguments: {' '.join(argv[1:])}")
   errors.check(bool(_WORKDIR.value), "--workdir is required: pass --workdir=DIR")
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         auto=_MULTIHOST.value)
   common.log_devices()
-  try:
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except train.Diverged as e:
-    common.fail(str(e), code=1)
+  with distributed.stop_on_signals() as should_stop:
+    try:
+      result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, fresh=_FRESH.value,
+                                        should_stop=should_stop)
+    except train.Diverged as e:
+      common.fail(str(e), code=1)
+  if jax.process_index() != 0:
+    return
+  if result["stopped"]:
+    print(f"stopped by a signal at step {result['step']}: checkpoint saved in "
+          f"{result['checkpoint']}; run the same command to resume", flush=True)
+    return
   evals = ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.items()) if k.startswith("eval/"))
   print(f"done at step {result['step']}: {evals}; results in {_WORKDIR.value}")
 

@@ -9,13 +9,18 @@ Layout of a workdir:
                              input shape, classes, mean, std) needed to rebuild
                              the state without the data or the training flags
 
-`load(workdir)` rebuilds the state from that metadata on the caller's devices
-(any number) and restores the arrays into it.
+Orbax writes each checkpoint into `<step>.orbax-checkpoint-tmp-*` and renames
+it to `<step>` only once every file is written, so a process killed in the
+middle of a save leaves the previous checkpoints as they were; the half-written
+temporary directory is ignored when reading and removed by the next training
+run. `load(workdir)` rebuilds the state from the metadata on the caller's
+devices (any number) and restores the arrays into it.
 """
 from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Sequence
 
 import jax
@@ -30,6 +35,8 @@ CONFIG_FILE = "config.json"
 # Config groups that may change between a run and its resumption (e.g. more
 # steps); every other field must match the checkpoint's.
 RESUMABLE_GROUPS = ("train",)
+# What makes a directory hold a run (moved together by `move_aside`).
+RUN_FILES = (CONFIG_FILE, CHECKPOINT_DIR, "metrics.jsonl", "tensorboard")
 
 
 def directory(workdir: str) -> str:
@@ -44,23 +51,36 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config saved in `workdir/config.json`."""
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = os.path.join(os.path.abspath(workdir), CONFIG_FILE)
   errors.check(os.path.isfile(path), f"{path} does not exist; pass the workdir of a run")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError, TypeError) as e:
+    raise errors.ConfigError(f"{path} cannot be read ({type(e).__name__}: "
+                             f"{_first_line(e)}); pass --fresh to move that run aside") from None
 
 
 def manager(workdir: str, *, keep: int = 0, read_only: bool = False) -> ocp.CheckpointManager:
-  """A CheckpointManager on `workdir/checkpoints` keeping the last `keep` (0 = all)."""
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep or None, create=not read_only, read_only=read_only,
-      cleanup_tmp_directories=not read_only)
+  """A CheckpointManager on `workdir/checkpoints` keeping the last `keep` (0 = all).
+
+  A writable manager removes the temporary directories of interrupted saves.
+  """
+  if read_only:
+    options = ocp.CheckpointManagerOptions(
+        read_only=True, create=False, save_interval_steps=0, cleanup_tmp_directories=False)
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=True,
+                                           cleanup_tmp_directories=True)
   return ocp.CheckpointManager(directory(workdir), options=options)
 
 
 def save(mngr: ocp.CheckpointManager, state: Any, meta: dict) -> None:
   """Starts saving `state` (a TrainState) at its step; returns once the arrays
-  are copied off the device buffers, so the next (donating) step may run."""
+  are copied off the device buffers, so the next (donating) step may run.
+
+  Every process calls it (a collective); Orbax decides who writes what.
+  """
   step = int(jax.device_get(state.step))
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state.arrays()),
                                           meta=ocp.args.JsonSave(meta)), force=True)
@@ -70,18 +90,52 @@ def restore(mngr: ocp.CheckpointManager, state: Any, step: int | None = None) ->
   """`state` with its arrays replaced by checkpoint `step` (default: latest).
 
   `state` may be concrete or abstract (ShapeDtypeStructs with shardings); the
-  restored arrays take its shardings, whatever devices wrote them.
+  restored arrays take its shardings, whatever devices wrote them. Raises
+  ConfigError when the files cannot be read.
   """
   step = mngr.latest_step() if step is None else step
   target = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state.arrays())
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+  try:
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))
+  except Exception as e:  # Orbax raises many types for unreadable files.
+    raise _unreadable(mngr, step, e) from None
   return state.replace(**restored["state"])
 
 
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
-  """The JSON metadata saved with checkpoint `step`."""
-  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  """The JSON metadata saved with checkpoint `step` (ConfigError if unreadable)."""
+  try:
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    if not (isinstance(meta, dict) and isinstance(meta.get("config"), dict)
+            and isinstance(meta.get("dataset"), dict)):
+      raise ValueError("metadata without config and dataset")
+    return meta
+  except Exception as e:  # pylint: disable=broad-except
+    raise _unreadable(mngr, step, e) from None
+
+
+def _first_line(e: BaseException) -> str:
+  return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+def _unreadable(mngr: ocp.CheckpointManager, step: int, e: BaseException) -> errors.ConfigError:
+  return errors.ConfigError(
+      f"checkpoint {step} in {mngr.directory} cannot be read ({type(e).__name__}: "
+      f"{_first_line(e)}); move that step directory aside to use an earlier one, or "
+      "pass --fresh to start over")
+
+
+def complete_steps(workdir: str) -> list[int]:
+  """Steps of the complete checkpoints in `workdir`, ascending (no files changed)."""
+  if not os.path.isdir(directory(workdir)):
+    return []
+  mngr = manager(workdir, read_only=True)
+  try:
+    return sorted(mngr.all_steps())
+  finally:
+    mngr.close()
 
 
 def _strip(config: dict) -> dict:
@@ -100,20 +154,65 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
   return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
 
 
-def check_same_config(workdir: str, mngr: ocp.CheckpointManager,
-                      config: ml_collections.ConfigDict) -> None:
-  """Refuses to resume a checkpoint written by a different config.
+def check_same_config(workdir: str, mngr: ocp.CheckpointManager | None,
+                      config: ml_collections.ConfigDict) -> int | None:
+  """Refuses to continue a run of a different config in `workdir`.
 
-  Only the `train` group (steps, logging and saving periods) may differ.
+  Compares `config` with the config of the latest checkpoint, or with
+  `workdir/config.json` when no checkpoint is complete yet; only the `train`
+  group (steps, logging and saving periods) may differ. `mngr=None` opens a
+  read-only manager. Returns the latest complete step (None: none). Changes no
+  file.
   """
-  step = mngr.latest_step()
-  if step is None:
-    return
-  old = read_meta(mngr, step)["config"]
+  own = mngr is None
+  if own:
+    if not os.path.isdir(directory(workdir)):
+      mngr = None
+    else:
+      mngr = manager(workdir, read_only=True)
+  try:
+    step = None if mngr is None else mngr.latest_step()
+    if step is not None:
+      old, source = read_meta(mngr, step)["config"], f"checkpoint {step}"
+    elif os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
+      old, source = read_config(workdir).to_dict(), CONFIG_FILE
+    else:
+      return None
+  finally:
+    if own and mngr is not None:
+      mngr.close()
   new = json.loads(json.dumps(config.to_dict()))
-  diff = _differences(_strip(old), _strip(new))
-  errors.check(not diff, f"{directory(workdir)} holds checkpoints of a different config "
-               f"({'; '.join(diff[:3])}); pass a new --workdir or delete that directory")
+  diff = _differences(_strip(json.loads(json.dumps(old))), _strip(new))
+  errors.check(not diff, f"{os.path.abspath(workdir)} holds a run of a different config "
+               f"({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''}; compared with "
+               f"its {source}); pass another --workdir, or --fresh to move that run aside")
+  return step
+
+
+def holds_run(workdir: str) -> bool:
+  """Whether `workdir` holds anything of a training run."""
+  return any(os.path.exists(os.path.join(workdir, name)) for name in RUN_FILES)
+
+
+def move_aside(workdir: str) -> str | None:
+  """Renames a workdir holding a run to `<workdir>.old-<date>-<time>`; deletes nothing.
+
+  Returns the new name (None when `workdir` holds no run).
+  """
+  workdir = os.path.abspath(workdir)
+  if not os.path.isdir(workdir) or not holds_run(workdir):
+    return None
+  base = f"{workdir}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+  target, n = base, 1
+  while os.path.exists(target):
+    n += 1
+    target = f"{base}-{n}"
+  try:
+    os.rename(workdir, target)
+  except OSError as e:
+    raise errors.ConfigError(f"cannot move {workdir} aside to {target} ({e.strerror}); "
+                             "pass another --workdir") from None
+  return target
 
 
 def load(workdir: str, step: int | None = None,
@@ -122,14 +221,19 @@ def load(workdir: str, step: int | None = None,
 
   The state is rebuilt from the config saved with the checkpoint and restored
   replicated over `devices` (default: all devices of this process's JAX), so a
-  checkpoint written on 8 devices loads on 1 and vice versa.
+  checkpoint written on 8 devices loads on 1 and vice versa. A missing, empty
+  or unreadable workdir raises one-line ConfigError.
   """
   from resjax import sharding, train  # train imports this module.
 
   path = directory(workdir)
   errors.check(os.path.isdir(path), f"no checkpoints in {os.path.abspath(workdir)} "
                "(expected a checkpoints/ folder); pass the --workdir of a training run")
-  mngr = manager(workdir, read_only=True)
+  try:
+    mngr = manager(workdir, read_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.ConfigError(f"{path} cannot be read ({type(e).__name__}: "
+                             f"{_first_line(e)})") from None
   try:
     steps = list(mngr.all_steps())
     errors.check(bool(steps), f"{path} holds no complete checkpoint; train first or pass "
@@ -137,21 +241,19 @@ def load(workdir: str, step: int | None = None,
     step = max(steps) if step is None else step
     errors.check(step in steps, f"step={step} has no checkpoint in {path}; available: "
                  f"{', '.join(map(str, sorted(steps)))}")
+    meta = read_meta(mngr, step)
     try:
-      meta = read_meta(mngr, step)
       config = ml_collections.ConfigDict(meta["config"])
       ds = meta["dataset"]
       mesh = sharding.make_mesh(devices)
       abstract = train.abstract_train_state(config, mesh, tuple(ds["input_shape"]),
                                             int(ds["num_classes"]), mean=ds["mean"],
                                             std=ds["std"])
-      state = restore(mngr, abstract, step)
     except errors.ConfigError:
       raise
-    except Exception as e:  # Orbax raises many types for unreadable files.
-      first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-      raise errors.ConfigError(f"checkpoint {step} in {path} cannot be read "
-                               f"({type(e).__name__}: {first[:200]})") from None
+    except Exception as e:  # pylint: disable=broad-except
+      raise _unreadable(mngr, step, e) from None
+    state = restore(mngr, abstract, step)
   finally:
     mngr.close()
   return config, state

@@ -4,15 +4,24 @@
 value, ...}`; groups are `train` (means over the steps since the previous line)
 and `eval` (the full test split). `workdir/tensorboard/` holds the same scalars
 for `tensorboard --logdir`.
+
+A run that resumes from the checkpoint at step k first rewinds both to step k:
+rows written after it (by a run that crashed later) are dropped, since the
+resumed run computes those steps again, so every step appears once, in order.
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
+import sys
+import time
 from typing import Any, Mapping
 
 import numpy as np
+
+from resjax import files
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -23,16 +32,31 @@ class Writer:
 
   A writer with `enabled=False` (every process but 0) accepts calls and writes
   nothing, so callers need no `if process_index == 0` of their own.
+
+  With `resume_step` set (the step the run starts from), rows after it are
+  dropped first (see `rewind`).
   """
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, *, resume_step: int | None = None):
     self.enabled = enabled
     self.path = os.path.join(workdir, METRICS_FILE)
+    self.dropped = 0
     self._tb = None
     if enabled:
-      from tensorboardX import SummaryWriter  # Imported lazily: slow to import.
-      self._tb = SummaryWriter(logdir=os.path.join(workdir, TENSORBOARD_DIR),
-                               flush_secs=30)
+      logdir = os.path.join(workdir, TENSORBOARD_DIR)
+      kept = None
+      if resume_step is not None:
+        self.dropped, kept = rewind(workdir, resume_step)
+      old_events = glob.glob(os.path.join(logdir, "events.out.tfevents.*"))
+      suffix = f".{time.time_ns()}"  # Tells this writer's event file from the old ones.
+      self._tb = _summary_writer(logdir, suffix)
+      if self.dropped:  # Rebuild from the rows kept; the new event file replaces the old.
+        for row in kept:
+          self._add(row)
+        self._tb.flush()
+        for path in old_events:
+          if not path.endswith(suffix):
+            os.remove(path)
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Records `scalars` (name -> number) at `step`."""
@@ -42,9 +66,12 @@ class Writer:
     row.update({k: _to_float(v) for k, v in scalars.items()})
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
+    self._add(row)
+
+  def _add(self, row: Mapping[str, Any]) -> None:
     for name, value in row.items():
       if name != "step":
-        self._tb.add_scalar(name, value, global_step=int(step))
+        self._tb.add_scalar(name, value, global_step=int(row["step"]))
 
   def flush(self) -> None:
     if self._tb is not None:
@@ -62,20 +89,60 @@ class Writer:
     self.close()
 
 
+def _summary_writer(logdir: str, suffix: str):
+  """A tensorboardX SummaryWriter, imported without PyTorch.
+
+  tensorboardX imports PyTorch when it is installed (only to accept torch
+  tensors, which are never passed here); that costs seconds per start.
+  """
+  blocked = "torch" not in sys.modules
+  if blocked:
+    sys.modules["torch"] = None  # Makes `import torch` fail fast inside tensorboardX.
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    if blocked:
+      del sys.modules["torch"]
+  return SummaryWriter(logdir=logdir, flush_secs=30, filename_suffix=suffix)
+
+
+def _read(path: str) -> tuple[list[dict], bool]:
+  """(complete rows, whether a torn or unreadable line was skipped)."""
+  if not os.path.exists(path):
+    return [], False
+  rows, torn = [], False
+  with open(path) as f:
+    for line in f:
+      try:
+        if not line.endswith("\n"):
+          raise ValueError("no newline")
+        rows.append(json.loads(line))
+      except ValueError:
+        torn = True
+  return rows, torn
+
+
 def read(workdir: str) -> list[dict]:
   """All rows of `workdir/metrics.jsonl`, in file order (empty if none yet).
 
   A row cut short by a crash (the last line without a newline) is skipped.
   """
+  return _read(os.path.join(workdir, METRICS_FILE))[0]
+
+
+def rewind(workdir: str, step: int) -> tuple[int, list[dict]]:
+  """Drops the rows of `workdir/metrics.jsonl` after `step` (and torn lines).
+
+  Rewrites the file atomically, only when something is dropped. Returns
+  (how many lines were dropped, the rows kept).
+  """
   path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
-    return []
-  rows = []
-  with open(path) as f:
-    for line in f:
-      if line.endswith("\n"):
-        rows.append(json.loads(line))
-  return rows
+  rows, torn = _read(path)
+  kept = [r for r in rows if int(r.get("step", 0)) <= step]
+  dropped = len(rows) - len(kept) + int(torn)
+  if dropped:
+    files.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+  return dropped, kept
 
 
 def series(rows: list[dict], name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -23,8 +23,9 @@ host in float64, and report per layer:
 
 Notebook use::
 
-  res = probes.run(state, model, dataset)   # state: TrainState or variables
-  print(res.table())
+  config, state = checkpoints.load("runs/d20")      # any device count
+  res = probes.run(state, None, train.load_data(config))  # model from the state
+  print(res.table()); res.layer("stem")["dead_frac"]
 """
 from __future__ import annotations
 

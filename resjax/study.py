@@ -223,7 +223,7 @@ def _run_grid(config, name: str, grid, workdir: str, devices, log) -> GridRun:
       arch, opt, nets, arrays, steps=int(t.steps), batch_size=int(t.batch_size),
       eval_every=int(t.eval_every), chunk_steps=int(t.chunk_steps), eval_batch=int(t.eval_batch),
       devices=devices, checkpoint_dir=os.path.join(workdir, "checkpoints", name), log=log,
-      name=name, probes=bool(grid.probes))
+      name=name, probes=bool(grid.probes), fast_compile=bool(t.fast_compile))
   run = GridRun(name, result.nets, result.eval_steps, result.history, result.probes_init,
                 result.probes_final, result.timing)
   run.save(path)

@@ -635,6 +635,9 @@ def _pad_nets(nets: Sequence[Net], multiple: int) -> list[Net]:
 
 
 _EXECUTABLES: dict[tuple, Any] = {}
+# XLA options for `fast_compile`: about half the compile time, about twice the run
+# time; for grids that train for seconds (tests, smoke runs).
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 class _Runner:
@@ -645,22 +648,24 @@ class _Runner:
   the same process (a resumed study, a test) compiles nothing.
   """
 
-  def __init__(self, arch, opt, total_steps, batch_size, eval_every, eval_batch, mesh):
+  def __init__(self, arch, opt, total_steps, batch_size, eval_every, eval_batch, mesh,
+               fast_compile=False):
     self.arch, self.tx = arch, opt.make(total_steps)
+    self.options = FAST_COMPILE if fast_compile else None
     self.batch_size, self.eval_every, self.eval_batch = batch_size, eval_every, eval_batch
     self.grid = NamedSharding(mesh, PartitionSpec(GRID_AXIS))
     self.rep = NamedSharding(mesh, PartitionSpec())
     self._key = (arch, opt, total_steps, batch_size, eval_every, eval_batch,
-                 tuple(d.id for d in mesh.devices.flat))
+                 tuple(d.id for d in mesh.devices.flat), fast_compile)
     self.compile_s = 0.0
 
   def _call(self, kind, build: Callable[[], Callable], *args):
     leaves, treedef = jax.tree.flatten(args)
     key = (kind, self._key, str(treedef),
-           tuple((np.shape(a), str(np.result_type(a))) for a in leaves))
+           tuple((np.shape(a), str(getattr(a, 'dtype', type(a).__name__))) for a in leaves))
     if key not in _EXECUTABLES:
       t0 = time.perf_counter()
-      _EXECUTABLES[key] = build().lower(*args).compile()
+      _EXECUTABLES[key] = build().lower(*args).compile(self.options)
       self.compile_s += time.perf_counter() - t0
     return _EXECUTABLES[key](*args)
 
@@ -744,7 +749,8 @@ class _Checkpoints:
     else:
       files.write_text(path, text)
     self._mngr = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+        directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=2, create=True, enable_async_checkpointing=False))
 
   def restore_latest(self, like):
     step = self._mngr.latest_step()
@@ -791,7 +797,7 @@ def train_grid(arch: Arch, opt: Optim, nets: Sequence[Net], data: Arrays, *,
                steps: int, batch_size: int, eval_every: int, chunk_steps: int | None = None,
                eval_batch: int = 256, devices: Sequence[jax.Device] | None = None,
                checkpoint_dir: str | None = None, log: Callable[[str], None] | None = print,
-               name: str = "grid", probes: bool = False) -> GridResult:
+               name: str = "grid", probes: bool = False, fast_compile: bool = False) -> GridResult:
   """Trains every net of `nets` on `data`, one compiled call per chunk of steps.
 
   Args:
@@ -814,6 +820,7 @@ def train_grid(arch: Arch, opt: Optim, nets: Sequence[Net], data: Arrays, *,
     name: the grid's name in progress lines.
     probes: also measure unit statistics and gradient norms at init and at
       the end (see `_probe_stats`); not for 'invres'.
+    fast_compile: compile with FAST_COMPILE (for grids that train for seconds).
   """
   arch = arch.validate()
   nets = list(nets)
@@ -830,7 +837,7 @@ def train_grid(arch: Arch, opt: Optim, nets: Sequence[Net], data: Arrays, *,
   mesh = make_mesh(devices)
   k = len(nets)
   padded = _pad_nets(nets, mesh.size)
-  runner = _Runner(arch, opt, steps, batch_size, eval_every, eval_batch, mesh)
+  runner = _Runner(arch, opt, steps, batch_size, eval_every, eval_batch, mesh, fast_compile)
   spec = jax.device_put(specs(arch, padded), runner.grid)
   dev_data = jax.device_put(_device_data(data), runner.rep)
   n_evals = steps // eval_every
@@ -859,30 +866,32 @@ def train_grid(arch: Arch, opt: Optim, nets: Sequence[Net], data: Arrays, *,
         log(f"[{name}] resumed at step {start}/{steps} from {checkpoint_dir}")
 
   done_evals, step = start // eval_every, start
-  while step < steps:
-    n = min(chunk_steps, steps - step)
-    windows = n // eval_every
-    t0, c0 = time.perf_counter(), runner.compile_s
-    state, hist = runner.chunk(windows, state, spec, jnp.int32(step), dev_data)
-    hist = np.asarray(jax.device_get(hist))[:k]
-    timing["train_s"] += time.perf_counter() - t0 - (runner.compile_s - c0)
-    for i, key in enumerate(HISTORY_KEYS):
-      history[key][:, done_evals:done_evals + windows] = hist[:, :, i]
-    done_evals += windows
-    step += n
+  try:
+    while step < steps:
+      n = min(chunk_steps, steps - step)
+      windows = n // eval_every
+      t0, c0 = time.perf_counter(), runner.compile_s
+      state, hist = runner.chunk(windows, state, spec, jnp.int32(step), dev_data)
+      hist = np.asarray(jax.device_get(hist))[:k]
+      timing["train_s"] += time.perf_counter() - t0 - (runner.compile_s - c0)
+      for i, key in enumerate(HISTORY_KEYS):
+        history[key][:, done_evals:done_evals + windows] = hist[:, :, i]
+      done_evals += windows
+      step += n
+      if manager is not None:
+        tree = {"state": _fetch(state, k), "history": history}
+        if probes_init is not None:
+          tree["probes_init"] = probes_init
+        manager.save(step, tree)
+      if log:
+        rate = k * (step - start) / max(timing["train_s"], 1e-9)
+        log(f"[{name}] step {step}/{steps} | {k} nets | {rate:,.0f} net-steps/s = "
+            f"{rate / steps:.2f} nets/s | mean train loss "
+            f"{np.nanmean(history['train_loss'][:, done_evals - 1]):.4f} | "
+            f"ETA {format_eta((steps - step) * k / max(rate, 1e-9))}")
+  finally:
     if manager is not None:
-      tree = {"state": _fetch(state, k), "history": history}
-      if probes_init is not None:
-        tree["probes_init"] = probes_init
-      manager.save(step, tree)
-    if log:
-      rate = k * (step - start) / max(timing["train_s"], 1e-9)
-      log(f"[{name}] step {step}/{steps} | {k} nets | {rate:,.0f} net-steps/s = "
-          f"{rate / steps:.2f} nets/s | mean train loss "
-          f"{np.nanmean(history['train_loss'][:, done_evals - 1]):.4f} | "
-          f"ETA {format_eta((steps - step) * k / max(rate, 1e-9))}")
-  if manager is not None:
-    manager.close()
+      manager.close()
   probes_final = _fetch(runner.probes(state["params"], spec, dev_data), k) if probes else None
   timing["compile_s"] = runner.compile_s
   timing["total_s"] = time.perf_counter() - t_start
@@ -900,22 +909,24 @@ def _spec1(arch: Arch, net: Net) -> dict[str, jax.Array]:
 
 
 @functools.lru_cache(maxsize=None)
-def _single_fns(arch: Arch, opt: Optim, total_steps: int, batch_size: int, eval_batch: int):
+def _single_fns(arch: Arch, opt: Optim, total_steps: int, batch_size: int, eval_batch: int,
+                fast_compile: bool):
   tx = opt.make(total_steps)
+  jit = (functools.partial(jax.jit, compiler_options=FAST_COMPILE) if fast_compile else jax.jit)
 
   def start(spec):
     p = init(arch, spec)
     return p, tx.init(p)
 
-  step = jax.jit(functools.partial(_train_step, arch, tx, batch_size=batch_size),
-                 donate_argnums=(0, 1))
-  evaluate = jax.jit(lambda p, s, x, y, g: _evaluate(arch, p, s, x, y, g, eval_batch))
-  perm = jax.jit(epoch_permutation, static_argnums=2)
-  return jax.jit(start), step, evaluate, perm
+  step = jit(functools.partial(_train_step, arch, tx, batch_size=batch_size), donate_argnums=(0, 1))
+  evaluate = jit(lambda p, s, x, y, g: _evaluate(arch, p, s, x, y, g, eval_batch))
+  perm = jit(epoch_permutation, static_argnums=2)
+  return jit(start), step, evaluate, perm
 
 
 def train_single(arch: Arch, opt: Optim, net: Net, data: Arrays, *, steps: int,
-                 batch_size: int, eval_batch: int = 256) -> dict[str, Any]:
+                 batch_size: int, eval_batch: int = 256, fast_compile: bool = False
+                 ) -> dict[str, Any]:
   """Trains one net built at its own size, the way a single run is usually written.
 
   A jitted train step called from a Python loop; the functions are compiled
@@ -925,7 +936,8 @@ def train_single(arch: Arch, opt: Optim, net: Net, data: Arrays, *, steps: int,
   arch1 = unpadded(arch.validate(), net)
   check_nets(arch1, [net])
   spec = _spec1(arch1, net)
-  start, step_fn, evaluate, permutation = _single_fns(arch1, opt, steps, batch_size, eval_batch)
+  start, step_fn, evaluate, permutation = _single_fns(arch1, opt, steps, batch_size, eval_batch,
+                                                      fast_compile)
   x_tr, y_tr, x_all, y_all, g_all = jax.device_put(_device_data(data))
   params, opt_state = start(spec)
   n = x_tr.shape[0]

@@ -17,6 +17,7 @@ it to conv/dense kernels. 'adamw' uses optax's decoupled decay instead.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable, Mapping
 
@@ -426,14 +427,31 @@ def _every(step: int, period: int, last: int) -> bool:
   return step == last or (period > 0 and step % period == 0)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint).
+def _barrier(name: str) -> None:
+  """Waits for every process (a no-op with one)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh: bool = False,
+                       should_stop: Callable[[int], bool] | None = None) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
   Writes workdir/config.json, workdir/metrics.jsonl, TensorBoard events in
   workdir/tensorboard and Orbax checkpoints in workdir/checkpoints; prints
-  progress lines. Returns the final metrics ('train/...' over the last log
-  window, 'eval/...' on the full test split). Raises `Diverged` on a non-finite
-  loss, keeping the last good checkpoint.
+  progress lines (process 0). Returns the final metrics ('train/...' over the
+  last log window, 'eval/...' on the full test split), 'step', and
+  'checkpoint' (the directory of the last checkpoint written).
+
+  A workdir holding a run of another config (outside the `train` group) is
+  refused with a ConfigError, unless `fresh`, which first renames such a
+  workdir to `<workdir>.old-<time>` (nothing is deleted) and starts at step 0.
+  `should_stop(step)` is asked after every step (the same answer on every
+  process); when it says True the state is saved at that step and the run
+  returns with 'stopped' set (see `distributed.stop_on_signals`). A non-finite
+  loss or parameter raises `Diverged`; nothing is saved after the last finite
+  step. Every process calls this function; only process 0 writes metrics.
   """
   mesh = sharding.make_mesh()
   validate(config, num_devices=sharding.num_shards(mesh))
@@ -442,20 +460,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   errors.check(batch_size <= len(ds.train.labels),
                f"data.batch_size={batch_size} exceeds the {len(ds.train.labels)} training "
                f"examples of {ds.name}; use a smaller batch")
-  workdir = files.ensure_workdir(workdir)
-  meta = checkpoint_meta(config, ds)
   lead = jax.process_index() == 0
   say = (lambda *a: print(*a, flush=True)) if lead else (lambda *a: None)
+  errors.check(not os.path.isfile(os.path.expanduser(workdir)),
+               f"workdir {os.path.abspath(workdir)} is a file; pass a directory to --workdir")
+  if fresh:
+    moved = checkpoints.move_aside(workdir) if lead else None
+    _barrier("resjax-fresh")
+    if moved:
+      say(f"moved the earlier run in {os.path.abspath(workdir)} to {moved}")
+  # Refuse a run of another config before changing any file.
+  checkpoints.check_same_config(workdir, None, config)
+  workdir = files.ensure_workdir(workdir)
+  meta = checkpoint_meta(config, ds)
 
   mngr = checkpoints.manager(workdir, keep=int(config.train.get("keep_checkpoints", 0)))
-  checkpoints.check_same_config(workdir, mngr, config)
-  if lead:
-    checkpoints.save_config(workdir, config)
   state = create_train_state(config, mesh, ds.input_shape, ds.num_classes,
                              mean=ds.mean, std=ds.std)
-  if mngr.latest_step() is not None:
-    state = checkpoints.restore(mngr, state)
+  last_saved = mngr.latest_step()
+  if last_saved is not None:
+    try:
+      state = checkpoints.restore(mngr, state, last_saved)
+    except errors.ConfigError:
+      mngr.close()
+      raise
     say(f"resumed from {checkpoints.directory(workdir)} at step {int(state.step)}")
+  if lead:
+    checkpoints.save_config(workdir, config)
   p_train, p_eval = jit_steps(state, mesh)
   start = int(jax.device_get(state.step))
   n_params = models.param_count(state.params)
@@ -463,17 +494,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f"({len(ds.train.labels)} train / {len(ds.test.labels)} test), batch {batch_size} "
       f"over {sharding.num_shards(mesh)} devices, steps {start} -> {total}")
 
-  last_saved = mngr.latest_step()
   window: list[dict] = []     # fetched metrics since the last progress line
   pending: list[dict] = []    # on-device metrics not fetched yet (no sync per step)
   timed_steps, timed_seconds, mark = 0, 0.0, None
-  result: dict[str, float] = {}
+  result: dict[str, Any] = {"step": max(start, total), "stopped": False}
   # A background thread gathers and transfers the next batches while the
   # device runs the current step.
   batches = data.prefetch(
       (sharding.to_global(host_batch(ds.train, s, seed=config.seed, global_batch=batch_size),
                           mesh) for s in range(start, total)), size=2)
-  with metrics.Writer(workdir, enabled=lead) as writer:
+  with metrics.Writer(workdir, enabled=lead, resume_step=start) as writer:
+    if writer.dropped:
+      say(f"dropped {writer.dropped} rows after step {start} from {writer.path} "
+          "(they are computed again)")
     try:
       for done, batch in enumerate(batches, start + 1):
         if mark is None:  # The first step compiles: wait for it, leave it untimed.
@@ -486,9 +519,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           state, m = p_train(state, batch)
           timed_steps += 1
         pending.append(m)
-        log = _every(done, config.train.log_every, total)
-        do_eval = _every(done, config.train.eval_every, total)
-        save = _every(done, config.train.checkpoint_every, total)
+        stop = should_stop is not None and bool(should_stop(done)) and done < total
+        log = stop or _every(done, config.train.log_every, total)
+        do_eval = not stop and _every(done, config.train.eval_every, total)
+        save = stop or _every(done, config.train.checkpoint_every, total)
         if not (log or do_eval or save):
           continue
         window.extend(jax.device_get(pending))  # Waits for the device: the only sync.
@@ -514,10 +548,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           say(f"eval at step {done}: loss {ev['loss']:.4f}  accuracy "
               f"{100 * ev['accuracy']:.2f}%  error {100 * ev['error']:.2f}%")
           result.update(row)
-        if save:
+        if save and done != last_saved:
           checkpoints.save(mngr, state, meta)
           last_saved = done
         writer.flush()
+        if stop:
+          result.update(step=done, stopped=True)
+          break
         mark = time.perf_counter()  # Evaluation and saving are not training time.
       if start >= total:
         ev = evaluate(p_eval, state, ds.test, mesh, batch_size)
@@ -528,21 +565,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       batches.close()
       mngr.wait_until_finished()
       mngr.close()
-  result["step"] = max(start, total)
+  if last_saved is not None:
+    result["checkpoint"] = os.path.join(checkpoints.directory(workdir), str(last_saved))
   return result
 
 
 def _check_finite(window: list[dict], done: int, last_saved: int | None, workdir: str,
                   writer: metrics.Writer) -> None:
-  for key in ("loss", "param_norm"):
+  """Raises Diverged at the first step of `window` with a non-finite metric."""
+  found = []  # (first bad index, rank, key, name): the loss goes first on a tie.
+  for rank, (key, what) in enumerate((("loss", "loss"), ("grad_norm", "gradient norm"),
+                                      ("param_norm", "parameter norm"))):
     bad = metrics.first_nonfinite(window, key)
     if bad is not None:
-      step = done - len(window) + bad + 1
-      value = float(np.asarray(window[bad][key]))
-      writer.write(step, {f"train/{key}": value})
-      kept = (f"the last good checkpoint is step {last_saved} in "
-              f"{checkpoints.directory(workdir)}" if last_saved is not None
-              else "no checkpoint was written")
-      what = "loss" if key == "loss" else "parameter norm"
-      raise Diverged(f"{what} is {value} at step {step}; training stopped and {kept} "
-                     "(lower opt.lr or check the data)")
+      found.append((bad, rank, key, what))
+  if not found:
+    return
+  bad, _, key, what = min(found)
+  step = done - len(window) + bad + 1
+  value = float(np.asarray(window[bad][key]))
+  writer.write(step, {f"train/{k}": float(np.asarray(window[bad][k])) for *_, k, _ in found})
+  kept = (f"the last good checkpoint is step {last_saved} in "
+          f"{checkpoints.directory(workdir)}" if last_saved is not None
+          else "no checkpoint was written")
+  raise Diverged(f"{what} is {value} at step {step}; training stopped and {kept} "
+                 "(lower opt.lr or check the data)")

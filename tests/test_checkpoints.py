@@ -95,7 +95,7 @@ def test_resuming_needs_the_same_config(saved):
     checkpoints.check_same_config(workdir, mngr, longer)
     wider = _config()
     wider.model.width = 16
-    with pytest.raises(errors.ConfigError, match=r"different config \(model.width: 8 -> 16\)"):
+    with pytest.raises(errors.ConfigError, match=r"different config \(model.width: 8 -> 16;"):
       checkpoints.check_same_config(workdir, mngr, wider)
   finally:
     mngr.close()

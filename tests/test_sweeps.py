@@ -40,7 +40,8 @@ def images() -> sweeps.Arrays:
 def _assert_trains_like_single(arch, opt, nets, data, result, steps, batch_size, atol=2e-5):
   """Every net of the grid ends where its own unpadded, sequential run ends."""
   for i, net in enumerate(nets):
-    single = sweeps.train_single(arch, opt, net, data, steps=steps, batch_size=batch_size)
+    single = sweeps.train_single(arch, opt, net, data, steps=steps, batch_size=batch_size,
+                                 fast_compile=True)
     padded = jax.tree.map(lambda a: a[i], result.params)
     cropped = sweeps.crop(arch, padded, net)
     # Same parameter shapes as the unpadded net, same values.
@@ -57,12 +58,13 @@ def _assert_trains_like_single(arch, opt, nets, data, result, steps, batch_size,
 
 
 def test_normal_draws_ignore_padding():
-  small = np.asarray(sweeps._normal(jnp.int32(7), 3, (3, 5)))
-  big = np.asarray(sweeps._normal(jnp.int32(7), 3, (6, 9)))
+  normal = jax.jit(sweeps._normal, static_argnums=(1, 2))
+  small = np.asarray(normal(jnp.int32(7), 3, (3, 5)))
+  big = np.asarray(normal(jnp.int32(7), 3, (6, 9)))
   np.testing.assert_array_equal(big[:3, :5], small)
-  other = np.asarray(sweeps._normal(jnp.int32(8), 3, (6, 9)))
+  other = np.asarray(normal(jnp.int32(8), 3, (6, 9)))
   assert not np.allclose(big, other)
-  many = np.asarray(sweeps._normal(jnp.int32(0), 1, (200, 100)))
+  many = np.asarray(normal(jnp.int32(0), 1, (200, 100)))
   assert abs(many.mean()) < 0.02 and abs(many.std() - 1) < 0.02
 
 
@@ -77,11 +79,12 @@ def test_mlp_grid_equals_sequential_unpadded_runs(spirals):
   """Width and depth padding, layer norm and AdamW decay: each net matches its own run."""
   arch = sweeps.Arch("mlp", 3, (2,), max_width=6, max_depth=3, norm="layer")
   opt = sweeps.Optim("adam", lr=3e-3, weight_decay=0.1)
+  # One shape, so the sequential runs compile once; the grid pads width and depth.
   nets = [sweeps.Net(0, 3, 2, "plain"), sweeps.Net(1, 3, 2, "residual"),
-          sweeps.Net(2, 6, 3, "residual")]
+          sweeps.Net(2, 3, 2, "residual")]
   steps, bs = 12, 16
   result = sweeps.train_grid(arch, opt, nets, spirals, steps=steps, batch_size=bs, eval_every=6,
-                             devices=jax.devices()[:1], log=None)
+                             devices=jax.devices()[:1], log=None, fast_compile=True)
   # The nets really differ and really trained.
   assert len({round(float(v), 5) for v in result.history["train_loss"][:, -1]}) == 3
   assert np.all(result.history["batch_loss"][:, -1] < result.history["batch_loss"][:, 0] + 0.5)
@@ -101,7 +104,7 @@ def test_padded_equals_unpadded(family, net, arch_kw, opt, spirals, images):
   data = images if family in ("conv", "invres") else spirals
   arch = sweeps.Arch(family, 3, data.x_train.shape[1:], **arch_kw)
   result = sweeps.train_grid(arch, opt, [net], data, steps=6, batch_size=8, eval_every=6,
-                             devices=jax.devices()[:1], log=None)
+                             devices=jax.devices()[:1], log=None, fast_compile=True)
   _assert_trains_like_single(arch, opt, [net], data, result, 6, 8)
 
 
@@ -110,7 +113,7 @@ def test_sharded_over_8_devices_equals_1_and_resumes(spirals, tmp_path):
   arch = sweeps.Arch("mlp", 3, (2,), max_width=5, max_depth=3)
   opt = sweeps.Optim("adam", lr=1e-2)
   nets = sweeps.grid([0, 1, 2], [2, 5], [3], ["plain"])  # 6 nets: padded to 8 on 8 devices
-  kw = dict(steps=8, batch_size=16, eval_every=4, log=None, probes=True)
+  kw = dict(steps=8, batch_size=16, eval_every=4, log=None, probes=True, fast_compile=True)
   one = sweeps.train_grid(arch, opt, nets, spirals, devices=jax.devices()[:1], **kw)
 
   class Stop(Exception):

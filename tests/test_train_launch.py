@@ -11,6 +11,7 @@ from absl import flags
 
 import launch.train as launch_train
 from conftest import mock_tfds
+from launch import common
 from resjax import checkpoints, metrics, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +27,7 @@ def launch(monkeypatch, *args):
   flags.FLAGS.unparse_flags()
   monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides here.
   try:
-    launch_train.main(launch_train.parse_flags(argv))
+    launch_train.main(common.parse_flags(argv))
   except SystemExit as e:
     return e.code
   return None

@@ -1,0 +1,253 @@
+"""Runs that are killed, preempted or crash mid-save lose nothing and resume exactly.
+
+Every run here is a real `python -m launch.train` subprocess on the embedded
+spirals (tiny MLP, 16 steps), interrupted at random steps. The reference is the
+same command run without interruption, saving a checkpoint at every step
+(`train` fields may differ between a run and its resumption), so any checkpoint
+an interrupted run leaves behind can be compared with the reference bit for bit.
+Subprocesses share a JAX compilation cache, so only the first one compiles.
+"""
+import hashlib
+import os
+import queue
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+
+import jax
+import numpy as np
+
+from resjax import checkpoints, metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 16
+BASE = ["--config=configs/embedded.py:tiny_mlp", f"--config.train.steps={STEPS}",
+        "--config.train.log_every=1", "--config.train.checkpoint_every=4",
+        "--config.train.eval_every=0"]
+TIMEOUT = 300
+PROGRESS = r"^step +(\d+)/\d+ "
+
+# Stops the commit (the final rename) of one checkpoint forever, so the test can
+# kill the process while that save is in flight; then runs launch.train.
+HANG_IN_COMMIT = r"""
+import asyncio, runpy, sys
+from orbax.checkpoint._src.path import atomicity
+step = sys.argv.pop(1)
+finalize = atomicity.AtomicRenameTemporaryPath.finalize
+async def hang(self):
+  if self.get_final().name == step:
+    print(f"hanging in the commit of checkpoint {step}", flush=True)
+    await asyncio.sleep(3600)
+  return await finalize(self)
+atomicity.AtomicRenameTemporaryPath.finalize = hang
+runpy.run_module("launch.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def subprocess_env(cache_dir, devices: int = 8, **extra) -> dict:
+  """The test environment with `devices` host devices and a shared compilation cache."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  return {**os.environ, "XLA_FLAGS": " ".join(
+      flags + [f"--xla_force_host_platform_device_count={devices}"]),
+          "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
+          "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", **extra}
+
+
+class Run:
+  """A launcher subprocess whose stdout lines are read as they come."""
+
+  def __init__(self, args, env, *, code=None):
+    self.err = tempfile.NamedTemporaryFile("w+", suffix=".stderr")
+    head = ["-c", code] if code else ["-m", "launch.train"]
+    self.proc = subprocess.Popen([sys.executable, "-u", *head, *args], cwd=ROOT, env=env,
+                                 stdout=subprocess.PIPE, stderr=self.err, text=True)
+    self.lines: list[str] = []
+    self._queue: queue.Queue = queue.Queue()
+    threading.Thread(target=self._read, daemon=True).start()
+
+  def _read(self):
+    for line in self.proc.stdout:
+      self._queue.put(line.rstrip("\n"))
+    self._queue.put(None)
+
+  def output(self) -> str:
+    self.err.seek(0)
+    errors = [l for l in self.err.read().splitlines() if not re.match(r"[IW]\d{4} ", l)]
+    return "\n".join(["stdout:", *self.lines, "stderr:", *errors[-30:]])
+
+  def wait_for(self, pattern: str, accept=lambda match: True) -> re.Match:
+    """The first stdout line matching `pattern` that `accept`s (fails at exit)."""
+    while True:
+      try:
+        line = self._queue.get(timeout=TIMEOUT)
+      except queue.Empty:
+        self.proc.kill()
+        raise AssertionError(f"no line like {pattern!r} in {TIMEOUT} s\n{self.output()}")
+      if line is None:
+        self.proc.wait()
+        raise AssertionError(f"exited ({self.proc.returncode}) before a line like "
+                             f"{pattern!r}\n{self.output()}")
+      self.lines.append(line)
+      match = re.search(pattern, line)
+      if match and accept(match):
+        return match
+
+  def at_step(self, target: int) -> int:
+    """Waits for the first progress line of a step >= target; returns its step."""
+    return int(self.wait_for(PROGRESS, lambda m: int(m[1]) >= target)[1])
+
+  def finish(self) -> int:
+    while (line := self._queue.get(timeout=TIMEOUT)) is not None:
+      self.lines.append(line)
+    return self.proc.wait(timeout=TIMEOUT)
+
+
+def reference_run(tmp_path_factory) -> str:
+  """The uninterrupted run (checkpoint at every step), made once per test session."""
+  base = tmp_path_factory.getbasetemp()
+  workdir = base / "reference"
+  if not (workdir / "done").exists():
+    shutil.rmtree(workdir, ignore_errors=True)
+    run = Run([*BASE, f"--workdir={workdir}", "--config.train.checkpoint_every=1"],
+              subprocess_env(base / "jax-cache"))
+    assert run.finish() == 0, run.output()
+    (workdir / "done").write_text("")
+  return str(workdir)
+
+
+def arrays(workdir, step=None) -> dict:
+  """The checkpointed arrays (NumPy) of `step` (default: latest)."""
+  _, state = checkpoints.load(workdir, step)
+  return jax.device_get(state.arrays())
+
+
+def assert_bitwise_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def assert_same_as_reference(workdir, reference, steps=None):
+  """Every checkpoint in `workdir` (or `steps`) equals the reference's, bit for bit."""
+  for step in steps or checkpoints.complete_steps(workdir):
+    assert_bitwise_equal(arrays(workdir, step), arrays(reference, step))
+
+
+def assert_consistent_metrics(workdir, reference, last):
+  """metrics.jsonl: steps 1..last once each, in order, values as in the reference."""
+  rows = metrics.read(workdir)
+  want = {r["step"]: r for r in metrics.read(reference) if "train/loss" in r}
+  train = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in train] == list(range(1, last + 1)), [r["step"] for r in rows]
+  for row in train:
+    for key in ("train/loss", "train/accuracy", "train/grad_norm", "train/param_norm"):
+      assert row[key] == want[row["step"]][key], (row["step"], key)
+
+
+def tree_digest(path) -> dict:
+  """relative path -> (size, mtime, sha256) of every file under `path`."""
+  out = {}
+  for root, _, names in os.walk(path):
+    for name in names:
+      full = os.path.join(root, name)
+      with open(full, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+      stat = os.stat(full)
+      out[os.path.relpath(full, path)] = (stat.st_size, stat.st_mtime_ns, digest)
+  return out
+
+
+def _resumed_step(run: Run) -> int:
+  match = run.wait_for(r"resumed from .* at step (\d+)$|steps (\d+) -> ")
+  return int(match[1] or match[2])
+
+
+def test_kills_and_preemption_resume_exactly(tmp_path_factory, tmp_path):
+  """SIGKILL, SIGTERM and SIGKILL again at random steps, then run to the end."""
+  reference = reference_run(tmp_path_factory)
+  env = subprocess_env(tmp_path_factory.getbasetemp() / "jax-cache")
+  workdir = str(tmp_path / "run")
+  targets = sorted(random.sample(range(2, 12), 3))
+  events = []
+  for target, signum in zip(targets, (signal.SIGKILL, signal.SIGTERM, signal.SIGKILL)):
+    expected_start = max(checkpoints.complete_steps(workdir), default=0)
+    run = Run([*BASE, f"--workdir={workdir}"], env)
+    assert _resumed_step(run) == expected_start, run.output()
+    step = run.at_step(target)
+    run.proc.send_signal(signum)
+    code = run.finish()
+    events.append((signal.Signals(signum).name, target, step, code))
+    if signum == signal.SIGKILL:
+      assert code == -signal.SIGKILL, (events, run.output())
+    else:  # Saved at the step it stopped at, said where, exited 0.
+      assert code == 0, (events, run.output())
+      match = re.fullmatch(r"stopped by a signal at step (\d+): checkpoint saved in (\S+); "
+                           r"run the same command to resume", run.lines[-1])
+      assert match, run.output()
+      stopped = int(match[1])
+      assert match[2] == os.path.join(checkpoints.directory(workdir), str(stopped))
+      assert max(checkpoints.complete_steps(workdir)) == stopped
+      assert_consistent_metrics(workdir, reference, stopped)
+    assert_same_as_reference(workdir, reference)
+  run = Run([*BASE, f"--workdir={workdir}"], env)
+  assert _resumed_step(run) == max(checkpoints.complete_steps(workdir))
+  assert run.finish() == 0, (events, run.output())
+  assert_bitwise_equal(arrays(workdir), arrays(reference))
+  assert_same_as_reference(workdir, reference)
+  assert_consistent_metrics(workdir, reference, STEPS)
+  final_eval = [r for r in metrics.read(workdir) if "eval/loss" in r]
+  assert final_eval == [r for r in metrics.read(reference) if "eval/loss" in r]
+
+
+def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path_factory, tmp_path):
+  """Killed while checkpoint 8 is being committed; then SIGINT after resuming."""
+  reference = reference_run(tmp_path_factory)
+  env = subprocess_env(tmp_path_factory.getbasetemp() / "jax-cache")
+  workdir = str(tmp_path / "run")
+  args = [*BASE, f"--workdir={workdir}"]
+  run = Run(["8", *args], env, code=HANG_IN_COMMIT)
+  run.wait_for("hanging in the commit of checkpoint 8")
+  run.proc.kill()
+  assert run.finish() == -signal.SIGKILL
+  # Every file of checkpoint 8 was written, only the final rename is missing.
+  partial = [d for d in os.listdir(checkpoints.directory(workdir)) if d.startswith("8.")]
+  assert len(partial) == 1 and "tmp" in partial[0], partial
+  assert os.listdir(os.path.join(checkpoints.directory(workdir), partial[0], "state"))
+  assert checkpoints.complete_steps(workdir) == [4]
+  assert_same_as_reference(workdir, reference, [4])
+
+  run = Run(args, env)
+  assert _resumed_step(run) == 4, run.output()
+  run.at_step(random.randint(6, 11))
+  run.proc.send_signal(signal.SIGINT)
+  assert run.finish() == 0, run.output()
+  stopped = int(re.match(r"stopped by a signal at step (\d+):", run.lines[-1])[1])
+  assert not [d for d in os.listdir(checkpoints.directory(workdir)) if "tmp" in d]
+  assert max(checkpoints.complete_steps(workdir)) == stopped
+  assert_same_as_reference(workdir, reference)
+  assert_consistent_metrics(workdir, reference, stopped)
+
+
+def test_fresh_moves_a_run_of_another_config_aside(tmp_path_factory, tmp_path):
+  reference = reference_run(tmp_path_factory)
+  env = subprocess_env(tmp_path_factory.getbasetemp() / "jax-cache")
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  before = tree_digest(workdir)
+  run = Run([*BASE, f"--workdir={workdir}", "--config.seed=1", "--fresh"], env)
+  moved = run.wait_for(rf"^moved the earlier run in {re.escape(str(workdir))} to (\S+)$")[1]
+  assert _resumed_step(run) == 0
+  assert run.finish() == 0, run.output()
+  assert tree_digest(moved) == before  # The old run, untouched, under its new name.
+  assert os.path.dirname(moved) == str(tmp_path) and moved.startswith(f"{workdir}.old-")
+  config, state = checkpoints.load(str(workdir))
+  assert config.seed == 1 and int(state.step) == STEPS
+  assert [r["step"] for r in metrics.read(str(workdir)) if "train/loss" in r] == list(
+      range(1, STEPS + 1))
