@@ -8,7 +8,7 @@ Expected (default, a 3-turn spiral, 64 seeds): for ReLU the refit error falls
 from about 0.47 at n=2 to 0.15 at n=15 and 0.09 at n=30; the collapsed
 fraction follows P(Binomial(n, 1/2) < 2) (0.75 at n=2, 0.19 at n=5) within
 its 95% interval; identity has ~0 error in all three measures for n >= 2.
-About 10-20 s on a 2-core CPU.
+About 15-25 s on a shared 2-core CPU (compile 5-7 s, run 3-4 s).
 
 Variants (`:name`): `ball` / `sphere` sweep the manifold dimension d
 (uniform in / on the unit ball in d dimensions), so collapse can be read
@@ -25,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.activations = activations.names()  # Activation names, e.g. relu,tanh.
   config.dims = tuple(range(1, 65))  # Embedding dimensions n, e.g. 2,3,5,15,30.
   config.seeds = 64  # Random embeddings T per (d, activation, n).
-  config.chunk = 16  # Draws of T vmapped at once (bounds memory); 0 = all at once.
+  config.chunk = 8  # Draws of T vmapped at once (bounds memory); 0 = all at once.
 
   config.manifold = ml_collections.ConfigDict()
   config.manifold.name = "spiral"  # spiral (2-D), ball or sphere (d-dimensional).

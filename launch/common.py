@@ -69,3 +69,16 @@ def _quiet_orbax(record: py_logging.LogRecord) -> bool:
 def quiet_orbax() -> None:
   """Drops Orbax's per-save INFO lines, which would bury the progress lines."""
   logging.get_absl_handler().addFilter(_quiet_orbax)
+
+
+def define_config(default: str, help_text: str):
+  """`config_flags.DEFINE_config_file` (locked) whose bad overrides end in one line.
+
+  With a default file, ml_collections applies `--config.<field>` overrides while
+  the flag is defined, so an unknown field fails here rather than in parsing.
+  """
+  from ml_collections import config_flags
+  try:
+    return config_flags.DEFINE_config_file("config", default, help_text, lock_config=True)
+  except (AttributeError, KeyError) as e:
+    fail(f"a --config.<field> override names a field the config lacks ({e})")

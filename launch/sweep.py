@@ -10,18 +10,13 @@ comma list (--config.activations=relu,tanh).
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
 import configs
 from launch import common
 from resjax import collapse, errors
 
 _DEFAULT = os.path.join(os.path.dirname(configs.__file__), "collapse.py")
-try:  # The default config takes its --config.<field> overrides right here.
-  _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Sweep config file[:variant].",
-                                            lock_config=True)
-except (AttributeError, KeyError) as e:
-  common.fail(f"a --config.<field> override names a field the config lacks ({e})")
+_CONFIG = common.define_config(_DEFAULT, "Sweep config file[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the results (created).")
 
 

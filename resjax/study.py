@@ -85,7 +85,8 @@ def median_ci(v: Sequence[float], seed: int = 0, draws: int = 2000) -> tuple[flo
     return math.nan, math.nan, math.nan
   rng = np.random.default_rng(seed)
   boot = np.median(rng.choice(v, size=(draws, v.size), replace=True), axis=1)
-  return float(np.median(v)), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+  lo, hi = np.quantile(boot, [0.025, 0.975], method="nearest")  # keeps inf
+  return float(np.median(v)), float(lo), float(hi)
 
 
 def _g(x: Any) -> Any:
@@ -268,10 +269,26 @@ def run(config, workdir: str, *, devices=None,
               "timing": {name: r.timing for name, r in runs.items()},
               "wall_s": time.perf_counter() - t0,
               "figure": f"{config.study}.png"})
+  out = _json_safe(out)
   files.write_json(os.path.join(workdir, "study.json"), out)
   if log:
     log(f"study {config.study} done: {workdir}/study.csv, study.json, {config.study}.png")
   return out
+
+
+def _json_safe(x: Any) -> Any:
+  """NaN / inf -> None (JSON null), NumPy scalars -> Python, recursively."""
+  if isinstance(x, dict):
+    return {k: _json_safe(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_json_safe(v) for v in x]
+  if isinstance(x, (np.integer, np.bool_)):
+    return x.item()
+  if isinstance(x, (float, np.floating)):
+    return float(x) if math.isfinite(x) else None
+  if isinstance(x, np.ndarray):
+    return _json_safe(x.tolist())
+  return x
 
 
 # ----------------------------------------------------------------------------
