@@ -137,10 +137,10 @@ def validate(config) -> None:
                  f"target_loss={config.target_loss!r} must be > 0")
 
 
-def _arrays(dcfg) -> sweeps.Arrays:
+def load_arrays(name: str, *, seed: int = 0, options=None) -> sweeps.Arrays:
   """Loads and normalizes a dataset (per feature / per channel, train statistics)."""
   from resjax import data  # pylint: disable=g-import-not-at-top
-  ds = data.load(dcfg.name, seed=dcfg.seed, **dict(dcfg.options))
+  ds = data.load(name, seed=seed, **dict(options or {}))
   mean, std = np.asarray(ds.mean, np.float32), np.maximum(np.asarray(ds.std, np.float32), 1e-6)
   norm = lambda a: ((np.asarray(a, np.float32) - mean) / std).astype(np.float32)  # noqa: E731
   return sweeps.Arrays(norm(ds.train.inputs), ds.train.labels.astype(np.int32),
@@ -213,7 +213,7 @@ def _run_grid(config, name: str, grid, workdir: str, devices, log) -> GridRun:
     if log:
       log(f"[{name}] already trained: {path}")
     return GridRun.load(name, path)
-  arrays = _arrays(grid.data)
+  arrays = load_arrays(grid.data.name, seed=grid.data.seed, options=grid.data.options)
   arch, opt, nets = _arch(grid, arrays), _optim(grid), _nets(config, grid)
   t = grid.train
   if log:
@@ -319,12 +319,34 @@ def _net_rows(run: GridRun, extra: dict[str, np.ndarray] | None = None) -> list[
   return rows
 
 
+def _bounds(key: str) -> tuple[float, float]:
+  """The range a metric lives in (intervals are clipped to it)."""
+  if "loss" in key:
+    return 0.0, math.inf
+  return 0.0, 1.0  # accuracies and fractions
+
+
+def ci95_in(values, key: str) -> tuple[float, float, float]:
+  """`ci95` with the interval clipped to the metric's range."""
+  mean, lo, hi = ci95(values)
+  a, b = _bounds(key)
+  return mean, (max(lo, a) if math.isfinite(lo) else lo), (min(hi, b) if math.isfinite(hi) else hi)
+
+
+def geo_ci95(values) -> tuple[float, float, float]:
+  """Geometric mean and 95% interval from a t-interval of the logs (positive values)."""
+  mean, lo, hi = ci95(np.log(np.maximum(np.asarray(values, np.float64), 1e-12)))
+  return math.exp(mean), math.exp(lo), math.exp(hi)
+
+
 def _condition_rows(run: GridRun, metrics: dict[str, np.ndarray]) -> list[dict[str, Any]]:
   rows = []
   for (variant, width, depth), idx in _groups(run).items():
     row = {"grid": run.name, "variant": variant, "width": width, "depth": depth, "n": len(idx)}
     for key, values in metrics.items():
-      row.update(_stat_cols(key, ci95(values[idx])))
+      row.update(_stat_cols(key, ci95_in(values[idx], key)))
+      if "loss" in key:
+        row.update(_stat_cols(f"{key}_geomean", geo_ci95(values[idx])))
     rows.append(row)
   return rows
 
@@ -394,9 +416,12 @@ def _log2_axis(ax, ticks) -> None:
   ax.minorticks_off()
 
 
-def _footer(fig, config, runs: dict[str, GridRun]) -> None:
-  seeds = config.seeds
-  parts = [f"{seeds} seeds per point; shaded: 95% t-interval over seeds"]
+def _footer(fig, config, runs: dict[str, GridRun], log_note: bool = False) -> None:
+  parts = [f"{config.seeds} seeds per point; bands and bars: 95% intervals over seeds "
+           "(t-intervals"]
+  if log_note:
+    parts[-1] += "; on log axes, geometric means with t-intervals of the logs"
+  parts[-1] += ")"
   fig.text(0.5, -0.01, "; ".join(parts), ha="center", va="top", fontsize=7.5, color="0.35")
 
 
@@ -407,7 +432,7 @@ def _footer(fig, config, runs: dict[str, GridRun]) -> None:
 def _degradation(config, runs, workdir, log):
   plt = _plt()
   rows, net_rows, contrasts, curves = [], [], {}, {}
-  fig, axes = plt.subplots(len(runs), 3, figsize=(11, 3.3 * len(runs)), squeeze=False)
+  fig, axes = plt.subplots(len(runs), 3, figsize=(13, 3.6 * len(runs)), squeeze=False)
   for r, (name, run) in enumerate(runs.items()):
     g = config.grids[name]
     metrics = {k: _final(run, k) for k in ("train_loss", "train_acc", "test_acc")}
@@ -426,11 +451,12 @@ def _degradation(config, runs, workdir, log):
       for d in depths:
         contrasts[f"{name}/depth {d}: train_loss(plain) - train_loss(residual)"] = \
             _paired(run, metrics["train_loss"], ("plain", w, d), ("residual", w, d))
-    data_name = g.data.name
+    short = _short_title(g)
     for c, key in enumerate(("train_loss", "train_acc")):
       ax = axes[r, c]
       for v in variants:
-        triples = [ci95(metrics[key][groups[(v, w, d)]]) for d in depths]
+        ci = geo_ci95 if key == "train_loss" else (lambda x: ci95_in(x, "acc"))
+        triples = [ci(metrics[key][groups[(v, w, d)]]) for d in depths]
         _errline(ax, depths, triples, color=COLORS[v], label=LABELS[v])
         curves[f"{name}/{v}/{key}"] = {"depth": depths, "mean": [_g(t[0]) for t in triples],
                                        "lo": [_g(t[1]) for t in triples],
@@ -439,32 +465,47 @@ def _degradation(config, runs, workdir, log):
       ax.set_xlabel("depth (activation layers)")
       if key == "train_loss":
         ax.set_yscale("log")
-        ax.set_ylabel(f"final training loss (after {g.train.steps} steps)")
+        ax.set_ylabel(f"final training loss (geo. mean)")
+        ax.set_title(f"{short}: training loss after {g.train.steps} steps")
       else:
+        ax.set_ylim(0, 1.02)
         ax.set_ylabel("final training accuracy")
-      ax.set_title(f"{_family_title(g)}: {'loss' if c == 0 else 'accuracy'} vs depth")
+        ax.set_title(f"{short}: training accuracy")
       ax.legend(frameon=False)
     ax = axes[r, 2]
     if run.probes_init is not None:
       d = depths[-1]
       for v in variants:
         norms = np.stack([run.probes_init["grad_norm"][i][:d] for i in groups[(v, w, d)]])
-        triples = [ci95(norms[:, l]) for l in range(d)]
+        triples = [geo_ci95(norms[:, l]) for l in range(d)]
         _errline(ax, np.arange(1, d + 1), triples, color=COLORS[v], label=LABELS[v], marker=None)
         curves[f"{name}/{v}/grad_norm_init_depth{d}"] = [_g(t[0]) for t in triples]
       ax.set_yscale("log")
       ax.set_xlabel("layer (input side = 1)")
-      ax.set_ylabel("|dL/dW| at initialization")
-      ax.set_title(f"{_family_title(g)}: gradient norm per layer, depth {d}")
+      ax.set_ylabel(r"$\|\partial L / \partial W_l\|$ at initialization")
+      ax.set_title(f"{short}: gradient norm per layer, depth {d}")
+      ax.xaxis.set_major_locator(_int_locator())
       ax.legend(frameon=False)
     else:
       ax.axis("off")
-  fig.suptitle("Degradation with depth: plain vs residual (He et al. 2016, Fig. 6)",
-               fontsize=11, y=1.0)
+  fig.suptitle("Degradation with depth: plain vs residual, same parameters and budget "
+               "(He et al. 2016, Fig. 6)", fontsize=11, y=1.0)
   fig.tight_layout()
-  _footer(fig, config, runs)
+  _footer(fig, config, runs, log_note=True)
   return {"rows": rows, "net_rows": net_rows, "contrasts": contrasts, "curves": curves,
           "figure": fig}
+
+
+def _short_title(g) -> str:
+  return {"mlp": f"MLP w{max(g.model.widths)}, {g.data.name}",
+          "conv": f"conv {max(g.model.widths)} ch., {g.data.name}",
+          "invres": f"inv. residual, {g.data.name}",
+          "bottleneck": f"width-n layer, {g.data.name}"}[g.model.family]
+
+
+def _int_locator():
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  return ticker.MaxNLocator(integer=True)
 
 
 def _family_title(g) -> str:
@@ -518,7 +559,7 @@ def _dead_units(config, runs, workdir, log):
     ax = axes[0, c]
     for v in variants:
       for values, ls, tag in ((dead0, ":", "init"), (dead1, "-", "trained")):
-        triples = [ci95(values[groups[(v, w, d)]]) for w in widths]
+        triples = [ci95_in(values[groups[(v, w, d)]], "frac") for w in widths]
         _errline(ax, widths, triples, color=COLORS[v], ls=ls, label=f"{LABELS[v]}, {tag}",
                  marker="o" if tag == "trained" else "s")
     _log2_axis(ax, widths)
@@ -534,7 +575,7 @@ def _dead_units(config, runs, workdir, log):
     for v in variants:
       for w in shown:
         layers = np.stack([per_layer[i][1] for i in groups[(v, w, d)]])
-        triples = [ci95(layers[:, l]) for l in range(layers.shape[1])]
+        triples = [ci95_in(layers[:, l], "frac") for l in range(layers.shape[1])]
         _errline(ax, np.arange(1, d + 1), triples, color=COLORS[v], alpha=0.08 * shades[w],
                  ls="-" if v in ("plain", variants[0]) else "--",
                  label=f"{LABELS[v]}, width {w}", marker=None)
@@ -614,7 +655,7 @@ def _collapse(config, runs, workdir, log):
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   ax = axes[0]
   for v in variants:
-    triples = [ci95(metrics["test_acc"][groups[(v, w, depth)]]) for w in widths]
+    triples = [ci95_in(metrics["test_acc"][groups[(v, w, depth)]], "frac") for w in widths]
     label = {"relu": "ReLU(z)", "linear": "z (linear)", "residual": "z + ReLU(Uz + c)"}[v]
     _errline(ax, widths, triples, color=COLORS[v], label=label)
     curves[f"{v}/test_acc"] = [_g(t[0]) for t in triples]
@@ -625,13 +666,13 @@ def _collapse(config, runs, workdir, log):
   ax.legend(frameon=False, title="first-layer output", title_fontsize=8)
   ax = axes[1]
   seeds_u = np.asarray(curve["collapsed_frac"])  # [N, S]
-  triples = [ci95(seeds_u[j]) for j in range(len(curve["dims"]))]
+  triples = [ci95_in(seeds_u[j], "frac") for j in range(len(curve["dims"]))]
   _errline(ax, curve["dims"], triples, color="0.25", label="random T, measured (untrained)")
   ax.plot(curve["dims"], curve["collapsed_frac_theory"], color="0.25", ls=":", marker=None,
           label=r"theory $P(\mathrm{Bin}(n, \frac{1}{2}) < 2)$")
   if "relu" in variants:
     for values, ls, tag in ((few0, "--", "at init"), (few1, "-", "after training")):
-      triples = [ci95(values[groups[("relu", w, depth)]]) for w in widths]
+      triples = [ci95_in(values[groups[("relu", w, depth)]], "frac") for w in widths]
       _errline(ax, widths, triples, color=COLORS["relu"], ls=ls, label=f"ReLU first layer, {tag}",
                marker="o" if tag == "after training" else "s")
       curves[f"relu/under2_on/{tag}"] = [_g(t[0]) for t in triples]
@@ -678,7 +719,8 @@ def _bottleneck(config, runs, workdir, log):
   for c, key in enumerate(("test_acc", "train_loss")):
     ax = axes[c]
     for v in variants:
-      triples = [ci95(metrics[key][groups[(v, w, depth)]]) for w in widths]
+      ci = geo_ci95 if key == "train_loss" else (lambda x: ci95_in(x, "acc"))
+      triples = [ci(metrics[key][groups[(v, w, depth)]]) for w in widths]
       _errline(ax, widths, triples, color=COLORS[v], label=f"{LABELS[v]} bottleneck")
       curves[f"{v}/{key}"] = [_g(t[0]) for t in triples]
     _log2_axis(ax, widths)
@@ -698,7 +740,7 @@ def _bottleneck(config, runs, workdir, log):
   fig.suptitle(f"Linear vs ReLU6 bottleneck (MobileNetV2 Fig. 6a): {depth} inverted-residual "
                f"blocks, t={g.model.expansion}, on {g.data.name}", fontsize=11, y=1.0)
   fig.tight_layout()
-  _footer(fig, config, runs)
+  _footer(fig, config, runs, log_note=True)
   return {"rows": rows, "net_rows": net_rows, "contrasts": contrasts, "curves": curves,
           "figure": fig}
 
@@ -734,7 +776,7 @@ def _convergence(config, runs, workdir, log):
     row.update(_stat_cols("steps_to_target_median", median_ci(s, seed=config.seed)))
     row.update(_stat_cols("reached_fraction", wilson(int(np.isfinite(s).sum()), len(s))))
     for key in ("train_loss", "train_acc"):
-      row.update(_stat_cols(f"final_{key}", ci95(_final(run, key)[idx])))
+      row.update(_stat_cols(f"final_{key}", ci95_in(_final(run, key)[idx], key)))
     rows.append(row)
   net_rows = _net_rows(run, {"steps_to_target": steps})
   contrasts = {}
@@ -791,7 +833,7 @@ def _convergence(config, runs, workdir, log):
   ax.legend(frameon=False)
   fig.suptitle("Convergence speed with the same budget: plain vs residual", fontsize=11, y=1.0)
   fig.tight_layout()
-  _footer(fig, config, runs)
+  _footer(fig, config, runs, log_note=True)
   return {"rows": rows, "net_rows": net_rows, "contrasts": contrasts, "curves": curves,
           "figure": fig}
 

@@ -6,7 +6,7 @@ to the widest net and masking units; depths differ by gating blocks out (a gated
 block is the identity, for plain and residual nets alike). A padded net trains
 exactly like the same net built at its own size (tests/test_sweeps.py checks it):
 
-- each weight is drawn from a key folded with the weight's own coordinates, so
+- each weight is a counter-based draw from (seed, parameter, coordinates), so
   the padded draw restricted to the active block equals the unpadded draw, and
   the He scale uses the active fan-in;
 - masked units output exactly zero and every update is multiplied by the
@@ -22,14 +22,17 @@ Families (`Arch.family`), all functional (no Flax) so that every unit can be mas
   h -> r * h + W act(norm(h)) + b with r = 1 (residual) or 0 (plain); the head
   is W act(norm(h)) + b. Plain and residual nets of one depth have exactly the
   same parameters, and `depth` counts the activation layers.
-- 'conv': the same with 3x3 convolutions (stride 1, 'SAME') on small images and
-  a global average pool before the head.
+- 'conv': the same with 3x3 convolutions (stride 1, 'SAME') on small images,
+  an optional average pool after the stem (`stem_pool`) and a global average
+  pool before the head.
 - 'invres': inverted-residual blocks (MobileNetV2): 1x1 expansion by `expansion`
   with ReLU6, 3x3 depthwise with ReLU6, 1x1 projection to the bottleneck width,
-  then the bottleneck nonlinearity (variant 'linear' or 'relu6') and the
-  shortcut. The stem (3x3 conv to the bottleneck width) passes the same
-  bottleneck nonlinearity; the head is 1x1 conv to `head_width` + ReLU6, pool,
-  dense. `width` is the bottleneck width, `depth` the number of blocks.
+  then the bottleneck nonlinearity (variant 'linear' or 'relu6', applied to the
+  projection before the addition) and the identity shortcut. The stem (3x3
+  conv to the bottleneck width, optional pool) passes the same bottleneck
+  nonlinearity; the head is 1x1 conv to `head_width` + ReLU6, global pool,
+  dense. `width` is the bottleneck width, `depth` the number of blocks. No
+  normalization (the nets are 1-3 blocks deep).
 - 'bottleneck': a first layer of width n on the raw input, then a fixed MLP
   head of two `head_width` layers. The first layer's output is relu(z)
   (variant 'relu'), z ('linear'), or z + relu(U z + c) ('residual': identity

@@ -1,13 +1,17 @@
 """Checkpoints: async save under donation, restore on another device count, errors."""
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from configs import embedded
-from resjax import checkpoints, errors, sharding, train
+from resjax import checkpoints, errors, metrics, sharding, train
+from test_resume import ROOT, subprocess_env, tree_digest
 
 
 def _config():
@@ -101,3 +105,131 @@ def test_resuming_needs_the_same_config(saved):
     mngr.close()
   assert checkpoints.read_config(workdir).to_dict() == json.loads(
       json.dumps(config.to_dict()))
+
+
+# Runs with ONE host device: loads an 8-device checkpoint, dumps what it got,
+# and saves a changed state as a new run for the 8-device side to load.
+ONE_DEVICE = r"""
+import sys
+import jax, numpy as np
+from resjax import checkpoints
+src, dst, out = sys.argv[1:]
+assert jax.device_count() == 1, jax.devices()
+flat = lambda tree: {jax.tree_util.keystr(k): np.asarray(v)
+                     for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+config, state = checkpoints.load(src)
+assert {len(x.sharding.device_set) for x in jax.tree.leaves(state.arrays())} == {1}
+np.savez(out + "/loaded.npz", **flat(jax.device_get(state.arrays())))
+state = state.replace(step=state.step + 1, params=jax.tree.map(lambda p: p * 2, state.params))
+reader = checkpoints.manager(src, read_only=True)
+meta = checkpoints.read_meta(reader, reader.latest_step())
+writer = checkpoints.manager(dst)
+checkpoints.save(writer, state, meta)
+writer.wait_until_finished()
+np.savez(out + "/saved.npz", **flat(jax.device_get(state.arrays())))
+"""
+
+
+def _flat(tree):
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_eight_devices_to_one_process_with_one_device_and_back(saved, tmp_path,
+                                                                tmp_path_factory):
+  workdir, config, expected = saved
+  env = subprocess_env(tmp_path_factory.getbasetemp() / "jax-cache", devices=1)
+  dst = tmp_path / "from_one_device"
+  proc = subprocess.run([sys.executable, "-c", ONE_DEVICE, workdir, str(dst), str(tmp_path)],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  loaded = np.load(tmp_path / "loaded.npz")
+  assert set(loaded.files) == set(_flat(expected))
+  for key, value in _flat(expected).items():  # 8 devices -> 1: bit for bit.
+    np.testing.assert_array_equal(loaded[key], value, err_msg=key)
+  loaded_config, state = checkpoints.load(str(dst))  # 1 device -> 8: bit for bit.
+  assert loaded_config.to_dict() == json.loads(json.dumps(config.to_dict()))
+  assert int(state.step) == 3
+  assert {len(x.sharding.device_set) for x in jax.tree.leaves(state.arrays())} == {8}
+  saved_there = np.load(tmp_path / "saved.npz")
+  for key, value in _flat(jax.device_get(state.arrays())).items():
+    np.testing.assert_array_equal(value, saved_there[key], err_msg=key)
+
+
+def _corrupt_state_files(step_dir):
+  for base, _, names in os.walk(os.path.join(step_dir, "state")):
+    for name in names:
+      open(os.path.join(base, name), "wb").close()
+
+
+def _garble_meta(step_dir):
+  for base, _, names in os.walk(os.path.join(step_dir, "meta")):
+    for name in names:
+      with open(os.path.join(base, name), "w") as f:
+        f.write("{not json")
+
+
+@pytest.mark.parametrize("damage", [
+    _corrupt_state_files, _garble_meta,
+    lambda step_dir: shutil.rmtree(os.path.join(step_dir, "state")),
+    lambda step_dir: shutil.rmtree(os.path.join(step_dir, "meta")),
+], ids=["truncated arrays", "garbled metadata", "no arrays", "no metadata"])
+def test_corrupted_checkpoint_is_one_readable_error(saved, tmp_path, damage):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(saved[0], workdir)
+  damage(os.path.join(checkpoints.directory(workdir), "2"))
+  with pytest.raises(errors.ConfigError, match=r"checkpoint 2 in .* cannot be read") as info:
+    checkpoints.load(workdir)
+  assert "\n" not in str(info.value)
+
+
+def test_check_same_config_without_checkpoint_reads_config_json(tmp_path):
+  workdir = str(tmp_path)
+  assert checkpoints.check_same_config(workdir, None, _config()) is None
+  checkpoints.save_config(workdir, _config())
+  assert checkpoints.check_same_config(workdir, None, _config()) is None
+  other = _config()
+  other.seed = 3
+  with pytest.raises(errors.ConfigError, match=r"different config \(seed: 0 -> 3; compared "
+                     r"with its config.json\)"):
+    checkpoints.check_same_config(workdir, None, other)
+  with open(os.path.join(workdir, checkpoints.CONFIG_FILE), "w") as f:
+    f.write("{torn")
+  with pytest.raises(errors.ConfigError, match="config.json cannot be read"):
+    checkpoints.check_same_config(workdir, None, _config())
+
+
+def test_move_aside_renames_and_deletes_nothing(saved, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(saved[0], workdir)
+  (workdir / "notes.txt").write_text("mine")
+  before = tree_digest(workdir)
+  moved = checkpoints.move_aside(str(workdir))
+  assert moved.startswith(f"{workdir}.old-") and not workdir.exists()
+  assert tree_digest(moved) == before
+  workdir.mkdir()
+  (workdir / "notes.txt").write_text("not a run")
+  assert checkpoints.move_aside(str(workdir)) is None  # No run here: nothing moves.
+  assert checkpoints.move_aside(str(tmp_path / "missing")) is None
+  checkpoints.save_config(str(workdir), _config())
+  second = checkpoints.move_aside(str(workdir))
+  assert second != moved and os.path.isdir(moved) and os.path.isdir(second)
+
+
+def test_metrics_rewind_drops_rows_after_the_checkpoint(tmp_path):
+  workdir = str(tmp_path)
+  with metrics.Writer(workdir) as writer:
+    for step in range(1, 7):
+      writer.write(step, {"train/loss": 1.0 / step})
+  with open(os.path.join(workdir, metrics.METRICS_FILE), "a") as f:
+    f.write('{"step": 7, "train/lo')  # Torn by a kill.
+  events = os.listdir(os.path.join(workdir, metrics.TENSORBOARD_DIR))
+  with metrics.Writer(workdir, resume_step=4) as writer:
+    assert writer.dropped == 3  # Rows 5, 6 and the torn one.
+    writer.write(5, {"train/loss": 0.5})
+  assert [r["step"] for r in metrics.read(workdir)] == [1, 2, 3, 4, 5]
+  new_events = os.listdir(os.path.join(workdir, metrics.TENSORBOARD_DIR))
+  assert len(new_events) == 1 and new_events != events  # Rebuilt from the rows kept.
+  with metrics.Writer(workdir, resume_step=5) as writer:  # Nothing to drop: appends.
+    assert writer.dropped == 0
+  assert len(os.listdir(os.path.join(workdir, metrics.TENSORBOARD_DIR))) == 2

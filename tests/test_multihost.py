@@ -46,7 +46,7 @@ def test_two_processes_match_one_and_stop_together(tmp_path_factory, tmp_path):
   lead, other = _start_pair(workdir, env)
   codes = [lead.finish(), other.finish()]
   assert codes == [0, 0], (lead.output(), other.output())
-  lead.wait_for(rf"^resumed from .* at step {stopped}$")
+  assert lead.find(rf"^resumed from .* at step {stopped}$"), lead.output()
 
   rows = metrics.read(workdir)
   train = [r for r in rows if "train/loss" in r]

@@ -104,6 +104,10 @@ class Run:
     """Waits for the first progress line of a step >= target; returns its step."""
     return int(self.wait_for(PROGRESS, lambda m: int(m[1]) >= target)[1])
 
+  def find(self, pattern: str) -> re.Match | None:
+    """The first line read so far that matches `pattern`."""
+    return next((m for l in self.lines if (m := re.search(pattern, l))), None)
+
   def finish(self) -> int:
     while (line := self._queue.get(timeout=TIMEOUT)) is not None:
       self.lines.append(line)

@@ -1,0 +1,311 @@
+"""Training throughput: resjax's default path vs PyTorch CPU eager, same run.
+
+  python -m launch.bench train [--quick] [--out=FILE.json]
+
+For ResNet-20 / plain-20 / ResNet-56 / plain-56 (only a tiny ResNet-8 with
+--quick) at batch 128 on 32x32x3 inputs, in one process:
+
+  resjax  `train.create_train_state` + `train.jit_steps` on `sharding.make_mesh()`
+          (every device the process sees: what `launch.train` runs), one
+          device-resident uint8 batch, augmentation and normalization inside
+          the step;
+  torch   `torch_resnet.ResNet` with the same step in eager mode (normalize,
+          pad-4 crop + flip, forward, backward, SGD momentum 0.9 + L2 1e-4),
+          NCHW and channels-last memory formats.
+
+Both sides are timed in alternating rounds, so load from other processes hits
+both alike; a figure is the median over the timed steps (compilation and
+warm-up excluded). `img/cpu-s` divides images by the process CPU seconds the
+steps used (all threads), which depends less on how many cores other jobs
+leave free. GFLOP/s counts 6 x the forward multiply-adds per image (a forward
+and two backward convolutions per layer); the matmul rate is the float32
+2048 x 2048 product (jnp.dot under jit, torch.mm), measured before and after.
+
+End to end: `train.train_and_evaluate` (the loop `launch.train` runs: host
+batches from `data.train_batch`, prefetch, transfer, logging, a final
+evaluation and checkpoint) on synthetic CIFAR-sized uint8 data, against the
+bare step on a device-resident batch measured just before and after it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import statistics
+import tempfile
+import time
+from typing import Any, Callable
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import configs.cifar10
+from resjax import data
+from resjax import sharding
+from resjax import train
+
+IMAGE_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+# Per-channel statistics of CIFAR-10's training images (0..255 units).
+MEAN = (125.3, 123.0, 113.9)
+STD = (63.0, 62.1, 66.7)
+
+
+def resnet_macs(depth: int, widths=(16, 32, 64), image: int = 32, channels: int = 3,
+                num_classes: int = NUM_CLASSES) -> int:
+  """Multiply-adds of one forward pass of the CIFAR ResNet (ResNet-20: 40.6M)."""
+  n = (depth - 2) // (2 * len(widths))
+  hw, c = image, widths[0]
+  macs = hw * hw * 9 * channels * c
+  for s, w in enumerate(widths):
+    for b in range(n):
+      hw = hw // 2 if (s > 0 and b == 0) else hw
+      macs += hw * hw * 9 * (c * w + w * w)
+      c = w
+  return macs + c * num_classes
+
+
+# ----------------------------------------------------------------------------
+# Timing.
+
+
+class Timer:
+  """Wall and process-CPU seconds of repeated calls of `fn` (which must block)."""
+
+  def __init__(self, name: str, fn: Callable[[], Any]):
+    self.name, self.fn = name, fn
+    self.wall: list[float] = []
+    self.cpu: list[float] = []
+
+  def run(self, steps: int) -> None:
+    for _ in range(steps):
+      wall, cpu = time.perf_counter(), time.process_time()
+      self.fn()
+      self.wall.append(time.perf_counter() - wall)
+      self.cpu.append(time.process_time() - cpu)
+
+  def per_sec(self, items: float) -> float:
+    return items / statistics.median(self.wall)
+
+  def per_cpu_sec(self, items: float) -> float:
+    return items / statistics.median(self.cpu)
+
+
+def interleave(timers: list[Timer], rounds: int, steps: int) -> None:
+  """`rounds` times: `steps` calls of each timer in turn."""
+  for _ in range(rounds):
+    for t in timers:
+      t.run(steps)
+
+
+def matmul_flops(size: int = 2048, repeats: int = 5) -> dict[str, float]:
+  """float32 GFLOP/s of a size x size matmul: jnp.dot (jit) and torch.mm (if importable)."""
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32))
+  dot = jax.jit(jnp.dot)
+  jax.block_until_ready(dot(a, a))
+  t = Timer("jnp", lambda: jax.block_until_ready(dot(a, a)))
+  t.run(repeats)
+  out = {"jnp": t.per_sec(2 * size ** 3) / 1e9}
+  torch = _torch()
+  if torch is not None:
+    b = torch.from_numpy(np.asarray(a))
+    torch.mm(b, b)
+    t = Timer("torch", lambda: torch.mm(b, b))
+    t.run(repeats)
+    out["torch"] = t.per_sec(2 * size ** 3) / 1e9
+  return out
+
+
+def _torch():
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  return torch
+
+
+# ----------------------------------------------------------------------------
+# The two sides.
+
+
+def _config(depth: int, plain: bool, batch: int, widths) -> ml_collections.ConfigDict:
+  config = configs.cifar10.get_config("resnet20")
+  config.model.depth, config.model.plain, config.model.widths = depth, plain, tuple(widths)
+  config.data.batch_size = batch
+  return config
+
+
+def _host_batch(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  return {"inputs": rng.integers(0, 256, (batch, *IMAGE_SHAPE), dtype=np.uint8),
+          "labels": rng.integers(0, NUM_CLASSES, (batch,), dtype=np.int32)}
+
+
+def resjax_step(config: ml_collections.ConfigDict) -> tuple[Callable[[], None], float]:
+  """(one blocking train step on a device-resident batch, seconds to compile)."""
+  start = time.perf_counter()
+  mesh = sharding.make_mesh()
+  state = train.create_train_state(config, mesh, IMAGE_SHAPE, NUM_CLASSES, mean=MEAN, std=STD)
+  p_train, _ = train.jit_steps(state, mesh)
+  batch = sharding.to_global(_host_batch(config.data.batch_size), mesh)
+  box = {"state": state}
+
+  def step():
+    box["state"], m = p_train(box["state"], batch)
+    jax.block_until_ready(m["loss"])
+
+  step()
+  return step, time.perf_counter() - start
+
+
+def torch_step(depth: int, plain: bool, batch: int, widths,
+               channels_last: bool) -> Callable[[], None]:
+  """One eager PyTorch train step of the same network on one fixed batch."""
+  torch = _torch()
+  from resjax.bench import torch_resnet  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(0)
+  model = torch_resnet.ResNet(depth, NUM_CLASSES, plain=plain, widths=tuple(widths))
+  run = torch_resnet.train_step_fn(model, mean=MEAN, std=STD, channels_last=channels_last)
+  host = _host_batch(batch)
+  inputs = torch.from_numpy(host["inputs"])
+  labels = torch.from_numpy(host["labels"]).long()
+  step = lambda: run(inputs, labels)
+  step()
+  step()
+  return step
+
+
+# ----------------------------------------------------------------------------
+# End to end.
+
+
+def _synthetic_dataset(num_train: int, num_test: int) -> data.Dataset:
+  rng = np.random.default_rng(1)
+  split = lambda n: data.Split(rng.integers(0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8),
+                               rng.integers(0, NUM_CLASSES, (n,), dtype=np.int32))
+  return data.Dataset(name="synthetic", train=split(num_train), test=split(num_test),
+                      num_classes=NUM_CLASSES, mean=np.asarray(MEAN, np.float32),
+                      std=np.asarray(STD, np.float32))
+
+
+def end_to_end(config: ml_collections.ConfigDict, steps: int) -> dict[str, float]:
+  """Steps/s of `train.train_and_evaluate` on synthetic CIFAR-sized data.
+
+  The rate is the loop's own `train/step_time` over its last log window
+  (the compiling first step, the evaluation and the checkpoint excluded).
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.train.steps, config.train.log_every = steps, max(1, steps // 2)
+  config.train.eval_every, config.train.checkpoint_every = 0, 0
+  batch = config.data.batch_size
+  ds = _synthetic_dataset(num_train=8 * batch, num_test=batch)
+  with tempfile.TemporaryDirectory() as workdir, \
+      mock.patch.object(train, "load_data", lambda _: ds), \
+      contextlib.redirect_stdout(io.StringIO()):
+    result = train.train_and_evaluate(config, workdir)
+  return {"steps_per_sec": 1.0 / result["train/step_time"],
+          "images_per_sec": result["train/images_per_sec"]}
+
+
+# ----------------------------------------------------------------------------
+# The benchmark.
+
+FULL_MODELS = (("resnet20", 20, False), ("plain20", 20, True), ("resnet56", 56, False),
+               ("plain56", 56, True))
+QUICK_MODELS = (("resnet8", 8, False),)
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+  """Prints the comparison table; returns its figures."""
+  batch, widths = (32, (8, 16, 32)) if quick else (128, (16, 32, 64))
+  rounds, steps = (1, 2) if quick else (4, 3)
+  e2e_steps = 4 if quick else 24
+  models = QUICK_MODELS if quick else FULL_MODELS
+  torch = _torch()
+  layouts = () if torch is None else ((False,) if quick else (False, True))
+  mesh_size = jax.device_count()
+  print(f"training benchmark: batch {batch} of 32x32x3, resjax on {mesh_size} "
+        f"{jax.devices()[0].platform} device(s) ({batch // mesh_size} images each), "
+        f"torch {torch.__version__ + f' with {torch.get_num_threads()} threads' if torch else 'not installed'}; "
+        f"{os.cpu_count()} CPUs, load average {_load()}", flush=True)
+
+  mm_before = matmul_flops()
+  figures: dict[str, Any] = {"batch": batch, "devices": mesh_size, "models": {}}
+  for name, depth, plain in models:
+    config = _config(depth, plain, batch, widths)
+    step, compile_s = resjax_step(config)
+    timers = [Timer("resjax", step)]
+    for cl in layouts:
+      timers.append(Timer("torch_cl" if cl else "torch",
+                          torch_step(depth, plain, batch, widths, channels_last=cl)))
+    interleave(timers, rounds, steps)
+    flops = 6 * resnet_macs(depth, widths)
+    row = {"compile_s": compile_s, "flops_per_image": flops, "load": _load()}
+    for t in timers:
+      row[f"{t.name}_img_s"] = t.per_sec(batch)
+      row[f"{t.name}_img_cpu_s"] = t.per_cpu_sec(batch)
+    figures["models"][name] = row
+    print(f"  {name}: resjax {row['resjax_img_s']:.1f} img/s" + "".join(
+        f", {t.name} {row[f'{t.name}_img_s']:.1f}" for t in timers[1:])
+        + f" (compile {compile_s:.0f} s, load {row['load']})", flush=True)
+    if name == models[0][0]:
+      reference = timers[0]
+      e2e_config = config
+  mm_after = matmul_flops()
+  mm = {k: (mm_before[k] + mm_after[k]) / 2 for k in mm_before}
+  figures["matmul_gflops"] = mm
+  figures["matmul_gflops_before_after"] = {"before": mm_before, "after": mm_after}
+
+  # End to end vs the bare step (the first model, measured again around it).
+  bare = Timer("bare", reference.fn)
+  bare.run(2 * steps)
+  e2e = end_to_end(e2e_config, e2e_steps)
+  bare.run(2 * steps)
+  bare_rate = bare.per_sec(1.0)
+  figures["end_to_end"] = {"model": models[0][0], "loop_steps_per_sec": e2e["steps_per_sec"],
+                           "bare_steps_per_sec": bare_rate,
+                           "ratio": e2e["steps_per_sec"] / bare_rate}
+  _print_table(figures, layouts)
+  return figures
+
+
+def _load() -> str:
+  return " ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def _print_table(figures: dict[str, Any], layouts) -> None:
+  mm = figures["matmul_gflops"]
+  torch_names = [("torch_cl" if cl else "torch") for cl in layouts]
+  head = f"{'model':9s} {'resjax img/s':>12s} {'img/cpu-s':>9s}"
+  for n in torch_names:
+    head += f" {n + ' img/s':>15s} {'img/cpu-s':>9s}"
+  head += f" {'ratio':>6s} {'cpu ratio':>9s} {'GFLOP/s':>8s} {'% matmul':>8s}"
+  print()
+  print(head)
+  for name, row in figures["models"].items():
+    line = f"{name:9s} {row['resjax_img_s']:12.1f} {row['resjax_img_cpu_s']:9.1f}"
+    for n in torch_names:
+      line += f" {row[n + '_img_s']:15.1f} {row[n + '_img_cpu_s']:9.1f}"
+    gflops = row["resjax_img_s"] * row["flops_per_image"] / 1e9
+    row["resjax_gflops"] = gflops
+    row["fraction_of_matmul"] = gflops / mm["jnp"]
+    if torch_names:
+      best = max(torch_names, key=lambda n: row[n + "_img_s"])
+      best_cpu = max(torch_names, key=lambda n: row[n + "_img_cpu_s"])
+      row["ratio_vs_torch"] = row["resjax_img_s"] / row[best + "_img_s"]
+      row["cpu_ratio_vs_torch"] = row["resjax_img_cpu_s"] / row[best_cpu + "_img_cpu_s"]
+      line += f" {row['ratio_vs_torch']:6.2f} {row['cpu_ratio_vs_torch']:9.2f}"
+    line += f" {gflops:8.1f} {100 * row['fraction_of_matmul']:7.1f}%"
+    print(line)
+  torch_mm = f", torch.mm {mm['torch']:.1f}" if "torch" in mm else ""
+  print(f"float32 2048^2 matmul GFLOP/s: jnp.dot {mm['jnp']:.1f}{torch_mm} "
+        "(mean of before and after)")
+  print("ratio = resjax img/s / the faster torch layout's img/s; cpu ratio: the same "
+        "per CPU-second; GFLOP/s = 6 x forward MACs x img/s")
+  e2e = figures["end_to_end"]
+  print(f"end to end ({e2e['model']}): train_and_evaluate loop {e2e['loop_steps_per_sec']:.3f} "
+        f"steps/s vs bare step {e2e['bare_steps_per_sec']:.3f} steps/s = "
+        f"{100 * e2e['ratio']:.0f}% (target >= 90%); load average {_load()}")

@@ -1,0 +1,188 @@
+"""Wrong flags and config values end in `error: ...` lines and a non-zero exit, never a
+traceback, and leave an existing run's files exactly as they were.
+
+Each case is a separate process running `python -m MODULE ARGS`. Starting ~40
+Python processes that import JAX would take minutes on a small CPU, so one
+driver process imports the libraries once and forks a child per case; the
+child runs the launcher module as `python -m` would (runpy, `__main__`), with
+its own stdout/stderr files and exit status. One case also runs through a
+plain `python -m launch.train` to check the real entry point.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from test_resume import BASE, ROOT, reference_run, subprocess_env, tree_digest
+
+DRIVER = r"""
+import json, os, runpy, sys, traceback
+import jax, flax, optax, orbax.checkpoint, absl.app, ml_collections  # no backend starts
+import resjax.train, resjax.checkpoints, resjax.collapse, resjax.report
+cases, outdir = json.load(open(sys.argv[1])), sys.argv[2]
+codes = []
+for i, (module, args) in enumerate(cases):
+  pid = os.fork()
+  if pid == 0:
+    for fd, name in ((1, "out"), (2, "err")):
+      f = os.open(os.path.join(outdir, f"{i}.{name}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+      os.dup2(f, fd)
+      os.close(f)
+    sys.argv = [module, *args]
+    code = 0
+    try:
+      runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+      if isinstance(e.code, int) or e.code is None:
+        code = e.code or 0
+      else:
+        print(e.code, file=sys.stderr)
+        code = 1
+    except BaseException:
+      traceback.print_exc()
+      code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print(json.dumps(codes))
+"""
+
+
+def _messages(text: str) -> list[str]:
+  """Lines that are not absl log lines (I1126 12:00:00.000 ...) or gloo chatter."""
+  return [l for l in text.splitlines()
+          if l.strip() and not re.match(r"[IWE]\d{4} ", l) and not l.startswith("[Gloo]")]
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+  """A finished run, a copy with a corrupted latest checkpoint, a plain file, an
+  empty directory."""
+  reference = reference_run(tmp_path_factory)
+  root = tmp_path_factory.mktemp("bad_input")
+  run, broken = root / "run", root / "broken"
+  shutil.copytree(reference, run)
+  shutil.copytree(reference, broken)
+  for base, _, names in os.walk(broken / "checkpoints" / "16" / "state"):
+    for name in names:
+      open(os.path.join(base, name), "wb").close()  # Truncated to 0 bytes.
+  (root / "a_file").write_text("not a directory\n")
+  (root / "empty").mkdir()
+  return {"run": str(run), "broken": str(broken), "file": str(root / "a_file"),
+          "empty": str(root / "empty"), "new": str(root / "new"), "root": root}
+
+
+def _train_cases(d):
+  run = f"--workdir={d['run']}"
+  cases = [  # (name, args, expected text in the error line)
+      ("negative width", ["--config.model.width=-3"], "model.width"),
+      ("negative batch", ["--config.data.batch_size=-32"], "data.batch_size=-32"),
+      ("unknown model", ["--config.model.name=transformer"], "model.name='transformer'"),
+      ("unknown dataset", ["--config.data.name=imagenet"], "data.name='imagenet'"),
+      ("batch not divisible", ["--config.data.batch_size=12"],
+       "not divisible by the 8 devices"),
+      ("batch over dataset", ["--config.data.batch_size=2048"], "exceeds the 1500"),
+      ("zero steps", ["--config.train.steps=0"], "train.steps=0"),
+      ("negative checkpoint period", ["--config.train.checkpoint_every=-1"],
+       "train.checkpoint_every=-1"),
+      ("NaN learning rate", ["--config.opt.lr=nan"], "opt.lr=nan"),
+      ("unknown optimizer", ["--config.opt.name=rmsprop"], "opt.name='rmsprop'"),
+      ("value of the wrong type", ["--config.train.steps=ten"], "train.steps=ten"),
+      ("override without value", ["--config.train.steps"], "Missing value"),
+      ("unknown config field", ["--config.train.stepz=3"], "stepz"),
+      ("unknown flag", ["--stepz=3"], "stepz"),
+      ("positional argument", ["oops"], "unexpected arguments: oops"),
+      ("different config in the workdir", ["--config.model.width=4"],
+       "different config (model.width: 8 -> 4"),
+      ("--fresh with a bad value", ["--fresh", "--config.model.width=-3"], "model.width"),
+      ("incomplete multi-host flags", ["--num_processes=2"],
+       "--coordinator_address, --process_id missing"),
+      ("process id out of range", ["--coordinator_address=localhost:1", "--num_processes=2",
+                                   "--process_id=2"], "--process_id=2"),
+      ("address without port", ["--coordinator_address=localhost", "--num_processes=2",
+                                "--process_id=0"], "HOST:PORT"),
+  ]
+  out = [(n, ["launch.train", *BASE, run, *a], m) for n, a, m in cases]
+  out += [
+      ("missing config file", ["launch.train", "--config=configs/nope.py", run],
+       "cannot load --config=configs/nope.py"),
+      ("unknown config variant", ["launch.train", "--config=configs/embedded.py:tiny_mpl",
+                                  run], "tiny_mpl"),
+      ("missing --workdir", ["launch.train", *BASE], "--workdir is required"),
+      ("a file as workdir", ["launch.train", *BASE, f"--workdir={d['file']}"], "is a file"),
+      ("workdir inside a file", ["launch.train", *BASE, f"--workdir={d['file']}/sub"],
+       "cannot create workdir"),
+      ("corrupted checkpoint", ["launch.train", *BASE, f"--workdir={d['broken']}"],
+       "checkpoint 16 in"),
+  ]
+  return out
+
+
+def _other_cases(d):
+  sweep = ["--config.seeds=2", "--config.dims=2,3"]
+  return [
+      ("sweep: missing --workdir", ["launch.sweep", *sweep], "--workdir is required"),
+      ("sweep: a file as workdir", ["launch.sweep", *sweep, f"--workdir={d['file']}"],
+       "is a file"),
+      ("sweep: negative seeds", ["launch.sweep", "--config.seeds=-4",
+                                 f"--workdir={d['new']}"], "seeds"),
+      ("sweep: value of the wrong type", ["launch.sweep", "--config.seeds=many",
+                                          f"--workdir={d['new']}"], "seeds"),
+      ("analyze: missing --workdir", ["launch.analyze"], "--workdir is required"),
+      ("analyze: no checkpoints", ["launch.analyze", f"--workdir={d['empty']}"],
+       "no checkpoints in"),
+      ("analyze: a file as workdir", ["launch.analyze", f"--workdir={d['file']}"],
+       f"workdir {d['file']} "),
+      ("analyze: step without checkpoint", ["launch.analyze", f"--workdir={d['run']}",
+                                            "--step=99"], "step=99 has no checkpoint"),
+      ("analyze: corrupted checkpoint", ["launch.analyze", f"--workdir={d['broken']}"],
+       "checkpoint 16 in"),
+  ]
+
+
+def _run_cases(cases, root, env):
+  spec = root / "cases.json"
+  spec.write_text(json.dumps([(c[1][0], c[1][1:]) for c in cases]))
+  outdir = root / "out"
+  outdir.mkdir(exist_ok=True)
+  proc = subprocess.run([sys.executable, "-c", DRIVER, str(spec), str(outdir)], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  codes = json.loads(proc.stdout.strip().splitlines()[-1])
+  return [(code, (outdir / f"{i}.err").read_text(), (outdir / f"{i}.out").read_text())
+          for i, code in enumerate(codes)]
+
+
+def test_bad_input_is_one_error_line_and_touches_nothing(dirs, tmp_path_factory):
+  before = {k: tree_digest(dirs[k]) for k in ("run", "broken")}
+  cases = _train_cases(dirs) + _other_cases(dirs)
+  env = subprocess_env(tmp_path_factory.getbasetemp() / "jax-cache")
+  failures = []
+  for (name, args, expected), (code, err, out) in zip(
+      cases, _run_cases(cases, dirs["root"], env)):
+    lines = _messages(err)
+    ok = (code == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+          and expected in lines[0] and "Traceback" not in err + out)
+    if not ok:
+      failures.append(f"{name}: exit {code}, stderr {lines[-5:]}")
+  assert not failures, "\n".join(failures)
+  for key, digest in before.items():  # Same files, bytes and modification times.
+    assert tree_digest(dirs[key]) == digest, key
+  assert not os.path.exists(dirs["new"])
+  assert not [p for p in os.listdir(dirs["root"]) if ".old-" in p]  # Nothing moved aside.
+
+
+def test_real_entry_point(dirs, tmp_path_factory):
+  env = subprocess_env(tmp_path_factory.getbasetemp() / "jax-cache")
+  proc = subprocess.run([sys.executable, "-m", "launch.train", *BASE, f"--workdir={dirs['run']}",
+                         "--config.data.name=imagenet", "--config.train.steps=-1"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  lines = _messages(proc.stderr)
+  assert proc.returncode == 2 and len(lines) == 2, proc.stderr
+  assert all(l.startswith("error: ") for l in lines) and "Traceback" not in proc.stderr
+  assert "data.name='imagenet'" in proc.stderr and "train.steps=-1" in proc.stderr
