@@ -433,7 +433,8 @@ def _degradation(config, runs, workdir, log):
   plt = _plt()
   rows, net_rows, contrasts, curves = [], [], {}, {}
   fig, axes = plt.subplots(len(runs), 3, figsize=(13, 3.6 * len(runs)), squeeze=False)
-  for r, (name, run) in enumerate(runs.items()):
+  order = sorted(runs, key=lambda n: ("mlp", "conv").index(config.grids[n].model.family))
+  for r, (name, run) in enumerate((n, runs[n]) for n in order):
     g = config.grids[name]
     metrics = {k: _final(run, k) for k in ("train_loss", "train_acc", "test_acc")}
     rows += _condition_rows(run, metrics)
@@ -581,6 +582,7 @@ def _dead_units(config, runs, workdir, log):
                  label=f"{LABELS[v]}, width {w}", marker=None)
         ax.lines[-1].set_alpha(shades[w])
     ax.set_ylim(-0.02, 1.02)
+    ax.xaxis.set_major_locator(_int_locator())
     ax.set_xlabel("layer (input side = 1)")
     ax.set_ylabel("dead units after training")
     ax.set_title(f"depth {d}: dead units per layer (trained)")

@@ -469,8 +469,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
     _barrier("resjax-fresh")
     if moved:
       say(f"moved the earlier run in {os.path.abspath(workdir)} to {moved}")
-  # Refuse a run of another config before changing any file.
+  # Refuse a run of another config before changing any file. Orbax's calls are
+  # collective: every process must see the workdir as it was before any wrote.
   checkpoints.check_same_config(workdir, None, config)
+  _barrier("resjax-config-checked")
   workdir = files.ensure_workdir(workdir)
   meta = checkpoint_meta(config, ds)
 

@@ -171,6 +171,7 @@ def test_bad_input_is_one_error_line_and_touches_nothing(dirs, tmp_path_factory)
     if not ok:
       failures.append(f"{name}: exit {code}, stderr {lines[-5:]}")
   assert not failures, "\n".join(failures)
+  print(f"{len(cases)} bad inputs: each one error line, exit 2")
   for key, digest in before.items():  # Same files, bytes and modification times.
     assert tree_digest(dirs[key]) == digest, key
   assert not os.path.exists(dirs["new"])

@@ -42,6 +42,7 @@ def test_two_processes_match_one_and_stop_together(tmp_path_factory, tmp_path):
   assert stopped < STEPS and max(checkpoints.complete_steps(workdir)) == stopped
   # Only process 0 reports and writes metrics.
   assert not [l for l in other.lines if re.match(r"step|stopped|done", l)], other.output()
+  print(f"SIGTERM to process 1 only: both processes saved step {stopped}, exit 0")
 
   lead, other = _start_pair(workdir, env)
   codes = [lead.finish(), other.finish()]

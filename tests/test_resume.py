@@ -203,6 +203,7 @@ def test_kills_and_preemption_resume_exactly(tmp_path_factory, tmp_path):
   run = Run([*BASE, f"--workdir={workdir}"], env)
   assert _resumed_step(run) == max(checkpoints.complete_steps(workdir))
   assert run.finish() == 0, (events, run.output())
+  print("signal, target step, step seen, exit code:", events)
   assert_bitwise_equal(arrays(workdir), arrays(reference))
   assert_same_as_reference(workdir, reference)
   assert_consistent_metrics(workdir, reference, STEPS)
@@ -237,6 +238,7 @@ def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path_factory, tmp_path
   assert max(checkpoints.complete_steps(workdir)) == stopped
   assert_same_as_reference(workdir, reference)
   assert_consistent_metrics(workdir, reference, stopped)
+  print(f"killed in the commit of 8, resumed from 4, SIGINT saved step {stopped}")
 
 
 def test_fresh_moves_a_run_of_another_config_aside(tmp_path_factory, tmp_path):
