@@ -267,7 +267,8 @@ def run(config, workdir: str, *, devices=None,
   files.write_csv(os.path.join(workdir, "nets.csv"), out.pop("net_rows"))
   out.update({"study": config.study, "config": cfg, "machine": machine(),
               "timing": {name: r.timing for name, r in runs.items()},
-              "wall_s": time.perf_counter() - t0,
+              "wall_s": time.perf_counter() - t0,  # this invocation (resumed parts excluded)
+              "grids_total_s": sum(r.timing.get("total_s", 0.0) for r in runs.values()),
               "figure": f"{config.study}.png"})
   out = _json_safe(out)
   files.write_json(os.path.join(workdir, "study.json"), out)
@@ -466,7 +467,7 @@ def _degradation(config, runs, workdir, log):
       ax.set_xlabel("depth (activation layers)")
       if key == "train_loss":
         ax.set_yscale("log")
-        ax.set_ylabel(f"final training loss (geo. mean)")
+        ax.set_ylabel("final training loss (geo. mean)")
         ax.set_title(f"{short}: training loss after {g.train.steps} steps")
       else:
         ax.set_ylim(0, 1.02)
@@ -529,6 +530,7 @@ def _dead_units(config, runs, workdir, log):
   dead0 = np.zeros(k)
   dead1 = np.zeros(k)
   off0, off1 = np.zeros(k), np.zeros(k)
+  lin0, lin1 = np.zeros(k), np.zeros(k)
   per_layer = {}
   for i in range(k):
     per_layer[i] = (_dead_layers(run.probes_init, i)[0], _dead_layers(run.probes_final, i)[0])
@@ -536,8 +538,11 @@ def _dead_units(config, runs, workdir, log):
     dead1[i] = _dead_layers(run.probes_final, i)[1]
     off0[i] = _layers(run.nets[i], run.probes_init, i, "all_off").mean()
     off1[i] = _layers(run.nets[i], run.probes_final, i, "all_off").mean()
+    lin0[i] = _layers(run.nets[i], run.probes_init, i, "all_on").mean()
+    lin1[i] = _layers(run.nets[i], run.probes_final, i, "all_on").mean()
   metrics = {"dead_init": dead0, "dead_trained": dead1, "silent_layer_inputs_init": off0,
-             "silent_layer_inputs_trained": off1, "train_acc": _final(run, "train_acc"),
+             "silent_layer_inputs_trained": off1, "linear_layer_inputs_init": lin0,
+             "linear_layer_inputs_trained": lin1, "train_acc": _final(run, "train_acc"),
              "test_acc": _final(run, "test_acc")}
   rows += _condition_rows(run, metrics)
   net_rows += _net_rows(run, {"dead_init": dead0, "dead_trained": dead1})
@@ -664,7 +669,7 @@ def _collapse(config, runs, workdir, log):
   _log2_axis(ax, widths)
   ax.set_xlabel("width n of the first layer (z = Wx + b)")
   ax.set_ylabel(f"test accuracy after {g.train.steps} steps")
-  ax.set_title(f"trained: 2-D spirals through a width-n first layer")
+  ax.set_title("trained: 2-D spirals through a width-n first layer")
   ax.legend(frameon=False, title="first-layer output", title_fontsize=8)
   ax = axes[1]
   seeds_u = np.asarray(curve["collapsed_frac"])  # [N, S]
@@ -717,8 +722,8 @@ def _bottleneck(config, runs, workdir, log):
         contrasts[f"width {w}: {key}(linear) - {key}(relu6)"] = c
         if key == "test_acc":
           gaps.append((c["mean"], c["lo"], c["hi"]))
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-  for c, key in enumerate(("test_acc", "train_loss")):
+  fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.8))
+  for c, key in zip((0, 2), ("test_acc", "train_loss")):
     ax = axes[c]
     for v in variants:
       ci = geo_ci95 if key == "train_loss" else (lambda x: ci95_in(x, "acc"))
@@ -727,18 +732,24 @@ def _bottleneck(config, runs, workdir, log):
       curves[f"{v}/{key}"] = [_g(t[0]) for t in triples]
     _log2_axis(ax, widths)
     ax.set_xlabel("bottleneck width (channels)")
-    ax.set_ylabel({"test_acc": "test accuracy", "train_loss": "final training loss"}[key])
     if key == "train_loss":
       ax.set_yscale("log")
-    ax.set_title(f"{'test accuracy' if c == 0 else 'training loss'} vs bottleneck width")
+      ax.set_ylabel("final training loss (geo. mean)")
+      ax.set_title(f"training loss after {g.train.steps} steps")
+    else:
+      ax.set_ylabel("test accuracy")
+      ax.set_title("test accuracy vs bottleneck width")
     ax.legend(frameon=False)
+  ax = axes[1]
   if gaps:
-    ins = axes[0].inset_axes([0.55, 0.1, 0.42, 0.38])
-    _errline(ins, widths, gaps, color="k", label=None, band=False)
-    ins.axhline(0, color="0.5", lw=0.8)
-    _log2_axis(ins, widths)
-    ins.set_title("linear - ReLU6 (paired)", fontsize=7)
-    ins.tick_params(labelsize=6)
+    _errline(ax, widths, gaps, color="k", label="linear - ReLU6, paired by seed", band=False)
+    curves["test_acc_gap_linear_minus_relu6"] = [_g(t[0]) for t in gaps]
+  ax.axhline(0, color="0.5", lw=0.8)
+  _log2_axis(ax, widths)
+  ax.set_xlabel("bottleneck width (channels)")
+  ax.set_ylabel("difference in test accuracy")
+  ax.set_title("gap: linear minus ReLU6 bottleneck")
+  ax.legend(frameon=False)
   fig.suptitle(f"Linear vs ReLU6 bottleneck (MobileNetV2 Fig. 6a): {depth} inverted-residual "
                f"blocks, t={g.model.expansion}, on {g.data.name}", fontsize=11, y=1.0)
   fig.tight_layout()
@@ -824,6 +835,13 @@ def _convergence(config, runs, workdir, log):
     triples = [median_ci(steps[groups[(v, w, d)]], seed=config.seed) for d in depths]
     shown = [tuple(min(x, budget * 1.08) if not math.isnan(x) else x for x in t) for t in triples]
     _errline(ax, depths, shown, color=COLORS[v], label=LABELS[v], band=False)
+    for d, t in zip(depths, triples):
+      if not math.isfinite(t[0]):
+        idx = groups[(v, w, d)]
+        ax.annotate(f"not reached\n({int(np.isfinite(steps[idx]).sum())}/{len(idx)} seeds)",
+                    (d, budget * 1.08), textcoords="offset points", xytext=(-12, -44),
+                    ha="right", fontsize=7, color=COLORS[v],
+                    bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.9))
     curves[f"{v}/steps_to_target_median"] = [_g(t[0]) for t in triples]
   ax.axhline(budget, color="0.4", lw=0.8, ls="--")
   ax.text(depths[0], budget, " budget (above: not reached)", va="bottom", fontsize=7, color="0.3")

@@ -291,7 +291,7 @@ def _build(arch: Arch, spec: dict[str, jax.Array], values: bool) -> Params:
   m = _masks(arch, spec)
   tags = itertools.count(1)
   f = arch.family
-  W, L, C = arch.max_width, arch.max_depth, arch.num_classes
+  L, C = arch.max_depth, arch.num_classes
   c_in = arch.input_shape[-1]
   d_in = int(np.prod(arch.input_shape))
   one = lambda n: jnp.ones((n,), jnp.float32)  # noqa: E731
@@ -419,7 +419,7 @@ def _depthwise3x3(x_BxHxWxC, w_3x3xC):
 
 
 def apply(arch: Arch, params: Params, spec: dict[str, jax.Array], x: jax.Array,
-          probe: bool = False):
+          probe: bool = False) -> jax.Array | tuple[jax.Array, Probe | None]:
   """Logits of one net for a batch `x` [B, *input_shape]; with `probe`, also a Probe."""
   m = _masks(arch, spec)
   f = arch.family

@@ -462,13 +462,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
                f"examples of {ds.name}; use a smaller batch")
   lead = jax.process_index() == 0
   say = (lambda *a: print(*a, flush=True)) if lead else (lambda *a: None)
-  errors.check(not os.path.isfile(os.path.expanduser(workdir)),
-               f"workdir {os.path.abspath(workdir)} is a file; pass a directory to --workdir")
+  errors.check(bool(workdir), "--workdir is required: pass --workdir=DIR")
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  errors.check(not os.path.isfile(workdir),
+               f"workdir {workdir} is a file; pass a directory to --workdir")
   if fresh:
     moved = checkpoints.move_aside(workdir) if lead else None
     _barrier("resjax-fresh")
     if moved:
-      say(f"moved the earlier run in {os.path.abspath(workdir)} to {moved}")
+      say(f"moved the earlier run in {workdir} to {moved}")
   # Refuse a run of another config before changing any file. Orbax's calls are
   # collective: every process must see the workdir as it was before any wrote.
   checkpoints.check_same_config(workdir, None, config)

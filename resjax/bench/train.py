@@ -2,16 +2,20 @@
 
   python -m launch.bench train [--quick] [--out=FILE.json]
 
-For ResNet-20 / plain-20 / ResNet-56 / plain-56 (only a tiny ResNet-8 with
---quick) at batch 128 on 32x32x3 inputs, in one process:
+For ResNet-20 / plain-20 / ResNet-56 / plain-56 at batch 128 on 32x32x3
+inputs, in one process:
 
-  resjax  `train.create_train_state` + `train.jit_steps` on `sharding.make_mesh()`
-          (every device the process sees: what `launch.train` runs), one
-          device-resident uint8 batch, augmentation and normalization inside
-          the step;
-  torch   `torch_resnet.ResNet` with the same step in eager mode (normalize,
-          pad-4 crop + flip, forward, backward, SGD momentum 0.9 + L2 1e-4),
-          NCHW and channels-last memory formats.
+  resjax       `train.create_train_state` + `train.jit_steps` on
+               `sharding.make_mesh()` (every device the process sees: what
+               `launch.train` runs; `launch.platform` splits the CPU into
+               host devices), one device-resident uint8 batch, augmentation
+               and normalization inside the step; for ResNet-20 also the same
+               step on one device;
+  torch        `torch_resnet.ResNet` with the same step in eager mode
+               (normalize, pad-4 crop + flip, forward, backward, SGD momentum
+               0.9 + L2 1e-4): NCHW ('torch') and channels-last ('torch_cl')
+               with one thread per core, channels-last on one thread
+               ('torch_cl_1t').
 
 Both sides are timed in alternating rounds, so load from other processes hits
 both alike; a figure is the median over the timed steps (compilation and
@@ -147,10 +151,14 @@ def _host_batch(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
           "labels": rng.integers(0, NUM_CLASSES, (batch,), dtype=np.int32)}
 
 
-def resjax_step(config: ml_collections.ConfigDict) -> tuple[Callable[[], None], float]:
-  """(one blocking train step on a device-resident batch, seconds to compile)."""
+def resjax_step(config: ml_collections.ConfigDict,
+                devices=None) -> tuple[Callable[[], None], float]:
+  """(one blocking train step on a device-resident batch, seconds to compile).
+
+  `devices`: the mesh (default: every device, as `launch.train` uses).
+  """
   start = time.perf_counter()
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(devices)
   state = train.create_train_state(config, mesh, IMAGE_SHAPE, NUM_CLASSES, mean=MEAN, std=STD)
   p_train, _ = train.jit_steps(state, mesh)
   batch = sharding.to_global(_host_batch(config.data.batch_size), mesh)
@@ -164,8 +172,8 @@ def resjax_step(config: ml_collections.ConfigDict) -> tuple[Callable[[], None], 
   return step, time.perf_counter() - start
 
 
-def torch_step(depth: int, plain: bool, batch: int, widths,
-               channels_last: bool) -> Callable[[], None]:
+def torch_step(depth: int, plain: bool, batch: int, widths, channels_last: bool,
+               threads: int) -> Callable[[], None]:
   """One eager PyTorch train step of the same network on one fixed batch."""
   torch = _torch()
   from resjax.bench import torch_resnet  # pylint: disable=import-outside-toplevel
@@ -175,7 +183,11 @@ def torch_step(depth: int, plain: bool, batch: int, widths,
   host = _host_batch(batch)
   inputs = torch.from_numpy(host["inputs"])
   labels = torch.from_numpy(host["labels"]).long()
-  step = lambda: run(inputs, labels)
+
+  def step():
+    torch.set_num_threads(threads)
+    run(inputs, labels)
+
   step()
   step()
   return step
@@ -234,12 +246,18 @@ def run(quick: bool = False) -> dict[str, Any]:
   e2e_steps = 4 if quick else 24
   models = QUICK_MODELS if quick else FULL_MODELS
   torch = _torch()
-  layouts = () if torch is None else ((False,) if quick else (False, True))
+  threads = torch.get_num_threads() if torch else 0
+  # (name, channels_last, threads): PyTorch as it comes (NCHW, one thread per
+  # core), channels-last, and channels-last on one thread (OpenMP's barriers
+  # lose much when other jobs share the cores).
+  variants = (("torch", False, threads), ("torch_cl", True, threads),
+              ("torch_cl_1t", True, 1))
+  variants = () if torch is None else variants[:1] if quick else variants
   mesh_size = jax.device_count()
+  torch_desc = f"torch {torch.__version__}, {threads} threads" if torch else "torch not installed"
   print(f"training benchmark: batch {batch} of 32x32x3, resjax on {mesh_size} "
         f"{jax.devices()[0].platform} device(s) ({batch // mesh_size} images each), "
-        f"torch {torch.__version__ + f' with {torch.get_num_threads()} threads' if torch else 'not installed'}; "
-        f"{os.cpu_count()} CPUs, load average {_load()}", flush=True)
+        f"{torch_desc}; {os.cpu_count()} CPUs, load average {_load()}", flush=True)
 
   mm_size = 1024 if quick else 2048
   mm_before = matmul_flops(mm_size)
@@ -248,9 +266,11 @@ def run(quick: bool = False) -> dict[str, Any]:
     config = _config(depth, plain, batch, widths)
     step, compile_s = resjax_step(config)
     timers = [Timer("resjax", step)]
-    for cl in layouts:
-      timers.append(Timer("torch_cl" if cl else "torch",
-                          torch_step(depth, plain, batch, widths, channels_last=cl)))
+    if name == models[0][0] and mesh_size > 1 and not quick:
+      # The same step on one device: what the host-device split buys.
+      timers.append(Timer("resjax_1dev", resjax_step(config, jax.devices()[:1])[0]))
+    for variant, cl, n in variants:
+      timers.append(Timer(variant, torch_step(depth, plain, batch, widths, cl, n)))
     interleave(timers, rounds, steps)
     flops = 6 * resnet_macs(depth, widths)
     row = {"compile_s": compile_s, "flops_per_image": flops, "load": _load()}
@@ -279,7 +299,7 @@ def run(quick: bool = False) -> dict[str, Any]:
   figures["end_to_end"] = {"model": models[0][0], "loop_steps_per_sec": e2e["steps_per_sec"],
                            "bare_steps_per_sec": bare_rate,
                            "ratio": e2e["steps_per_sec"] / bare_rate}
-  _print_table(figures, layouts)
+  _print_table(figures, [v[0] for v in variants])
   return figures
 
 
@@ -287,35 +307,34 @@ def _load() -> str:
   return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
-def _print_table(figures: dict[str, Any], layouts) -> None:
+def _print_table(figures: dict[str, Any], torch_names: list[str]) -> None:
   mm = figures["matmul_gflops"]
-  torch_names = [("torch_cl" if cl else "torch") for cl in layouts]
-  head = f"{'model':9s} {'resjax img/s':>12s} {'img/cpu-s':>9s}"
-  for n in torch_names:
-    head += f" {n + ' img/s':>15s} {'img/cpu-s':>9s}"
-  head += f" {'ratio':>6s} {'cpu ratio':>9s} {'GFLOP/s':>8s} {'% matmul':>8s}"
   print()
-  print(head)
+  print(f"{'model':9s} {'implementation':16s} {'img/s':>7s} {'img/cpu-s':>9s} "
+        f"{'GFLOP/s':>8s} {'% of jnp matmul':>15s}")
   for name, row in figures["models"].items():
-    line = f"{name:9s} {row['resjax_img_s']:12.1f} {row['resjax_img_cpu_s']:9.1f}"
-    for n in torch_names:
-      line += f" {row[n + '_img_s']:15.1f} {row[n + '_img_cpu_s']:9.1f}"
-    gflops = row["resjax_img_s"] * row["flops_per_image"] / 1e9
-    row["resjax_gflops"] = gflops
-    row["fraction_of_matmul"] = gflops / mm["jnp"]
+    for impl in ["resjax", "resjax_1dev"] + torch_names:
+      if f"{impl}_img_s" not in row:
+        continue
+      gflops = row[f"{impl}_img_s"] * row["flops_per_image"] / 1e9
+      row[f"{impl}_gflops"] = gflops
+      label = {"resjax": f"resjax ({figures['devices']} dev)",
+               "resjax_1dev": "resjax (1 dev)"}.get(impl, impl)
+      print(f"{name:9s} {label:16s} {row[f'{impl}_img_s']:7.1f} {row[f'{impl}_img_cpu_s']:9.1f} "
+            f"{gflops:8.1f} {100 * gflops / mm['jnp']:14.1f}%")
+    row["fraction_of_matmul"] = row["resjax_gflops"] / mm["jnp"]
     if torch_names:
       best = max(torch_names, key=lambda n: row[n + "_img_s"])
       best_cpu = max(torch_names, key=lambda n: row[n + "_img_cpu_s"])
       row["ratio_vs_torch"] = row["resjax_img_s"] / row[best + "_img_s"]
       row["cpu_ratio_vs_torch"] = row["resjax_img_cpu_s"] / row[best_cpu + "_img_cpu_s"]
-      line += f" {row['ratio_vs_torch']:6.2f} {row['cpu_ratio_vs_torch']:9.2f}"
-    line += f" {gflops:8.1f} {100 * row['fraction_of_matmul']:7.1f}%"
-    print(line)
+      print(f"{'':9s} resjax / fastest torch: {row['ratio_vs_torch']:.2f}x in img/s "
+            f"(vs {best}), {row['cpu_ratio_vs_torch']:.2f}x in img/cpu-s (vs {best_cpu}); "
+            f"load {row['load']}")
   torch_mm = f", torch.mm {mm['torch']:.1f}" if "torch" in mm else ""
   print(f"float32 {figures['matmul_size']}^2 matmul GFLOP/s: jnp.dot {mm['jnp']:.1f}{torch_mm} "
-        "(mean of before and after)")
-  print("ratio = resjax img/s / the faster torch layout's img/s; cpu ratio: the same "
-        "per CPU-second; GFLOP/s = 6 x forward MACs x img/s")
+        "(mean of before and after); GFLOP/s above = 6 x forward MACs x img/s")
+  print("torch: NCHW, torch_cl: channels-last, _1t: one thread (else one per core)")
   e2e = figures["end_to_end"]
   print(f"end to end ({e2e['model']}): train_and_evaluate loop {e2e['loop_steps_per_sec']:.3f} "
         f"steps/s vs bare step {e2e['bare_steps_per_sec']:.3f} steps/s = "

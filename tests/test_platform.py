@@ -1,0 +1,78 @@
+"""The default host-device split: how it is chosen, and that it trains like one device."""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import embedded
+from launch import platform
+from resjax import sharding, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("cpus,count", [(None, 4), (1, 4), (2, 8), (3, 8), (64, 8)])
+def test_four_devices_per_core_at_most_eight(cpus, count):
+  assert platform.host_device_count(cpus) == count
+
+
+def test_configure_adds_the_count_and_keeps_other_flags():
+  env = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+  assert platform.configure(env, cpus=2) == 8
+  assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=8"
+  env = {}
+  assert platform.configure(env, cpus=1) == 4
+  assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4"
+
+
+@pytest.mark.parametrize("env", [
+    {"XLA_FLAGS": "--xla_force_host_platform_device_count=3"},
+    {"JAX_NUM_CPU_DEVICES": "2"},
+])
+def test_a_count_the_user_chose_wins(env):
+  before = dict(env)
+  assert platform.configure(env, cpus=2) is None
+  assert env == before
+
+
+def test_launchers_get_the_split_before_jax_starts():
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+  env["JAX_PLATFORMS"] = "cpu"
+  code = "import launch.platform, jax; print(jax.device_count())"
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
+                       capture_output=True, text=True).stdout
+  assert int(out.split()[-1]) == platform.host_device_count(os.cpu_count())
+
+
+def _losses(config, ds, state, devices, steps):
+  mesh = sharding.make_mesh(devices)
+  state = jax.device_put(state, train.state_sharding(state, mesh))
+  p_train, _ = train.jit_steps(state, mesh)
+  losses = []
+  for step in range(steps):
+    batch = train.host_batch(ds.train, step, seed=config.seed,
+                             global_batch=config.data.batch_size)
+    state, m = p_train(state, sharding.to_global(batch, mesh))
+    losses.append(m["loss"])
+  return np.asarray(jax.device_get(losses)), jax.device_get(state.params)
+
+
+def test_default_split_trains_a_resnet_like_one_device():
+  # The fast default (the batch over 8 host devices, BatchNorm over the global
+  # batch, augmentation on device) against the straightforward 1-device step.
+  config = embedded.get_config("tiny")  # A ResNet on digits, batch 32, augmented.
+  config.model.depth, config.model.widths = 6, (4, 8)  # Two stages compile faster.
+  config.opt.boundaries = (100,)
+  ds = train.load_data(config)
+  state = jax.device_get(train.create_train_state(  # On the host: each run donates its copy.
+      config, sharding.make_mesh(jax.devices()[:1]), ds.input_shape, ds.num_classes,
+      mean=ds.mean, std=ds.std))
+  losses_8, params_8 = _losses(config, ds, state, jax.devices()[:8], steps=6)
+  losses_1, params_1 = _losses(config, ds, state, jax.devices()[:1], steps=6)
+  assert np.all(np.isfinite(losses_8)) and losses_8[-1] < losses_8[0]
+  np.testing.assert_allclose(losses_8, losses_1, rtol=2e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
+               params_8, params_1)
