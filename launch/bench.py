@@ -3,6 +3,7 @@
   python -m launch.bench collapse   # one-call sweep vs NumPy loop vs per-n jit
   python -m launch.bench train      # resjax vs PyTorch CPU training images/s
   python -m launch.bench study      # vmapped grid of nets vs sequential runs
+  python -m launch.bench checkpoint # step time with and without an async save in flight
 
 `--quick` shrinks each benchmark (used by the tests); `--out=FILE.json` saves
 the printed figures.
@@ -14,7 +15,7 @@ from absl import app, flags
 from launch import common
 from resjax import errors, files
 
-BENCHES = ("collapse", "train", "study")
+BENCHES = ("collapse", "train", "study", "checkpoint")
 
 _QUICK = flags.DEFINE_bool("quick", False, "Shrink the benchmark to seconds.")
 _OUT = flags.DEFINE_string("out", None, "Write the figures to this JSON file.")
