@@ -12,15 +12,17 @@ and launch/tpu_pod.sh. Override any config field with --config.<group>.<field>=V
 """
 from launch import platform  # noqa: F401  # pylint: disable=unused-import  (before JAX)
 
+import os
+
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 import jax
-from ml_collections import config_flags
 
+import configs
 from launch import common
 from resjax import distributed, errors, train
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/cifar10.py", "Training config file[:variant].", lock_config=True)
+_CONFIG = common.define_config(
+    os.path.join(os.path.dirname(configs.__file__), "cifar10.py"), "Training config file[:variant].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics and checkpoints go.")
 _FRESH = flags.DEFINE_bool("fresh", False, "Move an earlier run in --workdir aside to "
                            "WORKDIR.old-<time> (nothing is deleted) and start at step 0.")
