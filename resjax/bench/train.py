@@ -258,6 +258,9 @@ def run(quick: bool = False) -> dict[str, Any]:
   print(f"training benchmark: batch {batch} of 32x32x3, resjax on {mesh_size} "
         f"{jax.devices()[0].platform} device(s) ({batch // mesh_size} images each), "
         f"{torch_desc}; {os.cpu_count()} CPUs, load average {_load()}", flush=True)
+  if jax.devices()[0].platform == "cpu" and mesh_size == 1 and (os.cpu_count() or 1) > 1:
+    print("note: one host device, not the split `launch.train` uses (launch.platform sets "
+          "it before JAX starts); the resjax figures are those of the 1-device path", flush=True)
 
   mm_size = 1024 if quick else 2048
   mm_before = matmul_flops(mm_size)
