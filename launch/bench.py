@@ -25,6 +25,9 @@ _OUT = flags.DEFINE_string("out", None, "Write the figures to this JSON file.")
 def main(argv):
   errors.check(len(argv) == 2, f"name one benchmark: python -m launch.bench {{{','.join(BENCHES)}}}")
   name = errors.choice("benchmark", argv[1], BENCHES)
+  if name == "train":
+    # Time the path launch.train runs: its host-device split, set before JAX starts.
+    from launch import platform  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   common.log_devices()
   figures = importlib.import_module(f"resjax.bench.{name}").run(quick=_QUICK.value)
   if _OUT.value:

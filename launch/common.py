@@ -38,6 +38,19 @@ def fail(message: str, code: int = 2) -> None:
   sys.exit(code)
 
 
+def unknown_field(e: BaseException) -> str:
+  """One line for an override of a field the config lacks.
+
+  ml_collections wraps a KeyError whose text holds the field and a suggestion
+  on two lines; unwrap it instead of printing nested reprs.
+  """
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  text = str(e.args[0]) if e.args else str(e)
+  reason = "; ".join(line.strip() for line in text.splitlines() if line.strip())
+  return f"a --config.<field> override names a field the config lacks: {reason}"
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing where a bad --config (file, variant, field) ends in one line.
 
@@ -52,7 +65,7 @@ def parse_flags(argv: list[str]) -> list[str]:
       fail(found[-1])
     if isinstance(e, flags.Error):
       fail(lines[0])
-    fail(f"a --config.<field> override names a field the config lacks ({lines[-1]})")
+    fail(unknown_field(e))
   if "config" in flags.FLAGS:
     try:
       flags.FLAGS["config"].value.keys()  # A missing file fails here, not while parsing.
@@ -81,4 +94,4 @@ def define_config(default: str, help_text: str):
   try:
     return config_flags.DEFINE_config_file("config", default, help_text, lock_config=True)
   except (AttributeError, KeyError) as e:
-    fail(f"a --config.<field> override names a field the config lacks ({e})")
+    fail(unknown_field(e))

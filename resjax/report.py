@@ -58,7 +58,8 @@ def describe(config) -> str:
 def _check_workdir(path: str) -> str:
   errors.check(bool(path), "--workdir is required: pass --workdir=DIR of a training run")
   full = os.path.abspath(os.path.expanduser(path))
-  errors.check(os.path.isdir(full), f"workdir {full} does not exist; pass the --workdir of "
+  problem = "is a file" if os.path.isfile(full) else "does not exist"
+  errors.check(os.path.isdir(full), f"workdir {full} {problem}; pass the --workdir of "
                "a training run (python -m launch.train ... --workdir=DIR)")
   return full
 
