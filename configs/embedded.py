@@ -17,7 +17,7 @@ Variants:
   tiny_mlp        a 4-step residual MLP (2 x 8 units) on spirals, for tests.
 
 Measured (seed 0, one run each, 2-core CPU shared with other jobs, about
-30 s per spirals run and 3 min per digits run):
+20 s per spirals run and 1.5 min per digits run):
   spirals_resmlp  test accuracy 99.3%; train loss 0.0025 at step 1000
   spirals_mlp     test accuracy 98.1%; train loss 0.18 at step 1000
   digits_resnet20 test accuracy 99.4%; test accuracy 96.9% at step 200

@@ -6,20 +6,25 @@ XLA host devices unless the user already chose a count (an
 Only the CPU platform is affected: on a GPU/TPU machine `jax.devices()` still
 lists the accelerators, and the extra host devices stay unused.
 
-Why: training shards the global batch over every device (`resjax.sharding`),
-and BatchNorm reduces over the whole batch, so the numbers do not depend on
-the split. On the CPU a split pays off: with B/8 images per device each
-device's activations stay in the caches (a ResNet-20 stage-1 activation is
-8 MiB at batch 128, 1 MiB at 16), and XLA's memory-bound work (the layout
-transposes feeding the weight-gradient convolutions, BatchNorm) gets cheaper,
-while the devices' programs keep both cores busy. Measured on a 2-core Xeon
-(AVX-512) shared with other jobs, ResNet-20 at batch 128, the same process
-timing meshes of 1, 2, 4, 8, 16 and 32 devices in alternation: per CPU-second,
-8 devices trained 1.3-1.5x more images than 1 device, 16 the same as 8 and 32
-fewer; in wall time 8 devices ran 1.5-2.2x faster than 1. Four devices per
-core, at most 8, is the rule below; the batch size must be divisible by the
-count (the configs use multiples of 32), and XLA's thread pool keeps its
-default size (a single-threaded Eigen pool measured the same).
+Why: training shards the global batch over a 'data' mesh of devices
+(`resjax.sharding`), and BatchNorm reduces over the whole batch, so the
+numbers do not depend on the split. On the CPU a split pays off for
+convolutional nets: with B/8 images per device each device's activations stay
+in the caches (a ResNet-20 stage-1 activation is 8 MiB at batch 128, 1 MiB at
+16), and XLA's memory-bound work (the layout transposes feeding the
+weight-gradient convolutions, BatchNorm) gets cheaper, while the devices'
+programs keep both cores busy. Measured on a 2-core Xeon (AVX-512) shared with
+other jobs, ResNet-20 at batch 128, the same process timing meshes of 1, 2, 4,
+8, 16 and 32 devices in alternation: per CPU-second, 8 devices trained 1.3-1.5x
+more images than 1 device, 16 the same as 8 and 32 fewer; in wall time 8
+devices ran 1.5-2.2x faster than 1. Four devices per core, at most 8, is the
+rule below; XLA's thread pool keeps its default size (a single-threaded Eigen
+pool measured the same).
+
+This module only makes the host devices exist. Models with little arithmetic
+per parameter (MLPs, nets on tiny images) train faster on fewer of them,
+since every step all-reduces the gradients between devices:
+`resjax.sharding.data_devices` picks how many a model uses.
 
 Set XLA_FLAGS=--xla_force_host_platform_device_count=N to choose N yourself.
 """

@@ -1,7 +1,8 @@
 """Training: the state, the pure sharded steps, and `train_and_evaluate`.
 
-One jit-compiled `train_step` runs over a 1-D 'data' mesh: the global batch is
-split over all devices, parameters and optimizer state are replicated, the
+One jit-compiled `train_step` runs over a 1-D 'data' mesh (`data_mesh`: every
+accelerator, or as many CPU host devices as the model keeps busy): the global
+batch is split over its devices, parameters and optimizer state are replicated, the
 state buffers are donated. BatchNorm reduces over the whole (global) batch, so
 the numbers do not depend on how many devices share it. Augmentation and
 normalization run on device inside the step, with randomness drawn from
@@ -229,6 +230,26 @@ def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 # Steps (pure; jitted with explicit shardings by `jit_steps`).
 
 
+def forward_flops(config: ml_collections.ConfigDict, input_shape,
+                  num_classes: int) -> tuple[float, int]:
+  """(FLOPs of one example's forward pass, by XLA's cost analysis; parameters)."""
+  model = build_model(config, num_classes)
+  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  variables = jax.eval_shape(
+      lambda x: model.init({"params": jax.random.PRNGKey(0)}, x, train=False), x)
+  cost = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get("flops", 0.0)), models.param_count(variables["params"])
+
+
+def data_mesh(config: ml_collections.ConfigDict, input_shape, num_classes: int,
+              devices=None) -> jax.sharding.Mesh:
+  """The training mesh for `config`: see `sharding.data_devices`."""
+  flops, n_params = forward_flops(config, input_shape, num_classes)
+  return sharding.make_mesh(sharding.data_devices(int(config.data.batch_size), flops,
+                                                  n_params, devices))
+
+
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
@@ -334,8 +355,11 @@ def _is_number(v) -> bool:
   return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Raises ConfigError with one line per bad field (all of them, not just the first)."""
+def validate(config: ml_collections.ConfigDict, num_devices: int, unit: str = "devices") -> None:
+  """Raises ConfigError with one line per bad field (all of them, not just the first).
+
+  The batch must split evenly over `num_devices` (named `unit` in the message).
+  """
   problems: list[str] = []
 
   def need(field, ok, fix):
@@ -357,7 +381,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   one_of("data.name", tuple(data.NAMES))
   batch = need("data.batch_size", pos_int, "use a positive integer (the global batch)")
   if batch is not None and batch % num_devices:
-    problems.append(f"data.batch_size={batch} is not divisible by the {num_devices} devices; "
+    problems.append(f"data.batch_size={batch} is not divisible by the {num_devices} {unit}; "
                     f"use a multiple of {num_devices}")
   for field in ("data.augment", "data.flip"):
     if _get(config, field) is not _MISSING:
@@ -423,6 +447,13 @@ def _dataset_facts(ds: data.Dataset) -> dict:
           "std": np.ravel(np.asarray(ds.std, np.float64)).tolist()}
 
 
+def _describe_mesh(mesh: jax.sharding.Mesh) -> str:
+  n, total = sharding.num_shards(mesh), jax.device_count()
+  if n == total or mesh.devices.flat[0].platform != "cpu":
+    return f"{n} devices"
+  return f"{n} of {total} host devices (more would not pay for this model and batch)"
+
+
 def _every(step: int, period: int, last: int) -> bool:
   return step == last or (period > 0 and step % period == 0)
 
@@ -453,9 +484,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
   loss or parameter raises `Diverged`; nothing is saved after the last finite
   step. Every process calls this function; only process 0 writes metrics.
   """
-  mesh = sharding.make_mesh()
-  validate(config, num_devices=sharding.num_shards(mesh))
+  # The batch must split evenly over the processes (CPU: data_mesh then picks
+  # a count of host devices that divides it) or over all accelerators.
+  if jax.devices()[0].platform == "cpu":
+    validate(config, jax.process_count(), unit="processes")
+  else:
+    validate(config, jax.device_count())
   ds = load_data(config)
+  mesh = data_mesh(config, ds.input_shape, ds.num_classes)
   batch_size, total = int(config.data.batch_size), int(config.train.steps)
   errors.check(batch_size <= len(ds.train.labels),
                f"data.batch_size={batch_size} exceeds the {len(ds.train.labels)} training "
@@ -496,7 +532,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
   n_params = models.param_count(state.params)
   say(f"{config.model.name} ({n_params:,} parameters) on {ds.name} "
       f"({len(ds.train.labels)} train / {len(ds.test.labels)} test), batch {batch_size} "
-      f"over {sharding.num_shards(mesh)} devices, steps {start} -> {total}")
+      f"over {_describe_mesh(mesh)}, steps {start} -> {total}")
 
   window: list[dict] = []     # fetched metrics since the last progress line
   pending: list[dict] = []    # on-device metrics not fetched yet (no sync per step)

@@ -1,4 +1,6 @@
 """The training benchmark: the PyTorch twin equals resjax's ResNet; --quick runs."""
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -100,4 +102,4 @@ def test_quick_benchmark_runs_both_sides_and_the_loop(capsys):
   e2e = figures["end_to_end"]
   assert e2e["loop_steps_per_sec"] > 0 and 0 < e2e["ratio"] < 5
   out = capsys.readouterr().out
-  assert f"resjax ({jax.device_count()} dev)" in out and "end to end" in out and "% of jnp matmul" in out
+  assert re.search(r"resjax \(\d+ dev\)", out) and "end to end" in out and "% of jnp matmul" in out

@@ -6,11 +6,11 @@ For ResNet-20 / plain-20 / ResNet-56 / plain-56 at batch 128 on 32x32x3
 inputs, in one process:
 
   resjax       `train.create_train_state` + `train.jit_steps` on
-               `sharding.make_mesh()` (every device the process sees: what
-               `launch.train` runs; `launch.platform` splits the CPU into
-               host devices), one device-resident uint8 batch, augmentation
-               and normalization inside the step; for ResNet-20 also the same
-               step on one device;
+               `train.data_mesh` (what `launch.train` runs: `launch.platform`
+               splits the CPU into host devices and `data_mesh` picks how
+               many the model keeps busy), one device-resident uint8 batch,
+               augmentation and normalization inside the step; for ResNet-20
+               also the same step on one device;
   torch        `torch_resnet.ResNet` with the same step in eager mode
                (normalize, pad-4 crop + flip, forward, backward, SGD momentum
                0.9 + L2 1e-4): NCHW ('torch') and channels-last ('torch_cl')
@@ -152,13 +152,14 @@ def _host_batch(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def resjax_step(config: ml_collections.ConfigDict,
-                devices=None) -> tuple[Callable[[], None], float]:
-  """(one blocking train step on a device-resident batch, seconds to compile).
+                devices=None) -> tuple[Callable[[], None], float, int]:
+  """(one blocking train step on a device-resident batch, seconds to compile, devices).
 
-  `devices`: the mesh (default: every device, as `launch.train` uses).
+  `devices`: the mesh (default: `train.data_mesh`, as `launch.train` uses).
   """
   start = time.perf_counter()
-  mesh = sharding.make_mesh(devices)
+  mesh = (train.data_mesh(config, IMAGE_SHAPE, NUM_CLASSES) if devices is None
+          else sharding.make_mesh(devices))
   state = train.create_train_state(config, mesh, IMAGE_SHAPE, NUM_CLASSES, mean=MEAN, std=STD)
   p_train, _ = train.jit_steps(state, mesh)
   batch = sharding.to_global(_host_batch(config.data.batch_size), mesh)
@@ -169,7 +170,7 @@ def resjax_step(config: ml_collections.ConfigDict,
     jax.block_until_ready(m["loss"])
 
   step()
-  return step, time.perf_counter() - start
+  return step, time.perf_counter() - start, sharding.num_shards(mesh)
 
 
 def torch_step(depth: int, plain: bool, batch: int, widths, channels_last: bool,
@@ -253,21 +254,20 @@ def run(quick: bool = False) -> dict[str, Any]:
   variants = (("torch", False, threads), ("torch_cl", True, threads),
               ("torch_cl_1t", True, 1))
   variants = () if torch is None else variants[:1] if quick else variants
-  mesh_size = jax.device_count()
   torch_desc = f"torch {torch.__version__}, {threads} threads" if torch else "torch not installed"
-  print(f"training benchmark: batch {batch} of 32x32x3, resjax on {mesh_size} "
-        f"{jax.devices()[0].platform} device(s) ({batch // mesh_size} images each), "
-        f"{torch_desc}; {os.cpu_count()} CPUs, load average {_load()}", flush=True)
-  if jax.devices()[0].platform == "cpu" and mesh_size == 1 and (os.cpu_count() or 1) > 1:
+  print(f"training benchmark: batch {batch} of 32x32x3, resjax on up to {jax.device_count()} "
+        f"{jax.devices()[0].platform} device(s), {torch_desc}; {os.cpu_count()} CPUs, "
+        f"load average {_load()}", flush=True)
+  if jax.devices()[0].platform == "cpu" and jax.device_count() == 1 and (os.cpu_count() or 1) > 1:
     print("note: one host device, not the split `launch.train` uses (launch.platform sets "
           "it before JAX starts); the resjax figures are those of the 1-device path", flush=True)
 
   mm_size = 1024 if quick else 2048
   mm_before = matmul_flops(mm_size)
-  figures: dict[str, Any] = {"batch": batch, "devices": mesh_size, "models": {}}
+  figures: dict[str, Any] = {"batch": batch, "models": {}}
   for name, depth, plain in models:
     config = _config(depth, plain, batch, widths)
-    step, compile_s = resjax_step(config)
+    step, compile_s, mesh_size = resjax_step(config)
     timers = [Timer("resjax", step)]
     if name == models[0][0] and mesh_size > 1 and not quick:
       # The same step on one device: what the host-device split buys.
@@ -276,7 +276,8 @@ def run(quick: bool = False) -> dict[str, Any]:
       timers.append(Timer(variant, torch_step(depth, plain, batch, widths, cl, n)))
     interleave(timers, rounds, steps)
     flops = 6 * resnet_macs(depth, widths)
-    row = {"compile_s": compile_s, "flops_per_image": flops, "load": _load()}
+    row = {"compile_s": compile_s, "flops_per_image": flops, "load": _load(),
+           "devices": mesh_size}
     for t in timers:
       row[f"{t.name}_img_s"] = t.per_sec(batch)
       row[f"{t.name}_img_cpu_s"] = t.per_cpu_sec(batch)
@@ -321,7 +322,7 @@ def _print_table(figures: dict[str, Any], torch_names: list[str]) -> None:
         continue
       gflops = row[f"{impl}_img_s"] * row["flops_per_image"] / 1e9
       row[f"{impl}_gflops"] = gflops
-      label = {"resjax": f"resjax ({figures['devices']} dev)",
+      label = {"resjax": f"resjax ({row['devices']} dev)",
                "resjax_1dev": "resjax (1 dev)"}.get(impl, impl)
       print(f"{name:9s} {label:16s} {row[f'{impl}_img_s']:7.1f} {row[f'{impl}_img_cpu_s']:9.1f} "
             f"{gflops:8.1f} {100 * gflops / mm['jnp']:14.1f}%")
