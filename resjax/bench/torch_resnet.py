@@ -85,30 +85,34 @@ def param_count(model: nn.Module) -> int:
 def augment(x_BxCxHxW: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
   """Random crop of each image zero-padded by `pad`, then a random h-flip."""
   b, _, h, w = x_BxCxHxW.shape
-  dy = torch.randint(-pad, pad + 1, (b, 1), generator=generator)
-  dx = torch.randint(-pad, pad + 1, (b, 1), generator=generator)
-  flip = torch.rand((b, 1), generator=generator) < 0.5
-  rows = torch.arange(h)[None, :] + dy + pad                       # [B, H] in padded coords
-  j = torch.arange(w)[None, :]
+  on = {"device": x_BxCxHxW.device}  # `generator` lives on the same device.
+  dy = torch.randint(-pad, pad + 1, (b, 1), generator=generator, **on)
+  dx = torch.randint(-pad, pad + 1, (b, 1), generator=generator, **on)
+  flip = torch.rand((b, 1), generator=generator, **on) < 0.5
+  rows = torch.arange(h, **on)[None, :] + dy + pad                 # [B, H] in padded coords
+  j = torch.arange(w, **on)[None, :]
   cols = torch.where(flip, w - 1 - j, j) + dx + pad                  # [B, W]
   padded = F.pad(x_BxCxHxW, (pad, pad, pad, pad))
-  batch = torch.arange(b)[:, None, None]
+  batch = torch.arange(b, **on)[:, None, None]
   out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
   return out.permute(0, 3, 1, 2)
 
 
 def train_step_fn(model: nn.Module, *, mean: tuple[float, ...], std: tuple[float, ...],
                   lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-4,
-                  channels_last: bool = False, seed: int = 0) -> Callable:
-  """`step(inputs_uint8_BxHxWxC, labels_B) -> loss` doing one eager SGD step."""
+                  channels_last: bool = False, seed: int = 0, device: str = "cpu") -> Callable:
+  """`step(inputs_uint8_BxHxWxC, labels_B) -> loss` doing one eager SGD step.
+
+  The model moves to `device`; the step's inputs must be there already.
+  """
   model.train()
   memory_format = torch.channels_last if channels_last else torch.contiguous_format
-  model.to(memory_format=memory_format)
+  model.to(device=device, memory_format=memory_format)
   opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                         weight_decay=weight_decay)
-  mean_t = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
-  std_t = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
-  generator = torch.Generator().manual_seed(seed)
+  mean_t = torch.tensor(mean, dtype=torch.float32, device=device)[None, :, None, None]
+  std_t = torch.tensor(std, dtype=torch.float32, device=device)[None, :, None, None]
+  generator = torch.Generator(device=device).manual_seed(seed)
 
   def step(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     x = (inputs.permute(0, 3, 1, 2).float() - mean_t) / std_t

@@ -108,7 +108,8 @@ def interleave(timers: list[Timer], rounds: int, steps: int) -> None:
       t.run(steps)
 
 
-def matmul_flops(size: int = 2048, repeats: int = 5) -> dict[str, float]:
+def matmul_flops(size: int = 2048, repeats: int = 5,
+                 torch_device: str = "cpu") -> dict[str, float]:
   """float32 GFLOP/s of a size x size matmul: jnp.dot (jit) and torch.mm (if importable)."""
   a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32))
   dot = jax.jit(jnp.dot)
@@ -118,9 +119,11 @@ def matmul_flops(size: int = 2048, repeats: int = 5) -> dict[str, float]:
   out = {"jnp": t.per_sec(2 * size ** 3) / 1e9}
   torch = _torch()
   if torch is not None:
-    b = torch.from_numpy(np.array(a))
+    b = torch.from_numpy(np.array(a)).to(torch_device)
+    sync = torch.cuda.synchronize if torch_device.startswith("cuda") else (lambda: None)
     torch.mm(b, b)
-    t = Timer("torch", lambda: torch.mm(b, b))
+    sync()
+    t = Timer("torch", lambda: (torch.mm(b, b), sync()))
     t.run(repeats)
     out["torch"] = t.per_sec(2 * size ** 3) / 1e9
   return out
@@ -174,20 +177,23 @@ def resjax_step(config: ml_collections.ConfigDict,
 
 
 def torch_step(depth: int, plain: bool, batch: int, widths, channels_last: bool,
-               threads: int) -> Callable[[], None]:
-  """One eager PyTorch train step of the same network on one fixed batch."""
+               threads: int, device: str = "cpu") -> Callable[[], None]:
+  """One eager PyTorch train step of the same network on one fixed batch on `device`."""
   torch = _torch()
   from resjax.bench import torch_resnet  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
   model = torch_resnet.ResNet(depth, NUM_CLASSES, plain=plain, widths=tuple(widths))
-  run = torch_resnet.train_step_fn(model, mean=MEAN, std=STD, channels_last=channels_last)
+  run = torch_resnet.train_step_fn(model, mean=MEAN, std=STD, channels_last=channels_last,
+                                   device=device)
   host = _host_batch(batch)
-  inputs = torch.from_numpy(host["inputs"])
-  labels = torch.from_numpy(host["labels"]).long()
+  inputs = torch.from_numpy(host["inputs"]).to(device)
+  labels = torch.from_numpy(host["labels"]).long().to(device)
+  sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
   def step():
     torch.set_num_threads(threads)
     run(inputs, labels)
+    sync()
 
   step()
   step()
@@ -253,6 +259,11 @@ def run(quick: bool = False) -> dict[str, Any]:
   # lose much when other jobs share the cores).
   variants = (("torch", False, threads), ("torch_cl", True, threads),
               ("torch_cl_1t", True, 1))
+  device = "cpu"
+  if torch is not None and jax.devices()[0].platform == "gpu" and torch.cuda.is_available():
+    # On a GPU, PyTorch on the same card: NCHW and channels-last.
+    device, variants = "cuda", (("torch_cuda", False, threads), ("torch_cuda_cl", True, threads))
+    rounds, steps = (1, 2) if quick else (4, 20)
   variants = () if torch is None else variants[:1] if quick else variants
   torch_desc = f"torch {torch.__version__}, {threads} threads" if torch else "torch not installed"
   print(f"training benchmark: batch {batch} of 32x32x3, resjax on up to {jax.device_count()} "
@@ -263,7 +274,7 @@ def run(quick: bool = False) -> dict[str, Any]:
           "it before JAX starts); the resjax figures are those of the 1-device path", flush=True)
 
   mm_size = 1024 if quick else 2048
-  mm_before = matmul_flops(mm_size)
+  mm_before = matmul_flops(mm_size, torch_device=device)
   figures: dict[str, Any] = {"batch": batch, "models": {}}
   for name, depth, plain in models:
     config = _config(depth, plain, batch, widths)
@@ -273,7 +284,7 @@ def run(quick: bool = False) -> dict[str, Any]:
       # The same step on one device: what the host-device split buys.
       timers.append(Timer("resjax_1dev", resjax_step(config, jax.devices()[:1])[0]))
     for variant, cl, n in variants:
-      timers.append(Timer(variant, torch_step(depth, plain, batch, widths, cl, n)))
+      timers.append(Timer(variant, torch_step(depth, plain, batch, widths, cl, n, device)))
     interleave(timers, rounds, steps)
     flops = 6 * resnet_macs(depth, widths)
     row = {"compile_s": compile_s, "flops_per_image": flops, "load": _load(),
@@ -288,7 +299,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     if name == models[0][0]:
       reference = timers[0]
       e2e_config = config
-  mm_after = matmul_flops(mm_size)
+  mm_after = matmul_flops(mm_size, torch_device=device)
   mm = {k: (mm_before[k] + mm_after[k]) / 2 for k in mm_before}
   figures["matmul_gflops"] = mm
   figures["matmul_size"] = mm_size
@@ -338,7 +349,8 @@ def _print_table(figures: dict[str, Any], torch_names: list[str]) -> None:
   torch_mm = f", torch.mm {mm['torch']:.1f}" if "torch" in mm else ""
   print(f"float32 {figures['matmul_size']}^2 matmul GFLOP/s: jnp.dot {mm['jnp']:.1f}{torch_mm} "
         "(mean of before and after); GFLOP/s above = 6 x forward MACs x img/s")
-  print("torch: NCHW, torch_cl: channels-last, _1t: one thread (else one per core)")
+  print("torch: NCHW, torch_cl: channels-last, _1t: one thread (else one per core), "
+        "_cuda: on the GPU")
   e2e = figures["end_to_end"]
   print(f"end to end ({e2e['model']}): train_and_evaluate loop {e2e['loop_steps_per_sec']:.3f} "
         f"steps/s vs bare step {e2e['bare_steps_per_sec']:.3f} steps/s = "
