@@ -131,3 +131,13 @@ def test_every_config_variant_is_valid(module):
     assert train.build_model(config, num_classes=10).activation in ("relu", "relu6")
   with pytest.raises(errors.ConfigError, match="config variant='resnet21'"):
     module.get_config("resnet21")
+
+
+def test_data_mesh_splits_a_cifar_resnet_but_not_an_mlp():
+  config = cifar10.get_config("resnet20")
+  flops, n_params = train.forward_flops(config, (32, 32, 3), 10)
+  assert n_params == 269_722
+  assert flops == pytest.approx(2 * 40.6e6, rel=0.15)  # XLA's count of one forward pass.
+  assert sharding.num_shards(train.data_mesh(config, (32, 32, 3), 10)) == 8
+  mlp = embedded.get_config("spirals_mlp")
+  assert sharding.num_shards(train.data_mesh(mlp, (2,), 3)) == 1

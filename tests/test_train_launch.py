@@ -59,7 +59,9 @@ def test_trains_writes_and_resumes(dataset, tmp_path, monkeypatch, capsys):
   context = mock_tfds(48) if dataset == "cifar10" else contextlib.nullcontext()
   with context:
     assert launch(monkeypatch, *args, "--config.train.steps=2") is None
-    _check_run(workdir, 2, capsys)
+    out, _ = _check_run(workdir, 2, capsys)
+    # An MLP of 8 units: splitting its batch over host devices would not pay.
+    assert "batch 32 over 1 of 8 host devices" in out
     assert launch(monkeypatch, *args, "--config.train.steps=4") is None
     out, rows = _check_run(workdir, 4, capsys)
   assert "at step 2" in out.splitlines()[0]  # Resumed, did not start over.
