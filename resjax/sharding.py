@@ -8,7 +8,7 @@ On accelerators training uses every device. On the CPU the devices are host
 devices (`launch.platform` splits the cores into several) and a split pays only
 when each device has enough work: every step all-reduces the gradients
 across the host devices, which costs time in proportion to the parameters,
-and each op has a fixed cost, while the gain (cache-sized activations, both
+and each op has a fixed cost, while the gain (smaller working sets, both
 cores busy) grows with the arithmetic. `data_devices` picks the count.
 Measured on a 2-core Xeon shared with other jobs, 8 host devices, ms per step
 at 1 / 2 / 4 / 8 devices (in brackets: forward FLOPs per parameter per step
