@@ -245,6 +245,9 @@ def forward_flops(config: ml_collections.ConfigDict, input_shape,
 def data_mesh(config: ml_collections.ConfigDict, input_shape, num_classes: int,
               devices=None) -> jax.sharding.Mesh:
   """The training mesh for `config`: see `sharding.data_devices`."""
+  devices = jax.devices() if devices is None else list(devices)
+  if devices[0].platform != "cpu":  # Every accelerator; no need to count FLOPs.
+    return sharding.make_mesh(devices)
   flops, n_params = forward_flops(config, input_shape, num_classes)
   return sharding.make_mesh(sharding.data_devices(int(config.data.batch_size), flops,
                                                   n_params, devices))
