@@ -10,13 +10,18 @@
 # Needs the project installed (pip install -e '.[bench]') with CUDA builds of
 # jax and torch.
 set -euo pipefail
+out="$(realpath -m "${1:-runs/gpu_check}")"  # Relative to where it is called from.
 cd "$(dirname "$0")/.."
-out="${1:-runs/gpu_check}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # Leave GPU memory for PyTorch too.
 
 if ! python -c 'import jax, sys; sys.exit(jax.devices()[0].platform != "gpu")' 2>/dev/null; then
   echo "error: JAX sees no GPU here; install a CUDA build (pip install 'jax[cuda12]') and rerun" >&2
+  exit 2
+fi
+if ! python -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+  echo "error: PyTorch sees no GPU here; install a CUDA build of torch and rerun" >&2
   exit 2
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"

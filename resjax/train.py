@@ -453,8 +453,8 @@ def _dataset_facts(ds: data.Dataset) -> dict:
 def _describe_mesh(mesh: jax.sharding.Mesh) -> str:
   n, total = sharding.num_shards(mesh), jax.device_count()
   if n == total or mesh.devices.flat[0].platform != "cpu":
-    return f"{n} devices"
-  return f"{n} of {total} host devices (more would not pay for this model and batch)"
+    return f"{n} device{'s' if n > 1 else ''}"
+  return f"{n} of {total} host devices (chosen for this model and batch: resjax/sharding.py)"
 
 
 def _every(step: int, period: int, last: int) -> bool:

@@ -43,3 +43,16 @@ def test_the_traced_step_is_attributed_to_its_ops():
   assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0)
   assert sum(r["wall_ms"] for r in rows.values()) == pytest.approx(1e3 * result["wall_s"])
   assert all(np.isfinite(r["gflops"]) for r in rows.values() if r["gflops"] is not None)
+  assert result["unmatched_s"] < 0.1 * sum(result["op_s"].values())
+
+
+def test_flops_count_the_whole_batch_on_a_split_mesh():
+  # The compiled program holds one device's slice; the profile scales it back.
+  config = bench_train._config(6, False, 32, bench_train.QUICK_WIDTHS)  # pylint: disable=protected-access
+  one = profile.profile_step(config, jax.devices()[:1], steps=1)
+  two = profile.profile_step(config, jax.devices()[:2], steps=1)
+  assert two["devices"] == 2
+  for kind in ("conv forward", "conv input-grad", "conv weight-grad"):
+    assert two["flops"][kind] == pytest.approx(one["flops"][kind], rel=1e-9), kind
+  rows = profile._rows(two)  # pylint: disable=protected-access
+  assert all(r["gflops"] is None for r in rows.values())  # No rate where devices share cores.

@@ -141,3 +141,11 @@ def test_data_mesh_splits_a_cifar_resnet_but_not_an_mlp():
   assert sharding.num_shards(train.data_mesh(config, (32, 32, 3), 10)) == 8
   mlp = embedded.get_config("spirals_mlp")
   assert sharding.num_shards(train.data_mesh(mlp, (2,), 3)) == 1
+
+
+def test_validate_names_what_the_batch_must_split_over():
+  config = embedded.get_config("tiny")
+  config.data.batch_size = 33
+  with pytest.raises(errors.ConfigError, match="not divisible by the 2 processes; use a multiple of 2"):
+    train.validate(config, 2, unit="processes")
+  train.validate(config, 1, unit="processes")  # One process takes any batch.

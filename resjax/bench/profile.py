@@ -11,7 +11,7 @@ time of each XLA op, classified from the compiled HLO:
   conv input-grad    the convolutions that carry the gradient to the input
   conv weight-grad   the convolutions that form the kernels' gradients (after
                      layout assignment their window spans the image)
-  transposes         fusions that end in a transpose or layout copy (feeding
+  transposes         fusions that contain a transpose, or only copy (feeding
                      the weight-gradient convolutions); XLA fuses the
                      elementwise ops that produce their input into them, so
                      they also recompute BatchNorm, ReLU and the shortcut add
@@ -20,9 +20,10 @@ time of each XLA op, classified from the compiled HLO:
 
 Op times are summed over every device's thread; with more devices than cores
 they include time waiting for a core, so a kind's share of the summed time is
-the figure to read. `ms/step` divides the step's wall time by those shares,
-and GFLOP/s is a kind's FLOPs (from the HLO shapes) per wall second so
-attributed. The gradient all-reduce is left out of the shares: its time on a
+the figure to read, and `ms/step` divides the step's wall time by those
+shares. On one device GFLOP/s is a kind's FLOPs (from the HLO shapes) per
+wall second so attributed; with several devices sharing the cores that
+attribution is too rough for a rate, and none is printed. The gradient all-reduce is left out of the shares: its time on a
 device's thread is mostly waiting for the slowest device to arrive, and is
 printed on its own (as thread-seconds per step, summed over devices).
 """
@@ -96,6 +97,9 @@ def _conv_flops(instr: dict, hlo: dict) -> float:
 
 
 def _conv_kind(instr: dict) -> str:
+  # Assumes kernels of at most 3x3 on larger images (true of the CIFAR ResNets
+  # profiled here) and JAX's op_name metadata, where a backward op's name
+  # holds "transpose(".
   window = re.search(r"window=\{size=([\dx]+)", instr["rest"])
   size = max(int(s) for s in window.group(1).split("x")) if window else 1
   if size > 3:  # ResNets' kernels are at most 3x3: a wider window is the image.
@@ -135,7 +139,7 @@ def classify(hlo: dict[str, dict[str, Any]]) -> dict[str, tuple[str, float]]:
 
 
 def op_times(trace_dir: str) -> dict[str, tuple[int, float]]:
-  """{op name: (events, total seconds)} over every thread of the host plane."""
+  """{op name: (events, total seconds)} over every thread of every traced plane."""
   paths = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)
   totals: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
   for path in paths:
@@ -144,7 +148,7 @@ def op_times(trace_dir: str) -> dict[str, tuple[int, float]]:
         if line.name == "python":
           continue
         for ev in line.events:
-          if ev.name.startswith(("end: ", "ThreadpoolListener")):
+          if ev.name.startswith(("end: ", "ThreadpoolListener", "ThunkExecutor")):  # Wrappers.
             continue
           totals[ev.name][0] += 1
           totals[ev.name][1] += ev.duration_ns * 1e-9
@@ -184,9 +188,9 @@ def profile_step(config, devices=None, steps: int = 4) -> dict[str, Any]:
     else:
       unmatched += total / steps
   for kind, f in kinds.values():
-    flops[kind] += f
+    flops[kind] += f * sharding.num_shards(mesh)  # The HLO's shapes are one device's slice.
   return {"devices": sharding.num_shards(mesh), "wall_s": statistics.median(walls),
-          "op_s": seconds, "flops": flops, "untraced_s": unmatched}
+          "op_s": seconds, "flops": flops, "unmatched_s": unmatched}
 
 
 def _rows(result: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -195,7 +199,8 @@ def _rows(result: dict[str, Any]) -> dict[str, dict[str, float]]:
   for kind in KINDS:
     share = result["op_s"][kind] / total
     wall = share * result["wall_s"]
-    gflops = result["flops"][kind] / wall / 1e9 if wall > 0 and result["flops"][kind] else None
+    rate = result["devices"] == 1 and wall > 0 and result["flops"][kind]
+    gflops = result["flops"][kind] / wall / 1e9 if rate else None
     rows[kind] = {"share": share, "wall_ms": 1e3 * wall, "gflops": gflops}
   return rows
 
@@ -224,6 +229,10 @@ def run(quick: bool = False) -> dict[str, Any]:
       cells.append(f" | {' ' * (len(name) + 9)}{100 * row['share']:5.1f}% {row['wall_ms']:8.1f} {g}")
     print(f"{kind:17s}{''.join(cells)}")
   for name, r in results.items():
+    matched = sum(r["op_s"].values())
+    if matched < 0.5 * (matched + r["unmatched_s"]):
+      print(f"note: only {100 * matched / (matched + r['unmatched_s']):.0f}% of {name}'s traced "
+            "op time matched the program's ops; the shares above cover that part")
     print(f"{name}: {1e3 * r['wall_s']:.0f} ms/step wall = "
           f"{config.data.batch_size / r['wall_s']:.1f} img/s on {r['devices']} device(s); "
           f"all-reduce {1e3 * r['op_s'][ALL_REDUCE]:.0f} thread-ms/step (mostly waiting)")
