@@ -51,6 +51,10 @@ ALL_REDUCE = "all-reduce"
 _INSTR = re.compile(r"\s*(?:ROOT\s+)?%([\w.\-]+) = (.*?)\b([a-z][\w\-]*)\((.*)$")
 _COMP = re.compile(r"^(?:ENTRY\s+)?%([\w.\-]+) ")
 _SHAPE = re.compile(r"^[a-z]+\d*\[([\d,]*)\]")
+# Trace events that are not ops: markers, wrappers around a program's ops, and
+# the waits nested inside collectives and thread-pool calls.
+_NOT_OPS = re.compile(r"^(end: |ThreadpoolListener|ThunkExecutor|Wait|SlinkyThreadPool)"
+                      r"|Rendezvous")
 _LAYOUT_OPS = {"transpose", "copy", "bitcast", "parameter", "reshape", "reverse", "pad",
                "slice", "concatenate", "broadcast", "constant"}
 
@@ -145,10 +149,10 @@ def op_times(trace_dir: str) -> dict[str, tuple[int, float]]:
   for path in paths:
     for plane in jax.profiler.ProfileData.from_file(path).planes:
       for line in plane.lines:
-        if line.name == "python":
-          continue
+        if line.name == "python" or line.name.startswith("tf_XLAPjRt"):
+          continue  # Python and PjRt's dispatch threads: host work around the program.
         for ev in line.events:
-          if ev.name.startswith(("end: ", "ThreadpoolListener", "ThunkExecutor")):  # Wrappers.
+          if _NOT_OPS.search(ev.name):
             continue
           totals[ev.name][0] += 1
           totals[ev.name][1] += ev.duration_ns * 1e-9
@@ -233,9 +237,10 @@ def run(quick: bool = False) -> dict[str, Any]:
     if matched < 0.5 * (matched + r["unmatched_s"]):
       print(f"note: only {100 * matched / (matched + r['unmatched_s']):.0f}% of {name}'s traced "
             "op time matched the program's ops; the shares above cover that part")
+    reduce = (f"; all-reduce {1e3 * r['op_s'][ALL_REDUCE]:.0f} thread-ms/step (mostly waiting)"
+              if r["devices"] > 1 else "")
     print(f"{name}: {1e3 * r['wall_s']:.0f} ms/step wall = "
-          f"{config.data.batch_size / r['wall_s']:.1f} img/s on {r['devices']} device(s); "
-          f"all-reduce {1e3 * r['op_s'][ALL_REDUCE]:.0f} thread-ms/step (mostly waiting)")
+          f"{config.data.batch_size / r['wall_s']:.1f} img/s on {r['devices']} device(s){reduce}")
     figures[name] = {"devices": r["devices"], "wall_ms": 1e3 * r["wall_s"], "kinds": table[name],
                      "all_reduce_thread_ms": 1e3 * r["op_s"][ALL_REDUCE]}
   return figures
