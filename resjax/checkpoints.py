@@ -58,7 +58,8 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
       return ml_collections.ConfigDict(json.load(f))
   except (OSError, ValueError, TypeError) as e:
     raise errors.ConfigError(f"{path} cannot be read ({type(e).__name__}: "
-                             f"{_first_line(e)}); pass --fresh to move that run aside") from None
+                             f"{errors.first_line(e)[:200]}); pass --fresh to move that run "
+                             "aside") from None
 
 
 def manager(workdir: str, *, keep: int = 0, read_only: bool = False) -> ocp.CheckpointManager:
@@ -116,15 +117,11 @@ def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
     raise _unreadable(mngr, step, e) from None
 
 
-def _first_line(e: BaseException) -> str:
-  return (str(e).strip().splitlines() or [""])[0][:200]
-
-
 def _unreadable(mngr: ocp.CheckpointManager, step: int, e: BaseException) -> errors.ConfigError:
   return errors.ConfigError(
       f"checkpoint {step} in {mngr.directory} cannot be read ({type(e).__name__}: "
-      f"{_first_line(e)}); move that step directory aside to use an earlier one, or "
-      "pass --fresh to start over")
+      f"{errors.first_line(e)[:200]}); move that step directory aside to use an earlier "
+      "one, or pass --fresh to start over")
 
 
 def complete_steps(workdir: str) -> list[int]:
@@ -233,7 +230,7 @@ def load(workdir: str, step: int | None = None,
     mngr = manager(workdir, read_only=True)
   except Exception as e:  # pylint: disable=broad-except
     raise errors.ConfigError(f"{path} cannot be read ({type(e).__name__}: "
-                             f"{_first_line(e)})") from None
+                             f"{errors.first_line(e)[:200]})") from None
   try:
     steps = list(mngr.all_steps())
     errors.check(bool(steps), f"{path} holds no complete checkpoint; train first or pass "

@@ -161,7 +161,7 @@ def _diagnose(name: str, root: str, error: Exception) -> str:
     return f"is prepared as {'/'.join(sorted(formats))}, which has no random access"
   if isinstance(error, KeyError):  # tfds: "`splits` is empty", nothing generated
     return "has no prepared ArrayRecord data"
-  reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  reason = errors.first_line(error) or type(error).__name__
   return f"cannot be read as ArrayRecord ({reason[:200]})"
 
 

@@ -62,14 +62,14 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     jax.distributed.initialize(coordinator_address or None, num_processes, process_id,
                                initialization_timeout=timeout_s)
   except ValueError as e:
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    reason = errors.first_line(e) or type(e).__name__
     raise errors.ConfigError(
         f"no cluster environment found ({reason}); pass --coordinator_address, "
         "--num_processes and --process_id") from None
   except RuntimeError as e:
     if "must be called before" in str(e) or "only be called once" in str(e):
       raise
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    reason = errors.first_line(e) or type(e).__name__
     raise errors.ConfigError(
         f"cannot join the job at {coordinator_address or 'the detected coordinator'} "
         f"within {timeout_s} s ({reason[:200]}); check that every process got the same "

@@ -14,6 +14,11 @@ def check(condition: bool, message: str) -> None:
     raise ConfigError(message)
 
 
+def first_line(e: BaseException) -> str:
+  """The first line of an exception's message ('' when it has none)."""
+  return (str(e).strip().splitlines() or [""])[0]
+
+
 def choice(field: str, value: str, allowed) -> str:
   """Returns `value` if it is in `allowed`, else raises a ConfigError naming both."""
   allowed = list(allowed)
