@@ -11,12 +11,18 @@ from typing import Any, Iterable, Mapping
 from resjax import errors
 
 
-def ensure_workdir(path: str) -> str:
-  """Creates `path` if needed and checks it is a writable directory."""
+def workdir_path(path: str) -> str:
+  """The absolute path of a --workdir, checked to be given and not a file (not created)."""
   errors.check(bool(path), "--workdir is required: pass --workdir=DIR")
   path = os.path.abspath(os.path.expanduser(path))
   errors.check(not os.path.isfile(path),
                f"workdir {path} is a file; pass a directory to --workdir")
+  return path
+
+
+def ensure_workdir(path: str) -> str:
+  """Creates `path` if needed and checks it is a writable directory."""
+  path = workdir_path(path)
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:

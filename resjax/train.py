@@ -501,10 +501,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
                f"examples of {ds.name}; use a smaller batch")
   lead = jax.process_index() == 0
   say = (lambda *a: print(*a, flush=True)) if lead else (lambda *a: None)
-  errors.check(bool(workdir), "--workdir is required: pass --workdir=DIR")
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  errors.check(not os.path.isfile(workdir),
-               f"workdir {workdir} is a file; pass a directory to --workdir")
+  workdir = files.workdir_path(workdir)
   if fresh:
     moved = checkpoints.move_aside(workdir) if lead else None
     _barrier("resjax-fresh")
