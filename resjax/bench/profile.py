@@ -41,7 +41,6 @@ import jax
 import numpy as np
 
 from resjax import sharding
-from resjax import train
 from resjax.bench import train as bench_train
 
 KINDS = ("conv forward", "conv input-grad", "conv weight-grad", "transposes", "reductions",
@@ -161,13 +160,7 @@ def op_times(trace_dir: str) -> dict[str, tuple[int, float]]:
 
 def profile_step(config, devices=None, steps: int = 4) -> dict[str, Any]:
   """Traces `steps` train steps; returns wall s/step and seconds, FLOPs per kind per step."""
-  mesh = (train.data_mesh(config, bench_train.IMAGE_SHAPE, bench_train.NUM_CLASSES)
-          if devices is None else sharding.make_mesh(devices))
-  state = train.create_train_state(config, mesh, bench_train.IMAGE_SHAPE,
-                                   bench_train.NUM_CLASSES, mean=bench_train.MEAN,
-                                   std=bench_train.STD)
-  p_train, _ = train.jit_steps(state, mesh)
-  batch = sharding.to_global(bench_train._host_batch(config.data.batch_size), mesh)  # pylint: disable=protected-access
+  state, p_train, batch, mesh = bench_train.setup(config, devices)
   compiled = p_train.lower(state, batch).compile()
   kinds = classify(parse_hlo(compiled.as_text()))
   for _ in range(2):
@@ -187,8 +180,7 @@ def profile_step(config, devices=None, steps: int = 4) -> dict[str, Any]:
   unmatched = 0.0
   for name, (_, total) in times.items():
     if name in kinds:
-      kind, f = kinds[name]
-      seconds[kind] += total / steps
+      seconds[kinds[name][0]] += total / steps
     else:
       unmatched += total / steps
   for kind, f in kinds.values():

@@ -154,18 +154,27 @@ def _host_batch(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
           "labels": rng.integers(0, NUM_CLASSES, (batch,), dtype=np.int32)}
 
 
-def resjax_step(config: ml_collections.ConfigDict,
-                devices=None) -> tuple[Callable[[], None], float, int]:
-  """(one blocking train step on a device-resident batch, seconds to compile, devices).
+def setup(config: ml_collections.ConfigDict, devices=None) -> tuple[Any, Callable, Any, Any]:
+  """(state, jitted train step, device-resident uint8 batch, mesh) for CIFAR-sized inputs.
 
   `devices`: the mesh (default: `train.data_mesh`, as `launch.train` uses).
   """
-  start = time.perf_counter()
   mesh = (train.data_mesh(config, IMAGE_SHAPE, NUM_CLASSES) if devices is None
           else sharding.make_mesh(devices))
   state = train.create_train_state(config, mesh, IMAGE_SHAPE, NUM_CLASSES, mean=MEAN, std=STD)
   p_train, _ = train.jit_steps(state, mesh)
   batch = sharding.to_global(_host_batch(config.data.batch_size), mesh)
+  return state, p_train, batch, mesh
+
+
+def resjax_step(config: ml_collections.ConfigDict,
+                devices=None) -> tuple[Callable[[], None], float, int]:
+  """(one blocking train step on a device-resident batch, seconds to compile, devices).
+
+  `devices`: as in `setup`.
+  """
+  start = time.perf_counter()
+  state, p_train, batch, mesh = setup(config, devices)
   box = {"state": state}
 
   def step():
