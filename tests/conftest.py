@@ -24,3 +24,24 @@ def mock_tfds(num_examples: int):
       mock.patch.object(base.BaseDataSource, "__getitems__",
                         lambda self, keys: [self[k] for k in keys]):
     yield
+
+
+def run_steps(config, devices, steps: int):
+  """Losses of `steps` training steps of `config` and the final params, on a mesh
+  over `devices` (every parameter checked to live on that mesh)."""
+  import jax
+  import numpy as np
+  from resjax import sharding, train
+  ds = train.load_data(config)
+  mesh = sharding.make_mesh(devices)
+  state = train.create_train_state(config, mesh, ds.input_shape, ds.num_classes,
+                                   mean=ds.mean, std=ds.std)
+  p_train, _ = train.jit_steps(state, mesh)
+  losses = []
+  for step in range(steps):
+    local = train.host_batch(ds.train, step, seed=config.seed,
+                             global_batch=config.data.batch_size)
+    state, m = p_train(state, sharding.to_global(local, mesh))
+    losses.append(m["loss"])
+  assert all(p.sharding.mesh.size == len(devices) for p in jax.tree.leaves(state.params))
+  return np.asarray(jax.device_get(losses)), jax.device_get(state.params)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from configs import embedded
+from conftest import run_steps
 from launch import platform
-from resjax import sharding, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,31 +47,14 @@ def test_launchers_get_the_split_before_jax_starts():
   assert int(out.split()[-1]) == platform.host_device_count(os.cpu_count())
 
 
-def _losses(config, ds, state, devices, steps):
-  mesh = sharding.make_mesh(devices)
-  state = jax.device_put(state, train.state_sharding(state, mesh))
-  p_train, _ = train.jit_steps(state, mesh)
-  losses = []
-  for step in range(steps):
-    batch = train.host_batch(ds.train, step, seed=config.seed,
-                             global_batch=config.data.batch_size)
-    state, m = p_train(state, sharding.to_global(batch, mesh))
-    losses.append(m["loss"])
-  return np.asarray(jax.device_get(losses)), jax.device_get(state.params)
-
-
 def test_default_split_trains_a_resnet_like_one_device():
   # The fast default (the batch over 8 host devices, BatchNorm over the global
   # batch, augmentation on device) against the straightforward 1-device step.
   config = embedded.get_config("tiny")  # A ResNet on digits, batch 32, augmented.
   config.model.depth, config.model.widths = 6, (4, 8)  # Two stages compile faster.
   config.opt.boundaries = (100,)
-  ds = train.load_data(config)
-  state = jax.device_get(train.create_train_state(  # On the host: each run donates its copy.
-      config, sharding.make_mesh(jax.devices()[:1]), ds.input_shape, ds.num_classes,
-      mean=ds.mean, std=ds.std))
-  losses_8, params_8 = _losses(config, ds, state, jax.devices()[:8], steps=6)
-  losses_1, params_1 = _losses(config, ds, state, jax.devices()[:1], steps=6)
+  losses_8, params_8 = run_steps(config, jax.devices()[:8], steps=6)
+  losses_1, params_1 = run_steps(config, jax.devices()[:1], steps=6)
   assert np.all(np.isfinite(losses_8)) and losses_8[-1] < losses_8[0]
   np.testing.assert_allclose(losses_8, losses_1, rtol=2e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),

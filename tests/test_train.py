@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from configs import cifar10, embedded
+from conftest import run_steps
 from resjax import errors, sharding, train
 
 
@@ -75,31 +76,14 @@ def test_validate_names_every_bad_field_on_its_own_line():
   train.validate(cifar10.get_config("preact110"), num_devices=8)  # The defaults pass.
 
 
-def _run_steps(config, devices, steps):
-  """Losses of `steps` steps and the final params on a mesh over `devices`."""
-  ds = train.load_data(config)
-  mesh = sharding.make_mesh(devices)
-  state = train.create_train_state(config, mesh, ds.input_shape, ds.num_classes,
-                                   mean=ds.mean, std=ds.std)
-  p_train, _ = train.jit_steps(state, mesh)
-  losses = []
-  for step in range(steps):
-    local = train.host_batch(ds.train, step, seed=config.seed,
-                             global_batch=config.data.batch_size)
-    state, m = p_train(state, sharding.to_global(local, mesh))
-    losses.append(m["loss"])
-  assert state.params["dense0"]["kernel"].sharding.mesh.size == len(devices)
-  return np.asarray(jax.device_get(losses)), jax.device_get(state.params)
-
-
 def test_eight_devices_match_one_device():
   # BatchNorm + on-device augmentation: both must see the global batch.
   config = embedded.get_config("tiny_mlp")
   config.data.name, config.data.augment, config.data.pad = "digits", True, 1
   config.model.norm = "batch"
   config.opt.name, config.opt.lr, config.opt.schedule = "sgd", 0.1, "constant"
-  losses_8, params_8 = _run_steps(config, jax.devices(), steps=5)
-  losses_1, params_1 = _run_steps(config, jax.devices()[:1], steps=5)
+  losses_8, params_8 = run_steps(config, jax.devices(), steps=5)
+  losses_1, params_1 = run_steps(config, jax.devices()[:1], steps=5)
   assert np.all(np.isfinite(losses_8)) and losses_8[-1] < losses_8[0]
   np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
