@@ -9,17 +9,14 @@ lists the accelerators, and the extra host devices stay unused.
 Why: training shards the global batch over a 'data' mesh of devices
 (`resjax.sharding`), and BatchNorm reduces over the whole batch, so the
 numbers do not depend on the split. On the CPU a split pays off for
-convolutional nets: with B/8 images per device each device's activations stay
-in the caches (a ResNet-20 stage-1 activation is 8 MiB at batch 128, 1 MiB at
-16), and XLA's memory-bound work (the layout transposes feeding the
-weight-gradient convolutions, BatchNorm) gets cheaper, while the devices'
-programs keep both cores busy. Measured on a 2-core Xeon (AVX-512) shared with
-other jobs, ResNet-20 at batch 128, the same process timing meshes of 1, 2, 4,
-8, 16 and 32 devices in alternation: per CPU-second, 8 devices trained 1.3-1.5x
-more images than 1 device, 16 the same as 8 and 32 fewer; in wall time 8
-devices ran 1.5-2.2x faster than 1. Four devices per core, at most 8, is the
-rule below; XLA's thread pool keeps its default size (a single-threaded Eigen
-pool measured the same).
+convolutional nets: each device works on a slice of the batch (a ResNet-20
+stage-1 activation is 8 MiB at batch 128, 1 MiB at 16), and the devices'
+programs keep both cores busy. `python -m launch.bench split` times meshes of
+1, 2, 4 and 8 host devices side by side; on a 2-core Xeon (AVX-512) shared
+with other jobs, ResNet-20 at batch 128 took 1320 ms per step on 1 device and
+912 ms on 8 (1.45x). More devices than 8 were slower in earlier one-off runs
+that no benchmark here repeats. Four devices per core, at most 8, is the rule
+below; XLA's thread pool keeps its default size.
 
 This module only makes the host devices exist. Models with little arithmetic
 per parameter (MLPs, nets on tiny images) train faster on fewer of them,

@@ -10,17 +10,18 @@ when each device has enough work: every step all-reduces the gradients
 across the host devices, which costs time in proportion to the parameters,
 and each op has a fixed cost, while the gain (smaller working sets, both
 cores busy) grows with the arithmetic. `data_devices` picks the count.
-Measured on a 2-core Xeon shared with other jobs, 8 host devices, ms per step
-at 1 / 2 / 4 / 8 devices (in brackets: forward FLOPs per parameter per step
-at 1 device), and the count chosen:
+Measured by `python -m launch.bench split` on a 2-core Xeon shared with other
+jobs (load 1.4-5.5), 8 host devices, ms per step at 1 / 2 / 4 / 8 devices (in
+brackets: forward FLOPs per parameter per step at 1 device), and the count
+chosen:
 
-  ResNet-20, CIFAR, batch 128 [35k]   1473 / 1128 / 1035 / 979   -> 8
-  ResNet-20, CIFAR, batch 32 [8.9k]   345 / 269 / 230 / 301      -> 4
-  ResNet-6 (8, 16), batch 128         232 / 164 / 142 / 162      -> 8
-  ResNet-6 (8, 16), batch 32          49 / 49 / 45 / 70          -> 4
-  ResNet-20, digits 8x8 [1.6k]        135 / 132 / 132 / 177      -> 1
-  MLP 8 x 1024, spirals [256]         107 / 305 / 586 / 1085     -> 1
-  MLP 24 x 16, spirals [263]          3.2 / 6.2 / 10.8 / 20.7    -> 1
+  ResNet-20, CIFAR, batch 128 [35k]   1320 / 1055 / 932 / 912    -> 8
+  ResNet-20, CIFAR, batch 32 [8.9k]   296 / 256 / 218 / 286      -> 4
+  ResNet-6 (8, 16), batch 128         207 / 152 / 135 / 148      -> 8
+  ResNet-6 (8, 16), batch 32          38.7 / 40.5 / 35.2 / 55.8  -> 4
+  ResNet-20, digits 8x8 [1.6k]        139 / 131 / 135 / 220      -> 1
+  MLP 8 x 1024, spirals [256]         98 / 295 / 550 / 999       -> 1
+  MLP 24 x 16, spirals [263]          2.1 / 4.8 / 7.9 / 14.7     -> 1
 """
 from __future__ import annotations
 

@@ -185,8 +185,10 @@ def profile_step(config, devices=None, steps: int = 4) -> dict[str, Any]:
       unmatched += total / steps
   for kind, f in kinds.values():
     flops[kind] += f * sharding.num_shards(mesh)  # The HLO's shapes are one device's slice.
+  slowest = sorted((k for k in times if k in kinds), key=lambda k: -times[k][1])[:3]
   return {"devices": sharding.num_shards(mesh), "wall_s": statistics.median(walls),
-          "op_s": seconds, "flops": flops, "unmatched_s": unmatched}
+          "op_s": seconds, "flops": flops, "unmatched_s": unmatched,
+          "slowest": [(k, kinds[k][0], times[k][1] / steps) for k in slowest]}
 
 
 def _rows(result: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -233,6 +235,8 @@ def run(quick: bool = False) -> dict[str, Any]:
               if r["devices"] > 1 else "")
     print(f"{name}: {1e3 * r['wall_s']:.0f} ms/step wall = "
           f"{config.data.batch_size / r['wall_s']:.1f} img/s on {r['devices']} device(s){reduce}")
+    print("  slowest ops (thread-ms/step): " + ", ".join(
+        f"{op} ({kind}) {1e3 * s:.1f}" for op, kind, s in r["slowest"]))
     figures[name] = {"devices": r["devices"], "wall_ms": 1e3 * r["wall_s"], "kinds": table[name],
                      "all_reduce_thread_ms": 1e3 * r["op_s"][ALL_REDUCE]}
   return figures
