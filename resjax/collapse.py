@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
-from resjax import activations, errors, files, manifolds
+from resjax import activations, errors, files, manifolds, stats
 
 Array = jax.Array
 
@@ -497,23 +497,17 @@ def sweep(config: Any, *, progress: Optional[Callable[[int, int], None]] = None)
 # ---------------------------------------------------------------- summaries
 
 
-def interval(v_S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Mean and 95% t-interval over the last axis (NaN bounds for one sample)."""
-  v_S = np.asarray(v_S, np.float64)
-  s = v_S.shape[-1]
-  mean = v_S.mean(-1)
-  if s < 2:
-    return mean, np.full_like(mean, np.nan), np.full_like(mean, np.nan)
-  half = special.stdtrit(s - 1, 0.975) * v_S.std(-1, ddof=1) / math.sqrt(s)
-  return mean, mean - half, mean + half
-
-
 def _g(v) -> float:
   return float(f"{float(v):.6g}")
 
 
 def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
-  """One row per (d, activation, n): means, 95% intervals and medians over seeds, theory."""
+  """One row per (d, activation, n): means, 95% intervals and medians over seeds, theory.
+
+  Errors and `active_frac` get t-intervals over seeds; the fractions of points
+  (`collapsed_frac`, `dead_frac`, `linear_frac`), which sit near 0 in the
+  tails, get `stats.cluster_wilson` with the seeds as clusters of `points`.
+  """
   rows = []
   for k, d in enumerate(results["d"]):
     for a, name in enumerate(results["activations"]):
@@ -521,16 +515,17 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
         row = {"activation": name, "d": int(d), "dim": int(n), "seeds": results["seeds"]}
         for e in ERRORS:
           v_S = results[f"{e}_error"][k, a, i]
-          mean, lo, hi = interval(v_S)
-          row.update({f"{e}_error_mean": _g(mean), f"{e}_error_lo": _g(max(lo, 0.0)),
+          mean, lo, hi = stats.mean_ci(v_S, bounds=(0.0, math.inf))
+          row.update({f"{e}_error_mean": _g(mean), f"{e}_error_lo": _g(lo),
                       f"{e}_error_hi": _g(hi), f"{e}_error_median": _g(np.median(v_S))})
         row["oracle_error_theory"] = _g(results["oracle_error_theory"][k, a, i])
-        mean, lo, hi = interval(results["collapsed_frac"][k, a, i])
-        row.update({"collapsed_frac": _g(mean), "collapsed_frac_lo": _g(np.clip(lo, 0, 1)),
-                    "collapsed_frac_hi": _g(np.clip(hi, 0, 1))})
-        for m in ("collapsed_frac_theory", "dead_frac", "dead_frac_theory", "active_frac",
-                  "linear_frac", "linear_frac_theory"):
-          row[m] = _g(np.mean(results[m][k, a, i]))
+        for m in ("collapsed_frac", "dead_frac", "active_frac", "linear_frac"):
+          v_S = results[m][k, a, i]
+          mean, lo, hi = (stats.mean_ci(v_S, bounds=(0.0, 1.0)) if m == "active_frac"
+                          else stats.cluster_wilson(v_S, results["points"]))
+          row.update({m: _g(mean), f"{m}_lo": _g(lo), f"{m}_hi": _g(hi)})
+          if m != "active_frac":
+            row[f"{m}_theory"] = _g(np.mean(results[f"{m}_theory"][k, a, i]))
         rows.append(row)
   return rows
 

@@ -8,7 +8,7 @@ from matplotlib import collections as mcoll
 from matplotlib import figure as mfigure
 from matplotlib import ticker
 
-from resjax import collapse
+from resjax import stats
 
 _ERROR_STYLE = {"pinv": ("T$^+$ y, as in the paper (median)", "tab:gray"),
                 "refit": ("best linear map of T$^+$ y", "tab:blue"),
@@ -31,7 +31,7 @@ def _log2_x(ax, dims) -> None:
 
 def _band(ax, x, v_NxS, color, label, floor=None, **kw) -> None:
   """Mean over seeds as a line, its 95% interval as a band (on a log axis: where > floor)."""
-  mean, lo, hi = collapse.interval(v_NxS)
+  mean, lo, hi = stats.mean_ci(v_NxS)
   ax.plot(x, mean, color=color, label=label, **kw)
   if v_NxS.shape[-1] > 1:
     where = None if floor is None else lo > floor
@@ -114,7 +114,7 @@ def _collapse_panel(ax, res, k: int) -> None:
                                                        - (dims < d)) > 1e-6]
   for a in shown or range(len(names)):
     color = _ACT_COLORS.get(names[a])
-    mean, lo, hi = collapse.interval(res["collapsed_frac"][k, a])
+    mean, lo, hi = stats.cluster_wilson(res["collapsed_frac"][k, a], res["points"])
     marker = _STYLES.get(names[a], ("-", "o"))[1]
     ax.errorbar(dims, mean, yerr=[mean - np.clip(lo, 0, 1), np.clip(hi, 0, 1) - mean],
                 fmt=marker, ms=5 if marker == "D" else 3.5, color=color, elinewidth=1,
@@ -147,7 +147,7 @@ def _by_d_panels(fig, gs_row, res, a: int) -> None:
     axes[0].plot(ratio, np.maximum(res["oracle_error_theory"][k, a], _FLOOR / 10), "--",
                  color=colors[k], lw=1)
     _band(axes[1], ratio, res["refit_error"][k, a], colors[k], f"d = {d}")
-    mean, lo, hi = collapse.interval(res["collapsed_frac"][k, a])
+    mean, lo, hi = stats.cluster_wilson(res["collapsed_frac"][k, a], res["points"])
     axes[2].errorbar(ratio, mean, yerr=[mean - np.clip(lo, 0, 1), np.clip(hi, 0, 1) - mean],
                      fmt="o", ms=3, color=colors[k], capsize=0, label=f"d = {d}")
     axes[2].plot(ratio, res["collapsed_frac_theory"][k, a], "-", color=colors[k], lw=1)

@@ -41,7 +41,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from resjax import activations, data, errors, sharding
+from resjax import activations, data, errors, sharding, stats
 
 COLLECTIONS = ("preacts", "shortcut", "branch")
 HIST_BINS = 20
@@ -510,7 +510,7 @@ def probe(state: Any, model, batches: Iterable[Batch], *,
     kernels = _kernels(jax.device_get(variables["params"]))
     for idx, wname in enumerate(weight_names):
       vals = np.array([float(n[wname]) for n in norms])
-      center, lo, hi = _log_mean_ci(vals)
+      center, lo, hi = stats.geo_mean_ci(vals)
       weights.append({
           "index": idx,
           "layer": wname,
@@ -531,28 +531,6 @@ def probe(state: Any, model, batches: Iterable[Batch], *,
       "seconds": time.perf_counter() - start,
   }
   return Results(layers, blocks, weights, summary, fractions)
-
-
-# Two-sided 97.5% Student-t quantiles for n-1 = 1..30 degrees of freedom.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
-def _log_mean_ci(vals: np.ndarray) -> tuple[float, float, float]:
-  """Geometric mean and its 95% t-interval (computed on log values).
-
-  Norms span orders of magnitude and are positive, so the interval is taken
-  on the log scale, where it never crosses zero.
-  """
-  logs = np.log(np.maximum(np.asarray(vals, np.float64), 1e-300))
-  n = len(logs)
-  mean = float(logs.mean())
-  if n < 2:
-    return math.exp(mean), math.exp(mean), math.exp(mean)
-  t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
-  half = float(t * logs.std(ddof=1) / math.sqrt(n))
-  return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
 
 
 def run(state: Any, model=None, dataset=None, *, split: str = "test",

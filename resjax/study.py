@@ -39,6 +39,7 @@ import numpy as np
 from scipy import stats
 
 from resjax import errors, files, sweeps
+from resjax import stats as rstats
 
 STUDIES = ("degradation", "dead_units", "collapse", "bottleneck", "convergence")
 _FAMILIES_OF = {"degradation": ("mlp", "conv"), "dead_units": ("mlp", "conv"),
@@ -54,39 +55,9 @@ LABELS = {"plain": "plain", "residual": "residual", "relu": "ReLU", "linear": "l
 # Statistics.
 
 
-def ci95(v: Sequence[float]) -> tuple[float, float, float]:
-  """Mean and 95% t-interval (NaN bounds for fewer than two finite values)."""
-  v = np.asarray(v, np.float64)
-  v = v[np.isfinite(v)]
-  if v.size == 0:
-    return math.nan, math.nan, math.nan
-  mean = float(v.mean())
-  if v.size < 2:
-    return mean, math.nan, math.nan
-  half = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-  return mean, mean - half, mean + half
-
-
-def wilson(successes: int, n: int) -> tuple[float, float, float]:
-  """Proportion and its 95% Wilson score interval."""
-  if n == 0:
-    return math.nan, math.nan, math.nan
-  z = 1.959963984540054
-  p = successes / n
-  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-  return p, max(0.0, centre - half), min(1.0, centre + half)
-
-
-def median_ci(v: Sequence[float], seed: int = 0, draws: int = 2000) -> tuple[float, float, float]:
-  """Median and 95% percentile-bootstrap interval; inf (not reached) is allowed."""
-  v = np.asarray(v, np.float64)
-  if v.size == 0:
-    return math.nan, math.nan, math.nan
-  rng = np.random.default_rng(seed)
-  boot = np.median(rng.choice(v, size=(draws, v.size), replace=True), axis=1)
-  lo, hi = np.quantile(boot, [0.025, 0.975], method="nearest")  # keeps inf
-  return float(np.median(v)), float(lo), float(hi)
+# The intervals themselves live in resjax.stats; these names are the studies' uses.
+wilson = rstats.wilson
+median_ci = rstats.median_ci
 
 
 def _g(x: Any) -> Any:
@@ -328,16 +299,13 @@ def _bounds(key: str) -> tuple[float, float]:
 
 
 def ci95_in(values, key: str) -> tuple[float, float, float]:
-  """`ci95` with the interval clipped to the metric's range."""
-  mean, lo, hi = ci95(values)
-  a, b = _bounds(key)
-  return mean, (max(lo, a) if math.isfinite(lo) else lo), (min(hi, b) if math.isfinite(hi) else hi)
+  """Mean and 95% t-interval clipped to the metric's range."""
+  return rstats.mean_ci(values, bounds=_bounds(key))
 
 
 def geo_ci95(values) -> tuple[float, float, float]:
-  """Geometric mean and 95% interval from a t-interval of the logs (positive values)."""
-  mean, lo, hi = ci95(np.log(np.maximum(np.asarray(values, np.float64), 1e-12)))
-  return math.exp(mean), math.exp(lo), math.exp(hi)
+  """Geometric mean and 95% interval from a t-interval of the logs (values floored at 1e-12)."""
+  return rstats.geo_mean_ci(values, floor=1e-12)
 
 
 def _condition_rows(run: GridRun, metrics: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -358,10 +326,9 @@ def _paired(run: GridRun, metric: np.ndarray, a: tuple, b: tuple) -> dict[str, A
   seeds_a = {run.nets[i].seed: i for i in groups[a]}
   seeds_b = {run.nets[i].seed: i for i in groups[b]}
   common = sorted(set(seeds_a) & set(seeds_b))
-  diff = np.asarray([metric[seeds_a[s]] - metric[seeds_b[s]] for s in common])
-  mean, lo, hi = ci95(diff)
-  return {"mean": _g(mean), "lo": _g(lo), "hi": _g(hi), "n": len(common),
-          "excludes_zero": bool(np.isfinite(lo) and (lo > 0 or hi < 0))}
+  c = rstats.paired([metric[seeds_a[s]] for s in common], [metric[seeds_b[s]] for s in common])
+  return {**{k: _g(c[k]) for k in ("mean", "lo", "hi", "p")}, "n": len(common),
+          "excludes_zero": c["excludes_zero"]}
 
 
 def _layers(net: sweeps.Net, probes: dict[str, np.ndarray], i: int, key: str) -> np.ndarray:

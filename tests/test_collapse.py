@@ -12,7 +12,7 @@ import pytest
 from jax import monitoring
 
 import configs.collapse
-from resjax import activations, collapse, errors, manifolds
+from resjax import activations, collapse, errors, manifolds, stats
 from resjax.bench import collapse as bench
 
 _ACTS = ("relu", "relu6", "gelu", "identity", "tanh")
@@ -171,7 +171,19 @@ def test_summary_rows_and_intervals(swept, grid):
     assert col in rows[0]
   for r in rows:
     assert r["refit_error_lo"] <= r["refit_error_mean"] <= r["refit_error_hi"]
+    for m in ("collapsed_frac", "dead_frac", "active_frac", "linear_frac"):
+      if not math.isnan(r[m]):
+        assert 0.0 <= r[f"{m}_lo"] <= r[m] <= r[f"{m}_hi"] <= 1.0, (m, r)
+  # Fractions of points: seeds as clusters (stats.cluster_wilson); when no seed
+  # shows a collapsed point the interval still has an upper bound above 0.
   relu = [r for r in rows if r["activation"] == "relu"]
+  zero = [r for r in relu if r["collapsed_frac"] == 0]
+  assert zero and all(r["collapsed_frac_hi"] > 0 for r in zero)
+  r = relu[-1]
+  k = list(swept[0]["d"]).index(r["d"])
+  i = list(swept[0]["dims"]).index(r["dim"])
+  want = stats.cluster_wilson(swept[0]["dead_frac"][k, _ACTS.index("relu"), i], grid.points)
+  assert (r["dead_frac"], r["dead_frac_lo"], r["dead_frac_hi"]) == pytest.approx(want, rel=1e-5)
   assert all(r["active_frac"] == pytest.approx(0.5, abs=0.05) for r in relu)
   assert "relu" in collapse.table(rows)
 

@@ -109,10 +109,12 @@ def test_bad_configs_are_one_line_errors(tmp_path):
 
 
 def test_statistics():
-  mean, lo, hi = study.ci95([1.0, 2.0, 3.0])
-  assert mean == 2.0 and lo < 2.0 < hi
-  # t(0.975, 2) = 4.303: half width 4.303 * 1 / sqrt(3).
-  np.testing.assert_allclose(hi - mean, 4.3027 / np.sqrt(3), rtol=1e-3)
+  # The study's helpers call resjax.stats (its formulas: tests/test_stats.py).
+  mean, lo, hi = study.ci95_in([0.5, 0.7, 0.9], "acc")
+  assert mean == pytest.approx(0.7) and hi == 1.0  # t(0.975, 2) = 4.303: 0.7 + 0.497 clipped to 1
+  np.testing.assert_allclose(mean - lo, 4.3027 * 0.2 / np.sqrt(3), rtol=1e-3)
+  g, lo, hi = study.geo_ci95([0.0, 1e-4])
+  assert g == pytest.approx(1e-8) and lo < g < hi
   p, lo, hi = study.wilson(0, 8)
   assert p == 0 and lo == 0 and 0.3 < hi < 0.4
   med, lo, hi = study.median_ci([10, 20, 30, np.inf, np.inf])

@@ -1,0 +1,207 @@
+"""Every interval and test the project reports, in one place.
+
+All intervals are two-sided at `confidence` (95% by default) and come as
+(estimate, lo, hi). Functions that take per-seed values reduce over the last
+axis and drop non-finite entries (a metric that is NaN for some seeds uses the
+rest); a 1-D input gives Python floats, a larger one arrays over the leading
+axes. Too few values for an interval give NaN bounds.
+
+  mean_ci          mean and Student-t interval (optionally clipped to a range)
+  geo_mean_ci      geometric mean, t-interval of the logs (positive values)
+  wilson           proportion of independent trials, Wilson score interval
+  cluster_wilson   mean of per-seed fractions, seeds as clusters: Wilson score
+                   interval on the pooled fraction with an effective sample
+                   size from the spread between seeds (good in the tails, where
+                   the t-interval is not; tests/test_stats.py checks coverage)
+  bootstrap_ci     percentile bootstrap over seeds (median_ci: of the median;
+                   seed_bootstrap_ci: of the mean of per-seed values)
+  paired           paired contrast: mean difference, t-interval, p-value
+  holm             Holm's step-down correction for a family of p-values
+
+Quantiles come from `scipy.special` (cheap to import); tests check every
+formula against `scipy.stats`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+from scipy import special
+
+ArrayLike = Any  # a sequence or array of floats
+
+
+def _quantile(confidence: float) -> float:
+  return float(special.ndtri(0.5 + confidence / 2))
+
+
+def _t_quantile(df, confidence: float):
+  """Student-t quantile for two-sided `confidence`; NaN for df < 1."""
+  df = np.asarray(df, np.float64)
+  with np.errstate(invalid="ignore"):
+    return np.where(df >= 1, special.stdtrit(np.maximum(df, 1), 0.5 + confidence / 2), np.nan)
+
+
+def _out(*arrays):
+  """Python floats for 0-d results, arrays otherwise."""
+  return tuple(float(a) if np.ndim(a) == 0 else np.asarray(a, np.float64) for a in arrays)
+
+
+def _moments(v: ArrayLike):
+  """Count, mean and sample variance over the last axis of the finite entries."""
+  v = np.asarray(v, np.float64)
+  ok = np.isfinite(v)
+  n = ok.sum(-1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    mean = np.where(ok, v, 0.0).sum(-1) / n
+    dev = np.where(ok, v - np.expand_dims(mean, -1), 0.0)
+    var = (dev * dev).sum(-1) / (n - 1)
+  return n, mean, np.where(n >= 2, var, np.nan)
+
+
+def mean_ci(v: ArrayLike, confidence: float = 0.95,
+            bounds: Optional[tuple[float, float]] = None):
+  """Mean and t-interval over the last axis; `bounds` clips the interval to a range."""
+  n, mean, var = _moments(v)
+  with np.errstate(invalid="ignore"):
+    half = _t_quantile(n - 1, confidence) * np.sqrt(var / n)
+  lo, hi = mean - half, mean + half
+  if bounds is not None:
+    lo, hi = np.clip(lo, *bounds), np.clip(hi, *bounds)  # NaN stays NaN
+  return _out(mean, lo, hi)
+
+
+def geo_mean_ci(v: ArrayLike, confidence: float = 0.95, floor: float = 1e-300):
+  """Geometric mean and its interval: a t-interval of the logs (values below `floor` floored)."""
+  v = np.asarray(v, np.float64)
+  with np.errstate(invalid="ignore"):
+    logs = np.where(np.isnan(v), np.nan, np.log(np.maximum(v, floor)))
+  return _out(*np.exp(np.asarray(mean_ci(logs, confidence), np.float64)))
+
+
+def _wilson_bounds(p, n, q):
+  """Wilson score bounds for proportion p of n trials (n may be fractional), quantile q."""
+  with np.errstate(invalid="ignore", divide="ignore"):
+    q2n = q * q / n
+    centre = (p + q2n / 2) / (1 + q2n)
+    half = q * np.sqrt(p * (1 - p) / n + q2n / (4 * n)) / (1 + q2n)
+  lo = np.clip(np.minimum(centre - half, p), 0.0, 1.0)
+  hi = np.clip(np.maximum(centre + half, p), 0.0, 1.0)
+  return lo, hi
+
+
+def wilson(successes: ArrayLike, n: ArrayLike, confidence: float = 0.95):
+  """Proportion successes / n of independent trials and its Wilson score interval."""
+  k, n = np.asarray(successes, np.float64), np.asarray(n, np.float64)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    p = np.where(n > 0, k / np.where(n > 0, n, 1), np.nan)
+  lo, hi = _wilson_bounds(p, n, _quantile(confidence))
+  return _out(p, lo, hi)
+
+
+def cluster_wilson(frac_S: ArrayLike, size: Optional[float] = None, confidence: float = 0.95):
+  """Mean of per-seed fractions in [0, 1] with an interval that treats seeds as clusters.
+
+  Each seed contributes `size` correlated trials (e.g. the points of one draw
+  of T). The pooled fraction p is the mean over the S seeds and its standard
+  error se = sd / sqrt(S) is taken from the spread between seeds; the Binomial
+  sample with that variance has n_eff = p(1 - p) / se^2 trials (all trials
+  over the design effect), kept within [S, S * size]: a design effect between
+  1 and the cluster size. When it cannot be estimated (p = 0 or 1: every seed
+  at the same bound) n_eff = S, each seed one trial, so all-zero seeds still
+  give an upper bound (about t^2 / (S + t^2): 0.41 for 8 seeds, 0.059 for 64).
+  The interval is the Wilson score interval on (p, n_eff) with a Student-t
+  quantile (as Korn & Graubard 1998 do for survey proportions) whose degrees
+  of freedom are Satterthwaite's for the sample variance,
+  2 (sum w)^2 / sum (w - mean w)^2 with w the squared deviations, kept within
+  [1, S - 1]: S - 1 or near it for Gaussian-like values, about twice the
+  number of non-zero seeds when most seeds are 0, so a tail fraction seen in
+  one or two seeds gets the wide interval it needs. It needs S >= 2.
+  """
+  f = np.asarray(frac_S, np.float64)
+  n, p, var = _moments(f)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    w = np.where(np.isfinite(f), f - np.expand_dims(p, -1), 0.0) ** 2
+    w_bar = w.sum(-1) / n
+    spread = np.where(np.isfinite(f), w - np.expand_dims(w_bar, -1), 0.0) ** 2
+    df = np.clip(np.where(spread.sum(-1) > 0, 2 * (n * w_bar) ** 2 / spread.sum(-1), n - 1),
+                 1, n - 1)
+    n_eff = np.where(var > 0, p * (1 - p) / (var / n), np.inf)
+    cap = n * size if size is not None else np.inf
+    n_eff = np.clip(n_eff, n, cap)
+    n_eff = np.where((p <= 0) | (p >= 1), n, n_eff)
+  lo, hi = _wilson_bounds(np.clip(p, 0.0, 1.0), n_eff, _t_quantile(df, confidence))
+  return _out(p, np.where(n >= 2, lo, np.nan), np.where(n >= 2, hi, np.nan))
+
+
+def bootstrap_ci(v: Sequence[float], statistic: Callable[..., Any] = np.median,
+                 confidence: float = 0.95, draws: int = 2000, seed: int = 0):
+  """Statistic of 1-D values and its percentile-bootstrap interval (inf values allowed).
+
+  `statistic(x, axis=1)` is applied to `draws` resamples with replacement;
+  the bounds are resampled values' quantiles by the 'nearest' rule, so a
+  statistic that is inf in some resamples (e.g. "never reached") keeps inf.
+  """
+  v = np.asarray(v, np.float64).ravel()
+  v = v[~np.isnan(v)]
+  if v.size == 0:
+    return math.nan, math.nan, math.nan
+  rng = np.random.default_rng(seed)
+  boot = statistic(rng.choice(v, size=(draws, v.size), replace=True), axis=1)
+  alpha = (1 - confidence) / 2
+  lo, hi = np.quantile(boot, [alpha, 1 - alpha], method="nearest")
+  return float(statistic(v[None], axis=1)[0]), float(lo), float(hi)
+
+
+def median_ci(v: Sequence[float], seed: int = 0, draws: int = 2000, confidence: float = 0.95):
+  """Median and its percentile-bootstrap interval; inf (e.g. target not reached) is allowed."""
+  return bootstrap_ci(v, np.median, confidence, draws, seed)
+
+
+def seed_bootstrap_ci(v_S: Sequence[float], seed: int = 0, draws: int = 2000,
+                      confidence: float = 0.95):
+  """Mean of per-seed values and its seed-level (cluster) percentile-bootstrap interval."""
+  return bootstrap_ci(v_S, np.mean, confidence, draws, seed)
+
+
+def t_test_p(v: ArrayLike):
+  """Two-sided p-value of the one-sample t-test of mean 0 over the last axis (finite values)."""
+  n, mean, var = _moments(v)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    t = mean / np.sqrt(var / n)
+    p = np.where(var > 0, 2 * special.stdtr(np.maximum(n - 1, 1), -np.abs(t)),
+                 np.where(mean == 0, 1.0, 0.0))
+  p = np.where(n >= 2, p, np.nan)
+  return float(p) if np.ndim(p) == 0 else p
+
+
+def paired(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
+  """Paired contrast of a - b (aligned by seed; pairs with a non-finite value are dropped).
+
+  Returns the mean difference with its t-interval, the number of pairs, the
+  t-test p-value and whether the interval excludes 0.
+  """
+  diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+  diff = diff[np.isfinite(diff)]
+  mean, lo, hi = mean_ci(diff, confidence)
+  return {"mean": mean, "lo": lo, "hi": hi, "n": int(diff.size), "p": t_test_p(diff),
+          "excludes_zero": bool(np.isfinite(lo) and (lo > 0 or hi < 0))}
+
+
+def holm(p: Sequence[float], alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+  """Holm's step-down correction: adjusted p-values and which hypotheses are rejected.
+
+  The m p-values are sorted ascending; the i-th smallest (from 0) is adjusted
+  to max over j <= i of min(1, (m - j) p_(j)). NaN p-values are not counted
+  in m and are never rejected.
+  """
+  p = np.asarray(p, np.float64)
+  adjusted = np.full(p.shape, np.nan)
+  ok = np.flatnonzero(np.isfinite(p))
+  order = ok[np.argsort(p[ok], kind="stable")]
+  m = order.size
+  if m:
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+  with np.errstate(invalid="ignore"):
+    return adjusted, np.isfinite(adjusted) & (adjusted <= alpha)
