@@ -26,6 +26,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from resjax import errors
+from resjax import grid
 
 DEPTHS = (20, 32, 44, 56, 110)
 PREACT_DEPTHS = (20, 56, 110)
@@ -69,6 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.eval_every = 4000  # Steps between test-split evaluations (0 = end only).
   config.train.checkpoint_every = 2000  # Steps between checkpoints (0 = end only).
   config.train.keep_checkpoints = 0  # Checkpoints kept (0 = all, for the analyses).
+
+  # Several nets in one program: values per axis (their product), e.g.
+  # --config.grid.seeds=0,1,2 or --config.grid.model.depth=20,56 (resjax/grid.py).
+  config.grid = grid.config_group()
   return config
 
 

@@ -79,6 +79,21 @@ def _sow_taps(module: nn.Module, block: str, taps: Mapping[str, Array]) -> None:
       _tap(module, "preacts", f"{block}/{key}", value)
 
 
+def _gate(module: nn.Module, name: str) -> Array:
+  """A grid gate: a float32 scalar in the 'gates' collection (1 = on; init: 1).
+
+  Gated models (`gated=True`) read their structural switches from here, so that
+  nets of one padded grid can differ in depth, shortcuts and bottlenecks while
+  sharing one program; see resjax/grid.py.
+  """
+  return module.variable("gates", name, lambda: jnp.ones((), jnp.float32)).value
+
+
+def _keep_if(gate: Array, new: Array, old: Array) -> Array:
+  """`new` where the gate is on, else `old` (a gated-out block is the identity)."""
+  return jnp.where(gate > 0, new, old)
+
+
 # ----------------------------------------------------------------------------
 # Validation (ConfigError, one line naming the field, the value and the fix).
 
@@ -136,6 +151,11 @@ class MLP(nn.Module):
 
   Probe names: preacts 'layer0' .. 'layer{depth-1}' (input of each activation);
   shortcut/branch 'block1' .. 'block{depth-1}' (block i outputs h_i).
+
+  `gated=True` (grids): block i is kept only where gate 'dense{i}_on' is on and
+  the shortcut is taken only where gate 'residual' is on (both in the 'gates'
+  collection), so one padded net can stand for nets of several depths and both
+  variants.
   """
   num_classes: int
   width: int = 64
@@ -144,6 +164,7 @@ class MLP(nn.Module):
   residual: bool = False
   norm: str | None = None
   dtype: Dtype = jnp.float32
+  gated: bool = False
 
   def __post_init__(self):
     _check_int("num_classes", self.num_classes, 1)
@@ -153,15 +174,16 @@ class MLP(nn.Module):
     _check_bool("residual", self.residual)
     errors.choice("model.norm", self.norm, NORMS)
     _check_dtype(self.dtype)
+    _check_bool("gated", self.gated)
     super().__post_init__()
 
-  def _activate(self, h: Array, train: bool, index: int) -> Array:
+  def _activate(self, h: Array, train: bool, index: int, norm_name: str) -> Array:
     """norm -> (sow) -> activation for hidden layer `index`."""
     z = h
     if self.norm == "batch":
-      z = _batch_norm(train, self.dtype, f"norm{index}")(h)
+      z = _batch_norm(train, self.dtype, norm_name)(h)
     elif self.norm == "layer":
-      z = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=f"norm{index}")(h)
+      z = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=norm_name)(h)
     _tap(self, "preacts", f"layer{index}", z)
     return activations.fn(self.activation)(z)
 
@@ -169,14 +191,20 @@ class MLP(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> Array:
     x_BxD = x.reshape(x.shape[0], -1)
     h = nn.Dense(self.width, dtype=self.dtype, name="dense0")(x_BxD)
+    residual = _gate(self, "residual") if self.gated else None
     for i in range(1, self.depth):
       b = nn.Dense(self.width, dtype=self.dtype, name=f"dense{i}")(
-          self._activate(h, train, i - 1))
+          self._activate(h, train, i - 1, f"norm{i - 1}"))
+      if self.gated:
+        h = _keep_if(_gate(self, f"dense{i}_on"), h * residual + b, h)
+        continue
       if self.residual:
         _tap(self, "shortcut", f"block{i}", h)
       _tap(self, "branch", f"block{i}", b)
       h = h + b if self.residual else b
-    a = self._activate(h, train, self.depth - 1)
+    # The last norm has a name of its own, so that nets of different depths
+    # share their parameter names (grids pad the shallower ones).
+    a = self._activate(h, train, self.depth - 1, "norm_out")
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(a)
     return logits.astype(jnp.float32)
 
@@ -217,7 +245,9 @@ class BasicBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, train: bool) -> tuple[Array, dict[str, Array]]:
+  def __call__(self, x: Array, train: bool,
+               shortcut_gate: Array | None = None) -> tuple[Array, dict[str, Array]]:
+    """`shortcut_gate` (grids): the shortcut is multiplied by it (1 or 0)."""
     act = activations.fn(self.activation)
     taps = {}
     if self.preact:
@@ -235,6 +265,8 @@ class BasicBlock(nn.Module):
       b = _batch_norm(train, self.dtype, "bn2")(h)
     if self.residual:
       s = shortcut_option_a(x, self.features, self.strides).astype(b.dtype)
+      if shortcut_gate is not None:
+        s = s * shortcut_gate
       taps["shortcut"] = s
       y = s + b
     else:
@@ -270,6 +302,11 @@ class ResNet(nn.Module):
   from 0. In the original, act2 is the input of the post-addition activation,
   i.e. shortcut + branch. Captured block outputs (capture_intermediates) are
   (y, taps) tuples.
+
+  `gated=True` (grids): every block after the first of its stage is kept only
+  where its gate 'stage{s}_block{b}_on' is on, and the shortcuts are taken only
+  where gate 'shortcut' is on, so one padded net stands for nets of several
+  depths, plain and residual.
   """
   depth: int = 20
   num_classes: int = 10
@@ -278,6 +315,7 @@ class ResNet(nn.Module):
   widths: Sequence[int] = (16, 32, 64)
   activation: str = "relu"
   dtype: Dtype = jnp.float32
+  gated: bool = False
 
   def __post_init__(self):
     _check_int("depth", self.depth, 2)
@@ -296,6 +334,7 @@ class ResNet(nn.Module):
                  f"stages use {per_block}n+2: {examples}, ...")
     _check_activation(self.activation)
     _check_dtype(self.dtype)
+    _check_bool("gated", self.gated)
     super().__post_init__()
 
   @property
@@ -310,13 +349,18 @@ class ResNet(nn.Module):
       z = _batch_norm(train, self.dtype, "stem_bn")(h)
       _tap(self, "preacts", "stem", z)
       h = act(z)
+    shortcut = _gate(self, "shortcut") if self.gated else None
     for s, features in enumerate(self.widths):
       for b in range(self.blocks_per_stage):
-        name = f"stage{s + 1}/block{b}"
-        h, taps = BasicBlock(
+        name, module = f"stage{s + 1}/block{b}", f"stage{s + 1}_block{b}"
+        y, taps = BasicBlock(
             features, strides=2 if (s > 0 and b == 0) else 1,
-            residual=not self.plain, preact=self.preact, activation=self.activation,
-            dtype=self.dtype, name=f"stage{s + 1}_block{b}")(h, train)
+            residual=self.gated or not self.plain, preact=self.preact,
+            activation=self.activation, dtype=self.dtype, name=module)(h, train, shortcut)
+        if self.gated:  # Taps of gated nets are not sown (probe the net of one size).
+          h = y if b == 0 else _keep_if(_gate(self, f"{module}_on"), y, h)
+          continue
+        h = y
         _sow_taps(self, name, taps)
     if self.preact:
       z = _batch_norm(train, self.dtype, "final_bn")(h)
@@ -360,7 +404,10 @@ class InvertedResidualBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, train: bool) -> tuple[Array, dict[str, Array]]:
+  def __call__(self, x: Array, train: bool, shortcut_gate: Array | None = None,
+               linear_gate: Array | None = None) -> tuple[Array, dict[str, Array]]:
+    """Grids: the shortcut is multiplied by `shortcut_gate`; the bottleneck is
+    linear where `linear_gate` is on, else it passes the activation."""
     act = activations.fn(self.activation)
     taps = {}
     hidden = x.shape[-1] * self.expansion
@@ -375,12 +422,17 @@ class InvertedResidualBlock(nn.Module):
     taps["depthwise"] = z
     h = _conv(self.features, 1, 1, self.dtype, "project_conv")(act(z))
     b = _batch_norm(train, self.dtype, "project_bn")(h)
-    if not self.linear_bottleneck:
+    if linear_gate is not None:
+      b = _keep_if(linear_gate, b, act(b))
+    elif not self.linear_bottleneck:
       taps["bottleneck"] = b
       b = act(b)
     if self.residual:
-      taps["shortcut"] = x.astype(b.dtype)
-      y = x + b
+      s = x.astype(b.dtype)
+      if shortcut_gate is not None:
+        s = s * shortcut_gate
+      taps["shortcut"] = s
+      y = s + b
     else:
       y = b
     taps["branch"] = b
@@ -413,6 +465,10 @@ class InvertedResidualNet(nn.Module):
   Probe names: preacts 'stem', 'stage{s}/block{b}/expand', '.../depthwise',
   '.../bottleneck' (non-linear bottleneck only), 'head'; shortcut/branch
   'stage{s}/block{b}'.
+
+  `gated=True` (grids): gates 'shortcut' and 'linear' switch the shortcuts and
+  the bottleneck's linearity, and every block after the first of its stage is
+  kept only where its gate 'stage{s}_block{b}_on' is on.
   """
   num_classes: int = 10
   expansion: int = 6
@@ -424,6 +480,7 @@ class InvertedResidualNet(nn.Module):
   head_width: int = 256
   activation: str = "relu6"
   dtype: Dtype = jnp.float32
+  gated: bool = False
 
   def __post_init__(self):
     _check_int("num_classes", self.num_classes, 1)
@@ -452,6 +509,7 @@ class InvertedResidualNet(nn.Module):
     _check_int("stem_width", self.stem_width, 1)
     _check_int("head_width", self.head_width, 1)
     _check_dtype(self.dtype)
+    _check_bool("gated", self.gated)
     super().__post_init__()
 
   def _width(self, width: int) -> int:
@@ -464,15 +522,22 @@ class InvertedResidualNet(nn.Module):
     z = _batch_norm(train, self.dtype, "stem_bn")(h)
     _tap(self, "preacts", "stem", z)
     h = act(z)
+    gates = (_gate(self, "shortcut"), _gate(self, "linear")) if self.gated else (None, None)
     for s, (width, blocks, stride) in enumerate(self.stages):
       features = self._width(width)
       for b in range(blocks):
         strides = stride if b == 0 else 1
-        residual = self.shortcut and strides == 1 and h.shape[-1] == features
-        h, taps = InvertedResidualBlock(
+        residual = ((self.shortcut or self.gated) and strides == 1
+                    and h.shape[-1] == features)
+        module = f"stage{s + 1}_block{b}"
+        y, taps = InvertedResidualBlock(
             features, expansion=self.expansion, strides=strides, residual=residual,
             linear_bottleneck=self.bottleneck == "linear", activation=self.activation,
-            dtype=self.dtype, name=f"stage{s + 1}_block{b}")(h, train)
+            dtype=self.dtype, name=module)(h, train, *gates)
+        if self.gated:  # Taps of gated nets are not sown (probe the net of one size).
+          h = y if b == 0 else _keep_if(_gate(self, f"{module}_on"), y, h)
+          continue
+        h = y
         _sow_taps(self, f"stage{s + 1}/block{b}", taps)
     h = _conv(self._width(self.head_width), 1, 1, self.dtype, "head_conv")(h)
     z = _batch_norm(train, self.dtype, "head_bn")(h)

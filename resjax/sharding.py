@@ -32,6 +32,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+GRID_AXIS = "grid"  # Nets of a grid (resjax/grid.py), when a run trains several.
 # Host devices are added while every device keeps at least this many forward
 # FLOPs per parameter per step and this many examples (see the table above).
 MIN_HOST_FLOPS_PER_PARAM = 1000.0
@@ -74,6 +75,29 @@ def data_devices(batch: int, flops_per_example: float, num_params: int,
   return [d for d in devices if local[d.process_index].index(d) < k]
 
 
+def grid_mesh(devices: Sequence[jax.Device], nets_axis: int) -> Mesh:
+  """A 2-D mesh ('grid', 'data'): `nets_axis` rows of devices, each splitting a batch."""
+  devices = list(devices)
+  per_net = len(devices) // nets_axis
+  return Mesh(np.asarray(devices[:nets_axis * per_net]).reshape(nets_axis, per_net),
+              (GRID_AXIS, DATA_AXIS))
+
+
+def is_grid(mesh: Mesh) -> bool:
+  """Whether `mesh` has a 'grid' axis (its arrays carry a leading net axis)."""
+  return GRID_AXIS in mesh.axis_names
+
+
+def net_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (net) dimension split over 'grid', the rest whole."""
+  return NamedSharding(mesh, PartitionSpec(GRID_AXIS))
+
+
+def net_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """[net, batch, ...]: nets over 'grid', each net's batch over 'data'."""
+  return NamedSharding(mesh, PartitionSpec(GRID_AXIS, DATA_AXIS))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) dimension split over 'data', the rest whole."""
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
@@ -89,14 +113,15 @@ def num_shards(mesh: Mesh) -> int:
   return mesh.shape[DATA_AXIS]
 
 
-def to_global(local_tree: Any, mesh: Mesh) -> Any:
+def to_global(local_tree: Any, mesh: Mesh, sharding: NamedSharding | None = None) -> Any:
   """Turns this process's rows (NumPy, batch first) into global sharded arrays.
 
   With one process the local rows are the whole batch. With several, every
   process passes its own equal-sized slice (see `data.local_rows`) and the
-  result has `process_count` times as many rows.
+  result has `process_count` times as many rows. `sharding` defaults to
+  `batch_sharding(mesh)`.
   """
-  sharding = batch_sharding(mesh)
+  sharding = batch_sharding(mesh) if sharding is None else sharding
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
       local_tree)

@@ -18,6 +18,7 @@ it to conv/dense kernels. 'adamw' uses optax's decoupled decay instead.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from typing import Any, Callable, Mapping
@@ -33,6 +34,7 @@ from resjax import checkpoints
 from resjax import data
 from resjax import errors
 from resjax import files
+from resjax import grid
 from resjax import metrics
 from resjax import models
 from resjax import sharding
@@ -40,6 +42,7 @@ from resjax import sharding
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "piecewise", "cosine")
 DECAY_PARAMS = ("all", "kernels")
+GROUPED_CONV_MODELS = ("invres",)  # Models with depthwise convolutions (see grid_training_mesh).
 
 
 class Diverged(RuntimeError):
@@ -74,28 +77,76 @@ class Preprocess:
     return x
 
 
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+  """A run's optimizer and schedule as a function of its scalar hyper-parameters.
+
+  `opt` holds the config's `opt` group (hashable); calling it with
+  `hyperparams(opt)` (arrays, possibly one net's slice of a grid) gives
+  (optax transformation, schedule). The transformation's state has the same
+  structure whatever the values, so nets with other rates share one program.
+  """
+  opt: tuple
+  steps: int
+
+  @classmethod
+  def of(cls, opt: Mapping[str, Any], steps: int) -> "Optimizer":
+    return cls(tuple(sorted((k, models._as_tuple(v)) for k, v in dict(opt).items())),
+               int(steps))
+
+  def __call__(self, hparams: Mapping[str, Any]
+               ) -> tuple[optax.GradientTransformation, Callable[[jax.Array], jax.Array]]:
+    opt = dict(self.opt)
+    opt.update(hparams)
+    schedule = make_schedule(opt, self.steps)
+    return make_optimizer(opt, schedule), schedule
+
+
+def hyperparams(opt: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The scalars of `opt` a grid may vary (grid.OPT_AXES), as float32."""
+  return {k: np.float32(opt[k]) for k in grid.OPT_AXES if k in opt}
+
+
 class TrainState(flax.struct.PyTreeNode):
   """Everything a step changes (arrays) and what it needs to run (static).
 
   `rng` stays fixed; each step draws from `fold_in(rng, step)`. The model is
   `apply_fn.__self__`; `preprocess(inputs)` turns raw inputs into model inputs.
+  `hparams` (the opt scalars), `gates` (a gated model's switches) and `mask`
+  (1 on a padded net's own parameters; None: all) follow from the config and
+  are not checkpointed. A grid stacks every array along a leading net axis.
   """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
   rng: jax.Array
+  hparams: Any
+  gates: Any
+  mask: Any
   apply_fn: Callable = flax.struct.field(pytree_node=False)
-  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
-  schedule: Callable = flax.struct.field(pytree_node=False)
+  optimizer: Optimizer = flax.struct.field(pytree_node=False)
   preprocess: Preprocess = flax.struct.field(pytree_node=False)
 
   @property
   def variables(self) -> dict:
-    """The Flax variables for `apply_fn`: params (+ batch_stats)."""
+    """The Flax variables for `apply_fn`: params (+ batch_stats, gates)."""
+    out = {"params": self.params}
     if self.batch_stats:
-      return {"params": self.params, "batch_stats": self.batch_stats}
-    return {"params": self.params}
+      out["batch_stats"] = self.batch_stats
+    if self.gates:
+      out["gates"] = self.gates
+    return out
+
+  @property
+  def tx(self) -> optax.GradientTransformation:
+    """The optimizer at this state's hyper-parameters."""
+    return self.optimizer(self.hparams)[0]
+
+  @property
+  def schedule(self) -> Callable[[jax.Array], jax.Array]:
+    """The learning rate as a function of the step, at this state's hyper-parameters."""
+    return self.optimizer(self.hparams)[1]
 
   def arrays(self) -> dict:
     """The array fields as a dict (what a checkpoint holds)."""
@@ -118,31 +169,36 @@ def make_schedule(opt: Mapping[str, Any], steps: int) -> Callable[[jax.Array], j
   steps use the constant opt.warmup_lr (He et al.'s ResNet-110 warm-up at 0.01),
   and the schedule itself is not shifted.
   """
-  lr = float(opt["lr"])
+  lr = jnp.asarray(opt["lr"], jnp.float32)  # Numbers or (in a grid) arrays.
   name = opt["schedule"]
   if name == "constant":
     base = lambda count: jnp.full((), lr, jnp.float32)
   elif name == "piecewise":
     bounds = jnp.asarray(sorted(int(b) for b in opt["boundaries"]), jnp.int32)
-    decay = float(opt["decay"])
+    decay = jnp.asarray(opt["decay"], jnp.float32)
     base = lambda count: lr * decay ** jnp.sum(count >= bounds).astype(jnp.float32)
   elif name == "cosine":
     base = optax.cosine_decay_schedule(lr, decay_steps=max(int(steps), 1))
   else:
     errors.choice("opt.schedule", name, SCHEDULES)
   warmup_steps = int(opt.get("warmup_steps", 0))
-  warmup_lr = float(opt.get("warmup_lr", 0.0))
+  warmup_lr = jnp.asarray(opt.get("warmup_lr", 0.0), jnp.float32)
   if warmup_steps <= 0:
     return lambda count: jnp.asarray(base(count), jnp.float32)
-  return lambda count: jnp.where(count < warmup_steps, jnp.float32(warmup_lr),
+  return lambda count: jnp.where(count < warmup_steps, warmup_lr,
                                  jnp.asarray(base(count), jnp.float32))
 
 
 def make_optimizer(opt: Mapping[str, Any],
                    schedule: Callable[[jax.Array], jax.Array]) -> optax.GradientTransformation:
-  """SGD (+momentum) / Adam with coupled L2, or AdamW with decoupled decay."""
+  """SGD (+momentum) / Adam with coupled L2, or AdamW with decoupled decay.
+
+  The numbers in `opt` may be arrays (a grid's per-net values); the state's
+  structure depends only on the names (SGD always keeps a momentum trace, and
+  the L2 term is there even at weight_decay=0, adding exactly zero).
+  """
   name = errors.choice("opt.name", opt["name"], OPTIMIZERS)
-  wd = float(opt.get("weight_decay", 0.0))
+  wd = jnp.asarray(opt.get("weight_decay", 0.0), jnp.float32)
   decay_params = errors.choice("opt.decay_params", opt.get("decay_params", "all"),
                                DECAY_PARAMS)
   mask = None
@@ -150,12 +206,12 @@ def make_optimizer(opt: Mapping[str, Any],
     mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
   if name == "adamw":
     return optax.adamw(schedule, weight_decay=wd, mask=mask)
-  l2 = [optax.add_decayed_weights(wd, mask)] if wd > 0 else []
+  l2 = optax.add_decayed_weights(wd, mask)
   if name == "sgd":
-    momentum = float(opt.get("momentum", 0.0))
-    return optax.chain(*l2, optax.sgd(schedule, momentum=momentum or None,
-                                      nesterov=bool(opt.get("nesterov", False))))
-  return optax.chain(*l2, optax.adam(schedule))
+    momentum = jnp.asarray(opt.get("momentum", 0.0), jnp.float32)
+    return optax.chain(l2, optax.sgd(schedule, momentum=momentum,
+                                     nesterov=bool(opt.get("nesterov", False))))
+  return optax.chain(l2, optax.adam(schedule))
 
 
 def _preprocess_for(config, input_shape, mean, std) -> Preprocess:
@@ -169,18 +225,20 @@ def _preprocess_for(config, input_shape, mean, std) -> Preprocess:
 
 def _init_fn(config, input_shape, num_classes, mean, std) -> Callable:
   model = build_model(config, num_classes)
-  schedule = make_schedule(config.opt, config.train.steps)
-  tx = make_optimizer(config.opt, schedule)
+  optimizer = Optimizer.of(config.opt, config.train.steps)
+  hparams = hyperparams(config.opt)
   prep = _preprocess_for(config, input_shape, mean, std)
 
   def init(rng_init: jax.Array, rng_train: jax.Array) -> TrainState:
     x = jnp.zeros((1, *input_shape), jnp.float32)
     variables = model.init({"params": rng_init}, x, train=False)
     params = variables["params"]
+    hp = {k: jnp.asarray(v) for k, v in hparams.items()}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}),
-                      opt_state=tx.init(params), rng=rng_train, apply_fn=model.apply,
-                      tx=tx, schedule=schedule, preprocess=prep)
+                      opt_state=optimizer(hp)[0].init(params), rng=rng_train, hparams=hp,
+                      gates=variables.get("gates", {}), mask=None, apply_fn=model.apply,
+                      optimizer=optimizer, preprocess=prep)
 
   return init
 
@@ -227,6 +285,121 @@ def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 
 
 # ----------------------------------------------------------------------------
+# Grids: every net initialized by the single run's code, padded, stacked.
+
+
+def padded_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config of the one (gated) model every net of `config.grid` fits in."""
+  out = ml_collections.ConfigDict(config.to_dict())
+  for key, value in grid.padded_fields(config).items():
+    out.model[key] = value
+  out.grid = grid.config_group()
+  return out
+
+
+def _needs_mask(config: ml_collections.ConfigDict) -> bool:
+  return any(f.startswith("model.") for f, _ in grid.axes(config))
+
+
+def _stacked_abstract(config, input_shape, num_classes, mean, std):
+  """(padded single-net abstract state, number of nets)."""
+  init = _init_fn(padded_config(config), tuple(input_shape), num_classes, mean, std)
+  big = jax.eval_shape(init, *_rngs(0))
+  if _needs_mask(config):
+    big = big.replace(mask=big.params)
+  return big, len(grid.nets(config))
+
+
+def abstract_grid_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                        input_shape, num_classes: int, *, mean=None, std=None) -> TrainState:
+  """A grid's stacked state as shapes with shardings (nets split over 'grid')."""
+  big, k = _stacked_abstract(config, input_shape, num_classes, mean, std)
+  shard = sharding.net_sharding(mesh)
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct((k, *a.shape), a.dtype, sharding=shard),
+                      big)
+
+
+def _own_states(nets: list, input_shape, num_classes, mean, std, on_cpu: bool) -> list:
+  """Each net's initial state at its own size (host NumPy), by the single run's
+  init, vmapped over the seeds of nets that share a model."""
+  groups: dict[str, list[int]] = {}
+  for k, net in enumerate(nets):
+    groups.setdefault(json.dumps(net.model.to_dict(), sort_keys=True, default=str),
+                      []).append(k)
+  out: list = [None] * len(nets)
+  for members in groups.values():
+    init = _init_fn(nets[members[0]], tuple(input_shape), num_classes, mean, std)
+    rngs = [_rngs(nets[k].seed) for k in members]
+    keys = (jnp.stack([r[0] for r in rngs]), jnp.stack([r[1] for r in rngs]))
+    compiled = jax.jit(jax.vmap(init)).lower(*keys).compile(
+        compiler_options=_INIT_COMPILER_OPTIONS if on_cpu else None)
+    stacked = jax.device_get(compiled(*keys))
+    for i, k in enumerate(members):
+      out[k] = jax.tree.map(lambda a, i=i: np.asarray(a[i]), stacked)
+  return out
+
+
+def _put(tree: Any, shard: jax.sharding.NamedSharding) -> Any:
+  return jax.tree.map(
+      lambda x: jax.make_array_from_callback(x.shape, shard, lambda idx, x=x: x[idx]), tree)
+
+
+def create_grid_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                      input_shape, num_classes: int, *, mean=None, std=None) -> TrainState:
+  """The stacked state of every net of `config.grid` (net k = `grid.nets(config)[k]`).
+
+  Net k starts from exactly the state its single run starts from, padded into
+  the shared model; its gates, hyper-parameters and unit mask ride along.
+  """
+  nets = grid.nets(config)
+  big, _ = _stacked_abstract(config, input_shape, num_classes, mean, std)
+  on_cpu = mesh.devices.flat[0].platform == "cpu"
+  own = _own_states(nets, input_shape, num_classes, mean, std, on_cpu)
+  fields = {name: [] for name in ("step", "params", "batch_stats", "opt_state", "rng",
+                                  "hparams", "gates", "mask")}
+  for net, state in zip(nets, own):
+    for name, value in grid.pad(state.arrays(), big.arrays()).items():
+      fields[name].append(value)
+    fields["hparams"].append(hyperparams(net.opt))
+    fields["gates"].append(grid.gates(net.model.name, net.model, state.params, big.gates))
+    if big.mask is not None:
+      fields["mask"].append(grid.mask(state.params, big.params))
+  shard = sharding.net_sharding(mesh)
+  arrays = {name: _put(grid.stack(values), shard) for name, values in fields.items() if values}
+  arrays.setdefault("mask", None)
+  return big.replace(**arrays)
+
+
+def grid_training_mesh(config: ml_collections.ConfigDict, input_shape, num_classes: int,
+                 num_nets: int, devices=None) -> jax.sharding.Mesh:
+  """The mesh of a grid: nets over 'grid', each net's batch over 'data'.
+
+  The 'grid' axis gets the largest divisor of the number of nets that the
+  devices allow; the devices left for each net split its batch as a single run
+  would (`data_mesh`: every accelerator, or as many CPU host devices as the
+  model keeps busy).
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  rows = grid.grid_size(num_nets, len(devices))
+  if config.model.name in GROUPED_CONV_MODELS:
+    # Splitting the nets of a vmapped grouped (depthwise) convolution over
+    # devices gives wrong numbers with jax 0.10.2 on the CPU (every net got
+    # the same loss; tests/test_grid.py), so these grids keep all nets on
+    # each device and split only the batch.
+    rows = 1
+  per_net = devices[:len(devices) // rows]
+  if devices[0].platform == "cpu":
+    net0 = padded_config(config)
+    flops, n_params = forward_flops(net0, input_shape, num_classes)
+    per_net = sharding.data_devices(int(config.data.batch_size), flops, n_params, per_net)
+  batch = int(config.data.batch_size)
+  width = len(per_net)
+  while batch % width:
+    width -= 1
+  return sharding.grid_mesh(devices[:rows * width], rows)
+
+
+# ----------------------------------------------------------------------------
 # Steps (pure; jitted with explicit shardings by `jit_steps`).
 
 
@@ -270,12 +443,15 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[Train
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  tx, schedule = state.optimizer(state.hparams)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  if state.mask is not None:  # A padded grid net: its extra units stay exactly zero.
+    updates = jax.tree.map(jnp.multiply, updates, state.mask)
   params = optax.apply_updates(state.params, updates)
   out = {
       "loss": loss,
       "accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
-      "lr": state.schedule(state.step),
+      "lr": schedule(state.step),
       "grad_norm": optax.tree.norm(grads),
       "param_norm": optax.tree.norm(params),
       "update_norm": optax.tree.norm(updates),
@@ -297,14 +473,31 @@ def eval_step(state: TrainState, batch: Mapping[str, jax.Array]) -> dict:
           "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
 
 
-def jit_steps(state: TrainState, mesh: jax.sharding.Mesh) -> tuple[Callable, Callable]:
+def jit_steps(state: TrainState, mesh: jax.sharding.Mesh,
+              shared_batch: bool = True) -> tuple[Callable, Callable]:
   """(train_step, eval_step) jitted for `mesh`: batch sharded, state replicated,
-  the state donated to train_step."""
-  state_s = state_sharding(state, mesh)
+  the state donated to train_step.
+
+  On a grid mesh (`sharding.grid_mesh`) both are `jax.vmap` of the same steps
+  over the stacked nets, split over 'grid'; the training batch is one for all
+  nets (`shared_batch`, split over 'data') or one per net ([net, batch, ...]).
+  Metrics and evaluation sums then carry a leading net axis.
+  """
   batch_s, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  p_train = jax.jit(train_step, in_shardings=(state_s, batch_s),
-                    out_shardings=(state_s, repl), donate_argnums=0)
-  p_eval = jax.jit(eval_step, in_shardings=(state_s, batch_s), out_shardings=repl)
+  if not sharding.is_grid(mesh):
+    state_s = state_sharding(state, mesh)
+    p_train = jax.jit(train_step, in_shardings=(state_s, batch_s),
+                      out_shardings=(state_s, repl), donate_argnums=0)
+    p_eval = jax.jit(eval_step, in_shardings=(state_s, batch_s), out_shardings=repl)
+    return p_train, p_eval
+  nets = sharding.net_sharding(mesh)
+  state_s = jax.tree.map(lambda _: nets, state)
+  train_batch_s = batch_s if shared_batch else sharding.net_batch_sharding(mesh)
+  p_train = jax.jit(jax.vmap(train_step, in_axes=(0, None if shared_batch else 0)),
+                    in_shardings=(state_s, train_batch_s), out_shardings=(state_s, nets),
+                    donate_argnums=0)
+  p_eval = jax.jit(jax.vmap(eval_step, in_axes=(0, None)), in_shardings=(state_s, batch_s),
+                   out_shardings=nets)
   return p_train, p_eval
 
 
@@ -328,10 +521,12 @@ def evaluate(p_eval: Callable, state: TrainState, split: data.Split,
     local = {k: np.asarray(v)[rows] for k, v in batch.items()}
     sums.append(p_eval(state, sharding.to_global(local, mesh)))
   sums = jax.device_get(sums)
-  count = sum(float(s["count"]) for s in sums)
-  loss = sum(float(s["loss_sum"]) for s in sums) / count
-  accuracy = sum(float(s["correct"]) for s in sums) / count
-  return {"loss": loss, "accuracy": accuracy, "error": 1.0 - accuracy}
+  total = lambda key: np.sum([np.asarray(s[key], np.float64) for s in sums], axis=0)  # noqa: E731
+  count = total("count")
+  loss, accuracy = total("loss_sum") / count, total("correct") / count
+  out = {"loss": loss, "accuracy": accuracy, "error": 1.0 - accuracy}
+  # One net: floats; a grid: an array per metric, one entry per net.
+  return {k: float(v) if np.ndim(v) == 0 else np.asarray(v) for k, v in out.items()}
 
 
 # ----------------------------------------------------------------------------

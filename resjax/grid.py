@@ -1,0 +1,296 @@
+"""Grids: one config, several values per axis, trained as one program.
+
+`config.grid` names the axes: `grid.seeds`, `grid.opt.<scalar>` (lr, momentum,
+weight_decay, decay, warmup_lr) and `grid.model.<field>` (width, depth, widths,
+residual, plain, bottleneck, shortcut, width_multiplier, expansion, stages).
+Every non-empty axis is one factor of a product; net k of the grid is the
+config with net k's values filled in and the grid emptied (`nets`), i.e.
+exactly the single run with those settings.
+
+Nets that differ in shape are padded to one model (`padded_fields`): widths
+to the widest (the extra units hold zeros and their updates are masked),
+depths to the deepest (the extra blocks are gated out, so they are the
+identity), plain / residual and linear / ReLU6 bottlenecks by gates in the
+model's 'gates' collection (resjax/models.py). Each net is initialized at its
+own size by the single run's own code and then padded (`pad`), so a padded net
+starts where the net built at its own size starts and, step by step, computes
+the same numbers on its own units; `crop` cuts net k back out.
+
+This module holds only config logic and tree surgery (NumPy); the training
+loop is resjax/train.py.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from resjax import errors
+
+# Scalars of `opt` a grid may vary (each net gets its value as an array).
+OPT_AXES = ("lr", "momentum", "weight_decay", "decay", "warmup_lr")
+# Fields of `model` a grid may vary.
+MODEL_AXES = ("width", "depth", "widths", "residual", "plain", "bottleneck", "shortcut",
+              "width_multiplier", "expansion", "stages")
+# Model fields switched by a gate (model name -> field -> gate name, value -> gate).
+TOGGLES = {
+    "mlp": {"residual": ("residual", lambda v: float(bool(v)))},
+    "resnet": {"plain": ("shortcut", lambda v: float(not v))},
+    "invres": {"shortcut": ("shortcut", lambda v: float(bool(v))),
+               "bottleneck": ("linear", lambda v: float(v == "linear"))},
+}
+# What a padded model takes for a toggled field (the gates then decide).
+_TOGGLE_PADDED = {"residual": True, "plain": False, "shortcut": True, "bottleneck": "linear"}
+
+
+def config_group() -> ml_collections.ConfigDict:
+  """The empty grid (a single run); configs add it as `config.grid`."""
+  return ml_collections.ConfigDict(dict(
+      seeds=(),  # Seeds of the nets (each also orders its own batches); () = config.seed.
+      opt=ml_collections.ConfigDict({k: () for k in OPT_AXES}),  # Values per opt scalar.
+      model=ml_collections.ConfigDict({k: () for k in MODEL_AXES}),  # Values per model field.
+      nets_per_call=0,  # Nets trained together in one program (0 = all of them).
+  ))
+
+
+def _values(value: Any) -> tuple:
+  """An axis as a tuple; 'a,b' strings (from flags) are split at commas."""
+  if value is None:
+    return ()
+  if isinstance(value, str):
+    value = (value,)
+  out = []
+  for v in value:
+    if isinstance(v, str):
+      out.extend(p.strip() for p in v.split(",") if p.strip())
+    elif isinstance(v, list):
+      out.append(_as_tuple(v))
+    else:
+      out.append(v)
+  return tuple(out)
+
+
+def _as_tuple(v: Any) -> Any:
+  if isinstance(v, (list, tuple)):
+    return tuple(_as_tuple(x) for x in v)
+  return v
+
+
+def axes(config: ml_collections.ConfigDict) -> list[tuple[str, tuple]]:
+  """The non-empty axes as (dotted field, values): model, then opt, then seeds."""
+  g = config.get("grid")
+  if g is None:
+    return []
+  out = []
+  for field in MODEL_AXES:
+    values = _values(g.model.get(field, ()))
+    if values:
+      out.append((f"model.{field}", values))
+  for field in OPT_AXES:
+    values = _values(g.opt.get(field, ()))
+    if values:
+      out.append((f"opt.{field}", values))
+  seeds = _values(g.get("seeds", ()))
+  if seeds:
+    out.append(("seed", seeds))
+  return out
+
+
+def is_grid(config: ml_collections.ConfigDict) -> bool:
+  """Whether `config` asks for more than its single run."""
+  return bool(axes(config))
+
+
+def validate(config: ml_collections.ConfigDict) -> list[str]:
+  """Problems with `config.grid` (one line each; empty when it is fine)."""
+  problems = []
+  model = config.model.get("name")
+  for field, values in axes(config):
+    group, _, name = field.partition(".")
+    if len(set(values)) != len(values):
+      problems.append(f"grid.{field}={values!r} repeats a value; give each value once")
+    if field == "seed":
+      if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0
+                 for v in values):
+        problems.append(f"grid.seeds={values!r} is not allowed; use integers >= 0")
+      continue
+    if name not in config[group]:
+      problems.append(f"grid.{field} varies {field}, which config.{group} lacks "
+                      f"(model {model!r}); vary a field the config has")
+      continue
+    if group == "opt" and not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                  for v in values):
+      problems.append(f"grid.{field}={values!r} is not allowed; use numbers")
+  names = [f for f, _ in axes(config)]
+  if any(f in ("model.width", "model.widths", "model.width_multiplier", "model.expansion")
+         for f in names) and config.model.get("norm") == "layer":
+    problems.append("a width axis with model.norm='layer' is not supported (layer norm "
+                    "would average over the padded units); use norm=None or 'batch'")
+  return problems
+
+
+def nets(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+  """Net k's config for each k: the product of the axes, seeds innermost."""
+  found = axes(config)
+  base = ml_collections.ConfigDict(config.to_dict())
+  base.grid = config_group()
+  if not found:
+    return [base]
+  out = []
+  for combo in itertools.product(*(values for _, values in found)):
+    net = ml_collections.ConfigDict(base.to_dict())
+    for (field, _), value in zip(found, combo):
+      if field == "seed":
+        net.seed = int(value)
+      else:
+        group, name = field.split(".")
+        net[group][name] = value
+    out.append(net)
+  return out
+
+
+def labels(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+  """Net k's axis values, e.g. {'model.depth': 20, 'seed': 1}."""
+  found = axes(config)
+  return [dict(zip((f for f, _ in found), combo))
+          for combo in itertools.product(*(values for _, values in found))] or [{}]
+
+
+def condition(label: dict[str, Any]) -> dict[str, Any]:
+  """A label without its seed: the condition a net belongs to."""
+  return {k: v for k, v in label.items() if k != "seed"}
+
+
+def _max(values: Sequence[Any]) -> Any:
+  """Elementwise maximum of numbers or equally shaped nested tuples."""
+  first = values[0]
+  if isinstance(first, (tuple, list)):
+    lengths = {len(v) for v in values}
+    errors.check(len(lengths) == 1, f"grid values {values!r} have different lengths; "
+                 "nets of one grid need the same number of stages")
+    return tuple(_max([v[i] for v in values]) for i in range(len(first)))
+  if isinstance(first, str):
+    errors.check(len(set(values)) == 1, f"grid values {values!r} differ in a string")
+    return first
+  return max(values)
+
+
+def padded_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Model fields (besides 'name') of the one model every net of the grid fits in."""
+  fields = {k: _as_tuple(v) for k, v in config.model.items() if k != "name"}
+  toggles = TOGGLES.get(config.model.name, {})
+  gated = False
+  for field, values in axes(config):
+    group, _, name = field.partition(".")
+    if group != "model":
+      continue
+    if name in toggles:
+      fields[name] = _TOGGLE_PADDED[name]
+    elif name == "stages":
+      strides = {tuple(st[2] for st in v) for v in values}
+      errors.check(len(strides) == 1, f"grid.model.stages={values!r} differ in strides; "
+                   "vary widths and block counts only")
+      fields[name] = _max(values)
+    else:
+      fields[name] = _max(values)
+    gated = True
+  if gated:
+    fields["gated"] = True
+  return fields
+
+
+# ----------------------------------------------------------------------------
+# Trees: pad a net into the padded model, mask its units, crop it back out.
+
+
+def _leaves(tree: Any) -> dict[str, Any]:
+  return {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def pad(small: Any, big: Any) -> Any:
+  """`small`'s arrays zero-padded into the leaves of `big` (arrays or shapes).
+
+  A leaf of `big` missing from `small` (a block the net does not have) is all
+  zeros; every leaf of `small` must have a leaf in `big` at least as large.
+  """
+  have = _leaves(small)
+  paths, treedef = jax.tree_util.tree_flatten_with_path(big)
+  out = []
+  for path, like in paths:
+    key = jax.tree_util.keystr(path)
+    value = have.pop(key, None)
+    if value is None:
+      out.append(np.zeros(like.shape, like.dtype))
+      continue
+    value = np.asarray(value)
+    errors.check(value.ndim == len(like.shape) and all(
+        a <= b for a, b in zip(value.shape, like.shape)),
+                 f"grid: {key} of shape {value.shape} does not fit the padded {like.shape}")
+    value = value.astype(like.dtype)
+    if value.shape != tuple(like.shape):
+      value = np.pad(value, [(0, b - a) for a, b in zip(value.shape, like.shape)])
+    out.append(value)
+  errors.check(not have, f"grid: the padded net lacks {sorted(have)[:3]}; these nets cannot "
+               "share one program")
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def mask(small: Any, big: Any) -> Any:
+  """1.0 on the entries of `big` that `small` has (its own units), 0.0 elsewhere."""
+  have = _leaves(small)
+
+  def one(path, like):
+    m = np.zeros(like.shape, np.float32)
+    value = have.get(jax.tree_util.keystr(path))
+    if value is not None:
+      m[tuple(slice(0, n) for n in value.shape)] = 1.0
+    return m
+
+  return jax.tree_util.tree_map_with_path(one, big)
+
+
+def crop(big: Any, small: Any) -> Any:
+  """The entries of padded `big` that the net shaped like `small` has."""
+  have = _leaves(big)
+
+  def one(path, like):
+    value = np.asarray(have[jax.tree_util.keystr(path)])
+    return value[tuple(slice(0, n) for n in like.shape)].astype(like.dtype)
+
+  return jax.tree_util.tree_map_with_path(one, small)
+
+
+def gates(model_name: str, net_fields: dict[str, Any], own_params: Any,
+          padded_gates: Any) -> Any:
+  """Net k's values for the padded model's 'gates' collection.
+
+  A block gate '<block>_on' is on where the net has that block (parameters
+  under its name); a toggle gate follows the net's own field (TOGGLES).
+  """
+  toggles = {gate: fn(net_fields[field]) for field, (gate, fn)
+             in TOGGLES.get(model_name, {}).items() if field in net_fields}
+  own = set(own_params) if hasattr(own_params, "keys") else set()
+
+  def one(path, like):
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name in toggles:
+      value = toggles[name]
+    else:
+      errors.check(name.endswith("_on"), f"grid: unknown gate {name!r}")
+      value = float(name[:-len("_on")] in own)
+    return np.full(like.shape, value, np.float32)
+
+  return jax.tree_util.tree_map_with_path(one, padded_gates)
+
+
+def stack(trees: Sequence[Any]) -> Any:
+  """Trees of equal structure stacked along a new leading axis (NumPy)."""
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+
+
+def grid_size(num_nets: int, num_devices: int) -> int:
+  """Devices along the grid axis: the largest divisor of `num_nets` <= `num_devices`."""
+  return max(d for d in range(1, min(num_nets, num_devices) + 1) if num_nets % d == 0)

@@ -1,0 +1,148 @@
+"""Grids: net k of a grid trains exactly like the single run with its settings."""
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import embedded
+from resjax import errors, grid, sharding, train
+from tests.conftest import run_steps
+
+
+def _grid_steps(config, devices, steps, mesh=None):
+  """Losses [steps, K] and final stacked params of `config`'s grid on `devices`
+  (or on `mesh`)."""
+  ds = train.load_data(config)
+  nets = grid.nets(config)
+  if mesh is None:
+    mesh = train.grid_training_mesh(config, ds.input_shape, ds.num_classes, len(nets), devices)
+  state = train.create_grid_state(config, mesh, ds.input_shape, ds.num_classes,
+                                  mean=ds.mean, std=ds.std)
+  seeds = [n.seed for n in nets]
+  shared = len(set(seeds)) == 1
+  p_train, _ = train.jit_steps(state, mesh, shared_batch=shared)
+  losses = []
+  for step in range(steps):
+    rows = [train.host_batch(ds.train, step, seed=s, global_batch=config.data.batch_size)
+            for s in (seeds[:1] if shared else seeds)]
+    batch = rows[0] if shared else grid.stack(rows)
+    spec = None if shared else sharding.net_batch_sharding(mesh)
+    state, m = p_train(state, sharding.to_global(batch, mesh, spec))
+    losses.append(m["loss"])
+  return np.asarray(jax.device_get(losses)), state
+
+
+def _own_params(config, k, state):
+  """Net k's params cropped out of a stacked grid state."""
+  net = grid.nets(config)[k]
+  ds = train.load_data(net)
+  own = train.abstract_train_state(net, sharding.make_mesh(jax.devices()[:1]),
+                                   ds.input_shape, ds.num_classes)
+  stacked = jax.device_get(state.params)
+  return grid.crop(jax.tree.map(lambda a: a[k], stacked), own.params)
+
+
+def _check_equal(config, devices, steps=3, atol=1e-5):
+  losses, state = _grid_steps(config, devices, steps)
+  nets = grid.nets(config)
+  assert losses.shape == (steps, len(nets))
+  for k, net in enumerate(nets):
+    single_losses, single_params = run_steps(net, jax.devices()[:1], steps)
+    np.testing.assert_allclose(losses[:, k], single_losses, rtol=1e-5, atol=atol)
+    got = _own_params(config, k, state)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol),
+                 got, single_params)
+
+
+def _mlp(**grid_axes):
+  config = embedded.get_config("tiny_mlp")
+  config.data.num_train, config.data.num_test = 256, 64
+  for key, values in grid_axes.items():
+    group, _, name = key.rpartition("__")
+    target = config.grid[group] if group else config.grid
+    target[name] = values
+  return config
+
+
+@pytest.mark.parametrize("ndev", [1, 8])
+def test_seed_grid_of_mlps_equals_single_runs(ndev):
+  _check_equal(_mlp(seeds=(0, 1, 2)), jax.devices()[:ndev])
+
+
+def test_lr_and_weight_decay_grid_equals_single_runs():
+  config = _mlp(opt__lr=(1e-3, 1e-2), opt__weight_decay=(0.0, 1e-3))
+  assert len(grid.nets(config)) == 4
+  _check_equal(config, jax.devices()[:4])
+
+
+def test_width_depth_residual_grid_of_mlps_equals_nets_at_their_own_size():
+  config = _mlp(model__width=(3, 8), model__depth=(2, 4), model__residual=(False, True))
+  config.model.activation = "softplus"  # act(0) != 0: the update mask must hold the padding.
+  assert len(grid.nets(config)) == 8
+  _check_equal(config, jax.devices()[:8])
+
+
+def test_resnet_depth_and_plain_grid_equals_single_runs():
+  config = embedded.get_config("tiny")
+  config.model.widths = (4, 4, 8)
+  config.data.num_test = 1697  # 100 training images.
+  config.grid.model.depth = (8, 14)
+  config.grid.model.plain = (False, True)
+  _check_equal(config, jax.devices()[:4], steps=2, atol=2e-5)
+
+
+def test_resnet_width_grid_equals_single_runs():
+  config = embedded.get_config("tiny")
+  config.data.num_test = 1697
+  config.grid.model.widths = ((2, 4, 4), (4, 8, 8))
+  config.grid.seeds = (0, 1)
+  _check_equal(config, jax.devices()[:2], steps=2, atol=2e-5)
+
+
+def _invres():
+  config = embedded.get_config("tiny")
+  config.data.num_test = 1697
+  config.data.pad = 0
+  config.model = ml_collections.ConfigDict(dict(
+      name="invres", expansion=2, bottleneck="linear", shortcut=True, width_multiplier=0.5,
+      stages=((8, 1, 1), (8, 2, 2)), stem_width=8, head_width=16, activation="relu6"))
+  return config
+
+
+def test_invres_bottleneck_and_depth_grid_equals_single_runs():
+  config = _invres()
+  config.grid.model.bottleneck = ("linear", "relu6")
+  config.grid.model.stages = (((8, 1, 1), (8, 1, 2)), ((8, 1, 1), (8, 3, 2)))
+  _check_equal(config, jax.devices()[:4], steps=2, atol=2e-5)
+
+
+def test_grid_axes_and_labels():
+  config = _mlp(seeds=(3, 4), model__depth=(2, 4), opt__lr=(0.1, 0.01))
+  labels = grid.labels(config)
+  assert [l["seed"] for l in labels[:2]] == [3, 4]  # Seeds innermost.
+  assert labels[0] == {"model.depth": 2, "opt.lr": 0.1, "seed": 3}
+  nets = grid.nets(config)
+  assert (nets[-1].model.depth, nets[-1].opt.lr, nets[-1].seed) == (4, 0.01, 4)
+  assert not grid.is_grid(nets[0])
+  # A string axis from a flag (--config.grid.model.bottleneck=linear,relu6) arrives whole.
+  config = _invres()
+  config.grid.model.bottleneck = ("linear,relu6",)
+  assert grid.axes(config) == [("model.bottleneck", ("linear", "relu6"))]
+
+
+def test_bad_grids_are_named():
+  config = _mlp(model__widths=((4, 8),))
+  assert any("config.model lacks" in p for p in grid.validate(config))
+  config = _mlp(seeds=(1, 1))
+  assert any("repeats" in p for p in grid.validate(config))
+  config = _mlp(model__width=(2, 4))
+  config.model.norm = "layer"
+  assert any("layer" in p for p in grid.validate(config))
+
+
+def test_invres_grid_mesh_keeps_nets_together():
+  config = _invres()
+  config.grid.model.bottleneck = ("linear", "relu6")
+  ds = train.load_data(config)
+  mesh = train.grid_training_mesh(config, ds.input_shape, ds.num_classes, 2, jax.devices())
+  assert mesh.shape["grid"] == 1
