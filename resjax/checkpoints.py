@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from resjax import errors
@@ -82,7 +83,7 @@ def save(mngr: ocp.CheckpointManager, state: Any, meta: dict) -> None:
 
   Every process calls it (a collective); Orbax decides who writes what.
   """
-  step = int(jax.device_get(state.step))
+  step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])  # A grid: one per net.
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state.arrays()),
                                           meta=ocp.args.JsonSave(meta)), force=True)
 
@@ -213,15 +214,21 @@ def move_aside(workdir: str) -> str | None:
 
 
 def load(workdir: str, step: int | None = None,
-         devices: Sequence[jax.Device] | None = None) -> tuple[ml_collections.ConfigDict, Any]:
+         devices: Sequence[jax.Device] | None = None,
+         net: int | None = None) -> tuple[ml_collections.ConfigDict, Any]:
   """(config, TrainState) of checkpoint `step` (default: the latest) in `workdir`.
 
   The state is rebuilt from the config saved with the checkpoint and restored
   replicated over `devices` (default: all devices of this process's JAX), so a
   checkpoint written on 8 devices loads on 1 and vice versa. A missing, empty
   or unreadable workdir raises one-line ConfigError.
+
+  A grid run (config.grid) holds the stacked state of all its nets: `net=k`
+  returns net k alone, cut back to its own size, with its own config (the
+  single run with its settings), as an ordinary single-net state; without
+  `net` the stacked state and the grid's config are returned.
   """
-  from resjax import sharding, train  # train imports this module.
+  from resjax import grid, sharding, train  # train imports this module.
 
   path = directory(workdir)
   errors.check(os.path.isdir(path), f"no checkpoints in {os.path.abspath(workdir)} "
@@ -242,10 +249,21 @@ def load(workdir: str, step: int | None = None,
     try:
       config = ml_collections.ConfigDict(meta["config"])
       ds = meta["dataset"]
+      facts = dict(input_shape=tuple(ds["input_shape"]), num_classes=int(ds["num_classes"]),
+                   mean=ds["mean"], std=ds["std"])
       mesh = sharding.make_mesh(devices)
-      abstract = train.abstract_train_state(config, mesh, tuple(ds["input_shape"]),
-                                            int(ds["num_classes"]), mean=ds["mean"],
-                                            std=ds["std"])
+      is_grid = grid.is_grid(config)
+      if is_grid:
+        count = len(grid.nets(config))
+        errors.check(net is None or (isinstance(net, int) and 0 <= net < count),
+                     f"net={net!r} is not a net of the grid in {os.path.abspath(workdir)}; "
+                     f"use 0..{count - 1}")
+        grid_mesh = sharding.grid_mesh(mesh.devices.flat, 1)
+        abstract = train.abstract_grid_state(config, grid_mesh, **facts)
+      else:
+        errors.check(net in (None, 0), f"net={net!r}: {os.path.abspath(workdir)} holds a "
+                     "single run, not a grid; leave net out")
+        abstract = train.abstract_train_state(config, mesh, **facts)
     except errors.ConfigError:
       raise
     except Exception as e:  # pylint: disable=broad-except
@@ -253,4 +271,13 @@ def load(workdir: str, step: int | None = None,
     state = restore(mngr, abstract, step)
   finally:
     mngr.close()
-  return config, state
+  if not is_grid or net is None:
+    return config, state
+  own_config = grid.nets(config)[net]
+  own = train.abstract_train_state(own_config, mesh, **facts)
+  stacked = jax.device_get(state.arrays())
+  arrays = grid.crop(jax.tree.map(lambda a: a[net], stacked), own.arrays())
+  arrays = jax.tree.map(lambda a, like: jax.device_put(a, like.sharding), arrays, own.arrays())
+  hparams = {k: jax.device_put(v, sharding.replicated(mesh))
+             for k, v in train.hyperparams(own_config.opt).items()}
+  return own_config, own.replace(**arrays, hparams=hparams)

@@ -52,7 +52,7 @@ def config_group() -> ml_collections.ConfigDict:
       seeds=(),  # Seeds of the nets (each also orders its own batches); () = config.seed.
       opt=ml_collections.ConfigDict({k: () for k in OPT_AXES}),  # Values per opt scalar.
       model=ml_collections.ConfigDict({k: () for k in MODEL_AXES}),  # Values per model field.
-      nets_per_call=0,  # Nets trained together in one program (0 = all of them).
+      nets_per_call=0,  # Nets per compiled call, in order (0 = all nets in one call).
   ))
 
 
@@ -178,15 +178,30 @@ def _max(values: Sequence[Any]) -> Any:
   return max(values)
 
 
-def padded_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Model fields (besides 'name') of the one model every net of the grid fits in."""
+def calls(config: ml_collections.ConfigDict) -> list[list[int]]:
+  """The nets of each compiled call: consecutive groups of `grid.nets_per_call`
+  (0: all nets in one call). Each call pads only its own nets, so ordering the
+  axes so that a call holds one depth wastes no compute on padding."""
+  count = len(nets(config))
+  per_call = int(config.grid.get("nets_per_call", 0) or 0) if "grid" in config else 0
+  per_call = count if per_call <= 0 else min(per_call, count)
+  return [list(range(i, min(i + per_call, count))) for i in range(0, count, per_call)]
+
+
+def padded_fields(config: ml_collections.ConfigDict,
+                  members: Sequence[int] | None = None) -> dict[str, Any]:
+  """Model fields (besides 'name') of the one model the nets `members` (default:
+  all) of the grid fit in."""
   fields = {k: _as_tuple(v) for k, v in config.model.items() if k != "name"}
   toggles = TOGGLES.get(config.model.name, {})
   gated = False
-  for field, values in axes(config):
+  all_nets = nets(config)
+  members = range(len(all_nets)) if members is None else members
+  for field, _ in axes(config):
     group, _, name = field.partition(".")
     if group != "model":
       continue
+    values = [_as_tuple(all_nets[k].model[name]) for k in members]
     if name in toggles:
       fields[name] = _TOGGLE_PADDED[name]
     elif name == "stages":

@@ -58,20 +58,24 @@ class Writer:
           if not path.endswith(suffix):
             os.remove(path)
 
-  def write(self, step: int, scalars: Mapping[str, Any]) -> None:
-    """Records `scalars` (name -> number) at `step`."""
+  def write(self, step: int, scalars: Mapping[str, Any], net: int | None = None) -> None:
+    """Records `scalars` (name -> number) at `step`; of net `net` of a grid if given
+    (the row gets a 'net' field; TensorBoard tags become 'net<k>/<name>')."""
     if not self.enabled:
       return
     row = {"step": int(step)}
+    if net is not None:
+      row["net"] = int(net)
     row.update({k: _to_float(v) for k, v in scalars.items()})
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
     self._add(row)
 
   def _add(self, row: Mapping[str, Any]) -> None:
+    prefix = f"net{row['net']}/" if "net" in row else ""
     for name, value in row.items():
-      if name != "step":
-        self._tb.add_scalar(name, value, global_step=int(row["step"]))
+      if name not in ("step", "net"):
+        self._tb.add_scalar(prefix + name, value, global_step=int(row["step"]))
 
   def flush(self) -> None:
     if self._tb is not None:
@@ -154,9 +158,13 @@ def series(rows: list[dict], name: str) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(steps), np.asarray(values, np.float64)
 
 
-def mean_of(per_step: list[Mapping[str, Any]]) -> dict[str, float]:
-  """Per-key mean of a list of fetched per-step metric dicts."""
+def mean_of(per_step: list[Mapping[str, Any]], per_net: bool = False) -> dict[str, Any]:
+  """Per-key mean of a list of fetched per-step metric dicts (floats); with
+  `per_net`, each value has a leading net axis and the means are arrays [nets]."""
   keys = per_step[0].keys()
+  if per_net:
+    return {k: np.mean(np.stack([np.asarray(m[k], np.float64) for m in per_step]), axis=0)
+            for k in keys}
   return {k: float(np.mean([np.asarray(m[k], np.float64) for m in per_step])) for k in keys}
 
 
@@ -182,13 +190,39 @@ def format_duration(seconds: float) -> str:
   return f"{s}s"
 
 
-def progress_line(step: int, total: int, train: Mapping[str, float],
+def _spread(v: Any, fmt: str, scale: float = 1.0) -> str:
+  """A number, or for several nets their mean and [min, max] (NaNs left out)."""
+  v = np.asarray(v, np.float64) * scale
+  if v.ndim == 0 or v.size == 1:
+    return format(float(v.reshape(-1)[0]), fmt)
+  finite = v[np.isfinite(v)]
+  if finite.size == 0:
+    return "nan"
+  return (f"{format(float(finite.mean()), fmt)} [{format(float(finite.min()), fmt)}"
+          f"-{format(float(finite.max()), fmt)}]")
+
+
+def progress_line(step: int, total: int, train: Mapping[str, Any],
                   images_per_sec: float, eta_s: float) -> str:
-  """One human-readable line: step, loss, accuracy, lr, images/s, ETA."""
+  """One human-readable line: step, loss, accuracy, lr, images/s, ETA.
+
+  With per-net arrays (a grid), each number is the mean over nets with the
+  [min-max] range beside it; images/s counts every net's images.
+  """
   width = len(str(total))
-  return (f"step {step:>{width}}/{total}  loss {train['loss']:.4f}  "
-          f"acc {100 * train['accuracy']:6.2f}%  lr {train['lr']:.3g}  "
-          f"{images_per_sec:8.1f} img/s  ETA {format_duration(eta_s)}")
+  nets = np.size(train["loss"])
+  over = f" over {nets} nets" if nets > 1 else ""
+  return (f"step {step:>{width}}/{total}  loss {_spread(train['loss'], '.4f')}  "
+          f"acc {_spread(train['accuracy'], '.2f', 100)}%  lr {_spread(train['lr'], '.3g')}"
+          f"{over}  {images_per_sec:8.1f} img/s  ETA {format_duration(eta_s)}")
+
+
+def eval_line(ev: Mapping[str, Any]) -> str:
+  """'loss .. accuracy ..% error ..%' (a grid: mean [min-max] over nets)."""
+  nets = np.size(ev["loss"])
+  return (f"loss {_spread(ev['loss'], '.4f')}  accuracy {_spread(ev['accuracy'], '.2f', 100)}%"
+          f"  error {_spread(ev['error'], '.2f', 100)}%" + (f" over {nets} nets" if nets > 1
+                                                            else ""))
 
 
 def _to_float(v: Any) -> float:

@@ -613,6 +613,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, unit: str = "d
       build_model(config, num_classes=10)
     except errors.ConfigError as e:
       problems.append(str(e))
+  if _get(config, "grid") is not _MISSING:
+    problems += grid.validate(config)
+    if not problems and grid.is_grid(config):
+      for net, label in zip(grid.nets(config), grid.labels(config)):
+        try:
+          build_model(net, num_classes=10)
+          build_model(padded_config(config), num_classes=10)
+        except errors.ConfigError as e:
+          problems.append(f"grid net {', '.join(f'{k}={v}' for k, v in label.items())}: {e}")
+          break
   if problems:
     raise errors.ConfigError("\n".join(problems))
 
@@ -647,6 +657,10 @@ def _dataset_facts(ds: data.Dataset) -> dict:
 
 def _describe_mesh(mesh: jax.sharding.Mesh) -> str:
   n, total = sharding.num_shards(mesh), jax.device_count()
+  if sharding.is_grid(mesh):
+    rows = mesh.shape[sharding.GRID_AXIS]
+    return (f"{rows * n} of {total} devices ({rows} along the nets x {n} along each "
+            "net's batch: resjax/train.py grid_training_mesh)")
   if n == total or mesh.devices.flat[0].platform != "cpu":
     return f"{n} device{'s' if n > 1 else ''}"
   return f"{n} of {total} host devices (chosen for this model and batch: resjax/sharding.py)"
@@ -689,7 +703,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
   else:
     validate(config, jax.device_count())
   ds = load_data(config)
-  mesh = data_mesh(config, ds.input_shape, ds.num_classes)
+  nets = _Nets(config)
+  if nets.grid:
+    errors.check(jax.process_count() == 1, "a grid (config.grid) trains in one process; "
+                 "run it without --multihost, or split its axes over separate runs")
+    mesh = grid_training_mesh(config, ds.input_shape, ds.num_classes, nets.count)
+  else:
+    mesh = data_mesh(config, ds.input_shape, ds.num_classes)
   batch_size, total = int(config.data.batch_size), int(config.train.steps)
   errors.check(batch_size <= len(ds.train.labels),
                f"data.batch_size={batch_size} exceeds the {len(ds.train.labels)} training "
@@ -710,8 +730,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
   meta = checkpoint_meta(config, ds)
 
   mngr = checkpoints.manager(workdir, keep=int(config.train.get("keep_checkpoints", 0)))
-  state = create_train_state(config, mesh, ds.input_shape, ds.num_classes,
-                             mean=ds.mean, std=ds.std)
+  create = create_grid_state if nets.grid else create_train_state
+  state = create(config, mesh, ds.input_shape, ds.num_classes, mean=ds.mean, std=ds.std)
   last_saved = mngr.latest_step()
   if last_saved is not None:
     try:
@@ -719,13 +739,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
     except errors.ConfigError:
       mngr.close()
       raise
-    say(f"resumed from {checkpoints.directory(workdir)} at step {int(state.step)}")
+    say(f"resumed from {checkpoints.directory(workdir)} at step {step_of(state)}")
   if lead:
     checkpoints.save_config(workdir, config)
-  p_train, p_eval = jit_steps(state, mesh)
-  start = int(jax.device_get(state.step))
-  n_params = models.param_count(state.params)
-  say(f"{config.model.name} ({n_params:,} parameters) on {ds.name} "
+  p_train, p_eval = jit_steps(state, mesh, shared_batch=nets.shared_batch)
+  start = step_of(state)
+  n_params = models.param_count(state.params) // nets.count
+  what = (f"a grid of {nets.count} nets ({nets.describe()}), each padded to "
+          f"{n_params:,} parameters," if nets.grid else f"({n_params:,} parameters)")
+  say(f"{config.model.name} {what} on {ds.name} "
       f"({len(ds.train.labels)} train / {len(ds.test.labels)} test), batch {batch_size} "
       f"over {_describe_mesh(mesh)}, steps {start} -> {total}")
 
@@ -735,9 +757,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
   result: dict[str, Any] = {"step": max(start, total), "stopped": False}
   # A background thread gathers and transfers the next batches while the
   # device runs the current step.
-  batches = data.prefetch(
-      (sharding.to_global(host_batch(ds.train, s, seed=config.seed, global_batch=batch_size),
-                          mesh) for s in range(start, total)), size=2)
+  batches = data.prefetch((nets.batch(ds.train, s, mesh) for s in range(start, total)), size=2)
   with metrics.Writer(workdir, enabled=lead, resume_step=start) as writer:
     if writer.dropped:
       say(f"dropped {writer.dropped} rows after step {start} from {writer.path} "
@@ -763,25 +783,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
         window.extend(jax.device_get(pending))  # Waits for the device: the only sync.
         pending = []
         timed_seconds += time.perf_counter() - mark
-        _check_finite(window, done, last_saved, workdir, writer)
+        if nets.grid:
+          nets.check_finite(window, done, say)
+        else:
+          _check_finite(window, done, last_saved, workdir, writer)
         if log:
-          mean = metrics.mean_of(window)
-          mean["lr"] = float(window[-1]["lr"])  # The current rate, not the mean.
+          mean = metrics.mean_of(window, per_net=nets.grid)
+          mean["lr"] = window[-1]["lr"]  # The current rate, not the mean.
           step_time = timed_seconds / timed_steps if timed_steps else float("nan")
+          images_per_sec = nets.count * batch_size / step_time
           row = {f"train/{k}": v for k, v in mean.items()}
-          row.update({"train/step_time": step_time,
-                      "train/images_per_sec": batch_size / step_time})
-          writer.write(done, row)
-          say(metrics.progress_line(done, total, mean, batch_size / step_time,
+          row.update({"train/step_time": step_time, "train/images_per_sec": images_per_sec})
+          nets.write(writer, done, row)
+          say(metrics.progress_line(done, total, mean, images_per_sec,
                                     (total - done) * step_time))
           result.update(row)
           window, timed_steps, timed_seconds = [], 0, 0.0
         if do_eval:
           ev = evaluate(p_eval, state, ds.test, mesh, batch_size)
           row = {f"eval/{k}": v for k, v in ev.items()}
-          writer.write(done, row)
-          say(f"eval at step {done}: loss {ev['loss']:.4f}  accuracy "
-              f"{100 * ev['accuracy']:.2f}%  error {100 * ev['error']:.2f}%")
+          nets.write(writer, done, row)
+          say(f"eval at step {done}: " + metrics.eval_line(ev))
           result.update(row)
         if save and done != last_saved:
           checkpoints.save(mngr, state, meta)
@@ -795,14 +817,86 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
         ev = evaluate(p_eval, state, ds.test, mesh, batch_size)
         result.update({f"eval/{k}": v for k, v in ev.items()})
         say(f"nothing to train: checkpoint at step {start} >= train.steps={total}; "
-            f"eval accuracy {100 * ev['accuracy']:.2f}%")
+            "eval " + metrics.eval_line(ev))
     finally:
       batches.close()
       mngr.wait_until_finished()
       mngr.close()
   if last_saved is not None:
     result["checkpoint"] = os.path.join(checkpoints.directory(workdir), str(last_saved))
+  if nets.grid:
+    result = nets.summarize(result, workdir if lead else None, say)
   return result
+
+
+def step_of(state: TrainState) -> int:
+  """The step of a state (of every net of a stacked grid state)."""
+  return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
+
+
+class _Nets:
+  """What `train_and_evaluate` trains: one net, or the nets of `config.grid`."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.grid = grid.is_grid(config)
+    self.configs = grid.nets(config)
+    self.labels = grid.labels(config)
+    self.count = len(self.configs)
+    self.seeds = [int(c.seed) for c in self.configs]
+    self.shared_batch = len(set(self.seeds)) == 1
+    self.batch_size = int(config.data.batch_size)
+    self.axes = grid.axes(config)
+    self.diverged: dict[int, int] = {}
+
+  def describe(self) -> str:
+    return " x ".join(f"{len(v)} {f}" for f, v in self.axes)
+
+  def batch(self, split: data.Split, step: int, mesh: jax.sharding.Mesh) -> dict:
+    """The global training batch of `step`: one for all nets, or one per net's seed."""
+    if self.shared_batch:
+      return sharding.to_global(host_batch(split, step, seed=self.seeds[0],
+                                           global_batch=self.batch_size), mesh)
+    rows = [host_batch(split, step, seed=s, global_batch=self.batch_size) for s in self.seeds]
+    return sharding.to_global(grid.stack(rows), mesh, sharding.net_batch_sharding(mesh))
+
+  def write(self, writer: metrics.Writer, step: int, row: Mapping[str, Any]) -> None:
+    """One metrics row (a grid: one per net, each with its 'net' index)."""
+    if not self.grid:
+      writer.write(step, row)
+      return
+    for k in range(self.count):
+      writer.write(step, {name: (v[k] if np.ndim(v) else v) for name, v in row.items()},
+                   net=k)
+
+  def check_finite(self, window: list[dict], done: int, say: Callable) -> None:
+    """A grid goes on when some of its nets diverge; each is named once."""
+    loss = np.stack([np.asarray(m["loss"]) for m in window])  # [steps, nets]
+    for k in np.flatnonzero(~np.isfinite(loss).all(axis=0)):
+      if int(k) not in self.diverged:
+        step = done - len(window) + int(np.argmax(~np.isfinite(loss[:, k]))) + 1
+        self.diverged[int(k)] = step
+        say(f"net {k} ({_label(self.labels[k])}) diverged at step {step}: its loss is "
+            f"{loss[:, k][~np.isfinite(loss[:, k])][0]}; the other nets go on")
+
+  def summarize(self, result: dict, workdir: str | None, say: Callable) -> dict:
+    """Per-net rows ('nets') and means over nets in `result`; nets.csv in `workdir`."""
+    rows = []
+    for k, label in enumerate(self.labels):
+      row = {"net": k, **label}
+      row.update({key: float(np.asarray(v)[k]) for key, v in result.items()
+                  if key.startswith(("train/", "eval/")) and np.ndim(v) == 1})
+      row["diverged_at"] = self.diverged.get(k)
+      rows.append(row)
+    out = {k: (float(np.mean(v)) if np.ndim(v) == 1 else v) for k, v in result.items()}
+    out["nets"] = rows
+    if workdir is not None:
+      files.write_csv(os.path.join(workdir, "nets.csv"), rows)
+      say(f"per-net results: {os.path.join(workdir, 'nets.csv')}")
+    return out
+
+
+def _label(label: Mapping[str, Any]) -> str:
+  return ", ".join(f"{k}={v}" for k, v in label.items())
 
 
 def _check_finite(window: list[dict], done: int, last_saved: int | None, workdir: str,

@@ -146,3 +146,60 @@ def test_invres_grid_mesh_keeps_nets_together():
   ds = train.load_data(config)
   mesh = train.grid_training_mesh(config, ds.input_shape, ds.num_classes, 2, jax.devices())
   assert mesh.shape["grid"] == 1
+
+
+def _params_close(a, b, atol=1e-5):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=atol),
+               jax.device_get(a), jax.device_get(b))
+
+
+@pytest.mark.parametrize("name", ["tiny_mlp", "tiny"])
+def test_grid_run_checkpoint_net_k_equals_single_run_with_seed_k(tmp_path, name):
+  from resjax import checkpoints
+  config = embedded.get_config(name)
+  if name == "tiny":
+    config.data.num_test = 1697
+  else:
+    config.data.num_train, config.data.num_test = 256, 64
+  single = []
+  for k in range(3):
+    one = ml_collections.ConfigDict(config.to_dict())
+    one.seed = k
+    train.train_and_evaluate(one, str(tmp_path / f"seed{k}"))
+    single.append(checkpoints.load(str(tmp_path / f"seed{k}"))[1])
+  config.grid.seeds = (0, 1, 2)
+  result = train.train_and_evaluate(config, str(tmp_path / "grid"))
+  assert [r["seed"] for r in result["nets"]] == [0, 1, 2]
+  for k in range(3):
+    net_config, state = checkpoints.load(str(tmp_path / "grid"), net=k)
+    assert net_config.seed == k and not grid.is_grid(net_config)
+    assert int(state.step) == int(single[k].step)
+    _params_close(state.params, single[k].params)
+    _params_close(state.batch_stats, single[k].batch_stats)
+  rows = [r for r in __import__("resjax").metrics.read(str(tmp_path / "grid"))
+          if "eval/accuracy" in r]
+  assert sorted(r["net"] for r in rows) == [0, 1, 2]  # One eval row per net.
+
+
+def test_grid_resumes_bit_for_bit(tmp_path):
+  from resjax import checkpoints
+  config = _mlp(seeds=(0, 1), model__depth=(2, 3))
+  config.train.steps, config.train.checkpoint_every = 6, 3
+  whole = tmp_path / "whole"
+  train.train_and_evaluate(config, str(whole))
+  parts = tmp_path / "parts"
+  stopped = train.train_and_evaluate(config, str(parts), should_stop=lambda step: step == 3)
+  assert stopped["stopped"] and stopped["step"] == 3
+  train.train_and_evaluate(config, str(parts))
+  a, b = checkpoints.load(str(whole))[1], checkpoints.load(str(parts))[1]
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(a.params),
+               jax.device_get(b.params))
+
+
+def test_load_net_of_a_single_run_or_out_of_range_is_one_line(tmp_path):
+  from resjax import checkpoints
+  config = _mlp(seeds=(0, 1))
+  config.train.steps = 2
+  train.train_and_evaluate(config, str(tmp_path / "g"))
+  with pytest.raises(errors.ConfigError, match="use 0..1"):
+    checkpoints.load(str(tmp_path / "g"), net=2)
