@@ -71,11 +71,21 @@ def write_csv(path: str, rows: Iterable[Mapping[str, Any]]) -> None:
   write_text(path, buf.getvalue())
 
 
-def save_figure(fig, path: str, dpi: int = 150) -> None:
-  """Saves a matplotlib figure atomically as PNG."""
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-  write_bytes(path, buf.getvalue())
+def save_figure(fig, path: str, dpi: int = 150) -> list[str]:
+  """Saves a matplotlib figure atomically as PNG at `path` and as PDF (vector) beside it.
+
+  Returns the paths written: `x.png` and `x.pdf` for path `x.png`.
+  """
+  root, ext = os.path.splitext(path)
+  paths = [path, root + ".pdf"] if ext.lower() == ".png" else [path]
+  for out in paths:
+    buf = io.BytesIO()
+    fmt = os.path.splitext(out)[1][1:].lower() or "png"
+    # Fixed metadata: the same figure gives the same PDF bytes on every run.
+    meta = {"CreationDate": None} if fmt == "pdf" else {}
+    fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
+    write_bytes(out, buf.getvalue())
+  return paths
 
 
 def _jsonable(x: Any) -> Any:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from typing import Any, Callable, Sequence
 
 import matplotlib
@@ -249,9 +250,18 @@ def _label(run: dict) -> str:
   return run["run"] if run["run"] == run["model"] else f"{run['run']} ({run['model']})"
 
 
+def display_name(name: str) -> str:
+  """A layer name as every figure writes it: the probes' 'stage1/block0/...' form.
+
+  Weight layers are module paths ('stage1_block0/conv1'); their block part is
+  rewritten to the probe names' 'stage1/block0'.
+  """
+  return re.sub(r"\b(stage\d+)_(block\d+)\b", r"\1/\2", name)
+
+
 def _layer_ticks(ax, names: Sequence[str]) -> None:
   ax.set_xticks(range(len(names)))
-  ax.set_xticklabels(names, rotation=90)
+  ax.set_xticklabels([display_name(n) for n in names], rotation=90)
   ax.set_xlim(-0.5, len(names) - 0.5)
 
 
@@ -267,28 +277,62 @@ def _title(runs: Sequence[dict]) -> str:
   return f"{' vs '.join(r['model'] for r in runs)} on {', '.join(data)} test set ({at})"
 
 
-def _style_legend(ax, styles: Sequence[tuple[str, str, str]], **kwargs) -> None:
-  """A legend of line styles (in black), independent of the run colours."""
+def _style_legend(ax, styles: Sequence[tuple[str, str, str]], extra: Sequence = (),
+                  **kwargs) -> None:
+  """A legend of line styles (in black), independent of the run colours.
+
+  By default it sits above the axes at the right, beside the left-aligned
+  title, where it cannot cover the data.
+  """
   from matplotlib.lines import Line2D
   handles = [Line2D([], [], color="0.2", linestyle=ls, marker=mk,
                     markerfacecolor="0.2" if ls == "-" else "none", label=label)
              for label, ls, mk in styles]
-  ax.add_artist(ax.legend(handles=handles, frameon=False, **kwargs))
+  kwargs = {"loc": "lower right", "bbox_to_anchor": (1.0, 0.98), "ncol": len(styles)
+            + len(extra), "borderaxespad": 0.0, "fontsize": 7.5, **kwargs}
+  ax.add_artist(ax.legend(handles=handles + list(extra), frameon=False, **kwargs))
 
 
-def _run_legend(fig, runs: Sequence[dict], colors: Sequence) -> None:
-  """One legend for the whole figure: which colour is which run."""
+def _run_handles(runs: Sequence[dict], colors: Sequence) -> list:
   from matplotlib.lines import Line2D
-  handles = [Line2D([], [], color=c, linewidth=2.5, label=_label(r))
-             for r, c in zip(runs, colors)]
-  fig.legend(handles=handles, loc="upper center", ncol=min(len(runs), 4), frameon=False,
-             bbox_to_anchor=(0.5, 0.965))
+  return [Line2D([], [], color=c, linewidth=2.5, label=_label(r)) for r, c in zip(runs, colors)]
+
+
+def _run_legend(fig, runs: Sequence[dict], colors: Sequence, y: float = 0.965) -> None:
+  """One legend for the whole figure: which colour is which run."""
+  fig.legend(handles=_run_handles(runs, colors), loc="upper center",
+             ncol=min(len(runs), 4), frameon=False, bbox_to_anchor=(0.5, y))
+
+
+def _side_legend(ax, handles) -> None:
+  """A legend right of the axes, where it cannot cover the data."""
+  ax.legend(handles=handles, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def _has_linear_region(runs: Sequence[dict]) -> bool:
+  """Whether any layer of any run passes every unit for some input or position."""
+  return any((r["linear_frac"] or 0.0) > 0 or (r["linear_frac_position"] or 0.0) > 0
+             for run in runs for r in run["layers"])
+
+
+def _has_positions(runs: Sequence[dict]) -> bool:
+  """Whether any layer has spatial positions (convolutions); MLP layers have one."""
+  return any(r.get("positions", 1) > 1 for run in runs for r in run["layers"])
 
 
 def plot_units(runs: Sequence[dict]):
-  """Dead/dormant fraction, active-fraction spread and linear-region fraction per layer."""
+  """Dead/dormant fraction, active-fraction spread and linear-region fraction per layer.
+
+  Panel (c) is drawn only where some layer has a linear region; otherwise a
+  line under the figure says that it is 0 everywhere. Its per-position curve
+  is drawn only for nets with spatial positions (for an MLP it equals the
+  per-input one).
+  """
+  from matplotlib.patches import Patch
+  linear = _has_linear_region(runs)
+  positions = _has_positions(runs)
   with matplotlib.rc_context(RC):
-    fig, axes = _figure((7.5, 8.6), rows=3)
+    fig, axes = _figure((7.5, 8.6 if linear else 6.4), rows=3 if linear else 2)
     colors = _colors(len(runs))
     threshold = runs[0]["summary"]["dormant_threshold"]
     for run, color in zip(runs, colors):
@@ -303,46 +347,53 @@ def plot_units(runs: Sequence[dict]):
       axes[1].plot(x, [r["active_mean"] for r in layers], "o-", color=color)
       axes[1].plot(x, [r["active_min"] for r in layers], ":", color=color, linewidth=1)
       axes[1].plot(x, [r["active_max"] for r in layers], ":", color=color, linewidth=1)
-      axes[2].plot(x, [r["linear_frac"] or 0.0 for r in layers], "o-", color=color)
-      axes[2].plot(x, [r["linear_frac_position"] for r in layers], "^--", color=color,
-                   markerfacecolor="none")
+      if linear:
+        axes[2].plot(x, [r["linear_frac"] or 0.0 for r in layers], "o-", color=color)
+        if positions:
+          axes[2].plot(x, [r["linear_frac_position"] for r in layers], "^--", color=color,
+                       markerfacecolor="none")
     axes[0].set_ylabel("fraction of units")
     axes[0].set_title("(a) dead units (never on duty) and dormant units", loc="left")
     top = max([r["dead_frac"] for run in runs for r in run["layers"]]
               + [r["dormant_frac"] for run in runs for r in run["layers"]] + [0.0])
-    axes[0].set_ylim(-0.02 * max(top, 0.05), 1.25 * max(top, 0.05))
+    axes[0].set_ylim(-0.02 * max(top, 0.05), 1.1 * max(top, 0.05))
     _style_legend(axes[0], [("dead", "-", "o"),
-                            (f"dormant (ReDo score $\\leq$ {threshold:g})", "--", "s")],
-                  loc="best")
+                            (f"dormant (ReDo score $\\leq$ {threshold:g})", "--", "s")])
     axes[1].set_ylabel("active fraction per input")
-    axes[1].set_title("(b) share of a layer's neurons on duty, over test inputs", loc="left")
+    axes[1].set_title("(b) share of a layer's neurons on duty per input", loc="left")
     axes[1].axhline(0.5, color="0.5", linewidth=0.8, linestyle="--")
     axes[1].set_ylim(0, 1)
     _style_legend(axes[1], [("mean", "-", "o"), ("min / max", ":", "")],
-                  loc="lower left", ncol=2)
-    axes[1].text(0.99, 0.03, "band: 2.5-97.5 percentile", transform=axes[1].transAxes,
-                 ha="right", va="bottom", fontsize=7, color="0.3")
-    axes[2].set_ylabel("linear-region fraction")
-    axes[2].set_title("(c) every unit on duty: the layer acts linearly (C7)", loc="left")
-    top = max([r["linear_frac"] or 0.0 for run in runs for r in run["layers"]]
-              + [r["linear_frac_position"] for run in runs for r in run["layers"]])
-    top = min(1.0, max(top, 0.05))
-    axes[2].set_ylim(-0.02 * top, 1.3 * top)
-    _style_legend(axes[2], [("per input", "-", "o"), ("per (input, position)", "--", "^")],
-                  loc="best")
-    _layer_ticks(axes[2], _longest(runs, "layers", "layer"))
-    axes[2].set_xlabel("activation layer (forward order)")
+                  extra=[Patch(facecolor="0.2", alpha=0.18, label="2.5-97.5%")])
+    if linear:
+      axes[2].set_ylabel("linear-region fraction")
+      axes[2].set_title("(c) every unit on duty: the layer acts linearly (C7)", loc="left")
+      top = max([r["linear_frac"] or 0.0 for run in runs for r in run["layers"]]
+                + [r["linear_frac_position"] for run in runs for r in run["layers"]])
+      top = min(1.0, max(top, 0.05))
+      axes[2].set_ylim(-0.02 * top, 1.1 * top)
+      styles = [("per input", "-", "o")]
+      if positions:
+        styles.append(("per (input, position)", "--", "^"))
+      _style_legend(axes[2], styles)
+    _layer_ticks(axes[-1], _longest(runs, "layers", "layer"))
+    axes[-1].set_xlabel("activation layer (forward order)")
     fig.suptitle(_title(runs), fontsize=10, y=0.995)
-    _run_legend(fig, runs, colors)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    _run_legend(fig, runs, colors, y=0.965 if linear else 0.955)
+    fig.tight_layout(rect=(0, 0.03 if not linear else 0, 1, 0.95 if linear else 0.935))
+    if not linear:
+      fig.text(0.01, 0.005, "(c) linear-region fraction (C7) not drawn: 0 in every layer; "
+               "no test input puts every unit of a layer on duty.", fontsize=8, color="0.3",
+               ha="left", va="bottom")
   return fig
 
 
 def plot_rank(runs: Sequence[dict]):
   """Effective rank of the features before and after the activation, per layer."""
   import matplotlib.ticker as mticker
+  from matplotlib.lines import Line2D
   with matplotlib.rc_context(RC):
-    fig, ax = _figure((7.5, 4.4))
+    fig, ax = _figure((9.5, 4.4))
     colors = _colors(len(runs))
     for run, color in zip(runs, colors):
       layers = run["layers"]
@@ -357,14 +408,12 @@ def plot_rank(runs: Sequence[dict]):
     ax.set_ylabel("effective rank (participation ratio)")
     ax.set_xlabel("activation layer (forward order)")
     _layer_ticks(ax, _longest(runs, "layers", "layer"))
-    from matplotlib.lines import Line2D
-    handles = [Line2D([], [], color=c, linewidth=2.5, label=_label(r))
-               for r, c in zip(runs, colors)]
+    handles = _run_handles(runs, colors)
     handles += [Line2D([], [], color="0.55", linewidth=1, label="layer width"),
                 Line2D([], [], color="0.2", marker="o", label="before the activation"),
                 Line2D([], [], color="0.2", linestyle="--", marker="s",
                        markerfacecolor="none", label="after the activation")]
-    ax.legend(handles=handles, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _side_legend(ax, handles)
     ax.set_title(f"Effective rank of the channel covariance (C3)\n{_title(runs)}")
     fig.tight_layout()
   return fig
@@ -373,8 +422,9 @@ def plot_rank(runs: Sequence[dict]):
 def plot_gradients(runs: Sequence[dict]):
   """Loss-gradient norm per weight layer (geometric mean, 95% interval)."""
   with matplotlib.rc_context(RC):
-    fig, ax = _figure((7.5, 4.0))
+    fig, ax = _figure((9.5, 4.0))
     n_batches = 0
+    drawn = []
     for run, color in zip(runs, _colors(len(runs))):
       w = run["weights"]
       if not w:
@@ -383,12 +433,13 @@ def plot_gradients(runs: Sequence[dict]):
       x = np.arange(len(w))
       ax.fill_between(x, [r["grad_norm_lo"] for r in w], [r["grad_norm_hi"] for r in w],
                       color=color, alpha=0.18, linewidth=0)
-      ax.plot(x, [r["grad_norm"] for r in w], "o-", color=color, label=_label(run))
+      ax.plot(x, [r["grad_norm"] for r in w], "o-", color=color)
+      drawn.append((run, color))
     ax.set_yscale("log")
     ax.set_ylabel(r"$\|\partial L / \partial W\|$")
     ax.set_xlabel("weight layer (forward order)")
     _layer_ticks(ax, _longest(runs, "weights", "layer"))
-    ax.legend(frameon=False)
+    _side_legend(ax, _run_handles([r for r, _ in drawn], [c for _, c in drawn]))
     ax.set_title(f"Gradient norm per layer (geometric mean over {n_batches} batches; "
                  f"band: 95% interval)\n{_title(runs)}")
     fig.tight_layout()
@@ -396,29 +447,42 @@ def plot_gradients(runs: Sequence[dict]):
 
 
 def plot_energy(runs: Sequence[dict]):
-  """Share of the block-output energy carried by the shortcut, per block."""
+  """Share of the block-output energy carried by the shortcut, per block.
+
+  Runs without shortcuts are named in the legend (their branch carries 100%);
+  when no run has shortcuts, their blocks are drawn as branch-only bars.
+  """
+  from matplotlib.patches import Patch
   with matplotlib.rc_context(RC):
-    fig, ax = _figure((7.5, 3.8))
+    fig, ax = _figure((9.5, 3.8))
     names = _longest(runs, "blocks", "block")
     colors = _colors(len(runs))
-    shown = [i for i, r in enumerate(runs) if any(b["has_shortcut"] for b in r["blocks"])]
+    residual = [i for i, r in enumerate(runs) if any(b["has_shortcut"] for b in r["blocks"])]
+    plain = [i for i, r in enumerate(runs) if r["blocks"] and i not in residual]
+    shown = residual or plain
     width = 0.8 / max(len(shown), 1)
     for k, i in enumerate(shown):
       blocks = runs[i]["blocks"]
       x = np.arange(len(blocks)) + (k - (len(shown) - 1) / 2) * width
-      ax.bar(x, [b["shortcut_frac"] or 0.0 for b in blocks], width=width, color=colors[i],
-             alpha=0.85, label=_label(runs[i]))
-    missing = [_label(r) for i, r in enumerate(runs) if i not in shown]
-    if missing:
-      ax.text(0.01, 0.97, f"{', '.join(missing)}: no shortcuts (the branch carries 100%)",
-              transform=ax.transAxes, ha="left", va="top", fontsize=8, color="0.3")
+      if residual:
+        ax.bar(x, [b["shortcut_frac"] or 0.0 for b in blocks], width=width * 0.92,
+               color=colors[i], alpha=0.85)
+      else:  # no shortcut anywhere: the branch carries everything
+        ax.bar(x, np.ones(len(blocks)), width=width * 0.92, facecolor="white",
+               edgecolor=colors[i], hatch="///", linewidth=0.6)
     ax.axhline(0.5, color="0.5", linewidth=0.8, linestyle="--")
-    ax.set_ylim(0, 1.08)
+    ax.set_ylim(0, 1.0)
     ax.set_ylabel(r"shortcut share $\|s\|^2 / (\|s\|^2 + \|b\|^2)$")
     ax.set_xlabel("block (forward order)")
     _layer_ticks(ax, names)
-    if shown:
-      ax.legend(frameon=False, loc="lower right")
+    handles = _run_handles([runs[i] for i in shown], [colors[i] for i in shown])
+    if not residual:
+      handles.append(Patch(facecolor="white", edgecolor="0.35", hatch="///",
+                           label="no shortcuts (branch: 100%)"))
+    handles += [Patch(facecolor="none", edgecolor="none",
+                      label=f"{_label(runs[i])}: no shortcuts (branch: 100%)")
+                for i in plain if residual]
+    _side_legend(ax, handles)
     ax.set_title(f"Block output s + b: energy in the shortcut s vs the branch b (C5)\n"
                  f"{_title(runs)}")
     fig.tight_layout()
