@@ -31,6 +31,8 @@ def main(argv):
   if name in ("train", "profile", "split", "tried"):
     # Time the path launch.train runs: its host-device split, set before JAX starts.
     from launch import platform  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  # Benchmarks time compiles: no cache unless --compilation_cache_dir is given.
+  common.compilation_cache(None if flags.FLAGS["compilation_cache_dir"].present else "")
   common.log_devices()
   figures = importlib.import_module(f"resjax.bench.{name}").run(quick=_QUICK.value)
   if _OUT.value:

@@ -1,8 +1,9 @@
-"""What every launcher shares: one-line errors and a device log."""
+"""What every launcher shares: one-line errors, a device log, the compilation cache."""
 from __future__ import annotations
 
 import functools
 import logging as py_logging
+import os
 import sys
 from typing import Callable
 
@@ -22,6 +23,46 @@ def readable_errors(main: Callable) -> Callable:
       fail(str(e))
 
   return wrapped
+
+
+def default_cache_dir(environ=None) -> str:
+  """$XDG_CACHE_HOME/resjax/jax, or ~/.cache/resjax/jax."""
+  environ = os.environ if environ is None else environ
+  root = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(root, "resjax", "jax")
+
+
+_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", default_cache_dir(),
+    "JAX's persistent compilation cache: a rerun loads the compiled programs from here "
+    "instead of compiling them again. Empty: no cache.")
+
+
+def compilation_cache(path: str | None = None) -> str | None:
+  """Turns on JAX's persistent compilation cache in `path` (default: the flag's value).
+
+  Call before anything compiles. An empty path turns it off. Returns the
+  directory used, or None.
+  """
+  path = _CACHE_DIR.value if path is None else path
+  if not path:
+    return None
+  import jax
+  path = os.path.abspath(os.path.expanduser(path))
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise errors.ConfigError(f"cannot create --compilation_cache_dir={path} ({e.strerror}); "
+                             "pass a writable directory, or an empty value for no cache") from None
+  errors.check(os.access(path, os.W_OK | os.X_OK),
+               f"--compilation_cache_dir={path} is not writable; pass a writable directory, "
+               "or an empty value for no cache")
+  jax.config.update("jax_compilation_cache_dir", path)
+  # Keep every program, not only those over JAX's default 1 s of compile time:
+  # a study or an analysis compiles many small ones.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return path
 
 
 def log_devices() -> None:

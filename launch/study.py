@@ -26,6 +26,7 @@ def main(argv):
   errors.check(len(argv) == 1, f"unexpected arguments {argv[1:]}; pass options as --flag=value")
   errors.check(bool(_WORKDIR.value), "--workdir is required: pass --workdir=DIR")
   common.quiet_orbax()
+  common.compilation_cache()
   common.log_devices()
   out = study.run(_CONFIG.value, _WORKDIR.value, log=lambda line: print(line, flush=True))
   print(f"wall time {out['wall_s']:.0f} s; {len(out['rows'])} conditions in "

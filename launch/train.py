@@ -37,6 +37,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process: 0..num_pro
 @common.readable_errors
 def main(argv):
   common.quiet_orbax()
+  common.compilation_cache()
   errors.check(len(argv) == 1, f"unexpected arguments: {' '.join(argv[1:])}")
   errors.check(bool(_WORKDIR.value), "--workdir is required: pass --workdir=DIR")
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
