@@ -275,8 +275,7 @@ def load(workdir: str, step: int | None = None,
     return config, state
   own_config = grid.nets(config)[net]
   own = train.abstract_train_state(own_config, mesh, **facts)
-  stacked = jax.device_get(state.arrays())
-  arrays = grid.crop(jax.tree.map(lambda a: a[net], stacked), own.arrays())
+  arrays = grid.crop(jax.device_get(state.net_arrays(config, net)), own.arrays())
   arrays = jax.tree.map(lambda a, like: jax.device_put(a, like.sharding), arrays, own.arrays())
   hparams = {k: jax.device_put(v, sharding.replicated(mesh))
              for k, v in train.hyperparams(own_config.opt).items()}

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.struct
 import jax
@@ -288,10 +289,12 @@ def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 # Grids: every net initialized by the single run's code, padded, stacked.
 
 
-def padded_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config of the one (gated) model every net of `config.grid` fits in."""
+def padded_config(config: ml_collections.ConfigDict,
+                  members: Sequence[int] | None = None) -> ml_collections.ConfigDict:
+  """The config of the one (gated) model the nets `members` (default: all) of
+  `config.grid` fit in."""
   out = ml_collections.ConfigDict(config.to_dict())
-  for key, value in grid.padded_fields(config).items():
+  for key, value in grid.padded_fields(config, members).items():
     out.model[key] = value
   out.grid = grid.config_group()
   return out
@@ -301,22 +304,62 @@ def _needs_mask(config: ml_collections.ConfigDict) -> bool:
   return any(f.startswith("model.") for f, _ in grid.axes(config))
 
 
-def _stacked_abstract(config, input_shape, num_classes, mean, std):
-  """(padded single-net abstract state, number of nets)."""
-  init = _init_fn(padded_config(config), tuple(input_shape), num_classes, mean, std)
+def _stacked_abstract(config, input_shape, num_classes, mean, std, members):
+  """The padded single-net abstract state of the nets `members`."""
+  init = _init_fn(padded_config(config, members), tuple(input_shape), num_classes, mean, std)
   big = jax.eval_shape(init, *_rngs(0))
   if _needs_mask(config):
     big = big.replace(mask=big.params)
-  return big, len(grid.nets(config))
+  return big
+
+
+@dataclasses.dataclass(frozen=True)
+class GridCalls:
+  """A grid's state: one stacked TrainState per compiled call (`grid.calls`).
+
+  Behaves like a TrainState where the loop and the checkpoints need it: one
+  step, the arrays to save (a single call's arrays as they are; several
+  calls' under 'call0', 'call1', ...), `replace` with restored arrays.
+  """
+  states: tuple
+
+  @property
+  def step(self) -> jax.Array:
+    return self.states[0].step
+
+  @property
+  def params(self) -> tuple:
+    return tuple(s.params for s in self.states)
+
+  def arrays(self) -> dict:
+    if len(self.states) == 1:
+      return self.states[0].arrays()
+    return {f"call{i}": s.arrays() for i, s in enumerate(self.states)}
+
+  def replace(self, **arrays) -> "GridCalls":
+    if len(self.states) == 1:
+      return GridCalls((self.states[0].replace(**arrays),))
+    return GridCalls(tuple(s.replace(**arrays[f"call{i}"]) for i, s in enumerate(self.states)))
+
+  def net_arrays(self, config: ml_collections.ConfigDict, k: int) -> dict:
+    """Net k's slice of the checkpointed arrays (padded to its call's model)."""
+    for i, members in enumerate(grid.calls(config)):
+      if k in members:
+        return jax.tree.map(lambda a, j=members.index(k): a[j], self.states[i].arrays())
+    raise IndexError(k)
 
 
 def abstract_grid_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                        input_shape, num_classes: int, *, mean=None, std=None) -> TrainState:
-  """A grid's stacked state as shapes with shardings (nets split over 'grid')."""
-  big, k = _stacked_abstract(config, input_shape, num_classes, mean, std)
+                        input_shape, num_classes: int, *, mean=None, std=None) -> GridCalls:
+  """A grid's stacked states as shapes with shardings (nets split over 'grid')."""
   shard = sharding.net_sharding(mesh)
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct((k, *a.shape), a.dtype, sharding=shard),
-                      big)
+  states = []
+  for members in grid.calls(config):
+    big = _stacked_abstract(config, input_shape, num_classes, mean, std, members)
+    states.append(jax.tree.map(
+        lambda a, k=len(members): jax.ShapeDtypeStruct((k, *a.shape), a.dtype, sharding=shard),
+        big))
+  return GridCalls(tuple(states))
 
 
 def _own_states(nets: list, input_shape, num_classes, mean, std, on_cpu: bool) -> list:
@@ -345,16 +388,24 @@ def _put(tree: Any, shard: jax.sharding.NamedSharding) -> Any:
 
 
 def create_grid_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                      input_shape, num_classes: int, *, mean=None, std=None) -> TrainState:
-  """The stacked state of every net of `config.grid` (net k = `grid.nets(config)[k]`).
+                      input_shape, num_classes: int, *, mean=None, std=None) -> GridCalls:
+  """The stacked states of every net of `config.grid` (net k = `grid.nets(config)[k]`),
+  one per compiled call.
 
   Net k starts from exactly the state its single run starts from, padded into
-  the shared model; its gates, hyper-parameters and unit mask ride along.
+  its call's model; its gates, hyper-parameters and unit mask ride along.
   """
   nets = grid.nets(config)
-  big, _ = _stacked_abstract(config, input_shape, num_classes, mean, std)
   on_cpu = mesh.devices.flat[0].platform == "cpu"
   own = _own_states(nets, input_shape, num_classes, mean, std, on_cpu)
+  return GridCalls(tuple(
+      _stack_call(config, [nets[k] for k in members], [own[k] for k in members],
+                  _stacked_abstract(config, input_shape, num_classes, mean, std, members), mesh)
+      for members in grid.calls(config)))
+
+
+def _stack_call(config, nets, own, big, mesh) -> TrainState:
+  """The nets of one call padded into `big` and stacked, sharded over 'grid'."""
   fields = {name: [] for name in ("step", "params", "batch_stats", "opt_state", "rng",
                                   "hparams", "gates", "mask")}
   for net, state in zip(nets, own):
@@ -381,6 +432,8 @@ def grid_training_mesh(config: ml_collections.ConfigDict, input_shape, num_class
   """
   devices = jax.devices() if devices is None else list(devices)
   rows = grid.grid_size(num_nets, len(devices))
+  for members in grid.calls(config):
+    rows = grid.grid_size(math.gcd(rows, len(members)), len(devices))
   if config.model.name in GROUPED_CONV_MODELS:
     # Splitting the nets of a vmapped grouped (depthwise) convolution over
     # devices gives wrong numbers with jax 0.10.2 on the CPU (every net got
@@ -389,7 +442,7 @@ def grid_training_mesh(config: ml_collections.ConfigDict, input_shape, num_class
     rows = 1
   per_net = devices[:len(devices) // rows]
   if devices[0].platform == "cpu":
-    net0 = padded_config(config)
+    net0 = padded_config(config, grid.calls(config)[0])
     flops, n_params = forward_flops(net0, input_shape, num_classes)
     per_net = sharding.data_devices(int(config.data.batch_size), flops, n_params, per_net)
   batch = int(config.data.batch_size)
@@ -483,6 +536,8 @@ def jit_steps(state: TrainState, mesh: jax.sharding.Mesh,
   nets (`shared_batch`, split over 'data') or one per net ([net, batch, ...]).
   Metrics and evaluation sums then carry a leading net axis.
   """
+  if isinstance(state, GridCalls):
+    return _jit_calls(state, mesh, shared_batch)
   batch_s, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   if not sharding.is_grid(mesh):
     state_s = state_sharding(state, mesh)
@@ -498,6 +553,30 @@ def jit_steps(state: TrainState, mesh: jax.sharding.Mesh,
                     donate_argnums=0)
   p_eval = jax.jit(jax.vmap(eval_step, in_axes=(0, None)), in_shardings=(state_s, batch_s),
                    out_shardings=nets)
+  return p_train, p_eval
+
+
+def _jit_calls(calls: GridCalls, mesh: jax.sharding.Mesh,
+               shared_batch: bool) -> tuple[Callable, Callable]:
+  """`jit_steps` for a grid of several calls: one program per call, run in turn.
+
+  The training step takes one batch per call; metrics and evaluation sums are
+  concatenated along the net axis (net order).
+  """
+  fns = [jit_steps(s, mesh, shared_batch) for s in calls.states]
+
+  def concat(parts: list[dict]) -> dict:
+    if len(parts) == 1:
+      return parts[0]
+    return {k: jnp.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def p_train(state: GridCalls, batches: Sequence[Any]) -> tuple[GridCalls, dict]:
+    outs = [f(s, b) for (f, _), s, b in zip(fns, state.states, batches)]
+    return GridCalls(tuple(o[0] for o in outs)), concat([o[1] for o in outs])
+
+  def p_eval(state: GridCalls, batch: Any) -> dict:
+    return concat([f(s, batch) for (_, f), s in zip(fns, state.states)])
+
   return p_train, p_eval
 
 
@@ -846,18 +925,26 @@ class _Nets:
     self.shared_batch = len(set(self.seeds)) == 1
     self.batch_size = int(config.data.batch_size)
     self.axes = grid.axes(config)
+    self.calls = grid.calls(config)
     self.diverged: dict[int, int] = {}
 
   def describe(self) -> str:
-    return " x ".join(f"{len(v)} {f}" for f, v in self.axes)
+    calls = f"; {len(self.calls)} compiled calls" if len(self.calls) > 1 else ""
+    return " x ".join(f"{len(v)} {f}" for f, v in self.axes) + calls
 
-  def batch(self, split: data.Split, step: int, mesh: jax.sharding.Mesh) -> dict:
-    """The global training batch of `step`: one for all nets, or one per net's seed."""
+  def batch(self, split: data.Split, step: int, mesh: jax.sharding.Mesh) -> Any:
+    """The global training batch of `step`; a grid: one per call, shared by its
+    nets or stacked from each net's seed."""
     if self.shared_batch:
-      return sharding.to_global(host_batch(split, step, seed=self.seeds[0],
-                                           global_batch=self.batch_size), mesh)
-    rows = [host_batch(split, step, seed=s, global_batch=self.batch_size) for s in self.seeds]
-    return sharding.to_global(grid.stack(rows), mesh, sharding.net_batch_sharding(mesh))
+      one = sharding.to_global(host_batch(split, step, seed=self.seeds[0],
+                                          global_batch=self.batch_size), mesh)
+      return [one] * len(self.calls) if self.grid else one
+    out = []
+    for members in self.calls:
+      rows = [host_batch(split, step, seed=self.seeds[k], global_batch=self.batch_size)
+              for k in members]
+      out.append(sharding.to_global(grid.stack(rows), mesh, sharding.net_batch_sharding(mesh)))
+    return out
 
   def write(self, writer: metrics.Writer, step: int, row: Mapping[str, Any]) -> None:
     """One metrics row (a grid: one per net, each with its 'net' index)."""

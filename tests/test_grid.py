@@ -23,11 +23,15 @@ def _grid_steps(config, devices, steps, mesh=None):
   p_train, _ = train.jit_steps(state, mesh, shared_batch=shared)
   losses = []
   for step in range(steps):
-    rows = [train.host_batch(ds.train, step, seed=s, global_batch=config.data.batch_size)
-            for s in (seeds[:1] if shared else seeds)]
-    batch = rows[0] if shared else grid.stack(rows)
-    spec = None if shared else sharding.net_batch_sharding(mesh)
-    state, m = p_train(state, sharding.to_global(batch, mesh, spec))
+    batches = []
+    for members in grid.calls(config):
+      rows = [train.host_batch(ds.train, step, seed=seeds[k],
+                               global_batch=config.data.batch_size)
+              for k in (members[:1] if shared else members)]
+      batch = rows[0] if shared else grid.stack(rows)
+      spec = None if shared else sharding.net_batch_sharding(mesh)
+      batches.append(sharding.to_global(batch, mesh, spec))
+    state, m = p_train(state, batches)
     losses.append(m["loss"])
   return np.asarray(jax.device_get(losses)), state
 
@@ -38,8 +42,7 @@ def _own_params(config, k, state):
   ds = train.load_data(net)
   own = train.abstract_train_state(net, sharding.make_mesh(jax.devices()[:1]),
                                    ds.input_shape, ds.num_classes)
-  stacked = jax.device_get(state.params)
-  return grid.crop(jax.tree.map(lambda a: a[k], stacked), own.params)
+  return grid.crop(jax.device_get(state.net_arrays(config, k)["params"]), own.params)
 
 
 def _check_equal(config, devices, steps=3, atol=1e-5):
@@ -82,12 +85,15 @@ def test_width_depth_residual_grid_of_mlps_equals_nets_at_their_own_size():
   _check_equal(config, jax.devices()[:8])
 
 
-def test_resnet_depth_and_plain_grid_equals_single_runs():
+@pytest.mark.parametrize("per_call", [0, 2])
+def test_resnet_depth_and_plain_grid_equals_single_runs(per_call):
   config = embedded.get_config("tiny")
   config.model.widths = (4, 4, 8)
   config.data.num_test = 1697  # 100 training images.
   config.grid.model.depth = (8, 14)
   config.grid.model.plain = (False, True)
+  config.grid.nets_per_call = per_call  # 2: one call per depth, each padded to its own.
+  assert len(grid.calls(config)) == (2 if per_call else 1)
   _check_equal(config, jax.devices()[:4], steps=2, atol=2e-5)
 
 
