@@ -13,6 +13,11 @@ steps, 64k steps; 4-pixel zero pad + random 32x32 crop + horizontal flip;
 depth >= 110 warms up at lr 0.01 for the first 400 steps. Inputs are normalized
 per channel (the paper subtracts the per-pixel mean).
 
+`table6`: {ResNet, plain} x depth {20, 32, 44, 56} x seeds {0, 1, 2}, 24 nets
+in one run, trained as 4 compiled calls (one per depth, 6 nets each, so no net
+is padded); the run ends with test error per condition, mean and 95% interval
+over the seeds, beside the published errors (conditions.csv, nets.csv).
+
 Expected CIFAR-10 test error (`eval/error` in metrics.jsonl at step 64000),
 from the papers:
   resnet20 8.75%, resnet32 7.51%, resnet44 7.17%, resnet56 6.97%,
@@ -31,7 +36,20 @@ from resjax import grid
 DEPTHS = (20, 32, 44, 56, 110)
 PREACT_DEPTHS = (20, 56, 110)
 VARIANTS = (tuple(f"resnet{d}" for d in DEPTHS) + tuple(f"plain{d}" for d in DEPTHS)
-            + tuple(f"preact{d}" for d in PREACT_DEPTHS) + ("invres_linear", "invres_relu6"))
+            + tuple(f"preact{d}" for d in PREACT_DEPTHS)
+            + ("invres_linear", "invres_relu6", "table6"))
+# He et al. 2016, Table 6: CIFAR-10 test error of the option-A ResNets.
+PUBLISHED_ERROR = {20: 0.0875, 32: 0.0751, 44: 0.0717, 56: 0.0697, 110: 0.0643}
+
+
+def table6(config: ml_collections.ConfigDict, depths, seeds=(0, 1, 2)) -> None:
+  """Turns a ResNet config into He et al.'s comparison: {ResNet, plain} x `depths`
+  x `seeds` as one grid, one compiled call per depth (its 2 x len(seeds) nets
+  share one unpadded program)."""
+  config.grid.model.depth = tuple(depths)
+  config.grid.model.plain = (False, True)
+  config.grid.seeds = tuple(seeds)
+  config.grid.nets_per_call = 2 * len(seeds)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -82,6 +100,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = arg or "resnet20"
   errors.choice("config variant", arg, VARIANTS)
   config = base_config()
+  if arg == "table6":
+    config = get_config("resnet20")
+    table6(config, DEPTHS[:4])
+    config.published = ml_collections.ConfigDict(dict(
+        metric="eval/error",  # Compared with the published number of each condition.
+        source="He et al. 2016, Table 6 (residual nets; plain nets: Fig. 6, no table)",
+        conditions=tuple(f"model.depth={d} model.plain=False" for d in DEPTHS[:4]),
+        values=tuple(PUBLISHED_ERROR[d] for d in DEPTHS[:4]),
+    ))
+    return config
   if arg.startswith("invres"):
     config.model = ml_collections.ConfigDict(dict(
         name="invres",

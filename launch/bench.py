@@ -5,6 +5,7 @@
   python -m launch.bench profile    # where a ResNet-20 train step spends its time
   python -m launch.bench split      # step time on 1/2/4/8 CPU host devices per model
   python -m launch.bench tried      # speed-ups tried on the ResNet-20 step, side by side
+  python -m launch.bench grid       # a grid run (config.grid) vs one run per net
   python -m launch.bench study      # vmapped grid of nets vs sequential runs
   python -m launch.bench checkpoint # step time with and without an async save in flight
 
@@ -18,7 +19,7 @@ from absl import app, flags
 from launch import common
 from resjax import errors, files
 
-BENCHES = ("collapse", "train", "profile", "split", "tried", "study", "checkpoint")
+BENCHES = ("collapse", "train", "profile", "split", "tried", "grid", "study", "checkpoint")
 
 _QUICK = flags.DEFINE_bool("quick", False, "Shrink the benchmark to seconds.")
 _OUT = flags.DEFINE_string("out", None, "Write the figures to this JSON file.")
@@ -28,7 +29,7 @@ _OUT = flags.DEFINE_string("out", None, "Write the figures to this JSON file.")
 def main(argv):
   errors.check(len(argv) == 2, f"name one benchmark: python -m launch.bench {{{','.join(BENCHES)}}}")
   name = errors.choice("benchmark", argv[1], BENCHES)
-  if name in ("train", "profile", "split", "tried"):
+  if name in ("train", "profile", "split", "tried", "grid"):
     # Time the path launch.train runs: its host-device split, set before JAX starts.
     from launch import platform  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   # Benchmarks time compiles: no cache unless --compilation_cache_dir is given.

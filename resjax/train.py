@@ -39,11 +39,11 @@ from resjax import grid
 from resjax import metrics
 from resjax import models
 from resjax import sharding
+from resjax import stats
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "piecewise", "cosine")
 DECAY_PARAMS = ("all", "kernels")
-GROUPED_CONV_MODELS = ("invres",)  # Models with depthwise convolutions (see grid_training_mesh).
 
 
 class Diverged(RuntimeError):
@@ -423,24 +423,22 @@ def _stack_call(config, nets, own, big, mesh) -> TrainState:
 
 def grid_training_mesh(config: ml_collections.ConfigDict, input_shape, num_classes: int,
                  num_nets: int, devices=None) -> jax.sharding.Mesh:
-  """The mesh of a grid: nets over 'grid', each net's batch over 'data'.
+  """The mesh of a grid ('grid', 'data').
 
-  The 'grid' axis gets the largest divisor of the number of nets that the
-  devices allow; the devices left for each net split its batch as a single run
-  would (`data_mesh`: every accelerator, or as many CPU host devices as the
-  model keeps busy).
+  When the nets can be split over the devices (the largest divisor of every
+  call's net count that the devices allow is > 1), each device trains whole
+  nets: mesh (that divisor, 1). Otherwise all nets share every device and
+  their batch is split as a single run's would be (`data_mesh`: every
+  accelerator, or as many CPU host devices as the model keeps busy): mesh
+  (1, devices).
   """
   devices = jax.devices() if devices is None else list(devices)
   rows = grid.grid_size(num_nets, len(devices))
   for members in grid.calls(config):
     rows = grid.grid_size(math.gcd(rows, len(members)), len(devices))
-  if config.model.name in GROUPED_CONV_MODELS:
-    # Splitting the nets of a vmapped grouped (depthwise) convolution over
-    # devices gives wrong numbers with jax 0.10.2 on the CPU (every net got
-    # the same loss; tests/test_grid.py), so these grids keep all nets on
-    # each device and split only the batch.
-    rows = 1
-  per_net = devices[:len(devices) // rows]
+  if rows > 1:  # Each device trains whole nets (see jit_steps).
+    return sharding.grid_mesh(devices[:rows], rows)
+  per_net = devices
   if devices[0].platform == "cpu":
     net0 = padded_config(config, grid.calls(config)[0])
     flops, n_params = forward_flops(net0, input_shape, num_classes)
@@ -449,7 +447,7 @@ def grid_training_mesh(config: ml_collections.ConfigDict, input_shape, num_class
   width = len(per_net)
   while batch % width:
     width -= 1
-  return sharding.grid_mesh(devices[:rows * width], rows)
+  return sharding.grid_mesh(devices[:width], 1)
 
 
 # ----------------------------------------------------------------------------
@@ -548,11 +546,24 @@ def jit_steps(state: TrainState, mesh: jax.sharding.Mesh,
   nets = sharding.net_sharding(mesh)
   state_s = jax.tree.map(lambda _: nets, state)
   train_batch_s = batch_s if shared_batch else sharding.net_batch_sharding(mesh)
-  p_train = jax.jit(jax.vmap(train_step, in_axes=(0, None if shared_batch else 0)),
-                    in_shardings=(state_s, train_batch_s), out_shardings=(state_s, nets),
-                    donate_argnums=0)
-  p_eval = jax.jit(jax.vmap(eval_step, in_axes=(0, None)), in_shardings=(state_s, batch_s),
-                   out_shardings=nets)
+  grid_step = jax.vmap(train_step, in_axes=(0, None if shared_batch else 0))
+  grid_eval = jax.vmap(eval_step, in_axes=(0, None))
+  if mesh.shape[sharding.GRID_AXIS] > 1:
+    # Nets split over devices: each device runs the vmapped steps of its own
+    # nets (shard_map). Left to the SPMD partitioner, vmapped convolutions
+    # (whose nets XLA folds into the channels) were all-gathered across the
+    # devices, and grouped ones gave wrong numbers.
+    errors.check(mesh.shape[sharding.DATA_AXIS] == 1, "a grid split over devices keeps "
+                 "each net's batch on one device")
+    net_spec, whole = jax.sharding.PartitionSpec(sharding.GRID_AXIS), jax.sharding.PartitionSpec()
+    grid_step = jax.shard_map(grid_step, mesh=mesh,
+                              in_specs=(net_spec, whole if shared_batch else net_spec),
+                              out_specs=(net_spec, net_spec))
+    grid_eval = jax.shard_map(grid_eval, mesh=mesh, in_specs=(net_spec, whole),
+                              out_specs=net_spec)
+  p_train = jax.jit(grid_step, in_shardings=(state_s, train_batch_s),
+                    out_shardings=(state_s, nets), donate_argnums=0)
+  p_eval = jax.jit(grid_eval, in_shardings=(state_s, batch_s), out_shardings=nets)
   return p_train, p_eval
 
 
@@ -560,24 +571,28 @@ def _jit_calls(calls: GridCalls, mesh: jax.sharding.Mesh,
                shared_batch: bool) -> tuple[Callable, Callable]:
   """`jit_steps` for a grid of several calls: one program per call, run in turn.
 
-  The training step takes one batch per call; metrics and evaluation sums are
-  concatenated along the net axis (net order).
+  The training step takes one batch per call; metrics and evaluation sums come
+  as a tuple with one dict per call, which `merge_calls` joins once fetched
+  (joining them on the devices would make every device wait for every call).
   """
   fns = [jit_steps(s, mesh, shared_batch) for s in calls.states]
 
-  def concat(parts: list[dict]) -> dict:
-    if len(parts) == 1:
-      return parts[0]
-    return {k: jnp.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-  def p_train(state: GridCalls, batches: Sequence[Any]) -> tuple[GridCalls, dict]:
+  def p_train(state: GridCalls, batches: Sequence[Any]) -> tuple[GridCalls, tuple]:
     outs = [f(s, b) for (f, _), s, b in zip(fns, state.states, batches)]
-    return GridCalls(tuple(o[0] for o in outs)), concat([o[1] for o in outs])
+    return GridCalls(tuple(o[0] for o in outs)), tuple(o[1] for o in outs)
 
-  def p_eval(state: GridCalls, batch: Any) -> dict:
-    return concat([f(s, batch) for (_, f), s in zip(fns, state.states)])
+  def p_eval(state: GridCalls, batch: Any) -> tuple:
+    return tuple(f(s, batch) for (_, f), s in zip(fns, state.states))
 
   return p_train, p_eval
+
+
+def merge_calls(fetched: Any) -> dict:
+  """Fetched metrics of a grid's calls (a tuple of dicts) as one dict, nets in order."""
+  if not isinstance(fetched, tuple):
+    return fetched
+  return {k: np.concatenate([np.asarray(part[k]).reshape(-1) for part in fetched])
+          for k in fetched[0]}
 
 
 # ----------------------------------------------------------------------------
@@ -599,7 +614,7 @@ def evaluate(p_eval: Callable, state: TrainState, split: data.Split,
   for batch in data.eval_batches(split, global_batch):
     local = {k: np.asarray(v)[rows] for k, v in batch.items()}
     sums.append(p_eval(state, sharding.to_global(local, mesh)))
-  sums = jax.device_get(sums)
+  sums = [merge_calls(s) for s in jax.device_get(sums)]
   total = lambda key: np.sum([np.asarray(s[key], np.float64) for s in sums], axis=0)  # noqa: E731
   count = total("count")
   loss, accuracy = total("loss_sum") / count, total("correct") / count
@@ -859,7 +874,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
         save = stop or _every(done, config.train.checkpoint_every, total)
         if not (log or do_eval or save):
           continue
-        window.extend(jax.device_get(pending))  # Waits for the device: the only sync.
+        # Waits for the device: the only sync.
+        window.extend(merge_calls(m) for m in jax.device_get(pending))
         pending = []
         timed_seconds += time.perf_counter() - mark
         if nets.grid:
@@ -927,6 +943,8 @@ class _Nets:
     self.axes = grid.axes(config)
     self.calls = grid.calls(config)
     self.diverged: dict[int, int] = {}
+    pub = config.get("published")
+    self.published = dict(zip(pub.conditions, pub.values)) if pub else None
 
   def describe(self) -> str:
     calls = f"; {len(self.calls)} compiled calls" if len(self.calls) > 1 else ""
@@ -966,7 +984,8 @@ class _Nets:
             f"{loss[:, k][~np.isfinite(loss[:, k])][0]}; the other nets go on")
 
   def summarize(self, result: dict, workdir: str | None, say: Callable) -> dict:
-    """Per-net rows ('nets') and means over nets in `result`; nets.csv in `workdir`."""
+    """Per-net rows ('nets'), per-condition rows ('conditions') and means over
+    nets in `result`; nets.csv and conditions.csv in `workdir`; a table on stdout."""
     rows = []
     for k, label in enumerate(self.labels):
       row = {"net": k, **label}
@@ -976,10 +995,55 @@ class _Nets:
       rows.append(row)
     out = {k: (float(np.mean(v)) if np.ndim(v) == 1 else v) for k, v in result.items()}
     out["nets"] = rows
+    out["conditions"] = conditions = condition_rows(rows, self.published)
     if workdir is not None:
       files.write_csv(os.path.join(workdir, "nets.csv"), rows)
-      say(f"per-net results: {os.path.join(workdir, 'nets.csv')}")
+      files.write_csv(os.path.join(workdir, "conditions.csv"), conditions)
+      say(condition_table(conditions))
+      say(f"per-net results: {os.path.join(workdir, 'nets.csv')}; per condition: "
+          f"{os.path.join(workdir, 'conditions.csv')}")
     return out
+
+
+# Metrics summarized per condition: (key, range the interval is clipped to).
+CONDITION_METRICS = (("eval/error", (0.0, 1.0)), ("eval/loss", (0.0, np.inf)),
+                     ("train/loss", (0.0, np.inf)))
+
+
+def condition_rows(net_rows: Sequence[Mapping[str, Any]],
+                   published: Mapping[str, float] | None = None) -> list[dict]:
+  """One row per condition (the axes but the seed): seeds, and for each of
+  CONDITION_METRICS the mean and 95% t-interval over the seeds (diverged nets
+  count as NaN and are left out of the interval); `published` values beside."""
+  groups: dict[str, list] = {}
+  for row in net_rows:
+    label = {k: v for k, v in row.items() if k == "seed" or "." in k}
+    key = " ".join(f"{k}={v}" for k, v in grid.condition(label).items())
+    groups.setdefault(key, []).append(row)
+  out = []
+  for key, members in groups.items():
+    row = {"condition": key or "all", "seeds": len(members)}
+    for metric, bounds in CONDITION_METRICS:
+      values = np.asarray([m.get(metric, np.nan) for m in members], np.float64)
+      if np.isnan(values).all():
+        continue
+      mean, lo, hi = stats.mean_ci(values, bounds=bounds)
+      row.update({metric: mean, f"{metric}_lo": lo, f"{metric}_hi": hi})
+    if published and key in published:
+      row["published"] = published[key]
+    out.append(row)
+  return out
+
+
+def condition_table(rows: Sequence[Mapping[str, Any]]) -> str:
+  """The per-condition test error as text: mean [95% interval] and the published value."""
+  lines = ["condition | seeds | test error % [95% interval] | published %"]
+  for r in rows:
+    err = (f"{100 * r['eval/error']:.2f} [{100 * r['eval/error_lo']:.2f}, "
+           f"{100 * r['eval/error_hi']:.2f}]" if "eval/error" in r else "-")
+    pub = f"{100 * r['published']:.2f}" if "published" in r else "-"
+    lines.append(f"{r['condition']} | {r['seeds']} | {err} | {pub}")
+  return "\n".join(lines)
 
 
 def _label(label: Mapping[str, Any]) -> str:

@@ -1,0 +1,109 @@
+"""A grid run vs one ordinary run per net, in one process.
+
+  python -m launch.bench grid [--quick] [--out=FILE.json]
+
+Two grids, each trained twice:
+
+  (a) grid        one `train.train_and_evaluate` with `config.grid` set: the
+                  nets padded, vmapped and sharded over the 'grid' mesh axis.
+  (b) sequential  one `train.train_and_evaluate` per net (`grid.nets`), i.e.
+                  what `launch.train --config.seed=k ...` does K times.
+
+MLP grid: 32 MLPs on the embedded spirals (4 seeds x widths 4, 8, 16, 32 x
+depths 2, 4, Adam). ResNet grid: 8 seeds of ResNet-20 on CIFAR-sized
+synthetic data at batch 128 (the training benchmark's data). Wall times
+include compilation, evaluation and checkpoints; both ways write the same
+files. Net k of (a) equals run k of (b) (tests/test_grid.py); the benchmark
+checks the final training losses agree.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+import time
+from typing import Any
+from unittest import mock
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from configs import embedded
+from resjax import grid, train
+from resjax.bench import train as bench_train
+
+
+def _quiet_run(config: ml_collections.ConfigDict, dataset=None) -> dict:
+  patch = (mock.patch.object(train, "load_data", lambda _: dataset) if dataset is not None
+           else contextlib.nullcontext())
+  with tempfile.TemporaryDirectory() as workdir, patch, \
+      contextlib.redirect_stdout(io.StringIO()):
+    return train.train_and_evaluate(config, workdir)
+
+
+def _compare(name: str, config: ml_collections.ConfigDict, dataset=None) -> dict[str, Any]:
+  """Times (a) and (b) for `config`'s grid; prints two lines; returns the figures."""
+  nets = grid.nets(config)
+  t0 = time.perf_counter()
+  grid_result = _quiet_run(config, dataset)
+  grid_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  singles = [_quiet_run(net, dataset) for net in nets]
+  sequential_s = time.perf_counter() - t0
+  grid_loss = np.asarray([r["train/loss"] for r in grid_result["nets"]])
+  seq_loss = np.asarray([r["train/loss"] for r in singles])
+  steps = int(config.train.steps)
+  figures = {"nets": len(nets), "steps": steps, "batch_size": int(config.data.batch_size),
+             "grid_s": grid_s, "sequential_s": sequential_s,
+             "speedup": sequential_s / grid_s,
+             "max_abs_final_loss_diff": float(np.max(np.abs(grid_loss - seq_loss)))}
+  print(f"{name:<14}{len(nets):>5}{steps:>7}{grid_s:>12.1f}{sequential_s:>16.1f}"
+        f"{figures['speedup']:>10.2f}x   losses agree to {figures['max_abs_final_loss_diff']:.1e}")
+  return figures
+
+
+def mlp_config(quick: bool) -> ml_collections.ConfigDict:
+  config = embedded.get_config("spirals_mlp")
+  config.data.num_train, config.data.num_test = 512, 256
+  config.data.batch_size = 32
+  config.opt.lr, config.opt.schedule = 1e-2, "constant"
+  config.train.steps = 20 if quick else 300
+  config.train.log_every = config.train.steps
+  config.train.eval_every = config.train.checkpoint_every = 0
+  config.grid.seeds = (0, 1) if quick else (0, 1, 2, 3)
+  config.grid.model.width = (4, 16) if quick else (4, 8, 16, 32)
+  config.grid.model.depth = (2, 3) if quick else (2, 4)
+  return config
+
+
+def resnet_config(quick: bool) -> ml_collections.ConfigDict:
+  config = embedded.get_config("digits_resnet20")
+  config.data.batch_size = 32 if quick else 128
+  if quick:
+    config.model.depth, config.model.widths = 6, bench_train.QUICK_WIDTHS
+  config.data.pad, config.data.flip = 4, True
+  config.train.steps = 2 if quick else 10
+  config.train.log_every = config.train.steps
+  config.train.eval_every = config.train.checkpoint_every = 0
+  config.grid.seeds = (0, 1) if quick else tuple(range(8))
+  return config
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+  """Prints the comparison table; returns its figures."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  devices = jax.devices()
+  print(f"{len(devices)} {devices[0].platform} devices; wall seconds include compilation")
+  print(f"{'grid':<14}{'nets':>5}{'steps':>7}{'(a) grid s':>12}{'(b) sequential s':>16}"
+        f"{'(b)/(a)':>11}")
+  try:
+    mlp = _compare("MLP", mlp_config(quick))
+    batch = 32 if quick else 128
+    dataset = bench_train._synthetic_dataset(num_train=8 * batch, num_test=batch)  # pylint: disable=protected-access
+    resnet = _compare("ResNet-20" if not quick else "ResNet-6", resnet_config(quick), dataset)
+  finally:
+    logging.set_verbosity(verbosity)
+  return {"mlp": mlp, "resnet": resnet, "devices": [str(d) for d in devices]}
