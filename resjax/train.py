@@ -700,6 +700,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, unit: str = "d
   need("train.log_every", pos_int, "use a positive number of steps")
   need("train.eval_every", nonneg_int, "use an integer >= 0 (0 = only at the end)")
   need("train.checkpoint_every", nonneg_int, "use an integer >= 0 (0 = only at the end)")
+  if _get(config, "train.eval_train") is not _MISSING:
+    need("train.eval_train", lambda v: isinstance(v, bool), "use True or False")
   if _get(config, "train.keep_checkpoints") is not _MISSING:
     need("train.keep_checkpoints", nonneg_int, "use an integer >= 0 (0 = keep all)")
   if model_name is not None:
@@ -897,6 +899,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
         if do_eval:
           ev = evaluate(p_eval, state, ds.test, mesh, batch_size)
           row = {f"eval/{k}": v for k, v in ev.items()}
+          if config.train.get("eval_train", False):  # The whole training split too.
+            row.update({f"eval_train/{k}": v for k, v in
+                        evaluate(p_eval, state, ds.train, mesh, batch_size).items()})
           nets.write(writer, done, row)
           say(f"eval at step {done}: " + metrics.eval_line(ev))
           result.update(row)
@@ -990,7 +995,7 @@ class _Nets:
     for k, label in enumerate(self.labels):
       row = {"net": k, **label}
       row.update({key: float(np.asarray(v)[k]) for key, v in result.items()
-                  if key.startswith(("train/", "eval/")) and np.ndim(v) == 1})
+                  if key.startswith(("train/", "eval/", "eval_train/")) and np.ndim(v) == 1})
       row["diverged_at"] = self.diverged.get(k)
       rows.append(row)
     out = {k: (float(np.mean(v)) if np.ndim(v) == 1 else v) for k, v in result.items()}
