@@ -1,6 +1,7 @@
 """What every launcher shares: one-line errors, a device log, the compilation cache."""
 from __future__ import annotations
 
+import errno
 import functools
 import logging as py_logging
 import os
@@ -13,7 +14,12 @@ from resjax import errors
 
 
 def readable_errors(main: Callable) -> Callable:
-  """Wraps an absl `main` so bad input ends with one line and exit code 2."""
+  """Wraps an absl `main` so each failure a user can act on ends in one line.
+
+  Bad input (ConfigError): exit 2. A result set that could not be written, a
+  full or read-only disk, out of memory (XLA's RESOURCE_EXHAUSTED, MemoryError):
+  exit 1. Ctrl-C (KeyboardInterrupt): exit 130.
+  """
 
   @functools.wraps(main)
   def wrapped(argv):
@@ -21,8 +27,32 @@ def readable_errors(main: Callable) -> Callable:
       return main(argv)
     except errors.ConfigError as e:
       fail(str(e))
+    except KeyboardInterrupt:
+      fail("interrupted (SIGINT); files written so far are whole, nothing else was kept",
+           code=130)
+    except MemoryError:
+      fail(f"out of memory; {_MEMORY_FIX}", code=1)
+    except OSError as e:
+      if e.errno not in _DISK_ERRNOS:
+        raise
+      where = f" to {e.filename}" if e.filename else ""
+      fail(f"could not write{where} ({e.strerror}); free some space or pass a writable "
+           "--workdir; files written before are whole", code=1)
+    except Exception as e:  # pylint: disable=broad-except
+      from resjax import files  # pylint: disable=g-import-not-at-top
+      if isinstance(e, files.ResultsNotWritten):
+        fail(str(e), code=1)
+      if "RESOURCE_EXHAUSTED" not in str(e)[:2000]:
+        raise
+      line = next((l.strip() for l in str(e).splitlines() if "RESOURCE_EXHAUSTED" in l), "")
+      fail(f"out of memory ({line[:200]}); {_MEMORY_FIX}", code=1)
 
   return wrapped
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+_MEMORY_FIX = ("pass a smaller --config.chunk, fewer --config.seeds or --config.dims (sweeps), "
+               "or a smaller batch or model (training)")
 
 
 def default_cache_dir(environ=None) -> str:

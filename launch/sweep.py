@@ -13,7 +13,7 @@ from absl import app, flags
 
 import configs
 from launch import common
-from resjax import collapse, errors
+from resjax import collapse, distributed, errors, files
 
 _DEFAULT = os.path.join(os.path.dirname(configs.__file__), "collapse.py")
 _CONFIG = common.define_config(_DEFAULT, "Sweep config file[:variant].")
@@ -26,7 +26,10 @@ def main(argv):
   errors.check(bool(_WORKDIR.value), "--workdir is required: pass --workdir=DIR")
   common.compilation_cache()
   common.log_devices()
-  collapse.run(_CONFIG.value, _WORKDIR.value)
+  workdir = files.workdir_path(_WORKDIR.value)
+  with distributed.exit_on_signals(lambda sig: f"stopped by {sig}: no new results were "
+                                   f"written to {workdir}; results written earlier are kept"):
+    collapse.run(_CONFIG.value, workdir)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "HOST:PORT of process 0 of a multi-process job.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process: 0..num_processes-1.")
+_COORD_TIMEOUT = flags.DEFINE_integer("coordinator_timeout", 120, "Seconds to wait for all processes.")
 
 
 @common.readable_errors
@@ -41,7 +42,7 @@ def main(argv):
   errors.check(len(argv) == 1, f"unexpected arguments: {' '.join(argv[1:])}")
   errors.check(bool(_WORKDIR.value), "--workdir is required: pass --workdir=DIR")
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                         auto=_MULTIHOST.value)
+                         auto=_MULTIHOST.value, timeout_s=_COORD_TIMEOUT.value)
   common.log_devices()
   with distributed.stop_on_signals() as should_stop:
     try:

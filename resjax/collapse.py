@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -38,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
-from resjax import activations, errors, files, manifolds, stats
+from resjax import activations, errors, files, locking, manifolds, stats
 
 Array = jax.Array
 
@@ -567,6 +568,107 @@ def figure_recoveries(grid: Grid, activation: str, dims: Sequence[int],
   return {"x": x_PxD, "activation": activation, "panels": panels}
 
 
+def memory_estimate(grid: Grid, chunk: Optional[int] = None) -> dict[str, int]:
+  """Bytes the compiled sweep needs, from the grid alone (nothing is compiled).
+
+  Per vmapped draw (N = n_max, P points, D = d_max, A activations), the terms
+  that dominate XLA's buffers: the hidden layer and what is built on it, T^+ y
+  of every prefix n for every activation [A, N, P, D] and the duty counts
+  [R, N, P] (about 4.5 A D + 6 floats per unit and point), and the prefixes of
+  T with their SVDs and pseudo-inverses [N, N, D] (about 2.5 N^2 D floats).
+  `chunk` draws run at once. The output [draws, A, len(dims), METRICS] lives
+  on the device and twice on the host (the copy and its transpose). Checked
+  against `compiled.memory_analysis()` (tests/test_reliability.py).
+
+  Returns {'per_draw', 'chunk', 'device', 'host', 'total'} (total = device + host).
+  """
+  n, p, d, a = max(grid.dims), grid.points, max(grid.ds), len(grid.activations)
+  draws = grid.draws
+  chunk = (grid.chunk if chunk is None else chunk) or draws
+  chunk = min(chunk, draws)
+  per_draw = 4 * (n * p * (4.5 * a * d + 6) + 2.5 * n * n * d)
+  out = 4 * (draws + -draws % chunk) * a * len(grid.dims) * len(METRICS)
+  device = chunk * per_draw + out + 4 * len(grid.ds) * p * d + 8 * draws
+  return {"per_draw": int(per_draw), "chunk": int(chunk), "device": int(device),
+          "host": int(2 * out), "total": int(device + 2 * out)}
+
+
+def available_memory() -> dict[str, Any]:
+  """{'host': bytes of this machine (or its cgroup limit), 'device': bytes or None}.
+
+  'device' is the accelerator's memory limit from `memory_stats()`; None on the
+  CPU, whose buffers are host memory.
+  """
+  host = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    try:
+      with open(path) as f:
+        text = f.read().strip()
+    except OSError:
+      continue
+    if text.isdigit():
+      host = min(host, int(text))
+  device = None
+  if jax.default_backend() != "cpu":
+    try:
+      device = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+    except Exception:  # pylint: disable=broad-except  (not every backend reports it)
+      device = None
+  return {"host": int(host), "device": device}
+
+
+def _size(nbytes: float) -> str:
+  for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+    if nbytes >= scale:
+      return f"{nbytes / scale:.3g} {unit}"
+  return f"{nbytes / 1e3:.3g} kB"
+
+
+def check_memory(grid: Grid, available: Optional[dict[str, Any]] = None,
+                 fraction: float = 0.9) -> dict[str, int]:
+  """Raises ConfigError when the sweep would not fit in `fraction` of the memory.
+
+  The message names the estimated size, the memory there is and the fix: the
+  largest --config.chunk that fits, else how far to cut n_max or the seeds.
+  Returns the estimate when it fits.
+  """
+  avail = available_memory() if available is None else available
+  on_device = avail.get("device") is not None
+
+  def fits(g: Grid, chunk: Optional[int] = None) -> bool:
+    est = memory_estimate(g, chunk)
+    if on_device:
+      return est["device"] <= fraction * avail["device"] and est["host"] <= fraction * avail["host"]
+    return est["total"] <= fraction * avail["host"]
+
+  est = memory_estimate(grid)
+  if fits(grid):
+    return est
+  if on_device:
+    have = f"the device has {_size(avail['device'])} and the host {_size(avail['host'])}"
+  else:
+    have = f"this machine has {_size(avail['host'])}"
+  chunks = [c for c in (64, 32, 16, 8, 4, 2, 1) if c < est["chunk"] and fits(grid, c)]
+  if chunks:
+    need = _size(memory_estimate(grid, chunks[0])["total"])
+    fix = f"pass --config.chunk={chunks[0]} (about {need}), or fewer --config.seeds / --config.dims"
+  else:
+    one = dataclasses.replace(grid, chunk=1)
+    if not fits(dataclasses.replace(one, seeds=1)):  # One draw is too big: n_max or points.
+      n_fit = max([n for n in (2 ** k for k in range(1, 21))
+                   if fits(dataclasses.replace(one, seeds=1, dims=(n,)))] or [0])
+      fix = (f"keep --config.dims at most n={n_fit} (with --config.chunk=1), or fewer "
+             "--config.manifold.points" if n_fit else "pass fewer --config.manifold.points")
+    else:  # The results themselves: draws x activations x dims.
+      s_fit = max([s for s in (2 ** k for k in range(40))
+                   if s <= grid.seeds and fits(dataclasses.replace(one, seeds=s))] or [1])
+      fix = (f"pass at most about {s_fit:,} --config.seeds (with --config.chunk=1), or fewer "
+             "--config.dims / activations")
+  raise errors.ConfigError(
+      f"the sweep needs about {_size(est['total'])} of memory (n_max={max(grid.dims)}, "
+      f"{grid.points} points, {grid.draws:,} draws, {est['chunk']} at a time) but {have}; {fix}")
+
+
 class _Progress:
   """Prints chunk progress, cells/s and ETA at most every `every` seconds.
 
@@ -593,12 +695,25 @@ class _Progress:
 
 
 def run(config: Any, workdir: str) -> dict[str, Any]:
-  """Runs the sweep and writes collapse.csv, collapse.json, collapse.png into `workdir`."""
+  """Runs the sweep and writes collapse.csv, collapse.json, collapse.png (+ .pdf) into `workdir`.
+
+  The workdir is locked for the run (`locking.workdir_lock`), the memory the
+  compiled call needs is checked first (`check_memory`), and the files are
+  written as one set (`files.result_set`): a reader sees the earlier set or
+  the new one, never a mix, and a failure keeps the earlier set.
+  """
   grid = grid_from_config(config)
   fig_cfg = config["figure"]
   fig_act = errors.choice("figure.activation", fig_cfg["activation"], activations.names())
   fig_dims = _ints(fig_cfg["dims"], "figure.dims", "embedding dimension n")
+  check_memory(grid)
   workdir = files.ensure_workdir(workdir)
+  with locking.workdir_lock(workdir):
+    return _run(config, grid, fig_act, fig_dims, workdir)
+
+
+def _run(config: Any, grid: Grid, fig_act: str, fig_dims: Sequence[int],
+         workdir: str) -> dict[str, Any]:
   print(f"collapse sweep: {grid.manifold} (d={','.join(map(str, grid.ds))}, "
         f"{grid.points} points) x {len(grid.activations)} activations x "
         f"n={grid.dims[0]}..{grid.dims[-1]} ({len(grid.dims)} dims) x {grid.seeds} seeds "
@@ -607,20 +722,22 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   print(f"  compiled in {results['compile_s']:.1f} s, ran in {results['run_s']:.1f} s", flush=True)
   rows = summarize(results)
   recoveries = figure_recoveries(grid, fig_act, fig_dims) if grid.manifold == "spiral" else None
-  csv_path, json_path, png_path = (f"{workdir}/collapse.{ext}" for ext in ("csv", "json", "png"))
-  files.write_csv(csv_path, rows)
-  to_dict = getattr(config, "to_dict", None)
-  files.write_json(json_path, {
-      "config": to_dict() if to_dict else dict(config),
-      "grid": dataclasses.asdict(grid),
-      "timing": {"compile_s": results["compile_s"], "run_s": results["run_s"]},
-      "results": rows})
   from resjax import plots  # pylint: disable=g-import-not-at-top (matplotlib: slow import)
-  fig = plots.collapse_figure(results, recoveries)
-  files.save_figure(fig, png_path)
+  to_dict = getattr(config, "to_dict", None)
+  with files.result_set(workdir) as new:
+    files.write_csv(os.path.join(new, "collapse.csv"), rows)
+    files.write_json(os.path.join(new, "collapse.json"), {
+        "config": to_dict() if to_dict else dict(config),
+        "grid": dataclasses.asdict(grid),
+        "timing": {"compile_s": results["compile_s"], "run_s": results["run_s"]},
+        "results": rows})
+    fig = plots.collapse_figure(results, recoveries)
+    written = files.save_figure(fig, os.path.join(new, "collapse.png"))
   for name in dict.fromkeys(("relu",) + grid.activations[:1]):
     if name in grid.activations:
       print(table(rows, name, tuple(n for n in (1, 2, 3, 5, 15, 30, 64, grid.dims[-1])
                                     if n in grid.dims)))
-  print(f"wrote {csv_path}\n      {json_path}\n      {png_path}")
+  paths = [os.path.join(workdir, f"collapse.{ext}") for ext in ("csv", "json")]
+  paths += [os.path.join(workdir, os.path.basename(p)) for p in written]
+  print("wrote " + "\n      ".join(paths))
   return {"rows": rows, "results": results}

@@ -10,12 +10,19 @@ talk through gloo collectives.
 flag set by the signal handler. With several, JAX's preemption service decides:
 the process that gets the signal tells the coordinator, and every process
 answers True at the same step, so all of them save the same checkpoint.
+
+`exit_on_signals` is for jobs that keep their work in files as they go (the
+sweep, the studies): a signal ends the process at once, even while the main
+thread is inside a long XLA call, with one line saying what was kept and exit
+code 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import socket
+import sys
 import threading
 from typing import Callable, Iterator
 
@@ -56,11 +63,20 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     errors.check(bool(host) and port.isdigit() and 0 < int(port) < 65536,
                  f"--coordinator_address={coordinator_address!r} must be HOST:PORT of "
                  "process 0, e.g. 10.0.0.1:1234")
+  errors.check(isinstance(timeout_s, int) and not isinstance(timeout_s, bool) and timeout_s >= 1,
+               f"--coordinator_timeout={timeout_s!r} must be a whole number of seconds >= 1")
   # gloo is JAX's default on recent versions; older ones had no CPU collectives.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  where = coordinator_address or "the coordinator found in the cluster environment"
   try:
-    jax.distributed.initialize(coordinator_address or None, num_processes, process_id,
-                               initialization_timeout=timeout_s)
+    # JAX aborts the process (in C++) when its own timeout passes: ours comes first
+    # and ends in one line; Ctrl-C works while waiting.
+    with _watchdog(timeout_s, lambda: _late(coordinator_address, num_processes, process_id,
+                                            timeout_s)), \
+        exit_on_signals(lambda sig: f"stopped by {sig} while waiting for the other processes "
+                        f"of the job at {where}; nothing was started"):
+      jax.distributed.initialize(coordinator_address or None, num_processes, process_id,
+                                 initialization_timeout=timeout_s + _JAX_TIMEOUT_MARGIN_S)
   except ValueError as e:
     reason = errors.first_line(e) or type(e).__name__
     raise errors.ConfigError(
@@ -75,6 +91,130 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         f"within {timeout_s} s ({reason[:200]}); check that every process got the same "
         "address and a distinct --process_id") from None
   return True
+
+
+_JAX_TIMEOUT_MARGIN_S = 30
+
+
+def _reachable(address: str) -> bool:
+  host, _, port = address.rpartition(":")
+  try:
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+      return True
+  except (OSError, ValueError):
+    return False
+
+
+def _late(address: str | None, num_processes: int | None, process_id: int | None,
+          timeout_s: int) -> str:
+  """The one line for a job whose processes did not all arrive within `timeout_s`."""
+  fix = ("start every process with the same --coordinator_address and --num_processes and "
+         "its own --process_id, or raise --coordinator_timeout")
+  at = address or "the coordinator found in the cluster environment"
+  if num_processes is None or process_id is None:
+    return f"the job at {at} did not assemble within {timeout_s} s; {fix}"
+  if process_id != 0 and address and not _reachable(address):
+    return (f"process 0 (the coordinator, {address}) did not start within {timeout_s} s: "
+            f"this is process {process_id} of {num_processes}; {fix}")
+  others = [i for i in range(num_processes) if i != process_id]
+  if process_id == 0 and len(others) == 1:
+    return (f"process {others[0]} of {num_processes} did not join the job at {at} within "
+            f"{timeout_s} s; {fix}")
+  return (f"not all {num_processes} processes joined the job at {at} within {timeout_s} s "
+          f"(this is process {process_id}; expected {', '.join(map(str, others))}); {fix}")
+
+
+@contextlib.contextmanager
+def _watchdog(timeout_s: float, message: Callable[[], str]) -> Iterator[None]:
+  """Ends the process with `error: <message()>` and exit 1 unless the block ends in time."""
+  done = threading.Event()
+
+  def watch():
+    if not done.wait(timeout_s):
+      exit_now(f"error: {message()}", 1)
+
+  thread = threading.Thread(target=watch, name="watchdog", daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    done.set()
+
+
+_exit_lock = threading.Lock()
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def exit_now(message: str, code: int) -> None:
+  """Prints `message` on stderr, releases this process's workdir locks and exits with `code`.
+
+  At once (`os._exit`), from any thread: no cleanup that could wait on a running
+  XLA computation. Files written with `resjax.files` are whole or absent.
+  """
+  with _exit_lock:  # One message, even if two threads get here.
+    with contextlib.suppress(Exception):
+      sys.stdout.flush()
+    with contextlib.suppress(Exception):
+      if message:
+        print(message, file=sys.stderr, flush=True)
+    with contextlib.suppress(Exception):
+      from resjax import locking  # pylint: disable=g-import-not-at-top
+      locking.release_all()
+    os._exit(code)
+
+
+@contextlib.contextmanager
+def exit_on_signals(message: Callable[[str], str]) -> Iterator[None]:
+  """SIGINT or SIGTERM inside the block ends the process within a moment.
+
+  `message(signal_name)` gives the one line printed on stderr (say what was
+  kept); the exit code is 128 + the signal number (130 for SIGINT, 143 for
+  SIGTERM), without a traceback. The main thread may be inside a long XLA
+  call: the signal's byte reaches a watcher thread through
+  `signal.set_wakeup_fd`, which exits. Must be entered from the main thread
+  (elsewhere it does nothing). Previous handlers come back on exit.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  read_fd, write_fd = os.pipe()
+  os.set_blocking(write_fd, False)
+  stop = threading.Event()
+
+  def finish(signum: int) -> None:
+    exit_now(message(signal.Signals(signum).name), 128 + signum)
+
+  def watch():
+    while not stop.is_set():
+      try:
+        data = os.read(read_fd, 64)
+      except OSError:
+        return
+      if stop.is_set() or not data:
+        return
+      for signum in data:
+        if signum in _SIGNALS:
+          finish(signum)
+
+  previous = {s: signal.getsignal(s) for s in _SIGNALS}
+  for s in _SIGNALS:
+    signal.signal(s, lambda signum, frame: finish(signum))
+  previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+  thread = threading.Thread(target=watch, name="exit-on-signals", daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    signal.set_wakeup_fd(previous_fd)
+    for s, handler in previous.items():
+      signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+    stop.set()
+    with contextlib.suppress(OSError):
+      os.write(write_fd, b"\0")
+    thread.join(timeout=1.0)
+    os.close(write_fd)
+    if not thread.is_alive():
+      os.close(read_fd)
 
 
 def is_multiprocess() -> bool:

@@ -1,12 +1,17 @@
 """Workdir checks and atomic writes: a failed run never destroys an earlier result."""
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
 import json
 import os
+import secrets
+import shutil
 import tempfile
-from typing import Any, Iterable, Mapping
+import time
+from typing import Any, Iterable, Iterator, Mapping
 
 from resjax import errors
 
@@ -94,3 +99,135 @@ def _jsonable(x: Any) -> Any:
   if hasattr(x, "to_dict"):
     return x.to_dict()
   return str(x)
+
+
+# ---------------------------------------------------------------- result sets
+
+RESULTS_STORE = ".results"  # DIR/.results/<version>/ holds each set; `current` names one.
+
+
+class ResultsNotWritten(RuntimeError):
+  """A result set could not be written; the earlier set (if any) is unchanged.
+
+  The message is one line: the directory, the reason, and what was kept.
+  """
+
+
+@contextlib.contextmanager
+def result_set(directory: str) -> Iterator[str]:
+  """Yields an empty directory to write a set of result files into; commits them as one.
+
+  Write every file of the set into the yielded directory (the names users see,
+  e.g. collapse.csv, collapse.json, collapse.png). On a clean exit the set
+  becomes visible all at once:
+
+    DIR/.results/<version>/   the files of each set
+    DIR/.results/current      a symlink to the version in force
+    DIR/<name>                a symlink to .results/current/<name>
+
+  Switching versions is one atomic rename of `current`, so at every instant
+  all of DIR/<name> show the old set or all show the new set, never a mix,
+  whenever the writer stops (crash, kill, full disk). Names only in the new
+  set are absent before the switch; names only in the old one disappear with
+  it. A reader that opens several files at different times, and must not
+  straddle a rerun, resolves `DIR/.results/current` once
+  (`result_set_path(DIR)`) and reads from there: the version it found is kept
+  until the commit after the next. Files a previous release wrote directly as
+  DIR/<name> are adopted (hard-linked into a version first) without ever
+  changing what a reader sees.
+
+  A failure while writing or committing (an OSError such as ENOSPC, or an
+  interrupt) removes the new version and leaves the earlier set as it was;
+  OSErrors are raised as ResultsNotWritten with one line naming the reason.
+  """
+  directory = os.path.abspath(directory)
+  store = os.path.join(directory, RESULTS_STORE)
+  had = os.path.lexists(os.path.join(store, "current"))
+  version = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(4)
+  tmp = os.path.join(store, "tmp-" + version)
+  try:
+    os.makedirs(store, exist_ok=True)
+    os.mkdir(tmp)  # Honours the umask (mkdtemp would make it 0700).
+    yield tmp
+    names = sorted(n for n in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, n)))
+    had = had or any(_is_plain_file(os.path.join(directory, n)) for n in names)
+    _commit(directory, store, tmp, version, names)
+  except OSError as e:
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(os.path.join(store, version), ignore_errors=True)
+    kept = "the earlier results are kept" if had else "no results were written"
+    raise ResultsNotWritten(f"could not write the results to {directory} "
+                            f"({e.strerror or e}); {kept}") from None
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def result_set_path(directory: str) -> str | None:
+  """The version directory the set in `directory` consists of now (None: no set)."""
+  current = os.path.join(os.path.abspath(directory), RESULTS_STORE, "current")
+  return os.path.realpath(current) if os.path.lexists(current) else None
+
+
+def _is_plain_file(path: str) -> bool:
+  return os.path.isfile(path) and not os.path.islink(path)
+
+
+def _fsync_dir(path: str) -> None:
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def _replace_with_link(target: str, path: str) -> None:
+  """Makes `path` a symlink to `target` with one rename (no moment without `path`)."""
+  tmp = os.path.join(os.path.dirname(path), f".tmp-link-{secrets.token_hex(4)}")
+  os.symlink(target, tmp)
+  try:
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def _commit(directory: str, store: str, tmp: str, version: str, names: list[str]) -> None:
+  for name in names:
+    if os.path.isdir(os.path.join(directory, name)) and not os.path.islink(
+        os.path.join(directory, name)):
+      raise OSError(errno.EISDIR, f"{os.path.join(directory, name)} is a directory; move it away")
+  _fsync_dir(tmp)
+  os.rename(tmp, os.path.join(store, version))
+  current = os.path.join(store, "current")
+  previous = os.readlink(current) if os.path.islink(current) else None
+  legacy = [n for n in names if _is_plain_file(os.path.join(directory, n))]
+  if legacy and previous is None:
+    # Files of an earlier release: the same bytes become a version first, so
+    # turning each name into a link changes nothing a reader sees.
+    previous = f"{version}-adopted"
+    os.mkdir(os.path.join(store, previous))
+    for name in legacy:
+      src, dst = os.path.join(directory, name), os.path.join(store, previous, name)
+      try:
+        os.link(src, dst)
+      except OSError:
+        shutil.copy2(src, dst)
+    _replace_with_link(previous, current)
+  for name in names:
+    path, target = os.path.join(directory, name), os.path.join(RESULTS_STORE, "current", name)
+    if not (os.path.islink(path) and os.readlink(path) == target):
+      _replace_with_link(target, path)
+  _fsync_dir(directory)
+  _replace_with_link(version, current)  # The switch: one rename. Nothing after it fails.
+  with contextlib.suppress(OSError):
+    _fsync_dir(store)
+    # Tidy up: links of names the new set lacks, versions older than the previous one.
+    prefix = os.path.join(RESULTS_STORE, "current", "")
+    for name in os.listdir(directory):
+      path = os.path.join(directory, name)
+      if name not in names and os.path.islink(path) and os.readlink(path).startswith(prefix):
+        os.unlink(path)
+    for name in os.listdir(store):
+      if name not in (version, previous, "current"):
+        shutil.rmtree(os.path.join(store, name), ignore_errors=True)

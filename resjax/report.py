@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import matplotlib
 import numpy as np
 
-from resjax import checkpoints, errors, files, probes, train
+from resjax import checkpoints, errors, files, locking, probes, train
 
 FIGURES = {
     "units": "units.png",
@@ -91,6 +91,17 @@ def analyze(workdir: str, *, step: int | None = None, compare: Sequence[str] = (
                "pass each run once")
   restored = [checkpoints.load(d, step) for d in dirs]  # fail fast on any bad run
   out_dir = files.ensure_workdir(os.path.join(dirs[0], "analysis"))
+  with locking.workdir_lock(out_dir, fix="wait for it to finish", say=say):
+    return _probe_and_write(out_dir, dirs, restored, batch_size=batch_size,
+                            dormant_threshold=dormant_threshold, grad_batches=grad_batches,
+                            grad_batch_size=grad_batch_size, max_examples=max_examples,
+                            command=command, say=say)
+
+
+def _probe_and_write(out_dir: str, dirs: Sequence[str], restored, *, batch_size: int,
+                     dormant_threshold: float, grad_batches: int, grad_batch_size: int,
+                     max_examples: int | None, command: str | None,
+                     say: Callable[[str], None]) -> dict:
   datasets: dict[str, Any] = {}
   runs = []
   for label, d, (config, state) in zip(_labels(dirs), dirs, restored):

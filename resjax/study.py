@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy import stats
 
-from resjax import errors, files, sweeps
+from resjax import errors, files, locking, sweeps
 from resjax import stats as rstats
 
 STUDIES = ("degradation", "dead_units", "collapse", "bottleneck", "convergence")
@@ -212,9 +212,18 @@ def machine() -> dict[str, Any]:
 
 def run(config, workdir: str, *, devices=None,
         log: Callable[[str], None] | None = print) -> dict[str, Any]:
-  """Runs study `config.study` into `workdir`; returns what study.json holds."""
+  """Runs study `config.study` into `workdir`; returns what study.json holds.
+
+  The workdir is locked for the run (`locking.workdir_lock`); study.csv,
+  nets.csv, study.json and the figure are written as one set (`files.result_set`).
+  """
   validate(config)
   workdir = files.ensure_workdir(workdir)
+  with locking.workdir_lock(workdir):
+    return _run(config, workdir, devices, log)
+
+
+def _run(config, workdir: str, devices, log) -> dict[str, Any]:
   cfg = json.loads(json.dumps(config.to_dict(), default=list))
   cfg_path = os.path.join(workdir, "config.json")
   if os.path.exists(cfg_path):
@@ -231,18 +240,21 @@ def run(config, workdir: str, *, devices=None,
       log(f"study {config.study}: grid {i + 1}/{len(config.grids)} '{name}'")
     runs[name] = _run_grid(config, name, grid, workdir, devices, log)
   out = _ANALYSES[config.study](config, runs, workdir, log)
-  fig = out.pop("figure")
-  files.save_figure(fig, os.path.join(workdir, f"{config.study}.png"), dpi=200)
-  _close(fig)
-  files.write_csv(os.path.join(workdir, "study.csv"), out["rows"])
-  files.write_csv(os.path.join(workdir, "nets.csv"), out.pop("net_rows"))
+  fig, rows, net_rows = out.pop("figure"), out["rows"], out.pop("net_rows")
   out.update({"study": config.study, "config": cfg, "machine": machine(),
               "timing": {name: r.timing for name, r in runs.items()},
               "wall_s": time.perf_counter() - t0,  # this invocation (resumed parts excluded)
               "grids_total_s": sum(r.timing.get("total_s", 0.0) for r in runs.values()),
               "figure": f"{config.study}.png"})
   out = _json_safe(out)
-  files.write_json(os.path.join(workdir, "study.json"), out)
+  try:
+    with files.result_set(workdir) as new:
+      files.save_figure(fig, os.path.join(new, f"{config.study}.png"), dpi=200)
+      files.write_csv(os.path.join(new, "study.csv"), rows)
+      files.write_csv(os.path.join(new, "nets.csv"), net_rows)
+      files.write_json(os.path.join(new, "study.json"), out)
+  finally:
+    _close(fig)
   if log:
     log(f"study {config.study} done: {workdir}/study.csv, study.json, {config.study}.png")
   return out

@@ -1,0 +1,378 @@
+"""Nothing lost, nothing mixed: workdir locks, result sets, signals, memory, a missing peer.
+
+Each case runs as a user meets it where it matters (launcher subprocesses, real
+signals) and checks the one-line message, the exit code and that earlier files
+are byte-identical.
+"""
+import errno
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from resjax import collapse, errors, files, locking
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+TINY = ["--config=configs/collapse.py:quick", "--config.activations=relu",
+        "--config.dims=1,2,3", "--config.seeds=2", "--config.manifold.points=50",
+        "--config.figure.dims=2,3", "--compilation_cache_dir="]
+HOLD = r"""
+import sys, time
+from resjax import locking
+with locking.workdir_lock(sys.argv[1]):
+  print("held", flush=True)
+  sys.stdin.read()
+"""
+
+
+def _messages(stderr: str) -> list[str]:
+  """stderr without absl's log lines (I1126 12:00:00.000 ...) and gloo chatter."""
+  return [l for l in stderr.splitlines() if l.strip() and not re.match(r"[IWEF]\d{4} ", l)
+          and not l.startswith("[Gloo]")]
+
+
+def _launch(module, *args, **kw):
+  return subprocess.Popen([sys.executable, "-u", "-m", module, *args], cwd=ROOT, env=ENV,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _wait_for(proc, pattern: str, timeout: float = 120) -> list[str]:
+  """Reads proc's stdout lines until one matches `pattern`."""
+  lines, deadline = [], time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    line = proc.stdout.readline()
+    if not line:
+      break
+    lines.append(line.rstrip("\n"))
+    if re.search(pattern, line):
+      return lines
+  raise AssertionError(f"no line matching {pattern!r}: {lines} {proc.stderr.read()[-2000:]}")
+
+
+def _digest(directory) -> dict:
+  """Bytes of every file a user sees in `directory` (links followed)."""
+  out = {}
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    if os.path.isfile(path) and not name.startswith("."):
+      with open(path, "rb") as f:
+        out[name] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+# ----------------------------------------------------------------------------- locks
+
+
+def test_second_run_is_refused_while_the_first_holds_the_lock(tmp_path):
+  holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], cwd=ROOT, env=ENV,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    host = socket.gethostname()
+    want = (rf"^{re.escape(str(tmp_path))} is in use by pid {holder.pid} on {re.escape(host)} "
+            r"since \S+; wait for it or pass another --workdir$")
+    with pytest.raises(errors.ConfigError, match=want):
+      with locking.workdir_lock(str(tmp_path)):
+        pass
+    assert locking.holder(str(tmp_path))["pid"] == holder.pid
+    # The launcher: one line, exit 2, nothing written.
+    proc = _launch("launch.sweep", f"--workdir={tmp_path}", *TINY)
+    _, err = proc.communicate(timeout=300)
+    lines = _messages(err)
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert len(lines) == 1 and re.match("error: " + want[1:], lines[0]), lines
+    assert not os.path.exists(tmp_path / "collapse.csv")
+  finally:
+    holder.kill()  # SIGKILL: the lock file keeps its owner, the kernel drops the flock.
+    holder.wait()
+  said = []
+  with locking.workdir_lock(str(tmp_path), say=said.append):
+    assert locking.holder(str(tmp_path))["pid"] == os.getpid()
+  assert len(said) == 1 and f"stale lock of {tmp_path} left by pid {holder.pid}" in said[0]
+  assert "that process is gone" in said[0]
+  assert locking.holder(str(tmp_path)) is None
+  with open(tmp_path / locking.LOCK_NAME) as f:
+    assert f.read() == ""  # Released cleanly: the next run has nothing to take over.
+
+
+def test_stale_lock_of_a_dead_pid_is_taken_over(tmp_path):
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  (tmp_path / locking.LOCK_NAME).write_text(json.dumps(
+      {"pid": dead.pid, "host": socket.gethostname(), "since": "2020-01-01T00:00:00"}))
+  said = []
+  with locking.workdir_lock(str(tmp_path), say=said.append):
+    with locking.workdir_lock(str(tmp_path)):  # Re-entrant in one process.
+      pass
+    assert locking.holder(str(tmp_path))["pid"] == os.getpid()
+  assert said == [f"taking over the stale lock of {tmp_path} left by pid {dead.pid} on "
+                  f"{socket.gethostname()} since 2020-01-01T00:00:00 (that process is gone)"]
+  with locking.workdir_lock(str(tmp_path), enabled=False):  # Processes other than 0.
+    assert not os.path.getsize(tmp_path / locking.LOCK_NAME)
+
+
+# ----------------------------------------------------------------------------- result sets
+
+
+def _write_set(directory, tag: str, names=("r.csv", "r.json", "r.png")):
+  with files.result_set(str(directory)) as new:
+    for name in names:
+      files.write_text(os.path.join(new, name), f"{tag} {name}\n")
+
+
+def _visible(directory) -> dict:
+  out = {}
+  for name in ("r.csv", "r.json", "r.png", "r.pdf"):
+    path = os.path.join(directory, name)
+    if os.path.isfile(path):
+      with open(path) as f:
+        out[name] = f.read()
+  return out
+
+
+def test_result_set_kept_whole_on_a_full_disk(tmp_path, monkeypatch):
+  _write_set(tmp_path, "old")
+  before = _digest(tmp_path)
+  real, calls = files.write_bytes, []
+
+  def full(path, data):
+    calls.append(path)
+    if len(calls) == 2:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    real(path, data)
+
+  monkeypatch.setattr(files, "write_bytes", full)
+  with pytest.raises(files.ResultsNotWritten) as e:
+    _write_set(tmp_path, "new")
+  assert str(e.value) == (f"could not write the results to {tmp_path} (No space left on device)"
+                          "; the earlier results are kept")
+  assert _digest(tmp_path) == before
+  assert sorted(os.listdir(tmp_path / files.RESULTS_STORE)) == sorted(
+      [os.path.basename(files.result_set_path(tmp_path)), "current"])
+  monkeypatch.setattr(files, "write_bytes", real)
+  _write_set(tmp_path, "new", names=("r.csv", "r.json"))
+  assert _visible(tmp_path) == {"r.csv": "new r.csv\n", "r.json": "new r.json\n"}
+  assert not os.path.lexists(tmp_path / "r.png")  # Not in the new set: gone with the old one.
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_commit_that_dies_at_any_rename_shows_one_whole_set(tmp_path, monkeypatch, legacy):
+  """Plain files of an earlier release or a managed set; the new set adds r.pdf."""
+  def setup(d):
+    d.mkdir()
+    if legacy:
+      for name in ("r.csv", "r.json", "r.png"):
+        (d / name).write_text(f"old {name}\n")
+    else:
+      _write_set(d, "old")
+
+  old = {n: f"old {n}\n" for n in ("r.csv", "r.json", "r.png")}
+  new = {n: f"new {n}\n" for n in ("r.csv", "r.json", "r.png", "r.pdf")}
+  real_replace, real_rename = os.replace, os.rename
+  k = 0
+  while True:
+    d = tmp_path / f"case{k}"
+    setup(d)
+    count = [0]
+
+    def dying(real):
+      def fn(*a, **kw):
+        count[0] += 1
+        if count[0] == k + 1:
+          raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*a, **kw)
+      return fn
+
+    monkeypatch.setattr(os, "replace", dying(real_replace))
+    monkeypatch.setattr(os, "rename", dying(real_rename))
+    try:
+      _write_set(d, "new", names=tuple(new))
+      finished = True
+    except files.ResultsNotWritten:
+      finished = False
+    monkeypatch.setattr(os, "replace", real_replace)
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert _visible(d) == (new if finished else old), (k, _visible(d))
+    if finished:
+      break
+    k += 1
+  assert k >= 4  # Every rename of the commit (the files, the version, each link) was tried.
+
+
+def test_sweep_keeps_its_results_on_a_full_disk(tmp_path, monkeypatch, capsys):
+  from configs import collapse as cc
+  config = cc.get_config("quick")
+  config.activations, config.dims, config.seeds = ("relu",), (1, 2, 3), 2
+  config.manifold.points, config.figure.dims = 50, (2, 3)
+  collapse.run(config, str(tmp_path))
+  before = _digest(tmp_path)
+  assert set(before) == {"collapse.csv", "collapse.json", "collapse.png", "collapse.pdf"}
+  real = files.write_bytes
+
+  def full(path, data):
+    if path.endswith(".png"):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    real(path, data)
+
+  monkeypatch.setattr(files, "write_bytes", full)
+  config.seeds = 3
+  with pytest.raises(files.ResultsNotWritten, match=re.escape(
+      f"could not write the results to {tmp_path} (No space left on device); "
+      "the earlier results are kept")):
+    collapse.run(config, str(tmp_path))
+  assert _digest(tmp_path) == before
+
+
+def test_launcher_failures_are_one_line(capsys):
+  from launch import common
+
+  class XlaRuntimeError(RuntimeError):
+    pass
+
+  def oom(argv):
+    raise XlaRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate "
+                          "1099511627776 bytes.\nBufferAssignment OOM Debugging.\n...")
+
+  def not_written(argv):
+    raise files.ResultsNotWritten("could not write the results to /x (No space left on "
+                                  "device); the earlier results are kept")
+
+  def disk(argv):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/config.json")
+
+  def interrupted(argv):
+    raise KeyboardInterrupt
+
+  for main, code, text in ((oom, 1, "out of memory (RESOURCE_EXHAUSTED: Out of memory"),
+                           (not_written, 1, "could not write the results to /x"),
+                           (disk, 1, "could not write to /x/config.json (No space left"),
+                           (interrupted, 130, "interrupted (SIGINT)")):
+    with pytest.raises(SystemExit) as e:
+      common.readable_errors(main)(["prog"])
+    err = capsys.readouterr().err
+    assert e.value.code == code, main
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: " + text), err
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+@pytest.mark.parametrize("sig,code,after", [(signal.SIGINT, 130, r"^collapse sweep: "),
+                                            (signal.SIGTERM, 143, r"^  chunk ")])
+def test_signal_stops_a_sweep_at_once(tmp_path, sig, code, after):
+  """SIGINT while compiling, SIGTERM while the compiled call runs."""
+  _write_set(tmp_path, "old", names=("collapse.csv", "collapse.json", "collapse.png"))
+  before = _digest(tmp_path)
+  proc = _launch("launch.sweep", f"--workdir={tmp_path}", "--config.seeds=1024",
+                 "--compilation_cache_dir=")
+  lines = _wait_for(proc, after)
+  start = time.monotonic()
+  proc.send_signal(sig)
+  out, err = proc.communicate(timeout=60)
+  took = time.monotonic() - start
+  assert proc.returncode == code, (lines, out, err[-3000:])
+  assert took < 3.0, took
+  assert "Traceback" not in err + out, err
+  assert _messages(err)[-1] == (f"stopped by {signal.Signals(sig).name}: no new results were "
+                                f"written to {tmp_path}; results written earlier are kept")
+  assert _digest(tmp_path) == before
+  assert locking.holder(str(tmp_path)) is None
+  with open(tmp_path / locking.LOCK_NAME) as f:
+    assert f.read() == ""
+  print(f"{signal.Signals(sig).name} after {lines[-1].strip()[:40]!r}: exit {code} in "
+        f"{took:.2f} s")
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def test_memory_estimate_follows_xla():
+  from configs import collapse as cc
+  for kw in (dict(dims=(1, 2, 128), seeds=8, chunk=8), dict(dims=(1, 96), seeds=8, chunk=2)):
+    config = cc.get_config()
+    for key, value in kw.items():
+      setattr(config, key, value)
+    grid = collapse.grid_from_config(config)
+    compiled, _, _ = collapse.compile_sweep(grid)
+    m = compiled.memory_analysis()
+    xla = m.temp_size_in_bytes + m.output_size_in_bytes + m.argument_size_in_bytes
+    ratio = collapse.memory_estimate(grid)["device"] / xla
+    assert 0.9 < ratio < 1.5, (kw, ratio)
+
+
+def test_too_large_sweeps_are_refused_before_compiling(tmp_path):
+  from configs import collapse as cc
+  config = cc.get_config()
+  config.seeds = 100_000_000
+  with pytest.raises(errors.ConfigError, match=r"needs about 4.3 TB of memory .* but this "
+                     r"machine has 16 GB; pass at most about 262,144 --config.seeds"):
+    collapse.check_memory(collapse.grid_from_config(config), {"host": 16e9, "device": None})
+  config.seeds, config.dims = 64, tuple(range(1, 4097))
+  with pytest.raises(errors.ConfigError, match=r"but this machine has 8 GB; pass "
+                     r"--config.chunk=4 \(about 6.63 GB\)"):
+    collapse.check_memory(collapse.grid_from_config(config), {"host": 8e9, "device": None})
+  config.dims = (2, 64)
+  assert collapse.check_memory(collapse.grid_from_config(config),
+                               {"host": 16e9, "device": None})["total"] < 1e9
+  proc = _launch("launch.sweep", f"--workdir={tmp_path}/w", "--config.dims=100000")
+  _, err = proc.communicate(timeout=120)
+  lines = _messages(err)
+  assert proc.returncode == 2 and "Traceback" not in err, err
+  assert len(lines) == 1 and re.match(
+      r"error: the sweep needs about 1.85 TB of memory \(n_max=100000, .* but this machine has "
+      r".*; keep --config.dims at most n=\d+ \(with --config.chunk=1\)", lines[0]), lines
+  assert not os.path.exists(tmp_path / "w")
+
+
+# ----------------------------------------------------------------------------- a missing peer
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_a_peer_that_never_starts_ends_in_one_line(tmp_path):
+  base = ["--config=configs/embedded.py:tiny_mlp", f"--workdir={tmp_path}/run",
+          "--num_processes=2", "--coordinator_timeout=3"]
+  port0, port1 = _free_port(), _free_port()
+  procs = {  # Process 0 alone; process 1 alone (no coordinator at its address).
+      0: _launch("launch.train", *base, f"--coordinator_address=localhost:{port0}",
+                 "--process_id=0"),
+      1: _launch("launch.train", *base, f"--coordinator_address=localhost:{port1}",
+                 "--process_id=1")}
+  want = {0: f"error: process 1 of 2 did not join the job at localhost:{port0} within 3 s; ",
+          1: f"error: process 0 (the coordinator, localhost:{port1}) did not start within 3 s"}
+  for i, proc in procs.items():
+    _, err = proc.communicate(timeout=120)
+    lines = _messages(err)
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(want[i]), lines
+    assert "--coordinator_timeout" in lines[0]
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_ctrl_c_while_waiting_for_peers(tmp_path):
+  code = ("import sys; from resjax import distributed; print('waiting', flush=True); "
+          "distributed.initialize(sys.argv[1], 2, 0, timeout_s=60)")
+  port = _free_port()
+  proc = subprocess.Popen([sys.executable, "-u", "-c", code, f"localhost:{port}"], cwd=ROOT,
+                          env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  _wait_for(proc, "^waiting")
+  time.sleep(1.5)  # Inside jax.distributed.initialize by now.
+  start = time.monotonic()
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=30)
+  assert proc.returncode == 130 and time.monotonic() - start < 3.0, err[-3000:]
+  assert "Traceback" not in err
+  assert _messages(err)[-1] == (f"stopped by SIGINT while waiting for the other processes of "
+                                f"the job at localhost:{port}; nothing was started")
