@@ -74,7 +74,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     with _watchdog(timeout_s, lambda: _late(coordinator_address, num_processes, process_id,
                                             timeout_s)), \
         exit_on_signals(lambda sig: f"stopped by {sig} while waiting for the other processes "
-                        f"of the job at {where}; nothing was started"):
+                        f"of the job at {where}; nothing was started",
+                        # SIGTERM: JAX installs its preemption handler while starting.
+                        signals=(signal.SIGINT,)):
       jax.distributed.initialize(coordinator_address or None, num_processes, process_id,
                                  initialization_timeout=timeout_s + _JAX_TIMEOUT_MARGIN_S)
   except ValueError as e:
@@ -164,8 +166,9 @@ def exit_now(message: str, code: int) -> None:
 
 
 @contextlib.contextmanager
-def exit_on_signals(message: Callable[[str], str]) -> Iterator[None]:
-  """SIGINT or SIGTERM inside the block ends the process within a moment.
+def exit_on_signals(message: Callable[[str], str],
+                    signals: tuple[int, ...] = _SIGNALS) -> Iterator[None]:
+  """SIGINT or SIGTERM (`signals`) inside the block ends the process within a moment.
 
   `message(signal_name)` gives the one line printed on stderr (say what was
   kept); the exit code is 128 + the signal number (130 for SIGINT, 143 for
@@ -193,11 +196,11 @@ def exit_on_signals(message: Callable[[str], str]) -> Iterator[None]:
       if stop.is_set() or not data:
         return
       for signum in data:
-        if signum in _SIGNALS:
+        if signum in signals:
           finish(signum)
 
-  previous = {s: signal.getsignal(s) for s in _SIGNALS}
-  for s in _SIGNALS:
+  previous = {s: signal.getsignal(s) for s in signals}
+  for s in signals:
     signal.signal(s, lambda signum, frame: finish(signum))
   previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
   thread = threading.Thread(target=watch, name="exit-on-signals", daemon=True)
