@@ -41,6 +41,12 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   and process_id: those are used. `auto`: JAX fills in whatever is missing from
   the cluster environment. Must run before anything touches a JAX device.
   Raises ConfigError for inconsistent values or no cluster found.
+
+  Waits at most `timeout_s` for every process to join, then ends the process
+  with one line naming the process that did not arrive where that can be known
+  (process 1 of 2 seen from process 0; process 0 when its address does not
+  answer), else the count expected and the coordinator address; exit 1.
+  Ctrl-C while waiting ends it at once (exit 130).
   """
   given = {"--coordinator_address": coordinator_address or None,
            "--num_processes": num_processes, "--process_id": process_id}
@@ -165,53 +171,87 @@ def exit_now(message: str, code: int) -> None:
     os._exit(code)
 
 
+class Stop:
+  """`should_stop(step)` of `exit_on_signals`: True once a signal asked to stop."""
+
+  def __init__(self):
+    self.signum: int | None = None
+
+  def __call__(self, step: int | None = None) -> bool:  # pylint: disable=unused-argument
+    return self.signum is not None
+
+  @property
+  def name(self) -> str | None:
+    """'SIGINT' / 'SIGTERM' once one came, else None."""
+    return signal.Signals(self.signum).name if self.signum else None
+
+
 @contextlib.contextmanager
-def exit_on_signals(message: Callable[[str], str],
-                    signals: tuple[int, ...] = _SIGNALS) -> Iterator[None]:
+def exit_on_signals(message: Callable[[str], str], signals: tuple[int, ...] = _SIGNALS, *,
+                    grace_s: float | None = None) -> Iterator[Stop]:
   """SIGINT or SIGTERM (`signals`) inside the block ends the process within a moment.
 
   `message(signal_name)` gives the one line printed on stderr (say what was
   kept); the exit code is 128 + the signal number (130 for SIGINT, 143 for
   SIGTERM), without a traceback. The main thread may be inside a long XLA
   call: the signal's byte reaches a watcher thread through
-  `signal.set_wakeup_fd`, which exits. Must be entered from the main thread
-  (elsewhere it does nothing). Previous handlers come back on exit.
+  `signal.set_wakeup_fd`, which exits.
+
+  With `grace_s`, the block gets that long to stop by itself first: the
+  yielded `should_stop(step)` turns True (pass it to a training loop, which
+  saves and returns; then exit with 128 + `should_stop.signum`), and only if
+  the block is still running after `grace_s` (or a second signal comes) does
+  the process end as above. Without it, `should_stop` never turns True.
+
+  Must be entered from the main thread (elsewhere it only yields). Previous
+  handlers come back on exit.
   """
+  should_stop = Stop()
   if threading.current_thread() is not threading.main_thread():
-    yield
+    yield should_stop
     return
   read_fd, write_fd = os.pipe()
   os.set_blocking(write_fd, False)
-  stop = threading.Event()
+  done = threading.Event()
+  timers = []
 
   def finish(signum: int) -> None:
-    exit_now(message(signal.Signals(signum).name), 128 + signum)
+    if not done.is_set():
+      exit_now(message(signal.Signals(signum).name), 128 + signum)
 
-  def watch():
-    while not stop.is_set():
+  def on_signal(signum: int) -> None:
+    if grace_s is None or should_stop.signum is not None:
+      finish(signum)
+    should_stop.signum = signum
+    timers.append(threading.Timer(grace_s, finish, (signum,)))
+    timers[-1].daemon = True
+    timers[-1].start()
+
+  def watch():  # Every delivered signal writes its number here, whatever the main thread does.
+    while not done.is_set():
       try:
         data = os.read(read_fd, 64)
       except OSError:
         return
-      if stop.is_set() or not data:
-        return
       for signum in data:
-        if signum in signals:
-          finish(signum)
+        if signum in signals and not done.is_set():
+          on_signal(signum)
 
   previous = {s: signal.getsignal(s) for s in signals}
-  for s in signals:
-    signal.signal(s, lambda signum, frame: finish(signum))
+  for s in signals:  # A Python-level handler, so that CPython's C handler writes the byte.
+    signal.signal(s, lambda signum, frame: None)
   previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
   thread = threading.Thread(target=watch, name="exit-on-signals", daemon=True)
   thread.start()
   try:
-    yield
+    yield should_stop
   finally:
+    done.set()
+    for timer in timers:
+      timer.cancel()
     signal.set_wakeup_fd(previous_fd)
     for s, handler in previous.items():
       signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-    stop.set()
     with contextlib.suppress(OSError):
       os.write(write_fd, b"\0")
     thread.join(timeout=1.0)

@@ -376,3 +376,34 @@ def test_ctrl_c_while_waiting_for_peers(tmp_path):
   assert "Traceback" not in err
   assert _messages(err)[-1] == (f"stopped by SIGINT while waiting for the other processes of "
                                 f"the job at localhost:{port}; nothing was started")
+
+
+GRACE = r"""
+import sys, time
+from resjax import distributed
+with distributed.exit_on_signals(lambda sig: f"hard exit on {sig}", grace_s=1.0) as stop:
+  print("ready", flush=True)
+  if sys.argv[1] == "cooperates":
+    while not stop(0):
+      time.sleep(0.01)
+    print("stopped by itself", flush=True)
+  else:
+    time.sleep(60)  # Stands for a long XLA call that never asks.
+sys.exit(128 + stop.signum)
+"""
+
+
+@pytest.mark.parametrize("mode", ["cooperates", "ignores"])
+def test_grace_lets_a_loop_stop_by_itself_else_exits(mode):
+  proc = subprocess.Popen([sys.executable, "-u", "-c", GRACE, mode], cwd=ROOT, env=ENV,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  _wait_for(proc, "^ready")
+  start = time.monotonic()
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=30)
+  took = time.monotonic() - start
+  assert proc.returncode == 143 and "Traceback" not in err, err
+  if mode == "cooperates":
+    assert "stopped by itself" in out and "hard exit" not in err and took < 1.0
+  else:
+    assert _messages(err)[-1] == "hard exit on SIGTERM" and 0.9 < took < 2.5
