@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import matplotlib
 import numpy as np
 
-from resjax import checkpoints, errors, files, locking, probes, train
+from resjax import checkpoints, errors, files, grid, locking, probes, stats, train
 
 FIGURES = {
     "units": "units.png",
@@ -89,22 +89,91 @@ def analyze(workdir: str, *, step: int | None = None, compare: Sequence[str] = (
   dirs = [_check_workdir(d) for d in (workdir, *compare)]
   errors.check(len(set(dirs)) == len(dirs), "--compare names a workdir twice; "
                "pass each run once")
-  restored = [checkpoints.load(d, step) for d in dirs]  # fail fast on any bad run
+  entries = _restore(dirs, step)  # fail fast on any bad run
   out_dir = files.ensure_workdir(os.path.join(dirs[0], "analysis"))
   with locking.workdir_lock(out_dir, fix="wait for it to finish", say=say):
-    return _probe_and_write(out_dir, dirs, restored, batch_size=batch_size,
+    return _probe_and_write(out_dir, entries, batch_size=batch_size,
                             dormant_threshold=dormant_threshold, grad_batches=grad_batches,
                             grad_batch_size=grad_batch_size, max_examples=max_examples,
                             command=command, say=say)
 
 
-def _probe_and_write(out_dir: str, dirs: Sequence[str], restored, *, batch_size: int,
+def _restore(dirs: Sequence[str], step: int | None) -> list[dict]:
+  """One entry per net to probe: a run, or each net of a grid run (its own
+  config and state, `checkpoints.load(d, net=k)`), labelled and with its
+  condition (the grid's axes but the seed)."""
+  entries = []
+  for label, d in zip(_labels(dirs), dirs):
+    config, state = checkpoints.load(d, step)
+    if not grid.is_grid(config):
+      entries.append({"label": label, "dir": d, "config": config, "state": state})
+      continue
+    del state
+    for k, net_label in enumerate(grid.labels(config)):
+      net_config, net_state = checkpoints.load(d, step, net=k)
+      cond = " ".join(f"{a}={v}" for a, v in grid.condition(net_label).items())
+      entries.append({"label": f"{label}/net{k}", "dir": d, "config": net_config,
+                      "state": net_state, "grid": label, "condition": cond or "all",
+                      "seed": int(net_config.seed)})
+  return entries
+
+
+# Per-net numbers summarized per condition of a grid: (claim_numbers key, kind).
+CONDITION_NUMBERS = (("accuracy", "mean"), ("dead_pct", "fraction"),
+                     ("dormant_pct", "fraction"), ("linear_max", "mean"),
+                     ("retention", "mean"), ("shortcut_frac", "mean"), ("grad_ratio", "geo"))
+
+
+def condition_rows(runs: Sequence[dict]) -> list[dict]:
+  """For the nets of grid runs: one row per (grid, condition), each number of
+  CONDITION_NUMBERS as mean and 95% interval over the seeds (fractions of units:
+  seeds as clusters, `stats.cluster_wilson`; ratios: geometric means)."""
+  groups: dict[tuple, list[dict]] = {}
+  for run in runs:
+    if "condition" in run:
+      groups.setdefault((run["grid"], run["condition"]), []).append(run)
+  out = []
+  for (grid_label, cond), members in groups.items():
+    numbers = [claim_numbers(r) for r in members]
+    row = {"grid": grid_label, "condition": cond, "seeds": len(members)}
+    for key, kind in CONDITION_NUMBERS:
+      v = np.asarray([np.nan if c.get(key) is None else c[key] for c in numbers], np.float64)
+      if not np.isfinite(v).any():
+        continue
+      if kind == "fraction":
+        m, lo, hi = (100.0 * x for x in stats.cluster_wilson(v / 100.0,
+                                                             size=numbers[0]["units"]))
+      elif kind == "geo":
+        m, lo, hi = stats.geo_mean_ci(v)
+      else:
+        m, lo, hi = stats.mean_ci(v)
+      row.update({key: m, f"{key}_lo": lo, f"{key}_hi": hi})
+    out.append(row)
+  return out
+
+
+def condition_table(rows: Sequence[dict]) -> str:
+  """The per-condition numbers as text: mean [95% interval] over the seeds."""
+  def cell(r, key, fmt):
+    if key not in r:
+      return "-"
+    return f"{format(r[key], fmt)} [{format(r[key + '_lo'], fmt)}, {format(r[key + '_hi'], fmt)}]"
+  lines = ["condition | seeds | accuracy | dead % | shortcut energy | grad first/last (geo)"]
+  for r in rows:
+    lines.append(f"{r['grid']} {r['condition']} | {r['seeds']} | {cell(r, 'accuracy', '.3f')} | "
+                 f"{cell(r, 'dead_pct', '.1f')} | {cell(r, 'shortcut_frac', '.3f')} | "
+                 f"{cell(r, 'grad_ratio', '.3g')}")
+  return "\n".join(lines)
+
+
+def _probe_and_write(out_dir: str, entries: Sequence[dict], *, batch_size: int,
                      dormant_threshold: float, grad_batches: int, grad_batch_size: int,
                      max_examples: int | None, command: str | None,
                      say: Callable[[str], None]) -> dict:
   datasets: dict[str, Any] = {}
   runs = []
-  for label, d, (config, state) in zip(_labels(dirs), dirs, restored):
+  for entry in entries:
+    label, d, config, state = entry["label"], entry["dir"], entry["config"], entry["state"]
     key = json.dumps({k: v for k, v in config.data.to_dict().items()
                       if k not in ("batch_size", "augment", "pad", "flip")},
                      sort_keys=True, default=str)
@@ -120,11 +189,23 @@ def _probe_and_write(out_dir: str, dirs: Sequence[str], restored, *, batch_size:
                      grad_batch_size=grad_batch_size, max_examples=max_examples, progress=say)
     say(res.table())
     runs.append({"run": label, "workdir": d, "step": at, "model": describe(config),
-                 "dataset": ds.name, **_jsonable(res.to_dict())})
-  written = write(out_dir, runs, command=command)
+                 "dataset": ds.name, **{k: entry[k] for k in ("grid", "condition", "seed")
+                                        if k in entry},
+                 **_jsonable(res.to_dict())})
+  # Figures: every run, but only the first seed of each condition of a grid.
+  shown = [r for r in runs if "condition" not in r or r["seed"] == min(
+      x["seed"] for x in runs if x.get("condition") == r["condition"]
+      and x.get("grid") == r["grid"])]
+  written = write(out_dir, runs, command=command, figure_runs=shown)
   say(summary_table(runs))
+  conditions = condition_rows(runs)
+  if conditions:
+    path = os.path.join(out_dir, "conditions.csv")
+    files.write_csv(path, conditions)
+    written.append(path)
+    say(condition_table(conditions))
   say(f"analysis written to {out_dir}: {', '.join(os.path.basename(p) for p in written)}")
-  return {"dir": out_dir, "files": written, "runs": runs}
+  return {"dir": out_dir, "files": written, "runs": runs, "conditions": conditions}
 
 
 def _jsonable(obj: Any) -> Any:
@@ -442,7 +523,9 @@ def plot_gradients(runs: Sequence[dict]):
         continue
       n_batches = max(n_batches, w[0]["grad_batches"])
       x = np.arange(len(w))
-      ax.fill_between(x, [r["grad_norm_lo"] for r in w], [r["grad_norm_hi"] for r in w],
+      bound = lambda key: np.asarray([np.nan if r[key] is None else r[key] for r in w],  # noqa: E731
+                                     np.float64)  # None: one batch, no interval
+      ax.fill_between(x, bound("grad_norm_lo"), bound("grad_norm_hi"),
                       color=color, alpha=0.18, linewidth=0)
       ax.plot(x, [r["grad_norm"] for r in w], "o-", color=color)
       drawn.append((run, color))
@@ -630,8 +713,9 @@ def report_markdown(runs: Sequence[dict], command: str | None = None) -> str:
       md += ["", "| weight layer | grad norm | 95% low | 95% high | param norm |",
              "|---|---|---|---|---|"]
       for w in r["weights"]:
-        md.append(f"| {w['layer']} | {w['grad_norm']:.4g} | {w['grad_norm_lo']:.4g} | "
-                  f"{w['grad_norm_hi']:.4g} | {w['param_norm']:.4g} |")
+        g = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731  (None: one batch)
+        md.append(f"| {w['layer']} | {g(w['grad_norm'])} | {g(w['grad_norm_lo'])} | "
+                  f"{g(w['grad_norm_hi'])} | {g(w['param_norm'])} |")
     md.append("")
   md += ["## Definitions", "",
          "- *dead*: a unit (a channel for convolutions) whose pre-activation is outside "
@@ -652,10 +736,14 @@ def report_markdown(runs: Sequence[dict], command: str | None = None) -> str:
   return "\n".join(md)
 
 
-def write(out_dir: str, runs: Sequence[dict], command: str | None = None) -> list[str]:
-  """Writes probes.csv, probes.json, the four figures and report.md into `out_dir`."""
+def write(out_dir: str, runs: Sequence[dict], command: str | None = None,
+          figure_runs: Sequence[dict] | None = None) -> list[str]:
+  """Writes probes.csv, probes.json, the four figures and report.md into `out_dir`.
+
+  The figures draw `figure_runs` (default: every run)."""
   out_dir = files.ensure_workdir(out_dir)
   runs = _jsonable(list(runs))
+  figure_runs = runs if figure_runs is None else _jsonable(list(figure_runs))
   paths = []
 
   def path(name):
@@ -666,10 +754,10 @@ def write(out_dir: str, runs: Sequence[dict], command: str | None = None) -> lis
   files.write_json(path("probes.json"), {"command": command, "runs": runs})
   for key, plot in (("units", plot_units), ("rank", plot_rank),
                     ("gradients", plot_gradients), ("energy", plot_energy)):
-    if key == "energy" and not any(r["blocks"] for r in runs):
+    if key == "energy" and not any(r["blocks"] for r in figure_runs):
       continue
-    if key == "gradients" and not any(r["weights"] for r in runs):
+    if key == "gradients" and not any(r["weights"] for r in figure_runs):
       continue
-    files.save_figure(plot(runs), path(FIGURES[key]), dpi=200)
+    files.save_figure(plot(figure_runs), path(FIGURES[key]), dpi=200)
   files.write_text(path("report.md"), report_markdown(runs, command))
   return paths

@@ -36,6 +36,7 @@ from resjax import data
 from resjax import errors
 from resjax import files
 from resjax import grid
+from resjax import locking
 from resjax import metrics
 from resjax import models
 from resjax import sharding
@@ -814,10 +815,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
   say = (lambda *a: print(*a, flush=True)) if lead else (lambda *a: None)
   workdir = files.workdir_path(workdir)
   if fresh:
-    moved = checkpoints.move_aside(workdir) if lead else None
+    with locking.workdir_lock(workdir, enabled=lead, say=say):  # Never move a run in use.
+      moved = checkpoints.move_aside(workdir) if lead else None  # (Its lock file goes too.)
     _barrier("resjax-fresh")
     if moved:
       say(f"moved the earlier run in {workdir} to {moved}")
+  # The workdir is this run's until it returns: a second run is refused in one
+  # line naming this one (process 0 holds the lock for every process).
+  with locking.workdir_lock(workdir, enabled=lead, say=say):
+    return _train_in(workdir, config, ds, nets, mesh, lead, say, should_stop)
+
+
+def _train_in(workdir: str, config: ml_collections.ConfigDict, ds: data.Dataset, nets: "_Nets",
+              mesh: jax.sharding.Mesh, lead: bool, say: Callable,
+              should_stop: Callable[[int], bool] | None) -> dict:
+  """The body of `train_and_evaluate`, with the workdir locked."""
+  batch_size, total = int(config.data.batch_size), int(config.train.steps)
   # Refuse a run of another config before changing any file. Orbax's calls are
   # collective: every process must see the workdir as it was before any wrote.
   checkpoints.check_same_config(workdir, None, config)

@@ -217,3 +217,47 @@ def test_load_net_of_a_single_run_or_out_of_range_is_one_line(tmp_path):
   train.train_and_evaluate(config, str(tmp_path / "g"))
   with pytest.raises(errors.ConfigError, match="use 0..1"):
     checkpoints.load(str(tmp_path / "g"), net=2)
+
+
+def test_analyze_a_grid_probes_every_net_and_summarizes_conditions(tmp_path):
+  from resjax import report
+  config = _mlp(seeds=(0, 1), model__residual=(False, True))
+  config.train.steps = 2
+  train.train_and_evaluate(config, str(tmp_path / "g"))
+  out = report.analyze(str(tmp_path / "g"), max_examples=64, grad_batches=1,
+                       say=lambda *_: None)
+  assert [r["run"] for r in out["runs"]] == ["g/net0", "g/net1", "g/net2", "g/net3"]
+  conditions = {r["condition"]: r for r in out["conditions"]}
+  assert set(conditions) == {"model.residual=False", "model.residual=True"}
+  for row in conditions.values():
+    assert row["seeds"] == 2
+    assert row["dead_pct_lo"] <= row["dead_pct"] <= row["dead_pct_hi"]
+    assert row["accuracy_lo"] <= row["accuracy"] <= row["accuracy_hi"]
+  assert "shortcut_frac" not in conditions["model.residual=False"] or \
+      conditions["model.residual=False"]["shortcut_frac"] == 0.0
+  assert (tmp_path / "g" / "analysis" / "conditions.csv").exists()
+
+
+def test_a_second_run_into_a_busy_workdir_is_refused(tmp_path):
+  config = _mlp()
+  config.train.steps = 2
+  import multiprocessing  # Another process holds the workdir's lock.
+  ctx = multiprocessing.get_context("spawn")
+  ready, release = ctx.Event(), ctx.Event()
+  holder = ctx.Process(target=_hold_lock, args=(str(tmp_path / "w"), ready, release))
+  holder.start()
+  try:
+    assert ready.wait(60)
+    with pytest.raises(errors.ConfigError, match="is in use by pid"):
+      train.train_and_evaluate(config, str(tmp_path / "w"))
+  finally:
+    release.set()
+    holder.join(60)
+  assert not (tmp_path / "w" / "config.json").exists()  # Nothing written by the refused run.
+
+
+def _hold_lock(path, ready, release):
+  from resjax import locking
+  with locking.workdir_lock(path):
+    ready.set()
+    release.wait(60)

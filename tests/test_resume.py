@@ -156,10 +156,14 @@ def assert_consistent_metrics(workdir, reference, last):
 
 
 def tree_digest(path) -> dict:
-  """relative path -> (size, mtime, sha256) of every file under `path`."""
+  """relative path -> (size, mtime, sha256) of every file under `path` (the
+  workdir lock, which each run takes and releases, left out)."""
+  from resjax import locking
   out = {}
   for root, _, names in os.walk(path):
     for name in names:
+      if name == locking.LOCK_NAME:
+        continue
       full = os.path.join(root, name)
       with open(full, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()

@@ -13,8 +13,10 @@ MLP grid: 32 MLPs on the embedded spirals (4 seeds x widths 4, 8, 16, 32 x
 depths 2, 4, Adam). ResNet grid: 8 seeds of ResNet-20 on CIFAR-sized
 synthetic data at batch 128 (the training benchmark's data). Wall times
 include compilation, evaluation and checkpoints; both ways write the same
-files. Net k of (a) equals run k of (b) (tests/test_grid.py); the benchmark
-checks the final training losses agree.
+files. Net k of (a) computes what run k of (b) computes (tests/test_grid.py:
+1e-5 after a few steps); the benchmark prints how far the final training
+losses drift apart over the whole run, from rounding differences (a batched
+matmul is not summed in the order of a single one) that training amplifies.
 """
 from __future__ import annotations
 
@@ -58,9 +60,11 @@ def _compare(name: str, config: ml_collections.ConfigDict, dataset=None) -> dict
   figures = {"nets": len(nets), "steps": steps, "batch_size": int(config.data.batch_size),
              "grid_s": grid_s, "sequential_s": sequential_s,
              "speedup": sequential_s / grid_s,
-             "max_abs_final_loss_diff": float(np.max(np.abs(grid_loss - seq_loss)))}
+             "max_abs_final_loss_diff": float(np.max(np.abs(grid_loss - seq_loss))),
+             "median_abs_final_loss_diff": float(np.median(np.abs(grid_loss - seq_loss)))}
   print(f"{name:<14}{len(nets):>5}{steps:>7}{grid_s:>12.1f}{sequential_s:>16.1f}"
-        f"{figures['speedup']:>10.2f}x   losses agree to {figures['max_abs_final_loss_diff']:.1e}")
+        f"{figures['speedup']:>10.2f}x   final losses differ by {figures['median_abs_final_loss_diff']:.1e}"
+        f" (median), {figures['max_abs_final_loss_diff']:.1e} (max)")
   return figures
 
 
