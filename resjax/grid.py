@@ -2,7 +2,8 @@
 
 `config.grid` names the axes: `grid.seeds`, `grid.opt.<scalar>` (lr, momentum,
 weight_decay, decay, warmup_lr) and `grid.model.<field>` (width, depth, widths,
-residual, plain, bottleneck, shortcut, width_multiplier, expansion, stages).
+residual, plain, bottleneck, shortcut, width_multiplier, expansion, stages,
+first).
 Every non-empty axis is one factor of a product; net k of the grid is the
 config with net k's values filled in and the grid emptied (`nets`), i.e.
 exactly the single run with those settings.
@@ -34,16 +35,20 @@ from resjax import errors
 OPT_AXES = ("lr", "momentum", "weight_decay", "decay", "warmup_lr")
 # Fields of `model` a grid may vary.
 MODEL_AXES = ("width", "depth", "widths", "residual", "plain", "bottleneck", "shortcut",
-              "width_multiplier", "expansion", "stages")
+              "width_multiplier", "expansion", "stages", "first")
 # Model fields switched by a gate (model name -> field -> gate name, value -> gate).
 TOGGLES = {
     "mlp": {"residual": ("residual", lambda v: float(bool(v)))},
     "resnet": {"plain": ("shortcut", lambda v: float(not v))},
     "invres": {"shortcut": ("shortcut", lambda v: float(bool(v))),
                "bottleneck": ("linear", lambda v: float(v == "linear"))},
+    # FirstLayerNet: gate 'relu' for relu(z); the block gate 'branch_on' (own
+    # 'branch' parameters) adds the residual branch.
+    "firstlayer": {"first": ("relu", lambda v: float(v == "relu"))},
 }
 # What a padded model takes for a toggled field (the gates then decide).
-_TOGGLE_PADDED = {"residual": True, "plain": False, "shortcut": True, "bottleneck": "linear"}
+_TOGGLE_PADDED = {"residual": True, "plain": False, "shortcut": True, "bottleneck": "linear",
+                  "first": "residual"}
 
 
 def config_group() -> ml_collections.ConfigDict:

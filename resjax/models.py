@@ -454,7 +454,8 @@ class InvertedResidualNet(nn.Module):
   `stages` (default CIFAR_STAGES: widths 16, 24, 32, 64; 1, 2, 3, 3 blocks;
   resolution 32, 16, 8, 8), a 1x1 conv to `head_width` with BN-ReLU6, global
   average pooling and a dense head. Every block expands by `expansion`. All
-  widths are scaled by `width_multiplier` and rounded to multiples of 8.
+  widths are scaled by `width_multiplier` and rounded to multiples of `round_to`
+  (default 8; 1 keeps exact widths, e.g. bottlenecks of 2 or 4 channels).
 
   bottleneck='linear' keeps the projection output linear (MobileNetV2);
   'relu6' (more generally: the name of `activation`) puts the activation
@@ -481,10 +482,12 @@ class InvertedResidualNet(nn.Module):
   activation: str = "relu6"
   dtype: Dtype = jnp.float32
   gated: bool = False
+  round_to: int = 8  # Widths are rounded to multiples of this (1 = exact widths).
 
   def __post_init__(self):
     _check_int("num_classes", self.num_classes, 1)
     _check_int("expansion", self.expansion, 1)
+    _check_int("round_to", self.round_to, 1)
     _check_activation(self.activation)
     allowed = ("linear", self.activation)
     errors.check(self.bottleneck in allowed,
@@ -513,7 +516,7 @@ class InvertedResidualNet(nn.Module):
     super().__post_init__()
 
   def _width(self, width: int) -> int:
-    return round_width(width * self.width_multiplier)
+    return round_width(width * self.width_multiplier, self.round_to)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
@@ -626,3 +629,80 @@ def sown_names(model: nn.Module, input_shape: Sequence[int],
 
   jax.eval_shape(trace, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
   return tuple(names)
+
+
+# ----------------------------------------------------------------------------
+# A first layer of width n on the raw input, then a fixed MLP head (the
+# collapse study: MobileNetV2 Fig. 1 inside a trained network).
+
+FIRST_LAYERS = ("relu", "linear", "residual")
+
+
+class FirstLayerNet(nn.Module):
+  """z = W x + b of `width` units on the flattened input, then a fixed head.
+
+  The first layer's output h is relu(z) ('relu'), z ('linear') or
+  z + relu(U z + c) ('residual': identity plus a ReLU branch of the same width);
+  then `head_depth` dense layers of `head_width` units with `activation` and a
+  dense classifier. Dense layers keep Flax's default init (LeCun normal, zero
+  bias); the three variants share the parameter names 'first_dense', 'head{i}_dense', 'classifier'
+  (the residual one adds 'branch'), so their shared weights start equal.
+
+  Probe names: preacts 'first' (relu only), 'first_branch' (residual only),
+  'head0' .. 'head{head_depth-1}'; shortcut/branch 'first' (residual only).
+
+  `gated=True` (grids): the gate 'relu' applies the activation to z, and the
+  block gate 'branch_on' adds the branch, so one padded net stands for all
+  three variants and every width.
+  """
+  num_classes: int
+  width: int = 8
+  first: str = "relu"
+  head_width: int = 64
+  head_depth: int = 2
+  activation: str = "relu"
+  dtype: Dtype = jnp.float32
+  gated: bool = False
+
+  def __post_init__(self):
+    _check_int("num_classes", self.num_classes, 1)
+    _check_int("width", self.width, 1)
+    errors.choice("model.first", self.first, FIRST_LAYERS)
+    _check_int("head_width", self.head_width, 1)
+    _check_int("head_depth", self.head_depth, 0)
+    _check_activation(self.activation)
+    _check_dtype(self.dtype)
+    _check_bool("gated", self.gated)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    act = activations.fn(self.activation)
+    x_BxD = x.reshape(x.shape[0], -1)
+    z = nn.Dense(self.width, dtype=self.dtype, name="first_dense")(x_BxD)
+    if self.gated:
+      h = _keep_if(_gate(self, "relu"), act(z), z)
+      u = nn.Dense(self.width, dtype=self.dtype, name="branch")(z)
+      h = h + _gate(self, "branch_on") * act(u)
+    elif self.first == "relu":
+      _tap(self, "preacts", "first", z)
+      h = act(z)
+    elif self.first == "linear":
+      h = z
+    else:
+      u = nn.Dense(self.width, dtype=self.dtype, name="branch")(z)
+      _tap(self, "preacts", "first_branch", u)
+      b = act(u)
+      _tap(self, "shortcut", "first", z)
+      _tap(self, "branch", "first", b)
+      h = z + b
+    for i in range(self.head_depth):
+      g = nn.Dense(self.head_width, dtype=self.dtype, name=f"head{i}_dense")(h)
+      if not self.gated:
+        _tap(self, "preacts", f"head{i}", g)
+      h = act(g)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(h)
+    return logits.astype(jnp.float32)
+
+
+MODELS["firstlayer"] = FirstLayerNet
