@@ -36,6 +36,9 @@ CONFIG_FILE = "config.json"
 # Config groups that may change between a run and its resumption (e.g. more
 # steps); every other field must match the checkpoint's.
 RESUMABLE_GROUPS = ("train",)
+# Learning-rate schedules shaped by train.steps: a run with one of them resumes
+# only with its own train.steps.
+STEPS_SCHEDULES = ("cosine",)
 # What makes a directory hold a run (moved together by `move_aside`).
 RUN_FILES = (CONFIG_FILE, CHECKPOINT_DIR, "metrics.jsonl", "tensorboard")
 
@@ -180,7 +183,17 @@ def check_same_config(workdir: str, mngr: ocp.CheckpointManager | None,
     if own and mngr is not None:
       mngr.close()
   new = json.loads(json.dumps(config.to_dict()))
-  diff = _differences(_strip(json.loads(json.dumps(old))), _strip(new))
+  old = json.loads(json.dumps(old))
+  diff = _differences(_strip(old), _strip(new))
+  old_steps = old.get("train", {}).get("steps")
+  new_steps = new.get("train", {}).get("steps")
+  if (step is not None and old_steps != new_steps
+      and new.get("opt", {}).get("schedule") in STEPS_SCHEDULES):
+    raise errors.ConfigError(
+        f"{os.path.abspath(workdir)} holds a run with train.steps={old_steps}; resuming it "
+        f"with train.steps={new_steps} would change its {new['opt']['schedule']} learning-rate "
+        f"schedule mid-run (it decays to 0 at train.steps); pass "
+        f"--config.train.steps={old_steps} to resume it, or --fresh to start over")
   errors.check(not diff, f"{os.path.abspath(workdir)} holds a run of a different config "
                f"({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''}; compared with "
                f"its {source}); pass another --workdir, or --fresh to move that run aside")

@@ -669,7 +669,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, unit: str = "d
     return need(field, lambda v: v in allowed, f"choose one of: {', '.join(allowed)}")
 
   pos_int, nonneg_int = lambda v: _is_int(v) and v > 0, lambda v: _is_int(v) and v >= 0
-  need("seed", _is_int, "use an integer")
+  need("seed", lambda v: _is_int(v) and v >= 0, "use an integer >= 0")
   model_name = one_of("model.name", tuple(models.MODELS))
   one_of("data.name", tuple(data.NAMES))
   batch = need("data.batch_size", pos_int, "use a positive integer (the global batch)")
@@ -822,6 +822,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
       say(f"moved the earlier run in {workdir} to {moved}")
   # The workdir is this run's until it returns: a second run is refused in one
   # line naming this one (process 0 holds the lock for every process).
+  if lead:
+    files.ensure_workdir(workdir)  # One line for a workdir that cannot be made.
   with locking.workdir_lock(workdir, enabled=lead, say=say):
     return _train_in(workdir, config, ds, nets, mesh, lead, say, should_stop)
 

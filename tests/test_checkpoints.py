@@ -107,6 +107,26 @@ def test_resuming_needs_the_same_config(saved):
       json.dumps(config.to_dict()))
 
 
+def test_more_steps_on_a_cosine_schedule_is_refused(tmp_path):
+  """The cosine schedule decays to 0 at train.steps: more steps would change it mid-run."""
+  config = embedded.get_config("tiny_mlp")  # Adam, cosine.
+  train.train_and_evaluate(config, str(tmp_path / "w"))
+  longer = embedded.get_config("tiny_mlp")
+  longer.train.steps = 8
+  with pytest.raises(errors.ConfigError, match=r"train.steps=4; resuming it with "
+                     r"train.steps=8 would change its cosine"):
+    train.train_and_evaluate(longer, str(tmp_path / "w"))
+  assert checkpoints.complete_steps(str(tmp_path / "w"))[-1] == 4  # Nothing changed.
+
+
+def test_a_negative_seed_is_refused_before_any_file_is_written(tmp_path):
+  config = embedded.get_config("tiny_mlp")
+  config.seed = -1
+  with pytest.raises(errors.ConfigError, match="seed=-1 is not allowed"):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
 # Runs with ONE host device: loads an 8-device checkpoint, dumps what it got,
 # and saves a changed state as a new run for the 8-device side to load.
 ONE_DEVICE = r"""

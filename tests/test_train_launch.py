@@ -55,7 +55,8 @@ def _check_run(workdir, steps, capsys):
 def test_trains_writes_and_resumes(dataset, tmp_path, monkeypatch, capsys):
   workdir = str(tmp_path / dataset)
   args = [f"--config={EMBEDDED}:tiny_mlp", f"--workdir={workdir}",
-          f"--config.data.name={dataset}", "--config.train.checkpoint_every=2"]
+          f"--config.data.name={dataset}", "--config.train.checkpoint_every=2",
+          "--config.opt.schedule=constant"]  # More steps on a cosine schedule is refused.
   context = mock_tfds(48) if dataset == "cifar10" else contextlib.nullcontext()
   with context:
     assert launch(monkeypatch, *args, "--config.train.steps=2") is None
