@@ -94,6 +94,25 @@ def _keep_if(gate: Array, new: Array, old: Array) -> Array:
   return jnp.where(gate > 0, new, old)
 
 
+def _add_shortcut(taps: dict, s: Array, b: Array, gate: Array | None) -> Array:
+  """s + b, the shortcut multiplied by `gate` where one is given (grids); taps s."""
+  if gate is not None:
+    s = s * gate
+  taps["shortcut"] = s
+  return s + b
+
+
+def _block_output(model: nn.Module, module: str, index: int, y: Array, h: Array,
+                  taps: Mapping[str, Array], tap_name: str) -> Array:
+  """The hidden state after block `index` of a stage: its output y; in a gated
+  model h where the block's gate '<module>_on' is off (the first block of a
+  stage is never gated). Gated models sow no taps (probe the net of one size)."""
+  if model.gated:
+    return y if index == 0 else _keep_if(_gate(model, f"{module}_on"), y, h)
+  _sow_taps(model, tap_name, taps)
+  return y
+
+
 # ----------------------------------------------------------------------------
 # Validation (ConfigError, one line naming the field, the value and the fix).
 
@@ -264,11 +283,8 @@ class BasicBlock(nn.Module):
       h = _conv(self.features, 3, 1, self.dtype, "conv2")(act(z))
       b = _batch_norm(train, self.dtype, "bn2")(h)
     if self.residual:
-      s = shortcut_option_a(x, self.features, self.strides).astype(b.dtype)
-      if shortcut_gate is not None:
-        s = s * shortcut_gate
-      taps["shortcut"] = s
-      y = s + b
+      y = _add_shortcut(taps, shortcut_option_a(x, self.features, self.strides).astype(b.dtype),
+                        b, shortcut_gate)
     else:
       y = b
     taps["branch"] = b
@@ -357,11 +373,7 @@ class ResNet(nn.Module):
             features, strides=2 if (s > 0 and b == 0) else 1,
             residual=self.gated or not self.plain, preact=self.preact,
             activation=self.activation, dtype=self.dtype, name=module)(h, train, shortcut)
-        if self.gated:  # Taps of gated nets are not sown (probe the net of one size).
-          h = y if b == 0 else _keep_if(_gate(self, f"{module}_on"), y, h)
-          continue
-        h = y
-        _sow_taps(self, name, taps)
+        h = _block_output(self, module, b, y, h, taps, name)
     if self.preact:
       z = _batch_norm(train, self.dtype, "final_bn")(h)
       _tap(self, "preacts", "final", z)
@@ -428,11 +440,7 @@ class InvertedResidualBlock(nn.Module):
       taps["bottleneck"] = b
       b = act(b)
     if self.residual:
-      s = x.astype(b.dtype)
-      if shortcut_gate is not None:
-        s = s * shortcut_gate
-      taps["shortcut"] = s
-      y = s + b
+      y = _add_shortcut(taps, x.astype(b.dtype), b, shortcut_gate)
     else:
       y = b
     taps["branch"] = b
@@ -537,11 +545,7 @@ class InvertedResidualNet(nn.Module):
             features, expansion=self.expansion, strides=strides, residual=residual,
             linear_bottleneck=self.bottleneck == "linear", activation=self.activation,
             dtype=self.dtype, name=module)(h, train, *gates)
-        if self.gated:  # Taps of gated nets are not sown (probe the net of one size).
-          h = y if b == 0 else _keep_if(_gate(self, f"{module}_on"), y, h)
-          continue
-        h = y
-        _sow_taps(self, f"stage{s + 1}/block{b}", taps)
+        h = _block_output(self, module, b, y, h, taps, f"stage{s + 1}/block{b}")
     h = _conv(self._width(self.head_width), 1, 1, self.dtype, "head_conv")(h)
     z = _batch_norm(train, self.dtype, "head_bn")(h)
     _tap(self, "preacts", "head", z)
