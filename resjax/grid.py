@@ -115,8 +115,9 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
   model = config.model.get("name")
   for field, values in axes(config):
     group, _, name = field.partition(".")
+    name_of = "grid.seeds" if field == "seed" else f"grid.{field}"
     if len(set(values)) != len(values):
-      problems.append(f"grid.{field}={values!r} repeats a value; give each value once")
+      problems.append(f"{name_of}={values!r} repeats a value; give each value once")
     if field == "seed":
       if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0
                  for v in values):

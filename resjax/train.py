@@ -714,12 +714,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, unit: str = "d
     problems += grid.validate(config)
     if not problems and grid.is_grid(config):
       for net, label in zip(grid.nets(config), grid.labels(config)):
+        try:  # Every net is a single run of its own: the same checks.
+          validate(net, num_devices, unit)
+        except errors.ConfigError as e:
+          problems += [f"grid net {_label(label)}: {line}" for line in str(e).splitlines()]
+          break
+      if not problems:
         try:
-          build_model(net, num_classes=10)
           build_model(padded_config(config), num_classes=10)
         except errors.ConfigError as e:
-          problems.append(f"grid net {', '.join(f'{k}={v}' for k, v in label.items())}: {e}")
-          break
+          problems.append(f"the nets of config.grid do not fit one padded model: {e}")
   if problems:
     raise errors.ConfigError("\n".join(problems))
 

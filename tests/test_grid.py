@@ -144,6 +144,10 @@ def test_bad_grids_are_named():
   config = _mlp(model__width=(2, 4))
   config.model.norm = "layer"
   assert any("layer" in p for p in grid.validate(config))
+  # Every net gets the checks of a single run, named by its axis values.
+  config = _mlp(opt__lr=(0.1, -1.0))
+  with pytest.raises(errors.ConfigError, match=r"grid net opt.lr=-1.0: opt.lr=-1.0 is not"):
+    train.validate(config, 1)
 
 
 def test_nets_split_over_devices_train_without_collectives():
