@@ -721,8 +721,9 @@ def _run(config: Any, grid: Grid, fig_act: str, fig_dims: Sequence[int],
   results = sweep(grid, progress=_Progress(grid.cells))
   print(f"  compiled in {results['compile_s']:.1f} s, ran in {results['run_s']:.1f} s", flush=True)
   rows = summarize(results)
-  recoveries = figure_recoveries(grid, fig_act, fig_dims) if grid.manifold == "spiral" else None
   from resjax import plots  # pylint: disable=g-import-not-at-top (matplotlib: slow import)
+  fig_act = plots.focus_activation(grid.activations, fig_act)  # The one the figure shows.
+  recoveries = figure_recoveries(grid, fig_act, fig_dims) if grid.manifold == "spiral" else None
   to_dict = getattr(config, "to_dict", None)
   with files.result_set(workdir) as new:
     files.write_csv(os.path.join(new, "collapse.csv"), rows)

@@ -8,7 +8,7 @@ from matplotlib import collections as mcoll
 from matplotlib import figure as mfigure
 from matplotlib import ticker
 
-from resjax import activations, collapse, stats
+from resjax import activations, stats
 
 _ERROR_STYLE = {"pinv": ("T$^+$ y, as in the paper (median)", "tab:gray"),
                 "refit": ("best linear map of T$^+$ y", "tab:blue"),
@@ -22,7 +22,7 @@ _STYLES = {"relu": ("-", "o"), "relu6": ("--", "D"), "gelu": ("-", "^"),
 _FLOOR = 1e-6  # log axes stop here; smaller errors are exact up to float32
 
 
-def _focus(names: tuple[str, ...], *wanted: Optional[str]) -> str:
+def focus_activation(names: tuple[str, ...], *wanted: Optional[str]) -> str:
   """The activation whose detail panels are drawn: the first wanted one that was swept,
   else relu, else the first swept activation that is not the identity."""
   for name in (*wanted, "relu"):
@@ -38,15 +38,6 @@ def _duty_p(name: str) -> Optional[str]:
   if hi != np.inf:
     return None
   return {0.0: "\\frac{1}{2}", -np.inf: "1"}.get(lo)
-
-
-def _grid_of(res: dict[str, Any]) -> collapse.Grid:
-  """The sweep grid behind `res` (the results carry every field of it)."""
-  return collapse.Grid(activations=tuple(res["activations"]),
-                       dims=tuple(int(n) for n in res["dims"]), seeds=int(res["seeds"]),
-                       seed=int(res["seed"]), manifold=res["manifold"],
-                       ds=tuple(int(d) for d in res["d"]), points=int(res["points"]),
-                       turns=float(res["turns"]))
 
 
 def _title_acts(names: tuple[str, ...]) -> str:
@@ -274,16 +265,16 @@ def collapse_figure(res: dict[str, Any], recoveries: Optional[dict[str, Any]] = 
 
   The detail panels (the Fig. 1 row, the errors of one activation) show
   `activation`, else the activation of `recoveries`, if swept; otherwise relu,
-  or the first swept activation other than the identity. Recoveries of an
-  activation that was not swept are drawn again for the one shown.
+  or the first swept activation other than the identity (`focus_activation`);
+  `recoveries` must be of that activation (ValueError otherwise).
   """
   names = tuple(res["activations"])
   wanted = recoveries["activation"] if recoveries is not None else None
-  focus = _focus(names, activation, wanted)
+  focus = focus_activation(names, activation, wanted)
   a = names.index(focus)
   if recoveries is not None and recoveries["activation"] != focus:
-    recoveries = collapse.figure_recoveries(_grid_of(res), focus,
-                                            [p["n"] for p in recoveries["panels"]])
+    raise ValueError(f"recoveries of {recoveries['activation']!r}, but the figure shows "
+                     f"{focus!r}; pass collapse.figure_recoveries(grid, {focus!r}, dims)")
   top = recoveries is not None
   by_d = len(res["d"]) > 1
   fig = mfigure.Figure(figsize=(16, 9.6 if top else (5.2 if by_d else 5.9)))

@@ -78,7 +78,8 @@ def _check_files(fig, path) -> None:
 def _sweep(names, manifold="spiral", ds=(2,)):
   grid = collapse.Grid(activations=tuple(names), dims=_DIMS, seeds=3, points=120,
                        manifold=manifold, ds=ds, chunk=0)
-  rec = collapse.figure_recoveries(grid, "relu", (2, 5)) if manifold == "spiral" else None
+  shown = plots.focus_activation(tuple(names), "relu")  # What collapse.run asks for.
+  rec = collapse.figure_recoveries(grid, shown, (2, 5)) if manifold == "spiral" else None
   return collapse.sweep(grid), rec
 
 
