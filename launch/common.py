@@ -147,7 +147,11 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _quiet_orbax(record: py_logging.LogRecord) -> bool:
-  return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+  # Orbax's INFO lines would bury the progress; its ERROR lines (tracebacks from
+  # background save threads) reach the caller as the save's exception, which
+  # the launchers report in one line.
+  return "/orbax/" not in record.pathname or record.levelno in (py_logging.WARNING,
+                                                                py_logging.CRITICAL)
 
 
 def quiet_orbax() -> None:

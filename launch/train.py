@@ -48,7 +48,7 @@ def main(argv):
     try:
       result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, fresh=_FRESH.value,
                                         should_stop=should_stop)
-    except train.Diverged as e:
+    except (train.Diverged, train.NotSaved) as e:
       common.fail(str(e), code=1)
   if jax.process_index() != 0:
     return

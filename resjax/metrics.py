@@ -67,8 +67,15 @@ class Writer:
     if net is not None:
       row["net"] = int(net)
     row.update({k: _to_float(v) for k, v in scalars.items()})
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    line = (json.dumps(row) + "\n").encode()
+    with open(self.path, "ab") as f:
+      size = f.tell()
+      try:
+        f.write(line)
+        f.flush()
+      except OSError:  # A full disk: never leave half a line behind.
+        f.truncate(size)
+        raise
     self._add(row)
 
   def _add(self, row: Mapping[str, Any]) -> None:

@@ -925,7 +925,10 @@ def _train_in(workdir: str, config: ml_collections.ConfigDict, ds: data.Dataset,
           say(f"eval at step {done}: " + metrics.eval_line(ev))
           result.update(row)
         if save and done != last_saved:
-          checkpoints.save(mngr, state, meta)
+          try:
+            checkpoints.save(mngr, state, meta)
+          except Exception as e:  # pylint: disable=broad-except
+            raise _not_saved(e, done, workdir, mngr) from None
           last_saved = done
         writer.flush()
         if stop:
@@ -939,7 +942,12 @@ def _train_in(workdir: str, config: ml_collections.ConfigDict, ds: data.Dataset,
             "eval " + metrics.eval_line(ev))
     finally:
       batches.close()
-      mngr.wait_until_finished()
+      try:
+        mngr.wait_until_finished()  # An asynchronous save fails here.
+      except Exception as e:  # pylint: disable=broad-except
+        # Not closed: closing a manager whose save failed prints a traceback per
+        # pending write ("Event loop is closed"); the process is ending anyway.
+        raise _not_saved(e, last_saved, workdir) from None
       mngr.close()
   if last_saved is not None:
     result["checkpoint"] = os.path.join(checkpoints.directory(workdir), str(last_saved))
@@ -1072,6 +1080,34 @@ def condition_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def _label(label: Mapping[str, Any]) -> str:
   return ", ".join(f"{k}={v}" for k, v in label.items())
+
+
+class NotSaved(RuntimeError):
+  """A checkpoint could not be written (a full or read-only disk); says what was kept."""
+
+
+_DISK_FULL = ("No space left on device", "Disk quota exceeded", "Read-only file system")
+
+
+def _not_saved(e: BaseException, step: int | None, workdir: str,
+               mngr: Any = None) -> BaseException:
+  """NotSaved for a checkpoint that failed on a full or read-only disk, else `e`."""
+  text = str(e)
+  reason = next((r for r in _DISK_FULL if r in text), None)
+  if reason is None and isinstance(e, OSError) and e.errno in (28, 30, 122):
+    reason = e.strerror
+  if reason is None:
+    return e
+  if mngr is not None:
+    try:  # Let an earlier save still in flight finish, so it counts as kept.
+      mngr.wait_until_finished()
+    except Exception:  # pylint: disable=broad-except
+      pass
+  done = checkpoints.complete_steps(workdir)
+  kept = (f"the last good checkpoint is step {done[-1]} in {checkpoints.directory(workdir)}"
+          if done else "no checkpoint was completed")
+  return NotSaved(f"the checkpoint at step {step} could not be written ({reason}); {kept}; "
+                  "free some space and run the same command to resume from it")
 
 
 def _check_finite(window: list[dict], done: int, last_saved: int | None, workdir: str,

@@ -253,3 +253,57 @@ def test_metrics_rewind_drops_rows_after_the_checkpoint(tmp_path):
   with metrics.Writer(workdir, resume_step=5) as writer:  # Nothing to drop: appends.
     assert writer.dropped == 0
   assert len(os.listdir(os.path.join(workdir, metrics.TENSORBOARD_DIR))) == 2
+
+
+def test_a_full_disk_while_saving_ends_in_one_message_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch):
+  config = embedded.get_config("tiny_mlp")
+  config.opt.schedule = "constant"
+  config.train.steps, config.train.checkpoint_every = 6, 2
+  real_save, calls = checkpoints.save, []
+
+  def save(mngr, state, meta):
+    calls.append(1)
+    if len(calls) == 2:  # What Orbax raises when the disk fills up.
+      raise ValueError('RESOURCE_EXHAUSTED: Error writing "params" in OCDBT database: '
+                       "Failed to write 23663 bytes: No space left on device")
+    return real_save(mngr, state, meta)
+
+  monkeypatch.setattr(checkpoints, "save", save)
+  with pytest.raises(train.NotSaved, match=r"step 4 could not be written \(No space left on "
+                     r"device\); the last good checkpoint is step 2"):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  assert checkpoints.complete_steps(str(tmp_path / "w")) == [2]
+  with open(tmp_path / "w" / "metrics.jsonl") as f:
+    assert all(json.loads(line) for line in f)
+
+
+def test_metrics_never_keep_half_a_line(tmp_path, monkeypatch):
+  writer = metrics.Writer(str(tmp_path))
+  writer.write(1, {"train/loss": 1.0})
+
+  class Full:  # A file on a disk that fills up after 5 bytes.
+    def __init__(self, path, mode):
+      self.f = open(path, mode)  # pylint: disable=consider-using-with
+    def __enter__(self):
+      return self
+    def __exit__(self, *exc):
+      self.f.close()
+    def tell(self):
+      return self.f.tell()
+    def truncate(self, size):
+      return self.f.truncate(size)
+    def flush(self):
+      self.f.flush()
+    def write(self, data):
+      self.f.write(data[:5])
+      self.f.flush()
+      raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(metrics, "open", Full, raising=False)
+  with pytest.raises(OSError):
+    writer.write(2, {"train/loss": 0.5})
+  monkeypatch.undo()
+  writer.close()
+  with open(tmp_path / "metrics.jsonl") as f:
+    assert [json.loads(line)["step"] for line in f] == [1]
