@@ -36,7 +36,8 @@ FLAGS = ("--xla_cpu_use_onednn=true", "--xla_cpu_experimental_onednn_custom_call
          "--xla_cpu_use_xnnpack=true", "--xla_cpu_experimental_ynn_fusion_type=",
          "--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution,"
          "eltwise,reduce", "--xla_cpu_experimental_enable_tiling_propagation=true",
-         "--xla_cpu_use_fusion_emitters=false")
+         "--xla_cpu_use_fusion_emitters=false",
+         "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion")
 _CHILD = "RESJAX_TRIED_CHILD"
 
 
