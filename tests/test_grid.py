@@ -85,8 +85,7 @@ def test_width_depth_residual_grid_of_mlps_equals_nets_at_their_own_size():
   _check_equal(config, jax.devices()[:8])
 
 
-@pytest.mark.parametrize("per_call", [0, 2])
-def test_resnet_depth_and_plain_grid_equals_single_runs(per_call):
+def test_resnet_depth_and_plain_grid_equals_single_runs(per_call=2):
   config = embedded.get_config("tiny")
   config.model.widths = (4, 4, 8)
   config.data.num_test = 1697  # 100 training images.
