@@ -140,6 +140,10 @@ def _other_cases(d):
                                             "--step=99"], "step=99 has no checkpoint"),
       ("analyze: corrupted checkpoint", ["launch.analyze", f"--workdir={d['broken']}"],
        "checkpoint 16 in"),
+      ("analyze: a flag value of the wrong type", ["launch.analyze", f"--workdir={d['run']}",
+                                                   "--step=abc"], "flag --step=abc"),
+      ("analyze: a misspelled flag", ["launch.analyze", f"--workdirr={d['run']}"],
+       "Unknown command line flag 'workdirr'"),
   ]
 
 
