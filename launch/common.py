@@ -150,8 +150,11 @@ def _quiet_orbax(record: py_logging.LogRecord) -> bool:
   # Orbax's INFO lines would bury the progress; its ERROR lines (tracebacks from
   # background save threads) reach the caller as the save's exception, which
   # the launchers report in one line.
-  return "/orbax/" not in record.pathname or record.levelno in (py_logging.WARNING,
-                                                                py_logging.CRITICAL)
+  if "/orbax/" not in record.pathname:
+    return True
+  if "Given directory is read only" in record.getMessage():  # Every read-only restore.
+    return False
+  return record.levelno in (py_logging.WARNING, py_logging.CRITICAL)
 
 
 def quiet_orbax() -> None:
