@@ -28,6 +28,7 @@ _MAX = flags.DEFINE_integer("max_examples", None, "Probe only this many test exa
 def main(argv):
   errors.check(len(argv) == 1, f"unexpected arguments: {' '.join(argv[1:])}")
   errors.check(bool(_WORKDIR.value), "--workdir is required: pass --workdir=DIR of a run")
+  common.quiet_orbax()
   common.compilation_cache()
   common.log_devices()
   report.analyze(_WORKDIR.value, step=_STEP.value, compare=_COMPARE.value,
