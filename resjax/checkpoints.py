@@ -243,6 +243,10 @@ def load(workdir: str, step: int | None = None,
   """
   from resjax import grid, sharding, train  # train imports this module.
 
+  for name, value in (("step", step), ("net", net)):
+    errors.check(value is None or (isinstance(value, int) and not isinstance(value, bool)),
+                 f"{name}={value!r} is a {type(value).__name__}; pass an integer "
+                 f"{'step number' if name == 'step' else 'net index'} or None")
   path = directory(workdir)
   errors.check(os.path.isdir(path), f"no checkpoints in {os.path.abspath(workdir)} "
                "(expected a checkpoints/ folder); pass the --workdir of a training run")

@@ -307,3 +307,11 @@ def test_metrics_never_keep_half_a_line(tmp_path, monkeypatch):
   writer.close()
   with open(tmp_path / "metrics.jsonl") as f:
     assert [json.loads(line)["step"] for line in f] == [1]
+
+
+def test_load_names_a_wrong_type(saved):
+  workdir, _, _ = saved
+  with pytest.raises(errors.ConfigError, match=r"step='2' is a str; pass an integer step"):
+    checkpoints.load(workdir, step="2")
+  with pytest.raises(errors.ConfigError, match=r"net=1.5 is a float"):
+    checkpoints.load(workdir, net=1.5)
