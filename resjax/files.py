@@ -38,12 +38,20 @@ def ensure_workdir(path: str) -> str:
   return path
 
 
+def _umask() -> int:
+  """The process's umask (read by setting and restoring it)."""
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def write_bytes(path: str, data: bytes) -> None:
   """Writes `data` to `path` atomically (temp file in the same dir, then rename)."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
   try:
+    os.fchmod(fd, 0o666 & ~_umask())  # As open() would: collaborators may read results.
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()

@@ -407,3 +407,13 @@ def test_grace_lets_a_loop_stop_by_itself_else_exits(mode):
     assert "stopped by itself" in out and "hard exit" not in err and took < 1.0
   else:
     assert _messages(err)[-1] == "hard exit on SIGTERM" and 0.9 < took < 2.5
+
+
+def test_result_files_honour_the_umask(tmp_path):
+  from resjax import files as _files
+  old = os.umask(0o027)
+  try:
+    _files.write_text(str(tmp_path / "a.csv"), "x\n")
+  finally:
+    os.umask(old)
+  assert (os.stat(tmp_path / "a.csv").st_mode & 0o777) == 0o640
