@@ -39,10 +39,14 @@ def ensure_workdir(path: str) -> str:
 
 
 def _umask() -> int:
-  """The process's umask (read by setting and restoring it)."""
+  """The process's umask (read by setting and restoring it, so read it once, at
+  import: another thread could create a file in between)."""
   mask = os.umask(0o022)
   os.umask(mask)
   return mask
+
+
+_UMASK = _umask()
 
 
 def write_bytes(path: str, data: bytes) -> None:
@@ -51,7 +55,7 @@ def write_bytes(path: str, data: bytes) -> None:
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
   try:
-    os.fchmod(fd, 0o666 & ~_umask())  # As open() would: collaborators may read results.
+    os.fchmod(fd, 0o666 & ~_UMASK)  # As open() would: collaborators may read results.
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
