@@ -1,4 +1,5 @@
-"""The five studies: grids of small nets trained in one compiled call each.
+"""The five studies: each a named set of ordinary grid runs (launch.train configs
+with `config.grid` set) plus its analysis and figure (resjax/study.py).
 
   python -m launch.study --config=configs/study.py:degradation --workdir=runs/degradation
   python -m launch.study --config=configs/study.py:dead_units  --workdir=runs/dead_units
@@ -6,119 +7,125 @@
   python -m launch.study --config=configs/study.py:bottleneck  --workdir=runs/bottleneck
   python -m launch.study --config=configs/study.py:convergence --workdir=runs/convergence
 
-Each writes study.csv (one row per condition: means and 95% intervals over
-seeds), nets.csv (one row per net), study.json and <study>.png to --workdir, and
-resumes from its Orbax checkpoints when run again. Append `,tiny` to a name
-(e.g. `configs/study.py:collapse,tiny`) for a seconds-long version (CI).
+Each grid of `config.grids` is a full training config (configs/embedded.py
+bases); it trains in `--workdir/<grid>` exactly as
+`python -m launch.train --config=... --workdir=<workdir>/<grid>` would, and
+resumes the same way. The study then writes study.csv (one row per condition),
+nets.csv (one row per net), study.json and <study>.png/.pdf to --workdir.
+Append `,tiny` to a name (e.g. `configs/study.py:collapse,tiny`) for a
+seconds-long version (CI). `--config.seeds=N` sets the seeds of every grid
+(seeds `seed` .. `seed + N - 1`).
 
-Expected at these defaults (2-core CPU, 3-12 minutes each; RESULTS.md has the
-measured numbers and figures):
-  degradation  plain MLPs of depth 16-32 and plain conv nets of depth 8 end near
-               chance; residual nets of every depth fit the data (He et al. Fig. 6).
-  dead_units   plain nets of width 2-3 and depth 16 have ~77% dead units from
-               initialization on; residual nets start with ~0-5%, but wide
-               residual nets kill many units during training.
-  collapse     a ReLU first layer costs accuracy at n = 2 only (about 18 points);
-               the untrained collapse curve matches P(Bin(n, 1/2) < 2).
-  bottleneck   the linear bottleneck beats ReLU6 by ~20 points at width 2, by
-               less (within noise) at widths 8-16.
-  convergence  residual nets reach training loss 0.3 in ~120 steps at every
-               depth; plain nets need more steps with depth and never at 16.
+Learning rates (Adam, constant, no weight decay) were chosen before the studies
+ran, by one pilot per family on depth-2 nets (RESULTS.md): MLPs on spirals
+1e-2; conv nets on digits 3e-2; inverted-residual nets on digits 1e-2. The
+degradation MLP grid also has a learning-rate axis fixed in advance
+(3e-3, 1e-2, 3e-2), so that each depth and variant can be read at its best rate.
 """
 import ml_collections
 
-# Learning rates (Adam, constant) come from one pilot per family, chosen before the
-# studies ran: the best final training loss of the *depth-2* nets (both variants,
-# seeds 0-1) among 1e-3, 3e-3, 1e-2, 3e-2. MLPs on spirals: 1e-2; conv nets on
-# digits: 3e-2; inverted-residual nets on digits (width 8): 1e-2. Every net of a
-# grid, shallow or deep, plain or residual, uses the same rate and budget.
+from configs import embedded
+from resjax import errors
+
 STUDIES = ("degradation", "dead_units", "collapse", "bottleneck", "convergence")
 
 
-def _grid(family: str, data: str, *, widths, depths, variants, steps: int,
-          batch_size: int, eval_every: int, chunk_steps: int, norm: str = "none",
-          lr: float = 1e-2, probes: bool = False, data_options=None,
-          **model) -> ml_collections.ConfigDict:
-  """One grid of nets trained together (one compiled call per chunk of steps)."""
-  return ml_collections.ConfigDict(dict(
-      data=dict(
-          name=data,  # resjax.data name: 'spirals' (2-D features) or 'digits' (8x8 images).
-          seed=0,  # Dataset generation / split seed.
-          options=data_options or {},  # Embedded-dataset options, e.g. {'num_arms': 3}.
-      ),
-      model=dict(
-          family=family,  # resjax.sweeps family: mlp | conv | invres | bottleneck.
-          widths=tuple(widths),  # Widths in the grid (units, channels, bottleneck or first-layer width).
-          depths=tuple(depths),  # Depths in the grid (activation layers; blocks for invres).
-          variants=tuple(variants),  # plain/residual, linear/relu6, or relu/linear/residual.
-          activation="relu",  # Hidden activation (resjax.activations name).
-          norm=norm,  # 'none' or 'layer' (masked layer norm before each activation).
-          branch_scale=model.get("branch_scale", False),  # Residual branches start at 1/sqrt(blocks).
-          head_width=model.get("head_width", 64),  # Hidden width of the invres / bottleneck heads.
-          expansion=model.get("expansion", 6),  # invres expansion factor t.
-          stem_pool=model.get("stem_pool", 1),  # Images: average-pool the stem output p x p.
-      ),
-      opt=dict(
-          name="adam",  # adam (AdamW) or sgd (with momentum).
-          lr=lr,  # Learning rate.
-          momentum=0.9,  # sgd only.
-          weight_decay=0.0,  # Decoupled (adam) or L2 (sgd) weight decay.
-          schedule="constant",  # constant or cosine.
-      ),
-      train=dict(
-          steps=steps,  # Steps per net (the same budget for every net).
-          batch_size=batch_size,  # Examples per step per net.
-          eval_every=eval_every,  # Full train/test evaluation interval (the history).
-          chunk_steps=chunk_steps,  # Steps per compiled call; checkpoint + progress after each.
-          eval_batch=500,  # Examples per evaluation chunk.
-          fast_compile=False,  # XLA opt level 0: half the compile, twice the run time.
-      ),
-      probes=probes,  # Measure dead units, duty fractions, gradient norms at init and end.
-  ))
+def _spirals(*, norm, steps, eval_every, lr=1e-2, batch_size=64, num_test=1500):
+  """An MLP on the 3-arm spirals, Adam at a constant rate, full-split evaluations."""
+  config = embedded.get_config("spirals_mlp")
+  config.model.norm = norm
+  config.data.batch_size = batch_size
+  config.data.num_test = num_test
+  config.opt.lr = lr
+  config.opt.schedule = "constant"
+  config.train.steps = steps
+  config.train.eval_every = eval_every
+  config.train.eval_train = True  # The history of the full training loss.
+  config.train.log_every = eval_every
+  config.train.checkpoint_every = max(steps // 3, 1)
+  config.train.keep_checkpoints = 1
+  return config
+
+
+def _digits(*, steps, eval_every, lr, batch_size=32):
+  """A net on the 8x8 digits, Adam at a constant rate, no augmentation."""
+  config = embedded.get_config("digits_resnet20")
+  config.data.batch_size = batch_size
+  config.data.augment = False
+  config.opt.name = "adam"
+  config.opt.lr = lr
+  config.opt.weight_decay = 0.0
+  config.opt.schedule = "constant"
+  config.train.steps = steps
+  config.train.eval_every = eval_every
+  config.train.eval_train = True
+  config.train.log_every = eval_every
+  config.train.checkpoint_every = max(steps // 2, 1)
+  config.train.keep_checkpoints = 1
+  return config
 
 
 def _degradation():
-  return {
-      "mlp": _grid("mlp", "spirals", widths=(16,), depths=(2, 4, 8, 16, 32),
-                   variants=("plain", "residual"), norm="layer", steps=1500, batch_size=64,
-                   eval_every=50, chunk_steps=500, probes=True),
-      "conv": _grid("conv", "digits", widths=(8,), depths=(2, 4, 8),
-                    variants=("plain", "residual"), norm="layer", steps=400, batch_size=32,
-                    eval_every=50, chunk_steps=200, stem_pool=2, lr=3e-2, probes=True),
-  }
+  mlp = _spirals(norm="layer", steps=1500, eval_every=50)
+  mlp.model.width = 16
+  mlp.grid.model.depth = (2, 4, 8, 16, 32)
+  mlp.grid.model.residual = (False, True)
+  mlp.grid.opt.lr = (3e-3, 1e-2, 3e-2)  # Fixed in advance; 1e-2 is the pilot's rate.
+  conv = _digits(steps=400, eval_every=50, lr=3e-2)
+  conv.model.widths = (8,)  # One stage of 8 channels, BatchNorm, option-A shortcuts.
+  conv.grid.model.depth = (4, 6, 10)  # 1, 2, 4 blocks: 3, 5, 9 convs.
+  conv.grid.model.plain = (True, False)
+  return {"mlp": mlp, "conv": conv}
 
 
 def _dead_units():
-  return {
-      "mlp": _grid("mlp", "spirals", widths=(2, 3, 4, 8, 16, 32), depths=(2, 8, 16),
-                   variants=("plain", "residual"), norm="none", branch_scale=True,
-                   steps=1000, batch_size=64, eval_every=100, chunk_steps=500, probes=True),
-  }
+  mlp = _spirals(norm=None, steps=1000, eval_every=100)
+  mlp.grid.model.width = (2, 3, 4, 8, 16, 32)
+  mlp.grid.model.depth = (2, 8, 16)
+  mlp.grid.model.residual = (False, True)
+  return {"mlp": mlp}
 
 
 def _collapse():
-  return {
-      "bottleneck": _grid("bottleneck", "spirals", widths=(2, 3, 4, 6, 8, 12, 16, 24, 32),
-                          depths=(1,), variants=("relu", "linear", "residual"),
-                          steps=2000, batch_size=64, eval_every=100, chunk_steps=1000,
-                          head_width=64, probes=True),
-  }
+  net = _spirals(norm=None, steps=2000, eval_every=100)
+  net.model = ml_collections.ConfigDict(dict(
+      name="firstlayer",
+      width=8,  # First-layer width n (the grid varies it).
+      first="relu",  # relu(z) | linear z | residual z + relu(Uz + c).
+      head_width=64,  # The fixed head: head_depth layers of head_width ReLUs.
+      head_depth=2,
+      activation="relu",
+  ))
+  net.grid.model.width = (2, 3, 4, 6, 8, 12, 16, 24, 32)
+  net.grid.model.first = ("relu", "linear", "residual")
+  return {"firstlayer": net}
 
 
 def _bottleneck():
-  return {
-      "invres": _grid("invres", "digits", widths=(2, 4, 8, 16), depths=(2,),
-                      variants=("linear", "relu6"), steps=600, batch_size=32,
-                      eval_every=50, chunk_steps=200, head_width=64, expansion=6, stem_pool=2),
-  }
+  net = _digits(steps=600, eval_every=50, lr=1e-2)
+  net.model = ml_collections.ConfigDict(dict(
+      name="invres",
+      expansion=6,  # t: every block expands its bottleneck 6x (ReLU6 inside).
+      bottleneck="linear",  # linear | relu6 (the grid varies it).
+      shortcut=True,
+      width_multiplier=1.0,
+      stages=((8, 2, 1),),  # (bottleneck width, blocks, stride); the grid varies the width.
+      stem_width=16,  # The same stem (3x3 conv, BN, ReLU6) for every net.
+      head_width=64,
+      activation="relu6",
+      round_to=1,  # Exact bottleneck widths (2 and 4 exist).
+  ))
+  net.grid.model.stages = tuple(((w, 2, 1),) for w in (2, 4, 8, 16))
+  net.grid.model.bottleneck = ("linear", "relu6")
+  return {"invres": net}
 
 
 def _convergence():
-  return {
-      "mlp": _grid("mlp", "spirals", widths=(16,), depths=(4, 8, 16),
-                   variants=("plain", "residual"), norm="layer", steps=1500, batch_size=64,
-                   eval_every=20, chunk_steps=500, data_options={"num_test": 300}),
-  }
+  mlp = _spirals(norm="layer", steps=1500, eval_every=20, num_test=300)
+  mlp.model.width = 16
+  mlp.grid.model.depth = (4, 8, 16)
+  mlp.grid.model.residual = (False, True)
+  return {"mlp": mlp}
 
 
 _GRIDS = {"degradation": _degradation, "dead_units": _dead_units, "collapse": _collapse,
@@ -126,45 +133,49 @@ _GRIDS = {"degradation": _degradation, "dead_units": _dead_units, "collapse": _c
 
 
 def _shrink(config: ml_collections.ConfigDict) -> None:
-  """Seconds instead of minutes: 2 seeds, small grids, few steps (CI)."""
+  """Seconds instead of minutes: 2 seeds, two values per axis, few steps (CI)."""
   config.seeds = 2
-  for grid in config.grids.values():
-    model, train = grid.model, grid.train
-    model.widths = tuple(sorted(model.widths))[:2]
-    model.depths = tuple(sorted(model.depths))[:2]
-    model.head_width = min(model.head_width, 8)
-    train.steps, train.eval_every, train.chunk_steps, train.batch_size = 20, 10, 10, 16
-    train.eval_batch = 200
-    train.fast_compile = True
-    if grid.data.name == "spirals":
-      grid.data.options = {"num_train": 96, "num_test": 64}
+  for g in config.grids.values():
+    for field in list(g.grid.model.keys()):
+      values = tuple(g.grid.model[field])
+      if len(values) > 2 and field != "first":
+        g.grid.model[field] = values[:2]
+    if len(g.grid.opt.lr) > 1:
+      g.grid.opt.lr = tuple(g.grid.opt.lr)[:2]
+    g.train.steps, g.train.eval_every, g.train.log_every = 20, 10, 10
+    g.train.checkpoint_every = 10
+    g.data.batch_size = 16
+    if "head_width" in g.model:
+      g.model.head_width = 8
+    if g.data.name == "spirals":
+      g.data.num_train, g.data.num_test = 96, 64
     else:
-      grid.data.options = {"num_test": 1697}  # 100 training images.
-      grid.probes = False  # Image grids: spare CI the probes' compile.
+      g.data.num_test = 1697  # 100 training images.
   config.collapse.seeds = 2
-  config.collapse.points = 200
+  config.collapse.manifold.points = 200
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`arg` = '<study>' or '<study>,tiny'."""
   parts = [p.strip() for p in (arg or "degradation").split(",") if p.strip()]
   name = parts[0] if parts else "degradation"
+  errors.check(all(p == "tiny" for p in parts[1:]),
+               f"config study.py:{arg} is not allowed; use <study> or <study>,tiny")
   config = ml_collections.ConfigDict()
   config.study = name  # One of STUDIES.
   config.seed = 0  # First seed; the nets use seeds seed .. seed + seeds - 1.
   config.seeds = 5 if name in ("bottleneck", "dead_units") else 8  # Seeds per condition.
-  # Steps-to-target threshold on the full training loss (convergence study).
-  config.target_loss = 0.3
+  config.target_loss = 0.3  # Convergence: steps to this full training loss.
   # The untrained collapse curve drawn beside the collapse study (resjax.collapse.sweep).
   config.collapse = ml_collections.ConfigDict(dict(
       activations=("relu",),  # Activations of the untrained curve.
-      seeds=8,  # Random embeddings T per n.
+      seeds=64,  # Random embeddings T per n (issue 14: enough draws to compare).
       seed=0,  # Seed of the embeddings.
       chunk=0,  # Draws per vmapped chunk (0 = all at once).
       manifold=dict(name="spiral", dims=(2,), points=1000, turns=3.0),  # The 2-D spiral.
   ))
-  config.grids = ml_collections.ConfigDict(
-      _GRIDS[name]() if name in _GRIDS else {})  # Unknown names are rejected by resjax.study.
+  # Grid name -> launch.train config (unknown study names are refused by resjax.study).
+  config.grids = ml_collections.ConfigDict(_GRIDS[name]() if name in _GRIDS else {})
   if "tiny" in parts[1:]:
     _shrink(config)
   return config

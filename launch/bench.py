@@ -6,7 +6,6 @@
   python -m launch.bench split      # step time on 1/2/4/8 CPU host devices per model
   python -m launch.bench tried      # speed-ups tried on the ResNet-20 step, side by side
   python -m launch.bench grid       # a grid run (config.grid) vs one run per net
-  python -m launch.bench study      # vmapped grid of nets vs sequential runs
   python -m launch.bench checkpoint # step time with and without an async save in flight
 
 `--quick` shrinks each benchmark (used by the tests); `--out=FILE.json` saves
@@ -19,7 +18,7 @@ from absl import app, flags
 from launch import common
 from resjax import errors, files
 
-BENCHES = ("collapse", "train", "profile", "split", "tried", "grid", "study", "checkpoint")
+BENCHES = ("collapse", "train", "profile", "split", "tried", "grid", "checkpoint")
 
 _QUICK = flags.DEFINE_bool("quick", False, "Shrink the benchmark to seconds.")
 _OUT = flags.DEFINE_string("out", None, "Write the figures to this JSON file.")

@@ -1,16 +1,22 @@
-"""Runs one study: grids of small nets, each grid trained in one compiled call.
+"""Runs one study: its grids trained as ordinary grid runs, then its analysis.
 
   python -m launch.study --config=configs/study.py:degradation --workdir=runs/degradation
   python -m launch.study --config=configs/study.py:collapse,tiny --workdir=/tmp/collapse
 
 Studies: degradation, dead_units, collapse, bottleneck, convergence (append
-',tiny' for a seconds-long version). Writes study.csv, nets.csv, study.json and
-<study>.png to --workdir; running the same command again resumes. Override any
-config field with --config.<field>=VALUE (e.g. --config.seeds=4).
+',tiny' for a seconds-long version). Each grid trains in --workdir/<grid> as
+launch.train would; the study writes study.csv, nets.csv, study.json and
+<study>.png/.pdf to --workdir. SIGTERM or Ctrl-C saves the grid in training at
+its current step and exits 0; running the same command again resumes. Override
+any config field with --config.<field>=VALUE (e.g. --config.seeds=4). On a
+CPU the cores are split into host devices as for launch.train, so the nets of
+a grid are spread over them (resjax/train.py grid_training_mesh).
 """
+from launch import platform  # noqa: F401  # pylint: disable=unused-import  (before JAX)
+
 import os
 
-from absl import app, flags
+from absl import app, flags  # pylint: disable=g-import-not-at-top
 
 import configs
 from launch import common
@@ -21,22 +27,6 @@ _CONFIG = common.define_config(_DEFAULT, "Study config file[:study[,tiny]].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results and checkpoints go (created).")
 
 
-def _stopped(sig: str, workdir: str) -> str:
-  """What a signal leaves: the grids finished and the checkpoints of the one in progress."""
-  grids = sorted(n[:-4] for n in _ls(os.path.join(workdir, "grids")) if n.endswith(".npz"))
-  steps = {g: max(int(s) for s in _ls(os.path.join(workdir, "checkpoints", g)) if s.isdigit())
-           for g in _ls(os.path.join(workdir, "checkpoints")) if g not in grids and any(
-               s.isdigit() for s in _ls(os.path.join(workdir, "checkpoints", g)))}
-  kept = [f"grids done: {', '.join(grids)}"] if grids else []
-  kept += [f"grid {g} checkpointed at step {s}" for g, s in sorted(steps.items())]
-  return (f"stopped by {sig}: kept in {workdir}: {'; '.join(kept) or 'nothing trained yet'}; "
-          "run the same command to resume")
-
-
-def _ls(path: str) -> list[str]:
-  return os.listdir(path) if os.path.isdir(path) else []
-
-
 @common.readable_errors
 def main(argv):
   errors.check(len(argv) == 1, f"unexpected arguments {argv[1:]}; pass options as --flag=value")
@@ -45,10 +35,15 @@ def main(argv):
   common.compilation_cache()
   common.log_devices()
   workdir = files.workdir_path(_WORKDIR.value)
-  with distributed.exit_on_signals(lambda sig: _stopped(sig, workdir)):
-    out = study.run(_CONFIG.value, workdir, log=lambda line: print(line, flush=True))
+  with distributed.stop_on_signals() as should_stop:
+    out = study.run(_CONFIG.value, workdir, log=lambda line: print(line, flush=True),
+                    should_stop=should_stop)
+  if out["stopped"]:
+    print(f"stopped by a signal in grid '{out['grid']}' at step {out['step']}: saved in "
+          f"{os.path.join(workdir, out['grid'])}; run the same command to resume", flush=True)
+    return
   print(f"wall time {out['wall_s']:.0f} s; {len(out['rows'])} conditions in "
-        f"{os.path.join(_WORKDIR.value, 'study.csv')}")
+        f"{os.path.join(workdir, 'study.csv')}")
 
 
 if __name__ == "__main__":

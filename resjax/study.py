@@ -1,23 +1,29 @@
-"""The five studies of claims C1-C7: grids of small nets, statistics, figures.
+"""The five studies of claims C1-C7: named sets of grid runs, their analyses and figures.
 
-`run(config, workdir)` trains every grid of a study (configs/study.py) with
-`resjax.sweeps.train_grid`, then writes to `workdir`:
+A study (configs/study.py) is a set of ordinary training configs with
+`config.grid` set. `run(config, workdir)` trains each with
+`train.train_and_evaluate(grid_config, workdir/<grid>)` (so it resumes after
+SIGKILL or SIGTERM exactly as `launch.train` does), reads back each grid's
+nets.csv and metrics.jsonl (a history per net through the `net` field), probes
+the nets that need it (`checkpoints.load(workdir/<grid>, net=k)` for the
+trained net, `train.create_train_state` of net k's config for its exact
+initialization, `probes.run` on the training split), and writes to `workdir`:
 
-  study.csv   one row per condition (grid, variant, width, depth): means and 95%
-              intervals over seeds (t-intervals; Wilson for proportions;
-              bootstrap for medians)
+  study.csv   one row per condition: means and 95% intervals over seeds
+              (resjax.stats: t-intervals; geometric means of losses; per-net
+              fractions of inputs or units with seed-clustered Wilson intervals;
+              Wilson for pooled counts of seeds or units; bootstrap for medians)
   nets.csv    one row per trained net: its final numbers
-  study.json  the config, the machine, timings, the rows, paired contrasts and
-              the curves behind the figure
-  <study>.png the figure
+  study.json  the config, the machine, timings, the rows, paired contrasts (with
+              Holm-adjusted p-values over the contrasts read together) and the
+              curves behind the figure
+  <study>.png the figure (and <study>.pdf)
 
-A grid that finished is stored in `workdir/grids/<grid>.npz` and not trained
-again; an interrupted grid resumes from `workdir/checkpoints/<grid>` (Orbax).
-
-Studies:
-  degradation  final training loss / accuracy vs depth, plain vs residual (C5).
-  dead_units   fraction of dead units per layer, init and trained, vs width and
-               depth, plain vs residual (C4).
+Studies (REGISTRY: name -> (grids of the config, analysis)):
+  degradation  final training loss / accuracy vs depth, plain vs residual, at
+               one learning rate and at each net's best rate (C5).
+  dead_units   dead units per layer and per unit, init vs trained, vs width and
+               depth, plain vs residual (C4, C7 per layer).
   collapse     accuracy vs the width n of a first layer on 2-D spirals, ReLU vs
                linear vs identity-plus-ReLU, beside the untrained collapse curve
                of `resjax.collapse.sweep` (C1-C3).
@@ -27,7 +33,7 @@ Studies:
 """
 from __future__ import annotations
 
-import io
+import collections
 import json
 import math
 import os
@@ -35,29 +41,26 @@ import platform
 import time
 from typing import Any, Callable, Sequence
 
+import jax
 import numpy as np
-from scipy import stats
 
-from resjax import errors, files, locking, sweeps
+from resjax import checkpoints, errors, files, grid, locking, probes, sharding
 from resjax import stats as rstats
+from resjax import train
 
-STUDIES = ("degradation", "dead_units", "collapse", "bottleneck", "convergence")
-_FAMILIES_OF = {"degradation": ("mlp", "conv"), "dead_units": ("mlp", "conv"),
-                "collapse": ("bottleneck",), "bottleneck": ("invres",),
-                "convergence": ("mlp", "conv")}
 COLORS = {"plain": "#c0392b", "residual": "#1f5fa8", "relu": "#c0392b", "linear": "#2e8b57",
           "relu6": "#d2691e"}
 LABELS = {"plain": "plain", "residual": "residual", "relu": "ReLU", "linear": "linear",
           "relu6": "ReLU6"}
+# The model family each grid of a study trains.
+_FAMILIES = {"degradation": ("mlp", "resnet"), "dead_units": ("mlp",),
+             "collapse": ("firstlayer",), "bottleneck": ("invres",), "convergence": ("mlp",)}
+
+Net = collections.namedtuple("Net", "seed width depth variant lr")
 
 
 # ----------------------------------------------------------------------------
-# Statistics.
-
-
-# The intervals themselves live in resjax.stats; these names are the studies' uses.
-wilson = rstats.wilson
-median_ci = rstats.median_ci
+# Statistics: every interval comes from resjax.stats.
 
 
 def _g(x: Any) -> Any:
@@ -68,162 +71,246 @@ def _g(x: Any) -> Any:
   return x
 
 
-def _stat_cols(prefix: str, triple: tuple[float, float, float]) -> dict[str, float]:
+def _stat_cols(prefix: str, triple) -> dict[str, float]:
   mean, lo, hi = triple
   return {prefix: _g(mean), f"{prefix}_lo": _g(lo), f"{prefix}_hi": _g(hi)}
 
 
+def ci95_in(values, key: str):
+  """Mean and 95% t-interval clipped to the metric's range (losses >= 0, fractions [0, 1])."""
+  return rstats.mean_ci(values, bounds=(0.0, math.inf) if "loss" in key else (0.0, 1.0))
+
+
+def geo_ci95(values):
+  """Geometric mean and 95% interval from a t-interval of the logs (floored at 1e-12)."""
+  return rstats.geo_mean_ci(values, floor=1e-12)
+
+
+def _fractions(rows: list[dict], run: "GridRun", metrics: dict[str, np.ndarray],
+               size: Callable[[dict], float]) -> None:
+  """Replaces the t-intervals of per-net fractions in `rows` by seed-clustered Wilson
+  intervals (stats.cluster_wilson: checked coverage near 0 and 1); `size(row)` is
+  the number of trials (inputs or units) behind one net's fraction."""
+  groups = _groups(run)
+  for row in rows:
+    idx = groups[(row["variant"], row["width"], row["depth"])]
+    for key, values in metrics.items():
+      v = np.asarray(values, np.float64)[idx]
+      if np.isfinite(v).sum() >= 2:
+        row.update(_stat_cols(key, rstats.cluster_wilson(v[np.isfinite(v)], size=size(row))))
+
+
+def _holm(contrasts: dict[str, dict]) -> dict[str, dict]:
+  """Adds Holm-adjusted p-values over `contrasts` (the ones read together)."""
+  keys = [k for k, c in contrasts.items() if "p" in c]
+  adjusted, reject = rstats.holm([contrasts[k]["p"] for k in keys])
+  for k, a, r in zip(keys, adjusted, reject):
+    contrasts[k].update(p_holm=_g(a), holm_reject=bool(r), family_size=len(keys))
+  return contrasts
+
+
 # ----------------------------------------------------------------------------
-# Config -> grids.
+# A trained grid, read back from its workdir.
 
 
-def _tuple(value, field: str, kind=int) -> tuple:
-  if isinstance(value, (int, str)):
-    value = (value,)
-  try:
-    out = tuple(kind(v) for v in value)
-  except (TypeError, ValueError):
-    raise errors.ConfigError(f"{field}={value!r} must be a list of {kind.__name__}s") from None
-  errors.check(len(out) > 0, f"{field} is empty; give at least one value")
+def _net_of(cfg) -> Net:
+  """A grid net's condition in the studies' terms (width, depth, variant)."""
+  m = cfg.model
+  if m.name == "mlp":
+    return Net(int(cfg.seed), int(m.width), int(m.depth),
+               "residual" if m.residual else "plain", float(cfg.opt.lr))
+  if m.name == "resnet":
+    return Net(int(cfg.seed), int(m.widths[0]), int(m.depth),
+               "plain" if m.plain else "residual", float(cfg.opt.lr))
+  if m.name == "firstlayer":
+    return Net(int(cfg.seed), int(m.width), 1, str(m.first), float(cfg.opt.lr))
+  stage = tuple(m.stages)[0]
+  return Net(int(cfg.seed), int(stage[0]), int(stage[1]), str(m.bottleneck), float(cfg.opt.lr))
+
+
+class GridRun:
+  """A trained grid: its nets, histories [net, eval] and (optional) probes."""
+
+  def __init__(self, name: str, config, workdir: str, nets: list[Net], eval_steps,
+               history: dict[str, np.ndarray], timing: dict, index=None):
+    self.name, self.config, self.workdir = name, config, workdir
+    self.nets, self.eval_steps, self.history = nets, np.asarray(eval_steps), history
+    self.timing = timing
+    self.index = list(range(len(nets))) if index is None else list(index)  # net k in the grid
+    self.probes_init: dict[int, dict] = {}
+    self.probes_final: dict[int, dict] = {}
+
+  @classmethod
+  def read(cls, name: str, config, workdir: str, timing: dict) -> "GridRun":
+    nets = [_net_of(c) for c in grid.nets(config)]
+    rows: dict[tuple[int, int], dict] = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      for line in f:
+        row = json.loads(line)
+        if "eval/accuracy" in row:
+          rows[(int(row.get("net", 0)), int(row["step"]))] = row
+    steps = sorted({s for _, s in rows})
+    keys = {"train_loss": "eval_train/loss", "train_acc": "eval_train/accuracy",
+            "test_loss": "eval/loss", "test_acc": "eval/accuracy"}
+    history = {k: np.asarray([[_num(rows.get((i, s), {}).get(v)) for s in steps]
+                              for i in range(len(nets))], np.float64)
+               for k, v in keys.items()}
+    return cls(name, config, workdir, nets, steps, history, timing)
+
+  def subset(self, members: Sequence[int], name: str | None = None) -> "GridRun":
+    """The nets `members` (positions in this run) as a run of their own."""
+    out = GridRun(name or self.name, self.config, self.workdir,
+                  [self.nets[i] for i in members], self.eval_steps,
+                  {k: v[list(members)] for k, v in self.history.items()}, self.timing,
+                  [self.index[i] for i in members])
+    out.probes_init = {j: self.probes_init[i] for j, i in enumerate(members)
+                       if i in self.probes_init}
+    out.probes_final = {j: self.probes_final[i] for j, i in enumerate(members)
+                        if i in self.probes_final}
+    return out
+
+
+def _num(v) -> float:
+  return float("nan") if v is None else float(v)
+
+
+def _probe_one(state, ds, grad: bool) -> dict:
+  """What the studies read from `probes.run` on the training split."""
+  res = probes.run(state, None, ds, split="train", batch_size=2048,
+                   grad_batches=4 if grad else 0, grad_batch_size=64,
+                   mesh=sharding.make_mesh(jax.devices()[:1]))
+  layers = []
+  for row in res.layers:
+    frac = np.asarray(res.active_fraction[row["layer"]], np.float64)
+    on = frac * row["units"] * row["positions"]
+    layers.append({"layer": row["layer"], "units": int(row["units"]),
+                   "dead_units": [int(u) for u in row["dead_units"]],
+                   "all_on": float(row["linear_frac"]), "all_off": float(np.mean(on < 0.5)),
+                   "few_on": float(np.mean(on < 1.5))})
+  weights = [{"layer": w["layer"], "grad_norm": float(w["grad_norm"])} for w in res.weights
+             if w["layer"] != "classifier"]
+  return {"layers": layers, "weights": weights}
+
+
+def _probe_grid(run: GridRun, log, grad_at_init: Callable[[Net], bool] = lambda n: False,
+                which: Callable[[Net], bool] = lambda n: True) -> None:
+  """Probes nets of `run` at init and after training (cached in <grid>/study_probes.json)."""
+  path = os.path.join(run.workdir, "study_probes.json")
+  cached = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      cached = json.load(f)
+  ds = train.load_data(run.config)
+  nets = grid.nets(run.config)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  todo = [i for i, n in enumerate(run.nets) if which(n)]
+  tic = time.perf_counter()
+  for count, i in enumerate(todo):
+    key = str(run.index[i])
+    if key not in cached:
+      k = run.index[i]
+      init = train.create_train_state(nets[k], mesh, ds.input_shape, ds.num_classes,
+                                      mean=ds.mean, std=ds.std)
+      _, final = checkpoints.load(run.workdir, net=k, devices=jax.devices()[:1])
+      cached[key] = {"init": _probe_one(init, ds, grad_at_init(run.nets[i])),
+                     "final": _probe_one(final, ds, False)}
+      if log and (count + 1) % 20 == 0:
+        log(f"[{run.name}] probed {count + 1}/{len(todo)} nets "
+            f"({time.perf_counter() - tic:.0f} s)")
+    run.probes_init[i], run.probes_final[i] = cached[key]["init"], cached[key]["final"]
+  files.write_json(path, cached)
+  run.timing["probes_s"] = time.perf_counter() - tic
+
+
+# ----------------------------------------------------------------------------
+# Config -> grids, running them.
+
+
+def grids(config) -> dict[str, Any]:
+  """The study's grid configs, with the study's seeds and, for grids of 32 nets
+  or more, one compiled call per value of the first model axis (each call
+  padded to its own nets only)."""
+  out = {}
+  for name, g in config.grids.items():
+    g = type(g)(g.to_dict())
+    g.grid.seeds = tuple(range(int(config.seed), int(config.seed) + int(config.seeds)))
+    found = grid.axes(g)
+    count = int(np.prod([len(v) for _, v in found]))
+    first = found[0]
+    if (first[0] in ("model.depth", "model.width", "model.stages") and len(first[1]) > 1
+        and count >= 32):
+      g.grid.nets_per_call = count // len(first[1])
+    out[name] = g
   return out
 
 
 def validate(config) -> None:
   """ConfigError unless `config` names a known study with well-formed grids."""
-  errors.choice("study", config.study, STUDIES)
-  errors.check(isinstance(config.seeds, int) and config.seeds >= 1,
-               f"seeds={config.seeds!r} must be an integer >= 1")
+  errors.choice("study", config.study, REGISTRY)
+  errors.check(isinstance(config.seeds, int) and not isinstance(config.seeds, bool)
+               and config.seeds >= 2, f"seeds={config.seeds!r} is not allowed; use an "
+               "integer >= 2 (intervals over seeds)")
   errors.check(isinstance(config.seed, int) and config.seed >= 0,
-               f"seed={config.seed!r} must be an integer >= 0")
+               f"seed={config.seed!r} is not allowed; use an integer >= 0")
   errors.check(len(config.grids) > 0, f"study {config.study!r} has no grids")
-  for name, grid in config.grids.items():
-    field = f"grids.{name}"
-    errors.choice(f"{field}.model.family", grid.model.family, _FAMILIES_OF[config.study])
-    for key in ("widths", "depths"):
-      _tuple(grid.model[key], f"{field}.model.{key}")
-    for v in _tuple(grid.model.variants, f"{field}.model.variants", str):
-      errors.choice(f"{field}.model.variants", v, sweeps.VARIANTS[grid.model.family])
+  for name, g in grids(config).items():
+    errors.choice(f"grids.{name}.model.name", g.model.name, _FAMILIES[config.study])
+    try:
+      train.validate(g, 1)
+    except errors.ConfigError as e:
+      raise errors.ConfigError(f"grids.{name}: " + str(e).replace("\n", f"; grids.{name}: ")
+                               ) from None
   if config.study == "convergence":
     errors.check(float(config.target_loss) > 0,
-                 f"target_loss={config.target_loss!r} must be > 0")
-
-
-def load_arrays(name: str, *, seed: int = 0, options=None) -> sweeps.Arrays:
-  """Loads and normalizes a dataset (per feature / per channel, train statistics)."""
-  from resjax import data  # pylint: disable=g-import-not-at-top
-  ds = data.load(name, seed=seed, **dict(options or {}))
-  mean, std = np.asarray(ds.mean, np.float32), np.maximum(np.asarray(ds.std, np.float32), 1e-6)
-  norm = lambda a: ((np.asarray(a, np.float32) - mean) / std).astype(np.float32)  # noqa: E731
-  return sweeps.Arrays(norm(ds.train.inputs), ds.train.labels.astype(np.int32),
-                       norm(ds.test.inputs), ds.test.labels.astype(np.int32), ds.num_classes)
-
-
-def _arch(grid, arrays: sweeps.Arrays) -> sweeps.Arch:
-  m = grid.model
-  return sweeps.Arch(
-      family=m.family, num_classes=arrays.num_classes, input_shape=arrays.x_train.shape[1:],
-      max_width=max(_tuple(m.widths, "model.widths")), max_depth=max(_tuple(m.depths, "model.depths")),
-      activation=m.activation, norm=m.norm, branch_scale=bool(m.branch_scale),
-      head_width=int(m.head_width), expansion=int(m.expansion), stem_pool=int(m.stem_pool))
-
-
-def _optim(grid) -> sweeps.Optim:
-  o = grid.opt
-  return sweeps.Optim(name=o.name, lr=float(o.lr), momentum=float(o.momentum),
-                      weight_decay=float(o.weight_decay), schedule=o.schedule)
-
-
-def _nets(config, grid) -> list[sweeps.Net]:
-  m = grid.model
-  return sweeps.grid(range(config.seed, config.seed + config.seeds), _tuple(m.widths, "widths"),
-                     _tuple(m.depths, "depths"), _tuple(m.variants, "variants", str))
-
-
-# ----------------------------------------------------------------------------
-# Running, with resume.
-
-
-class GridRun:
-  """A finished grid as stored in `workdir/grids/<name>.npz`."""
-
-  def __init__(self, name: str, nets: list[sweeps.Net], eval_steps, history, probes_init,
-               probes_final, timing):
-    self.name, self.nets, self.eval_steps = name, nets, np.asarray(eval_steps)
-    self.history, self.probes_init, self.probes_final = history, probes_init, probes_final
-    self.timing = timing
-
-  def save(self, path: str) -> None:
-    arrays = {"eval_steps": self.eval_steps,
-              "net_seed": np.asarray([n.seed for n in self.nets]),
-              "net_width": np.asarray([n.width for n in self.nets]),
-              "net_depth": np.asarray([n.depth for n in self.nets]),
-              "net_variant": np.asarray([n.variant for n in self.nets]),
-              "timing": np.asarray(json.dumps(self.timing))}
-    arrays.update({f"history/{k}": v for k, v in self.history.items()})
-    for tag, probes in (("init", self.probes_init), ("final", self.probes_final)):
-      if probes is not None:
-        arrays.update({f"probes_{tag}/{k}": np.asarray(v) for k, v in probes.items()})
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    files.write_bytes(path, buf.getvalue())
-
-  @classmethod
-  def load(cls, name: str, path: str) -> "GridRun":
-    with np.load(path) as z:
-      d = {k: z[k] for k in z.files}
-    nets = [sweeps.Net(int(s), int(w), int(dp), str(v)) for s, w, dp, v in
-            zip(d["net_seed"], d["net_width"], d["net_depth"], d["net_variant"])]
-    pick = lambda p: {k.split("/", 1)[1]: v for k, v in d.items() if k.startswith(p + "/")} or None  # noqa: E731
-    return cls(name, nets, d["eval_steps"], pick("history"), pick("probes_init"),
-               pick("probes_final"), json.loads(str(d["timing"])))
-
-
-def _run_grid(config, name: str, grid, workdir: str, devices, log) -> GridRun:
-  path = os.path.join(workdir, "grids", f"{name}.npz")
-  if os.path.exists(path):
-    if log:
-      log(f"[{name}] already trained: {path}")
-    return GridRun.load(name, path)
-  arrays = load_arrays(grid.data.name, seed=grid.data.seed, options=grid.data.options)
-  arch, opt, nets = _arch(grid, arrays), _optim(grid), _nets(config, grid)
-  t = grid.train
-  if log:
-    log(f"[{name}] {len(nets)} nets ({arch.family} on {grid.data.name}, widths "
-        f"{tuple(grid.model.widths)}, depths {tuple(grid.model.depths)}, variants "
-        f"{tuple(grid.model.variants)}, {config.seeds} seeds), {t.steps} steps each")
-  result = sweeps.train_grid(
-      arch, opt, nets, arrays, steps=int(t.steps), batch_size=int(t.batch_size),
-      eval_every=int(t.eval_every), chunk_steps=int(t.chunk_steps), eval_batch=int(t.eval_batch),
-      devices=devices, checkpoint_dir=os.path.join(workdir, "checkpoints", name), log=log,
-      name=name, probes=bool(grid.probes), fast_compile=bool(t.fast_compile))
-  run = GridRun(name, result.nets, result.eval_steps, result.history, result.probes_init,
-                result.probes_final, result.timing)
-  run.save(path)
-  return run
+                 f"target_loss={config.target_loss!r} is not allowed; use a number > 0")
 
 
 def machine() -> dict[str, Any]:
   """What ran the study (for RESULTS.md)."""
-  import jax  # pylint: disable=g-import-not-at-top
   return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
           "cpu_count": os.cpu_count(), "devices": [str(d) for d in jax.devices()],
           "jax": jax.__version__, "python": platform.python_version()}
 
 
-def run(config, workdir: str, *, devices=None,
-        log: Callable[[str], None] | None = print) -> dict[str, Any]:
+def _train_grid(name: str, g, workdir: str, log, should_stop) -> dict:
+  """Trains (or resumes) one grid in workdir/<name>; returns its timing."""
+  gdir = os.path.join(workdir, name)
+  done = os.path.join(gdir, "study_done.json")
+  if os.path.exists(done):
+    if log:
+      log(f"[{name}] already trained: {gdir}")
+    with open(done) as f:
+      return json.load(f)
+  if log:
+    log(f"[{name}] {len(grid.nets(g))} nets of {g.model.name} on {g.data.name} "
+        f"({', '.join(f'{f} x{len(v)}' for f, v in grid.axes(g))}), {g.train.steps} steps each")
+  tic = time.perf_counter()
+  result = train.train_and_evaluate(g, gdir, should_stop=should_stop)
+  timing = {"train_s": time.perf_counter() - tic, "nets": len(grid.nets(g))}
+  if result.get("stopped"):
+    timing["stopped_at"] = int(result["step"])
+    return timing
+  files.write_json(done, timing)
+  return timing
+
+
+def run(config, workdir: str, *, log: Callable[[str], None] | None = print,
+        should_stop: Callable[[int], bool] | None = None) -> dict[str, Any]:
   """Runs study `config.study` into `workdir`; returns what study.json holds.
 
+  `should_stop(step)` is passed to each grid's training (see
+  `train.train_and_evaluate`): when it says True the grid saves its state and
+  `run` returns {'stopped': True, ...} without analysing; running again resumes.
   The workdir is locked for the run (`locking.workdir_lock`); study.csv,
   nets.csv, study.json and the figure are written as one set (`files.result_set`).
   """
   validate(config)
   workdir = files.ensure_workdir(workdir)
   with locking.workdir_lock(workdir):
-    return _run(config, workdir, devices, log)
+    return _run(config, workdir, log, should_stop)
 
 
-def _run(config, workdir: str, devices, log) -> dict[str, Any]:
+def _run(config, workdir: str, log, should_stop) -> dict[str, Any]:
   cfg = json.loads(json.dumps(config.to_dict(), default=list))
   cfg_path = os.path.join(workdir, "config.json")
   if os.path.exists(cfg_path):
@@ -234,18 +321,24 @@ def _run(config, workdir: str, devices, log) -> dict[str, Any]:
   else:
     files.write_json(cfg_path, cfg)
   t0 = time.perf_counter()
-  runs = {}
-  for i, (name, grid) in enumerate(config.grids.items()):
+  runs, timing = {}, {}
+  todo = grids(config)
+  for i, (name, g) in enumerate(todo.items()):
     if log:
-      log(f"study {config.study}: grid {i + 1}/{len(config.grids)} '{name}'")
-    runs[name] = _run_grid(config, name, grid, workdir, devices, log)
-  out = _ANALYSES[config.study](config, runs, workdir, log)
+      log(f"study {config.study}: grid {i + 1}/{len(todo)} '{name}'")
+    timing[name] = _train_grid(name, g, workdir, log, should_stop)
+    if "stopped_at" in timing[name]:
+      if log:
+        log(f"study {config.study} stopped in grid '{name}' at step "
+            f"{timing[name]['stopped_at']}; run the same command to resume")
+      return {"stopped": True, "grid": name, "step": timing[name]["stopped_at"]}
+    runs[name] = GridRun.read(name, g, os.path.join(workdir, name), timing[name])
+  _, analysis = REGISTRY[config.study]
+  out = analysis(config, runs, workdir, log)
   fig, rows, net_rows = out.pop("figure"), out["rows"], out.pop("net_rows")
-  out.update({"study": config.study, "config": cfg, "machine": machine(),
-              "timing": {name: r.timing for name, r in runs.items()},
+  out.update({"study": config.study, "config": cfg, "machine": machine(), "timing": timing,
               "wall_s": time.perf_counter() - t0,  # this invocation (resumed parts excluded)
-              "grids_total_s": sum(r.timing.get("total_s", 0.0) for r in runs.values()),
-              "figure": f"{config.study}.png"})
+              "figure": f"{config.study}.png", "stopped": False})
   out = _json_safe(out)
   try:
     with files.result_set(workdir) as new:
@@ -284,7 +377,7 @@ def _final(run: GridRun, key: str) -> np.ndarray:
 
 
 def _groups(run: GridRun, keys=("variant", "width", "depth")) -> dict[tuple, np.ndarray]:
-  """Condition -> indices of its nets (ordered by seed)."""
+  """Condition -> positions of its nets (ordered by seed)."""
   out: dict[tuple, list[int]] = {}
   for i, n in enumerate(run.nets):
     out.setdefault(tuple(getattr(n, k) for k in keys), []).append(i)
@@ -294,7 +387,7 @@ def _groups(run: GridRun, keys=("variant", "width", "depth")) -> dict[tuple, np.
 def _net_rows(run: GridRun, extra: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
   rows = []
   for i, n in enumerate(run.nets):
-    row = {"grid": run.name, **n._asdict()}
+    row = {"grid": run.name, "net": run.index[i], **n._asdict()}
     for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
       row[key] = _g(run.history[key][i, -1])
     for key, values in (extra or {}).items():
@@ -303,27 +396,12 @@ def _net_rows(run: GridRun, extra: dict[str, np.ndarray] | None = None) -> list[
   return rows
 
 
-def _bounds(key: str) -> tuple[float, float]:
-  """The range a metric lives in (intervals are clipped to it)."""
-  if "loss" in key:
-    return 0.0, math.inf
-  return 0.0, 1.0  # accuracies and fractions
-
-
-def ci95_in(values, key: str) -> tuple[float, float, float]:
-  """Mean and 95% t-interval clipped to the metric's range."""
-  return rstats.mean_ci(values, bounds=_bounds(key))
-
-
-def geo_ci95(values) -> tuple[float, float, float]:
-  """Geometric mean and 95% interval from a t-interval of the logs (values floored at 1e-12)."""
-  return rstats.geo_mean_ci(values, floor=1e-12)
-
-
-def _condition_rows(run: GridRun, metrics: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+def _condition_rows(run: GridRun, metrics: dict[str, np.ndarray],
+                    head: dict | None = None) -> list[dict[str, Any]]:
   rows = []
   for (variant, width, depth), idx in _groups(run).items():
-    row = {"grid": run.name, "variant": variant, "width": width, "depth": depth, "n": len(idx)}
+    row = {"grid": run.name, **(head or {}), "variant": variant, "width": width,
+           "depth": depth, "lr": run.nets[idx[0]].lr, "n": len(idx)}
     for key, values in metrics.items():
       row.update(_stat_cols(key, ci95_in(values[idx], key)))
       if "loss" in key:
@@ -333,7 +411,7 @@ def _condition_rows(run: GridRun, metrics: dict[str, np.ndarray]) -> list[dict[s
 
 
 def _paired(run: GridRun, metric: np.ndarray, a: tuple, b: tuple) -> dict[str, Any]:
-  """Mean of metric[a] - metric[b] over seeds both conditions share, with a 95% t-interval."""
+  """Mean of metric[a] - metric[b] over the seeds both conditions share, 95% t-interval."""
   groups = _groups(run)
   seeds_a = {run.nets[i].seed: i for i in groups[a]}
   seeds_b = {run.nets[i].seed: i for i in groups[b]}
@@ -343,18 +421,23 @@ def _paired(run: GridRun, metric: np.ndarray, a: tuple, b: tuple) -> dict[str, A
           "excludes_zero": c["excludes_zero"]}
 
 
-def _layers(net: sweeps.Net, probes: dict[str, np.ndarray], i: int, key: str) -> np.ndarray:
-  """Net i's values of a per-layer probe, in forward order (its own layers only)."""
-  return np.asarray(probes[key][i])[np.asarray(probes["valid"][i]) > 0]
+def _dead(p: dict) -> tuple[np.ndarray, float]:
+  """Per-layer dead fraction and the fraction over all units of one probe result."""
+  units = np.asarray([l["units"] for l in p["layers"]], np.float64)
+  dead = np.asarray([len(l["dead_units"]) for l in p["layers"]], np.float64)
+  return dead / np.maximum(units, 1), float(dead.sum() / max(units.sum(), 1))
 
 
-def _dead_layers(probes: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, float]:
-  """Per-layer dead fraction of net i, and the fraction over all its units."""
-  unit = probes["unit"][i] > 0
-  valid = probes["valid"][i] > 0
-  dead = unit & ~probes["ever_on"][i]
-  per_layer = dead.sum(-1)[valid] / np.maximum(unit.sum(-1)[valid], 1)
-  return per_layer, float(dead[valid].sum() / max(unit[valid].sum(), 1))
+def _recovery(p0: dict, p1: dict) -> tuple[int, int, int, int]:
+  """(dead at init, of them alive at the end, alive at init, of them dead at the end)."""
+  d0 = d0_alive = a0 = a0_dead = 0
+  for l0, l1 in zip(p0["layers"], p1["layers"]):
+    dead0, dead1 = set(l0["dead_units"]), set(l1["dead_units"])
+    d0 += len(dead0)
+    d0_alive += len(dead0 - dead1)
+    a0 += l0["units"] - len(dead0)
+    a0_dead += len(dead1 - dead0)
+  return d0, d0_alive, a0, a0_dead
 
 
 def _plt():
@@ -396,75 +479,121 @@ def _log2_axis(ax, ticks) -> None:
   ax.minorticks_off()
 
 
-def _footer(fig, config, runs: dict[str, GridRun], log_note: bool = False) -> None:
-  parts = [f"{config.seeds} seeds per point; bands and bars: 95% intervals over seeds "
-           "(t-intervals"]
-  if log_note:
-    parts[-1] += "; on log axes, geometric means with t-intervals of the logs"
-  parts[-1] += ")"
-  fig.text(0.5, -0.01, "; ".join(parts), ha="center", va="top", fontsize=7.5, color="0.35")
+def _int_locator():
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  return ticker.MaxNLocator(integer=True)
+
+
+def _footer(fig, config, log_note: bool = False, extra: str = "") -> None:
+  text = (f"{config.seeds} seeds per point; bands and bars: 95% intervals over seeds "
+          "(t-intervals" + ("; on log axes, geometric means with t-intervals of the logs"
+                            if log_note else "") + ")" + extra)
+  fig.text(0.5, -0.01, text, ha="center", va="top", fontsize=7.5, color="0.35")
+
+
+def _title(run: GridRun) -> str:
+  g, widths = run.config, sorted({n.width for n in run.nets})
+  w = str(widths[0]) if len(widths) == 1 else "n"
+  return {"mlp": f"MLP w{w}" if len(widths) == 1 else "MLP",
+          "resnet": f"ResNet {w} ch.", "invres": "inv. residual",
+          "firstlayer": "width-n first layer"}[g.model.name] + f", {g.data.name}"
 
 
 # ----------------------------------------------------------------------------
 # 1. Degradation (C5, He et al. 2016 Fig. 6).
 
 
+def _best_rate(run: GridRun) -> tuple[GridRun, dict[str, float]]:
+  """Per (variant, depth), the nets of the rate with the lowest geometric-mean final
+  training loss over seeds (chosen on the same nets: an optimistic view)."""
+  by = _groups(run, ("variant", "width", "depth", "lr"))
+  best: dict[tuple, tuple[float, float]] = {}
+  loss = _final(run, "train_loss")
+  for (v, w, d, lr), idx in by.items():
+    score = geo_ci95(loss[idx])[0]
+    score = score if math.isfinite(score) else math.inf
+    if (v, w, d) not in best or score < best[(v, w, d)][0]:
+      best[(v, w, d)] = (score, lr)
+  members = sorted(i for (v, w, d, lr), idx in by.items() if best[(v, w, d)][1] == lr
+                   for i in idx)
+  return (run.subset(members, f"{run.name}/best_lr"),
+          {f"{v} depth {d}": lr for (v, w, d), (_, lr) in best.items()})
+
+
 def _degradation(config, runs, workdir, log):
   plt = _plt()
+  views = []  # (label, run)
+  rates = {}
+  for name in sorted(runs, key=lambda n: n != "mlp"):
+    run = runs[name]
+    # Gradient norms at init: the deepest nets at the config's rate (the initial
+    # weights do not depend on the rate).
+    deepest, base = max(m.depth for m in run.nets), float(config.grids[name].opt.lr)
+    _probe_grid(run, log, grad_at_init=lambda n: True,
+                which=lambda n, d=deepest, b=base: n.depth == d and n.lr == b)
+    lrs = sorted({n.lr for n in run.nets})
+    if len(lrs) > 1:
+      base = float(config.grids[name].opt.lr)
+      same = [i for i, n in enumerate(run.nets) if n.lr == base]
+      views.append((f"{name}, lr {base:g}", run.subset(same, f"{name}/lr{base:g}")))
+      best, rates[name] = _best_rate(run)
+      views.append((f"{name}, best lr per net", best))
+    else:
+      views.append((name, run))
   rows, net_rows, contrasts, curves = [], [], {}, {}
-  fig, axes = plt.subplots(len(runs), 3, figsize=(13, 3.6 * len(runs)), squeeze=False)
-  order = sorted(runs, key=lambda n: ("mlp", "conv").index(config.grids[n].model.family))
-  for r, (name, run) in enumerate((n, runs[n]) for n in order):
-    g = config.grids[name]
+  for name in sorted(runs, key=lambda n: n != "mlp"):
+    net_rows += _net_rows(runs[name])
+  fig, axes = plt.subplots(len(views), 3, figsize=(13, 3.4 * len(views)), squeeze=False)
+  for r, (label, run) in enumerate(views):
+    g = run.config
     metrics = {k: _final(run, k) for k in ("train_loss", "train_acc", "test_acc")}
-    rows += _condition_rows(run, metrics)
-    net_rows += _net_rows(run)
+    rows += _condition_rows(run, metrics, {"view": label})
     groups = _groups(run)
     depths = sorted({n.depth for n in run.nets})
-    widths = sorted({n.width for n in run.nets})
-    variants = list(dict.fromkeys(n.variant for n in run.nets))
-    w = widths[-1]
+    variants = [v for v in ("plain", "residual") if any(n.variant == v for n in run.nets)]
+    w = run.nets[0].width
     for v in variants:
-      if len(depths) > 1:
-        contrasts[f"{name}/{v}: train_loss(depth {depths[-1]}) - train_loss(depth {depths[0]})"] = \
-            _paired(run, metrics["train_loss"], (v, w, depths[-1]), (v, w, depths[0]))
-    if {"plain", "residual"} <= set(variants):
-      for d in depths:
-        contrasts[f"{name}/depth {d}: train_loss(plain) - train_loss(residual)"] = \
-            _paired(run, metrics["train_loss"], ("plain", w, d), ("residual", w, d))
-    short = _short_title(g)
+      contrasts[f"{label}/{v}: train_loss(depth {depths[-1]}) - train_loss(depth {depths[0]})"] = \
+          _paired(run, metrics["train_loss"], (v, w, depths[-1]), (v, w, depths[0]))
+    for d in depths:
+      contrasts[f"{label}/depth {d}: train_loss(plain) - train_loss(residual)"] = \
+          _paired(run, metrics["train_loss"], ("plain", w, d), ("residual", w, d))
     for c, key in enumerate(("train_loss", "train_acc")):
       ax = axes[r, c]
       for v in variants:
         ci = geo_ci95 if key == "train_loss" else (lambda x: ci95_in(x, "acc"))
         triples = [ci(metrics[key][groups[(v, w, d)]]) for d in depths]
         _errline(ax, depths, triples, color=COLORS[v], label=LABELS[v])
-        curves[f"{name}/{v}/{key}"] = {"depth": depths, "mean": [_g(t[0]) for t in triples],
-                                       "lo": [_g(t[1]) for t in triples],
-                                       "hi": [_g(t[2]) for t in triples]}
+        curves[f"{label}/{v}/{key}"] = {"depth": depths, "mean": [_g(t[0]) for t in triples],
+                                        "lo": [_g(t[1]) for t in triples],
+                                        "hi": [_g(t[2]) for t in triples]}
       _log2_axis(ax, depths)
-      ax.set_xlabel("depth (activation layers)")
+      ax.set_xlabel("depth")
       if key == "train_loss":
         ax.set_yscale("log")
         ax.set_ylabel("final training loss (geo. mean)")
-        ax.set_title(f"{short}: training loss after {g.train.steps} steps")
+        ax.set_title(f"{_title(run)} ({label.split(', ', 1)[-1] if ', ' in label else 'one lr'})",
+                     fontsize=9)
       else:
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("final training accuracy")
-        ax.set_title(f"{short}: training accuracy")
+        ax.set_title(f"training accuracy after {g.train.steps} steps")
       ax.legend(frameon=False)
     ax = axes[r, 2]
-    if run.probes_init is not None:
-      d = depths[-1]
+    d = depths[-1]
+    have = {v: [i for i in groups[(v, w, d)] if i in run.probes_init] for v in variants}
+    if all(have.values()) and run.probes_init[have[variants[0]][0]]["weights"]:
       for v in variants:
-        norms = np.stack([run.probes_init["grad_norm"][i][:d] for i in groups[(v, w, d)]])
-        triples = [geo_ci95(norms[:, l]) for l in range(d)]
-        _errline(ax, np.arange(1, d + 1), triples, color=COLORS[v], label=LABELS[v], marker=None)
-        curves[f"{name}/{v}/grad_norm_init_depth{d}"] = [_g(t[0]) for t in triples]
+        norms = np.stack([[x["grad_norm"] for x in run.probes_init[i]["weights"]]
+                          for i in have[v]])
+        triples = [geo_ci95(norms[:, l]) for l in range(norms.shape[1])]
+        _errline(ax, np.arange(1, norms.shape[1] + 1), triples, color=COLORS[v],
+                 label=LABELS[v], marker=None)
+        curves[f"{label}/{v}/grad_norm_init_depth{d}"] = [_g(t[0]) for t in triples]
       ax.set_yscale("log")
-      ax.set_xlabel("layer (input side = 1)")
+      ax.set_xlabel("weight layer (input side = 1)")
       ax.set_ylabel(r"$\|\partial L / \partial W_l\|$ at initialization")
-      ax.set_title(f"{short}: gradient norm per layer, depth {d}")
+      ax.set_title(f"gradient norm per layer at init, depth {d}")
       ax.xaxis.set_major_locator(_int_locator())
       ax.legend(frameon=False)
     else:
@@ -472,73 +601,67 @@ def _degradation(config, runs, workdir, log):
   fig.suptitle("Degradation with depth: plain vs residual, same parameters and budget "
                "(He et al. 2016, Fig. 6)", fontsize=11, y=1.0)
   fig.tight_layout()
-  _footer(fig, config, runs, log_note=True)
-  return {"rows": rows, "net_rows": net_rows, "contrasts": contrasts, "curves": curves,
-          "figure": fig}
-
-
-def _short_title(g) -> str:
-  return {"mlp": f"MLP w{max(g.model.widths)}, {g.data.name}",
-          "conv": f"conv {max(g.model.widths)} ch., {g.data.name}",
-          "invres": f"inv. residual, {g.data.name}",
-          "bottleneck": f"width-n layer, {g.data.name}"}[g.model.family]
-
-
-def _int_locator():
-  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
-  return ticker.MaxNLocator(integer=True)
-
-
-def _family_title(g) -> str:
-  return {"mlp": f"MLP (width {max(g.model.widths)}) on {g.data.name}",
-          "conv": f"conv net ({max(g.model.widths)} ch.) on {g.data.name}",
-          "invres": f"inverted residual on {g.data.name}",
-          "bottleneck": f"first layer of width n on {g.data.name}"}[g.model.family]
+  _footer(fig, config, log_note=True)
+  return {"rows": rows, "net_rows": net_rows, "contrasts": _holm(contrasts), "curves": curves,
+          "best_lr": rates, "figure": fig}
 
 
 # ----------------------------------------------------------------------------
-# 2. Dead units vs width and depth (C4).
+# 2. Dead units vs width and depth (C4; C7 per layer).
 
 
 def _dead_units(config, runs, workdir, log):
   plt = _plt()
-  rows, net_rows, contrasts, curves = [], [], {}, {}
   name, run = next(iter(runs.items()))
-  g = config.grids[name]
+  g = run.config
+  _probe_grid(run, log)
   k = len(run.nets)
-  dead0 = np.zeros(k)
-  dead1 = np.zeros(k)
-  off0, off1 = np.zeros(k), np.zeros(k)
-  lin0, lin1 = np.zeros(k), np.zeros(k)
-  per_layer = {}
+  dead0, dead1 = np.zeros(k), np.zeros(k)
+  rec = np.zeros((k, 4))
+  per_layer, lin = {}, {}
   for i in range(k):
-    per_layer[i] = (_dead_layers(run.probes_init, i)[0], _dead_layers(run.probes_final, i)[0])
-    dead0[i] = _dead_layers(run.probes_init, i)[1]
-    dead1[i] = _dead_layers(run.probes_final, i)[1]
-    off0[i] = _layers(run.nets[i], run.probes_init, i, "all_off").mean()
-    off1[i] = _layers(run.nets[i], run.probes_final, i, "all_off").mean()
-    lin0[i] = _layers(run.nets[i], run.probes_init, i, "all_on").mean()
-    lin1[i] = _layers(run.nets[i], run.probes_final, i, "all_on").mean()
-  metrics = {"dead_init": dead0, "dead_trained": dead1, "silent_layer_inputs_init": off0,
-             "silent_layer_inputs_trained": off1, "linear_layer_inputs_init": lin0,
-             "linear_layer_inputs_trained": lin1, "train_acc": _final(run, "train_acc"),
-             "test_acc": _final(run, "test_acc")}
-  rows += _condition_rows(run, metrics)
-  net_rows += _net_rows(run, {"dead_init": dead0, "dead_trained": dead1})
+    p0, p1 = run.probes_init[i], run.probes_final[i]
+    per_layer[i] = (_dead(p0)[0], _dead(p1)[0])
+    dead0[i], dead1[i] = _dead(p0)[1], _dead(p1)[1]
+    rec[i] = _recovery(p0, p1)
+    lin[i] = ([l["all_on"] for l in p0["layers"]], [l["all_on"] for l in p1["layers"]])
+  metrics = {"dead_init": dead0, "dead_trained": dead1,
+             "train_acc": _final(run, "train_acc"), "test_acc": _final(run, "test_acc")}
+  rows = _condition_rows(run, metrics)
+  _fractions(rows, run, {"dead_init": dead0, "dead_trained": dead1},
+             lambda r: r["width"] * r["depth"])
   groups = _groups(run)
+  points = len(train.load_data(g).train.labels)
+  for row in rows:  # Per unit: recoveries and new deaths, pooled over seeds (Wilson).
+    idx = groups[(row["variant"], row["width"], row["depth"])]
+    d0, d0a, a0, a0d = rec[idx].sum(0)
+    row.update({"units_dead_init": int(d0), "units_recovered": int(d0a),
+                "units_alive_init": int(a0), "units_died": int(a0d)})
+    row.update(_stat_cols("recovered_frac", rstats.wilson(d0a, d0)))
+    row.update(_stat_cols("died_frac", rstats.wilson(a0d, a0)))
+    for l in (0, 1):  # C7 per layer: inputs on which layer l is fully on, vs 2^-width.
+      if l < row["depth"]:
+        for tag, which in (("init", 0), ("trained", 1)):
+          row.update(_stat_cols(f"linear_inputs_layer{l + 1}_{tag}", rstats.cluster_wilson(
+              [lin[i][which][l] for i in idx], size=points)))
+    row["linear_inputs_theory"] = _g(2.0 ** -row["width"])
+  net_rows = _net_rows(run, {"dead_init": dead0, "dead_trained": dead1,
+                             "units_dead_init": rec[:, 0], "units_recovered": rec[:, 1],
+                             "units_alive_init": rec[:, 2], "units_died": rec[:, 3]})
   widths = sorted({n.width for n in run.nets})
   depths = sorted({n.depth for n in run.nets})
-  variants = list(dict.fromkeys(n.variant for n in run.nets))
+  variants = [v for v in ("plain", "residual") if any(n.variant == v for n in run.nets)]
+  contrasts = {}
   for d in depths:
     for w in widths:
-      if {"plain", "residual"} <= set(variants):
-        contrasts[f"depth {d}, width {w}: dead_trained(plain) - dead_trained(residual)"] = \
-            _paired(run, dead1, ("plain", w, d), ("residual", w, d))
+      contrasts[f"depth {d}, width {w}: dead_trained(plain) - dead_trained(residual)"] = \
+          _paired(run, dead1, ("plain", w, d), ("residual", w, d))
+  curves = {}
   for (v, w, d), idx in groups.items():
-    layers = np.stack([per_layer[i][1] for i in idx])
-    curves[f"{v}/width{w}/depth{d}/dead_per_layer_trained"] = [_g(x) for x in layers.mean(0)]
-    layers0 = np.stack([per_layer[i][0] for i in idx])
-    curves[f"{v}/width{w}/depth{d}/dead_per_layer_init"] = [_g(x) for x in layers0.mean(0)]
+    curves[f"{v}/width{w}/depth{d}/dead_per_layer_trained"] = [
+        _g(x) for x in np.stack([per_layer[i][1] for i in idx]).mean(0)]
+    curves[f"{v}/width{w}/depth{d}/dead_per_layer_init"] = [
+        _g(x) for x in np.stack([per_layer[i][0] for i in idx]).mean(0)]
   fig, axes = plt.subplots(2, len(depths), figsize=(3.7 * len(depths), 6.4), squeeze=False)
   for c, d in enumerate(depths):
     ax = axes[0, c]
@@ -561,8 +684,8 @@ def _dead_units(config, runs, workdir, log):
       for w in shown:
         layers = np.stack([per_layer[i][1] for i in groups[(v, w, d)]])
         triples = [ci95_in(layers[:, l], "frac") for l in range(layers.shape[1])]
-        _errline(ax, np.arange(1, d + 1), triples, color=COLORS[v], alpha=0.08 * shades[w],
-                 ls="-" if v in ("plain", variants[0]) else "--",
+        _errline(ax, np.arange(1, layers.shape[1] + 1), triples, color=COLORS[v],
+                 alpha=0.08 * shades[w], ls="-" if v == "plain" else "--",
                  label=f"{LABELS[v]}, width {w}", marker=None)
         ax.lines[-1].set_alpha(shades[w])
     ax.set_ylim(-0.02, 1.02)
@@ -572,11 +695,11 @@ def _dead_units(config, runs, workdir, log):
     ax.set_title(f"depth {d}: dead units per layer (trained)")
     if c == 0:
       ax.legend(frameon=False, ncol=2, fontsize=7)
-  fig.suptitle(f"Dead units (never on duty on the training set): {_family_title(g)}, "
+  fig.suptitle(f"Dead units (never on duty on the training set): {_title(run)}, "
                f"norm={g.model.norm}, {g.train.steps} steps", fontsize=11, y=1.0)
   fig.tight_layout()
-  _footer(fig, config, runs)
-  return {"rows": rows, "net_rows": net_rows, "contrasts": contrasts, "curves": curves,
+  _footer(fig, config)
+  return {"rows": rows, "net_rows": net_rows, "contrasts": _holm(contrasts), "curves": curves,
           "figure": fig}
 
 
@@ -585,8 +708,8 @@ def _dead_units(config, runs, workdir, log):
 
 
 def _collapse_curve(config, widths: Sequence[int], workdir: str, log) -> dict[str, Any]:
-  """The untrained collapse curve at the study's widths (cached in workdir/grids)."""
-  path = os.path.join(workdir, "grids", "collapse_sweep.json")
+  """The untrained collapse curve at the study's widths (cached in the workdir)."""
+  path = os.path.join(workdir, "collapse_sweep.json")
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)
@@ -600,10 +723,8 @@ def _collapse_curve(config, widths: Sequence[int], workdir: str, log) -> dict[st
   res = collapse.sweep(cfg)
   out = {"dims": [int(n) for n in res["dims"]], "activations": list(res["activations"]),
          "seeds": int(res["seeds"])}
-  for key in ("collapsed_frac", "dead_frac", "pinv_error", "collapsed_frac_theory",
-              "dead_frac_theory"):
-    arr = np.asarray(res[key])[0, 0]  # d = first manifold dim, first activation
-    out[key] = arr.tolist()
+  for key in ("collapsed_frac", "dead_frac", "collapsed_frac_theory", "dead_frac_theory"):
+    out[key] = np.asarray(res[key])[0, 0].tolist()  # d = first manifold dim, first activation
   files.write_json(path, out)
   return out
 
@@ -611,37 +732,47 @@ def _collapse_curve(config, widths: Sequence[int], workdir: str, log) -> dict[st
 def _collapse(config, runs, workdir, log):
   plt = _plt()
   name, run = next(iter(runs.items()))
-  g = config.grids[name]
+  g = run.config
+  _probe_grid(run, log, which=lambda n: n.variant == "relu")
   k = len(run.nets)
-  few0 = np.asarray([_layers(n, run.probes_init, i, "few_on")[0] for i, n in enumerate(run.nets)])
-  few1 = np.asarray([_layers(n, run.probes_final, i, "few_on")[0] for i, n in enumerate(run.nets)])
-  off1 = np.asarray([_layers(n, run.probes_final, i, "all_off")[0] for i, n in enumerate(run.nets)])
-  dead1 = np.asarray([_dead_layers(run.probes_final, i)[1] for i in range(k)])
-  is_relu = np.asarray([n.variant == "relu" for n in run.nets])
-  # Duty statistics concern the ReLU of the first layer: the 'relu' variant only.
-  nan = lambda a: np.where(is_relu, a, np.nan)  # noqa: E731
+  nan = np.full(k, np.nan)
+  few0, few1, off1, dead1 = nan.copy(), nan.copy(), nan.copy(), nan.copy()
+  for i in run.probes_final:  # The ReLU of the first layer ('relu' nets only).
+    few0[i] = run.probes_init[i]["layers"][0]["few_on"]
+    few1[i] = run.probes_final[i]["layers"][0]["few_on"]
+    off1[i] = run.probes_final[i]["layers"][0]["all_off"]
+    first = run.probes_final[i]["layers"][0]
+    dead1[i] = len(first["dead_units"]) / first["units"]
   metrics = {"test_acc": _final(run, "test_acc"), "train_acc": _final(run, "train_acc"),
-             "train_loss": _final(run, "train_loss"), "under2_on_init": nan(few0),
-             "under2_on_trained": nan(few1), "none_on_trained": nan(off1),
-             "dead_trained": nan(dead1)}
+             "train_loss": _final(run, "train_loss"), "under2_on_init": few0,
+             "under2_on_trained": few1, "none_on_trained": off1, "dead_first_trained": dead1}
   rows = _condition_rows(run, metrics)
-  net_rows = _net_rows(run, {"under2_on_init": nan(few0), "under2_on_trained": nan(few1)})
+  points = len(train.load_data(g).train.labels)
+  _fractions(rows, run, {k: metrics[k] for k in ("under2_on_init", "under2_on_trained",
+                                                  "none_on_trained")}, lambda r: points)
+  _fractions(rows, run, {"dead_first_trained": dead1}, lambda r: r["width"])
+  net_rows = _net_rows(run, {"under2_on_init": few0, "under2_on_trained": few1})
   groups = _groups(run)
   widths = sorted({n.width for n in run.nets})
-  variants = list(dict.fromkeys(n.variant for n in run.nets))
-  depth = run.nets[0].depth
+  variants = [v for v in ("relu", "linear", "residual") if any(n.variant == v for n in run.nets)]
   contrasts = {}
   for w in widths:
     for other in ("linear", "residual"):
       if {"relu", other} <= set(variants):
         contrasts[f"n={w}: test_acc({other}) - test_acc(relu)"] = _paired(
-            run, metrics["test_acc"], (other, w, depth), ("relu", w, depth))
+            run, metrics["test_acc"], (other, w, 1), ("relu", w, 1))
   curve = _collapse_curve(config, widths, workdir, log)
+  seeds_u = np.asarray(curve["collapsed_frac"])  # [n, draws]
+  for row in rows:
+    j = curve["dims"].index(row["width"])
+    row.update(_stat_cols("untrained_collapsed", rstats.cluster_wilson(
+        seeds_u[j], size=int(config.collapse.manifold.points))))
+    row["untrained_collapsed_theory"] = _g(curve["collapsed_frac_theory"][j])
   curves = {"untrained": curve}
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   ax = axes[0]
   for v in variants:
-    triples = [ci95_in(metrics["test_acc"][groups[(v, w, depth)]], "frac") for w in widths]
+    triples = [ci95_in(metrics["test_acc"][groups[(v, w, 1)]], "frac") for w in widths]
     label = {"relu": "ReLU(z)", "linear": "z (linear)", "residual": "z + ReLU(Uz + c)"}[v]
     _errline(ax, widths, triples, color=COLORS[v], label=label)
     curves[f"{v}/test_acc"] = [_g(t[0]) for t in triples]
@@ -651,14 +782,15 @@ def _collapse(config, runs, workdir, log):
   ax.set_title("trained: 2-D spirals through a width-n first layer")
   ax.legend(frameon=False, title="first-layer output", title_fontsize=8)
   ax = axes[1]
-  seeds_u = np.asarray(curve["collapsed_frac"])  # [N, S]
-  triples = [ci95_in(seeds_u[j], "frac") for j in range(len(curve["dims"]))]
-  _errline(ax, curve["dims"], triples, color="0.25", label="random T, measured (untrained)")
+  triples = [rstats.cluster_wilson(seeds_u[j], size=int(config.collapse.manifold.points))
+             for j in range(len(curve["dims"]))]
+  _errline(ax, curve["dims"], triples, color="0.25",
+           label=f"random T, measured (untrained, {curve['seeds']} draws)")
   ax.plot(curve["dims"], curve["collapsed_frac_theory"], color="0.25", ls=":", marker=None,
           label=r"theory $P(\mathrm{Bin}(n, \frac{1}{2}) < 2)$")
   if "relu" in variants:
     for values, ls, tag in ((few0, "--", "at init"), (few1, "-", "after training")):
-      triples = [ci95_in(values[groups[("relu", w, depth)]], "frac") for w in widths]
+      triples = [rstats.cluster_wilson(values[groups[("relu", w, 1)]]) for w in widths]
       _errline(ax, widths, triples, color=COLORS["relu"], ls=ls, label=f"ReLU first layer, {tag}",
                marker="o" if tag == "after training" else "s")
       curves[f"relu/under2_on/{tag}"] = [_g(t[0]) for t in triples]
@@ -672,8 +804,8 @@ def _collapse(config, runs, workdir, log):
   fig.suptitle("ReLU collapse inside training (MobileNetV2 Fig. 1 and Appendix A)",
                fontsize=11, y=1.0)
   fig.tight_layout()
-  _footer(fig, config, runs)
-  return {"rows": rows, "net_rows": net_rows, "contrasts": contrasts, "curves": curves,
+  _footer(fig, config, extra="; right: seed-clustered Wilson intervals")
+  return {"rows": rows, "net_rows": net_rows, "contrasts": _holm(contrasts), "curves": curves,
           "figure": fig}
 
 
@@ -684,16 +816,15 @@ def _collapse(config, runs, workdir, log):
 def _bottleneck(config, runs, workdir, log):
   plt = _plt()
   name, run = next(iter(runs.items()))
-  g = config.grids[name]
+  g = run.config
   metrics = {k: _final(run, k) for k in ("test_acc", "train_acc", "train_loss", "test_loss")}
   rows = _condition_rows(run, metrics)
   net_rows = _net_rows(run)
   groups = _groups(run)
   widths = sorted({n.width for n in run.nets})
-  variants = list(dict.fromkeys(n.variant for n in run.nets))
+  variants = [v for v in ("linear", "relu6") if any(n.variant == v for n in run.nets)]
   depth = run.nets[0].depth
-  contrasts, curves = {}, {}
-  gaps = []
+  contrasts, curves, gaps = {}, {}, []
   for w in widths:
     for key in ("test_acc", "train_loss"):
       if {"linear", "relu6"} <= set(variants):
@@ -730,10 +861,11 @@ def _bottleneck(config, runs, workdir, log):
   ax.set_title("gap: linear minus ReLU6 bottleneck")
   ax.legend(frameon=False)
   fig.suptitle(f"Linear vs ReLU6 bottleneck (MobileNetV2 Fig. 6a): {depth} inverted-residual "
-               f"blocks, t={g.model.expansion}, on {g.data.name}", fontsize=11, y=1.0)
+               f"blocks, t={g.model.expansion}, stem fixed, on {g.data.name}",
+               fontsize=11, y=1.0)
   fig.tight_layout()
-  _footer(fig, config, runs, log_note=True)
-  return {"rows": rows, "net_rows": net_rows, "contrasts": contrasts, "curves": curves,
+  _footer(fig, config, log_note=True)
+  return {"rows": rows, "net_rows": net_rows, "contrasts": _holm(contrasts), "curves": curves,
           "figure": fig}
 
 
@@ -743,8 +875,7 @@ def _bottleneck(config, runs, workdir, log):
 
 def steps_to_target(run: GridRun, target: float) -> np.ndarray:
   """First evaluation step with full training loss <= target; inf if never."""
-  loss = run.history["train_loss"]
-  hit = loss <= target
+  hit = run.history["train_loss"] <= target
   first = np.argmax(hit, axis=1)
   return np.where(hit.any(1), run.eval_steps[first].astype(np.float64), np.inf)
 
@@ -752,66 +883,54 @@ def steps_to_target(run: GridRun, target: float) -> np.ndarray:
 def _convergence(config, runs, workdir, log):
   plt = _plt()
   name, run = next(iter(runs.items()))
-  g = config.grids[name]
+  g = run.config
   target = float(config.target_loss)
   steps = steps_to_target(run, target)
   groups = _groups(run)
   depths = sorted({n.depth for n in run.nets})
-  widths = sorted({n.width for n in run.nets})
-  variants = list(dict.fromkeys(n.variant for n in run.nets))
-  w = widths[-1]
+  variants = [v for v in ("plain", "residual") if any(n.variant == v for n in run.nets)]
+  w = run.nets[0].width
   rows = []
   for (v, wd, d), idx in groups.items():
     s = steps[idx]
-    row = {"grid": name, "variant": v, "width": wd, "depth": d, "n": len(idx),
-           "target_loss": target}
-    row.update(_stat_cols("steps_to_target_median", median_ci(s, seed=config.seed)))
-    row.update(_stat_cols("reached_fraction", wilson(int(np.isfinite(s).sum()), len(s))))
+    row = {"grid": name, "variant": v, "width": wd, "depth": d, "lr": run.nets[idx[0]].lr,
+           "n": len(idx), "target_loss": target}
+    row.update(_stat_cols("steps_to_target_median", rstats.median_ci(s, seed=config.seed)))
+    row.update(_stat_cols("reached_fraction", rstats.wilson(int(np.isfinite(s).sum()), len(s))))
     for key in ("train_loss", "train_acc"):
       row.update(_stat_cols(f"final_{key}", ci95_in(_final(run, key)[idx], key)))
     rows.append(row)
   net_rows = _net_rows(run, {"steps_to_target": steps})
   contrasts = {}
+  auc = np.log(np.maximum(run.history["train_loss"], 1e-12)).mean(1)
   for d in depths:
-    if {"plain", "residual"} <= set(variants):
-      a, b = groups[("plain", w, d)], groups[("residual", w, d)]
-      contrasts[f"depth {d}: reached target (plain, residual)"] = {
-          "plain": int(np.isfinite(steps[a]).sum()), "residual": int(np.isfinite(steps[b]).sum()),
-          "of": len(a)}
-      # Area under the log-loss curve: a censoring-free speed measure, paired by seed.
-      auc = np.log(run.history["train_loss"]).mean(1)
-      contrasts[f"depth {d}: mean log train loss over training (plain - residual)"] = _paired(
-          run, auc, ("plain", w, d), ("residual", w, d))
-  curves = {}
+    contrasts[f"depth {d}: mean log train loss over training (plain - residual)"] = _paired(
+        run, auc, ("plain", w, d), ("residual", w, d))
+  curves = {"eval_steps": [int(s) for s in run.eval_steps]}
   fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.9))
   ax = axes[0]
   shades = {d: 0.35 + 0.65 * j / max(1, len(depths) - 1) for j, d in enumerate(depths)}
   for v in variants:
     for d in depths:
-      idx = groups[(v, w, d)]
-      loss = run.history["train_loss"][idx]
-      logl = np.log(loss)
-      mean = np.exp(logl.mean(0))
-      tcrit = stats.t.ppf(0.975, max(1, len(idx) - 1))
-      half = tcrit * logl.std(0, ddof=1) / math.sqrt(len(idx)) if len(idx) > 1 else 0 * mean
-      color = COLORS[v]
-      ax.plot(run.eval_steps, mean, color=color, alpha=shades[d],
+      loss = run.history["train_loss"][groups[(v, w, d)]]
+      trip = [geo_ci95(loss[:, t]) for t in range(loss.shape[1])]
+      mean = np.asarray([t[0] for t in trip])
+      ax.plot(run.eval_steps, mean, color=COLORS[v], alpha=shades[d],
               ls="-" if v == "residual" else "--", label=f"{LABELS[v]}, depth {d}")
-      ax.fill_between(run.eval_steps, mean / np.exp(half), mean * np.exp(half), color=color,
-                      alpha=0.10 * shades[d], lw=0)
+      ax.fill_between(run.eval_steps, [t[1] for t in trip], [t[2] for t in trip],
+                      color=COLORS[v], alpha=0.10 * shades[d], lw=0)
       curves[f"{v}/depth{d}/train_loss_geomean"] = [_g(x) for x in mean]
-  curves["eval_steps"] = [int(s) for s in run.eval_steps]
   ax.axhline(target, color="k", lw=0.8, ls=":")
   ax.text(run.eval_steps[-1], target, f" target {target:g}", va="bottom", ha="right", fontsize=7)
   ax.set_yscale("log")
   ax.set_xlabel("training step")
   ax.set_ylabel("full training loss (geometric mean)")
-  ax.set_title(f"{_family_title(g)}: training curves")
+  ax.set_title(f"{_title(run)}: training curves")
   ax.legend(frameon=False, ncol=2, fontsize=7)
   ax = axes[1]
   budget = int(g.train.steps)
   for v in variants:
-    triples = [median_ci(steps[groups[(v, w, d)]], seed=config.seed) for d in depths]
+    triples = [rstats.median_ci(steps[groups[(v, w, d)]], seed=config.seed) for d in depths]
     shown = [tuple(min(x, budget * 1.08) if not math.isnan(x) else x for x in t) for t in triples]
     _errline(ax, depths, shown, color=COLORS[v], label=LABELS[v], band=False)
     for d, t in zip(depths, triples):
@@ -826,16 +945,19 @@ def _convergence(config, runs, workdir, log):
   ax.text(depths[0], budget, " budget (above: not reached)", va="bottom", fontsize=7, color="0.3")
   _log2_axis(ax, depths)
   ax.set_ylim(0, budget * 1.15)
-  ax.set_xlabel("depth (activation layers)")
+  ax.set_xlabel("depth (hidden layers)")
   ax.set_ylabel(f"steps to training loss <= {target:g} (median)")
   ax.set_title("steps to target (95% bootstrap interval)")
   ax.legend(frameon=False)
   fig.suptitle("Convergence speed with the same budget: plain vs residual", fontsize=11, y=1.0)
   fig.tight_layout()
-  _footer(fig, config, runs, log_note=True)
-  return {"rows": rows, "net_rows": net_rows, "contrasts": contrasts, "curves": curves,
+  _footer(fig, config, log_note=True)
+  return {"rows": rows, "net_rows": net_rows, "contrasts": _holm(contrasts), "curves": curves,
           "figure": fig}
 
 
-_ANALYSES = {"degradation": _degradation, "dead_units": _dead_units, "collapse": _collapse,
-             "bottleneck": _bottleneck, "convergence": _convergence}
+# name -> (the grids of a config, the analysis).
+REGISTRY = {"degradation": (grids, _degradation), "dead_units": (grids, _dead_units),
+            "collapse": (grids, _collapse), "bottleneck": (grids, _bottleneck),
+            "convergence": (grids, _convergence)}
+STUDIES = tuple(REGISTRY)

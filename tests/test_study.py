@@ -1,16 +1,16 @@
-"""Each study, shrunk to seconds, runs end to end and writes sound results."""
+"""Each study, shrunk to seconds, runs end to end on the grid trainer and writes
+sound results; an interrupted study resumes."""
 import csv
 import json
 import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
 from configs import study as study_configs
-from resjax import errors, study
+from resjax import errors, grid, study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,25 +20,30 @@ def _read_csv(path):
     return list(csv.DictReader(f))
 
 
-def _run(name, workdir, **kw):
-  config = study_configs.get_config(f"{name},tiny")
-  return config, study.run(config, str(workdir), devices=jax.devices()[:1], log=None, **kw)
+def _conditions(config):
+  """Conditions a study's rows cover (a degradation lr grid: two views of it)."""
+  total = 0
+  for g in study.grids(config).values():
+    per = len(grid.nets(g)) // config.seeds
+    lrs = len(g.grid.opt.lr)
+    total += per // lrs * 2 if lrs > 1 else per
+  return total
 
 
 @pytest.mark.parametrize("name", study_configs.STUDIES)
 def test_study_runs_end_to_end(name, tmp_path):
-  config, out = _run(name, tmp_path)
-  for f in ("study.csv", "nets.csv", "study.json", f"{name}.png", "config.json"):
+  config = study_configs.get_config(f"{name},tiny")
+  out = study.run(config, str(tmp_path), log=None)
+  for f in ("study.csv", "nets.csv", "study.json", f"{name}.png", f"{name}.pdf", "config.json"):
     assert os.path.getsize(tmp_path / f) > 0, f
   with open(tmp_path / f"{name}.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   rows = _read_csv(tmp_path / "study.csv")
   nets = _read_csv(tmp_path / "nets.csv")
-  expected = sum(len(g.model.widths) * len(g.model.depths) * len(g.model.variants)
-                 for g in config.grids.values())
-  assert len(rows) == expected
-  assert len(nets) == expected * config.seeds
-  # Every interval holds its estimate; accuracies are proportions.
+  assert len(rows) == _conditions(config)
+  assert len(nets) == sum(len(grid.nets(g)) for g in study.grids(config).values())
+  # Every interval is there and holds its estimate; accuracies are proportions.
+  assert any(k.endswith("_lo") for k in rows[0])
   for row in rows:
     for key, value in row.items():
       if key + "_lo" in row and value not in ("nan", "inf", ""):
@@ -51,42 +56,41 @@ def test_study_runs_end_to_end(name, tmp_path):
   with open(tmp_path / "study.json") as f:
     saved = json.load(f)
   assert saved["study"] == name and saved["machine"]["cpu_count"] >= 1
-  assert saved["rows"] == out["rows"] and saved["figure"] == f"{name}.png"
+  assert saved["rows"] == json.loads(json.dumps(out["rows"])) and saved["figure"] == f"{name}.png"
+  assert all("p_holm" in c for c in saved["contrasts"].values())
   if name == "dead_units":
-    # Width-2 nets: a dead fraction is a multiple of 1/(2 * depth) units.
-    fracs = [float(n["dead_trained"]) for n in nets if n["width"] == "2"]
-    assert all(0.0 <= f <= 1.0 for f in fracs)
+    for row in rows:
+      assert int(row["units_recovered"]) <= int(row["units_dead_init"])
+      assert int(row["units_died"]) <= int(row["units_alive_init"])
+    assert all(0.0 <= float(n["dead_trained"]) <= 1.0 for n in nets)
   if name == "collapse":
     curve = saved["curves"]["untrained"]
-    assert curve["dims"] == list(config.grids.bottleneck.model.widths)
+    assert curve["dims"] == [2, 3]
     # P(Bin(n, 1/2) < 2) for n = 2, 3: 3/4 and 1/2.
     np.testing.assert_allclose(curve["collapsed_frac_theory"], [0.75, 0.5], atol=0.05)
+    assert {r["variant"] for r in rows} == {"relu", "linear", "residual"}
+  if name == "degradation":
+    assert {r["view"] for r in rows if r["grid"].startswith("mlp")} == {
+        "mlp, lr 0.01", "mlp, best lr per net"}
   if name == "convergence":
     assert all("steps_to_target" in n for n in nets)
 
 
 def test_study_resumes_after_interruption(tmp_path):
-  class Stop(Exception):
-    pass
-
-  def stop(line):
-    if "step 10/20" in line:
-      raise Stop()
-
   config = study_configs.get_config("convergence,tiny")
-  with pytest.raises(Stop):
-    study.run(config, str(tmp_path / "a"), devices=jax.devices()[:1], log=stop)
+  out = study.run(config, str(tmp_path / "a"), log=None, should_stop=lambda step: step == 10)
+  assert out["stopped"] and out["step"] == 10
   assert not os.path.exists(tmp_path / "a" / "study.csv")
   lines = []
-  study.run(config, str(tmp_path / "a"), devices=jax.devices()[:1], log=lines.append)
-  assert any("resumed at step 10/20" in l for l in lines)
-  study.run(config, str(tmp_path / "b"), devices=jax.devices()[:1], log=None)
+  study.run(config, str(tmp_path / "a"), log=lines.append)
+  study.run(config, str(tmp_path / "b"), log=None)
   resumed, fresh = _read_csv(tmp_path / "a" / "nets.csv"), _read_csv(tmp_path / "b" / "nets.csv")
+  assert len(resumed) == len(fresh) == 8
   for r, f in zip(resumed, fresh):
     np.testing.assert_allclose(float(r["train_loss"]), float(f["train_loss"]), rtol=1e-5)
   # A finished grid is not trained again; a different config is refused.
   lines = []
-  study.run(config, str(tmp_path / "a"), devices=jax.devices()[:1], log=lines.append)
+  study.run(config, str(tmp_path / "a"), log=lines.append)
   assert any("already trained" in l for l in lines)
   other = study_configs.get_config("convergence,tiny")
   other.seeds = 3
@@ -95,9 +99,13 @@ def test_study_resumes_after_interruption(tmp_path):
 
 
 def test_bad_configs_are_one_line_errors(tmp_path):
-  config = study_configs.get_config("degradation,tiny")
-  config.grids.mlp.model.variants = ("plain", "dense")
-  with pytest.raises(errors.ConfigError, match="variants"):
+  config = study_configs.get_config("collapse,tiny")
+  config.grids.firstlayer.grid.model.first = ("relu", "dense")
+  with pytest.raises(errors.ConfigError, match="first"):
+    study.validate(config)
+  config = study_configs.get_config("convergence,tiny")
+  config.seeds = 1
+  with pytest.raises(errors.ConfigError, match="seeds=1"):
     study.validate(config)
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run(
@@ -108,14 +116,12 @@ def test_bad_configs_are_one_line_errors(tmp_path):
   assert "Traceback" not in proc.stderr
 
 
-def test_statistics():
-  # The study's helpers call resjax.stats (its formulas: tests/test_stats.py).
+def test_statistics_come_from_resjax_stats():
   mean, lo, hi = study.ci95_in([0.5, 0.7, 0.9], "acc")
-  assert mean == pytest.approx(0.7) and hi == 1.0  # t(0.975, 2) = 4.303: 0.7 + 0.497 clipped to 1
+  assert mean == pytest.approx(0.7) and hi == 1.0  # t(0.975, 2) = 4.303: 0.7 + 0.497 clipped
   np.testing.assert_allclose(mean - lo, 4.3027 * 0.2 / np.sqrt(3), rtol=1e-3)
   g, lo, hi = study.geo_ci95([0.0, 1e-4])
   assert g == pytest.approx(1e-8) and lo < g < hi
-  p, lo, hi = study.wilson(0, 8)
-  assert p == 0 and lo == 0 and 0.3 < hi < 0.4
-  med, lo, hi = study.median_ci([10, 20, 30, np.inf, np.inf])
-  assert med == 30 and hi == np.inf
+  contrasts = study._holm({"a": {"p": 0.01}, "b": {"p": 0.04}, "c": {"p": 0.5}})
+  assert contrasts["a"]["holm_reject"] and not contrasts["b"]["holm_reject"]
+  assert contrasts["a"]["p_holm"] == pytest.approx(0.03) and contrasts["a"]["family_size"] == 3
