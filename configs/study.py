@@ -169,7 +169,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The untrained collapse curve drawn beside the collapse study (resjax.collapse.sweep).
   config.collapse = ml_collections.ConfigDict(dict(
       activations=("relu",),  # Activations of the untrained curve.
-      seeds=64,  # Random embeddings T per n (issue 14: enough draws to compare).
+      seeds=64,  # Random embeddings T per n (enough draws to compare with the theory).
       seed=0,  # Seed of the embeddings.
       chunk=0,  # Draws per vmapped chunk (0 = all at once).
       manifold=dict(name="spiral", dims=(2,), points=1000, turns=3.0),  # The 2-D spiral.

@@ -160,7 +160,7 @@ def _coverage(seeds: int, n: int, reps: int, rng) -> dict[str, float]:
   return out
 
 
-# (seeds, n): the tail cells of issue 14, 2000 simulated sweeps each.
+# (seeds, n): the tail cells of the collapse sweep, 2000 simulated sweeps each.
 _TAILS = ((8, 8), (8, 12), (8, 15), (64, 12), (64, 15))
 
 
