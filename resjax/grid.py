@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from resjax import errors
+from resjax import models
 
 # Scalars of `opt` a grid may vary (each net gets its value as an array).
 OPT_AXES = ("lr", "momentum", "weight_decay", "decay", "warmup_lr")
@@ -72,16 +73,10 @@ def _values(value: Any) -> tuple:
     if isinstance(v, str):
       out.extend(p.strip() for p in v.split(",") if p.strip())
     elif isinstance(v, list):
-      out.append(_as_tuple(v))
+      out.append(models.as_tuple(v))
     else:
       out.append(v)
   return tuple(out)
-
-
-def _as_tuple(v: Any) -> Any:
-  if isinstance(v, (list, tuple)):
-    return tuple(_as_tuple(x) for x in v)
-  return v
 
 
 def axes(config: ml_collections.ConfigDict) -> list[tuple[str, tuple]]:
@@ -170,6 +165,12 @@ def condition(label: dict[str, Any]) -> dict[str, Any]:
   return {k: v for k, v in label.items() if k != "seed"}
 
 
+def condition_name(label: dict[str, Any]) -> str:
+  """The condition of a label as text, e.g. 'model.depth=20 model.plain=False' ('all'
+  for a grid of seeds only)."""
+  return " ".join(f"{k}={v}" for k, v in condition(label).items()) or "all"
+
+
 def _max(values: Sequence[Any]) -> Any:
   """Elementwise maximum of numbers or equally shaped nested tuples."""
   first = values[0]
@@ -198,7 +199,7 @@ def padded_fields(config: ml_collections.ConfigDict,
                   members: Sequence[int] | None = None) -> dict[str, Any]:
   """Model fields (besides 'name') of the one model the nets `members` (default:
   all) of the grid fit in."""
-  fields = {k: _as_tuple(v) for k, v in config.model.items() if k != "name"}
+  fields = {k: models.as_tuple(v) for k, v in config.model.items() if k != "name"}
   toggles = TOGGLES.get(config.model.name, {})
   gated = False
   all_nets = nets(config)
@@ -207,7 +208,7 @@ def padded_fields(config: ml_collections.ConfigDict,
     group, _, name = field.partition(".")
     if group != "model":
       continue
-    values = [_as_tuple(all_nets[k].model[name]) for k in members]
+    values = [models.as_tuple(all_nets[k].model[name]) for k in members]
     if name in toggles:
       fields[name] = _TOGGLE_PADDED[name]
     elif name == "stages":

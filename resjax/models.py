@@ -565,10 +565,10 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
-def _as_tuple(value: Any) -> Any:
+def as_tuple(value: Any) -> Any:
   """Lists (e.g. from a ConfigDict) to tuples, recursively, so modules hash."""
   if isinstance(value, (list, tuple)):
-    return tuple(_as_tuple(v) for v in value)
+    return tuple(as_tuple(v) for v in value)
   return value
 
 
@@ -590,7 +590,7 @@ def build(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
   for key in kwargs:
     errors.check(key in allowed, f"model.{key} is not a field of model {name!r}; "
                  f"fields: {', '.join(allowed)}")
-  kwargs = {k: _as_tuple(v) for k, v in kwargs.items()}
+  kwargs = {k: as_tuple(v) for k, v in kwargs.items()}
   if "dtype" in kwargs:
     _check_dtype(kwargs["dtype"])
     kwargs["dtype"] = jnp.dtype(kwargs["dtype"])

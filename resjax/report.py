@@ -111,9 +111,9 @@ def _restore(dirs: Sequence[str], step: int | None) -> list[dict]:
     del state
     for k, net_label in enumerate(grid.labels(config)):
       net_config, net_state = checkpoints.load(d, step, net=k)
-      cond = " ".join(f"{a}={v}" for a, v in grid.condition(net_label).items())
       entries.append({"label": f"{label}/net{k}", "dir": d, "config": net_config,
-                      "state": net_state, "grid": label, "condition": cond or "all",
+                      "state": net_state, "grid": label,
+                      "condition": grid.condition_name(net_label),
                       "seed": int(net_config.seed)})
   return entries
 

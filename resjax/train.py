@@ -93,7 +93,7 @@ class Optimizer:
 
   @classmethod
   def of(cls, opt: Mapping[str, Any], steps: int) -> "Optimizer":
-    return cls(tuple(sorted((k, models._as_tuple(v)) for k, v in dict(opt).items())),
+    return cls(tuple(sorted((k, models.as_tuple(v)) for k, v in dict(opt).items())),
                int(steps))
 
   def __call__(self, hparams: Mapping[str, Any]
@@ -139,16 +139,6 @@ class TrainState(flax.struct.PyTreeNode):
     if self.gates:
       out["gates"] = self.gates
     return out
-
-  @property
-  def tx(self) -> optax.GradientTransformation:
-    """The optimizer at this state's hyper-parameters."""
-    return self.optimizer(self.hparams)[0]
-
-  @property
-  def schedule(self) -> Callable[[jax.Array], jax.Array]:
-    """The learning rate as a function of the step, at this state's hyper-parameters."""
-    return self.optimizer(self.hparams)[1]
 
   def arrays(self) -> dict:
     """The array fields as a dict (what a checkpoint holds)."""
@@ -1050,11 +1040,10 @@ def condition_rows(net_rows: Sequence[Mapping[str, Any]],
   groups: dict[str, list] = {}
   for row in net_rows:
     label = {k: v for k, v in row.items() if k == "seed" or "." in k}
-    key = " ".join(f"{k}={v}" for k, v in grid.condition(label).items())
-    groups.setdefault(key, []).append(row)
+    groups.setdefault(grid.condition_name(label), []).append(row)
   out = []
   for key, members in groups.items():
-    row = {"condition": key or "all", "seeds": len(members)}
+    row = {"condition": key, "seeds": len(members)}
     for metric, bounds in CONDITION_METRICS:
       values = np.asarray([m.get(metric, np.nan) for m in members], np.float64)
       if np.isnan(values).all():
