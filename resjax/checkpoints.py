@@ -15,11 +15,18 @@ middle of a save leaves the previous checkpoints as they were; the half-written
 temporary directory is ignored when reading and removed by the next training
 run. `load(workdir)` rebuilds the state from the metadata on the caller's
 devices (any number) and restores the arrays into it.
+
+Importing this module keeps two things of Orbax's off stderr that tell the
+user nothing: the "Given directory is read only" warning of every read-only
+manager, and the `RuntimeError: Event loop is closed` traceback of each read
+still in flight when a restore fails (`quiet_orbax`).
 """
 from __future__ import annotations
 
 import json
+import logging as py_logging
 import os
+import sys
 import time
 from typing import Any, Sequence
 
@@ -41,6 +48,48 @@ RESUMABLE_GROUPS = ("train",)
 STEPS_SCHEDULES = ("cosine",)
 # What makes a directory hold a run (moved together by `move_aside`).
 RUN_FILES = (CONFIG_FILE, CHECKPOINT_DIR, "metrics.jsonl", "tensorboard")
+
+
+def _late_callback(unraisable) -> bool:
+  """Whether an unraisable exception is a read finishing onto a closed event loop.
+
+  Orbax runs each restore in an event loop of its own and closes it as soon as
+  one read fails; TensorStore then completes the reads still in flight by
+  calling `loop.call_soon_threadsafe`, which raises this, once per read.
+  """
+  if not (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed"):
+    return False
+  tb = unraisable.exc_traceback
+  names = []
+  while tb is not None:
+    names.append(tb.tb_frame.f_code.co_name)
+    tb = tb.tb_next
+  return "call_soon_threadsafe" in names
+
+
+def _read_only_warning(record: py_logging.LogRecord) -> bool:
+  return not str(record.msg).startswith("Given directory is read only")
+
+
+def quiet_orbax() -> None:
+  """Drops Orbax's read-only warning and its closed-loop tracebacks (idempotent)."""
+  absl_logger = py_logging.getLogger("absl")
+  if _read_only_warning not in absl_logger.filters:
+    absl_logger.addFilter(_read_only_warning)
+  previous = sys.unraisablehook
+  if getattr(previous, "_resjax_quiet", False):
+    return
+
+  def hook(unraisable):
+    if not _late_callback(unraisable):
+      previous(unraisable)
+
+  hook._resjax_quiet = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+
+
+quiet_orbax()
 
 
 def directory(workdir: str) -> str:
