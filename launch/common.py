@@ -1,4 +1,10 @@
-"""What every launcher shares: one-line errors, a device log, the compilation cache."""
+"""What every launcher shares: one-line errors, a device log, the compilation cache.
+
+Importing it (before JAX starts) also drops log lines no user acts on: JAX's
+INFO line for each platform plugin that is absent (`Unable to initialize
+backend 'tpu'` on every machine without a TPU) and matplotlib's one-time font
+cache notice.
+"""
 from __future__ import annotations
 
 import errno
@@ -11,6 +17,21 @@ from typing import Callable
 from absl import flags, logging
 
 from resjax import errors
+
+
+def _noise(record: py_logging.LogRecord) -> bool:
+  """False for an INFO line that tells the user nothing they act on."""
+  if record.levelno > py_logging.INFO:
+    return True
+  return not str(record.msg).startswith(_NOISE.get(record.name, "\0"))
+
+
+# logger -> start of its INFO messages to drop. An absent plugin is INFO for
+# JAX; asking for one (JAX_PLATFORMS=tpu) that fails is an error and still shows.
+_NOISE = {"jax._src.xla_bridge": "Unable to initialize backend",
+          "matplotlib.font_manager": "generated new fontManager"}
+for _name in _NOISE:
+  py_logging.getLogger(_name).addFilter(_noise)
 
 
 def readable_errors(main: Callable) -> Callable:

@@ -41,8 +41,9 @@ def main(argv):
   common.compilation_cache()
   errors.check(len(argv) == 1, f"unexpected arguments: {' '.join(argv[1:])}")
   errors.check(bool(_WORKDIR.value), "--workdir is required: pass --workdir=DIR")
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                         auto=_MULTIHOST.value, timeout_s=_COORD_TIMEOUT.value)
+  if distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                            auto=_MULTIHOST.value, timeout_s=_COORD_TIMEOUT.value):
+    distributed.quiet_gloo()
   common.log_devices()
   with distributed.stop_on_signals() as should_stop:
     try:

@@ -15,9 +15,14 @@ answers True at the same step, so all of them save the same checkpoint.
 sweep, the studies): a signal ends the process at once, even while the main
 thread is inside a long XLA call, with one line saying what was kept and exit
 code 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
+
+`quiet_gloo` keeps gloo's `[Gloo] Rank i is connected to ...` lines (written
+by C++ to stdout, one per local device when the first collective runs) out of
+a launcher's output.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -149,6 +154,76 @@ def _watchdog(timeout_s: float, message: Callable[[], str]) -> Iterator[None]:
     done.set()
 
 
+class _DropLines:
+  """Routes file descriptor `fd` through a pipe that drops lines starting with `prefix`."""
+
+  def __init__(self, fd: int, prefix: bytes):
+    self.fd, self.prefix = fd, prefix
+    with contextlib.suppress(Exception):
+      sys.stdout.flush()
+    self.out = os.dup(fd)
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, fd)
+    os.close(write_fd)
+    self.thread = threading.Thread(target=self._pump, args=(read_fd,), name="drop-lines",
+                                   daemon=True)
+    self.thread.start()
+    atexit.register(self.close)
+
+  def _keep(self, line: bytes) -> bool:
+    return not line.startswith(self.prefix)
+
+  def _pump(self, read_fd: int) -> None:
+    pending = b""
+    while True:
+      try:
+        data = os.read(read_fd, 1 << 16)
+      except OSError:
+        data = b""
+      if not data:
+        break
+      *lines, pending = (pending + data).split(b"\n")
+      out = b"".join(l + b"\n" for l in lines if self._keep(l))
+      # A partial line goes out at once unless it may still become a dropped one.
+      if pending and not (pending.startswith(self.prefix) or self.prefix.startswith(pending)):
+        out, pending = out + pending, b""
+      self._write(out)
+    if pending and self._keep(pending):
+      self._write(pending)
+    os.close(read_fd)
+
+  def _write(self, data: bytes) -> None:
+    while data:
+      try:
+        data = data[os.write(self.out, data):]
+      except OSError:
+        return
+
+  def close(self) -> None:
+    """Puts `fd` back and forwards what is still in the pipe (idempotent)."""
+    if self.thread is None:
+      return
+    with contextlib.suppress(Exception):
+      sys.stdout.flush()
+    os.dup2(self.out, self.fd)  # The pipe's last writer is gone: the pump drains and ends.
+    self.thread.join(timeout=2.0)
+    self.thread = None
+
+
+_stdout_filter: _DropLines | None = None
+
+
+def quiet_gloo() -> None:
+  """Drops gloo's `[Gloo] Rank i is connected to j peer ranks` lines from stdout.
+
+  They carry no news once the job has assembled. Stdout goes through a pipe
+  and a thread from here on; `exit_now` and interpreter exit flush it.
+  """
+  global _stdout_filter
+  if _stdout_filter is None:
+    _stdout_filter = _DropLines(1, b"[Gloo] ")
+
+
 _exit_lock = threading.Lock()
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -162,6 +237,9 @@ def exit_now(message: str, code: int) -> None:
   with _exit_lock:  # One message, even if two threads get here.
     with contextlib.suppress(Exception):
       sys.stdout.flush()
+    with contextlib.suppress(Exception):
+      if _stdout_filter is not None:
+        _stdout_filter.close()
     with contextlib.suppress(Exception):
       if message:
         print(message, file=sys.stderr, flush=True)
