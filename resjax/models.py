@@ -32,6 +32,7 @@ import numpy as np
 
 from resjax import activations
 from resjax import errors
+from resjax.kernels import onednn
 
 Array = jax.Array
 Dtype = Any
@@ -39,6 +40,9 @@ Dtype = Any
 COLLECTIONS = ("preacts", "shortcut", "branch")
 NORMS = (None, "batch", "layer")
 DTYPES = ("float32", "bfloat16", "float16")
+# Convolution implementations: XLA's own, or oneDNN's through the XLA FFI
+# (CPU, float32; elsewhere, or where it is not built, XLA's; resjax/kernels).
+CONV_IMPLS = {"xla": None, "onednn": onednn.conv_general_dilated}
 
 # He et al. 2015 normal init, fan_out mode (keeps the backward-pass variance;
 # torchvision's choice for ResNets and MobileNetV2). Every conv is followed by
@@ -57,11 +61,11 @@ def _batch_norm(train: bool, dtype: Dtype, name: str) -> nn.BatchNorm:
 
 
 def _conv(features: int, kernel: int, strides: int, dtype: Dtype, name: str,
-          groups: int = 1) -> nn.Conv:
+          groups: int = 1, impl: str = "xla") -> nn.Conv:
   return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
                  padding=_PAD1 if kernel == 3 else ((0, 0), (0, 0)),
                  feature_group_count=groups, use_bias=False, dtype=dtype,
-                 kernel_init=he_normal, name=name)
+                 kernel_init=he_normal, name=name, conv_general_dilated=CONV_IMPLS[impl])
 
 
 def _tap(module: nn.Module, collection: str, name: str, value: Array) -> None:
@@ -262,6 +266,7 @@ class BasicBlock(nn.Module):
   preact: bool = False
   activation: str = "relu"
   dtype: Dtype = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: Array, train: bool,
@@ -272,15 +277,15 @@ class BasicBlock(nn.Module):
     if self.preact:
       z = _batch_norm(train, self.dtype, "bn1")(x)
       taps["act1"] = z
-      h = _conv(self.features, 3, self.strides, self.dtype, "conv1")(act(z))
+      h = _conv(self.features, 3, self.strides, self.dtype, "conv1", impl=self.conv_impl)(act(z))
       z = _batch_norm(train, self.dtype, "bn2")(h)
       taps["act2"] = z
-      b = _conv(self.features, 3, 1, self.dtype, "conv2")(act(z))
+      b = _conv(self.features, 3, 1, self.dtype, "conv2", impl=self.conv_impl)(act(z))
     else:
-      h = _conv(self.features, 3, self.strides, self.dtype, "conv1")(x)
+      h = _conv(self.features, 3, self.strides, self.dtype, "conv1", impl=self.conv_impl)(x)
       z = _batch_norm(train, self.dtype, "bn1")(h)
       taps["act1"] = z
-      h = _conv(self.features, 3, 1, self.dtype, "conv2")(act(z))
+      h = _conv(self.features, 3, 1, self.dtype, "conv2", impl=self.conv_impl)(act(z))
       b = _batch_norm(train, self.dtype, "bn2")(h)
     if self.residual:
       y = _add_shortcut(taps, shortcut_option_a(x, self.features, self.strides).astype(b.dtype),
@@ -332,6 +337,7 @@ class ResNet(nn.Module):
   activation: str = "relu"
   dtype: Dtype = jnp.float32
   gated: bool = False
+  conv_impl: str = "xla"  # A CONV_IMPLS name; the numbers agree to float32 rounding.
 
   def __post_init__(self):
     _check_int("depth", self.depth, 2)
@@ -351,6 +357,7 @@ class ResNet(nn.Module):
     _check_activation(self.activation)
     _check_dtype(self.dtype)
     _check_bool("gated", self.gated)
+    errors.choice("model.conv_impl", self.conv_impl, CONV_IMPLS)
     super().__post_init__()
 
   @property
@@ -360,7 +367,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     act = activations.fn(self.activation)
-    h = _conv(self.widths[0], 3, 1, self.dtype, "stem_conv")(x)
+    h = _conv(self.widths[0], 3, 1, self.dtype, "stem_conv", impl=self.conv_impl)(x)
     if not self.preact:
       z = _batch_norm(train, self.dtype, "stem_bn")(h)
       _tap(self, "preacts", "stem", z)
@@ -372,7 +379,8 @@ class ResNet(nn.Module):
         y, taps = BasicBlock(
             features, strides=2 if (s > 0 and b == 0) else 1,
             residual=self.gated or not self.plain, preact=self.preact,
-            activation=self.activation, dtype=self.dtype, name=module)(h, train, shortcut)
+            activation=self.activation, dtype=self.dtype, conv_impl=self.conv_impl,
+            name=module)(h, train, shortcut)
         h = _block_output(self, module, b, y, h, taps, name)
     if self.preact:
       z = _batch_norm(train, self.dtype, "final_bn")(h)

@@ -1,0 +1,1 @@
+"""Hand-written kernels reached through the XLA FFI (see onednn.py)."""

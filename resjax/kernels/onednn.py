@@ -1,0 +1,193 @@
+"""A CPU convolution through the XLA FFI into oneDNN, as a drop-in for lax's.
+
+`conv_general_dilated` has the signature of `jax.lax.conv_general_dilated`.
+It runs oneDNN's kernels (forward, input gradient and weight gradient, one FFI
+call each, tied together by `jax.custom_vjp`) for what they cover: float32,
+NHWC images, HWIO kernels, explicit padding, no dilation, no groups, compiled
+for the CPU. Anything else, and every call where the library was not built,
+goes to `jax.lax.conv_general_dilated` unchanged, so the choice never changes
+what a model computes beyond float32 rounding.
+
+The library (`_onednn_conv*.so`, from resjax/kernels/onednn_conv.cc) is built
+by `pip install -e .` on x86-64 Linux, against the oneDNN headers of the
+`onednn-devel-cpu-gomp` package, and runs on the `onednn-cpu-gomp` package's
+libdnnl, which is loaded here first. `available()` says whether it loaded and
+`unavailable_reason()` why not.
+
+oneDNN parallelizes each call over OpenMP threads (one per core by default).
+`set_threads(n)` sets that count; with several host devices running their
+programs at once, one thread each keeps them from oversubscribing the cores.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import glob
+import importlib.machinery
+import importlib.metadata
+import os
+import sys
+from typing import Any, Sequence
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+TARGETS = ("resjax_onednn_conv_fwd", "resjax_onednn_conv_bwd_data",
+           "resjax_onednn_conv_bwd_weights")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_NHWC_HWIO = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+
+def _library_file() -> str | None:
+  for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+    path = os.path.join(_HERE, "_onednn_conv" + suffix)
+    if os.path.exists(path):
+      return path
+  found = sorted(glob.glob(os.path.join(_HERE, "_onednn_conv*.so")))
+  return found[0] if found else None
+
+
+def _dnnl_candidates() -> list[str]:
+  """Where libdnnl.so.3 may be: the onednn-cpu-gomp package's files, then prefixes."""
+  out = []
+  try:
+    for f in importlib.metadata.files("onednn-cpu-gomp") or ():
+      if f.name == "libdnnl.so.3":
+        out.append(str(f.locate()))
+  except importlib.metadata.PackageNotFoundError:
+    pass
+  for prefix in (sys.prefix, sys.base_prefix, sys.exec_prefix):
+    out.append(os.path.join(prefix, "lib", "libdnnl.so.3"))
+  return out
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str]:
+  """(the library, '') or (None, why it is not there); registers the FFI targets."""
+  if sys.platform != "linux" or os.uname().machine not in ("x86_64", "AMD64"):
+    return None, f"oneDNN convolutions are built only on x86-64 Linux, not {sys.platform}/{os.uname().machine}"
+  path = _library_file()
+  if path is None:
+    return None, (f"the oneDNN convolution library is not built (no _onednn_conv*.so in "
+                  f"{_HERE}); run `pip install -e .` with a C++ compiler")
+  for candidate in _dnnl_candidates():  # Before the library, which links libdnnl.so.3.
+    if os.path.exists(candidate):
+      try:
+        ctypes.CDLL(candidate, mode=ctypes.RTLD_GLOBAL)
+        break
+      except OSError:
+        continue
+  try:
+    lib = ctypes.CDLL(path)
+  except OSError as e:
+    return None, f"the oneDNN convolution library did not load: {e}"
+  for name in TARGETS:
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+  lib.resjax_onednn_set_threads.argtypes = [ctypes.c_int]
+  return lib, ""
+
+
+def available() -> bool:
+  """Whether the oneDNN convolution library is built and loaded."""
+  return _load()[0] is not None
+
+
+def unavailable_reason() -> str:
+  """Why `available()` is False ('' when it is True)."""
+  return _load()[1]
+
+
+def version() -> str:
+  """The oneDNN version the library runs on ('' when not available)."""
+  lib = _load()[0]
+  if lib is None:
+    return ""
+  v = lib.resjax_onednn_version()
+  return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+
+
+def set_threads(n: int) -> None:
+  """Run every later oneDNN call on `n` OpenMP threads (0: OpenMP's default)."""
+  lib = _load()[0]
+  if lib is not None:
+    lib.resjax_onednn_set_threads(int(n))
+
+
+# ----------------------------------------------------------------------------
+# The convolution and its gradients.
+
+
+def _attrs(strides: tuple[int, int], padding: tuple[tuple[int, int], ...]) -> dict[str, Any]:
+  (pt, pb), (pl, pr) = padding
+  return dict(stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
+              pad_top=np.int64(pt), pad_bottom=np.int64(pb), pad_left=np.int64(pl),
+              pad_right=np.int64(pr))
+
+
+def _ffi(target: str, shape: Sequence[int], a: jax.Array, b: jax.Array, strides, padding):
+  _load()
+  out = jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
+  return jax.ffi.ffi_call(target, out, vmap_method="sequential")(a, b, **_attrs(strides, padding))
+
+
+def _out_shape(x_shape, w_shape, strides, padding):
+  n, h, w, _ = x_shape
+  kh, kw, _, o = w_shape
+  (pt, pb), (pl, pr) = padding
+  return (n, (h + pt + pb - kh) // strides[0] + 1, (w + pl + pr - kw) // strides[1] + 1, o)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_nhwc(x: jax.Array, w: jax.Array, strides: tuple[int, int],
+              padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  """y = conv(x[N,H,W,C], w[KH,KW,C,O]) in float32 by oneDNN (needs `available()`)."""
+  return _ffi(TARGETS[0], _out_shape(x.shape, w.shape, strides, padding), x, w, strides, padding)
+
+
+def _conv_fwd(x, w, strides, padding):
+  return conv_nhwc(x, w, strides, padding), (x, w)
+
+
+def _conv_bwd(strides, padding, residuals, dy):
+  x, w = residuals
+  dx = _ffi(TARGETS[1], x.shape, dy, w, strides, padding)
+  dw = _ffi(TARGETS[2], w.shape, x, dy, strides, padding)
+  return dx, dw
+
+
+conv_nhwc.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _explicit_padding(padding, x_shape, w_shape, strides):
+  if isinstance(padding, str):
+    return tuple(lax.padtype_to_pads(x_shape[1:3], w_shape[:2], strides, padding))
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def covers(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+           dimension_numbers=None, feature_group_count=1, batch_group_count=1) -> bool:
+  """Whether oneDNN's kernels compute this `lax.conv_general_dilated` call."""
+  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  ones = lambda d: d is None or all(int(v) == 1 for v in d)
+  return (dn == _NHWC_HWIO and lhs.ndim == 4 and lhs.dtype == jnp.float32
+          and rhs.dtype == jnp.float32 and feature_group_count == 1 and batch_group_count == 1
+          and ones(lhs_dilation) and ones(rhs_dilation) and jax.default_backend() == "cpu"
+          and available())
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         batch_group_count=1, precision=None, preferred_element_type=None):
+  """`jax.lax.conv_general_dilated`, by oneDNN where `covers` says it can."""
+  if preferred_element_type is None and covers(
+      lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+      feature_group_count, batch_group_count):
+    strides = tuple(int(s) for s in window_strides)
+    return conv_nhwc(lhs, rhs, strides, _explicit_padding(padding, lhs.shape, rhs.shape, strides))
+  return lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count, precision=precision,
+      preferred_element_type=preferred_element_type)
