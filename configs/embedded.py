@@ -13,6 +13,10 @@ Variants:
                   recipe shrunk to 400 steps of 128 (lr /10 at 200 and 300),
                   1-pixel crop jitter, no flips.
   digits_plain20  the same without shortcuts.
+  manifold_firstlayer  a width-n first layer (relu | linear | identity plus
+                  ReLU, models.FirstLayerNet) and a two-layer head of 64 ReLUs on
+                  the 'manifold' task: d = 2 latent dimensions embedded in 16,
+                  3 classes (Adam 1e-2, constant, 2000 steps of 64).
   digits_table6   He et al.'s comparison on digits: {ResNet, plain} x depth
                   {8, 14, 20} x seeds {0, 1, 2}, 18 nets of the digits_resnet20
                   recipe at batch 64 for 240 steps (lr /10 at 120 and 180) in
@@ -38,7 +42,7 @@ from configs import cifar10
 from resjax import errors
 
 VARIANTS = ("spirals_mlp", "spirals_resmlp", "digits_resnet20", "digits_plain20",
-            "digits_table6", "tiny", "tiny_mlp")
+            "digits_table6", "manifold_firstlayer", "tiny", "tiny_mlp")
 
 
 def _spirals(residual: bool, options: bool = True) -> ml_collections.ConfigDict:
@@ -73,6 +77,29 @@ def _spirals(residual: bool, options: bool = True) -> ml_collections.ConfigDict:
   return config
 
 
+def _manifold_firstlayer() -> ml_collections.ConfigDict:
+  """A width-n first layer and a fixed head on a d-dim task embedded in 16 dims."""
+  config = _spirals(residual=False, options=False)
+  config.model = ml_collections.ConfigDict(dict(
+      name="firstlayer",
+      width=8,  # First-layer width n.
+      first="relu",  # relu(z) | linear z | residual z + relu(Uz + c).
+      head_width=64,  # The fixed head: head_depth layers of head_width ReLUs.
+      head_depth=2,
+      activation="relu",
+  ))
+  config.data.name = "manifold"
+  config.data.d = 2  # Intrinsic dimension of the inputs.
+  config.data.ambient = 16  # Input dimension (x = Q u, Q orthonormal [ambient, d]).
+  config.data.num_classes = 3  # Quantile bins of sum_j cos(pi u_j).
+  config.data.num_train = 1500
+  config.data.num_test = 1500
+  config.data.batch_size = 64
+  config.opt.lr = 1e-2
+  config.opt.schedule = "constant"
+  return config
+
+
 def _digits(plain: bool) -> ml_collections.ConfigDict:
   config = cifar10.get_config("plain20" if plain else "resnet20")
   config.data.name = "digits"
@@ -91,6 +118,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The config for one variant (see the module docstring)."""
   arg = arg or "digits_resnet20"
   errors.choice("config variant", arg, VARIANTS)
+  if arg == "manifold_firstlayer":
+    return _manifold_firstlayer()
   if arg.startswith("spirals"):
     return _spirals(residual=arg == "spirals_resmlp")
   if arg == "digits_table6":

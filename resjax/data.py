@@ -28,7 +28,7 @@ import numpy as np
 from resjax import errors
 
 TFDS_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "svhn_cropped")
-EMBEDDED_NAMES = ("spirals", "digits")
+EMBEDDED_NAMES = ("spirals", "digits", "manifold")
 NAMES = TFDS_NAMES + EMBEDDED_NAMES
 
 # Examples deserialized per batched ArrayRecord read.
@@ -90,7 +90,8 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0,
     data_dir: tfds data directory (tfds datasets only; None = tfds default).
     seed: generation / split seed of the embedded datasets (tfds data ignores it).
     **options: embedded-dataset options: 'spirals' takes num_arms, noise,
-      turns, num_train, num_test; 'digits' takes num_test.
+      turns, num_train, num_test; 'digits' takes num_test; 'manifold' takes d,
+      ambient, num_classes, num_train, num_test.
 
   Raises:
     ConfigError: unknown name or option, or tfds data that is not prepared
@@ -101,6 +102,8 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0,
     train, test, num_classes = _spirals(seed, **_options(name, options, _SPIRAL_DEFAULTS))
   elif name == "digits":
     train, test, num_classes = _digits(seed, **_options(name, options, _DIGITS_DEFAULTS))
+  elif name == "manifold":
+    train, test, num_classes = _manifold(seed, **_options(name, options, _MANIFOLD_DEFAULTS))
   else:
     _options(name, options, {})
     train, test, num_classes = _load_tfds(name, data_dir)
@@ -230,6 +233,43 @@ def _digits(seed: int, *, num_test: int) -> tuple[Split, Split, int]:
   order = np.random.default_rng([seed, 2]).permutation(n)
   test, train = order[:num_test], order[num_test:]
   return Split(images[train], labels[train]), Split(images[test], labels[test]), 10
+
+
+_MANIFOLD_DEFAULTS = dict(d=2, ambient=16, num_classes=3, num_train=1500, num_test=1500)
+# Latent draws that fix the class thresholds (quantiles of f), whatever the split sizes.
+_MANIFOLD_REFERENCE = 1 << 16
+
+
+def _manifold(seed: int, *, d: int, ambient: int, num_classes: int, num_train: int,
+              num_test: int) -> tuple[Split, Split, int]:
+  """A d-dimensional task embedded in `ambient` dimensions: inputs of rank d.
+
+  Latent u ~ U[-1, 1]^d; the input is x = Q u for a fixed random orthonormal
+  Q [ambient, d] drawn from (seed, d, ambient), so every d gets its own
+  embedding. The class is the quantile bin of f(u) = sum_j cos(pi u_j) (every
+  latent coordinate matters equally; thresholds from a fixed reference draw,
+  so the classes are balanced in expectation). Train and test come from
+  independent streams of the same seed.
+  """
+  for field, value, low in (("d", d, 1), ("ambient", ambient, d), ("num_classes", num_classes, 2),
+                            ("num_train", num_train, 1), ("num_test", num_test, 1)):
+    errors.check(isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+                 and value >= low, f"data.{field}={value!r} must be an integer >= {low}")
+  g_AxD = np.random.default_rng([seed, 3, d, ambient]).standard_normal((ambient, d))
+  q_AxD, _ = np.linalg.qr(g_AxD)
+
+  def f(u_NxD: np.ndarray) -> np.ndarray:
+    return np.cos(np.pi * u_NxD).sum(axis=1)
+
+  reference = np.random.default_rng([seed, 2, d]).uniform(-1.0, 1.0, (_MANIFOLD_REFERENCE, d))
+  cuts = np.quantile(f(reference), np.arange(1, num_classes) / num_classes)
+
+  def draw(n: int, stream: int) -> Split:
+    u_NxD = np.random.default_rng([seed, stream, d]).uniform(-1.0, 1.0, (n, d))
+    labels = np.searchsorted(cuts, f(u_NxD)).astype(np.int32)
+    return Split((u_NxD @ q_AxD.T).astype(np.float32), labels)
+
+  return draw(num_train, 0), draw(num_test, 1), int(num_classes)
 
 
 def channel_stats(inputs: np.ndarray, chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
