@@ -7,7 +7,9 @@ Studies: degradation, dead_units, collapse, bottleneck, convergence (append
 ',tiny' for a seconds-long version). Each grid trains in --workdir/<grid> as
 launch.train would; the study writes study.csv, nets.csv, study.json and
 <study>.png/.pdf to --workdir. SIGTERM or Ctrl-C saves the grid in training at
-its current step and exits 0; running the same command again resumes. Override
+its current step (or, when it cannot stop there within 1.5 s, keeps its last
+checkpoint), prints what was kept and exits 130 / 143; running the same command
+again resumes. Override
 any config field with --config.<field>=VALUE (e.g. --config.seeds=4). On a
 CPU the cores are split into host devices as for launch.train, so the nets of
 a grid are spread over them (resjax/train.py grid_training_mesh).
@@ -20,11 +22,23 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top
 
 import configs
 from launch import common
-from resjax import distributed, errors, files, study
+from resjax import checkpoints, distributed, errors, files, study
 
 _DEFAULT = os.path.join(os.path.dirname(configs.__file__), "study.py")
 _CONFIG = common.define_config(_DEFAULT, "Study config file[:study[,tiny]].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results and checkpoints go (created).")
+_GRACE_S = 1.5  # A signal lets training save at its current step this long, then exits.
+
+
+def _kept(workdir: str, config) -> str:
+  """What a stop leaves on disk: the latest checkpoint of each grid."""
+  try:
+    kept = [f"grid '{name}' at step {steps[-1]}/{g.train.steps}"
+            for name, g in study.grids(config).items()
+            if (steps := checkpoints.saved_steps(os.path.join(workdir, name)))]
+  except Exception:  # pylint: disable=broad-except
+    return f"the checkpoints saved so far are kept in {workdir}"
+  return f"kept in {workdir}: {', '.join(kept)}" if kept else f"no checkpoint in {workdir} yet"
 
 
 @common.readable_errors
@@ -34,14 +48,14 @@ def main(argv):
   common.quiet_orbax()
   common.compilation_cache()
   common.log_devices()
-  workdir = files.workdir_path(_WORKDIR.value)
-  with distributed.stop_on_signals() as should_stop:
-    out = study.run(_CONFIG.value, workdir, log=lambda line: print(line, flush=True),
+  workdir, config = files.workdir_path(_WORKDIR.value), _CONFIG.value
+  stopped = lambda sig: (f"stopped by {sig}: {_kept(workdir, config)}; "  # noqa: E731
+                         "run the same command to resume")
+  with distributed.exit_on_signals(stopped, grace_s=_GRACE_S) as should_stop:
+    out = study.run(config, workdir, log=lambda line: print(line, flush=True),
                     should_stop=should_stop)
-  if out["stopped"]:
-    print(f"stopped by a signal in grid '{out['grid']}' at step {out['step']}: saved in "
-          f"{os.path.join(workdir, out['grid'])}; run the same command to resume", flush=True)
-    return
+    if out["stopped"]:  # The grid in training saved at its current step.
+      distributed.exit_now(stopped(should_stop.name), 128 + should_stop.signum)
   print(f"wall time {out['wall_s']:.0f} s; {len(out['rows'])} conditions in "
         f"{os.path.join(workdir, 'study.csv')}")
 

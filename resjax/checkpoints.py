@@ -188,6 +188,19 @@ def complete_steps(workdir: str) -> list[int]:
     mngr.close()
 
 
+def saved_steps(workdir: str) -> list[int]:
+  """Steps of the checkpoints in place in `workdir`, ascending, from the names alone.
+
+  Orbax renames a save to `<step>` once it is complete, so these are the
+  complete ones; no Orbax call, safe while the process is ending.
+  """
+  try:
+    names = os.listdir(directory(workdir))
+  except OSError:
+    return []
+  return sorted(int(n) for n in names if n.isdigit())
+
+
 def _strip(config: dict) -> dict:
   return {k: v for k, v in config.items() if k not in RESUMABLE_GROUPS}
 
