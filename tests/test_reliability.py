@@ -1,4 +1,5 @@
-"""Nothing lost, nothing mixed: workdir locks, result sets, signals, memory, a missing peer.
+"""Nothing lost, nothing mixed: workdir locks, result sets, signals, memory, a missing peer,
+and no start-up noise.
 
 Each case runs as a user meets it where it matters (launcher subprocesses, real
 signals) and checks the one-line message, the exit code and that earlier files
@@ -18,6 +19,7 @@ import time
 import pytest
 
 from resjax import collapse, errors, files, locking
+from test_resume import tree_digest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -34,9 +36,8 @@ with locking.workdir_lock(sys.argv[1]):
 
 
 def _messages(stderr: str) -> list[str]:
-  """stderr without absl's log lines (I1126 12:00:00.000 ...) and gloo chatter."""
-  return [l for l in stderr.splitlines() if l.strip() and not re.match(r"[IWEF]\d{4} ", l)
-          and not l.startswith("[Gloo]")]
+  """stderr without absl's log lines (I1126 12:00:00.000 ...)."""
+  return [l for l in stderr.splitlines() if l.strip() and not re.match(r"[IWEF]\d{4} ", l)]
 
 
 def _launch(module, *args, **kw):
@@ -416,3 +417,101 @@ def test_result_files_honour_the_umask(tmp_path):
     f.write("x\n")
   mode = lambda name: os.stat(tmp_path / name).st_mode & 0o777  # noqa: E731
   assert mode("a.csv") == mode("b.csv") == 0o666 & ~_files._UMASK  # pylint: disable=protected-access
+
+
+# ----------------------------------------------------------------------------- a study
+
+
+def _study(workdir, env):
+  grid = "--config.grids.firstlayer.train"
+  return subprocess.Popen(
+      [sys.executable, "-u", "-m", "launch.study", "--config=configs/study.py:collapse,tiny",
+       f"{grid}.steps=100000", f"{grid}.checkpoint_every=100000", f"{grid}.eval_every=0",
+       f"{grid}.log_every=20", f"--workdir={workdir}", "--compilation_cache_dir="],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _stop(proc, sig):
+  start = time.monotonic()
+  proc.send_signal(sig)
+  out, err = proc.communicate(timeout=60)
+  return time.monotonic() - start, out, err
+
+
+def test_signal_stops_a_study_which_then_resumes(tmp_path):
+  """SIGINT while a grid trains: saved at that step, exit 130. The rerun resumes there;
+  SIGTERM while it compiles: the checkpoint kept, exit 143. No JAX plugin noise."""
+  env = {k: v for k, v in ENV.items() if k != "JAX_PLATFORMS"}  # As a user runs it.
+  kept = (rf"^stopped by (SIGINT|SIGTERM): kept in {re.escape(str(tmp_path))}: grid "
+          r"'firstlayer' at step (\d+)/100000; run the same command to resume$")
+  proc = _study(tmp_path, env)
+  _wait_for(proc, r"^step +\d+/100000 ")
+  took, out, err = _stop(proc, signal.SIGINT)
+  assert proc.returncode == 130 and took < 3.0, (took, err[-3000:])
+  assert "Traceback" not in err + out and "Unable to initialize backend" not in err, err
+  found = re.match(kept, _messages(err)[-1])
+  assert found and found[1] == "SIGINT", _messages(err)
+  step = int(found[2])
+  gdir = tmp_path / "firstlayer"
+  assert os.listdir(gdir / "checkpoints") == [str(step)]  # Saved at the step it stopped.
+  assert locking.holder(str(tmp_path)) is None and locking.holder(str(gdir)) is None
+  before = {**_digest(tmp_path), **tree_digest(gdir / "checkpoints" / str(step))}
+
+  proc = _study(tmp_path, env)
+  _wait_for(proc, rf"^resumed from \S+ at step {step}$")
+  took, out, err = _stop(proc, signal.SIGTERM)  # Compiling the first step, or just after.
+  assert proc.returncode == 143 and took < 3.0, (took, err[-3000:])
+  assert "Traceback" not in err + out, err
+  found = re.match(kept, _messages(err)[-1])
+  assert found and found[1] == "SIGTERM" and int(found[2]) >= step, _messages(err)
+  after = {**_digest(tmp_path), **tree_digest(gdir / "checkpoints" / str(step))}
+  assert after == before  # config.json and the checkpoint it resumed from.
+  assert locking.holder(str(tmp_path)) is None
+  print(f"SIGINT saved step {step}; rerun resumed there, SIGTERM exit 143 in {took:.2f} s")
+
+
+# ----------------------------------------------------------------------------- start-up noise
+
+
+def test_a_two_process_run_prints_no_gloo_or_plugin_lines(tmp_path):
+  env = {k: v for k, v in ENV.items() if k != "JAX_PLATFORMS"}
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-u", "-m", "launch.train", "--config=configs/embedded.py:tiny_mlp",
+       "--config.train.steps=2", "--config.train.eval_every=0", f"--workdir={tmp_path}",
+       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}",
+       "--compilation_cache_dir="], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for i, proc in enumerate(procs):
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "[Gloo]" not in out + err and "Unable to initialize backend" not in err, out + err
+    assert not [l for l in err.splitlines() if not re.match(r"I\d{4} ", l)], err
+    logged = [l.split("] ", 1)[1] for l in err.splitlines()]
+    assert all(l.startswith(("Starting JAX distributed service", "Connecting to JAX",
+                             f"process {i}/2,")) for l in logged), logged
+    if i == 0:
+      assert out.splitlines()[-1].startswith("done at step 2: "), out
+
+
+DROP = r"""
+import os, sys
+from resjax import distributed
+print("before", flush=True)
+distributed.quiet_gloo()
+os.write(1, b"[Gloo] Rank 0 is connected to 1 peer ranks.\nkept 1\n[Glo")
+os.write(1, b"o] Rank 0 again\n[G")
+os.write(1, b"x] kept 2\npartial")
+print(" line", flush=True)
+sys.stdout.write("unflushed")
+if sys.argv[1] == "exit_now":
+  distributed.exit_now("bye", 3)
+"""
+
+
+@pytest.mark.parametrize("how,code", [("exit_now", 3), ("return", 0)])
+def test_gloo_lines_dropped_and_the_rest_kept_on_every_exit(how, code):
+  proc = subprocess.run([sys.executable, "-c", DROP, how], cwd=ROOT, env=ENV,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == code, proc.stderr
+  assert proc.stdout == "before\nkept 1\n[Gx] kept 2\npartial line\nunflushed"
