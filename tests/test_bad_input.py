@@ -54,27 +54,43 @@ print(json.dumps(codes))
 
 
 def _messages(text: str) -> list[str]:
-  """Lines that are not absl log lines (I1126 12:00:00.000 ...) or gloo chatter."""
-  return [l for l in text.splitlines()
-          if l.strip() and not re.match(r"[IWE]\d{4} ", l) and not l.startswith("[Gloo]")]
+  """Lines that are not absl log lines (I1126 12:00:00.000 ...)."""
+  return [l for l in text.splitlines() if l.strip() and not re.match(r"[IWE]\d{4} ", l)]
 
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-  """A finished run, a copy with a corrupted latest checkpoint, a plain file, an
-  empty directory."""
+  """A finished run, copies whose latest checkpoint is corrupted two ways, a plain
+  file, an empty directory, a directory another process holds."""
   reference = reference_run(tmp_path_factory)
   root = tmp_path_factory.mktemp("bad_input")
-  run, broken = root / "run", root / "broken"
-  shutil.copytree(reference, run)
-  shutil.copytree(reference, broken)
+  run, broken, garbled = root / "run", root / "broken", root / "garbled"
+  for copy in (run, broken, garbled):
+    shutil.copytree(reference, copy)
   for base, _, names in os.walk(broken / "checkpoints" / "16" / "state"):
     for name in names:
       open(os.path.join(base, name), "wb").close()  # Truncated to 0 bytes.
+  for base, _, names in os.walk(garbled / "checkpoints" / "16" / "state"):
+    for name in names:  # The array data cut in half, the metadata intact.
+      if os.path.basename(base) == "d":
+        path = os.path.join(base, name)
+        os.truncate(path, os.path.getsize(path) // 2)
   (root / "a_file").write_text("not a directory\n")
   (root / "empty").mkdir()
-  return {"run": str(run), "broken": str(broken), "file": str(root / "a_file"),
-          "empty": str(root / "empty"), "new": str(root / "new"), "root": root}
+  (root / "busy").mkdir()
+  return {"run": str(run), "broken": str(broken), "garbled": str(garbled),
+          "file": str(root / "a_file"), "empty": str(root / "empty"),
+          "busy": str(root / "busy"), "new": str(root / "new"), "root": root}
+
+
+# Holds the workdir lock of argv[1] until stdin closes.
+HOLD = r"""
+import sys
+from resjax import locking
+with locking.workdir_lock(sys.argv[1]):
+  print("held", flush=True)
+  sys.stdin.read()
+"""
 
 
 def _train_cases(d):
@@ -117,6 +133,15 @@ def _train_cases(d):
        "cannot create workdir"),
       ("corrupted checkpoint", ["launch.train", *BASE, f"--workdir={d['broken']}"],
        "checkpoint 16 in"),
+      ("checkpoint data cut in half", ["launch.train", *BASE, f"--workdir={d['garbled']}"],
+       "checkpoint 16 in"),
+      ("more steps on a cosine schedule", ["launch.train", *BASE, run,
+                                           "--config.train.steps=99"],
+       "would change its cosine learning-rate schedule"),
+      ("negative seed", ["launch.train", *BASE, f"--workdir={d['new']}", "--config.seed=-1"],
+       "seed=-1"),
+      ("a workdir in use", ["launch.train", *BASE, f"--workdir={d['busy']}"],
+       f"{d['busy']} is in use by pid"),
   ]
   return out
 
@@ -144,6 +169,25 @@ def _other_cases(d):
                                                    "--step=abc"], "flag --step=abc"),
       ("analyze: a misspelled flag", ["launch.analyze", f"--workdirr={d['run']}"],
        "Unknown command line flag 'workdirr'"),
+      ("analyze: checkpoint data cut in half", ["launch.analyze", f"--workdir={d['garbled']}"],
+       "checkpoint 16 in"),
+      ("sweep: a misspelled flag", ["launch.sweep", "--seeds=3", f"--workdir={d['new']}"],
+       "Unknown command line flag 'seeds'"),
+      ("sweep: a workdir in use", ["launch.sweep", *sweep, f"--workdir={d['busy']}"],
+       f"{d['busy']} is in use by pid"),
+      ("study: a misspelled variant", ["launch.study", "--config=configs/study.py:collapse,tinyy",
+                                       f"--workdir={d['new']}"],
+       "study.py:collapse,tinyy is not allowed"),
+      ("study: a misspelled flag", ["launch.study", f"--workdirr={d['new']}"],
+       "Unknown command line flag 'workdirr'"),
+      ("study: missing --workdir", ["launch.study"], "--workdir is required"),
+      ("study: a workdir in use", ["launch.study", "--config=configs/study.py:collapse,tiny",
+                                   f"--workdir={d['busy']}"], f"{d['busy']} is in use by pid"),
+      ("bench: a flag value of the wrong type", ["launch.bench", "--quick=maybe", "collapse"],
+       "flag --quick=maybe"),
+      ("bench: a misspelled flag", ["launch.bench", "--quik", "collapse"],
+       "Unknown command line flag 'quik'"),
+      ("bench: an unknown benchmark", ["launch.bench", "nosuch"], "benchmark='nosuch'"),
   ]
 
 
@@ -161,15 +205,24 @@ def _run_cases(cases, root, env):
 
 
 def test_bad_input_is_one_error_line_and_touches_nothing(dirs, tmp_path_factory):
-  before = {k: tree_digest(dirs[k]) for k in ("run", "broken")}
+  before = {k: tree_digest(dirs[k]) for k in ("run", "broken", "garbled")}
   cases = _train_cases(dirs) + _other_cases(dirs)
   env = subprocess_env(tmp_path_factory.getbasetemp() / "jax-cache")
   failures = []
-  for (name, args, expected), (code, err, out) in zip(
-      cases, _run_cases(cases, dirs["root"], env)):
+  holder = subprocess.Popen([sys.executable, "-c", HOLD, dirs["busy"]], cwd=ROOT, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    results = _run_cases(cases, dirs["root"], env)
+  finally:
+    holder.communicate("")  # Releases the lock.
+  assert os.listdir(dirs["busy"]) == [".resjax.lock"]  # Nothing written by the refused runs.
+  for (name, args, expected), (code, err, out) in zip(cases, results):
     lines = _messages(err)
     ok = (code == 2 and len(lines) == 1 and lines[0].startswith("error: ")
           and expected in lines[0] and "Traceback" not in err + out)
+    if name.endswith("a workdir in use"):
+      ok = ok and f"pid {holder.pid} on " in lines[0]
     if not ok:
       failures.append(f"{name}: exit {code}, stderr {lines[-5:]}")
   assert not failures, "\n".join(failures)
@@ -189,3 +242,28 @@ def test_real_entry_point(dirs, tmp_path_factory):
   assert proc.returncode == 2 and len(lines) == 2, proc.stderr
   assert all(l.startswith("error: ") for l in lines) and "Traceback" not in proc.stderr
   assert "data.name='imagenet'" in proc.stderr and "train.steps=-1" in proc.stderr
+
+
+LOAD = r"""
+import sys, time
+from resjax import checkpoints, errors
+for workdir in sys.argv[1:]:
+  try:
+    checkpoints.load(workdir)
+  except errors.ConfigError as e:
+    print(e, flush=True)
+time.sleep(1.0)  # Reads still in flight land now: nothing of theirs may reach stderr.
+"""
+
+
+def test_python_load_of_a_corrupted_checkpoint_is_one_error(dirs, tmp_path_factory):
+  env = subprocess_env(tmp_path_factory.getbasetemp() / "jax-cache")
+  proc = subprocess.run([sys.executable, "-c", LOAD, dirs["broken"], dirs["garbled"]],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]  # No warnings either.
+  lines = proc.stdout.splitlines()
+  assert len(lines) == 2, lines
+  for line, key in zip(lines, ("broken", "garbled")):
+    assert line.startswith(f"checkpoint 16 in {dirs[key]}/checkpoints cannot be read ("), line
+    assert line.endswith("; move that step directory aside to use an earlier one, or pass "
+                         "--fresh to start over"), line
