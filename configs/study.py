@@ -6,6 +6,8 @@ with `config.grid` set) plus its analysis and figure (resjax/study.py).
   python -m launch.study --config=configs/study.py:collapse    --workdir=runs/collapse_study
   python -m launch.study --config=configs/study.py:bottleneck  --workdir=runs/bottleneck
   python -m launch.study --config=configs/study.py:convergence --workdir=runs/convergence
+  python -m launch.study --config=configs/study.py:redundancy  --workdir=runs/redundancy
+  python -m launch.study --config=configs/study.py:pilot       --workdir=runs/pilot
 
 Each grid of `config.grids` is a full training config (configs/embedded.py
 bases); it trains in `--workdir/<grid>` exactly as
@@ -17,17 +19,42 @@ seconds-long version (CI). `--config.seeds=N` sets the seeds of every grid
 (seeds `seed` .. `seed + N - 1`).
 
 Learning rates (Adam, constant, no weight decay) were chosen before the studies
-ran, by one pilot per family on depth-2 nets (RESULTS.md): MLPs on spirals
-1e-2; conv nets on digits 3e-2; inverted-residual nets on digits 1e-2. The
-degradation MLP grid also has a learning-rate axis fixed in advance
-(3e-3, 1e-2, 3e-2), so that each depth and variant can be read at its best rate.
+ran, by one pilot per family on the shallowest nets (RESULTS.md): MLPs on
+spirals 1e-2; conv nets on digits 3e-2; inverted-residual nets on digits 1e-2.
+That pilot ran on an earlier trainer; `pilot` is its command on this one (the
+same families at their study budgets, seeds 0-1, both variants, rates 1e-3,
+3e-3, 1e-2, 3e-2; it reports the rate with the lowest final training loss and
+changes no study). The degradation MLP grid also has a learning-rate axis fixed
+in advance (3e-3, 1e-2, 3e-2), so that each depth and variant can be read at its
+best rate.
+
+`redundancy` (C3) trains the collapse study's first-layer nets on the
+'manifold' task (configs/embedded.py:manifold_firstlayer: intrinsic dimension
+d embedded in 16 input dimensions), one grid per d in REDUNDANCY_DIMS, widths
+n with n/d from 1 to 8 (`redundancy_widths`). Its recipe (Adam 1e-2 with a
+cosine decay, 2000 steps of 64, 4000 training points) was fixed before it ran.
 """
+import math
+
 import ml_collections
 
 from configs import embedded
 from resjax import errors
 
-STUDIES = ("degradation", "dead_units", "collapse", "bottleneck", "convergence")
+STUDIES = ("degradation", "dead_units", "collapse", "bottleneck", "convergence", "redundancy",
+           "pilot")
+# Redundancy study: intrinsic dimensions d and the ratios n/d its widths aim at.
+REDUNDANCY_DIMS = (1, 2, 3, 4, 6)
+REDUNDANCY_RATIOS = (1, 1.5, 2, 3, 4, 6, 8)
+# Pilot: the rates it compares, and the rate each family's studies use.
+PILOT_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
+PILOT_STUDY_RATES = {"mlp": 1e-2, "conv": 3e-2, "invres": 1e-2}
+
+
+def redundancy_widths(d: int) -> tuple[int, ...]:
+  """First-layer widths n for intrinsic dimension d: n = round(r d), r in REDUNDANCY_RATIOS
+  (d = 3, r = 1.5 rounds up to 5)."""
+  return tuple(sorted({int(math.floor(r * d + 0.5)) for r in REDUNDANCY_RATIOS}))
 
 
 def _spirals(*, norm, steps, eval_every, lr=1e-2, batch_size=64, num_test=1500):
@@ -128,13 +155,61 @@ def _convergence():
   return {"mlp": mlp}
 
 
+def _redundancy():
+  out = {}
+  for d in REDUNDANCY_DIMS:
+    net = embedded.get_config("manifold_firstlayer")
+    net.data.d = d
+    net.data.num_train = 4000  # Enough for the d = 6 task (a 2-seed check: 85% at 1500).
+    net.data.num_test = 2000
+    net.opt.lr = 1e-2  # The spirals MLP family's rate.
+    net.opt.schedule = "cosine"  # Decays to 0: the final step is not an Adam oscillation.
+    net.train.steps = 2000
+    net.train.eval_every = 500
+    net.train.eval_train = True
+    net.train.log_every = 500
+    net.train.checkpoint_every = 1000
+    net.train.keep_checkpoints = 1
+    net.grid.model.width = redundancy_widths(d)
+    net.grid.model.first = ("relu", "linear", "residual")
+    out[f"d{d}"] = net
+  return out
+
+
+def _pilot():
+  mlp = _spirals(norm="layer", steps=1500, eval_every=50)  # The degradation MLPs, depth 2.
+  mlp.model.width, mlp.model.depth = 16, 2
+  mlp.grid.model.residual = (False, True)
+  conv = _digits(steps=400, eval_every=50, lr=3e-2)  # The degradation ResNets, depth 4.
+  conv.model.widths, conv.model.depth = (8,), 4
+  conv.grid.model.plain = (True, False)
+  invres = _bottleneck()["invres"]  # The bottleneck nets at width 8.
+  invres.model.stages = ((8, 2, 1),)
+  invres.grid.model.stages = ()
+  invres.grid.model.bottleneck = ("linear", "relu6")
+  out = {"mlp": mlp, "conv": conv, "invres": invres}
+  for g in out.values():
+    g.grid.opt.lr = PILOT_RATES
+  return out
+
+
 _GRIDS = {"degradation": _degradation, "dead_units": _dead_units, "collapse": _collapse,
-          "bottleneck": _bottleneck, "convergence": _convergence}
+          "bottleneck": _bottleneck, "convergence": _convergence, "redundancy": _redundancy,
+          "pilot": _pilot}
 
 
 def _shrink(config: ml_collections.ConfigDict) -> None:
   """Seconds instead of minutes: 2 seeds, two values per axis, few steps (CI)."""
   config.seeds = 2
+  if config.study == "redundancy":  # Two dimensions, two widths, ReLU and linear (8 inits).
+    for name in list(config.grids.keys())[2:]:
+      del config.grids[name]
+    for g in config.grids.values():
+      g.grid.model.first = ("relu", "linear")
+    config.bootstrap = 200
+  if config.study == "pilot":  # The MLPs only (the conv families run tiny in their studies).
+    for name in [n for n in config.grids.keys() if n != "mlp"]:
+      del config.grids[name]
   for g in config.grids.values():
     for field in list(g.grid.model.keys()):
       values = tuple(g.grid.model[field])
@@ -147,7 +222,7 @@ def _shrink(config: ml_collections.ConfigDict) -> None:
     g.data.batch_size = 16
     if "head_width" in g.model:
       g.model.head_width = 8
-    if g.data.name == "spirals":
+    if g.data.name in ("spirals", "manifold"):
       g.data.num_train, g.data.num_test = 96, 64
     else:
       g.data.num_test = 1697  # 100 training images.
@@ -164,8 +239,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.study = name  # One of STUDIES.
   config.seed = 0  # First seed; the nets use seeds seed .. seed + seeds - 1.
-  config.seeds = 5 if name in ("bottleneck", "dead_units") else 8  # Seeds per condition.
+  config.seeds = {"bottleneck": 5, "dead_units": 5, "pilot": 2}.get(name, 8)  # Seeds per condition.
   config.target_loss = 0.3  # Convergence: steps to this full training loss.
+  if name == "redundancy":  # Bootstrap resamples of the seeds for the one-curve fits.
+    config.bootstrap = 2000
+  if name == "pilot":  # The rate each family's studies use (the pilot only compares).
+    config.study_rates = ml_collections.ConfigDict(PILOT_STUDY_RATES)
   # The untrained collapse curve drawn beside the collapse study (resjax.collapse.sweep).
   config.collapse = ml_collections.ConfigDict(dict(
       activations=("relu",),  # Activations of the untrained curve.

@@ -1,4 +1,4 @@
-"""The five studies of claims C1-C7: named sets of grid runs, their analyses and figures.
+"""The studies of claims C1-C7: named sets of grid runs, their analyses and figures.
 
 A study (configs/study.py) is a set of ordinary training configs with
 `config.grid` set. `run(config, workdir)` trains each with
@@ -30,6 +30,13 @@ Studies (REGISTRY: name -> (grids of the config, analysis)):
   bottleneck   inverted-residual nets, linear vs ReLU6 bottleneck, vs bottleneck
                width (C6).
   convergence  steps to reach a target training loss, plain vs residual (C5).
+  redundancy   accuracy vs first-layer width n on tasks of intrinsic dimension
+               d = 1..6 embedded in 16 dims, ReLU vs linear vs identity-plus-ReLU,
+               one grid per d; whether n / d or n puts the damage of the
+               different d on one curve (C3; the measure is defined above
+               `_redundancy`).
+  pilot        the learning-rate pilot: per family, the rate with the lowest
+               final training loss among a few (reported, not applied).
 """
 from __future__ import annotations
 
@@ -54,7 +61,8 @@ LABELS = {"plain": "plain", "residual": "residual", "relu": "ReLU", "linear": "l
           "relu6": "ReLU6"}
 # The model family each grid of a study trains.
 _FAMILIES = {"degradation": ("mlp", "resnet"), "dead_units": ("mlp",),
-             "collapse": ("firstlayer",), "bottleneck": ("invres",), "convergence": ("mlp",)}
+             "collapse": ("firstlayer",), "bottleneck": ("invres",), "convergence": ("mlp",),
+             "redundancy": ("firstlayer",), "pilot": ("mlp", "resnet", "invres")}
 
 Net = collections.namedtuple("Net", "seed width depth variant lr")
 
@@ -956,8 +964,381 @@ def _convergence(config, runs, workdir, log):
           "figure": fig}
 
 
+# ----------------------------------------------------------------------------
+# 6. Redundancy: does n / d decide the damage? (C3)
+#
+# The measure, fixed before the study ran. Damage of a cell (d, n) = test
+# accuracy of the linear first layer minus the ReLU one, mean over the seeds
+# (paired by seed). A coordinate x (n / d, or n) "collapses" the damage curves
+# of the different d onto one curve as far as one non-increasing function of x
+# fits all cells: the isotonic (non-increasing) least-squares fit of the cell
+# means on x, and its R^2 over the cells (unweighted). The isotonic fit depends
+# only on the order of x, so no scale of x is chosen. Uncertainty: a bootstrap
+# of the seeds (the same resampled seeds in every cell, as the seeds pair
+# across the grid), 95% percentile intervals of each R^2 and of
+# R^2(n / d) - R^2(n). Verdict: the interval of the difference above 0 says n / d
+# predicts better, below 0 n, otherwise the two are not told apart; a
+# coordinate "predicts" the damage when the lower end of its R^2 interval is
+# above 0.5, and "neither" is said when neither does. The noise ceiling is the
+# R^2 a perfect curve would reach given the seed noise of the cell means,
+# 1 - sum(var of cell means) / total sum of squares.
+
+
+def _binom_below(n: int, d: int) -> float:
+  """P(Bin(n, 1/2) < d): a random sign-symmetric layer with zero bias leaves fewer than
+  d of n units on duty (exact in expectation at initialization)."""
+  return sum(math.comb(n, k) for k in range(min(d, n + 1))) / 2.0 ** n
+
+
+def isotonic_decreasing(x: Sequence[float], y: Sequence[float]) -> np.ndarray:
+  """Least-squares non-increasing fit of y on x (pool adjacent violators; equal x pooled)."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  order = np.argsort(x, kind="stable")
+  xs, ys = x[order], y[order]
+  blocks: list[list[float]] = []  # [sum, count, first index, last index]
+  i = 0
+  while i < len(xs):
+    j = i
+    while j + 1 < len(xs) and xs[j + 1] == xs[i]:
+      j += 1
+    blocks.append([ys[i:j + 1].sum(), j - i + 1.0, i, j])
+    while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] < blocks[-1][0] / blocks[-1][1]:
+      s, c, _, last = blocks.pop()
+      blocks[-1][0] += s
+      blocks[-1][1] += c
+      blocks[-1][3] = last
+    i = j + 1
+  fit_sorted = np.empty(len(xs))
+  for s, c, a, b in blocks:
+    fit_sorted[int(a):int(b) + 1] = s / c
+  out = np.empty(len(xs))
+  out[order] = fit_sorted
+  return out
+
+
+def one_curve_r2(x: Sequence[float], y: Sequence[float]) -> float:
+  """R^2 of the non-increasing fit of y on x (1 = one curve through every cell)."""
+  y = np.asarray(y, np.float64)
+  tss = float(((y - y.mean()) ** 2).sum())
+  rss = float(((y - isotonic_decreasing(x, y)) ** 2).sum())
+  return 1.0 - rss / tss if tss > 0 else float("nan")
+
+
+def _one_curve(cells: list[tuple[int, int]], diffs_CxS: np.ndarray, draws: int,
+               seed: int) -> dict[str, Any]:
+  """R^2 of the one-curve fits in n / d and in n, their bootstrap intervals, the ceiling."""
+  ratio = [n / d for d, n in cells]
+  width = [float(n) for _, n in cells]
+  mean = diffs_CxS.mean(1)
+  out = {"cells": len(cells), "seeds": int(diffs_CxS.shape[1]), "draws": int(draws)}
+  point = {"ratio": one_curve_r2(ratio, mean), "n": one_curve_r2(width, mean)}
+  rng = np.random.default_rng([seed, 6])
+  boot = {"ratio": [], "n": [], "diff": []}
+  for _ in range(draws):
+    m = diffs_CxS[:, rng.integers(0, diffs_CxS.shape[1], diffs_CxS.shape[1])].mean(1)
+    a, b = one_curve_r2(ratio, m), one_curve_r2(width, m)
+    boot["ratio"].append(a)
+    boot["n"].append(b)
+    boot["diff"].append(a - b)
+  for key, value in (("ratio", point["ratio"]), ("n", point["n"]),
+                     ("diff", point["ratio"] - point["n"])):
+    lo, hi = np.nanpercentile(boot[key], [2.5, 97.5])
+    out[f"r2_{key}"] = _g(value)
+    out[f"r2_{key}_lo"], out[f"r2_{key}_hi"] = _g(lo), _g(hi)
+  var_mean = diffs_CxS.var(1, ddof=1) / diffs_CxS.shape[1]
+  tss = float(((mean - mean.mean()) ** 2).sum())
+  out["r2_ceiling"] = _g(1.0 - var_mean.sum() / tss) if tss > 0 else None
+  if out["r2_diff_lo"] > 0:
+    better = "n/d"
+  elif out["r2_diff_hi"] < 0:
+    better = "n"
+  else:
+    better = "not told apart"
+  predicts = [k for k, name in (("ratio", "n/d"), ("n", "n")) if out[f"r2_{k}_lo"] > 0.5]
+  out["better"] = better
+  out["predicts"] = [{"ratio": "n/d", "n": "n"}[k] for k in predicts] or ["neither"]
+  return out
+
+
+def _first_layer_duty(run: GridRun) -> tuple[dict[int, np.ndarray], int]:
+  """Units on duty (z > 0) of each trained ReLU first layer on every training input,
+  computed from the checkpoint's parameters (no probe compile): position -> bool [N, n]."""
+  cfg, state = checkpoints.load(run.workdir, devices=jax.devices()[:1])
+  ds = train.load_data(cfg)
+  x_NxA = ((ds.train.inputs.reshape(len(ds.train), -1).astype(np.float32)
+            - np.ravel(ds.mean)) / np.ravel(ds.std)).astype(np.float32)
+  out = {}
+  for i, n in enumerate(run.nets):
+    if n.variant == "relu":
+      p = jax.device_get(state.net_arrays(cfg, run.index[i]))["params"]["first_dense"]
+      w_AxN = np.asarray(p["kernel"], np.float32)[:, :n.width]
+      b_N = np.asarray(p["bias"], np.float32)[:n.width]
+      out[i] = (x_NxA @ w_AxN + b_N) > 0
+  return out, len(x_NxA)
+
+
+_VARIANT_LABELS = {"relu": "ReLU(z)", "linear": "z (linear)", "residual": "z + ReLU(Uz + c)"}
+
+
+def _redundancy(config, runs, workdir, log):
+  plt = _plt()
+  rows, net_rows, contrasts, curves = [], [], {}, {}
+  dims, per_d = [], {}
+  for name, run in runs.items():
+    d = int(run.config.data.d)
+    dims.append(d)
+    duty, points = _first_layer_duty(run)
+    k = len(run.nets)
+    collapsed, none_on, dead = np.full(k, np.nan), np.full(k, np.nan), np.full(k, np.nan)
+    for i, on in duty.items():
+      count = on.sum(1)
+      collapsed[i], none_on[i] = np.mean(count < d), np.mean(count == 0)
+      dead[i] = np.mean(~on.any(0))
+    metrics = {"test_acc": _final(run, "test_acc"), "train_acc": _final(run, "train_acc"),
+               "train_loss": _final(run, "train_loss"), "collapsed_trained": collapsed,
+               "none_on_trained": none_on, "dead_first_trained": dead}
+    grid_rows = _condition_rows(run, metrics, {"d": d})
+    _fractions(grid_rows, run, {"collapsed_trained": collapsed, "none_on_trained": none_on},
+               lambda r: points)
+    _fractions(grid_rows, run, {"dead_first_trained": dead}, lambda r: r["width"])
+    for row in grid_rows:
+      row["ratio"] = _g(row["width"] / d)
+      row["collapsed_theory_init"] = _g(_binom_below(row["width"], d))
+    rows += grid_rows
+    net_rows += [{**r, "d": d} for r in _net_rows(run, {"collapsed_trained": collapsed,
+                                                         "dead_first_trained": dead})]
+    groups = _groups(run)
+    widths = sorted({n.width for n in run.nets})
+    per_d[d] = {"widths": widths, "run": run, "metrics": metrics, "groups": groups}
+    for w in widths:
+      for other in ("linear", "residual"):
+        if ("relu", w, 1) in groups and (other, w, 1) in groups:
+          contrasts[f"d={d}, n={w}: test_acc({other}) - test_acc(relu)"] = _paired(
+              run, metrics["test_acc"], (other, w, 1), ("relu", w, 1))
+  _holm(contrasts)
+  # Per-seed damage of each cell (linear - ReLU), seeds aligned across the cells.
+  cells, diffs = [], []
+  for d in dims:
+    info = per_d[d]
+    for w in info["widths"]:
+      g = info["groups"]
+      if ("relu", w, 1) in g and ("linear", w, 1) in g:
+        acc = info["metrics"]["test_acc"]
+        lin = {info["run"].nets[i].seed: acc[i] for i in g[("linear", w, 1)]}
+        rel = {info["run"].nets[i].seed: acc[i] for i in g[("relu", w, 1)]}
+        seeds = sorted(set(lin) & set(rel))
+        cells.append((d, w))
+        diffs.append([lin[s] - rel[s] for s in seeds])
+  seeds_common = min(len(v) for v in diffs) if diffs else 0
+  diffs_CxS = np.asarray([v[:seeds_common] for v in diffs], np.float64)
+  fit = _one_curve(cells, diffs_CxS, int(config.get("bootstrap", 2000)), int(config.seed))
+  curves["one_curve"] = fit
+  curves["cells"] = [{"d": d, "n": n, "ratio": _g(n / d), "damage": _g(m)}
+                     for (d, n), m in zip(cells, diffs_CxS.mean(1))]
+  # The figure.
+  cmap = plt.get_cmap("viridis")
+  color = {d: cmap(0.05 + 0.8 * j / max(1, len(dims) - 1)) for j, d in enumerate(dims)}
+  fig, axes = plt.subplots(2, 3, figsize=(14, 7.6))
+  ratio_ticks = sorted({_g(n / d) for d, n in cells})
+  all_n = sorted({n for _, n in cells})
+
+  def damage_panel(ax, xs_of, ticks, xlabel, key):
+    for d in dims:
+      own = [(d2, n) for d2, n in cells if d2 == d]
+      triples = [(contrasts[f"d={d}, n={n}: test_acc(linear) - test_acc(relu)"][k] * 100
+                  for k in ("mean", "lo", "hi")) for _, n in own]
+      triples = [tuple(t) for t in triples]
+      xs = [xs_of(d, n) for _, n in own]
+      _errline(ax, xs, triples, color=color[d], label=f"d = {d}", band=False)
+    xs = np.asarray([xs_of(d, n) for d, n in cells])
+    fitted = isotonic_decreasing(xs, diffs_CxS.mean(1)) * 100
+    order = np.argsort(xs, kind="stable")
+    ax.step(xs[order], fitted[order], where="post", color="0.2", lw=1.0, ls="--",
+            label="one non-increasing curve")
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("linear minus ReLU test accuracy (points)")
+    r2, lo, hi = fit[f"r2_{key}"], fit[f"r2_{key}_lo"], fit[f"r2_{key}_hi"]
+    ax.set_title(f"damage vs {xlabel.split(' (')[0]}: one-curve $R^2$ = {r2:.2f} "
+                 f"[{lo:.2f}, {hi:.2f}]", fontsize=9)
+
+  damage_panel(axes[0, 0], lambda d, n: n / d, ratio_ticks, "n / d (units per latent dimension)",
+               "ratio")
+  axes[0, 0].legend(frameon=False, fontsize=7, title="intrinsic dim.", title_fontsize=7)
+  damage_panel(axes[0, 1], lambda d, n: float(n), [n for n in all_n if n in (1, 2, 3, 4, 6, 8, 12,
+                                                                              16, 24, 32, 48)]
+               or all_n, "n (first-layer width)", "n")
+  ax = axes[0, 2]
+  labels = ["n / d", "n"]
+  vals = [fit["r2_ratio"], fit["r2_n"]]
+  errs = [[fit["r2_ratio"] - fit["r2_ratio_lo"], fit["r2_n"] - fit["r2_n_lo"]],
+          [fit["r2_ratio_hi"] - fit["r2_ratio"], fit["r2_n_hi"] - fit["r2_n"]]]
+  ax.bar([0, 1], vals, yerr=errs, color=["#2e8b57", "#8a8a8a"], width=0.55, capsize=4)
+  if fit["r2_ceiling"] is not None and 0 < fit["r2_ceiling"] <= 1:
+    ax.axhline(fit["r2_ceiling"], color="k", ls=":", lw=1,
+               label=f"noise ceiling {fit['r2_ceiling']:.2f}")
+  ax.axhline(0.5, color="0.6", ls="--", lw=0.8, label="0.5 (predicts above)")
+  ax.set_xticks([0, 1])
+  ax.set_xticklabels(labels)
+  ax.set_ylim(min(0.0, min(fit["r2_ratio_lo"], fit["r2_n_lo"]) - 0.05), 1.05)
+  ax.set_ylabel("$R^2$ of one non-increasing curve")
+  ax.set_title(f"which coordinate collapses the curves: $\\Delta R^2$ = {fit['r2_diff']:.2f} "
+               f"[{fit['r2_diff_lo']:.2f}, {fit['r2_diff_hi']:.2f}]", fontsize=9)
+  ax.legend(frameon=False, fontsize=7, loc="lower right")
+  ax = axes[1, 0]
+  for d in dims:
+    info = per_d[d]
+    for v, ls in (("linear", "--"), ("relu", "-")):
+      triples = [ci95_in(info["metrics"]["test_acc"][info["groups"][(v, w, 1)]], "acc")
+                 for w in info["widths"]]
+      triples = [tuple(100 * x for x in t) for t in triples]
+      _errline(ax, [w / d for w in info["widths"]], triples, color=color[d], ls=ls,
+               label=f"d = {d}, {_VARIANT_LABELS[v]}" if d == dims[0] else None,
+               marker="o" if v == "relu" else None, alpha=0.08)
+      curves[f"d{d}/{v}/test_acc"] = [_g(t[0] / 100) for t in triples]
+    if all(("residual", w, 1) in info["groups"] for w in info["widths"]):
+      curves[f"d{d}/residual/test_acc"] = [
+          _g(ci95_in(info["metrics"]["test_acc"][info["groups"][("residual", w, 1)]], "acc")[0])
+          for w in info["widths"]]
+  _log2_axis(ax, ratio_ticks)
+  ax.set_xticklabels([f"{t:g}" for t in ratio_ticks])
+  ax.set_xlabel("n / d")
+  ax.set_ylabel("test accuracy (%)")
+  ax.set_title("test accuracy: ReLU (solid) and linear (dashed) first layer", fontsize=9)
+  ax.legend(frameon=False, fontsize=7)
+  ax = axes[1, 1]
+  for d in dims:
+    own = [n for d2, n in cells if d2 == d
+           and f"d={d}, n={n}: test_acc(residual) - test_acc(relu)" in contrasts]
+    if not own:
+      continue
+    triples = [tuple(contrasts[f"d={d}, n={n}: test_acc(residual) - test_acc(relu)"][k] * 100
+                     for k in ("mean", "lo", "hi")) for n in own]
+    _errline(ax, [n / d for n in own], triples, color=color[d], label=f"d = {d}", band=False)
+  ax.axhline(0, color="0.5", lw=0.8)
+  _log2_axis(ax, ratio_ticks)
+  ax.set_xticklabels([f"{t:g}" for t in ratio_ticks])
+  ax.set_xlabel("n / d")
+  ax.set_ylabel("identity+ReLU minus ReLU (points)")
+  ax.set_title("a linear path beside the ReLU: z + ReLU(Uz + c) minus ReLU(z)", fontsize=9)
+  ax = axes[1, 2]
+  for d in dims:
+    info = per_d[d]
+    idx = [info["groups"][("relu", w, 1)] for w in info["widths"]]
+    triples = [rstats.cluster_wilson(info["metrics"]["collapsed_trained"][i]) for i in idx]
+    xs = [w / d for w in info["widths"]]
+    _errline(ax, xs, [tuple(100 * x for x in t) for t in triples], color=color[d],
+             label=f"d = {d}" if d == dims[0] else None, band=True, alpha=0.12)
+    ax.plot(xs, [100 * _binom_below(w, d) for w in info["widths"]], color=color[d], ls=":",
+            marker=None)
+    curves[f"d{d}/relu/collapsed_trained"] = [_g(t[0]) for t in triples]
+    curves[f"d{d}/collapsed_theory_init"] = [_g(_binom_below(w, d)) for w in info["widths"]]
+  ax.plot([], [], color="0.3", ls="-", marker="o", label="trained ReLU layer")
+  ax.plot([], [], color="0.3", ls=":", label=r"random layer: $P(\mathrm{Bin}(n, \frac{1}{2}) < d)$")
+  _log2_axis(ax, ratio_ticks)
+  ax.set_xticklabels([f"{t:g}" for t in ratio_ticks])
+  ax.set_yscale("symlog", linthresh=1.0)
+  ax.set_ylim(0, 105)
+  ax.set_xlabel("n / d")
+  ax.set_ylabel("training inputs with < d units on duty (%)")
+  ax.set_title("collapse: fewer units on duty than latent dimensions", fontsize=9)
+  handles, labels_ = ax.get_legend_handles_labels()
+  keep = [j for j, l in enumerate(labels_) if not l.startswith("d = ")]
+  ax.legend([handles[j] for j in keep], [labels_[j] for j in keep], frameon=False, fontsize=7)
+  g0 = next(iter(runs.values())).config
+  fig.suptitle(f"Does redundancy n/d decide the ReLU damage after training? d-dim task embedded in "
+               f"{g0.data.ambient} dims, width-n first layer, head {g0.model.head_depth} x "
+               f"{g0.model.head_width}, {g0.train.steps} steps", fontsize=11, y=1.0)
+  fig.tight_layout()
+  _footer(fig, config, extra="; damage: paired by seed; $R^2$: seed bootstrap; collapse: "
+          "seed-clustered Wilson")
+  return {"rows": rows, "net_rows": net_rows, "contrasts": contrasts, "curves": curves,
+          "one_curve": fit, "figure": fig}
+
+
+# ----------------------------------------------------------------------------
+# The learning-rate pilot: the rate per family with the lowest final training loss.
+
+
+def _pilot(config, runs, workdir, log):
+  plt = _plt()
+  rows, net_rows, chosen = [], [], {}
+  fig, axes = plt.subplots(1, len(runs), figsize=(4.4 * len(runs), 3.8), squeeze=False)
+  for c, (name, run) in enumerate(runs.items()):
+    loss = _final(run, "train_loss")
+    net_rows += _net_rows(run)
+    by = _groups(run, ("variant", "width", "depth", "lr"))
+    lrs = sorted({n.lr for n in run.nets})
+    variants = sorted({n.variant for n in run.nets})
+    for (v, w, d, lr), idx in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][3])):
+      row = {"grid": name, "variant": v, "width": w, "depth": d, "lr": lr, "n": len(idx)}
+      row.update(_stat_cols("train_loss_geomean", geo_ci95(loss[idx])))
+      for key in ("train_acc", "test_acc"):
+        row.update(_stat_cols(key, ci95_in(_final(run, key)[idx], key)))
+      rows.append(row)
+    score = {lr: geo_ci95(loss[[i for i, n in enumerate(run.nets) if n.lr == lr]])[0]
+             for lr in lrs}
+    score = {lr: s if math.isfinite(s) else math.inf for lr, s in score.items()}
+    best = min(lrs, key=lambda lr: score[lr])
+    per_variant = {}
+    for v in variants:
+      s = {lr: geo_ci95(loss[by[next(k for k in by if k[0] == v and k[3] == lr)]])[0]
+           for lr in lrs}
+      per_variant[v] = min(lrs, key=lambda lr, s=s: s[lr] if math.isfinite(s[lr]) else math.inf)
+    study_rate = float(config.study_rates[name]) if name in config.get("study_rates", {}) else None
+    chosen[name] = {"model": run.config.model.name, "data": run.config.data.name,
+                    "chosen_lr": best, "chosen_lr_per_variant": per_variant,
+                    "study_lr": study_rate,
+                    "agrees": None if study_rate is None else bool(math.isclose(best, study_rate)),
+                    "train_loss_geomean_per_lr": {f"{lr:g}": _g(score[lr]) for lr in lrs}}
+    for row in rows:
+      if row["grid"] == name:
+        row["chosen"] = bool(math.isclose(row["lr"], best))
+    if log:
+      used = f"; the studies use {study_rate:g}" if study_rate is not None else ""
+      log(f"pilot [{name}] {run.config.model.name} on {run.config.data.name}: lowest final "
+          f"training loss at lr {best:g} (per variant: "
+          f"{', '.join(f'{v} {r:g}' for v, r in per_variant.items())}){used}")
+    ax = axes[0, c]
+    for j, v in enumerate(variants):
+      col = COLORS.get(v, f"C{j}")
+      cells = [by[next(k for k in by if k[0] == v and k[3] == lr)] for lr in lrs]
+      ax.plot(lrs, [geo_ci95(loss[i])[0] for i in cells], color=col, marker=None,
+              label=LABELS.get(v, v))
+      for lr, i in zip(lrs, cells):
+        ax.scatter(np.full(len(i), lr) * (1.0 + 0.04 * (j - 0.5)), loss[i], color=col, s=12,
+                   zorder=3)
+    ax.plot(lrs, [score[lr] for lr in lrs], color="k", ls="--", marker=None, lw=1,
+            label="both variants (geo. mean)")
+    ax.axvline(best, color="k", lw=0.8, ls=":")
+    ax.text(best, score[best], f" lowest: {best:g}", fontsize=7, va="bottom")
+    if study_rate is not None:
+      ax.axvline(study_rate, color="#d2691e", lw=2, alpha=0.3, label=f"studies' rate {study_rate:g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(lrs)
+    ax.set_xticklabels([f"{lr:g}" for lr in lrs])
+    ax.minorticks_off()
+    ax.set_xlabel("Adam learning rate (constant)")
+    ax.set_ylabel("final training loss (geo. mean)")
+    ax.set_title(f"{_title(run)}, {run.config.train.steps} steps", fontsize=9)
+    ax.legend(frameon=False, fontsize=7)
+  fig.suptitle("Learning-rate pilot: lowest final training loss per family", fontsize=11, y=1.0)
+  fig.tight_layout()
+  fig.text(0.5, -0.01, f"dots: single nets ({config.seeds} seeds per variant and rate); lines: "
+           "geometric means; dotted: the lowest rate, shaded: the rate the studies use",
+           ha="center", va="top", fontsize=7.5, color="0.35")
+  return {"rows": rows, "net_rows": net_rows, "contrasts": {}, "curves": {}, "chosen": chosen,
+          "figure": fig}
+
+
 # name -> (the grids of a config, the analysis).
 REGISTRY = {"degradation": (grids, _degradation), "dead_units": (grids, _dead_units),
             "collapse": (grids, _collapse), "bottleneck": (grids, _bottleneck),
-            "convergence": (grids, _convergence)}
+            "convergence": (grids, _convergence), "redundancy": (grids, _redundancy),
+            "pilot": (grids, _pilot)}
 STUDIES = tuple(REGISTRY)

@@ -26,7 +26,7 @@ def _conditions(config):
   for g in study.grids(config).values():
     per = len(grid.nets(g)) // config.seeds
     lrs = len(g.grid.opt.lr)
-    total += per // lrs * 2 if lrs > 1 else per
+    total += per // lrs * 2 if lrs > 1 and config.study == "degradation" else per
   return total
 
 
@@ -74,6 +74,43 @@ def test_study_runs_end_to_end(name, tmp_path):
         "mlp, lr 0.01", "mlp, best lr per net"}
   if name == "convergence":
     assert all("steps_to_target" in n for n in nets)
+  if name == "redundancy":
+    assert {(r["d"], r["width"]) for r in rows} == {("1", "1"), ("1", "2"), ("2", "2"), ("2", "3")}
+    for row in rows:  # P(Bin(n, 1/2) < d) at initialization, beside the trained layer.
+      n, d = int(row["width"]), int(row["d"])
+      assert float(row["ratio"]) == pytest.approx(n / d)
+      assert float(row["collapsed_theory_init"]) == pytest.approx(
+          {(1, 1): 0.5, (2, 1): 0.25, (2, 2): 0.75, (3, 2): 0.5}[(n, d)])
+      if row["variant"] == "relu":
+        assert 0.0 <= float(row["collapsed_trained"]) <= 1.0
+    assert len(saved["contrasts"]) == 4 and saved["contrasts"][next(iter(saved["contrasts"]))][
+        "family_size"] == 4  # linear minus ReLU in 4 cells, one family
+    fit = saved["one_curve"]
+    assert fit["cells"] == 4 and fit["better"] in ("n/d", "n", "not told apart")
+    assert fit["r2_diff_lo"] <= fit["r2_diff"] <= fit["r2_diff_hi"]
+  if name == "pilot":
+    chosen = saved["chosen"]
+    assert set(chosen) == {"mlp"}
+    for name_, c in chosen.items():
+      losses = {float(k): v for k, v in c["train_loss_geomean_per_lr"].items()}
+      assert c["chosen_lr"] == min(losses, key=losses.get)  # the lowest final training loss
+      assert c["study_lr"] == {"mlp": 1e-2, "conv": 3e-2, "invres": 1e-2}[name_]
+    assert sum(r["chosen"] == "True" for r in rows) == 2 * len(chosen)  # both variants
+
+
+def test_one_curve_fit_is_isotonic_and_tells_the_coordinates_apart():
+  # Damage that depends on n / d only: the n / d fit is exact, the n fit is not.
+  cells = [(d, n) for d in (1, 2, 4) for n in (d, 2 * d, 4 * d)]
+  damage = {1: 0.3, 2: 0.1, 4: 0.0}
+  y = [damage[n // d] for d, n in cells]
+  assert study.one_curve_r2([n / d for d, n in cells], y) == pytest.approx(1.0)
+  assert study.one_curve_r2([n for d, n in cells], y) < 0.7
+  fit = study.isotonic_decreasing([3, 1, 2, 2], [1.0, 0.0, 2.0, 4.0])
+  np.testing.assert_allclose(fit, [1.0, 2.0, 2.0, 2.0])  # pooled violators, non-increasing
+  rng = np.random.default_rng(0)
+  diffs = np.asarray(y)[:, None] + 0.01 * rng.standard_normal((len(cells), 8))
+  out = study._one_curve(cells, diffs, draws=200, seed=0)
+  assert out["better"] == "n/d" and out["predicts"] == ["n/d"], out
 
 
 def test_study_resumes_after_interruption(tmp_path):
