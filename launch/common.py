@@ -54,7 +54,7 @@ def readable_errors(main: Callable) -> Callable:
     except MemoryError:
       fail(f"out of memory; {_MEMORY_FIX}", code=1)
     except OSError as e:
-      if e.errno not in _DISK_ERRNOS:
+      if e.errno not in DISK_ERRNOS:
         raise
       where = f" to {e.filename}" if e.filename else ""
       fail(f"could not write{where} ({e.strerror}); free some space or pass a writable "
@@ -71,7 +71,7 @@ def readable_errors(main: Callable) -> Callable:
   return wrapped
 
 
-_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # A full or read-only disk.
 _MEMORY_FIX = ("pass a smaller --config.chunk, fewer --config.seeds or --config.dims (sweeps), "
                "or a smaller batch or model (training)")
 

@@ -19,7 +19,7 @@ import jax
 
 import configs
 from launch import common
-from resjax import distributed, errors, train
+from resjax import checkpoints, distributed, errors, train
 
 _CONFIG = common.define_config(
     os.path.join(os.path.dirname(configs.__file__), "cifar10.py"), "Training config file[:variant].")
@@ -51,6 +51,15 @@ def main(argv):
                                         should_stop=should_stop)
     except (train.Diverged, train.NotSaved) as e:
       common.fail(str(e), code=1)
+    except OSError as e:  # metrics.jsonl, TensorBoard or config.json on a full disk.
+      if e.errno not in common.DISK_ERRNOS:
+        raise
+      steps = checkpoints.saved_steps(_WORKDIR.value)
+      kept = (f"the last good checkpoint is step {steps[-1]} in "
+              f"{checkpoints.directory(_WORKDIR.value)}" if steps else "no checkpoint was saved")
+      common.fail(f"could not write{f' to {e.filename}' if e.filename else ''} in "
+                  f"{_WORKDIR.value} ({e.strerror}); {kept}; free some space and run the same "
+                  "command to resume", code=1)
   if jax.process_index() != 0:
     return
   if result["stopped"]:

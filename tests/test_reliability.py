@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from resjax import collapse, errors, files, locking
+from resjax import checkpoints, collapse, errors, files, locking
 from test_resume import tree_digest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -515,3 +515,41 @@ def test_gloo_lines_dropped_and_the_rest_kept_on_every_exit(how, code):
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == code, proc.stderr
   assert proc.stdout == "before\nkept 1\n[Gx] kept 2\npartial line\nunflushed"
+
+
+# ----------------------------------------------------------------------------- a real full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 600 KB tmpfs (needs root and mount rights; skipped elsewhere: the tests above
+  stand in with writers that raise ENOSPC)."""
+  where = tmp_path / "disk"
+  where.mkdir()
+  proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(where)],
+                        capture_output=True, text=True, check=False) if os.geteuid() == 0 else None
+  if proc is None or proc.returncode:
+    pytest.skip("cannot mount a tmpfs here")
+  try:
+    yield where
+  finally:
+    subprocess.run(["umount", str(where)], check=False)
+
+
+def test_training_on_a_full_disk_keeps_the_last_good_checkpoint(small_disk):
+  workdir = small_disk / "run"
+  proc = _launch("launch.train", "--config=configs/embedded.py:tiny_mlp", f"--workdir={workdir}",
+                 "--config.train.steps=400", "--config.train.log_every=10",
+                 "--config.train.checkpoint_every=5", "--config.train.eval_every=0",
+                 "--compilation_cache_dir=")
+  out, err = proc.communicate(timeout=300)
+  lines = _messages(err)
+  assert proc.returncode == 1 and "Traceback" not in err + out, err[-3000:]
+  assert len(lines) == 1 and "(No space left on device)" in lines[0], lines
+  good = checkpoints.saved_steps(str(workdir))[-1]
+  assert f"the last good checkpoint is step {good} in {workdir}/checkpoints" in lines[0], lines
+  with open(workdir / "metrics.jsonl", "rb") as f:
+    data = f.read()
+  assert data.endswith(b"\n") and all(json.loads(l) for l in data.splitlines())
+  config, state = checkpoints.load(str(workdir), good)  # Whole: it restores.
+  assert int(state.step) == good and config.train.steps == 400
