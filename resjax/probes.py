@@ -13,18 +13,28 @@ host in float64, and report per layer:
   divided by the mean over the layer's units is at or below a threshold;
 - active fraction per input (share of the layer's neurons, all positions and
   channels, that are on duty) with its spread over inputs (MobileNetV2 Fig. 7);
-- linear-region fraction: inputs on which every neuron of the layer is on duty,
-  so the layer acted linearly on them (claim C7); also per spatial position;
-- effective rank (participation ratio of the channel covariance spectrum,
-  spatial positions pooled as samples) before and after the activation (C3);
+- linear-region fraction (claim C7): the share of samples on which every
+  neuron of the layer is on duty, so the layer acted linearly on them. For a
+  dense layer a sample is an input; for a conv layer it is an (input,
+  position) pair with all channels on duty, since every unit at every position
+  on duty at once (`linear_frac_input`) is ~0 by construction;
+- participation ratio (sum l)^2 / sum l^2 and entropy effective rank
+  exp(-sum p log p), p = l / sum l (Roy & Vetterli 2007), of the eigenvalues l
+  of the channel covariance (spatial positions pooled as samples), before and
+  after the activation (C3); the participation ratio is never larger;
 - per residual block, the share of the energy carried by the shortcut vs the
   branch (C5);
 - per weight layer, the norm of the loss gradient on a few batches (C4).
 
+BatchNorm: every activation statistic above runs the net in eval mode (running
+averages), so each input is probed on its own, as the trained net classifies
+it; the gradient norms run it in training mode (the statistics of each
+gradient batch), as the optimizer saw it.
+
 Notebook use::
 
   config, state = checkpoints.load("runs/d20")      # any device count
-  res = probes.run(state, None, train.load_data(config))  # model from the state
+  res = probes.run(state, None, train.load_data(config))  # training split by default
   print(res.table()); res.layer("stem")["dead_frac"]
 """
 from __future__ import annotations
@@ -53,16 +63,33 @@ Batch = Mapping[str, np.ndarray]
 # Small numerical helpers (public: the tests and notebooks use them).
 
 
-def effective_rank(cov_CxC: np.ndarray) -> float:
+def participation_ratio(cov_CxC: np.ndarray) -> float:
   """Participation ratio (sum l)^2 / sum l^2 of the covariance eigenvalues l.
 
   Equals tr(C)^2 / ||C||_F^2, so no eigendecomposition is needed. It is d for
-  isotropic features in d dimensions and k for features spanning k equal axes.
+  isotropic features in d dimensions and k for features spanning k equal axes;
+  between those it weighs large eigenvalues more than `entropy_rank` does.
   """
   cov_CxC = np.asarray(cov_CxC, np.float64)
   trace = float(np.trace(cov_CxC))
   frob2 = float(np.sum(cov_CxC * cov_CxC))
   return trace * trace / frob2 if frob2 > 0 else 0.0
+
+
+def entropy_rank(cov_CxC: np.ndarray) -> float:
+  """Roy & Vetterli's effective rank exp(-sum p log p), p = l / sum l, of the
+  eigenvalues l of a (symmetric, positive semi-definite) covariance.
+
+  d for isotropic features in d dimensions, k for k equal axes, and never
+  below the participation ratio (Shannon vs order-2 Renyi entropy of p).
+  Eigenvalues below 0 (round-off) count as 0; an all-zero matrix gives 0.
+  """
+  lam = np.clip(np.linalg.eigvalsh(np.asarray(cov_CxC, np.float64)), 0.0, None)
+  total = lam.sum()
+  if total <= 0:
+    return 0.0
+  p = lam[lam > 0] / total
+  return float(np.exp(-np.sum(p * np.log(p))))
 
 
 def dormant_scores(mean_abs_C: np.ndarray) -> np.ndarray:
@@ -251,6 +278,9 @@ def _stats_row(index: int, name: str, acc: _LayerAcc, threshold: float) -> tuple
   scores_C = dormant_scores(mean_abs_C)
   hist, _ = np.histogram(frac_N, bins=HIST_BINS, range=(0.0, 1.0))
   q = (np.quantile(frac_N, [0.025, 0.5, 0.975]) if frac_N.size else np.full(3, np.nan))
+  linear_input = float(all_N.mean()) if all_N.size else float("nan")
+  linear_position = acc.pos_all / max(acc.samples, 1.0)
+  pre_cov, post_cov = acc.pre.cov(), acc.post.cov()
   row = {
       "index": index,
       "layer": name,
@@ -267,10 +297,13 @@ def _stats_row(index: int, name: str, acc: _LayerAcc, threshold: float) -> tuple
       "active_median": float(q[1]),
       "active_p975": float(q[2]),
       "active_max": float(frac_N.max()) if frac_N.size else float("nan"),
-      "linear_frac": float(all_N.mean()) if all_N.size else float("nan"),
-      "linear_frac_position": acc.pos_all / max(acc.samples, 1.0),
-      "erank_pre": effective_rank(acc.pre.cov()),
-      "erank_post": effective_rank(acc.post.cov()),
+      "linear_frac": linear_position if acc.positions > 1 else linear_input,
+      "linear_frac_input": linear_input,
+      "linear_frac_position": linear_position,
+      "participation_pre": participation_ratio(pre_cov),
+      "participation_post": participation_ratio(post_cov),
+      "entropy_rank_pre": entropy_rank(pre_cov),
+      "entropy_rank_post": entropy_rank(post_cov),
       "dead_units": np.flatnonzero(dead_C).tolist(),
       "unit_active_rate": (acc.count / max(acc.samples, 1.0)).tolist(),
       "dormant_score": scores_C.tolist(),
@@ -322,19 +355,26 @@ class Results:
             "weights": self.weights}
 
   def table(self) -> str:
-    """A fixed-width per-layer summary for stdout."""
+    """A fixed-width per-layer summary for stdout.
+
+    linear: per input (dense) or per (input, position) (conv); PR: participation
+    ratio; erank: entropy effective rank; both before > after the activation.
+    """
     head = (f"{'layer':<28} {'units':>5} {'dead':>6} {'dorm':>6} {'active':>13} "
-            f"{'linear':>7} {'rank pre':>8} {'post':>6}")
+            f"{'linear':>7} {'PR pre>post':>13} {'erank pre>post':>14}")
     lines = [head, "-" * len(head)]
     for r in self.layers:
       lines.append(
           f"{r['layer'][-28:]:<28} {r['units']:>5} {r['dead_frac']:>6.3f} "
           f"{r['dormant_frac']:>6.3f} {r['active_mean']:>6.3f}+-{r['active_std']:<5.3f} "
-          f"{r['linear_frac']:>7.3f} {r['erank_pre']:>8.2f} {r['erank_post']:>6.2f}")
+          f"{r['linear_frac']:>7.3f} {r['participation_pre']:>6.2f}>{r['participation_post']:<6.2f} "
+          f"{r['entropy_rank_pre']:>7.2f}>{r['entropy_rank_post']:<6.2f}")
     for r in self.blocks:
       lines.append(f"{'block ' + r['block']:<28} shortcut energy {r['shortcut_frac']:.3f}")
     s = self.summary
-    lines.append(f"{s['examples']} examples, accuracy {s['accuracy']:.4f}, loss {s['loss']:.4f}")
+    split = f" of the {s['split']} split" if s.get("split") else ""
+    lines.append(f"{s['examples']} examples{split}, accuracy {s['accuracy']:.4f}, "
+                 f"loss {s['loss']:.4f}")
     return "\n".join(lines)
 
 
@@ -385,6 +425,25 @@ def _identity(x):
   return jnp.asarray(x, jnp.float32)
 
 
+@functools.lru_cache(maxsize=16)
+def _jitted_cached(fn: Callable, mesh: Mesh, options: tuple) -> Callable:
+  batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  return jax.jit(functools.partial(fn, **dict(options)),
+                 in_shardings=(repl, batch_sh, batch_sh, batch_sh), out_shardings=repl)
+
+
+def _jitted(fn: Callable, mesh: Mesh, **options) -> Callable:
+  """`fn(variables, inputs, labels, mask)` jitted over `mesh`, one per (model,
+  preprocessing, ...): probing several nets of one config (the seeds of a grid,
+  a second analysis) compiles once."""
+  key = tuple(sorted(options.items()))
+  try:
+    hash(key)
+  except TypeError:  # an unhashable preprocess: compile for this call only
+    return _jitted_cached.__wrapped__(fn, mesh, key)
+  return _jitted_cached(fn, mesh, key)
+
+
 def probe(state: Any, model, batches: Iterable[Batch], *,
           grad_batches: Sequence[Batch] = (),
           mesh: Mesh | None = None,
@@ -425,9 +484,7 @@ def probe(state: Any, model, batches: Iterable[Batch], *,
   variables = jax.device_put(variables, repl)
   n_dev = sharding.num_shards(mesh)
 
-  stats_fn = jax.jit(
-      functools.partial(_batch_stats, model=model, act=act, preprocess=preprocess),
-      in_shardings=(repl, batch_sh, batch_sh, batch_sh), out_shardings=repl)
+  stats_fn = _jitted(_batch_stats, mesh, model=model, act=act, preprocess=preprocess)
 
   accs: dict[str, _LayerAcc] = {}
   block_sums: dict[str, np.ndarray] = {}
@@ -497,9 +554,8 @@ def probe(state: Any, model, batches: Iterable[Batch], *,
 
   weights = []
   if grad_batches:
-    grad_fn = jax.jit(
-        functools.partial(_grad_norms, model=model, preprocess=preprocess, train=grad_train_mode),
-        in_shardings=(repl, batch_sh, batch_sh, batch_sh), out_shardings=repl)
+    grad_fn = _jitted(_grad_norms, mesh, model=model, preprocess=preprocess,
+                      train=grad_train_mode)
     norms = []
     for batch in grad_batches:
       b = len(batch["labels"])
@@ -529,11 +585,54 @@ def probe(state: Any, model, batches: Iterable[Batch], *,
       "dormant_threshold": dormant_threshold,
       "devices": int(n_dev),
       "seconds": time.perf_counter() - start,
+      # Which BatchNorm statistics each probe used (see the module docstring).
+      "batch_norm": bool(variables.get("batch_stats")),
+      "bn_activations": "eval",
+      "bn_gradients": ("train" if grad_train_mode else "eval") if weights else None,
   }
   return Results(layers, blocks, weights, summary, fractions)
 
 
-def run(state: Any, model=None, dataset=None, *, split: str = "test",
+SPLITS = ("train", "test")
+
+
+def _integer(name: str, value: Any, low: int, none_ok: bool = False) -> None:
+  if value is None and none_ok:
+    return
+  what = f"an integer >= {low}" + (" or None" if none_ok else "")
+  errors.check(isinstance(value, (int, np.integer)) and not isinstance(value, bool),
+               f"{name}={value!r} is a {type(value).__name__}; pass {what}")
+  errors.check(value >= low, f"{name}={value!r} is not allowed; pass {what}")
+
+
+def check_args(*, split: str = "train", batch_size: int = 256, dormant_threshold: float = 0.1,
+               grad_batches: int = 8, grad_batch_size: int = 64,
+               max_examples: int | None = None, activation: str | None = None) -> None:
+  """Raises ConfigError (one line) for a bad argument of `run`.
+
+  `run` calls it, and so does `report.analyze` before restoring anything, so
+  the API and `launch.analyze` (whose flags have these names) say the same.
+  """
+  errors.check(isinstance(split, str), f"split={split!r} is a {type(split).__name__}; "
+               f"pass one of: {', '.join(SPLITS)}")
+  errors.choice("split", split, SPLITS)
+  _integer("batch_size", batch_size, 1)
+  _integer("grad_batches", grad_batches, 0)
+  _integer("grad_batch_size", grad_batch_size, 1)
+  _integer("max_examples", max_examples, 1, none_ok=True)
+  errors.check(isinstance(dormant_threshold, (int, float, np.floating))
+               and not isinstance(dormant_threshold, bool),
+               f"dormant_threshold={dormant_threshold!r} is a "
+               f"{type(dormant_threshold).__name__}; pass a number in [0, 1)")
+  errors.check(0.0 <= dormant_threshold < 1.0,
+               f"dormant_threshold={dormant_threshold!r} is not allowed; pass a number in [0, 1)")
+  if activation is not None:
+    errors.check(isinstance(activation, str), f"activation={activation!r} is a "
+                 f"{type(activation).__name__}; pass an activation name or None")
+    activations.get(activation)
+
+
+def run(state: Any, model=None, dataset=None, *, split: str = "train",
         batch_size: int = 256, mesh: Mesh | None = None, dormant_threshold: float = 0.1,
         grad_batches: int = 8, grad_batch_size: int = 64, max_examples: int | None = None,
         activation: str | None = None,
@@ -546,25 +645,37 @@ def run(state: Any, model=None, dataset=None, *, split: str = "test",
     model: the flax module; default: the one behind `state.apply_fn`.
     dataset: the `data.Dataset` whose `split` is probed. Inputs are normalized
       by `state.preprocess` when the state has one (the run's own statistics),
-      else by the dataset's mean and std.
+      else by the dataset's mean and std; never augmented.
+    split: 'train' (default: dead units are a property of the training
+      inputs) or 'test'.
     batch_size: global batch, rounded up to a multiple of the device count; the
       last batch is padded and masked.
     grad_batches, grad_batch_size: the gradient norms average this many full
       batches from the start of the split (fewer if the split is small).
     max_examples: probe only the first examples of the split.
     Other arguments as in `probe`.
+
+  Raises:
+    ConfigError: a bad argument (`check_args`), with the message
+      `launch.analyze` gives for the same value.
   """
+  check_args(split=split, batch_size=batch_size, dormant_threshold=dormant_threshold,
+             grad_batches=grad_batches, grad_batch_size=grad_batch_size,
+             max_examples=max_examples, activation=activation)
   errors.check(dataset is not None, "pass the dataset to probe: run(state, model, dataset)")
+  errors.check(isinstance(dataset, data.Dataset),
+               f"dataset is a {type(dataset).__name__}; pass a resjax.data.Dataset "
+               "(data.load(name) or train.load_data(config))")
+  errors.check(hasattr(state, "params") or (isinstance(state, Mapping) and "params" in state),
+               f"state is a {type(state).__name__}; pass a TrainState (checkpoints.load) "
+               "or a variables dict with 'params'")
   if model is None:
     model = getattr(getattr(state, "apply_fn", None), "__self__", None)
     errors.check(model is not None, "pass the model: state has no apply_fn of a flax module")
-  errors.choice("split", split, ("train", "test"))
-  errors.check(batch_size >= 1, f"batch_size={batch_size} must be >= 1")
-  errors.check(grad_batches >= 0, f"grad_batches={grad_batches} must be >= 0")
-  errors.check(grad_batch_size >= 1, f"grad_batch_size={grad_batch_size} must be >= 1")
+  errors.check(callable(getattr(model, "apply", None)),
+               f"model is a {type(model).__name__}; pass a flax module or None")
   part = getattr(dataset, split)
   if max_examples is not None:
-    errors.check(max_examples >= 1, f"max_examples={max_examples} must be >= 1")
     part = data.Split(part.inputs[:max_examples], part.labels[:max_examples])
   n = len(part)
   errors.check(n > 0, f"the {split} split of {dataset.name} is empty; nothing to probe")
@@ -580,11 +691,14 @@ def run(state: Any, model=None, dataset=None, *, split: str = "test",
   gsize = max(min(grad_batch_size, n) // n_dev * n_dev, n_dev)
   count = min(grad_batches, max(n // gsize, 1))
   grad_split = data.Split(part.inputs[:count * gsize], part.labels[:count * gsize])
-  return probe(state, model, data.eval_batches(part, batch_size),
-               grad_batches=list(data.eval_batches(grad_split, gsize)) if count else (),
-               mesh=mesh, preprocess=preprocess, activation=activation,
-               dormant_threshold=dormant_threshold,
-               num_batches=data.num_eval_batches(n, batch_size), progress=progress)
+  res = probe(state, model, data.eval_batches(part, batch_size),
+              grad_batches=list(data.eval_batches(grad_split, gsize)) if count else (),
+              mesh=mesh, preprocess=preprocess, activation=activation,
+              dormant_threshold=dormant_threshold,
+              num_batches=data.num_eval_batches(n, batch_size), progress=progress)
+  res.summary.update(split=split, dataset=dataset.name,
+                     grad_batch_size=gsize if count else None)
+  return res
 
 
 def _normalize(x, *, mean, std):

@@ -1,17 +1,25 @@
 """From training workdirs to probe tables, figures and a report.
 
 `analyze(workdir, compare=...)` restores each run's checkpoint on whatever
-devices are present, probes it on the run's own test split
-(`resjax.probes.run`) and writes into `workdir/analysis/`:
+devices are present, probes it on the run's own training split (or `split=
+'test'`; `resjax.probes.run`) and writes one result set (`files.result_set`:
+a reader sees the old set or the new one, never a mix) into `out`, by default
+`workdir/analysis/step_<N>/` for checkpoint step N:
 
   probes.csv            one row per layer and run (kind: activation, block, weights)
   probes.json           the same plus per-unit lists and the run summaries
   units.png             dead / dormant fraction, active-fraction spread and
                         linear-region fraction per layer (C4, C7)
-  effective_rank.png    effective rank before and after the activation (C3)
+  effective_rank.png    participation ratio and entropy effective rank before
+                        and after the activation (C3)
   gradients.png         gradient norm per weight layer with 95% intervals (C4)
   energy.png            shortcut share of the block energy per block (C5)
+  conditions.csv        grid runs: per condition, mean and interval over seeds
   report.md             the figures and, in numbers, what they show per claim
+
+Runs compared in one figure share a dataset and a model family (refused
+otherwise); their layers are aligned by name, so nets of different depth put
+each layer on its own tick (report.md says what was aligned).
 
 `write(out_dir, runs)` redraws everything from the runs' JSON form, so the
 figures can be regenerated from probes.json without restoring anything.
@@ -77,22 +85,65 @@ def _labels(dirs: Sequence[str]) -> list[str]:
   return labels
 
 
+def _dataset_of(config) -> dict:
+  """What makes two runs' data the same dataset: the name and generator options
+  (not the batch, augmentation, normalization, data seed or location)."""
+  return {f"data.{k}": v for k, v in config.data.to_dict().items()
+          if k not in ("batch_size", "augment", "pad", "flip", "normalize", "seed", "data_dir")}
+
+
+def _check_comparable(entries: Sequence[dict]) -> None:
+  """Refuses runs of different datasets or model families in one analysis."""
+  first = entries[0]
+  for entry in entries[1:]:
+    for what, of in (("datasets", _dataset_of),
+                     ("model families", lambda c: {"model.name": c.model.name})):
+      a, b = of(first["config"]), of(entry["config"])
+      if a != b:
+        show = lambda d: ", ".join(f"{k}={v}" for k, v in sorted(d.items()))  # noqa: E731
+        raise errors.ConfigError(
+            f"cannot compare runs of different {what}: {first['dir']} has {show(a)}, "
+            f"{entry['dir']} has {show(b)}; --compare runs of one dataset and model family")
+
+
+def _output_dir(out: str | None, workdir: str, step: int) -> str:
+  """The analysis folder, created; a ConfigError suggesting --out if it cannot be."""
+  path = (files.workdir_path(out) if out
+          else os.path.join(workdir, "analysis", f"step_{step}"))
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise errors.ConfigError(f"cannot write the analysis to {path} ({e.strerror}); "
+                             "pass --out=DIR, a writable directory") from None
+  errors.check(os.access(path, os.W_OK | os.X_OK), f"cannot write the analysis to {path} "
+               "(not writable); pass --out=DIR, a writable directory")
+  return path
+
+
 def analyze(workdir: str, *, step: int | None = None, compare: Sequence[str] = (),
+            split: str = "train", out: str | None = None,
             batch_size: int = 256, dormant_threshold: float = 0.1, grad_batches: int = 8,
             grad_batch_size: int = 64, max_examples: int | None = None,
             command: str | None = None, say: Callable[[str], None] = print) -> dict:
-  """Probes the run in `workdir` (and the `compare` runs); writes workdir/analysis.
+  """Probes the run in `workdir` (and the `compare` runs) on their `split`.
 
-  `step` picks the checkpoint of every run (default: each run's latest).
-  Returns {'dir': output folder, 'files': written paths, 'runs': [...]}.
+  `step` picks the checkpoint of every run (default: each run's latest). The
+  results go to `out` (default: workdir/analysis/step_<N>, N the step of the
+  checkpoint of `workdir`), locked while they are written and written as one
+  set. Returns {'dir': output folder, 'files': written paths, 'runs': [...]}.
   """
+  probes.check_args(split=split, batch_size=batch_size, dormant_threshold=dormant_threshold,
+                    grad_batches=grad_batches, grad_batch_size=grad_batch_size,
+                    max_examples=max_examples)
   dirs = [_check_workdir(d) for d in (workdir, *compare)]
   errors.check(len(set(dirs)) == len(dirs), "--compare names a workdir twice; "
                "pass each run once")
   entries = _restore(dirs, step)  # fail fast on any bad run
-  out_dir = files.ensure_workdir(os.path.join(dirs[0], "analysis"))
-  with locking.workdir_lock(out_dir, fix="wait for it to finish", say=say):
-    return _probe_and_write(out_dir, entries, batch_size=batch_size,
+  _check_comparable(entries)
+  out_dir = _output_dir(out, dirs[0], int(np.asarray(entries[0]["state"].step)))
+  with locking.workdir_lock(out_dir, fix="wait for it to finish or pass another --out",
+                            say=say):
+    return _probe_and_write(out_dir, entries, split=split, batch_size=batch_size,
                             dormant_threshold=dormant_threshold, grad_batches=grad_batches,
                             grad_batch_size=grad_batch_size, max_examples=max_examples,
                             command=command, say=say)
@@ -166,7 +217,7 @@ def condition_table(rows: Sequence[dict]) -> str:
   return "\n".join(lines)
 
 
-def _probe_and_write(out_dir: str, entries: Sequence[dict], *, batch_size: int,
+def _probe_and_write(out_dir: str, entries: Sequence[dict], *, split: str, batch_size: int,
                      dormant_threshold: float, grad_batches: int, grad_batch_size: int,
                      max_examples: int | None, command: str | None,
                      say: Callable[[str], None]) -> dict:
@@ -181,28 +232,29 @@ def _probe_and_write(out_dir: str, entries: Sequence[dict], *, batch_size: int,
       datasets[key] = train.load_data(config)
     ds = datasets[key]
     at = int(np.asarray(state.step))
-    n = len(ds.test) if max_examples is None else min(len(ds.test), max_examples)
+    part = len(getattr(ds, split))
+    n = part if max_examples is None else min(part, max_examples)
     say(f"probing {label}: {describe(config)} at step {at} on {ds.name} "
-        f"({n} test examples)")
-    res = probes.run(state, None, ds, batch_size=batch_size,
+        f"({n} {split} examples)")
+    res = probes.run(state, None, ds, split=split, batch_size=batch_size,
                      dormant_threshold=dormant_threshold, grad_batches=grad_batches,
                      grad_batch_size=grad_batch_size, max_examples=max_examples, progress=say)
     say(res.table())
     runs.append({"run": label, "workdir": d, "step": at, "model": describe(config),
-                 "dataset": ds.name, **{k: entry[k] for k in ("grid", "condition", "seed")
-                                        if k in entry},
+                 "dataset": ds.name, "split": split,
+                 **{k: entry[k] for k in ("grid", "condition", "seed") if k in entry},
                  **_jsonable(res.to_dict())})
   # Figures: every run, but only the first seed of each condition of a grid.
   shown = [r for r in runs if "condition" not in r or r["seed"] == min(
       x["seed"] for x in runs if x.get("condition") == r["condition"]
       and x.get("grid") == r["grid"])]
-  written = write(out_dir, runs, command=command, figure_runs=shown)
-  say(summary_table(runs))
+  note = alignment_note(shown)
+  if note:
+    say(f"the figures align {note}")
   conditions = condition_rows(runs)
+  written = write(out_dir, runs, command=command, figure_runs=shown, conditions=conditions)
+  say(summary_table(runs))
   if conditions:
-    path = os.path.join(out_dir, "conditions.csv")
-    files.write_csv(path, conditions)
-    written.append(path)
     say(condition_table(conditions))
   say(f"analysis written to {out_dir}: {', '.join(os.path.basename(p) for p in written)}")
   return {"dir": out_dir, "files": written, "runs": runs, "conditions": conditions}
@@ -265,13 +317,18 @@ def claim_numbers(run: dict) -> dict:
       "linear_max": max(linear, default=0.0),
       "linear_max_layer": layers[int(np.argmax(linear))]["layer"] if layers else None,
       "linear_position_mean": float(np.mean([r["linear_frac_position"] for r in layers])),
-      "erank_pre": float(np.mean([r["erank_pre"] for r in layers])),
-      "erank_post": float(np.mean([r["erank_post"] for r in layers])),
+      "participation_pre": float(np.mean([r["participation_pre"] for r in layers])),
+      "participation_post": float(np.mean([r["participation_post"] for r in layers])),
+      "entropy_rank_pre": float(np.mean([r["entropy_rank_pre"] for r in layers])),
+      "entropy_rank_post": float(np.mean([r["entropy_rank_post"] for r in layers])),
   }
-  redundancy = [r["units"] / r["erank_pre"] for r in layers if r["erank_pre"] > 0]
-  retention = [r["erank_post"] / r["erank_pre"] for r in layers if r["erank_pre"] > 0]
-  out["retention"] = float(np.mean(retention)) if retention else None
-  out["rank_corr"] = _spearman(redundancy, retention)
+  # Redundancy and retention from the participation ratio (the entropy rank: *_entropy).
+  for suffix, key in (("", "participation"), ("_entropy", "entropy_rank")):
+    kept = [r for r in layers if r[f"{key}_pre"] > 0]
+    redundancy = [r["units"] / r[f"{key}_pre"] for r in kept]
+    retention = [r[f"{key}_post"] / r[f"{key}_pre"] for r in kept]
+    out[f"retention{suffix}"] = float(np.mean(retention)) if retention else None
+    out[f"rank_corr{suffix}"] = _spearman(redundancy, retention)
   with_shortcut = [b for b in blocks if b["has_shortcut"]]
   out["blocks"] = len(blocks)
   out["shortcut_blocks"] = len(with_shortcut)
@@ -299,7 +356,7 @@ def _spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
 def summary_table(runs: Sequence[dict]) -> str:
   """One line per run: the numbers behind each claim."""
   head = (f"{'run':<18} {'model':<18} {'step':>6} {'acc':>6} {'dead':>11} {'dormant':>8} "
-          f"{'linear':>7} {'rank pre>post':>13} {'shortcut':>8} {'grad 1st/last':>13}")
+          f"{'linear':>7} {'PR pre>post':>13} {'shortcut':>8} {'grad 1st/last':>13}")
   lines = [head, "-" * len(head)]
   for run in runs:
     c = claim_numbers(run)
@@ -307,7 +364,8 @@ def summary_table(runs: Sequence[dict]) -> str:
     lines.append(
         f"{run['run'][:18]:<18} {run['model'][:18]:<18} {run['step']:>6} {c['accuracy']:>6.3f} "
         f"{c['dead']:>4}/{c['units']:<4}  {c['dormant_pct']:>7.1f}% {c['linear_max']:>7.3f} "
-        f"{c['erank_pre']:>6.2f}>{c['erank_post']:<6.2f} {c['shortcut_frac']:>8.3f} "
+        f"{c['participation_pre']:>6.2f}>{c['participation_post']:<6.2f} "
+        f"{c['shortcut_frac']:>8.3f} "
         f"{ratio:>13}")
   return "\n".join(lines)
 
@@ -357,16 +415,58 @@ def _layer_ticks(ax, names: Sequence[str]) -> None:
   ax.set_xlim(-0.5, len(names) - 0.5)
 
 
-def _longest(runs: Sequence[dict], group: str, key: str) -> list[str]:
-  names = max((run[group] for run in runs), key=len)
-  return [r[key] for r in names]
+def _merged(lists: Sequence[Sequence[str]]) -> list[str]:
+  """One forward order holding every name: each list's names in its own order,
+  a name absent so far placed after the last name the list shares."""
+  order: list[str] = []
+  for names in lists:
+    at = 0
+    for name in names:
+      if name in order:
+        at = order.index(name) + 1
+      else:
+        order.insert(at, name)
+        at += 1
+  return order
+
+
+def _aligned(runs: Sequence[dict], group: str, key: str) -> tuple[list[str], list[np.ndarray]]:
+  """The merged names of `group` and, per run, the tick of each of its entries."""
+  lists = [[r[key] for r in run[group]] for run in runs]
+  names = _merged(lists)
+  where = {n: i for i, n in enumerate(names)}
+  return names, [np.asarray([where[n] for n in l], np.float64) for l in lists]
+
+
+def alignment_note(runs: Sequence[dict]) -> str | None:
+  """What the figures aligned by name, when the runs' layers differ (else None)."""
+  if len(runs) < 2:
+    return None
+  parts = []
+  for group, key, what in (("layers", "layer", "activation layers"),
+                           ("blocks", "block", "blocks"), ("weights", "layer", "weight layers")):
+    lists = [[r[key] for r in run[group]] for run in runs]
+    if all(l == lists[0] for l in lists):
+      continue
+    shared = set.intersection(*map(set, lists))
+    only = [f"{run['run']} {len(set(l) - shared)}" for run, l in zip(runs, lists)
+            if set(l) - shared]
+    parts.append(f"{what} by name ({len(shared)} in every run; only in {', '.join(only)})")
+  return "; ".join(parts) or None
+
+
+def split_of(run: dict) -> str:
+  """The split a run was probed on (probes.json of earlier releases: the test split)."""
+  return run.get("split") or run["summary"].get("split") or "test"
 
 
 def _title(runs: Sequence[dict]) -> str:
   steps = sorted({r["step"] for r in runs})
   data = sorted({r["dataset"] for r in runs})
+  splits = sorted({split_of(r) for r in runs})
   at = f"step {steps[0]}" if len(steps) == 1 else "steps " + ", ".join(map(str, steps))
-  return f"{' vs '.join(r['model'] for r in runs)} on {', '.join(data)} test set ({at})"
+  return (f"{' vs '.join(r['model'] for r in runs)} on {', '.join(data)} "
+          f"{'/'.join(splits)} set ({at})")
 
 
 def _style_legend(ax, styles: Sequence[tuple[str, str, str]], extra: Sequence = (),
@@ -412,24 +512,27 @@ def _has_positions(runs: Sequence[dict]) -> bool:
   return any(r.get("positions", 1) > 1 for run in runs for r in run["layers"])
 
 
+def _has_dense(runs: Sequence[dict]) -> bool:
+  return any(r.get("positions", 1) <= 1 for run in runs for r in run["layers"])
+
+
 def plot_units(runs: Sequence[dict]):
   """Dead/dormant fraction, active-fraction spread and linear-region fraction per layer.
 
-  Panel (c) is drawn only where some layer has a linear region; otherwise a
-  line under the figure says that it is 0 everywhere. Its per-position curve
-  is drawn only for nets with spatial positions (for an MLP it equals the
-  per-input one).
+  Panel (c), the linear-region fraction, is per input for dense layers (o) and
+  per (input, position) for conv layers (^: all channels on duty at a
+  position); it is drawn only where some layer has a linear region, otherwise
+  a line under the figure says that it is 0 everywhere.
   """
   from matplotlib.patches import Patch
   linear = _has_linear_region(runs)
-  positions = _has_positions(runs)
+  names, xs = _aligned(runs, "layers", "layer")
   with matplotlib.rc_context(RC):
     fig, axes = _figure((7.5, 8.6 if linear else 6.4), rows=3 if linear else 2)
     colors = _colors(len(runs))
     threshold = runs[0]["summary"]["dormant_threshold"]
-    for run, color in zip(runs, colors):
+    for run, color, x in zip(runs, colors, xs):
       layers = run["layers"]
-      x = np.arange(len(layers))
       axes[0].plot(x, [r["dead_frac"] for r in layers], "o-", color=color)
       axes[0].plot(x, [r["dormant_frac"] for r in layers], "s--", color=color,
                    markerfacecolor="none")
@@ -440,10 +543,12 @@ def plot_units(runs: Sequence[dict]):
       axes[1].plot(x, [r["active_min"] for r in layers], ":", color=color, linewidth=1)
       axes[1].plot(x, [r["active_max"] for r in layers], ":", color=color, linewidth=1)
       if linear:
-        axes[2].plot(x, [r["linear_frac"] or 0.0 for r in layers], "o-", color=color)
-        if positions:
-          axes[2].plot(x, [r["linear_frac_position"] for r in layers], "^--", color=color,
-                       markerfacecolor="none")
+        y = np.asarray([r["linear_frac"] or 0.0 for r in layers])
+        conv = np.asarray([r.get("positions", 1) > 1 for r in layers])
+        axes[2].plot(x, y, "-", color=color)
+        for mask, marker in ((~conv, "o"), (conv, "^")):
+          if mask.any():
+            axes[2].plot(x[mask], y[mask], marker, color=color, linestyle="none")
     axes[0].set_ylabel("fraction of units")
     axes[0].set_title("(a) dead units (never on duty) and dormant units", loc="left")
     top = max([r["dead_frac"] for run in runs for r in run["layers"]]
@@ -460,69 +565,81 @@ def plot_units(runs: Sequence[dict]):
     if linear:
       axes[2].set_ylabel("linear-region fraction")
       axes[2].set_title("(c) every unit on duty: the layer acts linearly (C7)", loc="left")
-      top = max([r["linear_frac"] or 0.0 for run in runs for r in run["layers"]]
-                + [r["linear_frac_position"] for run in runs for r in run["layers"]])
+      top = max(r["linear_frac"] or 0.0 for run in runs for r in run["layers"])
       top = min(1.0, max(top, 0.05))
       axes[2].set_ylim(-0.02 * top, 1.1 * top)
-      styles = [("per input", "-", "o")]
-      if positions:
-        styles.append(("per (input, position)", "--", "^"))
+      styles = []
+      if _has_dense(runs):
+        styles.append(("per input", "-", "o"))
+      if _has_positions(runs):
+        styles.append(("per (input, position)", "-", "^"))
       _style_legend(axes[2], styles)
-    _layer_ticks(axes[-1], _longest(runs, "layers", "layer"))
+    _layer_ticks(axes[-1], names)
     axes[-1].set_xlabel("activation layer (forward order)")
     fig.suptitle(_title(runs), fontsize=10, y=0.995)
     _run_legend(fig, runs, colors, y=0.965 if linear else 0.955)
     fig.tight_layout(rect=(0, 0.03 if not linear else 0, 1, 0.95 if linear else 0.935))
     if not linear:
       fig.text(0.01, 0.005, "(c) linear-region fraction (C7) not drawn: 0 in every layer; "
-               "no test input puts every unit of a layer on duty.", fontsize=8, color="0.3",
-               ha="left", va="bottom")
+               "no input (or position) puts every unit of a layer on duty.", fontsize=8,
+               color="0.3", ha="left", va="bottom")
   return fig
 
 
 def plot_rank(runs: Sequence[dict]):
-  """Effective rank of the features before and after the activation, per layer."""
+  """Participation ratio (a) and entropy effective rank (b) of the features
+  before and after the activation, per layer, beside the layer width."""
   import matplotlib.ticker as mticker
   from matplotlib.lines import Line2D
+  names, xs = _aligned(runs, "layers", "layer")
+  width = {}
+  for run in runs:
+    for r in run["layers"]:
+      width.setdefault(r["layer"], r["units"])
   with matplotlib.rc_context(RC):
-    fig, ax = _figure((9.5, 4.4))
+    fig, axes = _figure((9.5, 6.8), rows=2)
     colors = _colors(len(runs))
-    for run, color in zip(runs, colors):
-      layers = run["layers"]
-      x = np.arange(len(layers))
-      ax.plot(x, [r["erank_pre"] for r in layers], "o-", color=color)
-      ax.plot(x, [r["erank_post"] for r in layers], "s--", color=color, markerfacecolor="none")
-    widest = max(runs, key=lambda r: len(r["layers"]))
-    ax.step(np.arange(len(widest["layers"])), [r["units"] for r in widest["layers"]],
-            where="mid", color="0.55", linewidth=1)
-    ax.set_yscale("log", base=2)
-    ax.yaxis.set_major_formatter(mticker.ScalarFormatter())
-    ax.set_ylabel("effective rank (participation ratio)")
-    ax.set_xlabel("activation layer (forward order)")
-    _layer_ticks(ax, _longest(runs, "layers", "layer"))
+    panels = (("participation", "(a) participation ratio $(\\sum\\lambda)^2 / \\sum\\lambda^2$"),
+              ("entropy_rank", "(b) entropy effective rank $\\exp(-\\sum p \\log p)$, "
+               "$p = \\lambda / \\sum\\lambda$ (Roy & Vetterli)"))
+    for ax, (key, title) in zip(axes, panels):
+      for run, color, x in zip(runs, colors, xs):
+        layers = run["layers"]
+        ax.plot(x, [r[f"{key}_pre"] for r in layers], "o-", color=color)
+        ax.plot(x, [r[f"{key}_post"] for r in layers], "s--", color=color,
+                markerfacecolor="none")
+      ax.step(np.arange(len(names)), [width[n] for n in names], where="mid", color="0.55",
+              linewidth=1)
+      ax.set_yscale("log", base=2)
+      ax.yaxis.set_major_formatter(mticker.ScalarFormatter())
+      ax.set_ylabel("rank")
+      ax.set_title(title, loc="left")
+    axes[-1].set_xlabel("activation layer (forward order)")
+    _layer_ticks(axes[-1], names)
     handles = _run_handles(runs, colors)
     handles += [Line2D([], [], color="0.55", linewidth=1, label="layer width"),
                 Line2D([], [], color="0.2", marker="o", label="before the activation"),
                 Line2D([], [], color="0.2", linestyle="--", marker="s",
                        markerfacecolor="none", label="after the activation")]
-    _side_legend(ax, handles)
-    ax.set_title(f"Effective rank of the channel covariance (C3)\n{_title(runs)}")
+    _side_legend(axes[0], handles)
+    fig.suptitle(f"Effective rank of the channel covariance, eigenvalues $\\lambda$ (C3)\n"
+                 f"{_title(runs)}", fontsize=10)
     fig.tight_layout()
   return fig
 
 
 def plot_gradients(runs: Sequence[dict]):
   """Loss-gradient norm per weight layer (geometric mean, 95% interval)."""
+  names, xs = _aligned(runs, "weights", "layer")
   with matplotlib.rc_context(RC):
     fig, ax = _figure((9.5, 4.0))
     n_batches = 0
     drawn = []
-    for run, color in zip(runs, _colors(len(runs))):
+    for run, color, x in zip(runs, _colors(len(runs)), xs):
       w = run["weights"]
       if not w:
         continue
       n_batches = max(n_batches, w[0]["grad_batches"])
-      x = np.arange(len(w))
       bound = lambda key: np.asarray([np.nan if r[key] is None else r[key] for r in w],  # noqa: E731
                                      np.float64)  # None: one batch, no interval
       ax.fill_between(x, bound("grad_norm_lo"), bound("grad_norm_hi"),
@@ -532,10 +649,12 @@ def plot_gradients(runs: Sequence[dict]):
     ax.set_yscale("log")
     ax.set_ylabel(r"$\|\partial L / \partial W\|$")
     ax.set_xlabel("weight layer (forward order)")
-    _layer_ticks(ax, _longest(runs, "weights", "layer"))
+    _layer_ticks(ax, names)
     _side_legend(ax, _run_handles([r for r, _ in drawn], [c for _, c in drawn]))
+    bn = ("BatchNorm on each batch's statistics, as in training\n"
+          if any(r["summary"].get("batch_norm") for r, _ in drawn) else "")
     ax.set_title(f"Gradient norm per layer (geometric mean over {n_batches} batches; "
-                 f"band: 95% interval)\n{_title(runs)}")
+                 f"band: 95% interval)\n{bn}{_title(runs)}")
     fig.tight_layout()
   return fig
 
@@ -547,9 +666,9 @@ def plot_energy(runs: Sequence[dict]):
   when no run has shortcuts, their blocks are drawn as branch-only bars.
   """
   from matplotlib.patches import Patch
+  names, xs = _aligned(runs, "blocks", "block")
   with matplotlib.rc_context(RC):
     fig, ax = _figure((9.5, 3.8))
-    names = _longest(runs, "blocks", "block")
     colors = _colors(len(runs))
     residual = [i for i, r in enumerate(runs) if any(b["has_shortcut"] for b in r["blocks"])]
     plain = [i for i, r in enumerate(runs) if r["blocks"] and i not in residual]
@@ -557,7 +676,7 @@ def plot_energy(runs: Sequence[dict]):
     width = 0.8 / max(len(shown), 1)
     for k, i in enumerate(shown):
       blocks = runs[i]["blocks"]
-      x = np.arange(len(blocks)) + (k - (len(shown) - 1) / 2) * width
+      x = xs[i] + (k - (len(shown) - 1) / 2) * width
       if residual:
         ax.bar(x, [b["shortcut_frac"] or 0.0 for b in blocks], width=width * 0.92,
                color=colors[i], alpha=0.85)
@@ -593,6 +712,25 @@ def _compare_sentence(runs: Sequence[dict], numbers: dict, key: str, what: str,
   return f"{what}: " + ", ".join(parts) + "."
 
 
+def _batch_norm_sentence(runs: Sequence[dict]) -> str:
+  """Which BatchNorm statistics each probe used, from the runs' summaries."""
+  with_bn = [r["run"] for r in runs if r["summary"].get("batch_norm")]
+  if not any("batch_norm" in r["summary"] for r in runs):
+    return "BatchNorm mode: not recorded (probes.json of an earlier release)."
+  if not with_bn:
+    return "No run has BatchNorm layers."
+  sizes = sorted({r["summary"].get("grad_batch_size") for r in runs
+                  if r["summary"].get("grad_batch_size")})
+  grad = (f"the gradient norms run it in training mode, on the statistics of each gradient "
+          f"batch of {'/'.join(map(str, sizes))} examples, as the optimizer saw it"
+          if sizes else "no gradient norms were taken")
+  which = "" if len(with_bn) == len(runs) else f" ({', '.join(with_bn)})"
+  return ("BatchNorm" + which + ": every activation statistic (dead, dormant, active and "
+          "linear-region fractions, ranks, block energy) runs the net in eval mode, on its "
+          "running averages, so each input is probed on its own as the trained net "
+          f"classifies it; {grad}.")
+
+
 def report_markdown(runs: Sequence[dict], command: str | None = None) -> str:
   """report.md: the figures and what they show about C4, C5, C7 and C3, in numbers."""
   num = {r["run"]: claim_numbers(r) for r in runs}
@@ -602,14 +740,19 @@ def report_markdown(runs: Sequence[dict], command: str | None = None) -> str:
   md = [f"# Probes: {_title(runs)}", ""]
   if command:
     md += ["Regenerate with:", "", "```bash", command, "```", ""]
-  md += ["| run | model | workdir | step | test examples | accuracy | loss |",
+  split = "/".join(sorted({split_of(r) for r in runs}))
+  md += [f"| run | model | workdir | step | {split} examples | accuracy | loss |",
          "|---|---|---|---|---|---|---|"]
   for r in runs:
     s = r["summary"]
     md.append(f"| {r['run']} | {r['model']} | `{r['workdir']}` | {r['step']} | "
               f"{s['examples']} | {_fmt(s['accuracy'])} | {_fmt(s['loss'])} |")
-  md += ["", "All numbers below are computed over the whole test split and appear in "
-         "`probes.csv` (one row per layer and run).", ""]
+  md += ["", f"All numbers below are computed over the whole {split} split, without "
+         "augmentation, and appear in `probes.csv` (one row per layer and run).", ""]
+  md += [_batch_norm_sentence(runs), ""]
+  note = alignment_note(runs)
+  if note:
+    md += [f"The figures align {note}: each layer sits on its own tick.", ""]
 
   md += ["## C4: dead units stop learning; gradients vanish in plain nets", ""]
   for r in runs:
@@ -668,43 +811,54 @@ def report_markdown(runs: Sequence[dict], command: str | None = None) -> str:
   md += ["## C7: a layer that lets everything through acts linearly", ""]
   for r in runs:
     c = num[r["run"]]
+    conv = any(l.get("positions", 1) > 1 for l in r["layers"])
+    unit = "(input, position) pairs" if conv else "inputs"
     if c["linear_layers"]:
       best = (f"{c['linear_layers']} of {c['layers']} layers pass every unit for some "
-              f"inputs; the highest linear-region fraction is {c['linear_max']:.4f} "
+              f"{unit}; the highest linear-region fraction is {c['linear_max']:.4f} "
               f"(`{c['linear_max_layer']}`)")
     else:
-      best = (f"none of the {c['layers']} layers passes every unit for a whole input "
+      best = (f"none of the {c['layers']} layers passes every unit for any of its {unit} "
               f"(linear-region fraction 0)")
-    md.append(f"- **{r['run']}**: {best}. Per spatial position, all channels are on duty "
-              f"for {100 * c['linear_position_mean']:.2f}% of (input, position) pairs on "
-              f"average. A typical input turns on {100 * c['active_mean']:.1f}% of a "
-              f"layer's neurons (spread across inputs: mean std {c['active_std']:.4f}).")
+    line = f"- **{r['run']}**: {best}."
+    if conv:
+      whole = max((l.get("linear_frac_input") or 0.0) for l in r["layers"])
+      line += (f" For conv layers the fraction is per (input, position), all channels on "
+               f"duty at a position ({100 * c['linear_position_mean']:.2f}% of the pairs on "
+               f"average over layers); every unit at every position at once is ~0 by "
+               f"construction (highest over layers {whole:.4f}).")
+    line += (f" A typical input turns on {100 * c['active_mean']:.1f}% of a layer's neurons "
+             f"(spread across inputs: mean std {c['active_std']:.4f}).")
+    md.append(line)
   md += ["", "See panel (c) of the units figure above.", ""]
 
   md += ["## C3: redundancy decides what the activation destroys", ""]
   for r in runs:
     c = num[r["run"]]
-    corr = ("n/a (fewer than 3 layers)" if c["rank_corr"] is None
-            else f"{c['rank_corr']:.3f}")
-    md.append(f"- **{r['run']}**: mean effective rank {c['erank_pre']:.2f} before and "
-              f"{c['erank_post']:.2f} after the activation (mean retention, rank after / "
-              f"before, {_fmt(c['retention'], 3)}). Spearman correlation across layers between "
-              f"redundancy (units / rank before) and retention (rank after / before): "
-              f"{corr}; C3 predicts it positive.")
+    corr = lambda v: "n/a (fewer than 3 layers)" if v is None else f"{v:.3f}"  # noqa: E731
+    md.append(f"- **{r['run']}**: mean participation ratio {c['participation_pre']:.2f} "
+              f"before and {c['participation_post']:.2f} after the activation (mean "
+              f"retention, after / before, {_fmt(c['retention'], 3)}); mean entropy effective "
+              f"rank {c['entropy_rank_pre']:.2f} before and {c['entropy_rank_post']:.2f} "
+              f"after (retention {_fmt(c['retention_entropy'], 3)}). Spearman correlation "
+              f"across layers between redundancy (units / rank before) and retention: "
+              f"{corr(c['rank_corr'])} (participation ratio), "
+              f"{corr(c['rank_corr_entropy'])} (entropy rank); C3 predicts it positive.")
   md += ["", f"![effective rank]({FIGURES['rank']})", ""]
 
   md += ["## Per-layer numbers", ""]
   for r in runs:
     md += [f"### {r['run']} ({r['model']})", "",
            "| layer | units | dead | dead frac | dormant frac | active mean | active 2.5% | "
-           "active 97.5% | linear frac | erank pre | erank post |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "active 97.5% | linear frac | PR pre | PR post | erank pre | erank post |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for l in r["layers"]:
       md.append(f"| {l['layer']} | {l['units']} | {l['dead']} | {_fmt(l['dead_frac'])} | "
                 f"{_fmt(l['dormant_frac'])} | {_fmt(l['active_mean'])} | "
                 f"{_fmt(l['active_p025'])} | {_fmt(l['active_p975'])} | "
-                f"{_fmt(l['linear_frac'])} | {_fmt(l['erank_pre'])} | "
-                f"{_fmt(l['erank_post'])} |")
+                f"{_fmt(l['linear_frac'])} | {_fmt(l['participation_pre'])} | "
+                f"{_fmt(l['participation_post'])} | {_fmt(l['entropy_rank_pre'])} | "
+                f"{_fmt(l['entropy_rank_post'])} |")
     if r["blocks"]:
       md += ["", "| block | shortcut frac | cosine(s, b) |", "|---|---|---|"]
       for b in r["blocks"]:
@@ -724,40 +878,52 @@ def report_markdown(runs: Sequence[dict], command: str | None = None) -> str:
          f"- *dormant* (ReDo): mean |activation| of a unit / mean over the layer's units "
          f"<= {threshold:g}.",
          "- *active fraction*: per input, the share of the layer's neurons (positions x "
-         "channels) that are on duty. *Linear-region fraction*: inputs for which all of "
-         "them are; *per position*: (input, position) pairs with every channel on duty.",
-         "- *effective rank*: participation ratio (sum of eigenvalues)^2 / sum of squared "
-         "eigenvalues of the channel covariance, spatial positions pooled as samples.",
-         "- *shortcut share*: sum ||s||^2 / (sum ||s||^2 + sum ||b||^2) over test inputs, "
-         "for block output s + b.",
+         "channels) that are on duty. *Linear-region fraction*: the share of samples on "
+         "which all of them are, a sample being an input for dense layers and an (input, "
+         "position) pair, all channels on duty, for conv layers (`linear_frac`; per input "
+         "for every layer: `linear_frac_input`, per pair: `linear_frac_position`).",
+         "- *PR* (participation ratio): (sum of eigenvalues)^2 / sum of squared eigenvalues "
+         "of the channel covariance, spatial positions pooled as samples; *erank* (entropy "
+         "effective rank, Roy & Vetterli 2007): exp of the Shannon entropy of the "
+         "eigenvalues divided by their sum. Both are k for k equal eigenvalues; PR <= erank.",
+         f"- *shortcut share*: sum ||s||^2 / (sum ||s||^2 + sum ||b||^2) over the {split} "
+         "inputs, for block output s + b.",
          "- *gradient norm*: ||dL/dW|| of each conv/dense kernel for the mean cross-entropy "
-         "of a batch, BatchNorm in training mode; geometric mean and 95% t-interval over "
-         "batches.", ""]
+         "of a batch from the start of the split, BatchNorm (if any) in training mode; "
+         "geometric mean and 95% t-interval over batches.", ""]
   return "\n".join(md)
 
 
 def write(out_dir: str, runs: Sequence[dict], command: str | None = None,
-          figure_runs: Sequence[dict] | None = None) -> list[str]:
-  """Writes probes.csv, probes.json, the four figures and report.md into `out_dir`.
+          figure_runs: Sequence[dict] | None = None,
+          conditions: Sequence[dict] = ()) -> list[str]:
+  """Writes probes.csv, probes.json, the figures, conditions.csv (grid runs) and
+  report.md into `out_dir` as one result set (`files.result_set`).
 
-  The figures draw `figure_runs` (default: every run)."""
+  The figures draw `figure_runs` (default: every run). Returns the paths of
+  the files as readers see them, `out_dir/<name>`.
+  """
   out_dir = files.ensure_workdir(out_dir)
   runs = _jsonable(list(runs))
   figure_runs = runs if figure_runs is None else _jsonable(list(figure_runs))
-  paths = []
+  names: list[str] = []
+  with files.result_set(out_dir) as tmp:
 
-  def path(name):
-    paths.append(os.path.join(out_dir, name))
-    return paths[-1]
+    def path(name):
+      names.append(name)
+      return os.path.join(tmp, name)
 
-  files.write_csv(path("probes.csv"), rows(runs))
-  files.write_json(path("probes.json"), {"command": command, "runs": runs})
-  for key, plot in (("units", plot_units), ("rank", plot_rank),
-                    ("gradients", plot_gradients), ("energy", plot_energy)):
-    if key == "energy" and not any(r["blocks"] for r in figure_runs):
-      continue
-    if key == "gradients" and not any(r["weights"] for r in figure_runs):
-      continue
-    files.save_figure(plot(figure_runs), path(FIGURES[key]), dpi=200)
-  files.write_text(path("report.md"), report_markdown(runs, command))
-  return paths
+    files.write_csv(path("probes.csv"), rows(runs))
+    files.write_json(path("probes.json"), {"command": command, "runs": runs})
+    for key, plot in (("units", plot_units), ("rank", plot_rank),
+                      ("gradients", plot_gradients), ("energy", plot_energy)):
+      if key == "energy" and not any(r["blocks"] for r in figure_runs):
+        continue
+      if key == "gradients" and not any(r["weights"] for r in figure_runs):
+        continue
+      written = files.save_figure(plot(figure_runs), os.path.join(tmp, FIGURES[key]), dpi=200)
+      names.extend(os.path.basename(p) for p in written)
+    if conditions:
+      files.write_csv(path("conditions.csv"), list(conditions))
+    files.write_text(path("report.md"), report_markdown(runs, command))
+  return [os.path.join(out_dir, n) for n in names]

@@ -17,10 +17,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNGS = ("units.png", "effective_rank.png", "gradients.png", "energy.png")
 
 
-def _train(workdir, plain):
-  config = embedded.get_config("tiny")
-  config.model.plain = plain
-  config.train.checkpoint_every = 0  # only the final checkpoint
+def _train(workdir, plain, checkpoint_every=0, variant="tiny"):
+  config = embedded.get_config(variant)
+  if variant == "tiny":
+    config.model.plain = plain
+  config.train.checkpoint_every = checkpoint_every  # 0: only the final checkpoint
   train.train_and_evaluate(config, str(workdir))
   return str(workdir)
 
@@ -38,8 +39,8 @@ def _launch(*args, devices=1):
 def analysed(tmp_path_factory):
   root = tmp_path_factory.mktemp("runs")
   # Trained on 8 devices here, restored and probed on 1 in the launcher.
-  plain = _train(root / "plain", plain=True)
-  residual = _train(root / "residual", plain=False)
+  plain = _train(root / "plain", plain=True, checkpoint_every=2)  # steps 2 and 4
+  residual = _train(root / "residual", plain=False, checkpoint_every=2)
   out = _launch(f"--workdir={plain}", f"--compare={residual}", "--grad_batches=2",
                 "--grad_batch_size=64", "--batch_size=128")
   assert out.returncode == 0, out.stderr[-3000:]
@@ -53,16 +54,20 @@ def _csv(path):
 
 def test_writes_every_file_and_prints_progress(analysed):
   plain, _, stdout = analysed
-  out_dir = os.path.join(plain, "analysis")
+  out_dir = os.path.join(plain, "analysis", "step_4")  # named by the checkpoint step
   for name in ("probes.csv", "probes.json", "report.md", *PNGS):
     assert os.path.getsize(os.path.join(out_dir, name)) > 0, name
+  # One result set: every name links into the same version directory.
+  version = files.result_set_path(out_dir)
+  assert {os.path.dirname(os.path.realpath(os.path.join(out_dir, n))) for n in PNGS} == {version}
   for name in PNGS:
     import matplotlib.image
     img = matplotlib.image.imread(os.path.join(out_dir, name))
     assert img.shape[0] > 300 and img.shape[1] > 600, name
-  # Progress per batch group for each run, then the summary table.
-  assert len(re.findall(r"batch 3/3: 360 examples", stdout)) == 2
-  assert "probing plain: plain-8 at step 4 on digits" in stdout
+  # The training split by default (1437 digits): progress per batch group for
+  # each run, then the summary table.
+  assert len(re.findall(r"batch 12/12: 1437 examples", stdout)) == 2
+  assert "probing plain: plain-8 at step 4 on digits (1437 train examples)" in stdout
   summary = stdout[stdout.index("run "):]
   assert "plain-8" in summary and "resnet-8" in summary
   md = open(os.path.join(out_dir, "report.md")).read()
@@ -70,11 +75,16 @@ def test_writes_every_file_and_prints_progress(analysed):
     assert f"]({name})" in md
   for claim in ("C4", "C5", "C7", "C3"):
     assert f"## {claim}:" in md
+  # Which BatchNorm statistics each probe used, and the conv linear region per position.
+  assert "runs the net in eval mode, on its running averages" in md
+  assert "gradient norms run it in training mode, on the statistics of each gradient batch" in md
+  assert "whole train split, without augmentation" in md
+  assert "For conv layers the fraction is per (input, position)" in md
 
 
 def test_csv_json_and_report_agree(analysed):
   plain, residual, _ = analysed
-  out_dir = os.path.join(plain, "analysis")
+  out_dir = os.path.join(plain, "analysis", "step_4")
   rows = _csv(os.path.join(out_dir, "probes.csv"))
   runs = json.load(open(os.path.join(out_dir, "probes.json")))["runs"]
   md = open(os.path.join(out_dir, "report.md")).read()
@@ -91,12 +101,15 @@ def test_csv_json_and_report_agree(analysed):
     for row, layer in zip(acts, run["layers"]):
       assert row["layer"] == layer["layer"]
       assert int(row["dead"]) == len(layer["dead_units"])
-      assert float(row["erank_pre"]) == pytest.approx(layer["erank_pre"])
+      assert float(row["participation_pre"]) == pytest.approx(layer["participation_pre"])
+      assert float(row["entropy_rank_pre"]) == pytest.approx(layer["entropy_rank_pre"])
+      assert float(row["participation_pre"]) <= float(row["entropy_rank_pre"]) + 1e-9
     # The per-layer table of the report carries the CSV's numbers.
     section = md[md.index(f"### {run['run']} ("):]
     table = [line for line in section.splitlines()[4:] if line.startswith("| ")]
     cols = ("dead", "dead_frac", "dormant_frac", "active_mean", "active_p025",
-            "active_p975", "linear_frac", "erank_pre", "erank_post")
+            "active_p975", "linear_frac", "participation_pre", "participation_post",
+            "entropy_rank_pre", "entropy_rank_post")
     for line, row in zip(table, acts):
       cells = [c.strip() for c in line.strip("|").split("|")]
       assert cells[0] == row["layer"] and int(cells[1]) == int(row["units"])
@@ -144,7 +157,7 @@ def test_bad_workdirs_are_one_line_errors(analysed, tmp_path):
     report.analyze(plain, compare=[str(broken)])
   assert str(broken) in str(e.value) and "\n" not in str(e.value)
   # Nothing was written for the failed analysis: the earlier one is intact.
-  assert os.path.isfile(os.path.join(plain, "analysis", "report.md"))
+  assert os.path.isfile(os.path.join(plain, "analysis", "step_4", "report.md"))
 
 
 def test_launcher_turns_bad_input_into_one_line(tmp_path):
@@ -154,3 +167,67 @@ def test_launcher_turns_bad_input_into_one_line(tmp_path):
       f"error: workdir {tmp_path / 'missing'} does not exist; pass the --workdir of a "
       "training run (python -m launch.train ... --workdir=DIR)")
   assert "Traceback" not in out.stderr
+
+
+def _quick(**kwargs):
+  return dict(max_examples=64, grad_batches=1, grad_batch_size=32, batch_size=64,
+              say=lambda *_: None, **kwargs)
+
+
+def test_out_dir_named_by_step_and_writable_elsewhere(analysed, tmp_path):
+  plain, _, _ = analysed
+  # By default each step gets its own folder: a second --step keeps the first.
+  before = open(os.path.join(plain, "analysis", "step_4", "probes.json")).read()
+  assert report.analyze(plain, step=2, **_quick())["dir"] == f"{plain}/analysis/step_2"
+  runs = json.load(open(os.path.join(plain, "analysis", "step_2", "probes.json")))["runs"]
+  assert runs[0]["step"] == 2 and runs[0]["split"] == "train"
+  assert open(os.path.join(plain, "analysis", "step_4", "probes.json")).read() == before
+  # A run whose folder cannot take the analysis: the error names --out, which works.
+  run = tmp_path / "run"
+  shutil.copytree(plain, run, ignore=shutil.ignore_patterns("analysis"))
+  (run / "analysis").write_text("in the way")
+  with pytest.raises(errors.ConfigError) as e:
+    report.analyze(str(run), **_quick())
+  assert str(e.value).startswith(f"cannot write the analysis to {run}/analysis/step_4 (")
+  assert str(e.value).endswith("; pass --out=DIR, a writable directory")
+  out = report.analyze(str(run), out=str(tmp_path / "elsewhere"), step=2, split="test",
+                       **_quick())
+  assert out["dir"] == str(tmp_path / "elsewhere")
+  got = json.load(open(tmp_path / "elsewhere" / "probes.json"))["runs"][0]
+  assert got["step"] == 2 and got["split"] == "test" and got["summary"]["examples"] == 64
+  assert "whole test split" in open(tmp_path / "elsewhere" / "report.md").read()
+  assert (run / "analysis").read_text() == "in the way"  # the run is left as it was
+
+
+def test_figures_align_layers_by_name(analysed):
+  plain, _, _ = analysed
+  full = json.load(open(os.path.join(plain, "analysis", "step_4", "probes.json")))["runs"][1]
+  short = json.loads(json.dumps(full))  # a shallower net: no stage2 layers
+  short["run"] = "short"
+  short["layers"] = [l for l in short["layers"] if not l["layer"].startswith("stage2/")]
+  short["weights"] = [w for w in short["weights"] if "stage2" not in w["layer"]]
+  names = [l["layer"] for l in full["layers"]]
+  assert report.alignment_note([full, full]) is None
+  note = report.alignment_note([full, short])
+  assert note.startswith(f"activation layers by name ({len(short['layers'])} in every run; "
+                         f"only in residual {len(names) - len(short['layers'])})")
+  fig = report.plot_units([short, full])  # the shorter run first: ticks still by name
+  ax = fig.axes[0]
+  assert [t.get_text() for t in ax.get_xticklabels()] == names or \
+      [t.get_text() for t in fig.axes[-1].get_xticklabels()] == names
+  want = [names.index(l["layer"]) for l in short["layers"]]
+  assert list(ax.get_lines()[0].get_xdata()) == want
+  assert list(ax.get_lines()[2].get_xdata()) == list(range(len(names)))
+  assert f"The figures align {note}" in report.report_markdown([full, short])
+
+
+def test_compare_of_another_dataset_is_refused_in_one_line(analysed, tmp_path):
+  plain, _, _ = analysed
+  mlp = _train(tmp_path / "mlp", plain=False, variant="tiny_mlp")  # spirals, an MLP
+  out = _launch(f"--workdir={plain}", f"--compare={mlp}")
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1] == (
+      f"error: cannot compare runs of different datasets: {plain} has data.name=digits, "
+      f"{mlp} has data.name=spirals; --compare runs of one dataset and model family")
+  assert "Traceback" not in out.stderr
+  assert not os.path.exists(os.path.join(mlp, "analysis"))

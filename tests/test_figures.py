@@ -224,4 +224,5 @@ def test_write_redraws_from_probes_json(probed, tmp_path):
   again = json.load(open(tmp_path / "probes.json"))["runs"]
   fig = report.plot_units(again)
   _check_layout(fig)
-  assert np.isfinite([l["erank_pre"] for l in again[0]["layers"]]).all()
+  assert np.isfinite([l[k] for l in again[0]["layers"]
+                      for k in ("participation_pre", "entropy_rank_pre")]).all()

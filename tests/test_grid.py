@@ -238,7 +238,8 @@ def test_analyze_a_grid_probes_every_net_and_summarizes_conditions(tmp_path):
     assert row["accuracy_lo"] <= row["accuracy"] <= row["accuracy_hi"]
   assert "shortcut_frac" not in conditions["model.residual=False"] or \
       conditions["model.residual=False"]["shortcut_frac"] == 0.0
-  assert (tmp_path / "g" / "analysis" / "conditions.csv").exists()
+  assert out["dir"] == str(tmp_path / "g" / "analysis" / "step_2")
+  assert (tmp_path / "g" / "analysis" / "step_2" / "conditions.csv").exists()
 
 
 def test_a_second_run_into_a_busy_workdir_is_refused(tmp_path):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resjax import activations, errors, probes, sharding
+from resjax import activations, data, errors, probes, report, sharding
 
 
 def _const(values):
@@ -161,8 +161,9 @@ def test_padding_is_masked_out(toy):
   for a, b in zip(res.layers, padded.layers):
     for key in ("dead_units", "dormant", "active_mean", "linear_frac"):
       assert a[key] == b[key], key
-    assert a["erank_pre"] == pytest.approx(b["erank_pre"], rel=1e-4)
-    assert a["erank_post"] == pytest.approx(b["erank_post"], rel=1e-4)
+    for key in ("participation_pre", "participation_post", "entropy_rank_pre",
+                "entropy_rank_post"):
+      assert a[key] == pytest.approx(b[key], rel=1e-4), key
   assert padded.summary["examples"] == 100
   assert padded.summary["accuracy"] == pytest.approx(res.summary["accuracy"])
 
@@ -176,8 +177,40 @@ def test_conv_channels_are_units_and_positions_are_samples():
   assert conv["dead_units"] == [0]
   assert conv["active_mean"] == pytest.approx(2 / 3)
   assert conv["linear_frac"] == 0.0 and conv["linear_frac_position"] == 0.0
+  assert conv["linear_frac_input"] == 0.0
   # Pre-activation variance is tiny next to nothing: rank defined, finite.
-  assert 1.0 <= conv["erank_pre"] <= 3.0
+  assert 1.0 <= conv["participation_pre"] <= conv["entropy_rank_pre"] <= 3.0
+
+
+class IdentityConv(nn.Module):
+  """A 1x1 conv with identity weights: channel c at a position is the input's."""
+  activation: str = "relu"
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    c = x.shape[-1]
+    z = nn.Conv(c, (1, 1), kernel_init=_const(np.eye(c)), use_bias=False, name="conv1x1")(x)
+    self.sow("preacts", "conv", z)
+    return nn.Dense(2, name="head")(nn.relu(z).mean((1, 2)))
+
+
+def test_conv_linear_region_is_per_position_and_dense_per_input():
+  x, y = _data(40, (3, 4, 2), seed=2, classes=2)
+  x[:6] = np.abs(x[:6]) + 0.01  # six inputs with every unit on at every position
+  model = IdentityConv()
+  conv = probes.probe(_init(model, x), model, _batches(x, y, 8)).layer("conv")
+  on_position = (x > 0).all(-1)                     # [N, H, W]: all channels on
+  assert conv["linear_frac_position"] == pytest.approx(on_position.mean(), abs=1e-12)
+  assert conv["linear_frac"] == conv["linear_frac_position"]
+  assert 0.3 < conv["linear_frac"] < 0.5            # far from the ~0 of whole inputs
+  assert conv["linear_frac_input"] == pytest.approx(on_position.all((1, 2)).mean())
+  assert conv["linear_frac_input"] == pytest.approx(6 / 40)
+  # A dense layer keeps the per-input meaning.
+  dense_x = x.reshape(40, -1)
+  dense = probes.probe(_init(Linear(dim=24), dense_x), Linear(dim=24),
+                       _batches(dense_x, y, 8)).layer("id")
+  assert dense["positions"] == 1
+  assert dense["linear_frac"] == dense["linear_frac_input"] == pytest.approx(6 / 40)
 
 
 def test_effective_rank_isotropic_and_rank_k():
@@ -191,14 +224,43 @@ def test_effective_rank_isotropic_and_rank_k():
   variables = _init(model, iso)
   res_iso = probes.probe(variables, model, _batches(iso, y, 400)).layer("id")
   res_low = probes.probe(variables, model, _batches(low, y, 400)).layer("id")
-  assert res_iso["erank_pre"] == pytest.approx(d, rel=0.03)
-  assert res_low["erank_pre"] == pytest.approx(k, rel=0.03)
-  # ReLU of independent coordinates stays isotropic.
-  assert res_iso["erank_post"] == pytest.approx(d, rel=0.03)
-  # The direct formula agrees with the eigenvalue definition.
-  cov = np.cov(low.T)
-  lam = np.linalg.eigvalsh(cov)
-  assert probes.effective_rank(cov) == pytest.approx(lam.sum() ** 2 / (lam ** 2).sum())
+  for key in ("participation", "entropy_rank"):
+    assert res_iso[f"{key}_pre"] == pytest.approx(d, rel=0.03), key
+    assert res_low[f"{key}_pre"] == pytest.approx(k, rel=0.03), key
+    # ReLU of independent coordinates stays isotropic.
+    assert res_iso[f"{key}_post"] == pytest.approx(d, rel=0.03), key
+  # The probe's numbers are the two formulas applied to the pooled covariance.
+  lam = np.clip(np.linalg.eigvalsh(np.cov(low.T)), 0, None)
+  p = lam[lam > 1e-9 * lam.max()] / lam.sum()
+  assert res_low["participation_pre"] == pytest.approx(1 / np.sum(p ** 2), rel=1e-3)
+  assert res_low["entropy_rank_pre"] == pytest.approx(np.exp(-np.sum(p * np.log(p))), rel=1e-3)
+
+
+@pytest.mark.parametrize("spectrum", [
+    [1.0, 1.0, 1.0, 0.0, 0.0],            # 3 equal axes: both are 3
+    [5.0, 0.0, 0.0, 0.0],                 # rank one: both are 1
+    [4.0, 2.0, 1.0, 0.5, 0.25, 0.125],    # geometric decay
+    [1.0] * 7 + [1e-6],                   # almost 7
+    [9.0, 1.0],
+])
+def test_participation_ratio_and_entropy_rank_against_numpy(spectrum):
+  lam = np.asarray(spectrum)
+  q, _ = np.linalg.qr(np.random.default_rng(len(lam)).standard_normal((len(lam),) * 2))
+  cov = (q * lam) @ q.T                   # a rotated covariance with that spectrum
+  p = lam[lam > 0] / lam.sum()
+  want_pr = lam.sum() ** 2 / np.sum(lam ** 2)
+  want_erank = np.exp(-np.sum(p * np.log(p)))
+  assert probes.participation_ratio(cov) == pytest.approx(want_pr, rel=1e-9)
+  assert probes.entropy_rank(cov) == pytest.approx(want_erank, rel=1e-6)
+  assert probes.participation_ratio(cov) <= probes.entropy_rank(cov) * (1 + 1e-9)
+  k = np.count_nonzero(lam)
+  if np.allclose(lam[lam > 0], lam.max()):
+    assert probes.participation_ratio(cov) == pytest.approx(k)
+    assert probes.entropy_rank(cov) == pytest.approx(k, rel=1e-6)
+  # Geometric halving: the two measures differ, so they are not the same number.
+  if spectrum[0] == 4.0:
+    assert probes.entropy_rank(cov) - probes.participation_ratio(cov) > 0.3
+  assert probes.participation_ratio(np.zeros((3, 3))) == probes.entropy_rank(np.zeros((3, 3))) == 0
 
 
 @pytest.fixture(scope="module")
@@ -272,6 +334,41 @@ def test_readable_errors():
     probes.probe(variables, model, _batches(x, y, 6))
   with pytest.raises(errors.ConfigError, match="empty"):
     probes.probe(variables, model, iter(()))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batch_size="64"), "batch_size='64' is a str; pass an integer >= 1"),
+    (dict(batch_size=0), "batch_size=0 is not allowed; pass an integer >= 1"),
+    (dict(grad_batches=True), "grad_batches=True is a bool; pass an integer >= 0"),
+    (dict(grad_batch_size=-2), "grad_batch_size=-2 is not allowed; pass an integer >= 1"),
+    (dict(max_examples=0.5), "max_examples=0.5 is a float; pass an integer >= 1 or None"),
+    (dict(split="val"), "split='val' is not known; choose one of: train, test"),
+    (dict(split=1), "split=1 is a int; pass one of: train, test"),
+    (dict(dormant_threshold=1.0), "dormant_threshold=1.0 is not allowed; pass a number in [0, 1)"),
+    (dict(dormant_threshold="0.1"), "dormant_threshold='0.1' is a str; pass a number in [0, 1)"),
+])
+def test_run_checks_its_arguments_as_launch_analyze_does(kwargs, message):
+  ds = data.load("spirals", num_train=16, num_test=8)
+  with pytest.raises(errors.ConfigError) as api:
+    probes.run({"params": {}}, None, ds, **kwargs)
+  assert str(api.value) == message
+  # report.analyze (what launch.analyze calls with its flags of the same names)
+  # refuses with the same line before it reads any workdir.
+  with pytest.raises(errors.ConfigError) as launcher:
+    report.analyze("/nonexistent/run", **kwargs)
+  assert str(launcher.value) == message
+
+
+def test_run_names_a_wrong_dataset_state_or_model():
+  ds = data.load("spirals", num_train=16, num_test=8)
+  with pytest.raises(errors.ConfigError, match="dataset is a str; pass a resjax.data.Dataset"):
+    probes.run({"params": {}}, None, "spirals")
+  with pytest.raises(errors.ConfigError, match="state is a str; pass a TrainState"):
+    probes.run("runs/spirals_mlp", None, ds)
+  with pytest.raises(errors.ConfigError, match="model is a str; pass a flax module"):
+    probes.run({"params": {}}, "mlp", ds)
+  with pytest.raises(errors.ConfigError, match="pass the model"):
+    probes.run({"params": {}}, None, ds)
 
 
 def test_progress_lines_and_table(toy):
