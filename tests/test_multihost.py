@@ -48,6 +48,7 @@ def test_two_processes_match_one_and_stop_together(tmp_path_factory, tmp_path):
   codes = [lead.finish(), other.finish()]
   assert codes == [0, 0], (lead.output(), other.output())
   assert lead.find(rf"^resumed from .* at step {stopped}$"), lead.output()
+  assert not [l for l in lead.lines + other.lines if "[Gloo]" in l]  # Gloo's chatter dropped.
 
   rows = metrics.read(workdir)
   train = [r for r in rows if "train/loss" in r]
