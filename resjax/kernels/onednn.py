@@ -27,15 +27,17 @@ import importlib.machinery
 import importlib.metadata
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 from jax import lax
+from jax.experimental.custom_partitioning import custom_partitioning
 import jax.numpy as jnp
 import numpy as np
 
 TARGETS = ("resjax_onednn_conv_fwd", "resjax_onednn_conv_bwd_data",
            "resjax_onednn_conv_bwd_weights")
+_SETTERS = ("resjax_onednn_jaxlib_version", "resjax_onednn_set_threads", "resjax_onednn_version")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _NHWC_HWIO = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
@@ -63,6 +65,10 @@ def _dnnl_candidates() -> list[str]:
   return out
 
 
+def _minor(version: str) -> tuple[int, ...]:
+  return tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+
+
 @functools.cache
 def _load() -> tuple[ctypes.CDLL | None, str]:
   """(the library, '') or (None, why it is not there); registers the FFI targets."""
@@ -83,6 +89,15 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib = ctypes.CDLL(path)
   except OSError as e:
     return None, f"the oneDNN convolution library did not load: {e}"
+  missing = [name for name in TARGETS + _SETTERS if not hasattr(lib, name)]
+  if missing:
+    return None, f"the oneDNN convolution library {path} lacks {', '.join(missing)}; reinstall resjax"
+  lib.resjax_onednn_jaxlib_version.restype = ctypes.c_char_p
+  built = lib.resjax_onednn_jaxlib_version().decode()
+  if built and _minor(jax.lib.__version__) < _minor(built):
+    # A handler compiled against newer FFI headers than the runtime's.
+    return None, (f"the oneDNN convolution library was built against jaxlib {built}, newer "
+                  f"than the installed {jax.lib.__version__}; reinstall resjax")
   for name in TARGETS:
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
   lib.resjax_onednn_set_threads.argtypes = [ctypes.c_int]
@@ -126,12 +141,6 @@ def _attrs(strides: tuple[int, int], padding: tuple[tuple[int, int], ...]) -> di
               pad_right=np.int64(pr))
 
 
-def _ffi(target: str, shape: Sequence[int], a: jax.Array, b: jax.Array, strides, padding):
-  _load()
-  out = jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
-  return jax.ffi.ffi_call(target, out, vmap_method="sequential")(a, b, **_attrs(strides, padding))
-
-
 def _out_shape(x_shape, w_shape, strides, padding):
   n, h, w, _ = x_shape
   kh, kw, _, o = w_shape
@@ -139,11 +148,74 @@ def _out_shape(x_shape, w_shape, strides, padding):
   return (n, (h + pt + pb - kh) // strides[0] + 1, (w + pl + pr - kw) // strides[1] + 1, o)
 
 
+# Per FFI target: its Shardy sharding rule. Only the batch n may stay sharded
+# (each device convolves its own images); the weight gradient sums over n,
+# so a device's partial sum is all-reduced over the axes n is split over.
+_RULES = ("n h w c, kh kw c o -> n oh ow o", "n oh ow o, kh kw c o -> n h w c",
+          "n h w c, n oh ow o -> kh kw c o")
+
+
+def _factors(rule: str) -> tuple[str, ...]:
+  """The rule's factors other than n, in order of first appearance."""
+  return tuple(dict.fromkeys(f for f in rule.replace(",", " ").replace("->", " ").split()
+                             if f != "n"))
+
+
+@functools.cache
+def _op(kind: int, strides: tuple[int, int], padding: tuple[tuple[int, int], ...],
+        static: tuple[int, ...]) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """FFI call `kind` (an index into TARGETS) with its attributes bound.
+
+  `static`: the shape the operands do not give (bwd_data: the input's
+  H, W, C; bwd_weights: the kernel's shape). Under the SPMD partitioner the
+  call keeps its operands' batch split (`custom_partitioning`); under vmap it
+  runs once per batch member (`custom_vmap`; the partitioner cannot batch).
+  """
+  _load()
+  target, attrs, weight_grad = TARGETS[kind], _attrs(strides, padding), kind == 2
+
+  def shape(a, b):
+    if kind == 0:
+      return _out_shape(a.shape, b.shape, strides, padding)
+    return (a.shape[0], *static) if kind == 1 else static
+
+  def plain(a, b):
+    out = jax.ShapeDtypeStruct(shape(a, b), jnp.float32)
+    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(a, b, **attrs)
+
+  def partition(mesh, arg_shapes, result_shape):
+    del result_shape
+    spec = arg_shapes[0].sharding.spec
+    axes = spec[0] if len(spec) else None
+    batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
+    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def lower(a, b):
+      y = plain(a, b)
+      return jax.lax.psum(y, axes) if weight_grad and axes is not None else y
+
+    return mesh, lower, whole if weight_grad else batch, (batch, batch if weight_grad else whole)
+
+  partitioned = custom_partitioning(plain)
+  partitioned.def_partition(partition=partition, sharding_rule=_RULES[kind],
+                            reduction_factors=("n",) if weight_grad else (),
+                            need_replication_factors=_factors(_RULES[kind]))
+  op = jax.custom_batching.custom_vmap(lambda a, b: partitioned(a, b))
+
+  @op.def_vmap
+  def _batched(axis_size, in_batched, a, b):
+    del axis_size
+    axes = tuple(0 if batched else None for batched in in_batched)
+    return jax.vmap(plain, in_axes=axes)(a, b), True
+
+  return op
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv_nhwc(x: jax.Array, w: jax.Array, strides: tuple[int, int],
               padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
   """y = conv(x[N,H,W,C], w[KH,KW,C,O]) in float32 by oneDNN (needs `available()`)."""
-  return _ffi(TARGETS[0], _out_shape(x.shape, w.shape, strides, padding), x, w, strides, padding)
+  return _op(0, strides, padding, ())(x, w)
 
 
 def _conv_fwd(x, w, strides, padding):
@@ -152,8 +224,8 @@ def _conv_fwd(x, w, strides, padding):
 
 def _conv_bwd(strides, padding, residuals, dy):
   x, w = residuals
-  dx = _ffi(TARGETS[1], x.shape, dy, w, strides, padding)
-  dw = _ffi(TARGETS[2], w.shape, x, dy, strides, padding)
+  dx = _op(1, strides, padding, tuple(x.shape[1:]))(dy, w)
+  dw = _op(2, strides, padding, tuple(w.shape))(x, dy)
   return dx, dw
 
 

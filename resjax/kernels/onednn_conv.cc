@@ -253,7 +253,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(resjax_onednn_conv_bwd_data, BackwardData, RESJAX_
 XLA_FFI_DEFINE_HANDLER_SYMBOL(resjax_onednn_conv_bwd_weights, BackwardWeights,
                               RESJAX_BIND(x, dy));
 
+#ifndef RESJAX_JAXLIB_VERSION
+#define RESJAX_JAXLIB_VERSION ""
+#endif
+
 extern "C" {
+// The jaxlib whose FFI headers this library was compiled against ("" if unknown).
+__attribute__((visibility("default"))) const char* resjax_onednn_jaxlib_version(void) {
+  return RESJAX_JAXLIB_VERSION;
+}
 // n > 0: every later call runs on n OpenMP threads; 0: OpenMP's default.
 __attribute__((visibility("default"))) void resjax_onednn_set_threads(int n) {
   g_threads.store(n < 0 ? 0 : n);

@@ -1,0 +1,135 @@
+"""The oneDNN convolution (resjax/kernels) against lax.conv_general_dilated."""
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import embedded
+from resjax import models
+from resjax import sharding
+from resjax.kernels import onednn
+from tests.conftest import run_steps
+
+if not onednn.available():
+  pytest.skip(f"oneDNN convolution not built: {onednn.unavailable_reason()}",
+              allow_module_level=True)
+
+DN = ("NHWC", "HWIO", "NHWC")
+PAD1, PAD0 = ((1, 1), (1, 1)), ((0, 0), (0, 0))
+
+
+def _loss(conv, strides, padding):
+  """A scalar of the convolution whose gradients weigh every output differently."""
+  def loss(x, w):
+    y = conv(x, w, strides, padding, dimension_numbers=DN)
+    return jnp.sum(jnp.sin(y) * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size)
+  return loss
+
+
+def _inputs(n, h, w, c, o, k, seed=0):
+  rng = np.random.default_rng(seed)
+  return (jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32),
+          jnp.asarray(rng.standard_normal((k, k, c, o)) / np.sqrt(k * k * c), jnp.float32))
+
+
+# (batch, height, width, in channels, out channels, kernel, stride, padding):
+# the ResNets' 3x3 convs at strides 1 and 2 with symmetric padding, the stem's
+# 3 input channels, 1x1 convs, batch 1, odd and non-square images, SAME.
+SHAPES = [
+    (4, 8, 8, 3, 16, 3, 1, PAD1),
+    (2, 16, 16, 16, 16, 3, 1, PAD1),
+    (3, 16, 16, 16, 32, 3, 2, PAD1),
+    (1, 8, 8, 32, 64, 3, 2, PAD1),
+    (1, 7, 9, 5, 6, 3, 1, PAD1),
+    (2, 9, 7, 8, 4, 3, 2, PAD1),
+    (2, 8, 8, 8, 24, 1, 1, PAD0),
+    (3, 9, 9, 4, 8, 3, 2, "SAME"),
+    (2, 8, 8, 4, 8, 3, 1, "SAME"),
+]
+
+
+@pytest.mark.parametrize("n,h,w,c,o,k,s,padding", SHAPES)
+def test_forward_and_both_gradients_match_lax(n, h, w, c, o, k, s, padding):
+  x, kernel = _inputs(n, h, w, c, o, k)
+  args = ((s, s), padding)
+  want_y = lax.conv_general_dilated(x, kernel, *args, dimension_numbers=DN)
+  got_y = jax.jit(lambda a, b: onednn.conv_general_dilated(a, b, *args, dimension_numbers=DN))(
+      x, kernel)
+  np.testing.assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-5)
+  want = jax.jit(jax.grad(_loss(lax.conv_general_dilated, *args), (0, 1)))(x, kernel)
+  got = jax.jit(jax.grad(_loss(onednn.conv_general_dilated, *args), (0, 1)))(x, kernel)
+  for g, ref in zip(got, want):
+    assert g.shape == ref.shape
+    np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(ref))))
+
+
+def test_what_onednn_does_not_cover_goes_to_lax():
+  x, kernel = _inputs(2, 8, 8, 4, 8, 3)
+  dn = lax.conv_dimension_numbers(x.shape, kernel.shape, DN)
+  assert onednn.covers(x, kernel, (1, 1), PAD1, dimension_numbers=dn)
+  assert not onednn.covers(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), (1, 1), PAD1,
+                           dimension_numbers=dn)
+  assert not onednn.covers(x, kernel, (1, 1), PAD1, rhs_dilation=(2, 2), dimension_numbers=dn)
+  grouped = kernel[:, :, :2]
+  assert not onednn.covers(x, grouped, (1, 1), PAD1, dimension_numbers=dn, feature_group_count=2)
+  # A grouped convolution through the wrapper is lax's.
+  y = jax.jit(lambda a, b: onednn.conv_general_dilated(a, b, (1, 1), PAD1, dimension_numbers=DN,
+                                                      feature_group_count=2))(x, grouped)
+  np.testing.assert_array_equal(y, lax.conv_general_dilated(x, grouped, (1, 1), PAD1,
+                                                            dimension_numbers=DN,
+                                                            feature_group_count=2))
+
+
+def test_batch_split_over_devices_stays_split_and_matches():
+  """On a data mesh each device convolves its own images: no all-gather, and
+  the weight gradient is the sum over all devices' images."""
+  mesh = sharding.make_mesh(jax.devices()[:8])
+  x, kernel = _inputs(16, 8, 8, 4, 8, 3)
+  loss = _loss(onednn.conv_general_dilated, (2, 2), PAD1)
+  batch, whole = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  step = jax.jit(jax.value_and_grad(loss, (0, 1)), in_shardings=(batch, whole),
+                 out_shardings=(whole, (batch, whole)))
+  hlo = step.lower(x, kernel).compile().as_text()
+  assert "all-gather" not in hlo and "resjax_onednn_conv_bwd_weights" in hlo
+  value, (dx, dw) = step(jax.device_put(x, batch), jax.device_put(kernel, whole))
+  want_value, (want_dx, want_dw) = jax.jit(jax.value_and_grad(
+      _loss(lax.conv_general_dilated, (2, 2), PAD1), (0, 1)))(x, kernel)
+  np.testing.assert_allclose(value, want_value, rtol=1e-5)
+  np.testing.assert_allclose(dx, want_dx, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(dw, want_dw, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("in_axes", [(0, 0), (0, None), (None, 0)])
+def test_vmap_over_nets_matches_lax(in_axes):
+  """Grids vmap the step over stacked nets (batched kernels, maybe batched images)."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((3, 2, 8, 8, 4)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 3, 4, 8)) / 6, jnp.float32)
+  x = x if in_axes[0] == 0 else x[0]
+  kernel = kernel if in_axes[1] == 0 else kernel[0]
+  grads = lambda conv: jax.jit(jax.vmap(jax.grad(_loss(conv, (1, 1), PAD1), (0, 1)),
+                                        in_axes=in_axes))(x, kernel)
+  for g, ref in zip(grads(onednn.conv_general_dilated), grads(lax.conv_general_dilated)):
+    np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_model_field_selects_it():
+  model = models.build("resnet", 10, depth=8, widths=(4, 8, 8), conv_impl="onednn")
+  x = jnp.zeros((2, 8, 8, 3))
+  hlo = jax.jit(lambda v, x: model.apply(v, x)).lower(
+      jax.eval_shape(model.init, jax.random.key(0), x), x).as_text()
+  assert "resjax_onednn_conv_fwd" in hlo
+  with pytest.raises(ValueError, match="conv_impl"):
+    models.build("resnet", 10, depth=8, conv_impl="cudnn")
+
+
+def test_training_losses_match_xla():
+  """20 steps of a ResNet-8 on digits, batch split over 8 host devices: the
+  same losses with either convolution."""
+  losses = {}
+  for impl in ("xla", "onednn"):
+    config = embedded.get_config("tiny")
+    config.model.conv_impl = impl
+    losses[impl], _ = run_steps(config, jax.devices()[:8], steps=20)
+  np.testing.assert_allclose(losses["onednn"], losses["xla"], rtol=1e-5)
