@@ -6,7 +6,8 @@ from a generator that ships with the code ('spirals', 'digits').
 `train_indices` / `local_rows` / `eval_batches` turn it into batches that are a
 pure function of (seed, step), so a resumed run sees exactly the same data.
 
-Device side (jit-able): `preprocess` normalizes, `augment` draws a random
+Device side (jit-able): `preprocess` normalizes (per channel, or by the
+per-pixel mean as He et al. do: `NORMALIZE`), `augment` draws a random
 pad-and-crop and horizontal flip per example.
 """
 from __future__ import annotations
@@ -30,6 +31,8 @@ from resjax import errors
 TFDS_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "svhn_cropped")
 EMBEDDED_NAMES = ("spirals", "digits", "manifold")
 NAMES = TFDS_NAMES + EMBEDDED_NAMES
+# How `load` computes the statistics `preprocess` applies (`config.data.normalize`).
+NORMALIZE = ("per_channel", "per_pixel_mean")
 
 # Examples deserialized per batched ArrayRecord read.
 _READ_CHUNK = 4096
@@ -57,8 +60,10 @@ class Split:
 class Dataset:
   """A train and a test split plus the statistics used to normalize them.
 
-  mean/std are float32 per channel (images, in 0..255 units) or per feature,
-  computed on the train split.
+  mean/std are float32, computed on the train split (images in 0..255 units):
+  normalize='per_channel': mean and std per channel [C] (per feature [D]);
+  normalize='per_pixel_mean': mean per pixel [H, W, C] ([D]), std per channel
+  [C] of the inputs around that mean (`pixel_stats`).
   """
   name: str
   train: Split
@@ -66,6 +71,7 @@ class Dataset:
   num_classes: int
   mean: np.ndarray
   std: np.ndarray
+  normalize: str = "per_channel"
 
   @property
   def is_image(self) -> bool:
@@ -82,22 +88,34 @@ class Dataset:
 
 
 def load(name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0,
-         **options: Any) -> Dataset:
+         normalize: str = "per_channel", **options: Any) -> Dataset:
   """Loads dataset `name` fully into host memory.
 
   Args:
     name: one of `NAMES`.
     data_dir: tfds data directory (tfds datasets only; None = tfds default).
     seed: generation / split seed of the embedded datasets (tfds data ignores it).
+    normalize: the statistics in `mean` / `std`, one of `NORMALIZE`:
+      'per_channel' (mean and std per channel) or 'per_pixel_mean' (He et al.:
+      the mean image is subtracted; then divided by the per-channel std around
+      it, so inputs keep the scale of 'per_channel' and the learning rates).
     **options: embedded-dataset options: 'spirals' takes num_arms, noise,
       turns, num_train, num_test; 'digits' takes num_test; 'manifold' takes d,
       ambient, num_classes, num_train, num_test.
 
   Raises:
-    ConfigError: unknown name or option, or tfds data that is not prepared
-      (the message gives the command that prepares it).
+    ConfigError: unknown name, option or value (the message `launch.train`
+      gives for it), or tfds data that is not prepared (the message gives the
+      command that prepares it).
   """
-  errors.choice("data.name", name, NAMES)
+  _allowed("data.name", name, lambda v: isinstance(v, str) and v in NAMES,
+           f"choose one of: {', '.join(NAMES)}")
+  _allowed("data.data_dir", data_dir, lambda v: v is None or isinstance(v, (str, os.PathLike)),
+           "use a directory path or None (the tfds default)")
+  _allowed("data.seed", seed, lambda v: isinstance(v, (int, np.integer))
+           and not isinstance(v, bool) and v >= 0, "use an integer >= 0")
+  _allowed("data.normalize", normalize, lambda v: isinstance(v, str) and v in NORMALIZE,
+           f"choose one of: {', '.join(NORMALIZE)}")
   if name == "spirals":
     train, test, num_classes = _spirals(seed, **_options(name, options, _SPIRAL_DEFAULTS))
   elif name == "digits":
@@ -107,9 +125,16 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0,
   else:
     _options(name, options, {})
     train, test, num_classes = _load_tfds(name, data_dir)
-  mean, std = channel_stats(train.inputs)
+  stats = pixel_stats if normalize == "per_pixel_mean" else channel_stats
+  mean, std = stats(train.inputs)
   return Dataset(name=name, train=train, test=test, num_classes=num_classes,
-                 mean=mean, std=std)
+                 mean=mean, std=std, normalize=normalize)
+
+
+def _allowed(field: str, value: Any, ok, fix: str) -> None:
+  """The check and message of `train.validate`: 'FIELD=VALUE is not allowed; FIX'."""
+  if not ok(value):
+    raise errors.ConfigError(f"{field}={value!r} is not allowed; {fix}")
 
 
 def _options(name: str, options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -197,8 +222,9 @@ def _spirals(seed: int, *, num_arms: int, noise: float, turns: float, num_train:
   """
   errors.check(isinstance(num_arms, (int, np.integer)) and num_arms >= 2,
                f"data.num_arms={num_arms!r} must be an integer >= 2")
-  errors.check(noise >= 0, f"data.noise={noise!r} must be >= 0")
-  errors.check(turns > 0, f"data.turns={turns!r} must be > 0")
+  number = lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, bool)  # noqa: E731
+  errors.check(number(noise) and noise >= 0, f"data.noise={noise!r} must be a number >= 0")
+  errors.check(number(turns) and turns > 0, f"data.turns={turns!r} must be a number > 0")
   for field, value in (("num_train", num_train), ("num_test", num_test)):
     errors.check(isinstance(value, (int, np.integer)) and value >= 1,
                  f"data.{field}={value!r} must be an integer >= 1")
@@ -298,6 +324,36 @@ def channel_stats(inputs: np.ndarray, chunk: int = 1 << 20) -> tuple[np.ndarray,
   std = np.sqrt(var)
   std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(shift[:c])), std, 1.0)
   return (mean_shifted + shift[:c]).astype(np.float32), std.astype(np.float32)
+
+
+def pixel_stats(inputs: np.ndarray, chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+  """Per-pixel mean [H, W, C] and per-channel std [C] around it, float32.
+
+  The mean image of He et al. (per feature [D] for feature vectors). The std
+  of channel c is the root mean over pixels of each pixel's variance, so
+  (x - mean) / std has zero mean at every pixel and unit variance per channel.
+  Accumulated in float64 over chunks of about `chunk` values, shifted by the
+  first example; a constant channel gets std 1.
+  """
+  errors.check(inputs.ndim >= 2 and len(inputs) > 0 and inputs.shape[-1] > 0,
+               f"cannot compute pixel statistics of an array of shape {inputs.shape}")
+  c = inputs.shape[-1]
+  flat = inputs.reshape(len(inputs), -1)
+  shift = flat[0].astype(np.float64)
+  total = np.zeros(flat.shape[1])
+  total_sq = np.zeros(flat.shape[1])
+  rows = max(1, chunk // flat.shape[1])
+  for i in range(0, len(flat), rows):
+    d = flat[i:i + rows].astype(np.float64) - shift
+    total += d.sum(axis=0)
+    total_sq += np.einsum("ij,ij->j", d, d)
+  mean_shifted = total / len(flat)
+  var = np.maximum(total_sq / len(flat) - mean_shifted**2, 0.0).reshape(-1, c).mean(axis=0)
+  mean = mean_shifted + shift
+  std = np.sqrt(var)
+  scale = np.abs(mean.reshape(-1, c)).max(axis=0)
+  std = np.where(std > 1e-12 * np.maximum(1.0, scale), std, 1.0)
+  return mean.reshape(inputs.shape[1:]).astype(np.float32), std.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------
@@ -441,12 +497,23 @@ def prefetch(iterable: Iterable[Any], size: int = 2) -> Iterator[Any]:
 
 
 def preprocess(inputs: jax.Array, mean, std) -> jax.Array:
-  """(inputs - mean) / std in float32, per channel / feature (last axis).
+  """(inputs - mean) / std in float32.
 
-  Works for uint8 images (mean/std in 0..255 units) and float features alike.
+  mean and std each hold one value per channel / feature (last axis) or one
+  per input element (a per-pixel mean [H, W, C], or the same flattened to
+  H*W*C values, as a checkpoint stores it). Works for uint8 images (mean/std
+  in 0..255 units) and float features alike.
   """
   x = jnp.asarray(inputs).astype(jnp.float32)
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  return (x - _per_element(mean, x.shape[1:])) / _per_element(std, x.shape[1:])
+
+
+def _per_element(v, shape: tuple[int, ...]) -> jax.Array:
+  """Per-channel values as they are; per-element values in the example's shape."""
+  v = jnp.asarray(v, jnp.float32)
+  if v.ndim == 1 and len(shape) > 1 and v.size == math.prod(shape) != shape[-1]:
+    return v.reshape(shape)
+  return v
 
 
 def crop_and_flip(x_BxHxWxC: jax.Array, dy_B: jax.Array, dx_B: jax.Array,
