@@ -59,7 +59,8 @@ class Diverged(RuntimeError):
 class Preprocess:
   """What happens on device to a raw batch before the model sees it.
 
-  Normalizes with the dataset's per-channel (or per-feature) mean and std;
+  Normalizes with the dataset's mean and std (per channel or feature; a
+  per-pixel mean is kept flattened, `data.preprocess` reshapes it);
   when training with `augment`, images then get a random crop after zero
   padding by `pad` (zero = the mean colour) and an optional horizontal flip.
   """
