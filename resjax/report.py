@@ -580,8 +580,9 @@ def plot_units(runs: Sequence[dict]):
     _run_legend(fig, runs, colors, y=0.965 if linear else 0.955)
     fig.tight_layout(rect=(0, 0.03 if not linear else 0, 1, 0.95 if linear else 0.935))
     if not linear:
+      where = "input or position" if _has_positions(runs) else "input"
       fig.text(0.01, 0.005, "(c) linear-region fraction (C7) not drawn: 0 in every layer; "
-               "no input (or position) puts every unit of a layer on duty.", fontsize=8,
+               f"no {where} puts every unit of a layer on duty.", fontsize=8,
                color="0.3", ha="left", va="bottom")
   return fig
 
@@ -611,9 +612,15 @@ def plot_rank(runs: Sequence[dict]):
       ax.step(np.arange(len(names)), [width[n] for n in names], where="mid", color="0.55",
               linewidth=1)
       ax.set_yscale("log", base=2)
-      ax.yaxis.set_major_formatter(mticker.ScalarFormatter())
+      ax.yaxis.set_major_locator(mticker.LogLocator(base=2))
+      ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
       ax.set_ylabel("rank")
       ax.set_title(title, loc="left")
+    values = [r[f"{k}_{w}"] for run in runs for r in run["layers"]
+              for k in ("participation", "entropy_rank") for w in ("pre", "post")]
+    values = [v for v in values if v and v > 0] + list(width.values())
+    for ax in axes:  # one scale for both measures
+      ax.set_ylim(min(values) / 1.15, max(values) * 1.15)
     axes[-1].set_xlabel("activation layer (forward order)")
     _layer_ticks(axes[-1], names)
     handles = _run_handles(runs, colors)
@@ -799,7 +806,8 @@ def report_markdown(runs: Sequence[dict], command: str | None = None) -> str:
       md.append(f"- **{r['run']}**: no shortcuts; the branch carries 100% of every block's "
                 f"output ({c['blocks']} blocks).")
   if len(runs) > 1:
-    md.append("- " + _compare_sentence(runs, num, "accuracy", "Test accuracy", 4))
+    md.append("- " + _compare_sentence(runs, num, "accuracy",
+                                       f"Accuracy on the {split} split", 4))
     md.append("- " + _compare_sentence(runs, num, "dead_pct", "Dead units", 2, "%"))
     if all("grad_ratio" in num[r["run"]] for r in runs):
       md.append("- " + _compare_sentence(runs, num, "grad_ratio",
