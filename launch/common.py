@@ -37,9 +37,10 @@ for _name in _NOISE:
 def readable_errors(main: Callable) -> Callable:
   """Wraps an absl `main` so each failure a user can act on ends in one line.
 
-  Bad input (ConfigError): exit 2. A result set that could not be written, a
-  full or read-only disk, out of memory (XLA's RESOURCE_EXHAUSTED, MemoryError):
-  exit 1. Ctrl-C (KeyboardInterrupt): exit 130.
+  Bad input (ConfigError): exit 2. A result set or checkpoint that could not
+  be written, a full or read-only disk, a diverged training run, out of memory
+  (XLA's RESOURCE_EXHAUSTED, MemoryError): exit 1. Ctrl-C (KeyboardInterrupt):
+  exit 130.
   """
 
   @functools.wraps(main)
@@ -63,6 +64,9 @@ def readable_errors(main: Callable) -> Callable:
       from resjax import files  # pylint: disable=g-import-not-at-top
       if isinstance(e, files.ResultsNotWritten):
         fail(str(e), code=1)
+      train = sys.modules.get("resjax.train")  # Its errors can only come once it is loaded.
+      if train is not None and isinstance(e, (train.Diverged, train.NotSaved)):
+        fail(str(e), code=1, now=isinstance(e, train.NotSaved))
       if "RESOURCE_EXHAUSTED" not in str(e)[:2000]:
         raise
       line = next((l.strip() for l in str(e).splitlines() if "RESOURCE_EXHAUSTED" in l), "")
@@ -124,9 +128,18 @@ def log_devices() -> None:
                jax.device_count(), jax.devices())
 
 
-def fail(message: str, code: int = 2) -> None:
-  """Prints each line of `message` as `error: ...` and exits with `code`."""
-  print("\n".join(f"error: {line}" for line in message.strip().splitlines()), file=sys.stderr)
+def fail(message: str, code: int = 2, *, now: bool = False) -> None:
+  """Prints each line of `message` as `error: ...` and exits with `code`.
+
+  `now`: at once (`distributed.exit_now`), for a failed checkpoint save whose
+  Orbax threads may still be running: the interpreter's teardown would abort in
+  C++ under them (a core dump instead of the exit code).
+  """
+  text = "\n".join(f"error: {line}" for line in message.strip().splitlines())
+  if now:
+    from resjax import distributed  # pylint: disable=g-import-not-at-top
+    distributed.exit_now(text, code)
+  print(text, file=sys.stderr)
   sys.exit(code)
 
 

@@ -50,7 +50,7 @@ def main(argv):
       result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, fresh=_FRESH.value,
                                         should_stop=should_stop)
     except (train.Diverged, train.NotSaved) as e:
-      common.fail(str(e), code=1)
+      common.fail(str(e), code=1, now=isinstance(e, train.NotSaved))
     except OSError as e:  # metrics.jsonl, TensorBoard or config.json on a full disk.
       if e.errno not in common.DISK_ERRNOS:
         raise
@@ -59,7 +59,7 @@ def main(argv):
               f"{checkpoints.directory(_WORKDIR.value)}" if steps else "no checkpoint was saved")
       common.fail(f"could not write{f' to {e.filename}' if e.filename else ''} in "
                   f"{_WORKDIR.value} ({e.strerror}); {kept}; free some space and run the same "
-                  "command to resume", code=1)
+                  "command to resume", code=1, now=True)
   if jax.process_index() != 0:
     return
   if result["stopped"]:
