@@ -10,6 +10,9 @@ fraction follows P(Binomial(n, 1/2) < 2) (0.75 at n=2, 0.19 at n=5) within
 its 95% interval; identity has ~0 error in all three measures for n >= 2.
 About 15-25 s on a shared 2-core CPU (compile 5-7 s, run 3-4 s).
 
+`--config.manifold.scale=20` pushes the spiral (radius <= 1) out to radius
+20, where ReLU6 saturates (z >= 6) and tanh flattens out (README).
+
 Variants (`:name`): `ball` / `sphere` sweep the manifold dimension d
 (uniform in / on the unit ball in d dimensions), so collapse can be read
 against n/d (C3); `quick` is a seconds-long smoke run.
@@ -32,6 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.manifold.dims = (2,)  # Manifold dimensions d (the spiral is 2-D only).
   config.manifold.points = 1000  # Points on the manifold.
   config.manifold.turns = 3.0  # Turns of the spiral.
+  config.manifold.scale = 1.0  # Multiplier of the points (all within radius 1 at scale 1).
 
   config.figure = ml_collections.ConfigDict()
   config.figure.activation = "relu"  # Activation of the Fig. 1 panels.

@@ -1,15 +1,26 @@
 """ReLU collapse (claims C1-C3, C7): embed a manifold, activate, try to get it back.
 
 For one grid cell (manifold dim d, activation, embedding dim n, seed): draw
-T_NxD Gaussian, compute y = act(T x) for every point x, and measure three
-relative errors sum ||x - x_rec||^2 / sum ||x||^2:
+T_NxD Gaussian, compute y = act(T x) for every point x, and measure four
+relative errors sum ||x - x_rec||^2 / sum ||x||^2 of decoders that know T
+and read y:
 
-  pinv    x_rec = T^+ y, as in MobileNetV2 Fig. 1;
-  refit   x_rec = the best linear map (least squares over the cell's points)
-          applied to T^+ y: how much of the shape survives;
-  oracle  x_rec = least squares on the units where the activation is invertible.
-          There act^-1(y_i) = (T x)_i exactly, so this is the projection of x
-          onto the span of the active rows of T: zero once d of them are on duty.
+  pinv         x_rec = T^+ y, as in MobileNetV2 Fig. 1;
+  refit        x_rec = the best linear map (least squares over the cell's
+               points) applied to T^+ y: how much of the shape survives;
+  span         least squares on the units on duty (where the activation has a
+               usable inverse, `activations`): act^-1(y_i) = T_i x there, so
+               with k < d units on duty this is x's projection onto the span
+               of their rows, and x itself once d are on duty (it solves the
+               first d). It ignores what the silent units say, so for ReLU
+               (whose active set y shows) it is an upper bound on the
+               information lost, not the information lost;
+  constrained  the same least squares, also enforcing the silent units'
+               constraints: T_i x' <= lo for units below the region (ReLU:
+               T_i x' <= 0), T_i x' >= hi above it (ReLU6: >= 6). Among the x'
+               that fit y it takes the one of least norm, as the span decoder
+               does, so it is never worse than the span decoder (a QP per
+               point, `_min_norm_qp`).
 
 plus the fraction of points with fewer than d units on duty (collapsed), with
 none (dead), the mean fraction on duty, and the fraction with all units on
@@ -19,11 +30,12 @@ p(x) = P(lo < N(0, |x|^2) < hi) for the activation's region (lo, hi), and the
 point collapses with probability P(Binomial(n, p(x)) < d); for ReLU p = 1/2.
 
 `sweep` computes the whole grid in one compiled call. T is drawn once per
-(d, seed) at [n_max, d_max] (columns past d masked to zero), and T_n is its
-first n rows, exactly the unpadded draw for n. Everything that depends on n is
-a sum over the first n units, so prefix sums over the unit axis give every n
-at once. Draws are vmapped in chunks under `lax.map` (memory stays bounded)
-and the activations are unrolled inside the same program, sharing T x, the
+(d, seed) at [n_max, d] (zero-padded to d_max columns; each d has its own
+key, so the T's of different d are independent), and T_n is its first n rows,
+exactly the unpadded draw for n. Everything that depends on n is a sum over
+the first n units, so prefix sums over the unit axis give every n at once.
+Draws are vmapped in chunks under `lax.map` (memory stays bounded) and the
+activations are unrolled inside the same program, sharing T x, the
 pseudo-inverses and the duty statistics.
 """
 from __future__ import annotations
@@ -37,17 +49,17 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import special
+from scipy import optimize, special
 
 from resjax import activations, errors, files, locking, manifolds, stats
 
 Array = jax.Array
 
-ERRORS = ("pinv", "refit", "oracle")
-METRICS = ("pinv_error", "refit_error", "oracle_error", "collapsed_frac", "dead_frac",
-           "active_frac", "linear_frac")
+ERRORS = ("pinv", "refit", "span", "constrained")
+METRICS = ("pinv_error", "refit_error", "span_error", "constrained_error", "collapsed_frac",
+           "dead_frac", "active_frac", "linear_frac")
 THEORY = ("collapsed_frac_theory", "dead_frac_theory", "linear_frac_theory",
-          "oracle_error_theory")
+          "span_error_theory")
 
 # Singular values of T below this fraction of the largest count as zero, and
 # eigenvalues of the refit's Gram matrix below GRAM_RTOL of the largest. Both
@@ -56,6 +68,13 @@ PINV_RTOL = 1e-5
 GRAM_RTOL = 1e-6
 # Gram-Schmidt drops a row that keeps less than this fraction of its norm.
 _GS_RTOL = 1e-6
+# The constrained decoder's QP: at most QP_STEPS active-set steps per unit of
+# d_max (each adds or drops one constraint; tests/test_collapse.py checks the
+# result against scipy.optimize.nnls), a constraint counts as violated beyond
+# QP_TOL of its scale, and QP_BLOCK prefixes x units are solved at a time.
+QP_STEPS = 4
+QP_TOL = 1e-5
+QP_BLOCK = 512
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -71,6 +90,7 @@ class Grid:
   points: int = 1000
   turns: float = 3.0
   chunk: int = 8  # draws of T (d, seed) per vmapped chunk; 0 = all at once
+  scale: float = 1.0  # multiplier of the manifold's points
 
   @property
   def cells(self) -> int:
@@ -114,7 +134,9 @@ def _ints(value: Any, field: str, what: str) -> tuple[int, ...]:
 
 
 def grid_from_config(config: Any) -> Grid:
-  """Validates a collapse config (ConfigDict or dict) into a Grid; ConfigError on bad input."""
+  """Validates a collapse config (ConfigDict, dict or Grid) into a Grid; ConfigError on bad input."""
+  if isinstance(config, Grid):
+    config = config_of(config)
   names = _names(config["activations"], "activations")
   errors.check(bool(names), "activations is empty; choose from: " + ", ".join(activations.names()))
   for name in names:
@@ -129,13 +151,29 @@ def grid_from_config(config: Any) -> Grid:
   ds = _ints(m["dims"], "manifold.dims", "manifold dimension d")
   manifolds.check(m["name"], ds, m["points"])
   errors.check(float(m["turns"]) > 0, f"manifold.turns={m['turns']!r} must be > 0")
+  scale = m.get("scale", 1.0)
+  errors.check(isinstance(scale, (int, float)) and not isinstance(scale, bool)
+               and 0 < scale < math.inf, f"manifold.scale={scale!r} must be a number > 0")
   return Grid(activations=tuple(dict.fromkeys(names)),
               dims=_ints(config["dims"], "dims", "embedding dimension n"),
               seeds=seeds, seed=seed, manifold=m["name"], ds=ds, points=m["points"],
-              turns=float(m["turns"]), chunk=chunk)
+              turns=float(m["turns"]), chunk=chunk, scale=float(scale))
+
+
+def config_of(grid: Grid) -> dict[str, Any]:
+  """The config dict that `grid_from_config` turns into `grid`."""
+  return {"activations": grid.activations, "dims": grid.dims, "seeds": grid.seeds,
+          "seed": grid.seed, "chunk": grid.chunk,
+          "manifold": {"name": grid.manifold, "dims": grid.ds, "points": grid.points,
+                       "turns": grid.turns, "scale": grid.scale}}
 
 
 # ---------------------------------------------------------------- one cell
+
+
+def embedding_key(seed: int, s: Any, d: Any) -> Array:
+  """The key of T for seed index s and manifold dim d: one stream per (s, d)."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), s), d)
 
 
 def draw_embedding(key: Array, n: int, d: int) -> Array:
@@ -165,6 +203,10 @@ def _small(a_IxK: Array, b_KxE: Array) -> Array:
   return jnp.sum(a_IxK[..., :, :, None] * b_KxE[..., None, :, :], axis=-2)
 
 
+def _dot(a: Array, b: Array) -> Array:
+  return jnp.sum(a * b, -1)
+
+
 def _pinv(t_NxD: Array) -> Array:
   """T^+ [D, N] from the SVD of T, singular values < PINV_RTOL * largest dropped.
 
@@ -186,132 +228,270 @@ def _psd_pinv(g_DxD: Array) -> Array:
   return _small(v_DxD * inv_D[..., None, :], jnp.swapaxes(v_DxD, -1, -2))
 
 
-def _gram_schmidt(x_PxD: Array, a_PxJxD: Array) -> Array:
-  """r_PxJ1xD: x minus its projection onto span(a_0..a_{j-1}), for j = 0..J.
+def _first_on(t_NxD: Array, on_NxP: Array, zhat_NxP: Array, d: Array) -> tuple[Array, Array]:
+  """Rows a_PxJxD and decoded pre-activations zf_PxJ of each point's first d units on duty.
 
-  Unrolled modified Gram-Schmidt over the J rows; a zero or dependent row adds
-  nothing to the span.
+  J = d_max; slots past d or past the point's count stay zero. With fewer than
+  d on duty these are all of them, which is when the decoders lose anything.
   """
-  r_PxD, basis, out = x_PxD, [], [x_PxD]
+  rank_NxP = jnp.cumsum(on_NxP.astype(jnp.int32), axis=0)
+  slot_J = jnp.arange(t_NxD.shape[1])
+  pick_JxNxP = (on_NxP[None] & (rank_NxP[None] == slot_J[:, None, None] + 1)
+                & (slot_J < d)[:, None, None]).astype(t_NxD.dtype)
+  return (jnp.einsum("jnp,nd->pjd", pick_JxNxP, t_NxD, precision=_HIGHEST),
+          jnp.einsum("jnp,np->pj", pick_JxNxP, zhat_NxP, precision=_HIGHEST))
+
+
+def _span_solutions(a_PxJxD: Array, zf_PxJ: Array) -> Array:
+  """x_PxJ1xD: the least-norm x with a_i . x = zf_i for i < j, for j = 0..J.
+
+  Incremental Gram-Schmidt: the step along the new orthonormal direction q_j
+  keeps the earlier equations; a zero or dependent row changes nothing.
+  """
+  x_PxD = jnp.zeros_like(a_PxJxD[:, 0])
+  basis, out = [], [x_PxD]
   for j in range(a_PxJxD.shape[1]):
-    v_PxD = a_PxJxD[:, j]
+    a_PxD = a_PxJxD[:, j]
+    v_PxD = a_PxD
     for q_PxD in basis:
-      v_PxD = v_PxD - jnp.sum(q_PxD * v_PxD, -1, keepdims=True) * q_PxD
-    norm_P1 = jnp.linalg.norm(v_PxD, axis=-1, keepdims=True)
-    ok_P1 = norm_P1 > _GS_RTOL * jnp.linalg.norm(a_PxJxD[:, j], axis=-1, keepdims=True)
-    q_PxD = jnp.where(ok_P1, v_PxD / jnp.where(ok_P1, norm_P1, 1.0), 0.0)
+      v_PxD = v_PxD - _dot(q_PxD, v_PxD)[:, None] * q_PxD
+    norm_P = jnp.linalg.norm(v_PxD, axis=-1)
+    ok_P = norm_P > _GS_RTOL * jnp.linalg.norm(a_PxD, axis=-1)
+    safe_P = jnp.where(ok_P, norm_P, 1.0)
+    q_PxD = jnp.where(ok_P[:, None], v_PxD / safe_P[:, None], 0.0)
+    step_P = jnp.where(ok_P, (zf_PxJ[:, j] - _dot(a_PxD, x_PxD)) / safe_P, 0.0)
+    x_PxD = x_PxD + step_P[:, None] * q_PxD
     basis.append(q_PxD)
-    r_PxD = r_PxD - jnp.sum(q_PxD * r_PxD, -1, keepdims=True) * q_PxD
-    out.append(r_PxD)
+    out.append(x_PxD)
   return jnp.stack(out, 1)
 
 
-def _first_on_rows(t_NxD: Array, on_NxP: Array, rank_NxP: Array, d: Array) -> Array:
-  """a_PxJxD: for each point, the rows of T of its first d on-duty units (J = d_max).
+def _slot_basis(nrm_MxSxD: Array) -> tuple[list[Array], list[list[Array]]]:
+  """Modified Gram-Schmidt of the S slot normals: orthonormal u_j and n_j = sum_l L[j][l] u_l."""
+  us, coef = [], []
+  for j in range(nrm_MxSxD.shape[1]):
+    v = nrm_MxSxD[:, j]
+    row = []
+    for u in us:
+      c = _dot(u, v)
+      v = v - c[:, None] * u
+      row.append(c)
+    norm = jnp.linalg.norm(v, axis=-1)
+    ok = norm > _GS_RTOL * jnp.linalg.norm(nrm_MxSxD[:, j], axis=-1)
+    us.append(jnp.where(ok[:, None], v / jnp.where(ok, norm, 1.0)[:, None], 0.0))
+    row.append(jnp.where(ok, norm, 0.0))
+    coef.append(row)
+  return us, coef
 
-  With fewer than d on duty these are all of them, which is when the oracle
-  loses anything; slots past d or past the point's count stay zero.
+
+def _min_norm_qp(x0_MxD, nrm_MxSxD, kind_MxS, t_NxD, side_MxN, b_MxN, valid_MxN, done_M,
+                 steps: int):
+  """The least-norm x with n_j . x = c_j (eq slots) and side_i (T_i x - b_i) <= 0 (valid i).
+
+  Goldfarb and Idnani's dual active-set method (Math. Prog. 27, 1983) with the
+  identity as Hessian: start at x0, the least-norm solution of the equalities
+  (slots with kind 1); add the most violated constraint, stepping along the
+  null space of the active set, and drop an active constraint whose
+  multiplier would turn negative (a partial step). Each step adds or drops one
+  constraint; after `steps` steps, or when nothing is violated, it stops. The
+  active set lives in the S = d_max slots (kind 0 empty, 1 equality, 2
+  inequality), so every shape is static and the whole thing vmaps.
   """
-  slot_J = jnp.arange(t_NxD.shape[1])
-  pick_JxNxP = (on_NxP[None] & (rank_NxP[None] == slot_J[:, None, None] + 1)
-                & (slot_J < d)[:, None, None])
-  return jnp.einsum("jnp,nd->pjd", pick_JxNxP.astype(t_NxD.dtype), t_NxD, precision=_HIGHEST)
+  m_idx = jnp.arange(x0_MxD.shape[0])
+  tnorm_N = jnp.linalg.norm(t_NxD, axis=-1)
+  bscale_MxN = jnp.abs(b_MxN)
+
+  def body(state):
+    x, nrm, kind, unit, lam, p, lam_p, done, it = state
+    us, coef = _slot_basis(nrm * (kind > 0)[..., None])
+    # A new constraint to add where the last step finished one.
+    s_MxN = side_MxN * (_mm(x, t_NxD.T) - b_MxN)  # > 0: violated
+    tol_MxN = QP_TOL * (tnorm_N * jnp.linalg.norm(x, axis=-1, keepdims=True) + bscale_MxN)
+    in_set = jnp.any((unit[:, :, None] == jnp.arange(t_NxD.shape[0])) & (kind == 2)[..., None],
+                     axis=1)
+    score = jnp.where(valid_MxN & ~in_set & (s_MxN > tol_MxN), s_MxN / tnorm_N, -jnp.inf)
+    pick, worst = jnp.argmax(score, -1), jnp.max(score, -1)
+    fresh = p < 0
+    done = done | (fresh & (worst == -jnp.inf))
+    p = jnp.where(fresh, pick, p)
+    sgn = -side_MxN[m_idx, p]
+    n_p = sgn[:, None] * t_NxD[p]  # the constraint as n_p . x >= c_p
+    c_p = sgn * b_MxN[m_idx, p]
+    # Step direction z (null space of the active normals) and the change r of
+    # the active multipliers per unit of the new one: L^T r = U n_p.
+    gamma = [_dot(u, n_p) for u in us]
+    z = n_p - sum(g[:, None] * u for g, u in zip(gamma, us))
+    s_slots = len(us)
+    r = [None] * s_slots
+    for j in reversed(range(s_slots)):
+      acc = gamma[j] - sum(coef[l][j] * r[l] for l in range(j + 1, s_slots))
+      r[j] = jnp.where(coef[j][j] > 0, acc / jnp.where(coef[j][j] > 0, coef[j][j], 1.0), 0.0)
+    r = jnp.stack(r, -1)
+    ratio = jnp.where((kind == 2) & (r > 1e-7), lam / jnp.where(r > 1e-7, r, 1.0), jnp.inf)
+    t1, drop = jnp.min(ratio, -1), jnp.argmin(ratio, -1)
+    zz = _dot(z, n_p)
+    moves = zz > 1e-10 * _dot(n_p, n_p)
+    t2 = jnp.where(moves, (c_p - _dot(n_p, x)) / jnp.where(moves, zz, 1.0), jnp.inf)
+    t = jnp.minimum(t1, t2)
+    done = done | ~jnp.isfinite(t)  # infeasible (rounding): keep the last x
+    go = ~done
+    tt = jnp.where(go, t, 0.0)
+    x = x + jnp.where(go & moves, tt, 0.0)[:, None] * z
+    lam = jnp.where(kind == 2, lam - tt[:, None] * r, lam)
+    lam_p = lam_p + tt
+    full = go & (t2 <= t1) & jnp.any(kind == 0, -1)  # a moving step frees a slot
+    free = jnp.argmax(kind == 0, -1)
+    put = full[:, None] & (jnp.arange(s_slots) == free[:, None])
+    kind = jnp.where(put, 2, kind)
+    nrm = jnp.where(put[..., None], n_p[:, None], nrm)
+    unit = jnp.where(put, p[:, None], unit)
+    lam = jnp.where(put, lam_p[:, None], lam)
+    cut = (go & ~full)[:, None] & (jnp.arange(s_slots) == drop[:, None])
+    kind = jnp.where(cut, 0, kind)
+    lam = jnp.where(cut, 0.0, lam)
+    p = jnp.where(full, -1, p)
+    lam_p = jnp.where(full, 0.0, lam_p)
+    return x, nrm, kind, unit, lam, p, lam_p, done, it + 1
+
+  def cond(state):
+    return jnp.logical_and(state[-1] < steps, ~jnp.all(state[-2]))
+
+  m, s = kind_MxS.shape
+  state = (x0_MxD, nrm_MxSxD, kind_MxS, jnp.full((m, s), -1), jnp.zeros((m, s)),
+           jnp.full((m,), -1), jnp.zeros((m,)), done_M, 0)
+  return jax.lax.while_loop(cond, body, state)[0]
+
+
+def _constrained_errors(x_PxD, t_NxD, d, n_Q, count_QxP, a_PxJxD, xs_PxJ1xD, side_NxP, b_NxP,
+                        span_QxP):
+  """Squared errors [Q, P] of the constrained decoder at the prefixes n_Q.
+
+  Equal to the span decoder's where d units are on duty (the equations fix
+  x); elsewhere a QP per (prefix, point), solved in blocks of prefixes for as
+  long as some point of the block has fewer than d on duty.
+  """
+  q_all, p = count_QxP.shape
+  n_units, d_max = t_NxD.shape
+  block = int(max(1, min(q_all, QP_BLOCK // n_units)))
+  need_QxP = count_QxP < d
+  last = jnp.max(jnp.where(jnp.any(need_QxP, -1), jnp.arange(q_all), -1)) + 1
+  side_PxN, b_PxN = side_NxP.T, b_NxP.T
+  slot_S = jnp.arange(d_max)
+
+  def body(state):
+    start, out_QxP = state
+    s0 = jnp.minimum(start, q_all - block)
+    count_BxP = jax.lax.dynamic_slice_in_dim(count_QxP, s0, block)
+    n_B = jax.lax.dynamic_slice_in_dim(n_Q, s0, block)
+    k_BxP = jnp.minimum(count_BxP, d)
+    x0_BxPxD = jnp.take_along_axis(xs_PxJ1xD[None], k_BxP[:, :, None, None], axis=2)[:, :, 0]
+    eq_BxPxS = slot_S < k_BxP[..., None]
+    nrm_BxPxSxD = jnp.where(eq_BxPxS[..., None], a_PxJxD[None], 0.0)
+    valid_BxPxN = (side_PxN[None] != 0) & (jnp.arange(n_units) < n_B[:, None, None])
+    need_BxP = jax.lax.dynamic_slice_in_dim(need_QxP, s0, block)
+    m = block * p
+    flat = lambda a: a.reshape(m, *a.shape[2:])
+    x_MxD = _min_norm_qp(
+        flat(x0_BxPxD), flat(nrm_BxPxSxD), flat(eq_BxPxS.astype(jnp.int32)), t_NxD,
+        flat(jnp.broadcast_to(side_PxN, (block, p, n_units))),
+        flat(jnp.broadcast_to(b_PxN, (block, p, n_units))), flat(valid_BxPxN),
+        flat(~need_BxP), QP_STEPS * d_max)
+    sq_BxP = jnp.sum((x_PxD[None] - x_MxD.reshape(block, p, d_max)) ** 2, -1)
+    old_BxP = jax.lax.dynamic_slice_in_dim(out_QxP, s0, block)
+    new_BxP = jnp.where(need_BxP, sq_BxP, old_BxP)
+    return start + block, jax.lax.dynamic_update_slice_in_dim(out_QxP, new_BxP, s0, 0)
+
+  return jax.lax.while_loop(lambda s: s[0] < last, body, (jnp.int32(0), span_QxP))[1]
+
+
+def _metrics_at(x_PxD: Array, t_NxD: Array, d: Array, names: Sequence[str], n_Q: Array) -> Array:
+  """Metrics [A, Q, len(METRICS)] of T_n (the first n rows of T_NxD) for each n in n_Q.
+
+  T_n^+ for all n come from one batched SVD of the masked prefixes, and T_n^+ y
+  for all n from one matmul; the duty counts of all n are prefix counts over
+  the unit axis. Only the activation functions and their inverses are
+  unrolled: the rest is vmapped over activations, and the duty statistics over
+  the distinct regions.
+  """
+  specs = [activations.get(a) for a in names]
+  regions = list(dict.fromkeys(act.region for act in specs))
+  r_A = np.array([regions.index(act.region) for act in specs])
+  total = jnp.sum(x_PxD * x_PxD)
+  z_NxP = _small(t_NxD, x_PxD.T)
+  n_units = t_NxD.shape[0]
+  first_QxN = jnp.arange(n_units)[None, :] < n_Q[:, None]
+  pinv_QxDxN = _pinv(jnp.where(first_QxN[:, :, None], t_NxD[None], 0.0))
+  y_AxNxP = jnp.stack([act.fn(z_NxP) for act in specs])
+  err_AxQx2 = jax.vmap(_errors, (None, None, 0, None))(x_PxD, pinv_QxDxN, y_AxNxP, total)
+  on_RxNxP = jnp.stack([activations.Activation(None, None, False, r).active(z_NxP)
+                        for r in regions])
+  count_RxQxP = jnp.einsum("qn,rnp->rqp", first_QxN.astype(jnp.float32),
+                           on_RxNxP.astype(jnp.float32), precision=_HIGHEST).astype(jnp.int32)
+  duty_RxQx4 = jax.vmap(_duty_stats, (0, None, None))(count_RxQxP, n_Q, d)
+  # The decoders read y: act^-1(y) on the units on duty.
+  on_AxNxP = on_RxNxP[r_A]
+  safe = [act.fn(jnp.float32(0.5)) for act in specs]  # 0.5 is in every region
+  zhat_AxNxP = jnp.stack([jnp.where(on_AxNxP[a], act.inverse(jnp.where(on_AxNxP[a], y, safe[a])),
+                                    0.0) for a, (act, y) in enumerate(zip(specs, y_AxNxP))])
+  a_AxPxJxD, zf_AxPxJ = jax.vmap(_first_on, (None, 0, 0, None))(t_NxD, on_AxNxP, zhat_AxNxP, d)
+  xs_AxPxJ1xD = jax.vmap(_span_solutions)(a_AxPxJxD, zf_AxPxJ)
+  sq_AxPxJ1 = jnp.sum((x_PxD[None, :, None] - xs_AxPxJ1xD) ** 2, -1)
+  count_AxQxP = count_RxQxP[r_A]
+  k_AxQxP = jnp.minimum(count_AxQxP, d)
+  span_AxQxP = jnp.take_along_axis(jnp.swapaxes(sq_AxPxJ1, 1, 2), k_AxQxP, axis=1)
+  con_AxQxP = span_AxQxP
+  bounded = [a for a, act in enumerate(specs) if act.region != (-math.inf, math.inf)]
+  if bounded:
+    sel = np.array(bounded)
+    sides, bounds = [], []
+    for a in bounded:
+      lo, hi = specs[a].region
+      below, above = z_NxP <= lo, z_NxP >= hi
+      sides.append(jnp.where(below, 1, jnp.where(above, -1, 0)).astype(jnp.float32))
+      bounds.append(jnp.where(below, lo if lo > -math.inf else 0.0,
+                              jnp.where(above, hi if hi < math.inf else 0.0, 0.0)))
+    con = jax.vmap(_constrained_errors, (None, None, None, None, 0, 0, 0, 0, 0, 0))(
+        x_PxD, t_NxD, d, n_Q, count_AxQxP[sel], a_AxPxJxD[sel], xs_AxPxJ1xD[sel],
+        jnp.stack(sides), jnp.stack(bounds), span_AxQxP[sel])
+    con_AxQxP = con_AxQxP.at[sel].set(con)
+  dec_AxQx2 = jnp.stack([span_AxQxP.sum(-1), con_AxQxP.sum(-1)], -1) / total
+  duty_AxQx4 = duty_RxQx4[r_A]
+  linear_A = np.array([1.0 if act.identity_on_active else np.nan for act in specs], np.float32)
+  duty_AxQx4 = duty_AxQx4.at[:, :, 3].multiply(linear_A[:, None])
+  return jnp.concatenate([err_AxQx2, dec_AxQx2, duty_AxQx4], -1).astype(jnp.float32)
+
+
+def _duty_stats(count_QxP, n_Q, d):
+  """Collapsed / dead / active / all-on fractions [Q, 4] from the counts on duty."""
+  return jnp.stack([
+      jnp.mean(count_QxP < d, axis=1), jnp.mean(count_QxP == 0, axis=1),
+      jnp.mean(count_QxP, axis=1) / n_Q, jnp.mean(count_QxP == n_Q[:, None], axis=1)], -1)
+
+
+def _errors(x_PxD, pinv_QxDxN, y_NxP, total):
+  """pinv and refit errors [Q, 2] for every prefix from one activation's outputs."""
+  u_QxPxD = jnp.einsum("ip,ndi->npd", y_NxP, pinv_QxDxN, precision=_HIGHEST)
+  uu_QxDxD = jnp.einsum("npd,npe->nde", u_QxPxD, u_QxPxD, precision=_HIGHEST)
+  ux_QxDxD = jnp.einsum("npd,pe->nde", u_QxPxD, x_PxD, precision=_HIGHEST)
+  b_QxDxD = _small(_psd_pinv(uu_QxDxD), ux_QxDxD)
+  return jnp.stack([
+      jnp.sum((x_PxD - u_QxPxD) ** 2, axis=(1, 2)) / total,
+      jnp.sum((x_PxD - _small(u_QxPxD, b_QxDxD)) ** 2, axis=(1, 2)) / total], -1)
+
+
+def prefix_metrics(x_PxD: Array, t_NxD: Array, d: Array, names: Sequence[str]) -> Array:
+  """Metrics [A, N, len(METRICS)] for every n = 1..N, T_n being the first n rows of T_NxD."""
+  return _metrics_at(x_PxD, t_NxD, d, names, jnp.arange(1, t_NxD.shape[0] + 1))
 
 
 def cell_metrics(x_PxD: Array, t_NxD: Array, n: Array, d: Array,
                  names: Sequence[str]) -> Array:
-  """Metrics [A, len(METRICS)] of one cell, computed directly from T_NxD.
+  """Metrics [A, len(METRICS)] of one cell: T_n is the first n rows of T_NxD (n traced).
 
   The per-cell counterpart of `prefix_metrics` (and the per-n baseline of the
   benchmark); rows of T past n and columns past d may be zero padding.
   """
-  specs = [activations.get(a) for a in names]
-  regions = list(dict.fromkeys(act.active for act in specs))
-  on_N = jnp.arange(t_NxD.shape[0]) < n
-  total = jnp.sum(x_PxD * x_PxD)
-  z_NxP = _small(t_NxD, x_PxD.T)
-  pinv_DxN = _pinv(t_NxD)
-
-  def errors_of(y_NxP):
-    u_PxD = _mm(y_NxP.T, pinv_DxN.T)
-    b_DxD = _small(_psd_pinv(_mm(u_PxD.T, u_PxD)), _mm(u_PxD.T, x_PxD))
-    return jnp.stack([jnp.sum((x_PxD - u_PxD) ** 2),
-                      jnp.sum((x_PxD - _small(u_PxD, b_DxD)) ** 2)]) / total
-
-  def duty_of(on_NxP):
-    count_P = jnp.sum(on_NxP, axis=0)
-    a_PxJxD = _first_on_rows(t_NxD, on_NxP, _prefix_count(on_NxP), d)
-    r_PxD = jnp.where((count_P >= d)[:, None], 0.0, _gram_schmidt(x_PxD, a_PxJxD)[:, -1])
-    return jnp.stack([jnp.sum(r_PxD ** 2) / total, jnp.mean(count_P < d),
-                      jnp.mean(count_P == 0), jnp.mean(count_P) / n, jnp.mean(count_P == n)])
-
-  y_AxNxP = jnp.stack([jnp.where(on_N[:, None], act.fn(z_NxP), 0.0) for act in specs])
-  on_RxNxP = jnp.stack([active(z_NxP) & on_N[:, None] for active in regions])
-  duty_Ax5 = jax.vmap(duty_of)(on_RxNxP)[np.array([regions.index(a.active) for a in specs])]
-  linear_A = np.array([1.0 if act.identity_on_active else np.nan for act in specs], np.float32)
-  return jnp.concatenate([jax.vmap(errors_of)(y_AxNxP),
-                          duty_Ax5.at[:, 4].multiply(linear_A)], -1).astype(jnp.float32)
-
-
-def _prefix_count(on_NxP: Array) -> Array:
-  """count[n, p] = number of on-duty units among the first n + 1 (a triangular matmul)."""
-  n = on_NxP.shape[0]
-  tri_NxN = (jnp.arange(n)[:, None] >= jnp.arange(n)[None, :]).astype(jnp.float32)
-  return _mm(tri_NxN, on_NxP.astype(jnp.float32)).astype(jnp.int32)
-
-
-def _duty_stats(x_PxD, t_NxD, on_NxP, d, total):
-  """Oracle error, collapsed / dead / active / all-on fractions [N, 5] for every n."""
-  n_N = jnp.arange(1, t_NxD.shape[0] + 1)
-  count_NxP = _prefix_count(on_NxP)
-  r_PxJ1xD = _gram_schmidt(x_PxD, _first_on_rows(t_NxD, on_NxP, count_NxP, d))
-  sq_J1xP = jnp.sum(r_PxJ1xD * r_PxJ1xD, -1).T
-  # With d units on duty (rows in general position, almost surely) x comes back
-  # exactly (Lemma 2); with fewer, what is lost is x's part outside their span.
-  lost_NxP = jnp.where(count_NxP >= d, 0.0,
-                       jnp.take_along_axis(sq_J1xP, jnp.minimum(count_NxP, d), axis=0))
-  return jnp.stack([
-      jnp.sum(lost_NxP, axis=1) / total,
-      jnp.mean(count_NxP < d, axis=1), jnp.mean(count_NxP == 0, axis=1),
-      jnp.mean(count_NxP, axis=1) / n_N, jnp.mean(count_NxP == n_N[:, None], axis=1)], -1)
-
-
-def _errors(x_PxD, pinv_NxDxN, y_NxP, total):
-  """pinv and refit errors [N, 2] for every n from one activation's outputs."""
-  u_NxPxD = jnp.einsum("ip,ndi->npd", y_NxP, pinv_NxDxN, precision=_HIGHEST)
-  uu_NxDxD = jnp.einsum("npd,npe->nde", u_NxPxD, u_NxPxD, precision=_HIGHEST)
-  ux_NxDxD = jnp.einsum("npd,pe->nde", u_NxPxD, x_PxD, precision=_HIGHEST)
-  b_NxDxD = _small(_psd_pinv(uu_NxDxD), ux_NxDxD)
-  return jnp.stack([
-      jnp.sum((x_PxD - u_NxPxD) ** 2, axis=(1, 2)) / total,
-      jnp.sum((x_PxD - _small(u_NxPxD, b_NxDxD)) ** 2, axis=(1, 2)) / total], -1)
-
-
-def prefix_metrics(x_PxD: Array, t_NxD: Array, d: Array, names: Sequence[str]) -> Array:
-  """Metrics [A, N, len(METRICS)] for every n = 1..N, T_n being the first n rows of T_NxD.
-
-  T_n^+ for all n come from one batched SVD of the masked prefixes, and T_n^+ y
-  for all n from one matmul; the duty counts of all n are prefix counts over
-  the unit axis. Only the activation functions themselves are unrolled: the
-  rest is vmapped over activations, and the duty statistics over the distinct
-  `active` regions.
-  """
-  specs = [activations.get(a) for a in names]
-  regions = list(dict.fromkeys(act.active for act in specs))
-  total = jnp.sum(x_PxD * x_PxD)
-  z_NxP = _small(t_NxD, x_PxD.T)
-  n_max = t_NxD.shape[0]
-  first_NxN = jnp.arange(n_max)[:, None] >= jnp.arange(n_max)[None, :]  # row n-1: units < n
-  pinv_NxDxN = _pinv(jnp.where(first_NxN[:, :, None], t_NxD[None], 0.0))
-  y_AxNxP = jnp.stack([act.fn(z_NxP) for act in specs])
-  err_AxNx2 = jax.vmap(_errors, (None, None, 0, None))(x_PxD, pinv_NxDxN, y_AxNxP, total)
-  on_RxNxP = jnp.stack([active(z_NxP) for active in regions])
-  duty_RxNx5 = jax.vmap(_duty_stats, (None, None, 0, None, None))(
-      x_PxD, t_NxD, on_RxNxP, d, total)
-  duty_AxNx5 = duty_RxNx5[np.array([regions.index(act.active) for act in specs])]
-  linear_A = np.array([1.0 if act.identity_on_active else np.nan for act in specs], np.float32)
-  duty_AxNx5 = duty_AxNx5.at[:, :, 4].multiply(linear_A[:, None])
-  return jnp.concatenate([err_AxNx2, duty_AxNx5], -1).astype(jnp.float32)
+  return _metrics_at(x_PxD, t_NxD, d, names, jnp.reshape(n, (1,)).astype(jnp.int32))[:, 0]
 
 
 # ---------------------------------------------------------------- NumPy reference
@@ -329,11 +509,43 @@ NUMPY_FNS = {
 }
 
 
-def recover(x_PxD: np.ndarray, t_NxD: np.ndarray, activation: str) -> dict[str, np.ndarray]:
+def least_norm_qp(a_KxD: np.ndarray, c_K: np.ndarray, g_MxD: np.ndarray,
+                  h_M: np.ndarray) -> np.ndarray:
+  """argmin ||x|| subject to a x = c and g x <= h, in float64 (scipy.optimize.nnls).
+
+  The equalities leave x = x_a + V w (x_a their least-norm solution, V an
+  orthonormal basis of their null space), and ||x||^2 = ||x_a||^2 + ||w||^2;
+  the least-norm w with (g V) w <= h - g x_a is Lawson and Hanson's
+  least-distance program, solved exactly by one NNLS ("Solving Least Squares
+  Problems", 1974, ch. 23).
+  """
+  d = a_KxD.shape[1] if a_KxD.size else g_MxD.shape[1]
+  a_KxD = a_KxD.reshape(-1, d)
+  x_a = np.linalg.pinv(a_KxD, rcond=1e-12) @ c_K if len(a_KxD) else np.zeros(d)
+  _, s, vt = np.linalg.svd(a_KxD) if len(a_KxD) else (None, np.zeros(0), np.eye(d))
+  rank = int(np.sum(s > 1e-12 * max(s.max(initial=0.0), 1e-300)))
+  v_DxW = vt[rank:].T
+  if not len(g_MxD) or not v_DxW.shape[1]:
+    return x_a
+  gv_MxW, rhs_M = g_MxD @ v_DxW, h_M - g_MxD @ x_a
+  # LDP: min ||w|| s.t. (-gv) w >= -rhs, via NNLS on E = [(-gv)^T; (-rhs)^T], f = e_last.
+  e = np.vstack([-gv_MxW.T, -rhs_M[None]])
+  f = np.zeros(e.shape[0])
+  f[-1] = 1.0
+  u, _ = optimize.nnls(e, f, maxiter=50 * e.shape[1])
+  res = e @ u - f
+  w = -res[:-1] / res[-1] if abs(res[-1]) > 1e-300 else np.zeros(v_DxW.shape[1])
+  return x_a + v_DxW @ w
+
+
+def recover(x_PxD: np.ndarray, t_NxD: np.ndarray, activation: str,
+            constrained: bool = True) -> dict[str, np.ndarray]:
   """Reconstructions of x through `activation` and T, straight from the definitions.
 
   NumPy, float64, no padding: the reference for the sweep (and the figure's
-  panels). Returns pinv, refit and oracle reconstructions [P, D] and the
+  panels). The span and constrained decoders take act^-1(y) = z on the units
+  on duty (float64 inverts exactly there). Returns pinv, refit, span and
+  (unless `constrained` is False) constrained reconstructions [P, D], and the
   on-duty mask [P, N].
   """
   x_PxD, t_NxD = np.asarray(x_PxD, np.float64), np.asarray(t_NxD, np.float64)
@@ -342,11 +554,21 @@ def recover(x_PxD: np.ndarray, t_NxD: np.ndarray, activation: str) -> dict[str, 
   b_DxD = np.linalg.lstsq(u_PxD, x_PxD, rcond=math.sqrt(GRAM_RTOL))[0]
   lo, hi = activations.get(activation).region
   on_PxN = (z_PxN > lo) & (z_PxN < hi)
-  # Oracle: least squares on each point's on-duty rows, T_S^+ z_S.
+  # Span: least squares on each point's on-duty rows, T_S^+ z_S.
   rows_PxNxD = on_PxN[:, :, None] * t_NxD[None]
-  oracle_PxD = np.einsum("pdn,pn->pd", np.linalg.pinv(rows_PxNxD, rcond=PINV_RTOL),
-                         z_PxN * on_PxN)
-  return {"pinv": u_PxD, "refit": u_PxD @ b_DxD, "oracle": oracle_PxD, "on_duty": on_PxN}
+  span_PxD = np.einsum("pdn,pn->pd", np.linalg.pinv(rows_PxNxD, rcond=PINV_RTOL),
+                       z_PxN * on_PxN)
+  out = {"pinv": u_PxD, "refit": u_PxD @ b_DxD, "span": span_PxD, "on_duty": on_PxN}
+  if constrained:
+    con_PxD = span_PxD.copy()
+    d = t_NxD.shape[1]
+    for i in np.flatnonzero(on_PxN.sum(1) < d):
+      below, above = z_PxN[i] <= lo, z_PxN[i] >= hi
+      g = np.vstack([t_NxD[below], -t_NxD[above]])
+      h = np.concatenate([np.full(below.sum(), lo), np.full(above.sum(), -hi)])
+      con_PxD[i] = least_norm_qp(t_NxD[on_PxN[i]], z_PxN[i, on_PxN[i]], g, h)
+    out["constrained"] = con_PxD
+  return out
 
 
 def reference_metrics(x_PxD: np.ndarray, t_NxD: np.ndarray, activation: str) -> np.ndarray:
@@ -377,11 +599,10 @@ def compiler_options() -> Optional[dict[str, Any]]:
 def _grid_fn(x_KxPxD, d_K, k_C, s_C, seed, *, names, n_max, dims, chunk, progress):
   """Metrics [C, A, len(dims), M] for every draw C = (manifold dim, seed); C % chunk == 0."""
   d_max = x_KxPxD.shape[-1]
-  base = jax.random.key(seed)
   pick_N = np.asarray(dims) - 1
 
   def one(k, s):
-    t_NxD = _draw_padded(jax.random.fold_in(base, s), n_max, d_K[k], n_max, d_max)
+    t_NxD = _draw_padded(embedding_key(seed, s, d_K[k]), n_max, d_K[k], n_max, d_max)
     return prefix_metrics(x_KxPxD[k], t_NxD, d_K[k], names)[:, pick_N]
 
   chunks = k_C.shape[0] // chunk
@@ -405,7 +626,7 @@ def compile_sweep(grid: Grid, progress: Optional[Callable[[int, int], None]] = N
   (manifold dim, seed) draws; meta holds what unpacks it and the compile time.
   """
   x_KxPxD = manifolds.padded(grid.manifold, grid.points, grid.ds, seed=grid.seed,
-                             turns=grid.turns)
+                             turns=grid.turns, scale=grid.scale)
   k_C, s_C = (a.ravel().astype(np.int32) for a in np.meshgrid(
       np.arange(len(grid.ds)), np.arange(grid.seeds), indexing="ij"))
   draws = k_C.size
@@ -432,15 +653,16 @@ def _binom_cdf(k: int, n: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 def theory(x_KxPxD: np.ndarray, ds: Sequence[int], names: Sequence[str],
            dims: Sequence[int]) -> dict[str, np.ndarray]:
-  """Predicted collapsed / dead / linear fractions and oracle error [K, A, N].
+  """Predicted collapsed / dead / linear fractions and span-decoder error [K, A, N].
 
   A unit is on duty with probability p(x) = P(lo < N(0, |x|^2) < hi); units are
   independent given x, so the count on duty is Binomial(n, p(x)) (for ReLU
   p = 1/2: P(Binomial(n, 1/2) < d) and 2^-n). With k < d units on duty the
-  oracle keeps the projection of x onto k random directions: flipping a row's
-  sign keeps its span, so for a sign-symmetric region ((0, inf) or everywhere)
-  the span is uniformly random and keeps k/d of |x|^2 on average. The oracle
-  theory is NaN for other regions, where that argument does not hold.
+  span decoder keeps the projection of x onto k random directions: flipping a
+  row's sign keeps its span, so for a sign-symmetric region ((0, inf) or
+  everywhere) the span is uniformly random and keeps k/d of |x|^2 on average.
+  The span theory is NaN for other regions, where that argument does not hold;
+  the constrained decoder has none.
   """
   out = {key: np.zeros((len(ds), len(names), len(dims))) for key in THEORY}
   n_N = np.asarray(dims, np.float64)
@@ -459,14 +681,18 @@ def theory(x_KxPxD: np.ndarray, ds: Sequence[int], names: Sequence[str],
       if hi == math.inf and lo in (0.0, -math.inf):
         lost_PxN = sum((_binom_cdf(j, n_PxN, p_PxN) - _binom_cdf(j - 1, n_PxN, p_PxN))
                        * (1 - j / d) for j in range(d))
-        out["oracle_error_theory"][k, a] = (sq_P @ lost_PxN) / sq_P.sum()
+        out["span_error_theory"][k, a] = (sq_P @ lost_PxN) / sq_P.sum()
       else:
-        out["oracle_error_theory"][k, a] = np.nan
+        out["span_error_theory"][k, a] = np.nan
   return out
 
 
 def sweep(config: Any, *, progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
   """Runs the whole grid in one compiled call.
+
+  The config is validated as the launcher validates it (`grid_from_config`,
+  then `check_memory`): a bad value or a grid too large for this machine
+  raises errors.ConfigError with the launcher's message, before compiling.
 
   Args:
     config: a collapse ConfigDict / dict (see configs/collapse.py) or a Grid.
@@ -477,7 +703,8 @@ def sweep(config: Any, *, progress: Optional[Callable[[int, int], None]] = None)
     activations, embedding dims, seeds), each of THEORY as [K, A, N], plus the
     grid's axes and timings.
   """
-  grid = config if isinstance(config, Grid) else grid_from_config(config)
+  grid = grid_from_config(config)
+  check_memory(grid)
   compiled, args, meta = compile_sweep(grid, progress)
   start = time.perf_counter()
   out_CxAxNxM = np.asarray(jax.block_until_ready(compiled(*args)))
@@ -488,7 +715,8 @@ def sweep(config: Any, *, progress: Optional[Callable[[int, int], None]] = None)
   results = {"manifold": grid.manifold, "d": np.asarray(grid.ds),
              "activations": grid.activations, "dims": np.asarray(grid.dims),
              "seeds": grid.seeds, "seed": grid.seed, "points": grid.points,
-             "turns": grid.turns, "cells": grid.cells, "chunk": meta["chunk"],
+             "turns": grid.turns, "scale": grid.scale, "cells": grid.cells,
+             "chunk": meta["chunk"],
              "compile_s": meta["compile_s"], "run_s": run_s}
   results.update({m: out[..., i] for i, m in enumerate(METRICS)})
   results.update(theory(meta["x"], grid.ds, grid.activations, grid.dims))
@@ -519,7 +747,7 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
           mean, lo, hi = stats.mean_ci(v_S, bounds=(0.0, math.inf))
           row.update({f"{e}_error_mean": _g(mean), f"{e}_error_lo": _g(lo),
                       f"{e}_error_hi": _g(hi), f"{e}_error_median": _g(np.median(v_S))})
-        row["oracle_error_theory"] = _g(results["oracle_error_theory"][k, a, i])
+        row["span_error_theory"] = _g(results["span_error_theory"][k, a, i])
         for m in ("collapsed_frac", "dead_frac", "active_frac", "linear_frac"):
           v_S = results[m][k, a, i]
           mean, lo, hi = (stats.mean_ci(v_S, bounds=(0.0, 1.0)) if m == "active_frac"
@@ -536,13 +764,15 @@ def table(rows: Sequence[dict[str, Any]], activation: str = "relu",
   """A short text table of one activation at a few embedding dims (theory in brackets)."""
   lines = [f"{activation}: relative errors (mean over seeds; pinv: median) and fractions "
            "of points [theory]",
-           f"{'d':>2} {'n':>4} {'pinv(med)':>9} {'refit':>6} {'oracle':>8} {'[theory]':>9} "
-           f"{'collapsed':>9} {'[theory]':>8} {'dead':>6} {'[theory]':>8} {'linear':>6}"]
+           f"{'d':>2} {'n':>4} {'pinv(med)':>9} {'refit':>6} {'span':>8} {'[theory]':>9} "
+           f"{'constr.':>8} {'collapsed':>9} {'[theory]':>8} {'dead':>6} {'[theory]':>8} "
+           f"{'linear':>6}"]
   for r in rows:
     if r["activation"] == activation and r["dim"] in dims:
       lines.append(
           f"{r['d']:>2} {r['dim']:>4} {r['pinv_error_median']:>9.3g} {r['refit_error_mean']:>6.3f}"
-          f" {r['oracle_error_mean']:>8.2g} {r['oracle_error_theory']:>9.2g}"
+          f" {r['span_error_mean']:>8.2g} {r['span_error_theory']:>9.2g}"
+          f" {r['constrained_error_mean']:>8.2g}"
           f" {r['collapsed_frac']:>9.4f} {r['collapsed_frac_theory']:>8.4f}"
           f" {r['dead_frac']:>6.4f} {r['dead_frac_theory']:>8.2g} {r['linear_frac']:>6.3f}")
   return "\n".join(lines)
@@ -555,8 +785,9 @@ def figure_recoveries(grid: Grid, activation: str, dims: Sequence[int],
                       seed_index: int = 0) -> dict[str, Any]:
   """Input cloud (first manifold dim) and its recoveries at `dims` with the sweep's T."""
   d = grid.ds[0]
-  x_PxD = manifolds.sample(grid.manifold, grid.points, d, seed=grid.seed, turns=grid.turns)
-  key = jax.random.fold_in(jax.random.key(grid.seed), seed_index)
+  x_PxD = manifolds.sample(grid.manifold, grid.points, d, seed=grid.seed, turns=grid.turns,
+                           scale=grid.scale)
+  key = embedding_key(grid.seed, seed_index, d)
   t_NxD = np.asarray(jax.jit(draw_embedding, static_argnums=(1, 2))(key, max(dims), d))
   total = float(np.sum(x_PxD.astype(np.float64) ** 2))
   panels = []

@@ -2,7 +2,9 @@
 
 `spiral` is the 2-D spiral of MobileNetV2 Fig. 1. `ball` and `sphere` fill
 (or cover the surface of) the unit ball in d dimensions, so the input spans
-all d directions and claim C3 can be swept over d.
+all d directions and claim C3 can be swept over d. `scale` multiplies the
+points (every cloud lies within radius 1 before it), so saturating
+activations such as ReLU6 can be pushed past their bound.
 """
 from __future__ import annotations
 
@@ -56,19 +58,22 @@ def check(name: str, ds: Sequence[int], points: int) -> None:
                  "or manifold.name=ball or sphere to sweep d")
 
 
-def sample(name: str, points: int, d: int, *, seed: int = 0, turns: float = 3.0) -> np.ndarray:
-  """The point cloud x_PxD called `name` in d dimensions."""
+def sample(name: str, points: int, d: int, *, seed: int = 0, turns: float = 3.0,
+           scale: float = 1.0) -> np.ndarray:
+  """The point cloud x_PxD called `name` in d dimensions, its points multiplied by `scale`."""
   check(name, (d,), points)
   if name == "spiral":
-    return spiral(points, turns)
-  return {"ball": ball, "sphere": sphere}[name](points, d, seed)
+    x_PxD = spiral(points, turns)
+  else:
+    x_PxD = {"ball": ball, "sphere": sphere}[name](points, d, seed)
+  return x_PxD if scale == 1.0 else (x_PxD * np.float32(scale)).astype(np.float32)
 
 
 def padded(name: str, points: int, ds: Sequence[int], *, seed: int = 0,
-           turns: float = 3.0) -> np.ndarray:
+           turns: float = 3.0, scale: float = 1.0) -> np.ndarray:
   """One cloud per d, stacked as x_KxPxDmax with zero coordinates beyond each d."""
   check(name, ds, points)
   x_KxPxD = np.zeros((len(ds), points, max(ds)), np.float32)
   for k, d in enumerate(ds):
-    x_KxPxD[k, :, :d] = sample(name, points, d, seed=seed, turns=turns)
+    x_KxPxD[k, :, :d] = sample(name, points, d, seed=seed, turns=turns, scale=scale)
   return x_KxPxD

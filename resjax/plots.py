@@ -10,9 +10,11 @@ from matplotlib import ticker
 
 from resjax import activations, stats
 
-_ERROR_STYLE = {"pinv": ("T$^+$ y, as in the paper (median)", "tab:gray"),
-                "refit": ("best linear map of T$^+$ y", "tab:blue"),
-                "oracle": ("oracle: invert the on-duty units", "tab:red")}
+_ERROR_STYLE = {"pinv": ("T$^+$ y, as in the paper (median)", "tab:gray", "-"),
+                "refit": ("best linear map of T$^+$ y", "tab:blue", "-"),
+                "span": ("span decoder: least squares on the units on duty", "tab:red", "-"),
+                "constrained": ("constrained decoder: + silent units' constraints",
+                                "tab:green", "--")}
 _ACT_COLORS = {"relu": "tab:red", "relu6": "tab:orange", "gelu": "tab:purple",
                "leaky_relu": "tab:brown", "elu": "tab:pink", "softplus": "tab:olive",
                "tanh": "tab:cyan", "identity": "black"}
@@ -33,7 +35,7 @@ def focus_activation(names: tuple[str, ...], *wanted: Optional[str]) -> str:
 
 def _duty_p(name: str) -> Optional[str]:
   """Odds that a unit with a Gaussian pre-activation is on duty, as TeX, where the
-  oracle theory holds (sign-symmetric regions); None elsewhere."""
+  span decoder's theory holds (sign-symmetric regions); None elsewhere."""
   lo, hi = activations.get(name).region
   if hi != np.inf:
     return None
@@ -104,17 +106,17 @@ def _fig1_row(fig, gs_row, rec: dict[str, Any]) -> None:
 
 def _errors_panel(ax, res, k: int, a: int) -> None:
   dims, name = res["dims"], res["activations"][a]
-  for e, (label, color) in _ERROR_STYLE.items():
+  for e, (label, color, ls) in _ERROR_STYLE.items():
     v_NxS = np.maximum(res[f"{e}_error"][k, a], _FLOOR / 10)
     if e == "pinv":  # heavy-tailed: near-singular T at n ~ d make the mean meaningless
-      ax.plot(dims, np.median(v_NxS, -1), color=color, label=label, lw=1.8)
+      ax.plot(dims, np.median(v_NxS, -1), color=color, label=label, lw=1.8, ls=ls)
     else:
-      _band(ax, dims, v_NxS, color, label + " (mean)", floor=_FLOOR, lw=1.8)
-  theory = res["oracle_error_theory"][k, a]
+      _band(ax, dims, v_NxS, color, label + " (mean)", floor=_FLOOR, lw=1.8, ls=ls)
+  theory = res["span_error_theory"][k, a]
   p = _duty_p(name)
   if np.isfinite(theory).any() and p is not None:
-    ax.plot(dims, np.maximum(theory, _FLOOR / 10), "k--", lw=1.2, zorder=4,
-            label=f"oracle theory: $\\sum_{{k<d}}$ Bin$(k; n, {p})(1 - k/d)$")
+    ax.plot(dims, np.maximum(theory, _FLOOR / 10), "k:", lw=1.4, zorder=4,
+            label=f"span theory: $\\sum_{{k<d}}$ Bin$(k; n, {p})(1 - k/d)$")
   ax.set_yscale("log")
   ax.set_ylim(_FLOOR, 10)
   _log2_x(ax, dims)
@@ -219,16 +221,18 @@ def _collapse_panel(ax, res, k: int) -> None:
 
 
 def _by_d_panels(fig, gs_row, res, a: int) -> None:
-  """Manifold-dimension sweep: oracle error, refit error and collapse against n/d."""
+  """Manifold-dimension sweep: decoder errors, refit error and collapse against n/d."""
   sub = gs_row.subgridspec(1, 3, wspace=0.28)
   axes = [fig.add_subplot(sub[i]) for i in range(3)]
   colors = [f"C{i}" for i in range(len(res["d"]))]
   for k, d in enumerate(res["d"]):
     ratio = res["dims"] / d
-    _band(axes[0], ratio, np.maximum(res["oracle_error"][k, a], _FLOOR / 10), colors[k],
+    _band(axes[0], ratio, np.maximum(res["span_error"][k, a], _FLOOR / 10), colors[k],
           f"d = {d}", floor=_FLOOR)
-    axes[0].plot(ratio, np.maximum(res["oracle_error_theory"][k, a], _FLOOR / 10), "--",
-                 color=colors[k], lw=1)
+    _band(axes[0], ratio, np.maximum(res["constrained_error"][k, a], _FLOOR / 10), colors[k],
+          None, floor=_FLOOR, ls="-.", lw=1)
+    axes[0].plot(ratio, np.maximum(res["span_error_theory"][k, a], _FLOOR / 10), ":",
+                 color=colors[k], lw=1.2)
     _band(axes[1], ratio, res["refit_error"][k, a], colors[k], f"d = {d}")
     # Measurements as markers (a few per doubling of n), theory as dashed lines.
     # Only n >= d: below it every point collapses, as the theory says.
@@ -241,7 +245,8 @@ def _by_d_panels(fig, gs_row, res, a: int) -> None:
     axes[2].plot(ratio, res["collapsed_frac_theory"][k, a], "--", color=colors[k], lw=1,
                  zorder=2)
   name = res["activations"][a]
-  titles = (f"{name}: oracle error (dashed: theory)", f"{name}: refit error",
+  titles = (f"{name}: span (solid; dotted: theory), constrained (dash-dot)",
+            f"{name}: refit error",
             f"{name}: collapsed fraction (dashed: theory)")
   for ax, title, letter in zip(axes, titles, "abc"):
     _letter(ax, letter)

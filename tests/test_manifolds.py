@@ -52,3 +52,11 @@ def test_bad_input_is_one_readable_line(name, ds, points, needle):
   with pytest.raises(errors.ConfigError) as info:
     manifolds.padded(name, points, ds)
   assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_scale_multiplies_the_points():
+  base = manifolds.sample("spiral", 50, 2)
+  np.testing.assert_allclose(manifolds.sample("spiral", 50, 2, scale=20.0), 20 * base, rtol=1e-6)
+  padded = manifolds.padded("ball", 40, (1, 3), seed=2, scale=3.0)
+  np.testing.assert_allclose(padded[1, :, :3], 3 * manifolds.ball(40, 3, seed=2), rtol=1e-6)
+  assert padded.dtype == np.float32

@@ -32,8 +32,10 @@ def test_sweep_writes_csv_json_png(tmp_path):
   assert len(rows) == 2 * 4
   for col in ("activation", "d", "dim", "seeds", "pinv_error_mean", "pinv_error_lo",
               "pinv_error_hi", "refit_error_mean", "refit_error_lo", "refit_error_hi",
-              "oracle_error_mean", "oracle_error_lo", "oracle_error_hi", "collapsed_frac",
-              "collapsed_frac_theory", "dead_frac", "active_frac", "linear_frac"):
+              "span_error_mean", "span_error_lo", "span_error_hi", "span_error_theory",
+              "constrained_error_mean", "constrained_error_lo", "constrained_error_hi",
+              "collapsed_frac", "collapsed_frac_theory", "dead_frac", "active_frac",
+              "linear_frac"):
     assert col in rows[0], col
   relu = {int(r["dim"]): r for r in rows if r["activation"] == "relu"}
   assert float(relu[2]["collapsed_frac_theory"]) == pytest.approx(0.75)
@@ -53,6 +55,7 @@ def test_bad_input_ends_with_one_line_and_exit_2(tmp_path):
       "dims": ([f"--workdir={tmp_path}/w", "--config.dims=0,2"], "dims contains 0"),
       "seeds": ([f"--workdir={tmp_path}/w", "--config.seeds=0"], "seeds=0"),
       "manifold": ([f"--workdir={tmp_path}/w", "--config.manifold.name=torus"], "torus"),
+      "scale": ([f"--workdir={tmp_path}/w", "--config.manifold.scale=0"], "manifold.scale=0"),
       "workdir": ([f"--workdir={blocker}/sub"], "workdir"),
   }
   procs = {name: _launch(*args) for name, (args, _) in cases.items()}
