@@ -8,8 +8,8 @@ Studies: degradation, dead_units, collapse, bottleneck, convergence (append
 launch.train would; the study writes study.csv, nets.csv, study.json and
 <study>.png/.pdf to --workdir. SIGTERM or Ctrl-C saves the grid in training at
 its current step (or, when it cannot stop there within 1.5 s, keeps its last
-checkpoint), prints what was kept and exits 130 / 143; running the same command
-again resumes. Override
+checkpoint; a second signal does not wait for a save), prints what was kept and
+exits 130 / 143; running the same command again resumes. Override
 any config field with --config.<field>=VALUE (e.g. --config.seeds=4). On a
 CPU the cores are split into host devices as for launch.train, so the nets of
 a grid are spread over them (resjax/train.py grid_training_mesh).
@@ -27,7 +27,9 @@ from resjax import checkpoints, distributed, errors, files, study
 _DEFAULT = os.path.join(os.path.dirname(configs.__file__), "study.py")
 _CONFIG = common.define_config(_DEFAULT, "Study config file[:study[,tiny]].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results and checkpoints go (created).")
-_GRACE_S = 1.5  # A signal lets training save at its current step this long, then exits.
+# A signal lets the grid in training stop at its next step within this long; a
+# grid that did gets up to _SAVING_S to finish its save (a second signal: at once).
+_GRACE_S, _SAVING_S = 1.5, 120.0
 
 
 def _kept(workdir: str, config) -> str:
@@ -51,7 +53,8 @@ def main(argv):
   workdir, config = files.workdir_path(_WORKDIR.value), _CONFIG.value
   stopped = lambda sig: (f"stopped by {sig}: {_kept(workdir, config)}; "  # noqa: E731
                          "run the same command to resume")
-  with distributed.exit_on_signals(stopped, grace_s=_GRACE_S) as should_stop:
+  with distributed.exit_on_signals(stopped, grace_s=_GRACE_S,
+                                   saving_s=_SAVING_S) as should_stop:
     out = study.run(config, workdir, log=lambda line: print(line, flush=True),
                     should_stop=should_stop)
     if out["stopped"]:  # The grid in training saved at its current step.

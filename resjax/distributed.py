@@ -254,9 +254,13 @@ class Stop:
 
   def __init__(self):
     self.signum: int | None = None
+    self.seen = threading.Event()  # The block was told (it is stopping: saving).
 
   def __call__(self, step: int | None = None) -> bool:  # pylint: disable=unused-argument
-    return self.signum is not None
+    if self.signum is None:
+      return False
+    self.seen.set()
+    return True
 
   @property
   def name(self) -> str | None:
@@ -266,7 +270,7 @@ class Stop:
 
 @contextlib.contextmanager
 def exit_on_signals(message: Callable[[str], str], signals: tuple[int, ...] = _SIGNALS, *,
-                    grace_s: float | None = None) -> Iterator[Stop]:
+                    grace_s: float | None = None, saving_s: float = 0.0) -> Iterator[Stop]:
   """SIGINT or SIGTERM (`signals`) inside the block ends the process within a moment.
 
   `message(signal_name)` gives the one line printed on stderr (say what was
@@ -279,7 +283,9 @@ def exit_on_signals(message: Callable[[str], str], signals: tuple[int, ...] = _S
   yielded `should_stop(step)` turns True (pass it to a training loop, which
   saves and returns; then exit with 128 + `should_stop.signum`), and only if
   the block is still running after `grace_s` (or a second signal comes) does
-  the process end as above. Without it, `should_stop` never turns True.
+  the process end as above. Without it, `should_stop` never turns True. A
+  block that has been told (it called `should_stop` and got True, so it is
+  saving) gets up to `saving_s` more before that, unless a second signal comes.
 
   Must be entered from the main thread (elsewhere it only yields). Previous
   handlers come back on exit.
@@ -293,7 +299,9 @@ def exit_on_signals(message: Callable[[str], str], signals: tuple[int, ...] = _S
   done = threading.Event()
   timers = []
 
-  def finish(signum: int) -> None:
+  def finish(signum: int, patient: bool = False) -> None:
+    if patient and should_stop.seen.is_set():
+      done.wait(saving_s)
     if not done.is_set():
       exit_now(message(signal.Signals(signum).name), 128 + signum)
 
@@ -301,7 +309,7 @@ def exit_on_signals(message: Callable[[str], str], signals: tuple[int, ...] = _S
     if grace_s is None or should_stop.signum is not None:
       finish(signum)
     should_stop.signum = signum
-    timers.append(threading.Timer(grace_s, finish, (signum,)))
+    timers.append(threading.Timer(grace_s, finish, (signum, True)))
     timers[-1].daemon = True
     timers[-1].start()
 

@@ -383,32 +383,46 @@ def test_ctrl_c_while_waiting_for_peers(tmp_path):
 GRACE = r"""
 import sys, time
 from resjax import distributed
-with distributed.exit_on_signals(lambda sig: f"hard exit on {sig}", grace_s=1.0) as stop:
+with distributed.exit_on_signals(lambda sig: f"hard exit on {sig}", grace_s=1.0,
+                                 saving_s=10.0) as stop:
   print("ready", flush=True)
-  if sys.argv[1] == "cooperates":
-    while not stop(0):
-      time.sleep(0.01)
-    print("stopped by itself", flush=True)
-  else:
+  if sys.argv[1] == "ignores":
     time.sleep(60)  # Stands for a long XLA call that never asks.
+  while not stop(0):
+    time.sleep(0.01)
+  if sys.argv[1] == "saves":
+    print("saving", flush=True)
+    time.sleep(2.0)  # A save longer than the grace.
+  print("stopped by itself", flush=True)
 sys.exit(128 + stop.signum)
 """
 
 
-@pytest.mark.parametrize("mode", ["cooperates", "ignores"])
+@pytest.mark.parametrize("mode", ["cooperates", "ignores", "saves", "saves, signalled again"])
 def test_grace_lets_a_loop_stop_by_itself_else_exits(mode):
-  proc = subprocess.Popen([sys.executable, "-u", "-c", GRACE, mode], cwd=ROOT, env=ENV,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen([sys.executable, "-u", "-c", GRACE, mode.split(",")[0]], cwd=ROOT,
+                          env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   _wait_for(proc, "^ready")
   start = time.monotonic()
   proc.send_signal(signal.SIGTERM)
+  if mode == "saves, signalled again":
+    _wait_for(proc, "^saving")
+    proc.send_signal(signal.SIGINT)
   out, err = proc.communicate(timeout=30)
   took = time.monotonic() - start
-  assert proc.returncode == 143 and "Traceback" not in err, err
+  assert "Traceback" not in err, err
   if mode == "cooperates":
-    assert "stopped by itself" in out and "hard exit" not in err and took < 1.0
-  else:
-    assert _messages(err)[-1] == "hard exit on SIGTERM" and 0.9 < took < 2.5
+    assert proc.returncode == 143 and took < 1.0
+    assert "stopped by itself" in out and "hard exit" not in err
+  elif mode == "ignores":
+    assert proc.returncode == 143 and 0.9 < took < 2.5
+    assert _messages(err)[-1] == "hard exit on SIGTERM"
+  elif mode == "saves":  # Told, so it may finish saving past the grace.
+    assert proc.returncode == 143 and 1.9 < took < 5.0
+    assert "stopped by itself" in out and "hard exit" not in err
+  else:  # A second signal does not wait for the save.
+    assert proc.returncode == 130 and took < 1.5
+    assert "stopped by itself" not in out and _messages(err)[-1] == "hard exit on SIGINT"
 
 
 def test_result_files_honour_the_umask(tmp_path):
