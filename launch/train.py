@@ -12,6 +12,7 @@ and launch/tpu_pod.sh. Override any config field with --config.<group>.<field>=V
 """
 from launch import platform  # noqa: F401  # pylint: disable=unused-import  (before JAX)
 
+import errno
 import os
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
@@ -57,9 +58,10 @@ def main(argv):
       steps = checkpoints.saved_steps(_WORKDIR.value)
       kept = (f"the last good checkpoint is step {steps[-1]} in "
               f"{checkpoints.directory(_WORKDIR.value)}" if steps else "no checkpoint was saved")
+      fix = "make it writable" if e.errno == errno.EROFS else "free some space"
       common.fail(f"could not write{f' to {e.filename}' if e.filename else ''} in "
-                  f"{_WORKDIR.value} ({e.strerror}); {kept}; free some space and run the same "
-                  "command to resume", code=1, now=True)
+                  f"{_WORKDIR.value} ({e.strerror}); {kept}; {fix} and run the same command "
+                  "to resume", code=1, now=True)
   if jax.process_index() != 0:
     return
   if result["stopped"]:

@@ -559,3 +559,36 @@ def test_training_on_a_full_disk_keeps_the_last_good_checkpoint(small_disk, laun
   assert data.endswith(b"\n") and all(json.loads(l) for l in data.splitlines())
   config, state = checkpoints.load(str(run), good)  # Whole: it restores.
   assert int(np.asarray(state.step).reshape(-1)[0]) == good and config.train.steps in (400, 100000)
+
+
+# metrics.jsonl's disk fills up at the 3rd row (step 12), after checkpoints 4 and 8.
+METRICS_FULL = r"""
+import errno, os, runpy, sys
+from resjax import metrics
+real, rows = metrics.Writer.write, []
+def write(self, step, scalars, net=None):
+  rows.append(step)
+  if len(rows) == 3:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  return real(self, step, scalars, net)
+metrics.Writer.write = write
+sys.argv = ["launch.train", *sys.argv[1:]]
+runpy.run_module("launch.train", run_name="__main__")
+"""
+
+
+def test_a_full_disk_under_the_metrics_ends_in_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-c", METRICS_FULL, "--config=configs/embedded.py:tiny_mlp",
+       f"--workdir={tmp_path}", "--config.train.steps=16", "--config.train.log_every=4",
+       "--config.train.checkpoint_every=4", "--config.train.eval_every=0",
+       "--compilation_cache_dir="], cwd=ROOT, env=ENV, capture_output=True, text=True,
+      timeout=300)
+  lines = _messages(proc.stderr)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert lines == [f"error: could not write in {tmp_path} (No space left on device); the last "
+                   f"good checkpoint is step 8 in {tmp_path}/checkpoints; free some space and "
+                   "run the same command to resume"], lines
+  assert checkpoints.saved_steps(str(tmp_path)) == [4, 8]
+  with open(tmp_path / "metrics.jsonl") as f:
+    assert [json.loads(line)["step"] for line in f] == [4, 8]  # Whole rows only.
