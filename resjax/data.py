@@ -222,9 +222,10 @@ def _spirals(seed: int, *, num_arms: int, noise: float, turns: float, num_train:
   """
   errors.check(isinstance(num_arms, (int, np.integer)) and num_arms >= 2,
                f"data.num_arms={num_arms!r} must be an integer >= 2")
-  number = lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, bool)  # noqa: E731
-  errors.check(number(noise) and noise >= 0, f"data.noise={noise!r} must be a number >= 0")
-  errors.check(number(turns) and turns > 0, f"data.turns={turns!r} must be a number > 0")
+  for field, value, ok, fix in (("noise", noise, lambda v: v >= 0, ">= 0"),
+                                 ("turns", turns, lambda v: v > 0, "> 0")):
+    errors.check(isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+                 and ok(value), f"data.{field}={value!r} must be a number {fix}")
   for field, value in (("num_train", num_train), ("num_test", num_test)):
     errors.check(isinstance(value, (int, np.integer)) and value >= 1,
                  f"data.{field}={value!r} must be an integer >= 1")

@@ -367,7 +367,8 @@ class Results:
       lines.append(
           f"{r['layer'][-28:]:<28} {r['units']:>5} {r['dead_frac']:>6.3f} "
           f"{r['dormant_frac']:>6.3f} {r['active_mean']:>6.3f}+-{r['active_std']:<5.3f} "
-          f"{r['linear_frac']:>7.3f} {r['participation_pre']:>6.2f}>{r['participation_post']:<6.2f} "
+          f"{r['linear_frac']:>7.3f} "
+          f"{r['participation_pre']:>6.2f}>{r['participation_post']:<6.2f} "
           f"{r['entropy_rank_pre']:>7.2f}>{r['entropy_rank_post']:<6.2f}")
     for r in self.blocks:
       lines.append(f"{'block ' + r['block']:<28} shortcut energy {r['shortcut_frac']:.3f}")
