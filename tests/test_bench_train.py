@@ -7,6 +7,7 @@ import pytest
 
 from resjax import models
 from resjax.bench import train as bench_train
+from resjax.kernels import onednn
 
 torch = pytest.importorskip("torch")
 from resjax.bench import torch_resnet  # noqa: E402  (needs torch)
@@ -102,4 +103,10 @@ def test_quick_benchmark_runs_both_sides_and_the_loop(capsys):
   e2e = figures["end_to_end"]
   assert e2e["loop_steps_per_sec"] > 0 and 0 < e2e["ratio"] < 5
   out = capsys.readouterr().out
-  assert re.search(r"resjax \(\d+ dev\)", out) and "end to end" in out and "% of jnp matmul" in out
+  impl, other = figures["conv_impl"], figures["other_conv_impl"]
+  assert re.search(rf"resjax {impl} \(\d+ dev\)", out) and "end to end" in out
+  assert "% of jnp matmul" in out
+  if onednn.available():  # Both convolutions side by side.
+    assert {impl, other} == {"xla", "onednn"}
+    assert np.isfinite(row[f"{other}_ratio_vs_torch"]) and row[f"resjax_{other}_img_s"] > 0
+    assert re.search(rf"resjax {other} \(\d+ dev\)", out)

@@ -133,3 +133,23 @@ def test_training_losses_match_xla():
     config.model.conv_impl = impl
     losses[impl], _ = run_steps(config, jax.devices()[:8], steps=20)
   np.testing.assert_allclose(losses["onednn"], losses["xla"], rtol=1e-5)
+
+
+def test_profile_counts_the_ffi_convolutions_like_xlas():
+  """`launch.bench profile` classifies oneDNN's custom calls with XLA's FLOPs."""
+  from resjax.bench import profile  # pylint: disable=import-outside-toplevel
+  x = jnp.ones((4, 8, 8, 3))
+  ws = (jnp.ones((3, 3, 3, 8)), jnp.ones((3, 3, 8, 8)))
+
+  def flops(conv):
+    c = lambda a, b, s: conv(a, b, (s, s), PAD1, dimension_numbers=DN)
+    loss = lambda ws: jnp.sum(c(jax.nn.relu(c(x, ws[0], 1)), ws[1], 2) ** 2)
+    hlo = profile.parse_hlo(jax.jit(jax.grad(loss)).lower(ws).compile().as_text())
+    out = dict.fromkeys(profile.KINDS, 0.0)
+    for kind, f in profile.classify(hlo).values():
+      out[kind] += f
+    return out
+
+  got, want = flops(onednn.conv_general_dilated), flops(lax.conv_general_dilated)
+  for kind in ("conv forward", "conv input-grad", "conv weight-grad"):
+    assert got[kind] == want[kind] > 0, kind

@@ -11,6 +11,8 @@ time of each XLA op, classified from the compiled HLO:
   conv input-grad    the convolutions that carry the gradient to the input
   conv weight-grad   the convolutions that form the kernels' gradients (after
                      layout assignment their window spans the image)
+                     (with `model.conv_impl='onednn'` these three are oneDNN's
+                     FFI custom calls, told apart by their targets)
   transposes         fusions that contain a transpose, or only copy (feeding
                      the weight-gradient convolutions); XLA fuses the
                      elementwise ops that produce their input into them, so
@@ -99,6 +101,36 @@ def _conv_flops(instr: dict, hlo: dict) -> float:
   return 2.0 * float(np.prod(instr["dims"])) * positions * in_features
 
 
+# The oneDNN convolution's FFI targets (resjax/kernels) and their kinds.
+_FFI_KINDS = {"resjax_onednn_conv_fwd": "conv forward",
+              "resjax_onednn_conv_bwd_data": "conv input-grad",
+              "resjax_onednn_conv_bwd_weights": "conv weight-grad"}
+
+
+def _ffi_conv(instr: dict, hlo: dict) -> tuple[str, float] | None:
+  """(kind, FLOPs) of a oneDNN convolution custom call, else None.
+
+  Every one of the three does 2 x (output-image elements) x KH x KW x C
+  FLOPs; fwd: operands (x, w) -> y; bwd_data: (dy, w) -> dx; bwd_weights:
+  (x, dy) -> dw.
+  """
+  target = re.search(r'custom_call_target="([\w.\-]+)"', instr["rest"])
+  if instr["opcode"] != "custom-call" or not target or target.group(1) not in _FFI_KINDS:
+    return None
+  kind = _FFI_KINDS[target.group(1)]
+  operands = [hlo.get(o, {}).get("dims") for o in
+              re.findall(r"%([\w.\-]+)", instr["rest"].split("), ", 1)[0])]
+  if len(operands) != 2 or not all(operands) or not instr["dims"]:
+    return kind, 0.0
+  if kind == "conv forward":
+    y, w = instr["dims"], operands[1]
+  elif kind == "conv input-grad":
+    y, w = operands
+  else:
+    y, w = operands[1], instr["dims"]
+  return kind, 2.0 * float(np.prod(y)) * w[0] * w[1] * w[2]
+
+
 def _conv_kind(instr: dict) -> str:
   # Assumes kernels of at most 3x3 on larger images (true of the CIFAR ResNets
   # profiled here) and JAX's op_name metadata, where a backward op's name
@@ -124,7 +156,10 @@ def classify(hlo: dict[str, dict[str, Any]]) -> dict[str, tuple[str, float]]:
       inner = by_comp.get(called.group(1), [])
     ops = {hlo[i]["opcode"] for i in inner}
     convs = [i for i in inner if hlo[i]["opcode"] == "convolution"]
-    if convs:
+    ffi = _ffi_conv(instr, hlo)
+    if ffi:
+      out[name] = (ffi[0], ffi[1] if instr["entry"] else 0.0)
+    elif convs:
       flops = sum(_conv_flops(hlo[c], hlo) for c in convs) if instr["entry"] else 0.0
       out[name] = (_conv_kind(hlo[convs[0]]), flops)
     elif op.startswith("all-reduce") or "all-reduce" in ops:

@@ -9,8 +9,12 @@ inputs, in one process:
                `train.data_mesh` (what `launch.train` runs: `launch.platform`
                splits the CPU into host devices and `data_mesh` picks how
                many the model keeps busy), one device-resident uint8 batch,
-               augmentation and normalization inside the step; for ResNet-20
-               also the same step on one device;
+               augmentation and normalization inside the step, with the
+               config's `model.conv_impl`; beside it the same step with the
+               other convolution ('resjax_xla' or 'resjax_onednn'); for
+               ResNet-20 also both on one device ('_1dev') and, with oneDNN,
+               one OpenMP thread per oneDNN call ('_1t': host devices x
+               threads = cores);
   torch        `torch_resnet.ResNet` with the same step in eager mode
                (normalize, pad-4 crop + flip, forward, backward, SGD momentum
                0.9 + L2 1e-4): NCHW ('torch') and channels-last ('torch_cl')
@@ -53,6 +57,7 @@ import configs.cifar10
 from resjax import data
 from resjax import sharding
 from resjax import train
+from resjax.kernels import onednn
 
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
@@ -141,11 +146,26 @@ def _torch():
 # The two sides.
 
 
-def _config(depth: int, plain: bool, batch: int, widths) -> ml_collections.ConfigDict:
+def _config(depth: int, plain: bool, batch: int, widths,
+            conv_impl: str | None = None) -> ml_collections.ConfigDict:
+  """The cifar10 ResNet config at this size; `conv_impl` None keeps the config's."""
   config = configs.cifar10.get_config("resnet20")
   config.model.depth, config.model.plain, config.model.widths = depth, plain, tuple(widths)
   config.data.batch_size = batch
+  if conv_impl is not None:
+    config.model.conv_impl = conv_impl
   return config
+
+
+def _threads(step: Callable[[], None], n: int) -> Callable[[], None]:
+  """`step` with every oneDNN call on `n` OpenMP threads (0: OpenMP's default)."""
+  def run():
+    onednn.set_threads(n)
+    try:
+      step()
+    finally:
+      onednn.set_threads(0)
+  return run
 
 
 def _host_batch(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -282,22 +302,41 @@ def run(quick: bool = False) -> dict[str, Any]:
     print("note: one host device, not the split `launch.train` uses (launch.platform sets "
           "it before JAX starts); the resjax figures are those of the 1-device path", flush=True)
 
+  impl = _config(20, False, batch, widths).model.get("conv_impl", "xla")
+  on_cpu = jax.devices()[0].platform == "cpu"
+  # The other convolution side by side (on the CPU, where oneDNN is built).
+  other = {"onednn": "xla", "xla": "onednn"}[impl] if on_cpu and onednn.available() else None
+  print(f"resjax convolutions: {impl} (the config's)"
+        + (f", {other} beside it" if other else "")
+        + (f"; oneDNN {onednn.version()}" if onednn.available() else
+           f"; oneDNN not available: {onednn.unavailable_reason()}"), flush=True)
   mm_size = 1024 if quick else 2048
   mm_before = matmul_flops(mm_size, torch_device=device)
-  figures: dict[str, Any] = {"batch": batch, "models": {}}
+  figures: dict[str, Any] = {"batch": batch, "conv_impl": impl, "other_conv_impl": other,
+                             "models": {}}
   for name, depth, plain in models:
     config = _config(depth, plain, batch, widths)
     step, compile_s, mesh_size = resjax_step(config)
     timers = [Timer("resjax", step)]
-    if name == models[0][0] and mesh_size > 1 and not quick:
+    first = name == models[0][0]
+    if first and mesh_size > 1 and not quick:
       # The same step on one device: what the host-device split buys.
       timers.append(Timer("resjax_1dev", resjax_step(config, jax.devices()[:1])[0]))
+    if first and mesh_size > 1 and not quick and impl == "onednn" and on_cpu:
+      timers.append(Timer("resjax_1t", _threads(step, 1)))
+    if other:
+      other_config = _config(depth, plain, batch, widths, other)
+      other_step, _, _ = resjax_step(other_config)
+      timers.append(Timer(f"resjax_{other}", other_step))
+      if first and mesh_size > 1 and not quick:
+        timers.append(Timer(f"resjax_{other}_1dev",
+                            resjax_step(other_config, jax.devices()[:1])[0]))
     for variant, cl, n in variants:
       timers.append(Timer(variant, torch_step(depth, plain, batch, widths, cl, n, device)))
     interleave(timers, rounds, steps)
     flops = 6 * resnet_macs(depth, widths)
     row = {"compile_s": compile_s, "flops_per_image": flops, "load": _load(),
-           "devices": mesh_size}
+           "devices": mesh_size, "conv_impl": impl}
     for t in timers:
       row[f"{t.name}_img_s"] = t.per_sec(batch)
       row[f"{t.name}_img_cpu_s"] = t.per_cpu_sec(batch)
@@ -323,7 +362,7 @@ def run(quick: bool = False) -> dict[str, Any]:
   figures["end_to_end"] = {"model": models[0][0], "loop_steps_per_sec": e2e["steps_per_sec"],
                            "bare_steps_per_sec": bare_rate,
                            "ratio": e2e["steps_per_sec"] / bare_rate}
-  _print_table(figures, [v[0] for v in variants])
+  _print_table(figures, [v[0] for v in variants], impl, other)
   return figures
 
 
@@ -331,30 +370,40 @@ def _load() -> str:
   return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
-def _print_table(figures: dict[str, Any], torch_names: list[str]) -> None:
+def _print_table(figures: dict[str, Any], torch_names: list[str], impl: str,
+                 other: str | None) -> None:
   mm = figures["matmul_gflops"]
   print()
-  print(f"{'model':9s} {'implementation':16s} {'img/s':>7s} {'img/cpu-s':>9s} "
+  print(f"{'model':9s} {'implementation':26s} {'img/s':>7s} {'img/cpu-s':>9s} "
         f"{'GFLOP/s':>8s} {'% of jnp matmul':>15s}")
+  mine = ["resjax", "resjax_1dev", "resjax_1t"]
+  if other:
+    mine += [f"resjax_{other}", f"resjax_{other}_1dev"]
   for name, row in figures["models"].items():
-    for impl in ["resjax", "resjax_1dev"] + torch_names:
-      if f"{impl}_img_s" not in row:
+    dev = row["devices"]
+    labels = {"resjax": f"resjax {impl} ({dev} dev)", "resjax_1dev": f"resjax {impl} (1 dev)",
+              "resjax_1t": f"resjax {impl} ({dev} dev, 1 thr)",
+              f"resjax_{other}": f"resjax {other} ({dev} dev)",
+              f"resjax_{other}_1dev": f"resjax {other} (1 dev)"}
+    for key in mine + torch_names:
+      if f"{key}_img_s" not in row:
         continue
-      gflops = row[f"{impl}_img_s"] * row["flops_per_image"] / 1e9
-      row[f"{impl}_gflops"] = gflops
-      label = {"resjax": f"resjax ({row['devices']} dev)",
-               "resjax_1dev": "resjax (1 dev)"}.get(impl, impl)
-      print(f"{name:9s} {label:16s} {row[f'{impl}_img_s']:7.1f} {row[f'{impl}_img_cpu_s']:9.1f} "
-            f"{gflops:8.1f} {100 * gflops / mm['jnp']:14.1f}%")
+      gflops = row[f"{key}_img_s"] * row["flops_per_image"] / 1e9
+      row[f"{key}_gflops"] = gflops
+      print(f"{name:9s} {labels.get(key, key):26s} {row[f'{key}_img_s']:7.1f} "
+            f"{row[f'{key}_img_cpu_s']:9.1f} {gflops:8.1f} {100 * gflops / mm['jnp']:14.1f}%")
     row["fraction_of_matmul"] = row["resjax_gflops"] / mm["jnp"]
     if torch_names:
       best = max(torch_names, key=lambda n: row[n + "_img_s"])
       best_cpu = max(torch_names, key=lambda n: row[n + "_img_cpu_s"])
       row["ratio_vs_torch"] = row["resjax_img_s"] / row[best + "_img_s"]
       row["cpu_ratio_vs_torch"] = row["resjax_img_cpu_s"] / row[best_cpu + "_img_cpu_s"]
+      if other:
+        row[f"{other}_ratio_vs_torch"] = row[f"resjax_{other}_img_s"] / row[best + "_img_s"]
       print(f"{'':9s} resjax / fastest torch: {row['ratio_vs_torch']:.2f}x in img/s "
             f"(vs {best}), {row['cpu_ratio_vs_torch']:.2f}x in img/cpu-s (vs {best_cpu}); "
-            f"load {row['load']}")
+            + (f"with {other} convolutions {row[f'{other}_ratio_vs_torch']:.2f}x; " if other
+               else "") + f"load {row['load']}")
   torch_mm = f", torch.mm {mm['torch']:.1f}" if "torch" in mm else ""
   print(f"float32 {figures['matmul_size']}^2 matmul GFLOP/s: jnp.dot {mm['jnp']:.1f}{torch_mm} "
         "(mean of before and after); GFLOP/s above = 6 x forward MACs x img/s")
