@@ -532,6 +532,30 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(where)], check=False)
 
 
+def test_a_sweep_on_a_full_disk_keeps_the_earlier_set(small_disk):
+  workdir = small_disk / "w"
+  workdir.mkdir()
+  _write_set(workdir, "old", names=("collapse.csv", "collapse.json", "collapse.png"))
+  before = _digest(workdir)
+  fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
+  try:
+    while True:
+      os.write(fd, b"\0" * 4096)
+  except OSError as e:
+    assert e.errno == errno.ENOSPC
+  finally:
+    os.close(fd)
+  size = os.path.getsize(small_disk / "filler")
+  os.truncate(small_disk / "filler", size - size % 4096 - 4096)  # One page: the lock's.
+  proc = _launch("launch.sweep", f"--workdir={workdir}", *TINY)
+  out, err = proc.communicate(timeout=300)
+  lines = _messages(err)
+  assert proc.returncode == 1 and "Traceback" not in err + out, err[-3000:]
+  assert lines == [f"error: could not write the results to {workdir} (No space left on "
+                   "device); the earlier results are kept"], lines
+  assert _digest(workdir) == before
+
+
 GRID = "--config.grids.firstlayer.train"
 FILL = {"train": ["--config=configs/embedded.py:tiny_mlp", "--config.train.steps=400",
                   "--config.train.log_every=10", "--config.train.checkpoint_every=5",
