@@ -95,7 +95,7 @@ def test_padded_sweep_equals_unpadded_numpy(swept, grid, s):
 
 def test_padded_sweep_equals_unpadded_jax(swept, grid):
   results, _ = swept
-  x_PxD = jnp.asarray(manifolds.ball(grid.points, 2, seed=grid.seed, scale=_SCALE))
+  x_PxD = jnp.asarray(manifolds.sample("ball", grid.points, 2, seed=grid.seed, scale=_SCALE))
   n, i, a = 5, grid.dims.index(5), _ACTS.index("relu")
   t_SxNxD = np.stack([_draw(grid.seed, s, 2)[:n] for s in range(4)])
   direct = jax.jit(jax.vmap(lambda t: collapse.cell_metrics(x_PxD, t, n, 2, ("relu",))))(
@@ -257,7 +257,7 @@ def test_constrained_decoder_is_never_worse_and_helps_relu(swept, grid):
   # meet the silent units' constraints): never further from x, per point.
   assert np.all(con <= span * (1 + 1e-4) + 1e-7)
   a, k, i = _ACTS.index("relu"), grid.ds.index(2), grid.dims.index(3)
-  assert con[k, a, i].mean() < 0.8 * span[k, a, i].mean()
+  assert con[k, a, i].mean() < 0.9 * span[k, a, i].mean()
   # Identity has no silent units: both decoders agree.
   a = _ACTS.index("identity")
   np.testing.assert_array_equal(con[:, a], span[:, a])
@@ -292,21 +292,32 @@ def _random_qps(count, seed=0):
   return out
 
 
-def _jax_qp(t_NxD, z_N, on_N, lo, hi, steps):
-  d = t_NxD.shape[1]
-  k = int(on_N.sum())
-  a_JxD = np.zeros((d, d))
-  a_JxD[:k] = t_NxD[on_N]
-  zf_J = np.zeros(d)
-  zf_J[:k] = z_N[on_N]
+def _jax_qps(problems, steps):
+  """The sweep's float32 QP solver on every problem at once (padded to 12 units, 4 dims)."""
+  n_max, d_max = 12, 4
+  m = len(problems)
+  t_MxNxD, a_MxJxD = np.zeros((m, n_max, d_max)), np.zeros((m, d_max, d_max))
+  zf_MxJ, side_MxN, b_MxN = np.zeros((m, d_max)), np.zeros((m, n_max)), np.zeros((m, n_max))
+  k_M = np.zeros(m, np.int32)
+  for i, (t_NxD, _, z_N, on_N, lo, hi) in enumerate(problems):
+    n, d = t_NxD.shape
+    k_M[i] = on_N.sum()
+    t_MxNxD[i, :n, :d] = t_NxD
+    a_MxJxD[i, :k_M[i], :d] = t_NxD[on_N]
+    zf_MxJ[i, :k_M[i]] = z_N[on_N]
+    side_MxN[i, :n] = np.where(z_N <= lo, 1.0, np.where(z_N >= hi, -1.0, 0.0))
+    b_MxN[i, :n] = np.where(z_N <= lo, lo, np.where(z_N >= hi, hi if np.isfinite(hi) else 0, 0))
+
+  @jax.jit
+  def solve(t_NxD, a_JxD, zf_J, side_N, b_N, k):
+    x0 = collapse._span_solutions(a_JxD[None], zf_J[None])[:, k]
+    kind = (jnp.arange(d_max) < k).astype(jnp.int32)[None]
+    return collapse._min_norm_qp(x0, a_JxD[None], kind, t_NxD, side_N[None], b_N[None],
+                                 side_N[None] != 0, jnp.zeros(1, bool), steps)[0]
+
   f32 = lambda v: jnp.asarray(v, jnp.float32)
-  x0 = collapse._span_solutions(f32(a_JxD[None]), f32(zf_J[None]))[:, k]
-  side = np.where(z_N <= lo, 1.0, np.where(z_N >= hi, -1.0, 0.0))
-  b = np.where(z_N <= lo, lo, np.where(z_N >= hi, hi if np.isfinite(hi) else 0.0, 0.0))
-  kind = (np.arange(d) < k).astype(np.int32)
-  return np.asarray(collapse._min_norm_qp(
-      x0, f32(a_JxD[None]), jnp.asarray(kind[None]), f32(t_NxD), f32(side[None]),
-      f32(b[None]), jnp.asarray(side[None] != 0), jnp.asarray([False]), steps))[0]
+  return np.asarray(jax.vmap(solve)(f32(t_MxNxD), f32(a_MxJxD), f32(zf_MxJ), f32(side_MxN),
+                                    f32(b_MxN), jnp.asarray(k_M)))
 
 
 def _slsqp(a_KxD, c_K, g_MxD, h_M):
@@ -320,11 +331,13 @@ def _slsqp(a_KxD, c_K, g_MxD, h_M):
 
 def test_constrained_qp_matches_scipy():
   # 60 QPs like the sweep's (d = 2..4, up to 12 units): the float32 active-set
-  # solver with QP_STEPS * d steps matches scipy's NNLS (the float64
-  # reference), which matches SLSQP; with d steps some are not yet solved.
+  # solver with QP_STEPS * d_max steps matches scipy's NNLS (the float64
+  # reference), which matches SLSQP; with 2 steps some are not yet solved.
   problems = _random_qps(60)
+  got_MxD = _jax_qps(problems, collapse.QP_STEPS * 4)
+  few_MxD = _jax_qps(problems, 2)
   worst, unsolved = 0.0, 0
-  for t_NxD, x_D, z_N, on_N, lo, hi in problems:
+  for (t_NxD, x_D, z_N, on_N, lo, hi), got, few in zip(problems, got_MxD, few_MxD):
     d = t_NxD.shape[1]
     below, above = z_N <= lo, z_N >= hi
     g_MxD = np.vstack([t_NxD[below], -t_NxD[above]])
@@ -332,10 +345,9 @@ def test_constrained_qp_matches_scipy():
     want = collapse.least_norm_qp(t_NxD[on_N], z_N[on_N], g_MxD, h_M)
     np.testing.assert_allclose(want, _slsqp(t_NxD[on_N], z_N[on_N], g_MxD, h_M),
                                atol=1e-6 * np.abs(x_D).max())
-    got = _jax_qp(t_NxD, z_N, on_N, lo, hi, collapse.QP_STEPS * d)
-    worst = max(worst, np.abs(got - want).max() / np.abs(x_D).max())
-    unsolved += np.abs(_jax_qp(t_NxD, z_N, on_N, lo, hi, d) - want).max() > 1e-3 * np.abs(
-        x_D).max()
+    scale = np.abs(x_D).max()
+    worst = max(worst, np.abs(got[:d] - want).max() / scale)
+    unsolved += np.abs(few[:d] - want).max() > 1e-3 * scale
   assert worst < 1e-4, worst
   assert unsolved > 0
 
@@ -348,7 +360,7 @@ def test_inverses_round_trip_in_float32_on_their_regions():
     back = np.asarray(jax.jit(lambda z: act.inverse(act.fn(z)))(z))
     assert np.abs(back - z).max() <= activations.ROUNDTRIP_TOL * np.maximum(1, np.abs(z)).max(), name
   # Past the region's edge the float32 inverse is off by more than the tolerance.
-  for name, z in (("tanh", 7.0), ("elu", -12.0)):
+  for name, z in (("tanh", 7.0), ("elu", -14.0)):
     act = activations.get(name)
     assert abs(float(act.inverse(act.fn(jnp.float32(z)))) - z) > activations.ROUNDTRIP_TOL
   # GELU: every y in (min, 0) has two preimages, one on each side of the minimum,
