@@ -153,3 +153,14 @@ def test_profile_counts_the_ffi_convolutions_like_xlas():
   got, want = flops(onednn.conv_general_dilated), flops(lax.conv_general_dilated)
   for kind in ("conv forward", "conv input-grad", "conv weight-grad"):
     assert got[kind] == want[kind] > 0, kind
+
+
+def test_without_the_library_everything_is_xlas(monkeypatch):
+  """Where the library is not built (or not x86-64 Linux) the same call is lax's."""
+  monkeypatch.setattr(onednn, "_load", lambda: (None, "not built"))
+  assert not onednn.available() and onednn.unavailable_reason() == "not built"
+  x, kernel = _inputs(2, 8, 8, 4, 8, 3)
+  conv = lambda a, b: onednn.conv_general_dilated(a, b, (2, 2), PAD1, dimension_numbers=DN)
+  assert "custom_call" not in jax.jit(conv).lower(x, kernel).as_text()
+  np.testing.assert_array_equal(jax.jit(conv)(x, kernel), lax.conv_general_dilated(
+      x, kernel, (2, 2), PAD1, dimension_numbers=DN))
