@@ -103,6 +103,7 @@ def _manifold_firstlayer() -> ml_collections.ConfigDict:
 def _digits(plain: bool) -> ml_collections.ConfigDict:
   config = cifar10.get_config("plain20" if plain else "resnet20")
   config.data.name = "digits"
+  del config.data["normalize"]  # Per-channel statistics, as the digits runs were measured.
   config.data.batch_size = 128
   config.data.pad = 1  # 8x8 images: shift by at most one pixel.
   config.data.flip = False  # Digits are not mirror-symmetric.

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from conftest import mock_tfds
+from conftest import mock_tfds, run_steps
 from resjax import data
 from resjax.errors import ConfigError
 
@@ -176,6 +176,79 @@ def test_unknown_name_and_option_list_the_allowed_ones():
     data.load("digits", num_arms=3)
   with pytest.raises(ConfigError, match="num_arms"):
     data.load("spirals", num_arms=1)
+
+
+def test_load_checks_its_arguments_with_the_launchers_messages():
+  from configs import embedded
+  from resjax import train
+  config = embedded.get_config("tiny")
+  config.data.name = "imagenet"
+  with pytest.raises(ConfigError) as launcher:  # what launch.train reports
+    train.validate(config, num_devices=8)
+  with pytest.raises(ConfigError) as api:
+    data.load("imagenet")
+  assert str(api.value) in str(launcher.value).splitlines()
+  assert str(api.value).startswith("data.name='imagenet' is not allowed; choose one of: cifar10")
+  for kwargs, message in [
+      (dict(name=10), "data.name=10 is not allowed; choose one of: "),
+      (dict(name="spirals", normalize="per_image"),
+       "data.normalize='per_image' is not allowed; choose one of: per_channel, per_pixel_mean"),
+      (dict(name="spirals", seed=-1), "data.seed=-1 is not allowed; use an integer >= 0"),
+      (dict(name="spirals", seed="0"), "data.seed='0' is not allowed; use an integer >= 0"),
+      (dict(name="cifar10", data_dir=5), "data.data_dir=5 is not allowed; use a directory path"),
+      (dict(name="spirals", noise="a"), "data.noise='a' must be a number >= 0"),
+      (dict(name="spirals", turns=None), "data.turns=None must be a number > 0"),
+  ]:
+    with pytest.raises(ConfigError) as e:
+      data.load(**kwargs)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value), kwargs
+  # The launcher's path (config -> train.load_data -> data.load) says the same.
+  config = embedded.get_config("tiny")
+  config.data.normalize = "per_image"
+  with pytest.raises(ConfigError, match=r"^data.normalize='per_image' is not allowed"):
+    train.load_data(config)
+
+
+def test_per_pixel_mean_centres_every_pixel_of_the_training_split():
+  with mock_tfds(num_examples=24):
+    pixel = data.load("cifar10", data_dir="/nonexistent/tfds", normalize="per_pixel_mean")
+    channel = data.load("cifar10", data_dir="/nonexistent/tfds")
+  assert pixel.normalize == "per_pixel_mean" and channel.normalize == "per_channel"
+  x = pixel.train.inputs.astype(np.float64)
+  assert pixel.mean.shape == (32, 32, 3) and pixel.std.shape == (3,)
+  np.testing.assert_allclose(pixel.mean, x.mean(0), rtol=1e-6)
+  np.testing.assert_allclose(pixel.std, (x - x.mean(0)).std(axis=(0, 1, 2)), rtol=1e-5)
+  out = np.asarray(data.preprocess(pixel.train.inputs, pixel.mean, pixel.std), np.float64)
+  assert np.abs(out.mean(0)).max() < 1e-4              # zero mean at every pixel
+  np.testing.assert_allclose(out.var(axis=(0, 1, 2)), 1.0, rtol=1e-4)
+  # The mean flattened (as a checkpoint stores it) gives the same inputs.
+  flat = data.preprocess(pixel.train.inputs, pixel.mean.ravel(), pixel.std)
+  np.testing.assert_array_equal(flat, out.astype(np.float32))
+  # Per channel leaves each pixel off-centre (24 random images).
+  per_channel = np.asarray(data.preprocess(channel.train.inputs, channel.mean, channel.std))
+  assert np.abs(per_channel.mean(0)).max() > 0.2
+  np.testing.assert_allclose(per_channel.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+  # Feature vectors: the per-pixel mean is the per-feature mean.
+  spirals = data.load("spirals", num_train=40, num_test=4, normalize="per_pixel_mean")
+  np.testing.assert_allclose(spirals.mean, data.load("spirals", num_train=40, num_test=4).mean)
+
+
+def test_a_train_step_runs_with_the_per_pixel_mean():
+  from configs import cifar10, embedded
+  from resjax import sharding, train
+  assert cifar10.get_config("resnet56").data.normalize == "per_pixel_mean"  # He et al.
+  assert cifar10.get_config("table6").data.normalize == "per_pixel_mean"
+  config = embedded.get_config("tiny_mlp")  # the per-pixel mean meets a small net fast
+  config.data.name, config.data.normalize = "cifar10", "per_pixel_mean"
+  with mock_tfds(num_examples=64):
+    ds = train.load_data(config)
+    losses, _ = run_steps(config, jax.devices()[:1], steps=2)
+  assert ds.mean.shape == (32, 32, 3) and np.all(np.isfinite(losses))
+  # The state normalizes with the per-pixel mean, as data.preprocess does.
+  state = train.create_train_state(config, sharding.make_mesh(jax.devices()[:1]),
+                                   ds.input_shape, ds.num_classes, mean=ds.mean, std=ds.std)
+  np.testing.assert_allclose(state.preprocess(ds.train.inputs[:8]),
+                             data.preprocess(ds.train.inputs[:8], ds.mean, ds.std), rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------
