@@ -71,10 +71,11 @@ _GS_RTOL = 1e-6
 # The constrained decoder's QP: at most QP_STEPS active-set steps per unit of
 # d_max (each adds or drops one constraint; tests/test_collapse.py checks the
 # result against scipy.optimize.nnls), a constraint counts as violated beyond
-# QP_TOL of its scale, and QP_BLOCK prefixes x units are solved at a time.
+# QP_TOL of its scale, and up to QP_BATCH * d_max QPs per point are solved at
+# a time.
 QP_STEPS = 4
 QP_TOL = 1e-5
-QP_BLOCK = 512
+QP_BATCH = 2
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -367,41 +368,39 @@ def _constrained_errors(x_PxD, t_NxD, d, n_Q, count_QxP, a_PxJxD, xs_PxJ1xD, sid
   """Squared errors [Q, P] of the constrained decoder at the prefixes n_Q.
 
   Equal to the span decoder's where d units are on duty (the equations fix
-  x); elsewhere a QP per (prefix, point), solved in blocks of prefixes for as
-  long as some point of the block has fewer than d on duty.
+  x); elsewhere a QP per (prefix, point). Only those pairs are solved: they
+  are gathered, QP_BATCH * d_max * P at a time, for as long as any is left.
   """
   q_all, p = count_QxP.shape
   n_units, d_max = t_NxD.shape
-  block = int(max(1, min(q_all, QP_BLOCK // n_units)))
-  need_QxP = count_QxP < d
-  last = jnp.max(jnp.where(jnp.any(need_QxP, -1), jnp.arange(q_all), -1)) + 1
+  cap = int(min(q_all * p, QP_BATCH * d_max * p))
+  count_F = count_QxP.reshape(-1)
+  need_F = count_F < d
+  left = jnp.sum(need_F)
+  rank_F = jnp.cumsum(need_F) - 1
   side_PxN, b_PxN = side_NxP.T, b_NxP.T
   slot_S = jnp.arange(d_max)
 
   def body(state):
-    start, out_QxP = state
-    s0 = jnp.minimum(start, q_all - block)
-    count_BxP = jax.lax.dynamic_slice_in_dim(count_QxP, s0, block)
-    n_B = jax.lax.dynamic_slice_in_dim(n_Q, s0, block)
-    k_BxP = jnp.minimum(count_BxP, d)
-    x0_BxPxD = jnp.take_along_axis(xs_PxJ1xD[None], k_BxP[:, :, None, None], axis=2)[:, :, 0]
-    eq_BxPxS = slot_S < k_BxP[..., None]
-    nrm_BxPxSxD = jnp.where(eq_BxPxS[..., None], a_PxJxD[None], 0.0)
-    valid_BxPxN = (side_PxN[None] != 0) & (jnp.arange(n_units) < n_B[:, None, None])
-    need_BxP = jax.lax.dynamic_slice_in_dim(need_QxP, s0, block)
-    m = block * p
-    flat = lambda a: a.reshape(m, *a.shape[2:])
-    x_MxD = _min_norm_qp(
-        flat(x0_BxPxD), flat(nrm_BxPxSxD), flat(eq_BxPxS.astype(jnp.int32)), t_NxD,
-        flat(jnp.broadcast_to(side_PxN, (block, p, n_units))),
-        flat(jnp.broadcast_to(b_PxN, (block, p, n_units))), flat(valid_BxPxN),
-        flat(~need_BxP), QP_STEPS * d_max)
-    sq_BxP = jnp.sum((x_PxD[None] - x_MxD.reshape(block, p, d_max)) ** 2, -1)
-    old_BxP = jax.lax.dynamic_slice_in_dim(out_QxP, s0, block)
-    new_BxP = jnp.where(need_BxP, sq_BxP, old_BxP)
-    return start + block, jax.lax.dynamic_update_slice_in_dim(out_QxP, new_BxP, s0, 0)
+    start, out_F = state
+    (idx_M,) = jnp.nonzero(need_F & (rank_F >= start) & (rank_F < start + cap), size=cap,
+                           fill_value=0)
+    live_M = jnp.arange(cap) < left - start
+    q_M, p_M = idx_M // p, idx_M % p
+    k_M = jnp.minimum(count_F[idx_M], d)
+    eq_MxS = slot_S < k_M[:, None]
+    side_MxN = side_PxN[p_M]
+    valid_MxN = (side_MxN != 0) & (jnp.arange(n_units) < n_Q[q_M][:, None])
+    x_MxD = _min_norm_qp(xs_PxJ1xD[p_M, k_M], jnp.where(eq_MxS[..., None], a_PxJxD[p_M], 0.0),
+                         eq_MxS.astype(jnp.int32), t_NxD, side_MxN, b_PxN[p_M], valid_MxN,
+                         ~live_M, QP_STEPS * d_max)
+    sq_M = jnp.sum((x_PxD[p_M] - x_MxD) ** 2, -1)
+    out_F = out_F.at[jnp.where(live_M, idx_M, q_all * p)].set(sq_M, mode="drop")
+    return start + cap, out_F
 
-  return jax.lax.while_loop(lambda s: s[0] < last, body, (jnp.int32(0), span_QxP))[1]
+  out_F = jax.lax.while_loop(lambda s: s[0] < left, body,
+                             (jnp.int32(0), span_QxP.reshape(-1)))[1]
+  return out_F.reshape(q_all, p)
 
 
 def _metrics_at(x_PxD: Array, t_NxD: Array, d: Array, names: Sequence[str], n_Q: Array) -> Array:
