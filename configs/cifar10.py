@@ -132,6 +132,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.preact = family == "preact"  # Full pre-activation blocks.
   config.model.widths = (16, 32, 64)  # Filters per stage.
   config.model.activation = "relu"  # resjax.activations name.
+  # xla | onednn: oneDNN's CPU convolution through the XLA FFI (faster on the
+  # CPU, same losses; resjax/kernels); XLA's own on GPU/TPU or where not built.
+  config.model.conv_impl = "onednn"
   if depth >= 110:
     config.opt.warmup_steps = 400
   return config
