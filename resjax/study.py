@@ -1139,15 +1139,15 @@ def _redundancy(config, runs, workdir, log):
   cmap = plt.get_cmap("viridis")
   color = {d: cmap(0.05 + 0.8 * j / max(1, len(dims) - 1)) for j, d in enumerate(dims)}
   fig, axes = plt.subplots(2, 3, figsize=(14, 7.6))
-  ratio_ticks = sorted({_g(n / d) for d, n in cells})
+  ratio_ticks = [r for r in (1, 1.5, 2, 3, 4, 6, 8) if any(abs(n / d - r) < 1e-9 for d, n in cells)]
+  ratio_ticks = ratio_ticks or sorted({_g(n / d) for d, n in cells})
   all_n = sorted({n for _, n in cells})
 
   def damage_panel(ax, xs_of, ticks, xlabel, key):
     for d in dims:
       own = [(d2, n) for d2, n in cells if d2 == d]
-      triples = [(contrasts[f"d={d}, n={n}: test_acc(linear) - test_acc(relu)"][k] * 100
-                  for k in ("mean", "lo", "hi")) for _, n in own]
-      triples = [tuple(t) for t in triples]
+      triples = [tuple(contrasts[f"d={d}, n={n}: test_acc(linear) - test_acc(relu)"][k] * 100
+                       for k in ("mean", "lo", "hi")) for _, n in own]
       xs = [xs_of(d, n) for _, n in own]
       _errline(ax, xs, triples, color=color[d], label=f"d = {d}", band=False)
     xs = np.asarray([xs_of(d, n) for d, n in cells])
