@@ -71,11 +71,11 @@ _GS_RTOL = 1e-6
 # The constrained decoder's QP: at most QP_STEPS active-set steps per unit of
 # d_max (each adds or drops one constraint; tests/test_collapse.py checks the
 # result against scipy.optimize.nnls), a constraint counts as violated beyond
-# QP_TOL of its scale, and up to QP_BATCH * d_max QPs per point are solved at
-# a time.
+# QP_TOL of its scale, and up to QP_BATCH * d_max QPs per point and activation
+# are solved at a time.
 QP_STEPS = 4
 QP_TOL = 1e-5
-QP_BATCH = 2
+QP_BATCH = 1
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -303,14 +303,13 @@ def _min_norm_qp(x0_MxD, nrm_MxSxD, kind_MxS, t_NxD, side_MxN, b_MxN, valid_MxN,
   bscale_MxN = jnp.abs(b_MxN)
 
   def body(state):
-    x, nrm, kind, unit, lam, p, lam_p, done, it = state
+    x, nrm, kind, lam, p, lam_p, done, it = state
     us, coef = _slot_basis(nrm * (kind > 0)[..., None])
     # A new constraint to add where the last step finished one.
     s_MxN = side_MxN * (_mm(x, t_NxD.T) - b_MxN)  # > 0: violated
     tol_MxN = QP_TOL * (tnorm_N * jnp.linalg.norm(x, axis=-1, keepdims=True) + bscale_MxN)
-    in_set = jnp.any((unit[:, :, None] == jnp.arange(t_NxD.shape[0])) & (kind == 2)[..., None],
-                     axis=1)
-    score = jnp.where(valid_MxN & ~in_set & (s_MxN > tol_MxN), s_MxN / tnorm_N, -jnp.inf)
+    # (Active constraints hold with equality, so they are never picked again.)
+    score = jnp.where(valid_MxN & (s_MxN > tol_MxN), s_MxN / tnorm_N, -jnp.inf)
     pick, worst = jnp.argmax(score, -1), jnp.max(score, -1)
     fresh = p < 0
     done = done | (fresh & (worst == -jnp.inf))
@@ -345,62 +344,63 @@ def _min_norm_qp(x0_MxD, nrm_MxSxD, kind_MxS, t_NxD, side_MxN, b_MxN, valid_MxN,
     put = full[:, None] & (jnp.arange(s_slots) == free[:, None])
     kind = jnp.where(put, 2, kind)
     nrm = jnp.where(put[..., None], n_p[:, None], nrm)
-    unit = jnp.where(put, p[:, None], unit)
     lam = jnp.where(put, lam_p[:, None], lam)
     cut = (go & ~full)[:, None] & (jnp.arange(s_slots) == drop[:, None])
     kind = jnp.where(cut, 0, kind)
     lam = jnp.where(cut, 0.0, lam)
     p = jnp.where(full, -1, p)
     lam_p = jnp.where(full, 0.0, lam_p)
-    return x, nrm, kind, unit, lam, p, lam_p, done, it + 1
+    return x, nrm, kind, lam, p, lam_p, done, it + 1
 
   def cond(state):
     return jnp.logical_and(state[-1] < steps, ~jnp.all(state[-2]))
 
   m, s = kind_MxS.shape
-  state = (x0_MxD, nrm_MxSxD, kind_MxS, jnp.full((m, s), -1), jnp.zeros((m, s)),
+  state = (x0_MxD, nrm_MxSxD, kind_MxS, jnp.zeros((m, s)),
            jnp.full((m,), -1), jnp.zeros((m,)), done_M, 0)
   return jax.lax.while_loop(cond, body, state)[0]
 
 
-def _constrained_errors(x_PxD, t_NxD, d, n_Q, count_QxP, a_PxJxD, xs_PxJ1xD, side_NxP, b_NxP,
-                        span_QxP):
-  """Squared errors [Q, P] of the constrained decoder at the prefixes n_Q.
+def _constrained_errors(x_PxD, t_NxD, d, n_Q, count_AxQxP, a_AxPxJxD, xs_AxPxJ1xD, side_AxNxP,
+                        b_AxNxP, span_AxQxP):
+  """Squared errors [A, Q, P] of the constrained decoder at the prefixes n_Q.
 
   Equal to the span decoder's where d units are on duty (the equations fix
-  x); elsewhere a QP per (prefix, point). Only those pairs are solved: they
-  are gathered, QP_BATCH * d_max * P at a time, for as long as any is left.
+  x); elsewhere a QP per (activation, prefix, point). Only those are solved:
+  they are gathered from all activations together, QP_BATCH * d_max * A * P
+  at a time, for as long as any is left.
   """
-  q_all, p = count_QxP.shape
+  n_act, q_all, p = count_AxQxP.shape
   n_units, d_max = t_NxD.shape
-  cap = int(min(q_all * p, QP_BATCH * d_max * p))
-  count_F = count_QxP.reshape(-1)
+  size = n_act * q_all * p
+  cap = int(min(size, QP_BATCH * d_max * n_act * p))
+  count_F = count_AxQxP.reshape(-1)
   need_F = count_F < d
-  left = jnp.sum(need_F)
-  rank_F = jnp.cumsum(need_F) - 1
-  side_PxN, b_PxN = side_NxP.T, b_NxP.T
+  upto_F = jnp.cumsum(need_F.astype(jnp.int32))  # nondecreasing: a binary search finds the j-th
+  left = upto_F[-1]
+  side_AxPxN, b_AxPxN = jnp.swapaxes(side_AxNxP, 1, 2), jnp.swapaxes(b_AxNxP, 1, 2)
   slot_S = jnp.arange(d_max)
 
   def body(state):
     start, out_F = state
-    (idx_M,) = jnp.nonzero(need_F & (rank_F >= start) & (rank_F < start + cap), size=cap,
-                           fill_value=0)
     live_M = jnp.arange(cap) < left - start
-    q_M, p_M = idx_M // p, idx_M % p
+    idx_M = jnp.minimum(jnp.searchsorted(upto_F, start + jnp.arange(cap) + 1), size - 1)
+    a_M, q_M, p_M = idx_M // (q_all * p), idx_M // p % q_all, idx_M % p
     k_M = jnp.minimum(count_F[idx_M], d)
     eq_MxS = slot_S < k_M[:, None]
-    side_MxN = side_PxN[p_M]
+    side_MxN = side_AxPxN[a_M, p_M]
     valid_MxN = (side_MxN != 0) & (jnp.arange(n_units) < n_Q[q_M][:, None])
-    x_MxD = _min_norm_qp(xs_PxJ1xD[p_M, k_M], jnp.where(eq_MxS[..., None], a_PxJxD[p_M], 0.0),
-                         eq_MxS.astype(jnp.int32), t_NxD, side_MxN, b_PxN[p_M], valid_MxN,
-                         ~live_M, QP_STEPS * d_max)
+    x_MxD = _min_norm_qp(xs_AxPxJ1xD[a_M, p_M, k_M],
+                         jnp.where(eq_MxS[..., None], a_AxPxJxD[a_M, p_M], 0.0),
+                         eq_MxS.astype(jnp.int32), t_NxD, side_MxN, b_AxPxN[a_M, p_M],
+                         valid_MxN, ~live_M, QP_STEPS * d_max)
     sq_M = jnp.sum((x_PxD[p_M] - x_MxD) ** 2, -1)
-    out_F = out_F.at[jnp.where(live_M, idx_M, q_all * p)].set(sq_M, mode="drop")
+    out_F = out_F.at[jnp.where(live_M, idx_M, size)].set(sq_M, mode="drop")
     return start + cap, out_F
 
   out_F = jax.lax.while_loop(lambda s: s[0] < left, body,
-                             (jnp.int32(0), span_QxP.reshape(-1)))[1]
-  return out_F.reshape(q_all, p)
+                             (jnp.int32(0), span_AxQxP.reshape(-1)))[1]
+  return out_F.reshape(n_act, q_all, p)
 
 
 def _metrics_at(x_PxD: Array, t_NxD: Array, d: Array, names: Sequence[str], n_Q: Array) -> Array:
@@ -449,9 +449,9 @@ def _metrics_at(x_PxD: Array, t_NxD: Array, d: Array, names: Sequence[str], n_Q:
       sides.append(jnp.where(below, 1, jnp.where(above, -1, 0)).astype(jnp.float32))
       bounds.append(jnp.where(below, lo if lo > -math.inf else 0.0,
                               jnp.where(above, hi if hi < math.inf else 0.0, 0.0)))
-    con = jax.vmap(_constrained_errors, (None, None, None, None, 0, 0, 0, 0, 0, 0))(
-        x_PxD, t_NxD, d, n_Q, count_AxQxP[sel], a_AxPxJxD[sel], xs_AxPxJ1xD[sel],
-        jnp.stack(sides), jnp.stack(bounds), span_AxQxP[sel])
+    con = _constrained_errors(x_PxD, t_NxD, d, n_Q, count_AxQxP[sel], a_AxPxJxD[sel],
+                              xs_AxPxJ1xD[sel], jnp.stack(sides), jnp.stack(bounds),
+                              span_AxQxP[sel])
     con_AxQxP = con_AxQxP.at[sel].set(con)
   dec_AxQx2 = jnp.stack([span_AxQxP.sum(-1), con_AxQxP.sum(-1)], -1) / total
   duty_AxQx4 = duty_RxQx4[r_A]
