@@ -803,8 +803,10 @@ def memory_estimate(grid: Grid, chunk: Optional[int] = None) -> dict[str, int]:
 
   Per vmapped draw (N = n_max, P points, D = d_max, A activations), the terms
   that dominate XLA's buffers: the hidden layer and what is built on it, T^+ y
-  of every prefix n for every activation [A, N, P, D] and the duty counts
-  [R, N, P] (about 4.5 A D + 6 floats per unit and point), and the prefixes of
+  of every prefix n for every activation [A, N, P, D], the duty counts
+  [R, N, P], the decoders' inverses and the constrained decoder's batch of QPs
+  [A, QP_BATCH D P, N] (about 8.1 A D + 6 floats per unit and point; measured
+  on the CPU), and the prefixes of
   T with their SVDs and pseudo-inverses [N, N, D] (about 2.5 N^2 D floats).
   `chunk` draws run at once. The output [draws, A, len(dims), METRICS] lives
   on the device and twice on the host (the copy and its transpose). Checked
@@ -816,7 +818,7 @@ def memory_estimate(grid: Grid, chunk: Optional[int] = None) -> dict[str, int]:
   draws = grid.draws
   chunk = (grid.chunk if chunk is None else chunk) or draws
   chunk = min(chunk, draws)
-  per_draw = 4 * (n * p * (4.5 * a * d + 6) + 2.5 * n * n * d)
+  per_draw = 4 * (n * p * (8.1 * a * d + 6) + 2.5 * n * n * d)
   out = 4 * (draws + -draws % chunk) * a * len(grid.dims) * len(METRICS)
   device = chunk * per_draw + out + 4 * len(grid.ds) * p * d + 8 * draws
   return {"per_draw": int(per_draw), "chunk": int(chunk), "device": int(device),

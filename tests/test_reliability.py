@@ -329,12 +329,12 @@ def test_too_large_sweeps_are_refused_before_compiling(tmp_path):
   from configs import collapse as cc
   config = cc.get_config()
   config.seeds = 100_000_000
-  with pytest.raises(errors.ConfigError, match=r"needs about 4.3 TB of memory .* but this "
+  with pytest.raises(errors.ConfigError, match=r"needs about 4.92 TB of memory .* but this "
                      r"machine has 16 GB; pass at most about 262,144 --config.seeds"):
     collapse.check_memory(collapse.grid_from_config(config), {"host": 16e9, "device": None})
   config.seeds, config.dims = 64, tuple(range(1, 4097))
   with pytest.raises(errors.ConfigError, match=r"but this machine has 8 GB; pass "
-                     r"--config.chunk=4 \(about 6.63 GB\)"):
+                     r"--config.chunk=2 \(about 5.32 GB\)"):
     collapse.check_memory(collapse.grid_from_config(config), {"host": 8e9, "device": None})
   config.dims = (2, 64)
   assert collapse.check_memory(collapse.grid_from_config(config),
@@ -344,7 +344,7 @@ def test_too_large_sweeps_are_refused_before_compiling(tmp_path):
   lines = _messages(err)
   assert proc.returncode == 2 and "Traceback" not in err, err
   assert len(lines) == 1 and re.match(
-      r"error: the sweep needs about 1.85 TB of memory \(n_max=100000, .* but this machine has "
+      r"error: the sweep needs about 2.03 TB of memory \(n_max=100000, .* but this machine has "
       r".*; keep --config.dims at most n=\d+ \(with --config.chunk=1\)", lines[0]), lines
   assert not os.path.exists(tmp_path / "w")
 
