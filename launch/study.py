@@ -4,8 +4,8 @@
   python -m launch.study --config=configs/study.py:collapse,tiny --workdir=/tmp/collapse
 
 Studies: degradation, dead_units, collapse, bottleneck, convergence,
-redundancy, pilot (append ',tiny' for a seconds-long version). Each grid trains in --workdir/<grid> as
-launch.train would; the study writes study.csv, nets.csv, study.json and
+redundancy, pilot (append ',tiny' for a seconds-long version). Each grid
+trains in --workdir/<grid> as launch.train would; the study writes study.csv, nets.csv, study.json and
 <study>.png/.pdf to --workdir. SIGTERM or Ctrl-C saves the grid in training at
 its current step (or, when it cannot stop there within 1.5 s, keeps its last
 checkpoint; a second signal does not wait for a save), prints what was kept and
