@@ -5,8 +5,8 @@
 
 Studies: degradation, dead_units, collapse, bottleneck, convergence,
 redundancy, pilot (append ',tiny' for a seconds-long version). Each grid
-trains in --workdir/<grid> as launch.train would; the study writes study.csv, nets.csv, study.json and
-<study>.png/.pdf to --workdir. SIGTERM or Ctrl-C saves the grid in training at
+trains in --workdir/<grid> as launch.train would; the study writes study.csv,
+nets.csv, study.json and <study>.png/.pdf to --workdir. SIGTERM or Ctrl-C saves the grid in training at
 its current step (or, when it cannot stop there within 1.5 s, keeps its last
 checkpoint; a second signal does not wait for a save), prints what was kept and
 exits 130 / 143; running the same command again resumes. Override
