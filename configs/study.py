@@ -25,9 +25,9 @@ That pilot ran on an earlier trainer; `pilot` is its command on this one (the
 same families at their study budgets, seeds 0-1, both variants, rates 1e-3,
 3e-3, 1e-2, 3e-2; it reports the rate with the lowest final training loss and
 changes no study; on this trainer it picks 1e-2 for the MLPs, but 1e-2 for the
-conv nets and 3e-3 for the inverted-residual nets, RESULTS.md). The degradation MLP grid also has a learning-rate axis fixed
-in advance (3e-3, 1e-2, 3e-2), so that each depth and variant can be read at its
-best rate.
+conv nets and 3e-3 for the inverted-residual nets, RESULTS.md). The degradation
+MLP grid also has a learning-rate axis fixed in advance (3e-3, 1e-2, 3e-2), so
+that each depth and variant can be read at its best rate.
 
 `redundancy` (C3) trains the collapse study's first-layer nets on the
 'manifold' task (configs/embedded.py:manifold_firstlayer: intrinsic dimension

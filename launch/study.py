@@ -4,15 +4,16 @@
   python -m launch.study --config=configs/study.py:collapse,tiny --workdir=/tmp/collapse
 
 Studies: degradation, dead_units, collapse, bottleneck, convergence,
-redundancy, pilot (append ',tiny' for a seconds-long version). Each grid
-trains in --workdir/<grid> as launch.train would; the study writes study.csv,
-nets.csv, study.json and <study>.png/.pdf to --workdir. SIGTERM or Ctrl-C saves the grid in training at
-its current step (or, when it cannot stop there within 1.5 s, keeps its last
-checkpoint; a second signal does not wait for a save), prints what was kept and
-exits 130 / 143; running the same command again resumes. Override
-any config field with --config.<field>=VALUE (e.g. --config.seeds=4). On a
-CPU the cores are split into host devices as for launch.train, so the nets of
-a grid are spread over them (resjax/train.py grid_training_mesh).
+redundancy, pilot (append ',tiny' for a seconds-long version). Each grid trains
+in --workdir/<grid> as launch.train would; the study writes study.csv,
+nets.csv, study.json and <study>.png/.pdf to --workdir. SIGTERM or Ctrl-C saves
+the grid in training at its current step (or, when it cannot stop there within
+1.5 s, keeps its last checkpoint; a second signal does not wait for a save),
+prints what was kept and exits 130 / 143; running the same command again
+resumes. Override any config field with --config.<field>=VALUE (e.g.
+--config.seeds=4). On a CPU the cores are split into host devices as for
+launch.train, so the nets of a grid are spread over them (resjax/train.py
+grid_training_mesh).
 """
 from launch import platform  # noqa: F401  # pylint: disable=unused-import  (before JAX)
 

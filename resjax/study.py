@@ -1317,7 +1317,8 @@ def _pilot(config, runs, workdir, log):
     ax.axvline(best, color="k", lw=0.8, ls=":")
     ax.text(best, score[best], f" lowest: {best:g}", fontsize=7, va="bottom")
     if study_rate is not None:
-      ax.axvline(study_rate, color="#d2691e", lw=2, alpha=0.3, label=f"studies' rate {study_rate:g}")
+      ax.axvline(study_rate, color="#d2691e", lw=2, alpha=0.3,
+                 label=f"studies' rate {study_rate:g}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(lrs)
