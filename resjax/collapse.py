@@ -412,6 +412,7 @@ def _metrics_at(x_PxD: Array, t_NxD: Array, d: Array, names: Sequence[str], n_Q:
   unrolled: the rest is vmapped over activations, and the duty statistics over
   the distinct regions.
   """
+  x_PxD, t_NxD = jnp.asarray(x_PxD), jnp.asarray(t_NxD)
   specs = [activations.get(a) for a in names]
   regions = list(dict.fromkeys(act.region for act in specs))
   r_A = np.array([regions.index(act.region) for act in specs])
