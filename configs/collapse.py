@@ -5,10 +5,12 @@
   python -m launch.sweep --config=configs/collapse.py:ball --workdir=/tmp/collapse_ball
 
 Expected (default, a 3-turn spiral, 64 seeds): for ReLU the refit error falls
-from about 0.47 at n=2 to 0.15 at n=15 and 0.09 at n=30; the collapsed
-fraction follows P(Binomial(n, 1/2) < 2) (0.75 at n=2, 0.19 at n=5) within
-its 95% interval; identity has ~0 error in all three measures for n >= 2.
-About 15-25 s on a shared 2-core CPU (compile 5-7 s, run 3-4 s).
+from about 0.48 at n=2 to 0.14 at n=15 and 0.08 at n=30; the span decoder
+loses 0.51 / 0.31 / 0.11 at n = 2 / 3 / 5 (theory 0.50 / 0.31 / 0.11) and the
+constrained decoder 0.47 / 0.25 / 0.07; the collapsed fraction follows
+P(Binomial(n, 1/2) < 2) (0.75 at n=2, 0.19 at n=5) within its 95% interval;
+identity has ~0 error in all four measures for n >= 2. About 35 s on a
+shared 2-core CPU (compile 13 s, run 9 s).
 
 `--config.manifold.scale=20` pushes the spiral (radius <= 1) out to radius
 20, where ReLU6 saturates (z >= 6) and tanh flattens out (README).
