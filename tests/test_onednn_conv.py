@@ -164,3 +164,21 @@ def test_without_the_library_everything_is_xlas(monkeypatch):
   assert "custom_call" not in jax.jit(conv).lower(x, kernel).as_text()
   np.testing.assert_array_equal(jax.jit(conv)(x, kernel), lax.conv_general_dilated(
       x, kernel, (2, 2), PAD1, dimension_numbers=DN))
+
+
+def test_grid_of_nets_under_shard_map_matches_lax():
+  """Grids split over devices run vmap inside shard_map: the gradients keep
+  their 'varying over the grid axis' type and equal lax's."""
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:2]), ("grid",))
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.standard_normal((2, 3, 8, 8, 4)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((2, 3, 3, 4, 8)) / 6, jnp.float32)
+  spec = jax.sharding.PartitionSpec("grid")
+
+  def grads(conv):
+    per_net = jax.vmap(jax.grad(_loss(conv, (2, 2), PAD1), (0, 1)))
+    return jax.jit(jax.shard_map(per_net, mesh=mesh, in_specs=(spec, spec),
+                                 out_specs=(spec, spec)))(x, kernel)
+
+  for g, ref in zip(grads(onednn.conv_general_dilated), grads(lax.conv_general_dilated)):
+    np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-5)

@@ -211,11 +211,23 @@ def _op(kind: int, strides: tuple[int, int], padding: tuple[tuple[int, int], ...
   return op
 
 
+def _varying_like(y: jax.Array, *like: jax.Array) -> jax.Array:
+  """`y` marked varying over the manual mesh axes `like` vary over (inside
+  shard_map, e.g. a grid's nets), which an FFI call's result does not carry."""
+  def varying(a):
+    aval = jax.typeof(a)
+    mat = getattr(aval, "manual_axis_type", None)
+    return frozenset(mat.varying) if mat is not None else frozenset(getattr(aval, "vma", ()))
+  want = frozenset().union(*(varying(a) for a in like))
+  missing = tuple(sorted(want - varying(y)))
+  return jax.lax.pcast(y, missing, to="varying") if missing else y
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv_nhwc(x: jax.Array, w: jax.Array, strides: tuple[int, int],
               padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
   """y = conv(x[N,H,W,C], w[KH,KW,C,O]) in float32 by oneDNN (needs `available()`)."""
-  return _op(0, strides, padding, ())(x, w)
+  return _varying_like(_op(0, strides, padding, ())(x, w), x, w)
 
 
 def _conv_fwd(x, w, strides, padding):
@@ -226,7 +238,7 @@ def _conv_bwd(strides, padding, residuals, dy):
   x, w = residuals
   dx = _op(1, strides, padding, tuple(x.shape[1:]))(dy, w)
   dw = _op(2, strides, padding, tuple(w.shape))(x, dy)
-  return dx, dw
+  return _varying_like(dx, x), _varying_like(dw, w)
 
 
 conv_nhwc.defvjp(_conv_fwd, _conv_bwd)
