@@ -902,7 +902,8 @@ def _train_in(workdir: str, config: ml_collections.ConfigDict, ds: data.Dataset,
           step_time = timed_seconds / timed_steps if timed_steps else float("nan")
           images_per_sec = nets.count * batch_size / step_time
           row = {f"train/{k}": v for k, v in mean.items()}
-          row.update({"train/step_time": step_time, "train/images_per_sec": images_per_sec})
+          if timed_steps:  # The first window can hold only the compiling step: no rate.
+            row.update({"train/step_time": step_time, "train/images_per_sec": images_per_sec})
           nets.write(writer, done, row)
           say(metrics.progress_line(done, total, mean, images_per_sec,
                                     (total - done) * step_time))
@@ -1098,8 +1099,9 @@ def _not_saved(e: BaseException, step: int | None, workdir: str,
   done = checkpoints.complete_steps(workdir)
   kept = (f"the last good checkpoint is step {done[-1]} in {checkpoints.directory(workdir)}"
           if done else "no checkpoint was completed")
+  then = "resume from it" if done else "start again"
   return NotSaved(f"the checkpoint at step {step} could not be written ({reason}); {kept}; "
-                  "free some space and run the same command to resume from it")
+                  f"free some space and run the same command to {then}")
 
 
 def _check_finite(window: list[dict], done: int, last_saved: int | None, workdir: str,
