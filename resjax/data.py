@@ -299,6 +299,18 @@ def _manifold(seed: int, *, d: int, ambient: int, num_classes: int, num_train: i
   return draw(num_train, 0), draw(num_test, 1), int(num_classes)
 
 
+def _shifted_sums(flat: np.ndarray, shift: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+  """Per-column sums of (x - shift) and (x - shift)^2 of [N, F] rows, float64, in chunks."""
+  total = np.zeros(flat.shape[1])
+  total_sq = np.zeros(flat.shape[1])
+  rows = max(1, chunk // flat.shape[1])
+  for i in range(0, len(flat), rows):
+    d = flat[i:i + rows].astype(np.float64) - shift
+    total += d.sum(axis=0)
+    total_sq += np.einsum("ij,ij->j", d, d)
+  return total, total_sq
+
+
 def channel_stats(inputs: np.ndarray, chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
   """Per-channel (last axis) mean and std in float32, accumulated in float64.
 
@@ -312,13 +324,7 @@ def channel_stats(inputs: np.ndarray, chunk: int = 1 << 20) -> tuple[np.ndarray,
   c = inputs.shape[-1]
   flat = inputs.reshape(len(inputs), -1)
   shift = np.tile(flat[0, :c].astype(np.float64), flat.shape[1] // c)
-  total = np.zeros(flat.shape[1])
-  total_sq = np.zeros(flat.shape[1])
-  rows = max(1, chunk // flat.shape[1])
-  for i in range(0, len(flat), rows):
-    d = flat[i:i + rows].astype(np.float64) - shift
-    total += d.sum(axis=0)
-    total_sq += np.einsum("ij,ij->j", d, d)
+  total, total_sq = _shifted_sums(flat, shift, chunk)
   n = flat.size // c
   mean_shifted = total.reshape(-1, c).sum(axis=0) / n
   var = np.maximum(total_sq.reshape(-1, c).sum(axis=0) / n - mean_shifted**2, 0.0)
@@ -341,13 +347,7 @@ def pixel_stats(inputs: np.ndarray, chunk: int = 1 << 20) -> tuple[np.ndarray, n
   c = inputs.shape[-1]
   flat = inputs.reshape(len(inputs), -1)
   shift = flat[0].astype(np.float64)
-  total = np.zeros(flat.shape[1])
-  total_sq = np.zeros(flat.shape[1])
-  rows = max(1, chunk // flat.shape[1])
-  for i in range(0, len(flat), rows):
-    d = flat[i:i + rows].astype(np.float64) - shift
-    total += d.sum(axis=0)
-    total_sq += np.einsum("ij,ij->j", d, d)
+  total, total_sq = _shifted_sums(flat, shift, chunk)
   mean_shifted = total / len(flat)
   var = np.maximum(total_sq / len(flat) - mean_shifted**2, 0.0).reshape(-1, c).mean(axis=0)
   mean = mean_shifted + shift
