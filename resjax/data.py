@@ -454,7 +454,7 @@ def prefetch(iterable: Iterable[Any], size: int = 2) -> Iterator[Any]:
   Use it to overlap host batch assembly and host-to-device transfer with the
   compiled step, e.g. `prefetch(to_global(b) for b in batches)`. Exceptions in
   the producer are re-raised in the consumer; closing the iterator early stops
-  the thread.
+  the thread and waits (up to 30 s) for the item it is making.
   """
   errors.check(size >= 1, f"prefetch size={size} must be >= 1")
   items: queue.Queue = queue.Queue(maxsize=size)
@@ -491,6 +491,9 @@ def prefetch(iterable: Iterable[Any], size: int = 2) -> Iterator[Any]:
       yield item
   finally:
     stop.set()
+    # Wait for the batch in progress: a daemon thread still inside JAX's C++
+    # (a transfer) when the interpreter exits aborts the process.
+    thread.join(timeout=30)
 
 
 # ----------------------------------------------------------------------------

@@ -6,6 +6,16 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# The launchers the tests start keep their compilation cache (under
+# $XDG_CACHE_HOME by default) in a fresh directory, never in the user's.
+_CACHE_HOME = tempfile.mkdtemp(prefix="resjax-tests-cache-")
+atexit.register(shutil.rmtree, _CACHE_HOME, True)
+os.environ["XDG_CACHE_HOME"] = _CACHE_HOME
+
 import contextlib  # noqa: E402
 from unittest import mock  # noqa: E402
 

@@ -485,7 +485,8 @@ def test_signal_stops_a_study_which_then_resumes(tmp_path):
   gdir = tmp_path / "firstlayer"
   assert os.listdir(gdir / "checkpoints") == [str(step)]  # Saved at the step it stopped.
   assert locking.holder(str(tmp_path)) is None and locking.holder(str(gdir)) is None
-  before = {**_digest(tmp_path), **tree_digest(gdir / "checkpoints" / str(step))}
+  top = _digest(tmp_path)
+  before = {**top, **tree_digest(gdir / "checkpoints" / str(step))}
 
   proc = _study(tmp_path, env)
   _wait_for(proc, rf"^resumed from \S+ at step {step}$")
@@ -494,8 +495,12 @@ def test_signal_stops_a_study_which_then_resumes(tmp_path):
   assert "Traceback" not in err + out, err
   found = re.match(kept, _messages(err)[-1])
   assert found and found[1] == "SIGTERM" and int(found[2]) >= step, _messages(err)
-  after = {**_digest(tmp_path), **tree_digest(gdir / "checkpoints" / str(step))}
-  assert after == before  # config.json and the checkpoint it resumed from.
+  if int(found[2]) == step:  # Stopped before its first step: nothing new to save.
+    after = {**_digest(tmp_path), **tree_digest(gdir / "checkpoints" / str(step))}
+    assert after == before  # config.json and the checkpoint it resumed from.
+  else:  # It trained on: the newer checkpoint replaced the older one, whole.
+    assert os.listdir(gdir / "checkpoints") == [found[2]]
+    assert _digest(tmp_path) == top
   assert locking.holder(str(tmp_path)) is None
   print(f"SIGINT saved step {step}; rerun resumed there, SIGTERM exit 143 in {took:.2f} s")
 
