@@ -210,17 +210,17 @@ def _probe_grid(run: GridRun, log, grad_at_init: Callable[[Net], bool] = lambda 
       cached = json.load(f)
   ds = train.load_data(run.config)
   nets = grid.nets(run.config)
-  mesh = sharding.make_mesh(jax.devices()[:1])
   todo = [i for i, n in enumerate(run.nets) if which(n)]
   tic = time.perf_counter()
+  new = [i for i in todo if str(run.index[i]) not in cached]
+  inits = dict(zip(new, train.initial_states([nets[run.index[i]] for i in new], ds.input_shape,
+                                              ds.num_classes, mean=ds.mean, std=ds.std)))
   for count, i in enumerate(todo):
     key = str(run.index[i])
     if key not in cached:
       k = run.index[i]
-      init = train.create_train_state(nets[k], mesh, ds.input_shape, ds.num_classes,
-                                      mean=ds.mean, std=ds.std)
       _, final = checkpoints.load(run.workdir, net=k, devices=jax.devices()[:1])
-      cached[key] = {"init": _probe_one(init, ds, grad_at_init(run.nets[i])),
+      cached[key] = {"init": _probe_one(inits.pop(i), ds, grad_at_init(run.nets[i])),
                      "final": _probe_one(final, ds, False)}
       if log and (count + 1) % 20 == 0:
         log(f"[{run.name}] probed {count + 1}/{len(todo)} nets "

@@ -354,9 +354,13 @@ def abstract_grid_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Me
   return GridCalls(tuple(states))
 
 
-def _own_states(nets: list, input_shape, num_classes, mean, std, on_cpu: bool) -> list:
-  """Each net's initial state at its own size (host NumPy), by the single run's
-  init, vmapped over the seeds of nets that share a model."""
+def initial_states(nets: Sequence[ml_collections.ConfigDict], input_shape, num_classes: int,
+                   *, mean=None, std=None, on_cpu: bool | None = None) -> list[TrainState]:
+  """Each net's initial state at its own size (host NumPy leaves), as
+  `create_train_state` makes it, in one compiled call per model (vmapped over
+  the seeds of the nets that share it)."""
+  if on_cpu is None:
+    on_cpu = jax.devices()[0].platform == "cpu"
   groups: dict[str, list[int]] = {}
   for k, net in enumerate(nets):
     groups.setdefault(json.dumps(net.model.to_dict(), sort_keys=True, default=str),
@@ -389,7 +393,7 @@ def create_grid_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
   """
   nets = grid.nets(config)
   on_cpu = mesh.devices.flat[0].platform == "cpu"
-  own = _own_states(nets, input_shape, num_classes, mean, std, on_cpu)
+  own = initial_states(nets, input_shape, num_classes, mean=mean, std=std, on_cpu=on_cpu)
   return GridCalls(tuple(
       _stack_call(config, [nets[k] for k in members], [own[k] for k in members],
                   _stacked_abstract(config, input_shape, num_classes, mean, std, members), mesh)
