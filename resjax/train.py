@@ -355,12 +355,11 @@ def abstract_grid_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Me
 
 
 def initial_states(nets: Sequence[ml_collections.ConfigDict], input_shape, num_classes: int,
-                   *, mean=None, std=None, on_cpu: bool | None = None) -> list[TrainState]:
+                   *, mean=None, std=None) -> list[TrainState]:
   """Each net's initial state at its own size (host NumPy leaves), as
   `create_train_state` makes it, in one compiled call per model (vmapped over
-  the seeds of the nets that share it)."""
-  if on_cpu is None:
-    on_cpu = jax.devices()[0].platform == "cpu"
+  the seeds of the nets that share it) on the default device."""
+  on_cpu = jax.devices()[0].platform == "cpu"
   groups: dict[str, list[int]] = {}
   for k, net in enumerate(nets):
     groups.setdefault(json.dumps(net.model.to_dict(), sort_keys=True, default=str),
@@ -392,8 +391,7 @@ def create_grid_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
   its call's model; its gates, hyper-parameters and unit mask ride along.
   """
   nets = grid.nets(config)
-  on_cpu = mesh.devices.flat[0].platform == "cpu"
-  own = initial_states(nets, input_shape, num_classes, mean=mean, std=std, on_cpu=on_cpu)
+  own = initial_states(nets, input_shape, num_classes, mean=mean, std=std)
   return GridCalls(tuple(
       _stack_call(config, [nets[k] for k in members], [own[k] for k in members],
                   _stacked_abstract(config, input_shape, num_classes, mean, std, members), mesh)
