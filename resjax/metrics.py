@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import glob
 import json
-import math
 import os
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from resjax import files
+from resjax.progress import format_duration
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -181,20 +181,6 @@ def first_nonfinite(per_step: list[Mapping[str, Any]], key: str = "loss") -> int
     if not np.isfinite(np.asarray(m[key])).all():
       return i
   return None
-
-
-def format_duration(seconds: float) -> str:
-  """'1h02m', '4m05s' or '12s'."""
-  if not math.isfinite(seconds):
-    return "?"
-  seconds = int(round(max(seconds, 0)))
-  h, rest = divmod(seconds, 3600)
-  m, s = divmod(rest, 60)
-  if h:
-    return f"{h}h{m:02d}m"
-  if m:
-    return f"{m}m{s:02d}s"
-  return f"{s}s"
 
 
 def _spread(v: Any, fmt: str, scale: float = 1.0) -> str:

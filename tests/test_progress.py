@@ -1,0 +1,39 @@
+"""The one progress reporter: rate from the first update, ETA, and when it speaks."""
+from resjax import progress
+
+
+class _Clock:
+  def __init__(self):
+    self.t = 100.0
+
+  def __call__(self):
+    return self.t
+
+
+def test_rate_and_eta_leave_out_the_time_before_the_first_update():
+  clock, lines = _Clock(), []
+  p = progress.Progress(10, "chunks", report=lines.append, every=0.0, clock=clock)
+  clock.t = 150.0  # A long compile before the first chunk finishes.
+  assert p.update(1) is None and lines == []
+  clock.t = 152.0
+  line = p.update(5)
+  assert p.rate(5) == 2.0 and p.eta(5) == 2.5
+  assert line == " 5/10 chunks  2.0 chunks/s  ETA 2s" and lines == [line]
+
+
+def test_quiet_between_reports_but_always_at_the_end():
+  clock, lines = _Clock(), []
+  p = progress.Progress(3, report=lines.append, every=10.0, clock=clock)
+  p.update(1)
+  clock.t += 1
+  assert p.update(2, "loss 0.5") is not None  # First report after the start.
+  clock.t += 1
+  assert p.update(2) is None  # Within `every` seconds of the last one.
+  clock.t += 1
+  assert p.update(3).startswith("3/3 steps") and len(lines) == 2
+  assert "loss 0.5" in lines[0]
+
+
+def test_format_duration():
+  assert [progress.format_duration(s) for s in (5, 65, 3725, float("nan"))] == [
+      "5s", "1m05s", "1h02m", "?"]
