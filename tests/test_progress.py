@@ -37,3 +37,13 @@ def test_quiet_between_reports_but_always_at_the_end():
 def test_format_duration():
   assert [progress.format_duration(s) for s in (5, 65, 3725, float("nan"))] == [
       "5s", "1m05s", "1h02m", "?"]
+
+
+def test_plot_style_leaves_global_matplotlib_state_alone():
+  import matplotlib
+  from resjax.plotting import style
+  before = dict(matplotlib.rcParams)
+  fig, ax = style.figure((3, 2))
+  style.band(ax, [1, 2], [(1, 0.5, 1.5), (2, 1.5, 2.5)], color="r", label="x")
+  assert dict(matplotlib.rcParams) == before
+  assert ax.xaxis.label.get_fontsize() == style.RC["axes.labelsize"]
