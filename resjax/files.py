@@ -6,12 +6,15 @@ import csv
 import errno
 import io
 import json
+import math
 import os
 import secrets
 import shutil
 import tempfile
 import time
 from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
 
 from resjax import errors
 
@@ -111,6 +114,21 @@ def _jsonable(x: Any) -> Any:
   if hasattr(x, "to_dict"):
     return x.to_dict()
   return str(x)
+
+
+def jsonable(x: Any) -> Any:
+  """The one JSON conversion: NaN / inf -> None (null), NumPy scalars and arrays -> Python, recursively."""
+  if isinstance(x, dict):
+    return {k: jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return jsonable(x.tolist())
+  if isinstance(x, (np.integer, np.bool_)):
+    return x.item()
+  if isinstance(x, (float, np.floating)):
+    return float(x) if math.isfinite(x) else None
+  return x
 
 
 # ---------------------------------------------------------------- result sets

@@ -1,4 +1,4 @@
-"""The one progress reporter: rate from the first update, ETA, and when it speaks."""
+"""Shared pieces of the house: the progress reporter, the plot style, the JSON conversion."""
 from resjax import progress
 
 
@@ -47,3 +47,14 @@ def test_plot_style_leaves_global_matplotlib_state_alone():
   style.band(ax, [1, 2], [(1, 0.5, 1.5), (2, 1.5, 2.5)], color="r", label="x")
   assert dict(matplotlib.rcParams) == before
   assert ax.xaxis.label.get_fontsize() == style.RC["axes.labelsize"]
+
+
+def test_one_json_conversion():
+  import json
+  import numpy as np
+  from resjax import files
+  obj = {"a": np.float32(np.nan), "b": [np.int64(3), np.array([1.0, np.inf])], "c": np.bool_(True),
+         "d": (1.5, "x")}
+  out = files.jsonable(obj)
+  assert out == {"a": None, "b": [3, [1.0, None]], "c": True, "d": [1.5, "x"]}
+  json.dumps(out, allow_nan=False)
