@@ -1,0 +1,225 @@
+"""The one config schema: each field's type, range, finiteness, choices and fix, declared once.
+
+A `Rule` says what one field accepts; `problems(config, rules)` checks a
+config (ConfigDict, dict or anything with keys) against a table of rules
+keyed by dotted field name and returns one line per bad field, all of them,
+in the words every launcher prints: `FIELD=VALUE is not allowed; FIX`.
+
+The rules close the classes of bad values that hand-written checks let
+through: bools are never integers or numbers, NumPy integers and floats are
+integers and numbers, every float is finite unless its rule says otherwise
+and must be a float32 normal number or 0 (training and the sweep compute in
+float32), and integers (seeds included) stay within what the code can hold.
+
+Written here rather than with a validation library: the messages must name
+the field and its fix in one line, NumPy scalars must pass as Python ones, and
+ml_collections stays the config format; a library would need a custom
+validator for nearly every one of those rules.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from resjax import errors
+
+# Seeds are unsigned 32-bit everywhere (a PRNG key's seed, NumPy's generators).
+SEED_MAX = 2**32 - 1
+# Sizes and counts: products of these are refused later with an estimate; one
+# field alone stays below what a signed 32-bit index can address.
+INT_MAX = 2**31 - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+MISSING = object()
+
+Choices = Union[Sequence[Any], Callable[[], Sequence[Any]]]
+
+
+def is_int(v: Any) -> bool:
+  """A Python or NumPy integer, not a bool."""
+  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def is_number(v: Any) -> bool:
+  """A Python or NumPy integer or float, not a bool."""
+  return is_int(v) or isinstance(v, (float, np.floating))
+
+
+def is_bool(v: Any) -> bool:
+  return isinstance(v, (bool, np.bool_))
+
+
+def show(v: Any) -> str:
+  """repr with NumPy scalars shown as the Python values they hold."""
+  if isinstance(v, np.generic):
+    v = v.item()
+  return repr(v)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """What one field accepts.
+
+  kind: "int", "float" (a number), "bool", "str", "choice" (one of `choices`),
+    "ints" / "floats" (a tuple or list of them), "any".
+  low / high: bounds, closed unless `low_open` / `high_open`.
+  finite: floats must be finite float32 values (normal or 0) unless False.
+  optional: the field may be absent. none_ok: the value may be None.
+  when: the rule applies only where `when(config)` is true.
+  fix: the advice after "is not allowed;" (generated from the rule when None).
+  """
+  kind: str
+  low: Optional[float] = None
+  high: Optional[float] = None
+  low_open: bool = False
+  high_open: bool = False
+  choices: Optional[Choices] = None
+  finite: bool = True
+  optional: bool = False
+  none_ok: bool = False
+  when: Optional[Callable[[Any], bool]] = None
+  fix: Optional[str] = None
+  increasing: bool = False
+
+  def allowed(self) -> tuple:
+    c = self.choices() if callable(self.choices) else self.choices
+    return tuple(c or ())
+
+  def advice(self) -> str:
+    """The fix, in words."""
+    if self.fix:
+      return self.fix
+    if self.kind == "choice":
+      return "choose one of: " + ", ".join(str(c) for c in self.allowed())
+    if self.kind == "bool":
+      return "use True or False"
+    if self.kind == "str":
+      return "use a string"
+    what = {"int": "an integer", "float": "a number", "ints": "integers",
+            "floats": "numbers"}.get(self.kind, "a value")
+    return f"use {what}{self._range()}"
+
+  def _range(self) -> str:
+    lo, hi = self.low, self.high
+    if lo is not None and hi is not None:
+      return (f" in {'(' if self.low_open else '['}{_num(lo)}, {_num(hi)}"
+              f"{')' if self.high_open else ']'}")
+    if lo is not None:
+      return f" {'>' if self.low_open else '>='} {_num(lo)}"
+    if hi is not None:
+      return f" {'<' if self.high_open else '<='} {_num(hi)}"
+    return ""
+
+  def ok(self, v: Any) -> bool:
+    """Whether `v` is allowed."""
+    if v is None:
+      return self.none_ok
+    if self.kind == "any":
+      return True
+    if self.kind == "bool":
+      return is_bool(v)
+    if self.kind == "str":
+      return isinstance(v, str)
+    if self.kind == "choice":
+      return not is_bool(v) and v in self.allowed()
+    if self.kind in ("ints", "floats"):
+      if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list)):
+        return False
+      one = dataclasses.replace(self, kind=self.kind[:-1])
+      if not all(one.ok(x) for x in v):
+        return False
+      return not self.increasing or list(v) == sorted(set(v))
+    if self.kind == "int" and not is_int(v):
+      return False
+    if self.kind == "float" and not is_number(v):
+      return False
+    return self._in_range(v)
+
+  def _in_range(self, v: Any) -> bool:
+    x = float(v) if self.kind == "float" else int(v)
+    if self.kind == "float" and self.finite:
+      if not math.isfinite(x) or abs(x) > FLOAT32_MAX or 0 < abs(x) < FLOAT32_TINY:
+        return False
+    if self.kind == "int" and not -INT_MAX - 1 <= x <= (self.high if self.high is not None
+                                                          else INT_MAX):
+      return False
+    if self.low is not None and (x < self.low or (self.low_open and x == self.low)):
+      return False
+    if self.high is not None and (x > self.high or (self.high_open and x == self.high)):
+      return False
+    return True
+
+
+def _num(x: float) -> str:
+  return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+# The common rules, by what a field is.
+def Int(low: Optional[int] = None, high: Optional[int] = None, **kw) -> Rule:  # pylint: disable=invalid-name
+  return Rule("int", low=low, high=high, **kw)
+
+
+def Float(low: Optional[float] = None, high: Optional[float] = None, **kw) -> Rule:  # pylint: disable=invalid-name
+  return Rule("float", low=low, high=high, **kw)
+
+
+def Bool(**kw) -> Rule:  # pylint: disable=invalid-name
+  return Rule("bool", **kw)
+
+
+def Choice(choices: Choices, **kw) -> Rule:  # pylint: disable=invalid-name
+  return Rule("choice", choices=choices, **kw)
+
+
+SEED = Int(0, SEED_MAX)
+POSITIVE = Int(1)
+COUNT = Int(0)
+
+
+def get(config: Any, dotted: str) -> Any:
+  """config[a][b] for "a.b"; MISSING where a part is absent."""
+  node = config
+  for part in dotted.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      return MISSING
+    node = node[part]
+  return node
+
+
+def problem(field: str, value: Any, rule: Rule) -> Optional[str]:
+  """The one line for `field`=`value` under `rule`, or None when it is allowed."""
+  if value is MISSING:
+    return None if rule.optional else f"config has no field {field}; {rule.advice()}"
+  if rule.ok(value):
+    return None
+  return f"{field}={show(value)} is not allowed; {rule.advice()}"
+
+
+def problems(config: Any, rules: Mapping[str, Rule], prefix: str = "") -> list[str]:
+  """One line per field of `config` that breaks its rule (empty when all are fine)."""
+  out = []
+  for field, rule in rules.items():
+    if rule.when is not None and not rule.when(config):
+      continue
+    line = problem(prefix + field, get(config, field), rule)
+    if line:
+      out.append(line)
+  return out
+
+
+def check(config: Any, rules: Mapping[str, Rule], prefix: str = "") -> None:
+  """ConfigError naming every bad field (one line each)."""
+  found = problems(config, rules, prefix)
+  if found:
+    raise errors.ConfigError("\n".join(found))
+
+
+def check_value(field: str, value: Any, rule: Rule) -> None:
+  """ConfigError unless `value` is allowed for `field` (API arguments)."""
+  line = problem(field, value, rule)
+  if line:
+    raise errors.ConfigError(line)
