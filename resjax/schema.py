@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -64,7 +65,8 @@ def show(v: Any) -> str:
 class Rule:
   """What one field accepts.
 
-  kind: "int", "float" (a number), "bool", "str", "choice" (one of `choices`),
+  kind: "int", "float" (a number), "bool", "str", "path" (str or os.PathLike),
+    "choice" (one of `choices`),
     "ints" / "floats" (a tuple or list of them), "any".
   low / high: bounds, closed unless `low_open` / `high_open`.
   finite: floats must be finite float32 values (normal or 0) unless False.
@@ -124,6 +126,8 @@ class Rule:
       return is_bool(v)
     if self.kind == "str":
       return isinstance(v, str)
+    if self.kind == "path":
+      return isinstance(v, (str, os.PathLike))
     if self.kind == "choice":
       return not is_bool(v) and v in self.allowed()
     if self.kind in ("ints", "floats"):
@@ -175,7 +179,7 @@ def Choice(choices: Choices, **kw) -> Rule:  # pylint: disable=invalid-name
   return Rule("choice", choices=choices, **kw)
 
 
-SEED = Int(0, SEED_MAX)
+SEED = Int(0, SEED_MAX, fix="use an integer >= 0 and < 2**32")
 POSITIVE = Int(1)
 COUNT = Int(0)
 

@@ -17,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from conftest import mock_tfds, run_steps
 from resjax import data
+from resjax.data import batches
 from resjax.errors import ConfigError
 
 # Image shape and class count of each tfds dataset, from the tfds catalog.
@@ -196,8 +197,8 @@ def test_load_checks_its_arguments_with_the_launchers_messages():
       (dict(name="spirals", seed=-1), "data.seed=-1 is not allowed; use an integer >= 0"),
       (dict(name="spirals", seed="0"), "data.seed='0' is not allowed; use an integer >= 0"),
       (dict(name="cifar10", data_dir=5), "data.data_dir=5 is not allowed; use a directory path"),
-      (dict(name="spirals", noise="a"), "data.noise='a' must be a number >= 0"),
-      (dict(name="spirals", turns=None), "data.turns=None must be a number > 0"),
+      (dict(name="spirals", noise="a"), "data.noise='a' is not allowed; use a number >= 0"),
+      (dict(name="spirals", turns=None), "data.turns=None is not allowed; use a number > 0"),
   ]:
     with pytest.raises(ConfigError) as e:
       data.load(**kwargs)
@@ -333,7 +334,7 @@ def test_train_indices_permutation_per_epoch_and_pure():
   assert not np.array_equal(epochs[0], epochs[1])
   assert not np.array_equal(epochs[1], epochs[2])
   # Pure: the same arguments give the same batch in any call order.
-  data._epoch_permutation.cache_clear()  # pylint: disable=protected-access
+  batches._epoch_permutation.cache_clear()  # pylint: disable=protected-access
   np.testing.assert_array_equal(
       data.train_indices(25, seed=seed, num_examples=n, global_batch=b), epochs[2][50:60])
   other = data.train_indices(0, seed=seed + 1, num_examples=n, global_batch=b)

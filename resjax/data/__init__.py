@@ -1,0 +1,91 @@
+"""Datasets held in host memory, index streams, and on-device augmentation.
+
+Host side (NumPy): `load` reads a whole dataset into memory, either from
+prepared tfds ArrayRecord files (`tfds_source`: random access, no TensorFlow
+at read time) or from a generator that ships with the code (`embedded`:
+'spirals', 'digits', 'manifold'). `batches` turns it into batches that are a
+pure function of (seed, step), so a resumed run sees exactly the same data.
+
+Device side (jit-able, `augment`): `preprocess` normalizes (per channel, or by
+the per-pixel mean as He et al. do: `NORMALIZE`), `augment` draws a random
+pad-and-crop and horizontal flip per example.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from resjax import errors, schema
+from resjax.data.augment import augment, crop_and_flip, preprocess
+from resjax.data.batches import (eval_batches, local_rows, num_eval_batches, prefetch,
+                                 steps_per_epoch, train_batch, train_indices)
+from resjax.data.dataset import Dataset, Split, channel_stats, pixel_stats
+from resjax.data.embedded import GENERATORS
+from resjax.data.tfds_source import load_tfds, prepare_command
+
+TFDS_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "svhn_cropped")
+EMBEDDED_NAMES = tuple(GENERATORS)
+NAMES = TFDS_NAMES + EMBEDDED_NAMES
+# How `load` computes the statistics `preprocess` applies (`config.data.normalize`).
+NORMALIZE = ("per_channel", "per_pixel_mean")
+
+# The arguments of `load`, as `config.data` fields.
+RULES = {
+    "name": schema.Choice(NAMES),
+    "data_dir": schema.Rule("path", none_ok=True,
+                            fix="use a directory path or None (the tfds default)"),
+    "seed": schema.SEED,
+    "normalize": schema.Choice(NORMALIZE),
+}
+
+__all__ = ["Dataset", "Split", "NAMES", "TFDS_NAMES", "EMBEDDED_NAMES", "NORMALIZE", "RULES",
+           "load", "prepare_command", "channel_stats", "pixel_stats", "steps_per_epoch",
+           "train_indices", "local_rows", "train_batch", "num_eval_batches", "eval_batches",
+           "prefetch", "preprocess", "crop_and_flip", "augment"]
+
+
+def load(name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0,
+         normalize: str = "per_channel", **options: Any) -> Dataset:
+  """Loads dataset `name` fully into host memory.
+
+  Args:
+    name: one of `NAMES`.
+    data_dir: tfds data directory (tfds datasets only; None = tfds default).
+    seed: generation / split seed of the embedded datasets (tfds data ignores it).
+    normalize: the statistics in `mean` / `std`, one of `NORMALIZE`:
+      'per_channel' (mean and std per channel) or 'per_pixel_mean' (He et al.:
+      the mean image is subtracted; then divided by the per-channel std around
+      it, so inputs keep the scale of 'per_channel' and the learning rates).
+    **options: embedded-dataset options: 'spirals' takes num_arms, noise,
+      turns, num_train, num_test; 'digits' takes num_test; 'manifold' takes d,
+      ambient, num_classes, num_train, num_test.
+
+  Raises:
+    ConfigError: unknown name, option or value (the message `launch.train`
+      gives for it), or tfds data that is not prepared (the message gives the
+      command that prepares it).
+  """
+  schema.check({"name": name, "data_dir": data_dir, "seed": seed, "normalize": normalize},
+               RULES, prefix="data.")
+  if name in GENERATORS:
+    generate, defaults, rules = GENERATORS[name]
+    options = _options(name, options, defaults)
+    schema.check(options, rules, prefix="data.")
+    train, test, num_classes = generate(seed, **options)
+  else:
+    _options(name, options, {})
+    train, test, num_classes = load_tfds(name, data_dir)
+  stats = pixel_stats if normalize == "per_pixel_mean" else channel_stats
+  mean, std = stats(train.inputs)
+  return Dataset(name=name, train=train, test=test, num_classes=num_classes,
+                 mean=mean, std=std, normalize=normalize)
+
+
+def _options(name: str, options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+  unknown = sorted(set(options) - set(defaults))
+  if unknown:
+    allowed = ", ".join(defaults) if defaults else "none"
+    raise errors.ConfigError(
+        f"data.{unknown[0]} is not an option of data.name={name!r}; "
+        f"its options: {allowed}")
+  return {**defaults, **options}
