@@ -16,6 +16,7 @@ from scipy import optimize, special
 
 import configs.collapse
 from resjax import activations, collapse, errors, manifolds, stats
+from resjax.collapse import decoders, embedding
 from resjax.bench import collapse as bench
 
 _ACTS = ("relu", "relu6", "gelu", "identity", "tanh")
@@ -69,7 +70,7 @@ def test_padded_draw_equals_unpadded_draw():
   @jax.jit
   def draws(key):
     return (jax.random.normal(key, (64, 3)), jax.random.normal(key, (5, 3)),
-            collapse._draw_padded(key, 5, 2, 64, 3), collapse.draw_embedding(key, 5, 2))
+            embedding.draw_padded(key, 5, 2, 64, 3), collapse.draw_embedding(key, 5, 2))
 
   long, short, padded, t5 = map(np.asarray, draws(jax.random.key(7)))
   # The property the padding relies on (partitionable threefry): a longer
@@ -310,10 +311,10 @@ def _jax_qps(problems, steps):
 
   @jax.jit
   def solve(t_NxD, a_JxD, zf_J, side_N, b_N, k):
-    x0 = collapse._span_solutions(a_JxD[None], zf_J[None])[:, k]
+    x0 = decoders.span_solutions(a_JxD[None], zf_J[None])[:, k]
     kind = (jnp.arange(d_max) < k).astype(jnp.int32)[None]
-    return collapse._min_norm_qp(x0, a_JxD[None], kind, t_NxD, side_N[None], b_N[None],
-                                 side_N[None] != 0, jnp.zeros(1, bool), steps)[0]
+    return decoders.min_norm_qp(x0, a_JxD[None], kind, t_NxD, side_N[None], b_N[None],
+                                side_N[None] != 0, jnp.zeros(1, bool), steps)[0]
 
   f32 = lambda v: jnp.asarray(v, jnp.float32)
   return np.asarray(jax.vmap(solve)(f32(t_MxNxD), f32(a_MxJxD), f32(zf_MxJ), f32(side_MxN),
@@ -380,7 +381,7 @@ def test_embeddings_are_independent_across_d_and_reproducible():
       for l in range(big.shape[1]):
         assert abs(np.corrcoef(small[:, j], big[:, l])[0, 1]) < 0.99
   assert not np.array_equal(_draw(0, 6, 3), t3)
-  padded = np.asarray(jax.jit(collapse._draw_padded, static_argnums=(3, 4))(
+  padded = np.asarray(jax.jit(embedding.draw_padded, static_argnums=(3, 4))(
       collapse.embedding_key(0, 5, 2), 7, 2, 16, 3))
   np.testing.assert_array_equal(padded[:7, :2], t2[:7])
 
