@@ -5,6 +5,9 @@ d = 1, 2, 3 dims, scaled by 4 so that ReLU6 saturates and tanh leaves its
 invertible region), so the whole file compiles only a handful of programs.
 """
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +42,7 @@ def _compiles(fn):
 @pytest.fixture(scope="module")
 def grid():
   # 3 x 48 draws in chunks of 7: the last chunk is padded with repeated draws.
-  return collapse.Grid(activations=_ACTS, dims=(1, 2, 3, 4, 5, 6, 8, 10, _N_MAX), seeds=48,
+  return collapse.SweepSpec(activations=_ACTS, dims=(1, 2, 3, 4, 5, 6, 8, 10, _N_MAX), seeds=48,
                        manifold="ball", ds=(1, 2, 3), points=300, chunk=7, scale=_SCALE)
 
 
@@ -201,7 +204,7 @@ def test_summary_rows_and_intervals(swept, grid):
 
 def test_reference_refit_values_on_the_spiral():
   # A NumPy loop on a 3-turn spiral gives about 0.46, 0.14, 0.08, 0.01.
-  grid = collapse.Grid(activations=("relu",), dims=(2, 15, 30, 256), seeds=24, points=400)
+  grid = collapse.SweepSpec(activations=("relu",), dims=(2, 15, 30, 256), seeds=24, points=400)
   refit_N = collapse.sweep(grid)["refit_error"][0, 0].mean(-1)
   for got, (lo, hi) in zip(refit_N, [(0.40, 0.52), (0.10, 0.20), (0.05, 0.13), (0.003, 0.03)]):
     assert lo < got < hi, refit_N
@@ -227,12 +230,12 @@ def test_activation_regions_match_active():
 
 def test_config_parsing_and_comma_lists():
   config = configs.collapse.get_config()
-  grid = collapse.grid_from_config(config)
+  grid = collapse.spec_from_config(config)
   assert grid.dims == tuple(range(1, 65)) and grid.seeds >= 64 and grid.points >= 1000
   assert grid.activations == activations.names()
   config.activations = ("relu,tanh",)  # what --config.activations=relu,tanh gives
   config.dims = ("5, 2,3",)
-  grid = collapse.grid_from_config(config)
+  grid = collapse.spec_from_config(config)
   assert grid.activations == ("relu", "tanh") and grid.dims == (2, 3, 5)
 
 
@@ -247,7 +250,7 @@ def test_bad_config_is_one_readable_line(field, value, needle):
   config = configs.collapse.get_config()
   config[field] = value
   with pytest.raises(errors.ConfigError) as info:
-    collapse.grid_from_config(config)
+    collapse.spec_from_config(config)
   assert needle in str(info.value) and "\n" not in str(info.value)
 
 
@@ -399,8 +402,33 @@ def test_sweep_validates_as_the_launcher_does(field, value, needle):
   assert needle in str(info.value) and "\n" not in str(info.value)
   if needle != "the sweep needs about":
     with pytest.raises(errors.ConfigError) as launcher:
-      collapse.grid_from_config(config)
+      collapse.spec_from_config(config)
     assert str(launcher.value) == str(info.value)
-  grid = collapse.Grid(activations=("relu",), dims=(2,), seeds=1, scale=-1.0)
+  grid = collapse.SweepSpec(activations=("relu",), dims=(2,), seeds=1, scale=-1.0)
   with pytest.raises(errors.ConfigError, match=r"manifold.scale=-1.0 must be a number > 0"):
     collapse.sweep(grid)
+
+
+def test_run_reports_through_log_and_prints_nothing(tmp_path, capsys):
+  config = configs.collapse.get_config("quick")
+  config.activations, config.dims, config.seeds = ("relu",), (1, 2, 3), 2
+  config.manifold.points, config.figure.dims = 50, (2, 3)
+  lines = []
+  out = collapse.run(config, str(tmp_path), log=lines.append)
+  assert capsys.readouterr().out == ""
+  assert lines[0].startswith("collapse sweep: spiral (d=2, 50 points) x 1 activations")
+  assert any(line.startswith("  compiled in ") for line in lines)
+  assert any(line.startswith("relu: relative errors") for line in lines)
+  assert lines[-1].startswith(f"wrote {tmp_path}/collapse.csv")
+  assert len(out["rows"]) == 3 and os.path.exists(tmp_path / "collapse.png")
+
+
+def test_imports_run_one_way_and_leave_matplotlib_out():
+  """collapse -> plotting, never back; importing the sweep does not import matplotlib."""
+  code = ("import sys; import resjax.collapse; assert 'matplotlib' not in sys.modules; "
+          "[sys.modules.pop(m) for m in list(sys.modules) if m.startswith('resjax')]; "
+          "import resjax.plotting.collapse; assert 'resjax.collapse' not in sys.modules")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+  assert proc.returncode == 0, proc.stderr

@@ -29,11 +29,14 @@ def header(spec: spec_lib.SweepSpec) -> str:
 
 
 def chunk_progress(spec: spec_lib.SweepSpec, log: Log) -> Callable[[int, int], None]:
-  """A `sweep` progress callable: cells done, the chunk, cells/s and ETA, through `log`."""
-  reporter = progress.Progress(spec.cells, "cells", report=lambda line: log("  " + line))
+  """A `sweep` progress callable: '  chunk 4/8  16384/32768 cells  6,047.3 cells/s  ETA 3s'."""
+  chunk = [0, 0]  # The chunk just finished, of how many.
+  reporter = progress.Progress(
+      spec.cells, "cells", report=lambda line: log(f"  chunk {chunk[0]}/{chunk[1]}  {line}"))
 
   def on_chunk(done: int, chunks: int) -> None:
-    reporter.update(done * spec.cells // chunks, f"chunk {done}/{chunks}")
+    chunk[:] = done, chunks
+    reporter.update(done * spec.cells // chunks)
 
   return on_chunk
 
@@ -81,7 +84,7 @@ def _write(workdir: str, config: Any, spec: spec_lib.SweepSpec, res: dict[str, A
     files.write_csv(os.path.join(new, "collapse.csv"), rows)
     files.write_json(os.path.join(new, "collapse.json"), {
         "config": to_dict() if to_dict else dict(config),
-        "grid": dataclasses.asdict(spec),
+        "grid": dataclasses.asdict(spec),  # "grid": the file format's key, kept
         "timing": {"compile_s": res["compile_s"], "run_s": res["run_s"]},
         "results": rows})
     fig = collapse_plot.collapse_figure(res, recoveries)
