@@ -7,6 +7,7 @@
 Any config field can be overridden with --config.FIELD=VALUE; tuples take a
 comma list (--config.activations=relu,tanh).
 """
+import functools
 import os
 
 from absl import app, flags
@@ -29,7 +30,7 @@ def main(argv):
   workdir = files.workdir_path(_WORKDIR.value)
   with distributed.exit_on_signals(lambda sig: f"stopped by {sig}: no new results were "
                                    f"written to {workdir}; results written earlier are kept"):
-    collapse.run(_CONFIG.value, workdir)
+    collapse.run(_CONFIG.value, workdir, log=functools.partial(print, flush=True))
 
 
 if __name__ == "__main__":

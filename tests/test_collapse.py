@@ -5,6 +5,9 @@ d = 1, 2, 3 dims, scaled by 4 so that ReLU6 saturates and tanh leaves its
 invertible region), so the whole file compiles only a handful of programs.
 """
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +19,7 @@ from scipy import optimize, special
 
 import configs.collapse
 from resjax import activations, collapse, errors, manifolds, stats
+from resjax.collapse import decoders, embedding
 from resjax.bench import collapse as bench
 
 _ACTS = ("relu", "relu6", "gelu", "identity", "tanh")
@@ -38,7 +42,7 @@ def _compiles(fn):
 @pytest.fixture(scope="module")
 def grid():
   # 3 x 48 draws in chunks of 7: the last chunk is padded with repeated draws.
-  return collapse.Grid(activations=_ACTS, dims=(1, 2, 3, 4, 5, 6, 8, 10, _N_MAX), seeds=48,
+  return collapse.SweepSpec(activations=_ACTS, dims=(1, 2, 3, 4, 5, 6, 8, 10, _N_MAX), seeds=48,
                        manifold="ball", ds=(1, 2, 3), points=300, chunk=7, scale=_SCALE)
 
 
@@ -69,7 +73,7 @@ def test_padded_draw_equals_unpadded_draw():
   @jax.jit
   def draws(key):
     return (jax.random.normal(key, (64, 3)), jax.random.normal(key, (5, 3)),
-            collapse._draw_padded(key, 5, 2, 64, 3), collapse.draw_embedding(key, 5, 2))
+            embedding.draw_padded(key, 5, 2, 64, 3), collapse.draw_embedding(key, 5, 2))
 
   long, short, padded, t5 = map(np.asarray, draws(jax.random.key(7)))
   # The property the padding relies on (partitionable threefry): a longer
@@ -200,7 +204,7 @@ def test_summary_rows_and_intervals(swept, grid):
 
 def test_reference_refit_values_on_the_spiral():
   # A NumPy loop on a 3-turn spiral gives about 0.46, 0.14, 0.08, 0.01.
-  grid = collapse.Grid(activations=("relu",), dims=(2, 15, 30, 256), seeds=24, points=400)
+  grid = collapse.SweepSpec(activations=("relu",), dims=(2, 15, 30, 256), seeds=24, points=400)
   refit_N = collapse.sweep(grid)["refit_error"][0, 0].mean(-1)
   for got, (lo, hi) in zip(refit_N, [(0.40, 0.52), (0.10, 0.20), (0.05, 0.13), (0.003, 0.03)]):
     assert lo < got < hi, refit_N
@@ -226,12 +230,12 @@ def test_activation_regions_match_active():
 
 def test_config_parsing_and_comma_lists():
   config = configs.collapse.get_config()
-  grid = collapse.grid_from_config(config)
+  grid = collapse.spec_from_config(config)
   assert grid.dims == tuple(range(1, 65)) and grid.seeds >= 64 and grid.points >= 1000
   assert grid.activations == activations.names()
   config.activations = ("relu,tanh",)  # what --config.activations=relu,tanh gives
   config.dims = ("5, 2,3",)
-  grid = collapse.grid_from_config(config)
+  grid = collapse.spec_from_config(config)
   assert grid.activations == ("relu", "tanh") and grid.dims == (2, 3, 5)
 
 
@@ -246,7 +250,7 @@ def test_bad_config_is_one_readable_line(field, value, needle):
   config = configs.collapse.get_config()
   config[field] = value
   with pytest.raises(errors.ConfigError) as info:
-    collapse.grid_from_config(config)
+    collapse.spec_from_config(config)
   assert needle in str(info.value) and "\n" not in str(info.value)
 
 
@@ -310,10 +314,10 @@ def _jax_qps(problems, steps):
 
   @jax.jit
   def solve(t_NxD, a_JxD, zf_J, side_N, b_N, k):
-    x0 = collapse._span_solutions(a_JxD[None], zf_J[None])[:, k]
+    x0 = decoders.span_solutions(a_JxD[None], zf_J[None])[:, k]
     kind = (jnp.arange(d_max) < k).astype(jnp.int32)[None]
-    return collapse._min_norm_qp(x0, a_JxD[None], kind, t_NxD, side_N[None], b_N[None],
-                                 side_N[None] != 0, jnp.zeros(1, bool), steps)[0]
+    return decoders.min_norm_qp(x0, a_JxD[None], kind, t_NxD, side_N[None], b_N[None],
+                                side_N[None] != 0, jnp.zeros(1, bool), steps)[0]
 
   f32 = lambda v: jnp.asarray(v, jnp.float32)
   return np.asarray(jax.vmap(solve)(f32(t_MxNxD), f32(a_MxJxD), f32(zf_MxJ), f32(side_MxN),
@@ -380,7 +384,7 @@ def test_embeddings_are_independent_across_d_and_reproducible():
       for l in range(big.shape[1]):
         assert abs(np.corrcoef(small[:, j], big[:, l])[0, 1]) < 0.99
   assert not np.array_equal(_draw(0, 6, 3), t3)
-  padded = np.asarray(jax.jit(collapse._draw_padded, static_argnums=(3, 4))(
+  padded = np.asarray(jax.jit(embedding.draw_padded, static_argnums=(3, 4))(
       collapse.embedding_key(0, 5, 2), 7, 2, 16, 3))
   np.testing.assert_array_equal(padded[:7, :2], t2[:7])
 
@@ -398,8 +402,33 @@ def test_sweep_validates_as_the_launcher_does(field, value, needle):
   assert needle in str(info.value) and "\n" not in str(info.value)
   if needle != "the sweep needs about":
     with pytest.raises(errors.ConfigError) as launcher:
-      collapse.grid_from_config(config)
+      collapse.spec_from_config(config)
     assert str(launcher.value) == str(info.value)
-  grid = collapse.Grid(activations=("relu",), dims=(2,), seeds=1, scale=-1.0)
+  grid = collapse.SweepSpec(activations=("relu",), dims=(2,), seeds=1, scale=-1.0)
   with pytest.raises(errors.ConfigError, match=r"manifold.scale=-1.0 must be a number > 0"):
     collapse.sweep(grid)
+
+
+def test_run_reports_through_log_and_prints_nothing(tmp_path, capsys):
+  config = configs.collapse.get_config("quick")
+  config.activations, config.dims, config.seeds = ("relu",), (1, 2, 3), 2
+  config.manifold.points, config.figure.dims = 50, (2, 3)
+  lines = []
+  out = collapse.run(config, str(tmp_path), log=lines.append)
+  assert capsys.readouterr().out == ""
+  assert lines[0].startswith("collapse sweep: spiral (d=2, 50 points) x 1 activations")
+  assert any(line.startswith("  compiled in ") for line in lines)
+  assert any(line.startswith("relu: relative errors") for line in lines)
+  assert lines[-1].startswith(f"wrote {tmp_path}/collapse.csv")
+  assert len(out["rows"]) == 3 and os.path.exists(tmp_path / "collapse.png")
+
+
+def test_imports_run_one_way_and_leave_matplotlib_out():
+  """collapse -> plotting, never back; importing the sweep does not import matplotlib."""
+  code = ("import sys; import resjax.collapse; assert 'matplotlib' not in sys.modules; "
+          "[sys.modules.pop(m) for m in list(sys.modules) if m.startswith('resjax')]; "
+          "import resjax.plotting.collapse; assert 'resjax.collapse' not in sys.modules")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+  assert proc.returncode == 0, proc.stderr

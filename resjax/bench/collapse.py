@@ -26,7 +26,7 @@ import configs.collapse
 from resjax import collapse, manifolds
 
 
-def _numpy_loop(grid: collapse.Grid, x_PxD: np.ndarray, seeds: int) -> float:
+def _numpy_loop(grid: collapse.SweepSpec, x_PxD: np.ndarray, seeds: int) -> float:
   """Seconds for the NumPy loop over (activation, n, seed < seeds)."""
   start = time.perf_counter()
   for name in grid.activations:
@@ -37,7 +37,7 @@ def _numpy_loop(grid: collapse.Grid, x_PxD: np.ndarray, seeds: int) -> float:
   return time.perf_counter() - start
 
 
-def _per_n_loop(grid: collapse.Grid, x_PxD: np.ndarray) -> tuple[float, float, float]:
+def _per_n_loop(grid: collapse.SweepSpec, x_PxD: np.ndarray) -> tuple[float, float, float]:
   """(compile s, first-run s, steady-state s) of a loop that jits one program per n."""
   d = x_PxD.shape[1]
   seeds = jax.numpy.arange(grid.seeds)
@@ -73,7 +73,7 @@ def run(quick: bool = False) -> dict[str, Any]:
   if quick:
     config.dims, config.seeds, config.activations = (2,), 2, ("relu",)
     config.manifold.points = 100
-  grid = collapse.grid_from_config(config)
+  grid = collapse.spec_from_config(config)
   x_PxD = manifolds.sample(grid.manifold, grid.points, grid.ds[0], seed=grid.seed,
                            turns=grid.turns)
   cells = grid.cells

@@ -1,0 +1,231 @@
+"""The decoders that read y = act(T x): span solutions and the constrained least-norm QP.
+
+The span decoder solves act^-1(y_i) = T_i x on the units on duty (least
+norm); the constrained decoder also enforces the silent units' constraints
+(T_i x <= lo below the region, >= hi above it), a QP per point. `min_norm_qp`
+solves those QPs in JAX at static shapes; `least_norm_qp` is its float64
+NumPy twin (an exact NNLS), the reference the tests hold it to.
+
+QP_STEPS: at most that many active-set steps per unit of d_max (each adds or
+drops one constraint; tests/test_collapse.py checks the result against
+scipy.optimize.nnls). QP_TOL: a constraint counts as violated beyond that
+fraction of its scale. QP_BATCH: up to QP_BATCH * d_max QPs per point and
+activation are solved at a time.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import optimize
+
+from resjax.collapse import linalg
+
+Array = jax.Array
+
+QP_STEPS = 4
+QP_TOL = 1e-5
+QP_BATCH = 1
+
+
+def first_on(t_NxD: Array, on_NxP: Array, zhat_NxP: Array, d: Array) -> tuple[Array, Array]:
+  """Rows a_PxJxD and decoded pre-activations zf_PxJ of each point's first d units on duty.
+
+  J = d_max; slots past d or past the point's count stay zero. With fewer than
+  d on duty these are all of them, which is when the decoders lose anything.
+  """
+  rank_NxP = jnp.cumsum(on_NxP.astype(jnp.int32), axis=0)
+  slot_J = jnp.arange(t_NxD.shape[1])
+  pick_JxNxP = (on_NxP[None] & (rank_NxP[None] == slot_J[:, None, None] + 1)
+                & (slot_J < d)[:, None, None]).astype(t_NxD.dtype)
+  return (jnp.einsum("jnp,nd->pjd", pick_JxNxP, t_NxD, precision=linalg.HIGHEST),
+          jnp.einsum("jnp,np->pj", pick_JxNxP, zhat_NxP, precision=linalg.HIGHEST))
+
+
+def span_solutions(a_PxJxD: Array, zf_PxJ: Array) -> Array:
+  """x_PxJ1xD: the least-norm x with a_i . x = zf_i for i < j, for j = 0..J.
+
+  Incremental Gram-Schmidt: the step along the new orthonormal direction q_j
+  keeps the earlier equations; a zero or dependent row changes nothing.
+  """
+  x_PxD = jnp.zeros_like(a_PxJxD[:, 0])
+  basis, out = [], [x_PxD]
+  for j in range(a_PxJxD.shape[1]):
+    a_PxD = a_PxJxD[:, j]
+    v_PxD = a_PxD
+    for q_PxD in basis:
+      v_PxD = v_PxD - linalg.dot(q_PxD, v_PxD)[:, None] * q_PxD
+    norm_P = jnp.linalg.norm(v_PxD, axis=-1)
+    ok_P = norm_P > linalg.GS_RTOL * jnp.linalg.norm(a_PxD, axis=-1)
+    safe_P = jnp.where(ok_P, norm_P, 1.0)
+    q_PxD = jnp.where(ok_P[:, None], v_PxD / safe_P[:, None], 0.0)
+    step_P = jnp.where(ok_P, (zf_PxJ[:, j] - linalg.dot(a_PxD, x_PxD)) / safe_P, 0.0)
+    x_PxD = x_PxD + step_P[:, None] * q_PxD
+    basis.append(q_PxD)
+    out.append(x_PxD)
+  return jnp.stack(out, 1)
+
+
+def slot_basis(nrm_MxSxD: Array) -> tuple[list[Array], list[list[Array]]]:
+  """Modified Gram-Schmidt of the S slot normals: orthonormal u_j and n_j = sum_l L[j][l] u_l."""
+  us, coef = [], []
+  for j in range(nrm_MxSxD.shape[1]):
+    v = nrm_MxSxD[:, j]
+    row = []
+    for u in us:
+      c = linalg.dot(u, v)
+      v = v - c[:, None] * u
+      row.append(c)
+    norm = jnp.linalg.norm(v, axis=-1)
+    ok = norm > linalg.GS_RTOL * jnp.linalg.norm(nrm_MxSxD[:, j], axis=-1)
+    us.append(jnp.where(ok[:, None], v / jnp.where(ok, norm, 1.0)[:, None], 0.0))
+    row.append(jnp.where(ok, norm, 0.0))
+    coef.append(row)
+  return us, coef
+
+
+def min_norm_qp(x0_MxD, nrm_MxSxD, kind_MxS, t_NxD, side_MxN, b_MxN, valid_MxN, done_M,
+                steps: int):
+  """The least-norm x with n_j . x = c_j (eq slots) and side_i (T_i x - b_i) <= 0 (valid i).
+
+  Goldfarb and Idnani's dual active-set method (Math. Prog. 27, 1983) with the
+  identity as Hessian: start at x0, the least-norm solution of the equalities
+  (slots with kind 1); add the most violated constraint, stepping along the
+  null space of the active set, and drop an active constraint whose
+  multiplier would turn negative (a partial step). Each step adds or drops one
+  constraint; after `steps` steps, or when nothing is violated, it stops. The
+  active set lives in the S = d_max slots (kind 0 empty, 1 equality, 2
+  inequality), so every shape is static and the whole thing vmaps.
+  """
+  m_idx = jnp.arange(x0_MxD.shape[0])
+  tnorm_N = jnp.linalg.norm(t_NxD, axis=-1)
+  bscale_MxN = jnp.abs(b_MxN)
+
+  def body(state):
+    x, nrm, kind, lam, p, lam_p, done, it = state
+    us, coef = slot_basis(nrm * (kind > 0)[..., None])
+    # A new constraint to add where the last step finished one.
+    s_MxN = side_MxN * (linalg.mm(x, t_NxD.T) - b_MxN)  # > 0: violated
+    tol_MxN = QP_TOL * (tnorm_N * jnp.linalg.norm(x, axis=-1, keepdims=True) + bscale_MxN)
+    # (Active constraints hold with equality, so they are never picked again.)
+    score = jnp.where(valid_MxN & (s_MxN > tol_MxN), s_MxN / tnorm_N, -jnp.inf)
+    pick, worst = jnp.argmax(score, -1), jnp.max(score, -1)
+    fresh = p < 0
+    done = done | (fresh & (worst == -jnp.inf))
+    p = jnp.where(fresh, pick, p)
+    sgn = -side_MxN[m_idx, p]
+    n_p = sgn[:, None] * t_NxD[p]  # the constraint as n_p . x >= c_p
+    c_p = sgn * b_MxN[m_idx, p]
+    # Step direction z (null space of the active normals) and the change r of
+    # the active multipliers per unit of the new one: L^T r = U n_p.
+    gamma = [linalg.dot(u, n_p) for u in us]
+    z = n_p - sum(g[:, None] * u for g, u in zip(gamma, us))
+    s_slots = len(us)
+    r = [None] * s_slots
+    for j in reversed(range(s_slots)):
+      acc = gamma[j] - sum(coef[l][j] * r[l] for l in range(j + 1, s_slots))
+      r[j] = jnp.where(coef[j][j] > 0, acc / jnp.where(coef[j][j] > 0, coef[j][j], 1.0), 0.0)
+    r = jnp.stack(r, -1)
+    ratio = jnp.where((kind == 2) & (r > 1e-7), lam / jnp.where(r > 1e-7, r, 1.0), jnp.inf)
+    t1, drop = jnp.min(ratio, -1), jnp.argmin(ratio, -1)
+    zz = linalg.dot(z, n_p)
+    moves = zz > 1e-10 * linalg.dot(n_p, n_p)
+    t2 = jnp.where(moves, (c_p - linalg.dot(n_p, x)) / jnp.where(moves, zz, 1.0), jnp.inf)
+    t = jnp.minimum(t1, t2)
+    done = done | ~jnp.isfinite(t)  # infeasible (rounding): keep the last x
+    go = ~done
+    tt = jnp.where(go, t, 0.0)
+    x = x + jnp.where(go & moves, tt, 0.0)[:, None] * z
+    lam = jnp.where(kind == 2, lam - tt[:, None] * r, lam)
+    lam_p = lam_p + tt
+    full = go & (t2 <= t1) & jnp.any(kind == 0, -1)  # a moving step frees a slot
+    free = jnp.argmax(kind == 0, -1)
+    put = full[:, None] & (jnp.arange(s_slots) == free[:, None])
+    kind = jnp.where(put, 2, kind)
+    nrm = jnp.where(put[..., None], n_p[:, None], nrm)
+    lam = jnp.where(put, lam_p[:, None], lam)
+    cut = (go & ~full)[:, None] & (jnp.arange(s_slots) == drop[:, None])
+    kind = jnp.where(cut, 0, kind)
+    lam = jnp.where(cut, 0.0, lam)
+    p = jnp.where(full, -1, p)
+    lam_p = jnp.where(full, 0.0, lam_p)
+    return x, nrm, kind, lam, p, lam_p, done, it + 1
+
+  def cond(state):
+    return jnp.logical_and(state[-1] < steps, ~jnp.all(state[-2]))
+
+  m, s = kind_MxS.shape
+  state = (x0_MxD, nrm_MxSxD, kind_MxS, jnp.zeros((m, s)),
+           jnp.full((m,), -1), jnp.zeros((m,)), done_M, 0)
+  return jax.lax.while_loop(cond, body, state)[0]
+
+
+def constrained_errors(x_PxD, t_NxD, d, n_Q, count_AxQxP, a_AxPxJxD, xs_AxPxJ1xD, side_AxNxP,
+                       b_AxNxP, span_AxQxP):
+  """Squared errors [A, Q, P] of the constrained decoder at the prefixes n_Q.
+
+  Equal to the span decoder's where d units are on duty (the equations fix
+  x); elsewhere a QP per (activation, prefix, point). Only those are solved:
+  they are gathered from all activations together, QP_BATCH * d_max * A * P
+  at a time, for as long as any is left.
+  """
+  n_act, q_all, p = count_AxQxP.shape
+  n_units, d_max = t_NxD.shape
+  size = n_act * q_all * p
+  cap = int(min(size, QP_BATCH * d_max * n_act * p))
+  count_F = count_AxQxP.reshape(-1)
+  need_F = count_F < d
+  upto_F = jnp.cumsum(need_F.astype(jnp.int32))  # nondecreasing: a binary search finds the j-th
+  left = upto_F[-1]
+  side_AxPxN, b_AxPxN = jnp.swapaxes(side_AxNxP, 1, 2), jnp.swapaxes(b_AxNxP, 1, 2)
+  slot_S = jnp.arange(d_max)
+
+  def body(state):
+    start, out_F = state
+    live_M = jnp.arange(cap) < left - start
+    idx_M = jnp.minimum(jnp.searchsorted(upto_F, start + jnp.arange(cap) + 1), size - 1)
+    a_M, q_M, p_M = idx_M // (q_all * p), idx_M // p % q_all, idx_M % p
+    k_M = jnp.minimum(count_F[idx_M], d)
+    eq_MxS = slot_S < k_M[:, None]
+    side_MxN = side_AxPxN[a_M, p_M]
+    valid_MxN = (side_MxN != 0) & (jnp.arange(n_units) < n_Q[q_M][:, None])
+    x_MxD = min_norm_qp(xs_AxPxJ1xD[a_M, p_M, k_M],
+                        jnp.where(eq_MxS[..., None], a_AxPxJxD[a_M, p_M], 0.0),
+                        eq_MxS.astype(jnp.int32), t_NxD, side_MxN, b_AxPxN[a_M, p_M],
+                        valid_MxN, ~live_M, QP_STEPS * d_max)
+    sq_M = jnp.sum((x_PxD[p_M] - x_MxD) ** 2, -1)
+    out_F = out_F.at[jnp.where(live_M, idx_M, size)].set(sq_M, mode="drop")
+    return start + cap, out_F
+
+  out_F = jax.lax.while_loop(lambda s: s[0] < left, body,
+                             (jnp.int32(0), span_AxQxP.reshape(-1)))[1]
+  return out_F.reshape(n_act, q_all, p)
+
+
+def least_norm_qp(a_KxD: np.ndarray, c_K: np.ndarray, g_MxD: np.ndarray,
+                  h_M: np.ndarray) -> np.ndarray:
+  """argmin ||x|| subject to a x = c and g x <= h, in float64 (scipy.optimize.nnls).
+
+  The equalities leave x = x_a + V w (x_a their least-norm solution, V an
+  orthonormal basis of their null space), and ||x||^2 = ||x_a||^2 + ||w||^2;
+  the least-norm w with (g V) w <= h - g x_a is Lawson and Hanson's
+  least-distance program, solved exactly by one NNLS ("Solving Least Squares
+  Problems", 1974, ch. 23).
+  """
+  d = a_KxD.shape[1] if a_KxD.size else g_MxD.shape[1]
+  a_KxD = a_KxD.reshape(-1, d)
+  x_a = np.linalg.pinv(a_KxD, rcond=1e-12) @ c_K if len(a_KxD) else np.zeros(d)
+  _, s, vt = np.linalg.svd(a_KxD) if len(a_KxD) else (None, np.zeros(0), np.eye(d))
+  rank = int(np.sum(s > 1e-12 * max(s.max(initial=0.0), 1e-300)))
+  v_DxW = vt[rank:].T
+  if not len(g_MxD) or not v_DxW.shape[1]:
+    return x_a
+  gv_MxW, rhs_M = g_MxD @ v_DxW, h_M - g_MxD @ x_a
+  # LDP: min ||w|| s.t. (-gv) w >= -rhs, via NNLS on E = [(-gv)^T; (-rhs)^T], f = e_last.
+  e = np.vstack([-gv_MxW.T, -rhs_M[None]])
+  f = np.zeros(e.shape[0])
+  f[-1] = 1.0
+  u, _ = optimize.nnls(e, f, maxiter=50 * e.shape[1])
+  res = e @ u - f
+  w = -res[:-1] / res[-1] if abs(res[-1]) > 1e-300 else np.zeros(v_DxW.shape[1])
+  return x_a + v_DxW @ w
