@@ -405,8 +405,35 @@ def test_sweep_validates_as_the_launcher_does(field, value, needle):
       collapse.spec_from_config(config)
     assert str(launcher.value) == str(info.value)
   grid = collapse.SweepSpec(activations=("relu",), dims=(2,), seeds=1, scale=-1.0)
-  with pytest.raises(errors.ConfigError, match=r"manifold.scale=-1.0 must be a number > 0"):
+  with pytest.raises(errors.ConfigError,
+                     match=r"manifold.scale=-1.0 is not allowed; use a number in \[1e-12, 1e\+12\]"):
     collapse.sweep(grid)
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("manifold.turns", float("inf"), "manifold.turns=inf is not allowed"),
+    ("manifold.scale", 1e-30, "manifold.scale=1e-30 is not allowed; use a number in [1e-12"),
+    ("seed", True, "seed=True is not allowed"),
+    ("seed", 2**32, "seed=4294967296 is not allowed; use an integer >= 0 and < 2**32"),
+    ("seeds", 2.0, "seeds=2.0 is not allowed"),
+])
+def test_non_finite_underflowing_bool_and_overflowing_values_are_refused(field, value, needle):
+  config = configs.collapse.get_config().to_dict()  # A dict: no ConfigDict type checks.
+  group, _, name = field.rpartition(".")
+  (config[group] if group else config)[name] = value
+  with pytest.raises(errors.ConfigError) as info:
+    collapse.sweep(config)
+  assert str(info.value).startswith(needle) and "\n" not in str(info.value)
+
+
+def test_numpy_integers_and_seeds_past_int32_are_accepted():
+  config = configs.collapse.get_config("quick").to_dict()
+  config.update(activations=("relu",), dims=(2, 3), seeds=np.int64(2), seed=2**31 + 5)
+  config["manifold"]["points"] = 20
+  spec = collapse.spec_from_config(config)
+  assert spec.seeds == 2 and type(spec.seeds) is int and spec.seed == 2**31 + 5
+  results = collapse.sweep(config)
+  assert np.isfinite(results["collapsed_frac"]).all()
 
 
 def test_run_reports_through_log_and_prints_nothing(tmp_path, capsys):

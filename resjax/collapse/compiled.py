@@ -70,7 +70,7 @@ def compile_sweep(spec: spec_lib.SweepSpec,
   chunk = draws if spec.chunk <= 0 else min(spec.chunk, draws)
   pad = -draws % chunk
   k_C, s_C = (np.concatenate([a, np.repeat(a[:1], pad)]) for a in (k_C, s_C))
-  args = (x_KxPxD, np.asarray(spec.ds, np.int32), k_C, s_C, np.int32(spec.seed))
+  args = (x_KxPxD, np.asarray(spec.ds, np.int32), k_C, s_C, np.uint32(spec.seed))
   fn = jax.jit(_grid_fn, static_argnames=("names", "n_max", "dims", "chunk", "progress"))
   start = time.perf_counter()
   compiled = fn.lower(*args, names=spec.activations, n_max=max(spec.dims), dims=spec.dims,

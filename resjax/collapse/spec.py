@@ -7,16 +7,32 @@ and THEORY name what each cell measures and predicts, in output order.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
-from resjax import activations, errors, manifolds
+from resjax import activations, errors, manifolds, schema
 
 ERRORS = ("pinv", "refit", "span", "constrained")
 METRICS = ("pinv_error", "refit_error", "span_error", "constrained_error", "collapsed_frac",
            "dead_frac", "active_frac", "linear_frac")
 THEORY = ("collapsed_frac_theory", "dead_frac_theory", "linear_frac_theory",
           "span_error_theory")
+
+# Where the scaled points' float32 sums of squares stay finite and normal, with
+# margin: measured without NaN from 1e-18 to 1e16; NaN at 1e-20 and 1e19.
+SCALE_RANGE = (1e-12, 1e12)
+
+# The sweep config's scalar fields (the lists are parsed by `names_of` / `ints_of`).
+RULES = {
+    "seeds": schema.POSITIVE,
+    "seed": schema.SEED,
+    "chunk": schema.Int(0, fix="use an integer >= 0 (0 = no chunking)"),
+    "manifold.name": schema.Choice(manifolds.NAMES),
+    "manifold.points": schema.POSITIVE,
+    "manifold.turns": schema.Float(0, 1e6, low_open=True),
+    "manifold.scale": schema.Float(*SCALE_RANGE, optional=True, fix=(
+        f"use a number in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}] (outside it the scaled "
+        "points' float32 sums of squares underflow or overflow)")),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,23 +98,17 @@ def spec_from_config(config: Any) -> SweepSpec:
   errors.check(bool(names), "activations is empty; choose from: " + ", ".join(activations.names()))
   for name in names:
     errors.choice("activations", name, activations.names())
+  schema.check(config, RULES)
   seeds, seed, chunk = config["seeds"], config["seed"], config["chunk"]
-  errors.check(isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1,
-               f"seeds={seeds!r} must be an integer >= 1")
-  errors.check(isinstance(seed, int) and seed >= 0, f"seed={seed!r} must be an integer >= 0")
-  errors.check(isinstance(chunk, int) and chunk >= 0,
-               f"chunk={chunk!r} must be an integer >= 0 (0 = no chunking)")
   m = config["manifold"]
   ds = ints_of(m["dims"], "manifold.dims", "manifold dimension d")
   manifolds.check(m["name"], ds, m["points"])
-  errors.check(float(m["turns"]) > 0, f"manifold.turns={m['turns']!r} must be > 0")
   scale = m.get("scale", 1.0)
-  errors.check(isinstance(scale, (int, float)) and not isinstance(scale, bool)
-               and 0 < scale < math.inf, f"manifold.scale={scale!r} must be a number > 0")
   return SweepSpec(activations=tuple(dict.fromkeys(names)),
                    dims=ints_of(config["dims"], "dims", "embedding dimension n"),
-                   seeds=seeds, seed=seed, manifold=m["name"], ds=ds, points=m["points"],
-                   turns=float(m["turns"]), chunk=chunk, scale=float(scale))
+                   seeds=int(seeds), seed=int(seed), manifold=m["name"], ds=ds,
+                   points=int(m["points"]), turns=float(m["turns"]), chunk=int(chunk),
+                   scale=float(scale))
 
 
 def config_of(spec: SweepSpec) -> dict[str, Any]:
