@@ -41,7 +41,7 @@ def main(argv):
                    split=_SPLIT.value, out=_OUT.value, batch_size=_BATCH.value,
                    dormant_threshold=_THRESHOLD.value, grad_batches=_GRAD_BATCHES.value,
                    grad_batch_size=_GRAD_BATCH.value, max_examples=_MAX.value,
-                   command="python -m launch.analyze " + shlex.join(sys.argv[1:]))
+                   command="python -m launch.analyze " + shlex.join(sys.argv[1:]), say=print)
 
 
 if __name__ == "__main__":

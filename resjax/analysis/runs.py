@@ -31,6 +31,7 @@ import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from absl import logging
 
 from resjax import checkpoints, errors, files, grid, locking, probes, train
 from resjax.analysis.markdown import FIGURES, report_markdown
@@ -114,13 +115,15 @@ def analyze(workdir: str, *, step: int | None = None, compare: Sequence[str] = (
             split: str = "train", out: str | None = None,
             batch_size: int = 256, dormant_threshold: float = 0.1, grad_batches: int = 8,
             grad_batch_size: int = 64, max_examples: int | None = None,
-            command: str | None = None, say: Callable[[str], None] = print) -> dict:
+            command: str | None = None,
+            say: Callable[[str], None] = logging.info) -> dict:
   """Probes the run in `workdir` (and the `compare` runs) on their `split`.
 
   `step` picks the checkpoint of every run (default: each run's latest). The
   results go to `out` (default: workdir/analysis/step_<N>, N the step of the
   checkpoint of `workdir`), locked while they are written and written as one
-  set. Returns {'dir': output folder, 'files': written paths, 'runs': [...]}.
+  set. Progress and tables go to `say` (absl logging by default; the launcher
+  prints). Returns {'dir': output folder, 'files': written paths, 'runs': [...]}.
   """
   probes.check_args(split=split, batch_size=batch_size, dormant_threshold=dormant_threshold,
                     grad_batches=grad_batches, grad_batch_size=grad_batch_size,

@@ -90,13 +90,14 @@ def plot_units(runs: Sequence[dict]):
     fig, axes = style.figure((7.5, 8.6 if linear else 6.4), rows=3 if linear else 2, sharex=True)
     colors = layers.series_colors(runs)
     threshold = runs[0]["summary"]["dormant_threshold"]
-    for run, color, x in zip(runs, colors, xs):
+    # Bands of the seeds of one condition overlap: each is fainter, their union as one.
+    for run, color, x, n in zip(runs, colors, xs, layers.series_sizes(runs)):
       rows = run["layers"]
       axes[0].plot(x, [r["dead_frac"] for r in rows], "o-", color=color)
       axes[0].plot(x, [r["dormant_frac"] for r in rows], "s--", color=color,
                    markerfacecolor="none")
       axes[1].fill_between(x, [r["active_p025"] for r in rows],
-                           [r["active_p975"] for r in rows], color=color, alpha=0.18,
+                           [r["active_p975"] for r in rows], color=color, alpha=0.18 / n,
                            linewidth=0)
       axes[1].plot(x, [r["active_mean"] for r in rows], "o-", color=color)
       axes[1].plot(x, [r["active_min"] for r in rows], ":", color=color, linewidth=1)
@@ -201,8 +202,9 @@ def plot_gradients(runs: Sequence[dict]):
     fig, ax = style.figure((9.5, 4.0))
     n_batches = 0
     drawn = []
-    for run, label, color, x in zip(runs, layers.series_labels(runs),
-                                    layers.series_colors(runs), xs):
+    for run, label, color, x, n in zip(runs, layers.series_labels(runs),
+                                       layers.series_colors(runs), xs,
+                                       layers.series_sizes(runs)):
       w = run["weights"]
       if not w:
         continue
@@ -210,7 +212,7 @@ def plot_gradients(runs: Sequence[dict]):
       bound = lambda key: np.asarray([np.nan if r[key] is None else r[key] for r in w],  # noqa: E731
                                      np.float64)  # None: one batch, no interval
       ax.fill_between(x, bound("grad_norm_lo"), bound("grad_norm_hi"),
-                      color=color, alpha=0.18, linewidth=0)
+                      color=color, alpha=0.18 / n, linewidth=0)  # n seeds: fainter each
       ax.plot(x, [r["grad_norm"] for r in w], "o-", color=color)
       drawn.append((run, label, color))
     ax.set_yscale("log")

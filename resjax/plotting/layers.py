@@ -83,15 +83,17 @@ def _series_key(run: dict) -> tuple:
   return (run["grid"], run["condition"]) if "condition" in run else (run["run"],)
 
 
+def series_sizes(runs: Sequence[dict]) -> list[int]:
+  """How many runs each run's series holds (the seeds of its grid condition, else 1)."""
+  keys = [_series_key(r) for r in runs]
+  return [keys.count(k) for k in keys]
+
+
 def series_labels(runs: Sequence[dict]) -> list[str]:
   """The legend label of each run's series: the seeds of a grid condition share one."""
-  counts: dict[tuple, int] = {}
-  for run in runs:
-    counts[_series_key(run)] = counts.get(_series_key(run), 0) + 1
   out = []
-  for run in runs:
+  for run, n in zip(runs, series_sizes(runs)):
     if "condition" in run:
-      n = counts[_series_key(run)]
       out.append(f"{run['grid']} {run['condition']} ({run['model']}, "
                  f"{n} seed{'s' if n > 1 else ''})")
     else:

@@ -168,4 +168,5 @@ def run(state: Any, model=None, dataset=None, *, split: str = "train",
 
 
 def _normalize(x, *, mean, std):
+  """The dataset's normalization (a module-level function, so `jitted` can hash it)."""
   return data.preprocess(x, mean, std)
