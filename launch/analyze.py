@@ -16,7 +16,7 @@ import sys
 from absl import app, flags
 
 from launch import common
-from resjax import errors, report
+from resjax import analysis, errors
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of the training run to analyse.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step of every run (default: latest).")
@@ -37,11 +37,11 @@ def main(argv):
   common.quiet_orbax()
   common.compilation_cache()
   common.log_devices()
-  report.analyze(_WORKDIR.value, step=_STEP.value, compare=_COMPARE.value, split=_SPLIT.value,
-                 out=_OUT.value, batch_size=_BATCH.value, dormant_threshold=_THRESHOLD.value,
-                 grad_batches=_GRAD_BATCHES.value, grad_batch_size=_GRAD_BATCH.value,
-                 max_examples=_MAX.value,
-                 command="python -m launch.analyze " + shlex.join(sys.argv[1:]))
+  analysis.analyze(_WORKDIR.value, step=_STEP.value, compare=_COMPARE.value,
+                   split=_SPLIT.value, out=_OUT.value, batch_size=_BATCH.value,
+                   dormant_threshold=_THRESHOLD.value, grad_batches=_GRAD_BATCHES.value,
+                   grad_batch_size=_GRAD_BATCH.value, max_examples=_MAX.value,
+                   command="python -m launch.analyze " + shlex.join(sys.argv[1:]), say=print)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from configs import embedded
-from resjax import errors, files, report, train
+from resjax import analysis, errors, files, train
+from resjax.plotting import analysis as analysis_plots
+from resjax.plotting import layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNGS = ("units.png", "effective_rank.png", "gradients.png", "energy.png")
@@ -128,10 +130,10 @@ def test_csv_json_and_report_agree(analysed):
       "False"}
   # probes.json alone regenerates the same tables and report.
   data = json.load(open(os.path.join(out_dir, "probes.json")))
-  files.write_csv(os.path.join(out_dir, "again.csv"), report.rows(data["runs"]))
+  files.write_csv(os.path.join(out_dir, "again.csv"), analysis.rows(data["runs"]))
   assert _csv(os.path.join(out_dir, "again.csv")) == rows
   os.remove(os.path.join(out_dir, "again.csv"))
-  assert report.report_markdown(data["runs"], data["command"]) == md
+  assert analysis.report_markdown(data["runs"], data["command"]) == md
 
 
 def test_bad_workdirs_are_one_line_errors(analysed, tmp_path):
@@ -139,13 +141,13 @@ def test_bad_workdirs_are_one_line_errors(analysed, tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
   with pytest.raises(errors.ConfigError, match="does not exist"):
-    report.analyze(str(tmp_path / "missing"))
+    analysis.analyze(str(tmp_path / "missing"))
   with pytest.raises(errors.ConfigError, match="no checkpoints in"):
-    report.analyze(str(empty))
+    analysis.analyze(str(empty))
   with pytest.raises(errors.ConfigError, match="step=3 has no checkpoint"):
-    report.analyze(plain, step=3)
+    analysis.analyze(plain, step=3)
   with pytest.raises(errors.ConfigError, match="twice"):
-    report.analyze(plain, compare=[plain])
+    analysis.analyze(plain, compare=[plain])
   # A corrupt checkpoint: every file of the saved state overwritten.
   broken = tmp_path / "broken"
   shutil.copytree(residual, broken, ignore=shutil.ignore_patterns("analysis"))
@@ -154,7 +156,7 @@ def test_bad_workdirs_are_one_line_errors(analysed, tmp_path):
       with open(os.path.join(dirpath, name), "wb") as f:
         f.write(b"\x00garbage")
   with pytest.raises(errors.ConfigError, match="cannot be read") as e:
-    report.analyze(plain, compare=[str(broken)])
+    analysis.analyze(plain, compare=[str(broken)])
   assert str(broken) in str(e.value) and "\n" not in str(e.value)
   # Nothing was written for the failed analysis: the earlier one is intact.
   assert os.path.isfile(os.path.join(plain, "analysis", "step_4", "report.md"))
@@ -178,7 +180,7 @@ def test_out_dir_named_by_step_and_writable_elsewhere(analysed, tmp_path):
   plain, _, _ = analysed
   # By default each step gets its own folder: a second --step keeps the first.
   before = open(os.path.join(plain, "analysis", "step_4", "probes.json")).read()
-  assert report.analyze(plain, step=2, **_quick())["dir"] == f"{plain}/analysis/step_2"
+  assert analysis.analyze(plain, step=2, **_quick())["dir"] == f"{plain}/analysis/step_2"
   runs = json.load(open(os.path.join(plain, "analysis", "step_2", "probes.json")))["runs"]
   assert runs[0]["step"] == 2 and runs[0]["split"] == "train"
   assert open(os.path.join(plain, "analysis", "step_4", "probes.json")).read() == before
@@ -187,11 +189,11 @@ def test_out_dir_named_by_step_and_writable_elsewhere(analysed, tmp_path):
   shutil.copytree(plain, run, ignore=shutil.ignore_patterns("analysis"))
   (run / "analysis").write_text("in the way")
   with pytest.raises(errors.ConfigError) as e:
-    report.analyze(str(run), **_quick())
+    analysis.analyze(str(run), **_quick())
   assert str(e.value).startswith(f"cannot write the analysis to {run}/analysis/step_4 (")
   assert str(e.value).endswith("; pass --out=DIR, a writable directory")
-  out = report.analyze(str(run), out=str(tmp_path / "elsewhere"), step=2, split="test",
-                       **_quick())
+  out = analysis.analyze(str(run), out=str(tmp_path / "elsewhere"), step=2, split="test",
+                         **_quick())
   assert out["dir"] == str(tmp_path / "elsewhere")
   got = json.load(open(tmp_path / "elsewhere" / "probes.json"))["runs"][0]
   assert got["step"] == 2 and got["split"] == "test" and got["summary"]["examples"] == 64
@@ -207,18 +209,18 @@ def test_figures_align_layers_by_name(analysed):
   short["layers"] = [l for l in short["layers"] if not l["layer"].startswith("stage2/")]
   short["weights"] = [w for w in short["weights"] if "stage2" not in w["layer"]]
   names = [l["layer"] for l in full["layers"]]
-  assert report.alignment_note([full, full]) is None
-  note = report.alignment_note([full, short])
+  assert layers.alignment_note([full, full]) is None
+  note = layers.alignment_note([full, short])
   assert note.startswith(f"activation layers by name ({len(short['layers'])} in every run; "
                          f"only in residual {len(names) - len(short['layers'])})")
-  fig = report.plot_units([short, full])  # the shorter run first: ticks still by name
+  fig = analysis_plots.plot_units([short, full])  # the shorter run first: ticks still by name
   ax = fig.axes[0]
   assert [t.get_text() for t in ax.get_xticklabels()] == names or \
       [t.get_text() for t in fig.axes[-1].get_xticklabels()] == names
   want = [names.index(l["layer"]) for l in short["layers"]]
   assert list(ax.get_lines()[0].get_xdata()) == want
   assert list(ax.get_lines()[2].get_xdata()) == list(range(len(names)))
-  assert f"The figures align {note}" in report.report_markdown([full, short])
+  assert f"The figures align {note}" in analysis.report_markdown([full, short])
 
 
 def test_compare_of_another_dataset_is_refused_in_one_line(analysed, tmp_path):
@@ -231,3 +233,38 @@ def test_compare_of_another_dataset_is_refused_in_one_line(analysed, tmp_path):
       f"{mlp} has data.name=spirals; --compare runs of one dataset and model family")
   assert "Traceback" not in out.stderr
   assert not os.path.exists(os.path.join(mlp, "analysis"))
+
+
+def test_grid_figures_draw_every_seed_of_every_condition(tmp_path, monkeypatch):
+  """Each net of a grid has its own lines (the seeds of a condition in one colour,
+  one legend entry saying how many seeds), never only the first seed."""
+  config = embedded.get_config("tiny_mlp")
+  config.data.num_train, config.data.num_test = 256, 64
+  config.grid.seeds = (0, 1)
+  config.grid.model.residual = (False, True)
+  config.train.steps = 2
+  train.train_and_evaluate(config, str(tmp_path / "g"))
+  drawn = {}
+  save = files.save_figure
+
+  def capture(fig, path, **kwargs):
+    drawn[os.path.basename(path)] = fig
+    return save(fig, path, **kwargs)
+
+  monkeypatch.setattr(files, "save_figure", capture)
+  out = analysis.analyze(str(tmp_path / "g"), **_quick())
+  runs = out["runs"]
+  assert len(runs) == 4 and {r["seed"] for r in runs} == {0, 1}
+  units = drawn["units.png"]
+  means = [list(l.get_ydata()) for l in units.axes[1].get_lines() if l.get_marker() == "o"]
+  grads = [list(l.get_ydata()) for l in drawn["gradients.png"].axes[0].get_lines()]
+  for run in runs:  # panel (b): the mean active fraction of every net
+    assert [l["active_mean"] for l in run["layers"]] in means, run["run"]
+    assert [w["grad_norm"] for w in run["weights"]] in grads, run["run"]
+  legend = [t.get_text() for t in units.legends[0].get_texts()]
+  assert legend == [f"g {c} ({m}, 2 seeds)" for c, m in (
+      ("model.residual=False", "mlp-2x8"), ("model.residual=True", "residual-mlp-2x8"))]
+  colors = {}
+  for run, line in zip(runs, [l for l in units.axes[0].get_lines() if l.get_marker() == "o"]):
+    colors.setdefault(run["condition"], set()).add(line.get_color())
+  assert all(len(c) == 1 for c in colors.values()) and len(set.union(*colors.values())) == 2

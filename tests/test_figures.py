@@ -15,7 +15,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from configs import collapse as collapse_configs
 from configs import embedded
-from resjax import activations, collapse, files, plots, probes, report, sharding, train
+from resjax import activations, analysis, collapse, files, plots, probes, sharding, train
+from resjax.plotting import analysis as analysis_plots
+from resjax.plotting import layers
 
 _DIMS = (1, 2, 3, 5, 8)
 
@@ -156,9 +158,9 @@ def _probed(label, config):
                                    mean=ds.mean, std=ds.std)
   res = probes.run(state, None, ds, batch_size=32, grad_batches=2, grad_batch_size=32,
                    max_examples=64)
-  return report._jsonable({"run": label, "workdir": f"/runs/{label}", "step": 0,
-                           "model": report.describe(config), "dataset": ds.name,
-                           **res.to_dict()})
+  return files.jsonable({"run": label, "workdir": f"/runs/{label}", "step": 0,
+                         "model": analysis.describe(config), "dataset": ds.name,
+                         **res.to_dict()})
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +180,8 @@ def probed():
 RUN_SETS = {"mlp": ["mlp"], "resmlp": ["resmlp"], "plain": ["plain"], "resnet": ["resnet"],
             "invres": ["invres"], "mlp_vs_resmlp": ["mlp", "resmlp"],
             "plain_vs_resnet": ["plain", "resnet"], "resnet_vs_invres": ["resnet", "invres"]}
-PLOTS = {"units": report.plot_units, "rank": report.plot_rank,
-         "gradients": report.plot_gradients, "energy": report.plot_energy}
+PLOTS = {"units": analysis_plots.plot_units, "rank": analysis_plots.plot_rank,
+         "gradients": analysis_plots.plot_gradients, "energy": analysis_plots.plot_energy}
 
 
 @pytest.mark.parametrize("name", sorted(RUN_SETS))
@@ -210,19 +212,19 @@ def test_analysis_figures_name_the_runs_and_fill_their_panels(probed, name):
 
 
 def test_display_names_match_the_probe_names():
-  assert report.display_name("stage1_block0/conv1") == "stage1/block0/conv1"
-  assert report.display_name("stage2_block10/expand_conv") == "stage2/block10/expand_conv"
-  assert report.display_name("stem_conv") == "stem_conv"
-  assert report.display_name("stage1/block0/act1") == "stage1/block0/act1"
+  assert layers.display_name("stage1_block0/conv1") == "stage1/block0/conv1"
+  assert layers.display_name("stage2_block10/expand_conv") == "stage2/block10/expand_conv"
+  assert layers.display_name("stem_conv") == "stem_conv"
+  assert layers.display_name("stage1/block0/act1") == "stage1/block0/act1"
 
 
 def test_write_redraws_from_probes_json(probed, tmp_path):
   runs = [probed["plain"], probed["resnet"]]
-  written = report.write(str(tmp_path), runs)
+  written = analysis.write(str(tmp_path), runs)
   pngs = [p for p in written if p.endswith(".png")]
   assert len(pngs) == 4 and all(os.path.isfile(p[:-4] + ".pdf") for p in pngs)
   again = json.load(open(tmp_path / "probes.json"))["runs"]
-  fig = report.plot_units(again)
+  fig = analysis_plots.plot_units(again)
   _check_layout(fig)
   assert np.isfinite([l[k] for l in again[0]["layers"]
                       for k in ("participation_pre", "entropy_rank_pre")]).all()

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resjax import activations, data, errors, probes, report, sharding
+from resjax import activations, analysis, data, errors, probes, sharding
 
 
 def _const(values):
@@ -352,10 +352,10 @@ def test_run_checks_its_arguments_as_launch_analyze_does(kwargs, message):
   with pytest.raises(errors.ConfigError) as api:
     probes.run({"params": {}}, None, ds, **kwargs)
   assert str(api.value) == message
-  # report.analyze (what launch.analyze calls with its flags of the same names)
+  # analysis.analyze (what launch.analyze calls with its flags of the same names)
   # refuses with the same line before it reads any workdir.
   with pytest.raises(errors.ConfigError) as launcher:
-    report.analyze("/nonexistent/run", **kwargs)
+    analysis.analyze("/nonexistent/run", **kwargs)
   assert str(launcher.value) == message
 
 
