@@ -330,6 +330,9 @@ def test_readable_errors():
     probes.probe(_init(Silent(), x), Silent(), _batches(x, y, 8))
   with pytest.raises(errors.ConfigError, match="activation='swish'"):
     probes.probe(variables, model, _batches(x, y, 8), activation="swish")
+  with pytest.raises(errors.ConfigError,
+                     match="^activation='swish' is not allowed; use an activation name or None$"):
+    probes.check_args(activation="swish")
   with pytest.raises(errors.ConfigError, match="does not divide over 8 devices"):
     probes.probe(variables, model, _batches(x, y, 6))
   with pytest.raises(errors.ConfigError, match="empty"):
@@ -337,15 +340,17 @@ def test_readable_errors():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(batch_size="64"), "batch_size='64' is a str; pass an integer >= 1"),
-    (dict(batch_size=0), "batch_size=0 is not allowed; pass an integer >= 1"),
-    (dict(grad_batches=True), "grad_batches=True is a bool; pass an integer >= 0"),
-    (dict(grad_batch_size=-2), "grad_batch_size=-2 is not allowed; pass an integer >= 1"),
-    (dict(max_examples=0.5), "max_examples=0.5 is a float; pass an integer >= 1 or None"),
-    (dict(split="val"), "split='val' is not known; choose one of: train, test"),
-    (dict(split=1), "split=1 is a int; pass one of: train, test"),
-    (dict(dormant_threshold=1.0), "dormant_threshold=1.0 is not allowed; pass a number in [0, 1)"),
-    (dict(dormant_threshold="0.1"), "dormant_threshold='0.1' is a str; pass a number in [0, 1)"),
+    (dict(batch_size="64"), "batch_size='64' is not allowed; use an integer >= 1"),
+    (dict(batch_size=0), "batch_size=0 is not allowed; use an integer >= 1"),
+    (dict(grad_batches=True), "grad_batches=True is not allowed; use an integer >= 0"),
+    (dict(grad_batch_size=-2), "grad_batch_size=-2 is not allowed; use an integer >= 1"),
+    (dict(max_examples=0.5), "max_examples=0.5 is not allowed; use an integer >= 1 or None"),
+    (dict(split="val"), "split='val' is not allowed; choose one of: train, test"),
+    (dict(split=1), "split=1 is not allowed; choose one of: train, test"),
+    (dict(dormant_threshold=1.0), "dormant_threshold=1.0 is not allowed; use a number in [0, 1)"),
+    (dict(dormant_threshold="0.1"), "dormant_threshold='0.1' is not allowed; use a number in [0, 1)"),
+    (dict(dormant_threshold=float("nan")), "dormant_threshold=nan is not allowed; use a number in [0, 1)"),
+    (dict(batch_size=np.int64(0)), "batch_size=0 is not allowed; use an integer >= 1"),
 ])
 def test_run_checks_its_arguments_as_launch_analyze_does(kwargs, message):
   ds = data.load("spirals", num_train=16, num_test=8)

@@ -49,7 +49,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from jax.sharding import Mesh
 
-from resjax import activations, data, errors, sharding
+from resjax import activations, data, errors, schema, sharding
 from resjax.probes.compiled import COLLECTIONS, Batch, flatten, variables_of
 from resjax.probes.loop import probe
 from resjax.probes.statistics import (HIST_BINS, LIST_FIELDS, Results, dormant_scores,
@@ -62,13 +62,17 @@ __all__ = ["COLLECTIONS", "HIST_BINS", "LIST_FIELDS", "SPLITS", "Batch", "Result
 SPLITS = ("train", "test")
 
 
-def _integer(name: str, value: Any, low: int, none_ok: bool = False) -> None:
-  if value is None and none_ok:
-    return
-  what = f"an integer >= {low}" + (" or None" if none_ok else "")
-  errors.check(isinstance(value, (int, np.integer)) and not isinstance(value, bool),
-               f"{name}={value!r} is a {type(value).__name__}; pass {what}")
-  errors.check(value >= low, f"{name}={value!r} is not allowed; pass {what}")
+# The arguments of `run` (and `launch.analyze`'s flags of the same names).
+RULES = {
+    "split": schema.Choice(SPLITS),
+    "batch_size": schema.POSITIVE,
+    "dormant_threshold": schema.Float(0.0, 1.0, high_open=True),
+    "grad_batches": schema.COUNT,
+    "grad_batch_size": schema.POSITIVE,
+    "max_examples": schema.Int(1, none_ok=True, fix="use an integer >= 1 or None"),
+    "activation": schema.Choice(activations.names, none_ok=True,
+                                fix="use an activation name or None"),
+}
 
 
 def check_args(*, split: str = "train", batch_size: int = 256, dormant_threshold: float = 0.1,
@@ -79,23 +83,11 @@ def check_args(*, split: str = "train", batch_size: int = 256, dormant_threshold
   `run` calls it, and so does `analysis.analyze` before restoring anything, so
   the API and `launch.analyze` (whose flags have these names) say the same.
   """
-  errors.check(isinstance(split, str), f"split={split!r} is a {type(split).__name__}; "
-               f"pass one of: {', '.join(SPLITS)}")
-  errors.choice("split", split, SPLITS)
-  _integer("batch_size", batch_size, 1)
-  _integer("grad_batches", grad_batches, 0)
-  _integer("grad_batch_size", grad_batch_size, 1)
-  _integer("max_examples", max_examples, 1, none_ok=True)
-  errors.check(isinstance(dormant_threshold, (int, float, np.floating))
-               and not isinstance(dormant_threshold, bool),
-               f"dormant_threshold={dormant_threshold!r} is a "
-               f"{type(dormant_threshold).__name__}; pass a number in [0, 1)")
-  errors.check(0.0 <= dormant_threshold < 1.0,
-               f"dormant_threshold={dormant_threshold!r} is not allowed; pass a number in [0, 1)")
-  if activation is not None:
-    errors.check(isinstance(activation, str), f"activation={activation!r} is a "
-                 f"{type(activation).__name__}; pass an activation name or None")
-    activations.get(activation)
+  args = dict(split=split, batch_size=batch_size, dormant_threshold=dormant_threshold,
+              grad_batches=grad_batches, grad_batch_size=grad_batch_size,
+              max_examples=max_examples, activation=activation)
+  for field, rule in RULES.items():
+    schema.check_value(field, args[field], rule)
 
 
 def run(state: Any, model=None, dataset=None, *, split: str = "train",
