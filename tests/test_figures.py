@@ -15,7 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from configs import collapse as collapse_configs
 from configs import embedded
-from resjax import activations, analysis, collapse, files, plots, probes, sharding, train
+from resjax import activations, analysis, collapse, files, probes, sharding, train
+from resjax.plotting import collapse as plots
 from resjax.plotting import analysis as analysis_plots
 from resjax.plotting import layers
 
@@ -78,7 +79,7 @@ def _check_files(fig, path) -> None:
 
 
 def _sweep(names, manifold="spiral", ds=(2,)):
-  grid = collapse.Grid(activations=tuple(names), dims=_DIMS, seeds=3, points=120,
+  grid = collapse.SweepSpec(activations=tuple(names), dims=_DIMS, seeds=3, points=120,
                        manifold=manifold, ds=ds, chunk=0)
   shown = plots.focus_activation(tuple(names), "relu")  # What collapse.run asks for.
   rec = collapse.figure_recoveries(grid, shown, (2, 5)) if manifold == "spiral" else None
