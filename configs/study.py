@@ -251,6 +251,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
   # Grid name -> launch.train config (unknown study names are refused by resjax.studies).
   known = name in studies.names()
+  errors.check(not known or callable(globals().get(name)),
+               f"configs/study.py has no config function {name}() for study {name!r}")
   config.grids = ml_collections.ConfigDict(globals()[name]() if known else {})
   if "tiny" in parts[1:] and known:
     _shrink(config)
