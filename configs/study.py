@@ -1,5 +1,5 @@
 """The five studies: each a named set of ordinary grid runs (launch.train configs
-with `config.grid` set) plus its analysis and figure (resjax/study.py).
+with `config.grid` set) plus its analysis and figure (resjax/studies/<study>.py).
 
   python -m launch.study --config=configs/study.py:degradation --workdir=runs/degradation
   python -m launch.study --config=configs/study.py:dead_units  --workdir=runs/dead_units
@@ -40,10 +40,8 @@ import math
 import ml_collections
 
 from configs import embedded
-from resjax import errors
+from resjax import errors, studies
 
-STUDIES = ("degradation", "dead_units", "collapse", "bottleneck", "convergence", "redundancy",
-           "pilot")
 # Redundancy study: intrinsic dimensions d and the ratios n/d its widths aim at.
 REDUNDANCY_DIMS = (1, 2, 3, 4, 6)
 REDUNDANCY_RATIOS = (1, 1.5, 2, 3, 4, 6, 8)
@@ -93,7 +91,8 @@ def _digits(*, steps, eval_every, lr, batch_size=32):
   return config
 
 
-def _degradation():
+def degradation() -> dict[str, ml_collections.ConfigDict]:
+  """The degradation study's grids (resjax/studies/degradation.py)."""
   mlp = _spirals(norm="layer", steps=1500, eval_every=50)
   mlp.model.width = 16
   mlp.grid.model.depth = (2, 4, 8, 16, 32)
@@ -106,7 +105,8 @@ def _degradation():
   return {"mlp": mlp, "conv": conv}
 
 
-def _dead_units():
+def dead_units() -> dict[str, ml_collections.ConfigDict]:
+  """The dead_units study's grids (resjax/studies/dead_units.py)."""
   mlp = _spirals(norm=None, steps=1000, eval_every=100)
   mlp.grid.model.width = (2, 3, 4, 8, 16, 32)
   mlp.grid.model.depth = (2, 8, 16)
@@ -114,7 +114,8 @@ def _dead_units():
   return {"mlp": mlp}
 
 
-def _collapse():
+def collapse() -> dict[str, ml_collections.ConfigDict]:
+  """The collapse study's grids (resjax/studies/collapse.py)."""
   net = _spirals(norm=None, steps=2000, eval_every=100)
   net.model = ml_collections.ConfigDict(dict(
       name="firstlayer",
@@ -129,7 +130,8 @@ def _collapse():
   return {"firstlayer": net}
 
 
-def _bottleneck():
+def bottleneck() -> dict[str, ml_collections.ConfigDict]:
+  """The bottleneck study's grids (resjax/studies/bottleneck.py)."""
   net = _digits(steps=600, eval_every=50, lr=1e-2)
   net.model = ml_collections.ConfigDict(dict(
       name="invres",
@@ -148,7 +150,8 @@ def _bottleneck():
   return {"invres": net}
 
 
-def _convergence():
+def convergence() -> dict[str, ml_collections.ConfigDict]:
+  """The convergence study's grids (resjax/studies/convergence.py)."""
   mlp = _spirals(norm="layer", steps=1500, eval_every=20, num_test=300)
   mlp.model.width = 16
   mlp.grid.model.depth = (4, 8, 16)
@@ -156,7 +159,8 @@ def _convergence():
   return {"mlp": mlp}
 
 
-def _redundancy():
+def redundancy() -> dict[str, ml_collections.ConfigDict]:
+  """The redundancy study's grids (resjax/studies/redundancy.py)."""
   out = {}
   for d in REDUNDANCY_DIMS:
     net = embedded.get_config("manifold_firstlayer")
@@ -177,14 +181,15 @@ def _redundancy():
   return out
 
 
-def _pilot():
+def pilot() -> dict[str, ml_collections.ConfigDict]:
+  """The pilot study's grids (resjax/studies/pilot.py)."""
   mlp = _spirals(norm="layer", steps=1500, eval_every=50)  # The degradation MLPs, depth 2.
   mlp.model.width, mlp.model.depth = 16, 2
   mlp.grid.model.residual = (False, True)
   conv = _digits(steps=400, eval_every=50, lr=3e-2)  # The degradation ResNets, depth 4.
   conv.model.widths, conv.model.depth = (8,), 4
   conv.grid.model.plain = (True, False)
-  invres = _bottleneck()["invres"]  # The bottleneck nets at width 8.
+  invres = bottleneck()["invres"]  # The bottleneck nets at width 8.
   invres.model.stages = ((8, 2, 1),)
   invres.grid.model.stages = ()
   invres.grid.model.bottleneck = ("linear", "relu6")
@@ -194,23 +199,13 @@ def _pilot():
   return out
 
 
-_GRIDS = {"degradation": _degradation, "dead_units": _dead_units, "collapse": _collapse,
-          "bottleneck": _bottleneck, "convergence": _convergence, "redundancy": _redundancy,
-          "pilot": _pilot}
-
-
 def _shrink(config: ml_collections.ConfigDict) -> None:
-  """Seconds instead of minutes: 2 seeds, two values per axis, few steps (CI)."""
+  """Seconds instead of minutes: 2 seeds, two values per axis, few steps (CI); a study
+  module's `tiny(config)` first does its own part."""
   config.seeds = 2
-  if config.study == "redundancy":  # Two dimensions, two widths, ReLU and linear (8 inits).
-    for name in list(config.grids.keys())[2:]:
-      del config.grids[name]
-    for g in config.grids.values():
-      g.grid.model.first = ("relu", "linear")
-    config.bootstrap = 200
-  if config.study == "pilot":  # The MLPs only (the conv families run tiny in their studies).
-    for name in [n for n in config.grids.keys() if n != "mlp"]:
-      del config.grids[name]
+  module = studies.get(config.study)
+  if hasattr(module, "tiny"):
+    module.tiny(config)
   for g in config.grids.values():
     for field in list(g.grid.model.keys()):
       values = tuple(g.grid.model[field])
@@ -238,7 +233,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   errors.check(all(p == "tiny" for p in parts[1:]),
                f"config study.py:{arg} is not allowed; use <study> or <study>,tiny")
   config = ml_collections.ConfigDict()
-  config.study = name  # One of STUDIES.
+  config.study = name  # One of resjax.studies.names().
   config.seed = 0  # First seed; the nets use seeds seed .. seed + seeds - 1.
   config.seeds = {"bottleneck": 5, "dead_units": 5, "pilot": 2}.get(name, 8)  # Seeds per condition.
   config.target_loss = 0.3  # Convergence: steps to this full training loss.
@@ -254,8 +249,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       chunk=0,  # Draws per vmapped chunk (0 = all at once).
       manifold=dict(name="spiral", dims=(2,), points=1000, turns=3.0),  # The 2-D spiral.
   ))
-  # Grid name -> launch.train config (unknown study names are refused by resjax.study).
-  config.grids = ml_collections.ConfigDict(_GRIDS[name]() if name in _GRIDS else {})
-  if "tiny" in parts[1:]:
+  # Grid name -> launch.train config (unknown study names are refused by resjax.studies).
+  known = name in studies.names()
+  errors.check(not known or callable(globals().get(name)),
+               f"configs/study.py has no config function {name}() for study {name!r}")
+  config.grids = ml_collections.ConfigDict(globals()[name]() if known else {})
+  if "tiny" in parts[1:] and known:
     _shrink(config)
   return config

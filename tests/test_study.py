@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from configs import study as study_configs
-from resjax import errors, grid, study
+from resjax import errors, grid, studies
+from resjax.studies import tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,17 +24,17 @@ def _read_csv(path):
 def _conditions(config):
   """Conditions a study's rows cover (a degradation lr grid: two views of it)."""
   total = 0
-  for g in study.grids(config).values():
+  for g in studies.grids(config).values():
     per = len(grid.nets(g)) // config.seeds
     lrs = len(g.grid.opt.lr)
     total += per // lrs * 2 if lrs > 1 and config.study == "degradation" else per
   return total
 
 
-@pytest.mark.parametrize("name", study_configs.STUDIES)
+@pytest.mark.parametrize("name", studies.names())
 def test_study_runs_end_to_end(name, tmp_path):
   config = study_configs.get_config(f"{name},tiny")
-  out = study.run(config, str(tmp_path), log=None)
+  out = studies.run(config, str(tmp_path), log=None)
   for f in ("study.csv", "nets.csv", "study.json", f"{name}.png", f"{name}.pdf", "config.json"):
     assert os.path.getsize(tmp_path / f) > 0, f
   with open(tmp_path / f"{name}.png", "rb") as f:
@@ -41,7 +42,7 @@ def test_study_runs_end_to_end(name, tmp_path):
   rows = _read_csv(tmp_path / "study.csv")
   nets = _read_csv(tmp_path / "nets.csv")
   assert len(rows) == _conditions(config)
-  assert len(nets) == sum(len(grid.nets(g)) for g in study.grids(config).values())
+  assert len(nets) == sum(len(grid.nets(g)) for g in studies.grids(config).values())
   # Every interval is there and holds its estimate; accuracies are proportions.
   assert any(k.endswith("_lo") for k in rows[0])
   for row in rows:
@@ -96,6 +97,13 @@ def test_study_runs_end_to_end(name, tmp_path):
       assert c["chosen_lr"] == min(losses, key=losses.get)  # the lowest final training loss
       assert c["study_lr"] == {"mlp": 1e-2, "conv": 3e-2, "invres": 1e-2}[name_]
     assert sum(r["chosen"] == "True" for r in rows) == 2 * len(chosen)  # both variants
+  # The figure is drawn from study.json alone: redrawn, it replaces the old one; the
+  # other files stay as they were.
+  before = {f: (tmp_path / f).read_bytes() for f in ("study.csv", "nets.csv", "study.json")}
+  assert studies.redraw(str(tmp_path)) == str(tmp_path / f"{name}.png")
+  with open(tmp_path / f"{name}.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert {f: (tmp_path / f).read_bytes() for f in before} == before
 
 
 def test_one_curve_fit_is_isotonic_and_tells_the_coordinates_apart():
@@ -103,47 +111,47 @@ def test_one_curve_fit_is_isotonic_and_tells_the_coordinates_apart():
   cells = [(d, n) for d in (1, 2, 4) for n in (d, 2 * d, 4 * d)]
   damage = {1: 0.3, 2: 0.1, 4: 0.0}
   y = [damage[n // d] for d, n in cells]
-  assert study.one_curve_r2([n / d for d, n in cells], y) == pytest.approx(1.0)
-  assert study.one_curve_r2([n for d, n in cells], y) < 0.7
-  fit = study.isotonic_decreasing([3, 1, 2, 2], [1.0, 0.0, 2.0, 4.0])
+  assert studies.get("redundancy").one_curve_r2([n / d for d, n in cells], y) == pytest.approx(1.0)
+  assert studies.get("redundancy").one_curve_r2([n for d, n in cells], y) < 0.7
+  fit = studies.get("redundancy").isotonic_decreasing([3, 1, 2, 2], [1.0, 0.0, 2.0, 4.0])
   np.testing.assert_allclose(fit, [1.0, 2.0, 2.0, 2.0])  # pooled violators, non-increasing
   rng = np.random.default_rng(0)
   diffs = np.asarray(y)[:, None] + 0.01 * rng.standard_normal((len(cells), 8))
-  out = study._one_curve(cells, diffs, draws=200, seed=0)
+  out = studies.get("redundancy")._one_curve(cells, diffs, draws=200, seed=0)
   assert out["better"] == "n/d" and out["predicts"] == ["n/d"], out
 
 
 def test_study_resumes_after_interruption(tmp_path):
   config = study_configs.get_config("convergence,tiny")
-  out = study.run(config, str(tmp_path / "a"), log=None, should_stop=lambda step: step == 10)
+  out = studies.run(config, str(tmp_path / "a"), log=None, should_stop=lambda step: step == 10)
   assert out["stopped"] and out["step"] == 10
   assert not os.path.exists(tmp_path / "a" / "study.csv")
   lines = []
-  study.run(config, str(tmp_path / "a"), log=lines.append)
-  study.run(config, str(tmp_path / "b"), log=None)
+  studies.run(config, str(tmp_path / "a"), log=lines.append)
+  studies.run(config, str(tmp_path / "b"), log=None)
   resumed, fresh = _read_csv(tmp_path / "a" / "nets.csv"), _read_csv(tmp_path / "b" / "nets.csv")
   assert len(resumed) == len(fresh) == 8
   for r, f in zip(resumed, fresh):
     np.testing.assert_allclose(float(r["train_loss"]), float(f["train_loss"]), rtol=1e-5)
   # A finished grid is not trained again; a different config is refused.
   lines = []
-  study.run(config, str(tmp_path / "a"), log=lines.append)
+  studies.run(config, str(tmp_path / "a"), log=lines.append)
   assert any("already trained" in l for l in lines)
   other = study_configs.get_config("convergence,tiny")
   other.seeds = 3
   with pytest.raises(errors.ConfigError, match="different config"):
-    study.run(other, str(tmp_path / "a"), log=None)
+    studies.run(other, str(tmp_path / "a"), log=None)
 
 
 def test_bad_configs_are_one_line_errors(tmp_path):
   config = study_configs.get_config("collapse,tiny")
   config.grids.firstlayer.grid.model.first = ("relu", "dense")
   with pytest.raises(errors.ConfigError, match="first"):
-    study.validate(config)
+    studies.validate(config)
   config = study_configs.get_config("convergence,tiny")
   config.seeds = 1
   with pytest.raises(errors.ConfigError, match="seeds=1"):
-    study.validate(config)
+    studies.validate(config)
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run(
       [sys.executable, "-m", "launch.study", "--config=configs/study.py:nosuch",
@@ -151,14 +159,33 @@ def test_bad_configs_are_one_line_errors(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith("error: study='nosuch'")
   assert "Traceback" not in proc.stderr
+  # No --config: refused in one line naming --config and the studies, before any work.
+  proc = subprocess.run([sys.executable, "-m", "launch.study", f"--workdir={tmp_path}/new"],
+                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, lines
+  assert lines[0].startswith("error: --config is required") and all(
+      n in lines[0] for n in studies.names()), lines
+  assert not os.path.exists(tmp_path / "new")
+
+
+def test_studies_are_found_by_name():
+  assert set(studies.names()) == {"degradation", "dead_units", "collapse", "bottleneck",
+                                  "convergence", "redundancy", "pilot"}
+  for name in studies.names():
+    module = studies.get(name)
+    assert callable(module.analyze) and callable(module.figure) and module.FAMILIES
+    assert study_configs.get_config(name).grids  # Its config function in configs/study.py.
+  with pytest.raises(errors.ConfigError, match="study='nosuch' is not known"):
+    studies.get("nosuch")
 
 
 def test_statistics_come_from_resjax_stats():
-  mean, lo, hi = study.ci95_in([0.5, 0.7, 0.9], "acc")
+  mean, lo, hi = tables.ci95_in([0.5, 0.7, 0.9], "acc")
   assert mean == pytest.approx(0.7) and hi == 1.0  # t(0.975, 2) = 4.303: 0.7 + 0.497 clipped
   np.testing.assert_allclose(mean - lo, 4.3027 * 0.2 / np.sqrt(3), rtol=1e-3)
-  g, lo, hi = study.geo_ci95([0.0, 1e-4])
+  g, lo, hi = tables.geo_ci95([0.0, 1e-4])
   assert g == pytest.approx(1e-8) and lo < g < hi
-  contrasts = study._holm({"a": {"p": 0.01}, "b": {"p": 0.04}, "c": {"p": 0.5}})
+  contrasts = tables.holm({"a": {"p": 0.01}, "b": {"p": 0.04}, "c": {"p": 0.5}})
   assert contrasts["a"]["holm_reject"] and not contrasts["b"]["holm_reject"]
   assert contrasts["a"]["p_holm"] == pytest.approx(0.03) and contrasts["a"]["family_size"] == 3

@@ -1,0 +1,32 @@
+"""The studies of claims C1-C7: one module per study, found by name.
+
+A study is a named set of ordinary grid runs (configs/study.py) plus its
+analysis and figure. Study `name` is the module `resjax.studies.<name>`; it
+declares
+
+  FAMILIES                       the model families its grids may train
+  analyze(config, runs, workdir, log) -> tables
+                                 statistics only: plain dicts and lists of rows
+  figure(tables) -> Figure       drawn from the tables (study.json) alone
+  tiny(config)                   (optional) its part of the ',tiny' shrink
+  validate(config)               (optional) checks of its own config fields
+
+`get(name)` gives the module, `names()` lists the studies, `run(config,
+workdir)` trains and analyses one (runner.py), `redraw(workdir)` draws a
+finished study's figure again from its study.json.
+
+  degradation  final training loss / accuracy vs depth, plain vs residual (C5)
+  dead_units   dead units per layer and per unit, init vs trained (C4, C7)
+  collapse     accuracy vs first-layer width n on 2-D spirals, beside the
+               untrained collapse curve of `resjax.collapse.sweep` (C1-C3)
+  bottleneck   inverted-residual nets, linear vs ReLU6 bottleneck (C6)
+  convergence  steps to reach a target training loss, plain vs residual (C5)
+  redundancy   whether n / d or n puts the ReLU damage of tasks of intrinsic
+               dimension d on one curve (C3)
+  pilot        the learning-rate pilot (reported, not applied)
+"""
+from resjax.studies.registry import get, names
+from resjax.studies.runner import machine, redraw, run, validate
+from resjax.studies.runs import grids
+
+__all__ = ["get", "grids", "machine", "names", "redraw", "run", "validate"]

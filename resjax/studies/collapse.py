@@ -1,0 +1,140 @@
+"""Collapse inside training (C1-C3): test accuracy vs the width n of a first layer on 2-D
+spirals, ReLU vs linear vs identity-plus-ReLU, beside the untrained collapse curve of
+`resjax.collapse.sweep` (MobileNetV2 Fig. 1 and Appendix A).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from resjax import collapse, files, train
+from resjax import stats as rstats
+from resjax.plotting import style
+from resjax.studies import figures, runs, tables
+from resjax.studies.figures import COLORS
+
+FAMILIES = ("firstlayer",)
+_LABELS = {"relu": "ReLU(z)", "linear": "z (linear)", "residual": "z + ReLU(Uz + c)"}
+
+
+def _collapse_curve(config, widths: Sequence[int], workdir: str, log) -> dict[str, Any]:
+  """The untrained collapse curve at the study's widths (cached in the workdir)."""
+  path = os.path.join(workdir, "collapse_sweep.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  c = config.collapse
+  cfg = {"activations": tuple(c.activations), "dims": tuple(int(w) for w in widths),
+         "seeds": int(c.seeds), "seed": int(c.seed), "chunk": int(c.chunk),
+         "manifold": dict(c.manifold)}
+  if log:
+    log(f"untrained collapse curve: resjax.collapse.sweep over n = {cfg['dims']}")
+  res = collapse.sweep(cfg)
+  out = {"dims": [int(n) for n in res["dims"]], "activations": list(res["activations"]),
+         "seeds": int(res["seeds"])}
+  for key in ("collapsed_frac", "dead_frac", "collapsed_frac_theory", "dead_frac_theory"):
+    out[key] = np.asarray(res[key])[0, 0].tolist()  # d = first manifold dim, first activation
+  files.write_json(path, out)
+  return out
+
+
+def _first_layer(run: runs.GridRun) -> dict[str, np.ndarray]:
+  """Per net, from the probes of the ReLU first layer ('relu' nets only; NaN elsewhere)."""
+  nan = np.full(len(run.nets), np.nan)
+  out = {k: nan.copy() for k in ("under2_on_init", "under2_on_trained", "none_on_trained",
+                                 "dead_first_trained")}
+  for i in run.probes_final:
+    first = run.probes_final[i]["layers"][0]
+    out["under2_on_init"][i] = run.probes_init[i]["layers"][0]["few_on"]
+    out["under2_on_trained"][i] = first["few_on"]
+    out["none_on_trained"][i] = first["all_off"]
+    out["dead_first_trained"][i] = len(first["dead_units"]) / first["units"]
+  return out
+
+
+def analyze(config, trained: dict[str, runs.GridRun], workdir: str, log) -> dict[str, Any]:
+  """Rows per condition, other-minus-ReLU contrasts, the untrained curve beside them."""
+  run = next(iter(trained.values()))
+  runs.probe_grid(run, log, which=lambda n: n.variant == "relu")
+  probed = _first_layer(run)
+  metrics = {"test_acc": tables.final(run, "test_acc"), "train_acc": tables.final(run, "train_acc"),
+             "train_loss": tables.final(run, "train_loss"), **probed}
+  rows = tables.condition_rows(run, metrics)
+  points = len(train.load_data(run.config).train.labels)
+  tables.fractions(rows, run, {k: metrics[k] for k in ("under2_on_init", "under2_on_trained",
+                                                       "none_on_trained")}, lambda r: points)
+  tables.fractions(rows, run, {"dead_first_trained": probed["dead_first_trained"]},
+                   lambda r: r["width"])
+  net_rows = tables.net_rows(run, {k: probed[k] for k in ("under2_on_init", "under2_on_trained")})
+  by = tables.groups(run)
+  widths = sorted({n.width for n in run.nets})
+  variants = tables.variants(run, ("relu", "linear", "residual"))
+  contrasts = {}
+  for w in widths:
+    for other in ("linear", "residual"):
+      if {"relu", other} <= set(variants):
+        contrasts[f"n={w}: test_acc({other}) - test_acc(relu)"] = tables.paired(
+            run, metrics["test_acc"], (other, w, 1), ("relu", w, 1))
+  curve = _collapse_curve(config, widths, workdir, log)
+  seeds_u, size = np.asarray(curve["collapsed_frac"]), int(config.collapse.manifold.points)
+  for row in rows:
+    j = curve["dims"].index(row["width"])
+    row.update(tables.stat_cols("untrained_collapsed",
+                                rstats.cluster_wilson(seeds_u[j], size=size)))
+    row["untrained_collapsed_theory"] = tables.g6(curve["collapsed_frac_theory"][j])
+  curves, series = {"untrained": curve}, {}
+  for v in variants:
+    series[f"{v}/test_acc"] = tables.series(
+        widths, [tables.ci95_in(metrics["test_acc"][by[(v, w, 1)]], "frac") for w in widths])
+    curves[f"{v}/test_acc"] = series[f"{v}/test_acc"]["mean"]
+  series["untrained"] = tables.series(curve["dims"], [
+      rstats.cluster_wilson(seeds_u[j], size=size) for j in range(len(curve["dims"]))])
+  if "relu" in variants:
+    for key, tag in (("under2_on_init", "at init"), ("under2_on_trained", "after training")):
+      series[f"relu/under2_on/{tag}"] = tables.series(
+          widths, [rstats.cluster_wilson(probed[key][by[("relu", w, 1)]]) for w in widths])
+      curves[f"relu/under2_on/{tag}"] = series[f"relu/under2_on/{tag}"]["mean"]
+  return {"rows": rows, "net_rows": net_rows, "contrasts": tables.holm(contrasts),
+          "curves": curves, "figure_data": {"widths": widths, "variants": variants,
+                                            "steps": int(run.config.train.steps),
+                                            "series": series}}
+
+
+def figure(tabs: dict[str, Any]):
+  """Test accuracy vs n (left); inputs with < 2 units on duty, untrained and trained (right)."""
+  data, series, curve = tabs["figure_data"], tabs["figure_data"]["series"], \
+      tabs["curves"]["untrained"]
+  widths = data["widths"]
+  with style.context():
+    fig, axes = style.figure((10, 3.8), 1, 2)
+    ax = axes[0]
+    for v in data["variants"]:
+      figures.line(ax, series[f"{v}/test_acc"], color=COLORS[v], label=_LABELS[v])
+    style.log2_axis(ax, widths)
+    ax.set_xlabel("width n of the first layer (z = Wx + b)")
+    ax.set_ylabel(f"test accuracy after {data['steps']} steps")
+    ax.set_title("trained: 2-D spirals through a width-n first layer")
+    ax.legend(frameon=False, title="first-layer output", title_fontsize=8)
+    ax = axes[1]
+    figures.line(ax, series["untrained"], color="0.25",
+                 label=f"random T, measured (untrained, {curve['seeds']} draws)")
+    ax.plot(curve["dims"], curve["collapsed_frac_theory"], color="0.25", ls=":", marker=None,
+            label=r"theory $P(\mathrm{Bin}(n, \frac{1}{2}) < 2)$")
+    if "relu" in data["variants"]:
+      for ls, tag in (("--", "at init"), ("-", "after training")):
+        figures.line(ax, series[f"relu/under2_on/{tag}"], color=COLORS["relu"], ls=ls,
+                     label=f"ReLU first layer, {tag}",
+                     marker="o" if tag == "after training" else "s")
+    style.log2_axis(ax, widths)
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("width n")
+    ax.set_ylabel("inputs with < 2 units on duty")
+    ax.set_title("collapse: fewer units on duty than the manifold's dimension")
+    ax.legend(frameon=False, fontsize=7)
+    figures.finish(fig, "ReLU collapse inside training (MobileNetV2 Fig. 1 and Appendix A)",
+                   figures.footer(tabs, extra="; right: seed-clustered Wilson intervals"))
+  return fig

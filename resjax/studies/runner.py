@@ -1,0 +1,141 @@
+"""Running a study: validate, train its grids, analyse, write the result set; redraw.
+
+`run(config, workdir)` trains each grid of `config.study` (runs.train_grid),
+reads them back (runs.GridRun), calls the study module's `analyze` and writes
+to `workdir`, as one result set (files.result_set):
+
+  study.csv   one row per condition (the tables' `rows`)
+  nets.csv    one row per trained net (`net_rows`)
+  study.json  the tables (rows, contrasts, curves, what the figure draws) plus
+              the config, the machine and timings
+  <study>.png the study module's `figure` of those tables (and <study>.pdf)
+
+`redraw(workdir)` draws the figure again from study.json alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from typing import Any, Callable
+
+import jax
+from absl import logging
+
+from resjax import errors, files, locking, train
+from resjax.studies import registry, runs
+
+
+def validate(config) -> None:
+  """ConfigError unless `config` names a known study with well-formed grids."""
+  errors.choice("study", config.study, registry.names())
+  errors.check(isinstance(config.seeds, int) and not isinstance(config.seeds, bool)
+               and config.seeds >= 2, f"seeds={config.seeds!r} is not allowed; use an "
+               "integer >= 2 (intervals over seeds)")
+  errors.check(isinstance(config.seed, int) and config.seed >= 0,
+               f"seed={config.seed!r} is not allowed; use an integer >= 0")
+  errors.check(len(config.grids) > 0, f"study {config.study!r} has no grids")
+  module = registry.get(config.study)
+  for name, g in runs.grids(config).items():
+    errors.choice(f"grids.{name}.model.name", g.model.name, module.FAMILIES)
+    try:
+      train.validate(g, 1)
+    except errors.ConfigError as e:
+      raise errors.ConfigError(f"grids.{name}: " + str(e).replace("\n", f"; grids.{name}: ")
+                               ) from None
+  if hasattr(module, "validate"):
+    module.validate(config)
+
+
+def machine() -> dict[str, Any]:
+  """What ran the study (for RESULTS.md)."""
+  return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+          "cpu_count": os.cpu_count(), "devices": [str(d) for d in jax.devices()],
+          "jax": jax.__version__, "python": platform.python_version()}
+
+
+def run(config, workdir: str, *, log: Callable[[str], None] | None = logging.info,
+        should_stop: Callable[[int], bool] | None = None) -> dict[str, Any]:
+  """Runs study `config.study` into `workdir`; returns what study.json holds.
+
+  `log` gets each progress line (None: silent). `should_stop(step)` is passed
+  to each grid's training (see `train.train_and_evaluate`): when it says True
+  the grid saves its state and `run` returns {'stopped': True, ...} without
+  analysing; running again resumes. The workdir is locked for the run
+  (`locking.workdir_lock`); study.csv, nets.csv, study.json and the figure are
+  written as one set (`files.result_set`).
+  """
+  validate(config)
+  workdir = files.ensure_workdir(workdir)
+  with locking.workdir_lock(workdir):
+    return _run(config, workdir, log, should_stop)
+
+
+def _check_config(config, workdir: str) -> dict:
+  """The config as JSON; refuses a workdir that holds a run of another config."""
+  cfg = json.loads(json.dumps(config.to_dict(), default=list))
+  cfg_path = os.path.join(workdir, "config.json")
+  if os.path.exists(cfg_path):
+    with open(cfg_path) as f:
+      errors.check(json.load(f) == cfg,
+                   f"--workdir {workdir} holds a run of a different config; "
+                   "use a new --workdir (or the same config to resume)")
+  else:
+    files.write_json(cfg_path, cfg)
+  return cfg
+
+
+def _run(config, workdir: str, log, should_stop) -> dict[str, Any]:
+  cfg = _check_config(config, workdir)
+  t0 = time.perf_counter()
+  trained, timing = {}, {}
+  todo = runs.grids(config)
+  for i, (name, g) in enumerate(todo.items()):
+    if log:
+      log(f"study {config.study}: grid {i + 1}/{len(todo)} '{name}'")
+    timing[name] = runs.train_grid(name, g, workdir, log, should_stop)
+    if "stopped_at" in timing[name]:
+      if log:
+        log(f"study {config.study} stopped in grid '{name}' at step "
+            f"{timing[name]['stopped_at']}; run the same command to resume")
+      return {"stopped": True, "grid": name, "step": timing[name]["stopped_at"]}
+    trained[name] = runs.GridRun.read(name, g, os.path.join(workdir, name), timing[name])
+  module = registry.get(config.study)
+  out = module.analyze(config, trained, workdir, log)
+  rows, net_rows = out["rows"], out.pop("net_rows")
+  out.update({"study": config.study, "config": cfg, "machine": machine(), "timing": timing,
+              "wall_s": time.perf_counter() - t0,  # this invocation (resumed parts excluded)
+              "figure": f"{config.study}.png", "stopped": False})
+  out = files.jsonable(out)
+  fig = module.figure(out)
+  with files.result_set(workdir) as new:
+    files.save_figure(fig, os.path.join(new, f"{config.study}.png"), dpi=200)
+    files.write_csv(os.path.join(new, "study.csv"), rows)
+    files.write_csv(os.path.join(new, "nets.csv"), net_rows)
+    files.write_json(os.path.join(new, "study.json"), out)
+  if log:
+    log(f"study {config.study} done: {workdir}/study.csv, study.json, {config.study}.png")
+  return out
+
+
+def redraw(workdir: str) -> str:
+  """Draws a finished study's figure again from its study.json alone; returns the PNG path.
+
+  The figure replaces the old one in a new result set holding the same other files.
+  """
+  workdir = os.path.abspath(workdir)
+  current = files.result_set_path(workdir)
+  errors.check(current is not None and os.path.exists(os.path.join(current, "study.json")),
+               f"no study.json in {workdir}; run the study there first")
+  with open(os.path.join(current, "study.json")) as f:
+    tables = json.load(f)
+  fig = registry.get(tables["study"]).figure(tables)
+  png = tables["figure"]
+  with locking.workdir_lock(workdir), files.result_set(workdir) as new:
+    for name in os.listdir(current):
+      if name not in (png, os.path.splitext(png)[0] + ".pdf"):
+        shutil.copy2(os.path.join(current, name), os.path.join(new, name))
+    files.save_figure(fig, os.path.join(new, png), dpi=200)
+  return os.path.join(workdir, png)

@@ -1,0 +1,125 @@
+"""A study's tables: condition and net rows, paired contrasts with Holm, figure series.
+
+Every interval comes from resjax.stats: t-intervals of means (clipped to the
+metric's range), geometric means with t-intervals of the logs, seed-clustered
+Wilson intervals of per-net fractions, Wilson for pooled counts.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from resjax import stats as rstats
+from resjax.studies.runs import GridRun
+
+
+def g6(x: Any) -> Any:
+  """Six significant digits for floats (JSON/CSV friendly; inf/NaN kept)."""
+  if isinstance(x, (float, np.floating)):
+    x = float(x)
+    return x if not math.isfinite(x) else float(f"{x:.6g}")
+  return x
+
+
+def stat_cols(prefix: str, triple) -> dict[str, float]:
+  """{prefix, prefix_lo, prefix_hi} of a (mean, lo, hi) triple."""
+  mean, lo, hi = triple
+  return {prefix: g6(mean), f"{prefix}_lo": g6(lo), f"{prefix}_hi": g6(hi)}
+
+
+def ci95_in(values, key: str):
+  """Mean and 95% t-interval clipped to the metric's range (losses >= 0, fractions [0, 1])."""
+  return rstats.mean_ci(values, bounds=(0.0, math.inf) if "loss" in key else (0.0, 1.0))
+
+
+def geo_ci95(values):
+  """Geometric mean and 95% interval from a t-interval of the logs (floored at 1e-12)."""
+  return rstats.geo_mean_ci(values, floor=1e-12)
+
+
+def series(x: Sequence[float], triples) -> dict[str, list]:
+  """What a figure draws as one line with its interval: x and (mean, lo, hi) per x."""
+  return {"x": [g6(float(v)) for v in x], "mean": [g6(t[0]) for t in triples],
+          "lo": [g6(t[1]) for t in triples], "hi": [g6(t[2]) for t in triples]}
+
+
+def final(run: GridRun, key: str) -> np.ndarray:
+  """The last evaluation of `key` per net."""
+  return run.history[key][:, -1]
+
+
+def groups(run: GridRun, keys=("variant", "width", "depth")) -> dict[tuple, np.ndarray]:
+  """Condition -> positions of its nets (ordered by seed)."""
+  out: dict[tuple, list[int]] = {}
+  for i, n in enumerate(run.nets):
+    out.setdefault(tuple(getattr(n, k) for k in keys), []).append(i)
+  return {k: np.asarray(sorted(v, key=lambda i: run.nets[i].seed)) for k, v in out.items()}
+
+
+def variants(run: GridRun, order: Sequence[str]) -> list[str]:
+  """The variants of `order` that `run` trains, in that order."""
+  return [v for v in order if any(n.variant == v for n in run.nets)]
+
+
+def net_rows(run: GridRun, extra: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
+  """One row per trained net: its condition and final numbers (nets.csv)."""
+  rows = []
+  for i, n in enumerate(run.nets):
+    row = {"grid": run.name, "net": run.index[i], **n._asdict()}
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+      row[key] = g6(run.history[key][i, -1])
+    for key, values in (extra or {}).items():
+      row[key] = g6(values[i])
+    rows.append(row)
+  return rows
+
+
+def condition_rows(run: GridRun, metrics: dict[str, np.ndarray],
+                   head: dict | None = None) -> list[dict[str, Any]]:
+  """One row per condition: means and 95% intervals over seeds (study.csv)."""
+  rows = []
+  for (variant, width, depth), idx in groups(run).items():
+    row = {"grid": run.name, **(head or {}), "variant": variant, "width": width,
+           "depth": depth, "lr": run.nets[idx[0]].lr, "n": len(idx)}
+    for key, values in metrics.items():
+      row.update(stat_cols(key, ci95_in(values[idx], key)))
+      if "loss" in key:
+        row.update(stat_cols(f"{key}_geomean", geo_ci95(values[idx])))
+    rows.append(row)
+  return rows
+
+
+def fractions(rows: list[dict], run: GridRun, metrics: dict[str, np.ndarray],
+              size: Callable[[dict], float]) -> None:
+  """Replaces the t-intervals of per-net fractions in `rows` by seed-clustered Wilson
+  intervals (stats.cluster_wilson: checked coverage near 0 and 1); `size(row)` is
+  the number of trials (inputs or units) behind one net's fraction."""
+  by = groups(run)
+  for row in rows:
+    idx = by[(row["variant"], row["width"], row["depth"])]
+    for key, values in metrics.items():
+      v = np.asarray(values, np.float64)[idx]
+      if np.isfinite(v).sum() >= 2:
+        row.update(stat_cols(key, rstats.cluster_wilson(v[np.isfinite(v)], size=size(row))))
+
+
+def paired(run: GridRun, metric: np.ndarray, a: tuple, b: tuple) -> dict[str, Any]:
+  """Mean of metric[a] - metric[b] over the seeds both conditions share, 95% t-interval."""
+  by = groups(run)
+  seeds_a = {run.nets[i].seed: i for i in by[a]}
+  seeds_b = {run.nets[i].seed: i for i in by[b]}
+  common = sorted(set(seeds_a) & set(seeds_b))
+  c = rstats.paired([metric[seeds_a[s]] for s in common], [metric[seeds_b[s]] for s in common])
+  return {**{k: g6(c[k]) for k in ("mean", "lo", "hi", "p")}, "n": len(common),
+          "excludes_zero": c["excludes_zero"]}
+
+
+def holm(contrasts: dict[str, dict]) -> dict[str, dict]:
+  """Adds Holm-adjusted p-values over `contrasts` (the ones read together)."""
+  keys = [k for k, c in contrasts.items() if "p" in c]
+  adjusted, reject = rstats.holm([contrasts[k]["p"] for k in keys])
+  for k, a, r in zip(keys, adjusted, reject):
+    contrasts[k].update(p_holm=g6(a), holm_reject=bool(r), family_size=len(keys))
+  return contrasts
