@@ -152,6 +152,11 @@ def test_bad_configs_are_one_line_errors(tmp_path):
   config.seeds = 1
   with pytest.raises(errors.ConfigError, match="seeds=1"):
     studies.validate(config)
+  for field, value in (("seed", True), ("target_loss", float("inf")), ("seed", 2**32)):
+    config = study_configs.get_config("convergence,tiny")
+    config[field] = value
+    with pytest.raises(errors.ConfigError, match=f"^{field}={value!r} is not allowed"):
+      studies.validate(config)
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run(
       [sys.executable, "-m", "launch.study", "--config=configs/study.py:nosuch",

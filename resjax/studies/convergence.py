@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from resjax import errors
+from resjax import schema
 from resjax import stats as rstats
 from resjax.plotting import style
 from resjax.studies import figures, runs, tables
@@ -17,10 +17,12 @@ from resjax.studies.figures import COLORS, LABELS
 FAMILIES = ("mlp",)
 
 
+RULES = {"target_loss": schema.Float(0, low_open=True)}
+
+
 def validate(config) -> None:
   """ConfigError unless target_loss > 0."""
-  errors.check(float(config.target_loss) > 0,
-               f"target_loss={config.target_loss!r} is not allowed; use a number > 0")
+  schema.check(config, RULES)
 
 
 def steps_to_target(run: runs.GridRun, target: float) -> np.ndarray:

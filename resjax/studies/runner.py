@@ -24,18 +24,21 @@ from typing import Any, Callable
 import jax
 from absl import logging
 
-from resjax import errors, files, locking, train
+from resjax import errors, files, locking, schema, train
 from resjax.studies import registry, runs
+
+
+# A study config's own fields (its grids are training configs: `train.validate`).
+RULES = {
+    "study": schema.Choice(registry.names),
+    "seeds": schema.Int(2, fix="use an integer >= 2 (intervals over seeds)"),
+    "seed": schema.SEED,
+}
 
 
 def validate(config) -> None:
   """ConfigError unless `config` names a known study with well-formed grids."""
-  errors.choice("study", config.study, registry.names())
-  errors.check(isinstance(config.seeds, int) and not isinstance(config.seeds, bool)
-               and config.seeds >= 2, f"seeds={config.seeds!r} is not allowed; use an "
-               "integer >= 2 (intervals over seeds)")
-  errors.check(isinstance(config.seed, int) and config.seed >= 0,
-               f"seed={config.seed!r} is not allowed; use an integer >= 0")
+  schema.check(config, RULES)
   errors.check(len(config.grids) > 0, f"study {config.study!r} has no grids")
   module = registry.get(config.study)
   for name, g in runs.grids(config).items():
