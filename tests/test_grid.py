@@ -265,3 +265,19 @@ def _hold_lock(path, ready, release):
   with locking.workdir_lock(path):
     ready.set()
     release.wait(60)
+
+
+def test_condition_rows_groups_by_label_or_by_given_columns():
+  rows = [{"net": 0, "model.depth": 2, "seed": 0, "eval/error": 0.1, "x": 1.0},
+          {"net": 1, "model.depth": 2, "seed": 1, "eval/error": 0.3, "x": 4.0},
+          {"net": 2, "model.depth": 3, "seed": 0, "eval/error": 0.2, "x": 2.0}]
+  out = grid.condition_rows(rows, {"model.depth=2": 0.05})
+  assert [(r["condition"], r["seeds"]) for r in out] == [("model.depth=2", 2), ("model.depth=3", 1)]
+  assert out[0]["eval/error"] == pytest.approx(0.2) and out[0]["published"] == 0.05
+  assert "train/loss" not in out[0]  # No net has it.
+  geo = lambda v: (float(np.exp(np.mean(np.log(v)))), 0.0, 9.0)  # noqa: E731
+  out = grid.condition_rows(rows, metrics=[("x", geo)],
+                            group=lambda r: {"grid": "g", "depth": r["model.depth"]})
+  assert out[0] == {"grid": "g", "depth": 2, "seeds": 2, "x": pytest.approx(2.0), "x_lo": 0.0,
+                    "x_hi": 9.0}
+  assert "condition | seeds" in grid.condition_table(grid.condition_rows(rows))
