@@ -18,5 +18,5 @@ from resjax.train.steps import eval_step, evaluate, host_batch, jit_steps, train
 from resjax.train.validate import validate
 # A grid's state and mesh live in resjax/grid; these names stay here for the
 # code that reaches them as train.X.
-from resjax.grid.state import abstract_grid_state, create_grid_state, initial_states  # noqa: E402
-from resjax.grid.steps import grid_training_mesh, merge_calls  # noqa: E402
+from resjax.grid.state import abstract_grid_state, create_grid_state, initial_states
+from resjax.grid.steps import grid_training_mesh, merge_calls
