@@ -36,6 +36,11 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process: 0..num_pro
 _COORD_TIMEOUT = flags.DEFINE_integer("coordinator_timeout", 120, "Seconds to wait for all processes.")
 
 
+def _say(line: str) -> None:
+  """Progress lines of the run, on stdout."""
+  print(line, flush=True)
+
+
 @common.readable_errors
 def main(argv):
   common.quiet_orbax()
@@ -49,7 +54,7 @@ def main(argv):
   with distributed.stop_on_signals() as should_stop:
     try:
       result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, fresh=_FRESH.value,
-                                        should_stop=should_stop)
+                                        should_stop=should_stop, say=_say)
     except (train.Diverged, train.NotSaved) as e:
       common.fail(str(e), code=1, now=isinstance(e, train.NotSaved))
     except OSError as e:  # metrics.jsonl, TensorBoard or config.json on a full disk.

@@ -32,7 +32,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
-GRID_AXIS = "grid"  # Nets of a grid (resjax/grid.py), when a run trains several.
+GRID_AXIS = "grid"  # Nets of a grid (resjax/grid/), when a run trains several.
 # Host devices are added while every device keeps at least this many forward
 # FLOPs per parameter per step and this many examples (see the table above).
 MIN_HOST_FLOPS_PER_PARAM = 1000.0

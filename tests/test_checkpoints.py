@@ -269,7 +269,7 @@ def test_a_full_disk_while_saving_ends_in_one_message_and_keeps_the_last_checkpo
                        "Failed to write 23663 bytes: No space left on device")
     return real_save(mngr, state, meta)
 
-  monkeypatch.setattr(checkpoints, "save", save)
+  monkeypatch.setattr(checkpoints.io, "save", save)  # What the training loop calls.
   with pytest.raises(train.NotSaved, match=r"step 4 could not be written \(No space left on "
                      r"device\); the last good checkpoint is step 2"):
     train.train_and_evaluate(config, str(tmp_path / "w"))

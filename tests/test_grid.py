@@ -15,12 +15,12 @@ def _grid_steps(config, devices, steps, mesh=None):
   ds = train.load_data(config)
   nets = grid.nets(config)
   if mesh is None:
-    mesh = train.grid_training_mesh(config, ds.input_shape, ds.num_classes, len(nets), devices)
-  state = train.create_grid_state(config, mesh, ds.input_shape, ds.num_classes,
+    mesh = grid.grid_training_mesh(config, ds.input_shape, ds.num_classes, len(nets), devices)
+  state = grid.create_grid_state(config, mesh, ds.input_shape, ds.num_classes,
                                   mean=ds.mean, std=ds.std)
   seeds = [n.seed for n in nets]
   shared = len(set(seeds)) == 1
-  p_train, _ = train.jit_steps(state, mesh, shared_batch=shared)
+  p_train, _ = grid.jit_steps(state, mesh, shared_batch=shared)
   losses = []
   for step in range(steps):
     batches = []
@@ -33,7 +33,7 @@ def _grid_steps(config, devices, steps, mesh=None):
       batches.append(sharding.to_global(batch, mesh, spec))
     state, m = p_train(state, batches)
     losses.append(m)
-  return np.asarray([train.merge_calls(m)["loss"] for m in jax.device_get(losses)]), state
+  return np.asarray([grid.merge_calls(m)["loss"] for m in jax.device_get(losses)]), state
 
 
 def _own_params(config, k, state):
@@ -155,10 +155,10 @@ def test_nets_split_over_devices_train_without_collectives():
   config.data.num_test = 1697
   config.grid.seeds = tuple(range(4))
   ds = train.load_data(config)
-  mesh = train.grid_training_mesh(config, ds.input_shape, ds.num_classes, 4, jax.devices())
+  mesh = grid.grid_training_mesh(config, ds.input_shape, ds.num_classes, 4, jax.devices())
   assert (mesh.shape["grid"], mesh.shape["data"]) == (4, 1)
-  state = train.create_grid_state(config, mesh, ds.input_shape, ds.num_classes)
-  p_train, _ = train.jit_steps(state.states[0], mesh, shared_batch=False)
+  state = grid.create_grid_state(config, mesh, ds.input_shape, ds.num_classes)
+  p_train, _ = grid.jit_steps(state.states[0], mesh, shared_batch=False)
   batch = grid.stack([train.host_batch(ds.train, 0, seed=s, global_batch=32) for s in range(4)])
   hlo = p_train.lower(state.states[0], sharding.to_global(
       batch, mesh, sharding.net_batch_sharding(mesh))).compile().as_text()
@@ -265,3 +265,19 @@ def _hold_lock(path, ready, release):
   with locking.workdir_lock(path):
     ready.set()
     release.wait(60)
+
+
+def test_condition_rows_groups_by_label_or_by_given_columns():
+  rows = [{"net": 0, "model.depth": 2, "seed": 0, "eval/error": 0.1, "x": 1.0},
+          {"net": 1, "model.depth": 2, "seed": 1, "eval/error": 0.3, "x": 4.0},
+          {"net": 2, "model.depth": 3, "seed": 0, "eval/error": 0.2, "x": 2.0}]
+  out = grid.condition_rows(rows, {"model.depth=2": 0.05})
+  assert [(r["condition"], r["seeds"]) for r in out] == [("model.depth=2", 2), ("model.depth=3", 1)]
+  assert out[0]["eval/error"] == pytest.approx(0.2) and out[0]["published"] == 0.05
+  assert "train/loss" not in out[0]  # No net has it.
+  geo = lambda v: (float(np.exp(np.mean(np.log(v)))), 0.0, 9.0)  # noqa: E731
+  out = grid.condition_rows(rows, metrics=[("x", geo)],
+                            group=lambda r: {"grid": "g", "depth": r["model.depth"]})
+  assert out[0] == {"grid": "g", "depth": 2, "seeds": 2, "x": pytest.approx(2.0), "x_lo": 0.0,
+                    "x_hi": 9.0}
+  assert "condition | seeds" in grid.condition_table(grid.condition_rows(rows))

@@ -1,4 +1,8 @@
 """Training library: schedules, optimizers, config checks, device-count invariance."""
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,3 +137,14 @@ def test_validate_names_what_the_batch_must_split_over():
   with pytest.raises(errors.ConfigError, match="not divisible by the 2 processes; use a multiple of 2"):
     train.validate(config, 2, unit="processes")
   train.validate(config, 1, unit="processes")  # One process takes any batch.
+
+
+@pytest.mark.parametrize("module", ["resjax.checkpoints", "resjax.train", "resjax.grid",
+                                    "resjax.restore"])
+def test_each_package_imports_alone(module):
+  """No import cycle bites, whichever of them a program imports first."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run([sys.executable, "-c", f"import {module}; "
+                         "from resjax import checkpoints; print(checkpoints.load.__name__)"],
+                        cwd=root, capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 0 and done.stdout.strip() == "load", done.stderr

@@ -25,7 +25,6 @@ import io
 import tempfile
 import time
 from typing import Any
-from unittest import mock
 
 import jax
 import ml_collections
@@ -38,11 +37,8 @@ from resjax.bench import train as bench_train
 
 
 def _quiet_run(config: ml_collections.ConfigDict, dataset=None) -> dict:
-  patch = (mock.patch.object(train, "load_data", lambda _: dataset) if dataset is not None
-           else contextlib.nullcontext())
-  with tempfile.TemporaryDirectory() as workdir, patch, \
-      contextlib.redirect_stdout(io.StringIO()):
-    return train.train_and_evaluate(config, workdir)
+  with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(io.StringIO()):
+    return train.train_and_evaluate(config, workdir, dataset=dataset)
 
 
 def _compare(name: str, config: ml_collections.ConfigDict, dataset=None) -> dict[str, Any]:

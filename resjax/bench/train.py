@@ -45,7 +45,6 @@ import statistics
 import tempfile
 import time
 from typing import Any, Callable
-from unittest import mock
 
 from absl import logging
 import jax
@@ -256,10 +255,8 @@ def end_to_end(config: ml_collections.ConfigDict, steps: int) -> dict[str, float
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   try:
-    with tempfile.TemporaryDirectory() as workdir, \
-        mock.patch.object(train, "load_data", lambda _: ds), \
-        contextlib.redirect_stdout(io.StringIO()):
-      result = train.train_and_evaluate(config, workdir)
+    with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(io.StringIO()):
+      result = train.train_and_evaluate(config, workdir, dataset=ds)
   finally:
     logging.set_verbosity(verbosity)
   return {"steps_per_sec": 1.0 / result["train/step_time"],

@@ -154,7 +154,7 @@ def restore(mngr: ocp.CheckpointManager, state: Any, step: int | None = None) ->
     restored = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target)))
   except Exception as e:  # Orbax raises many types for unreadable files.
-    raise _unreadable(mngr, step, e) from None
+    raise unreadable(mngr, step, e) from None
   return state.replace(**restored["state"])
 
 
@@ -167,10 +167,11 @@ def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
       raise ValueError("metadata without config and dataset")
     return meta
   except Exception as e:  # pylint: disable=broad-except
-    raise _unreadable(mngr, step, e) from None
+    raise unreadable(mngr, step, e) from None
 
 
-def _unreadable(mngr: ocp.CheckpointManager, step: int, e: BaseException) -> errors.ConfigError:
+def unreadable(mngr: ocp.CheckpointManager, step: int, e: BaseException) -> errors.ConfigError:
+  """The one-line ConfigError for checkpoint `step` that cannot be read."""
   return errors.ConfigError(
       f"checkpoint {step} in {mngr.directory} cannot be read ({type(e).__name__}: "
       f"{errors.first_line(e)[:200]}); move that step directory aside to use an earlier "
@@ -287,75 +288,3 @@ def move_aside(workdir: str) -> str | None:
                              "pass another --workdir") from None
   return target
 
-
-def load(workdir: str, step: int | None = None,
-         devices: Sequence[jax.Device] | None = None,
-         net: int | None = None) -> tuple[ml_collections.ConfigDict, Any]:
-  """(config, TrainState) of checkpoint `step` (default: the latest) in `workdir`.
-
-  The state is rebuilt from the config saved with the checkpoint and restored
-  replicated over `devices` (default: all devices of this process's JAX), so a
-  checkpoint written on 8 devices loads on 1 and vice versa. A missing, empty
-  or unreadable workdir raises one-line ConfigError.
-
-  A grid run (config.grid) holds the stacked state of all its nets: `net=k`
-  returns net k alone, cut back to its own size, with its own config (the
-  single run with its settings), as an ordinary single-net state; without
-  `net` the stacked state and the grid's config are returned.
-  """
-  from resjax import grid, sharding, train  # train imports this module.
-
-  for name, value in (("step", step), ("net", net)):
-    errors.check(value is None or (isinstance(value, int) and not isinstance(value, bool)),
-                 f"{name}={value!r} is a {type(value).__name__}; pass an integer "
-                 f"{'step number' if name == 'step' else 'net index'} or None")
-  path = directory(workdir)
-  errors.check(os.path.isdir(path), f"no checkpoints in {os.path.abspath(workdir)} "
-               "(expected a checkpoints/ folder); pass the --workdir of a training run")
-  try:
-    mngr = manager(workdir, read_only=True)
-  except Exception as e:  # pylint: disable=broad-except
-    raise errors.ConfigError(f"{path} cannot be read ({type(e).__name__}: "
-                             f"{errors.first_line(e)[:200]})") from None
-  try:
-    steps = list(mngr.all_steps())
-    errors.check(bool(steps), f"{path} holds no complete checkpoint; train first or pass "
-                 "another workdir")
-    step = max(steps) if step is None else step
-    errors.check(step in steps, f"step={step} has no checkpoint in {path}; available: "
-                 f"{', '.join(map(str, sorted(steps)))}")
-    meta = read_meta(mngr, step)
-    try:
-      config = ml_collections.ConfigDict(meta["config"])
-      ds = meta["dataset"]
-      facts = dict(input_shape=tuple(ds["input_shape"]), num_classes=int(ds["num_classes"]),
-                   mean=ds["mean"], std=ds["std"])
-      mesh = sharding.make_mesh(devices)
-      is_grid = grid.is_grid(config)
-      if is_grid:
-        count = len(grid.nets(config))
-        errors.check(net is None or (isinstance(net, int) and 0 <= net < count),
-                     f"net={net!r} is not a net of the grid in {os.path.abspath(workdir)}; "
-                     f"use 0..{count - 1}")
-        grid_mesh = sharding.grid_mesh(mesh.devices.flat, 1)
-        abstract = train.abstract_grid_state(config, grid_mesh, **facts)
-      else:
-        errors.check(net in (None, 0), f"net={net!r}: {os.path.abspath(workdir)} holds a "
-                     "single run, not a grid; leave net out")
-        abstract = train.abstract_train_state(config, mesh, **facts)
-    except errors.ConfigError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except
-      raise _unreadable(mngr, step, e) from None
-    state = restore(mngr, abstract, step)
-  finally:
-    mngr.close()
-  if not is_grid or net is None:
-    return config, state
-  own_config = grid.nets(config)[net]
-  own = train.abstract_train_state(own_config, mesh, **facts)
-  arrays = grid.crop(jax.device_get(state.net_arrays(config, net)), own.arrays())
-  arrays = jax.tree.map(lambda a, like: jax.device_put(a, like.sharding), arrays, own.arrays())
-  hparams = {k: jax.device_put(v, sharding.replicated(mesh))
-             for k, v in train.hyperparams(own_config.opt).items()}
-  return own_config, own.replace(**arrays, hparams=hparams)

@@ -1,0 +1,18 @@
+"""Grids: one config, several values per axis, trained as one program.
+
+A layer around the single run: `spec` turns `config.grid` into net configs
+(net k is the single run with its settings), `padding` fits the nets into one
+gated model, `state` stacks their initial states, `steps` vmaps / shards the
+single run's steps over them, `layer.Grid` is what the training loop trains,
+`summary` reduces the nets to one row per condition.
+"""
+from resjax.grid.layer import Grid
+from resjax.grid.padding import crop, gates, mask, pad, stack
+from resjax.grid.spec import (MODEL_AXES, OPT_AXES, TOGGLES, axes, calls, condition,
+                              condition_name, config_group, describe_label, grid_size,
+                              is_grid, labels, needs_mask, nets, padded_config,
+                              padded_fields, validate)
+from resjax.grid.state import (GridCalls, abstract_grid_state, create_grid_state,
+                               initial_states)
+from resjax.grid.steps import grid_training_mesh, jit_steps, merge_calls
+from resjax.grid.summary import CONDITION_METRICS, condition_rows, condition_table

@@ -1,0 +1,114 @@
+"""A grid's mesh and its vmapped / sharded steps: the single run's pure steps over stacked nets."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from resjax import errors
+from resjax import sharding
+from resjax.grid import spec
+from resjax.grid import state as grid_state
+from resjax.train import mesh as train_mesh
+from resjax.train import steps as train_steps
+
+
+def grid_training_mesh(config: ml_collections.ConfigDict, input_shape, num_classes: int,
+                       num_nets: int, devices=None) -> jax.sharding.Mesh:
+  """The mesh of a grid ('grid', 'data').
+
+  When the nets can be split over the devices (the largest divisor of every
+  call's net count that the devices allow is > 1), each device trains whole
+  nets: mesh (that divisor, 1). Otherwise all nets share every device and
+  their batch is split as a single run's would be (`train.data_mesh`: every
+  accelerator, or as many CPU host devices as the model keeps busy): mesh
+  (1, devices).
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  rows = spec.grid_size(num_nets, len(devices))
+  for members in spec.calls(config):
+    rows = spec.grid_size(math.gcd(rows, len(members)), len(devices))
+  if rows > 1:  # Each device trains whole nets (see jit_steps).
+    return sharding.grid_mesh(devices[:rows], rows)
+  per_net = devices
+  if devices[0].platform == "cpu":
+    net0 = spec.padded_config(config, spec.calls(config)[0])
+    flops, n_params = train_mesh.forward_flops(net0, input_shape, num_classes)
+    per_net = sharding.data_devices(int(config.data.batch_size), flops, n_params, per_net)
+  batch = int(config.data.batch_size)
+  width = len(per_net)
+  while batch % width:
+    width -= 1
+  return sharding.grid_mesh(devices[:width], 1)
+
+
+def jit_steps(state: Any, mesh: jax.sharding.Mesh,
+              shared_batch: bool = True) -> tuple[Callable, Callable]:
+  """(train_step, eval_step) of `train.steps` vmapped over stacked nets.
+
+  On a grid mesh (`sharding.grid_mesh`) both are `jax.vmap` of the single
+  run's steps over the stacked nets, split over 'grid'; the training batch is
+  one for all nets (`shared_batch`, split over 'data') or one per net ([net,
+  batch, ...]). Metrics and evaluation sums then carry a leading net axis. A
+  `GridCalls` gets one program per call (`_jit_calls`); a 'data' mesh, the
+  single run's `train.jit_steps`.
+  """
+  if isinstance(state, grid_state.GridCalls):
+    return _jit_calls(state, mesh, shared_batch)
+  if not sharding.is_grid(mesh):
+    return train_steps.jit_steps(state, mesh)
+  batch_s = sharding.batch_sharding(mesh)
+  nets = sharding.net_sharding(mesh)
+  state_s = jax.tree.map(lambda _: nets, state)
+  train_batch_s = batch_s if shared_batch else sharding.net_batch_sharding(mesh)
+  grid_step = jax.vmap(train_steps.train_step, in_axes=(0, None if shared_batch else 0))
+  grid_eval = jax.vmap(train_steps.eval_step, in_axes=(0, None))
+  if mesh.shape[sharding.GRID_AXIS] > 1:
+    # Nets split over devices: each device runs the vmapped steps of its own
+    # nets (shard_map). Left to the SPMD partitioner, vmapped convolutions
+    # (whose nets XLA folds into the channels) were all-gathered across the
+    # devices, and grouped ones gave wrong numbers.
+    errors.check(mesh.shape[sharding.DATA_AXIS] == 1, "a grid split over devices keeps "
+                 "each net's batch on one device")
+    net_spec, whole = jax.sharding.PartitionSpec(sharding.GRID_AXIS), jax.sharding.PartitionSpec()
+    grid_step = jax.shard_map(grid_step, mesh=mesh,
+                              in_specs=(net_spec, whole if shared_batch else net_spec),
+                              out_specs=(net_spec, net_spec))
+    grid_eval = jax.shard_map(grid_eval, mesh=mesh, in_specs=(net_spec, whole),
+                              out_specs=net_spec)
+  p_train = jax.jit(grid_step, in_shardings=(state_s, train_batch_s),
+                    out_shardings=(state_s, nets), donate_argnums=0)
+  p_eval = jax.jit(grid_eval, in_shardings=(state_s, batch_s), out_shardings=nets)
+  return p_train, p_eval
+
+
+def _jit_calls(calls: grid_state.GridCalls, mesh: jax.sharding.Mesh,
+               shared_batch: bool) -> tuple[Callable, Callable]:
+  """`jit_steps` for a grid of several calls: one program per call, run in turn.
+
+  The training step takes one batch per call; metrics and evaluation sums come
+  as a tuple with one dict per call, which `merge_calls` joins once fetched
+  (joining them on the devices would make every device wait for every call).
+  """
+  fns = [jit_steps(s, mesh, shared_batch) for s in calls.states]
+
+  def p_train(state: grid_state.GridCalls,
+              batches: Sequence[Any]) -> tuple[grid_state.GridCalls, tuple]:
+    outs = [f(s, b) for (f, _), s, b in zip(fns, state.states, batches)]
+    return grid_state.GridCalls(tuple(o[0] for o in outs)), tuple(o[1] for o in outs)
+
+  def p_eval(state: grid_state.GridCalls, batch: Any) -> tuple:
+    return tuple(f(s, batch) for (_, f), s in zip(fns, state.states))
+
+  return p_train, p_eval
+
+
+def merge_calls(fetched: Any) -> dict:
+  """Fetched metrics of a grid's calls (a tuple of dicts) as one dict, nets in order."""
+  if not isinstance(fetched, tuple):
+    return fetched
+  return {k: np.concatenate([np.asarray(part[k]).reshape(-1) for part in fetched])
+          for k in fetched[0]}

@@ -1,0 +1,107 @@
+"""Rebuilding a training state (or net k of a grid) from a workdir's checkpoint.
+
+The Orbax I/O is resjax/checkpoints/io.py; this module knows how a state is
+built (resjax/train, resjax/grid) and restores the saved arrays into it. It is
+also `resjax.checkpoints.load`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+
+from resjax import errors
+from resjax import sharding
+from resjax.checkpoints import io as ckpt
+from resjax.grid import spec as grid_spec
+from resjax.grid import padding as grid_padding
+from resjax.grid import state as grid_state
+from resjax.train import optimizer as train_optimizer
+from resjax.train import state as train_state
+
+
+def _check_types(step: Any, net: Any) -> None:
+  for name, value in (("step", step), ("net", net)):
+    errors.check(value is None or (isinstance(value, int) and not isinstance(value, bool)),
+                 f"{name}={value!r} is a {type(value).__name__}; pass an integer "
+                 f"{'step number' if name == 'step' else 'net index'} or None")
+
+
+def _abstract(config: ml_collections.ConfigDict, facts: dict, mesh: jax.sharding.Mesh,
+              net: int | None, workdir: str) -> Any:
+  """The abstract state the checkpoint of `config` restores into."""
+  if grid_spec.is_grid(config):
+    count = len(grid_spec.nets(config))
+    errors.check(net is None or (isinstance(net, int) and 0 <= net < count),
+                 f"net={net!r} is not a net of the grid in {os.path.abspath(workdir)}; "
+                 f"use 0..{count - 1}")
+    grid_mesh = sharding.grid_mesh(mesh.devices.flat, 1)
+    return grid_state.abstract_grid_state(config, grid_mesh, **facts)
+  errors.check(net in (None, 0), f"net={net!r}: {os.path.abspath(workdir)} holds a "
+               "single run, not a grid; leave net out")
+  return train_state.abstract_train_state(config, mesh, **facts)
+
+
+def _restored(workdir: str, step: int | None, devices: Sequence[jax.Device] | None,
+              net: int | None) -> tuple[ml_collections.ConfigDict, dict, jax.sharding.Mesh, Any]:
+  """(config, dataset facts, mesh, restored state) of checkpoint `step` (default: latest)."""
+  path = ckpt.directory(workdir)
+  errors.check(os.path.isdir(path), f"no checkpoints in {os.path.abspath(workdir)} "
+               "(expected a checkpoints/ folder); pass the --workdir of a training run")
+  try:
+    mngr = ckpt.manager(workdir, read_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.ConfigError(f"{path} cannot be read ({type(e).__name__}: "
+                             f"{errors.first_line(e)[:200]})") from None
+  try:
+    steps = list(mngr.all_steps())
+    errors.check(bool(steps), f"{path} holds no complete checkpoint; train first or pass "
+                 "another workdir")
+    step = max(steps) if step is None else step
+    errors.check(step in steps, f"step={step} has no checkpoint in {path}; available: "
+                 f"{', '.join(map(str, sorted(steps)))}")
+    meta = ckpt.read_meta(mngr, step)
+    try:
+      config = ml_collections.ConfigDict(meta["config"])
+      ds = meta["dataset"]
+      facts = dict(input_shape=tuple(ds["input_shape"]), num_classes=int(ds["num_classes"]),
+                   mean=ds["mean"], std=ds["std"])
+      mesh = sharding.make_mesh(devices)
+      abstract = _abstract(config, facts, mesh, net, workdir)
+    except errors.ConfigError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise ckpt.unreadable(mngr, step, e) from None
+    return config, facts, mesh, ckpt.restore(mngr, abstract, step)
+  finally:
+    mngr.close()
+
+
+def load(workdir: str, step: int | None = None,
+         devices: Sequence[jax.Device] | None = None,
+         net: int | None = None) -> tuple[ml_collections.ConfigDict, Any]:
+  """(config, TrainState) of checkpoint `step` (default: the latest) in `workdir`.
+
+  The state is rebuilt from the config saved with the checkpoint and restored
+  replicated over `devices` (default: all devices of this process's JAX), so a
+  checkpoint written on 8 devices loads on 1 and vice versa. A missing, empty
+  or unreadable workdir raises one-line ConfigError.
+
+  A grid run (config.grid) holds the stacked state of all its nets: `net=k`
+  returns net k alone, cut back to its own size, with its own config (the
+  single run with its settings), as an ordinary single-net state; without
+  `net` the stacked state and the grid's config are returned.
+  """
+  _check_types(step, net)
+  config, facts, mesh, state = _restored(workdir, step, devices, net)
+  if not grid_spec.is_grid(config) or net is None:
+    return config, state
+  own_config = grid_spec.nets(config)[net]
+  own = train_state.abstract_train_state(own_config, mesh, **facts)
+  arrays = grid_padding.crop(jax.device_get(state.net_arrays(config, net)), own.arrays())
+  arrays = jax.tree.map(lambda a, like: jax.device_put(a, like.sharding), arrays, own.arrays())
+  hparams = {k: jax.device_put(v, sharding.replicated(mesh))
+             for k, v in train_optimizer.hyperparams(own_config.opt).items()}
+  return own_config, own.replace(**arrays, hparams=hparams)

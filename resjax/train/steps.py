@@ -1,0 +1,112 @@
+"""The pure steps (`train_step`, `eval_step`), jitted with explicit shardings, and evaluation.
+
+One jit-compiled `train_step` runs over a 1-D 'data' mesh (`mesh.data_mesh`):
+the global batch is split over its devices, parameters and optimizer state are
+replicated, the state buffers are donated. BatchNorm reduces over the whole
+(global) batch, so the numbers do not depend on how many devices share it.
+Batches are a pure function of the step (`data.train_indices`), so a run
+restored from a checkpoint continues exactly. A grid's vmapped / sharded steps
+are resjax/grid/steps.py, built from these.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from resjax import data
+from resjax import sharding
+from resjax.train.state import TrainState, state_sharding
+
+
+def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
+  """One optimizer step on a global batch {'inputs', 'labels'}; returns (state, metrics)."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  x = state.preprocess(batch["inputs"], rng, train=True)
+  labels = batch["labels"]
+
+  def loss_fn(params):
+    variables = dict(state.variables, params=params)
+    logits, new_vars = state.apply_fn(variables, x, train=True, mutable=["batch_stats"])
+    return _cross_entropy(logits, labels).mean(), (logits, new_vars.get("batch_stats", {}))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  tx, schedule = state.optimizer(state.hparams)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  if state.mask is not None:  # A padded grid net: its extra units stay exactly zero.
+    updates = jax.tree.map(jnp.multiply, updates, state.mask)
+  params = optax.apply_updates(state.params, updates)
+  out = {
+      "loss": loss,
+      "accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
+      "lr": schedule(state.step),
+      "grad_norm": optax.tree.norm(grads),
+      "param_norm": optax.tree.norm(params),
+      "update_norm": optax.tree.norm(updates),
+  }
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state)
+  return new_state, out
+
+
+def eval_step(state: TrainState, batch: Mapping[str, jax.Array]) -> dict:
+  """Sums over a batch {'inputs', 'labels'[, 'mask']}: loss_sum, correct, count."""
+  x = state.preprocess(batch["inputs"], train=False)
+  logits = state.apply_fn(state.variables, x, train=False)
+  labels = batch["labels"]
+  mask = batch.get("mask")
+  mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  return {"loss_sum": jnp.sum(_cross_entropy(logits, labels) * mask),
+          "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
+
+
+def jit_steps(state: TrainState, mesh: jax.sharding.Mesh) -> tuple[Callable, Callable]:
+  """(train_step, eval_step) jitted for a 'data' mesh: batch sharded, state
+  replicated, the state donated to train_step. (A grid's: `grid.jit_steps`.)"""
+  batch_s, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  state_s = state_sharding(state, mesh)
+  p_train = jax.jit(train_step, in_shardings=(state_s, batch_s),
+                    out_shardings=(state_s, repl), donate_argnums=0)
+  p_eval = jax.jit(eval_step, in_shardings=(state_s, batch_s), out_shardings=repl)
+  return p_train, p_eval
+
+
+def host_batch(split: data.Split, step: int, *, seed: int, global_batch: int) -> dict:
+  """This process's rows of the training batch for `step` (NumPy)."""
+  return data.train_batch(split, step, seed=seed, global_batch=global_batch,
+                          process_index=jax.process_index(),
+                          process_count=jax.process_count())
+
+
+def _same(fetched: Any) -> Any:
+  return fetched
+
+
+def evaluate(p_eval: Callable, state: Any, split: data.Split, mesh: jax.sharding.Mesh,
+             global_batch: int, merge: Callable[[Any], dict] = _same) -> dict[str, Any]:
+  """Loss, accuracy and error on every example of `split` (padded, masked).
+
+  `merge` turns what `p_eval` returns, once fetched, into one dict of sums (a
+  grid of several calls: `grid.merge_calls`).
+  """
+  rows = data.local_rows(global_batch, jax.process_index(), jax.process_count())
+  sums = []
+  for batch in data.eval_batches(split, global_batch):
+    local = {k: np.asarray(v)[rows] for k, v in batch.items()}
+    sums.append(p_eval(state, sharding.to_global(local, mesh)))
+  sums = [merge(s) for s in jax.device_get(sums)]
+  total = lambda key: np.sum([np.asarray(s[key], np.float64) for s in sums], axis=0)  # noqa: E731
+  count = total("count")
+  loss, accuracy = total("loss_sum") / count, total("correct") / count
+  out = {"loss": loss, "accuracy": accuracy, "error": 1.0 - accuracy}
+  # One net: floats; a grid: an array per metric, one entry per net.
+  return {k: float(v) if np.ndim(v) == 0 else np.asarray(v) for k, v in out.items()}
