@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from absl import logging
 
-from resjax import checkpoints, errors, files, grid, locking, probes, train
+from resjax import errors, files, grid, locking, probes, restore, train
 from resjax.analysis.markdown import FIGURES, report_markdown
 from resjax.analysis.tables import condition_rows, condition_table, rows, summary_table
 from resjax.plotting import analysis as figures
@@ -144,17 +144,17 @@ def analyze(workdir: str, *, step: int | None = None, compare: Sequence[str] = (
 
 def _restore(dirs: Sequence[str], step: int | None) -> list[dict]:
   """One entry per net to probe: a run, or each net of a grid run (its own
-  config and state, `checkpoints.load(d, net=k)`), labelled and with its
+  config and state, `restore.load(d, net=k)`), labelled and with its
   condition (the grid's axes but the seed)."""
   entries = []
   for label, d in zip(_labels(dirs), dirs):
-    config, state = checkpoints.load(d, step)
+    config, state = restore.load(d, step)
     if not grid.is_grid(config):
       entries.append({"label": label, "dir": d, "config": config, "state": state})
       continue
     del state
     for k, net_label in enumerate(grid.labels(config)):
-      net_config, net_state = checkpoints.load(d, step, net=k)
+      net_config, net_state = restore.load(d, step, net=k)
       entries.append({"label": f"{label}/net{k}", "dir": d, "config": net_config,
                       "state": net_state, "grid": label,
                       "condition": grid.condition_name(net_label),

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from resjax import checkpoints, train
+from resjax import restore, train
 from resjax import stats as rstats
 from resjax.plotting import style
 from resjax.studies import figures, runs, tables
@@ -126,7 +126,7 @@ def _one_curve(cells: list[tuple[int, int]], diffs_CxS: np.ndarray, draws: int,
 def _first_layer_duty(run: runs.GridRun) -> tuple[dict[int, np.ndarray], int]:
   """Units on duty (z > 0) of each trained ReLU first layer on every training input,
   computed from the checkpoint's parameters (no probe compile): position -> bool [N, n]."""
-  cfg, state = checkpoints.load(run.workdir, devices=jax.devices()[:1])
+  cfg, state = restore.load(run.workdir, devices=jax.devices()[:1])
   ds = train.load_data(cfg)
   x_NxA = ((ds.train.inputs.reshape(len(ds.train), -1).astype(np.float32)
             - np.ravel(ds.mean)) / np.ravel(ds.std)).astype(np.float32)

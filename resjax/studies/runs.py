@@ -4,7 +4,7 @@ Each grid of a study is an ordinary training config with `config.grid` set;
 it trains with `train.train_and_evaluate(grid_config, workdir/<grid>)` (so it
 resumes as `launch.train` does) and is read back as a `GridRun`: its nets in
 the studies' terms (`Net`), histories per net from metrics.jsonl, and probes
-(`checkpoints.load(workdir/<grid>, net=k)` for the trained net,
+(`restore.load(workdir/<grid>, net=k)` for the trained net,
 `train.initial_states` of net k's config for its exact initialization).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from resjax import checkpoints, files, grid, probes, progress, sharding, train
+from resjax import files, grid, probes, progress, restore, sharding, train
 
 Net = collections.namedtuple("Net", "seed width depth variant lr")
 
@@ -170,7 +170,7 @@ def probe_grid(run: GridRun, log: Callable[[str], None] | None,
   meter = progress.Progress(len(new), "nets", report=log, every=10.0) if log and new else None
   for count, i in enumerate(new):
     k = run.index[i]
-    _, final = checkpoints.load(run.workdir, net=k, devices=jax.devices()[:1])
+    _, final = restore.load(run.workdir, net=k, devices=jax.devices()[:1])
     cached[str(k)] = {"init": _probe_one(inits.pop(i), ds, grad_at_init(run.nets[i])),
                       "final": _probe_one(final, ds, False)}
     if meter:
