@@ -26,10 +26,10 @@ import itertools
 from typing import Any, Sequence
 
 import ml_collections
-import numpy as np
 
 from resjax import errors
 from resjax import models
+from resjax import schema
 from resjax.train.optimizer import OPT_AXES  # Scalars of `opt` a grid may vary.
 
 # Fields of `model` a grid may vary.
@@ -112,17 +112,15 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     if len(set(values)) != len(values):
       problems.append(f"{name_of}={values!r} repeats a value; give each value once")
     if field == "seed":
-      if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0
-                 for v in values):
-        problems.append(f"grid.seeds={values!r} is not allowed; use integers >= 0")
+      if not all(schema.SEED.ok(v) for v in values):
+        problems.append(f"grid.seeds={values!r} is not allowed; use integers >= 0 and < 2**32")
       continue
     if name not in config[group]:
       problems.append(f"grid.{field} varies {field}, which config.{group} lacks "
                       f"(model {model!r}); vary a field the config has")
       continue
-    if group == "opt" and not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                  for v in values):
-      problems.append(f"grid.{field}={values!r} is not allowed; use numbers")
+    if group == "opt" and not all(schema.Float().ok(v) for v in values):
+      problems.append(f"grid.{field}={values!r} is not allowed; use finite numbers")
   names = [f for f, _ in axes(config)]
   if any(f in ("model.width", "model.widths", "model.width_multiplier", "model.expansion")
          for f in names) and config.model.get("norm") == "layer":

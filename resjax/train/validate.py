@@ -1,35 +1,64 @@
-"""Checks of a training config, all fields at once, before any work starts."""
+"""Checks of a training config, all fields at once, before any work starts.
+
+The fields' rules are tables of `resjax.schema` rules (`RULES`; the dataset
+options are `data.RULES` and each embedded set's own table, the model fields
+each family's); what no single field can say (the batch over the devices,
+the model as built, every net of a grid) is checked here after them.
+"""
 from __future__ import annotations
 
 import ml_collections
-import numpy as np
 
 from resjax import data
 from resjax import errors
 from resjax import models
+from resjax import schema
 from resjax.grid import spec as grid_spec
 from resjax.train.optimizer import DECAY_PARAMS, OPTIMIZERS, SCHEDULES
 from resjax.train.state import build_model
 
 
-def _get(config, dotted: str):
-  node = config
-  for part in dotted.split("."):
-    if not hasattr(node, "keys") or part not in node:
-      return _MISSING
-    node = node[part]
-  return node
+def _opt(name: str):
+  return lambda c: schema.get(c, "opt.name") == name
 
 
-_MISSING = object()
+def _schedule(name: str):
+  return lambda c: schema.get(c, "opt.schedule") == name
 
 
-def _is_int(v) -> bool:
-  return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+def _warmup(c) -> bool:
+  steps = schema.get(c, "opt.warmup_steps")
+  return schema.is_int(steps) and steps > 0
 
 
-def _is_number(v) -> bool:
-  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+STEPS = "use a positive number of steps"
+RULES = {
+    "seed": schema.SEED,
+    "model.name": schema.Choice(lambda: tuple(models.MODELS)),
+    "data.name": schema.Choice(data.NAMES),
+    "data.batch_size": schema.Int(1, fix="use a positive integer (the global batch)"),
+    "data.augment": schema.Bool(optional=True),
+    "data.flip": schema.Bool(optional=True),
+    "data.pad": schema.Int(0, optional=True),
+    "opt.name": schema.Choice(OPTIMIZERS),
+    "opt.schedule": schema.Choice(SCHEDULES),
+    "opt.lr": schema.Float(0, low_open=True),
+    "opt.momentum": schema.Float(0, 1, high_open=True, when=_opt("sgd")),
+    "opt.weight_decay": schema.Float(0),
+    "opt.decay_params": schema.Choice(DECAY_PARAMS, optional=True),
+    "opt.boundaries": schema.Rule("ints", low=1, increasing=True, when=_schedule("piecewise"),
+                                  fix="use increasing positive step numbers"),
+    "opt.decay": schema.Float(0, 1, low_open=True, when=_schedule("piecewise")),
+    "opt.warmup_steps": schema.Int(0, fix="use an integer >= 0 (0 = no warm-up)"),
+    "opt.warmup_lr": schema.Float(0, low_open=True, when=_warmup),
+    "train.steps": schema.Int(1, fix=STEPS),
+    "train.log_every": schema.Int(1, fix=STEPS),
+    "train.eval_every": schema.Int(0, fix="use an integer >= 0 (0 = only at the end)"),
+    "train.checkpoint_every": schema.Int(0, fix="use an integer >= 0 (0 = only at the end)"),
+    "train.eval_train": schema.Bool(optional=True),
+    "train.keep_checkpoints": schema.Int(0, optional=True,
+                                         fix="use an integer >= 0 (0 = keep all)"),
+}
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int, unit: str = "devices") -> None:
@@ -37,77 +66,35 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, unit: str = "d
 
   The batch must split evenly over `num_devices` (named `unit` in the message).
   """
-  problems: list[str] = []
-
-  def need(field, ok, fix):
-    value = _get(config, field)
-    if value is _MISSING:
-      problems.append(f"config has no field {field}; {fix}")
-      return None
-    if not ok(value):
-      problems.append(f"{field}={value!r} is not allowed; {fix}")
-      return None
-    return value
-
-  def one_of(field, allowed):
-    return need(field, lambda v: v in allowed, f"choose one of: {', '.join(allowed)}")
-
-  pos_int, nonneg_int = lambda v: _is_int(v) and v > 0, lambda v: _is_int(v) and v >= 0
-  need("seed", lambda v: _is_int(v) and v >= 0, "use an integer >= 0")
-  model_name = one_of("model.name", tuple(models.MODELS))
-  one_of("data.name", tuple(data.NAMES))
-  batch = need("data.batch_size", pos_int, "use a positive integer (the global batch)")
-  if batch is not None and batch % num_devices:
+  problems = schema.problems(config, RULES)
+  ok = lambda field: schema.problem(field, schema.get(config, field), RULES[field]) is None
+  batch = schema.get(config, "data.batch_size")
+  if ok("data.batch_size") and batch % num_devices:
     problems.append(f"data.batch_size={batch} is not divisible by the {num_devices} {unit}; "
                     f"use a multiple of {num_devices}")
-  for field in ("data.augment", "data.flip"):
-    if _get(config, field) is not _MISSING:
-      need(field, lambda v: isinstance(v, bool), "use True or False")
-  if _get(config, "data.pad") is not _MISSING:
-    need("data.pad", nonneg_int, "use an integer >= 0")
-  opt_name = one_of("opt.name", OPTIMIZERS)
-  schedule = one_of("opt.schedule", SCHEDULES)
-  need("opt.lr", lambda v: _is_number(v) and v > 0, "use a number > 0")
-  if opt_name == "sgd":
-    need("opt.momentum", lambda v: _is_number(v) and 0 <= v < 1, "use a number in [0, 1)")
-  need("opt.weight_decay", lambda v: _is_number(v) and v >= 0, "use a number >= 0")
-  if _get(config, "opt.decay_params") is not _MISSING:
-    one_of("opt.decay_params", DECAY_PARAMS)
-  if schedule == "piecewise":
-    need("opt.boundaries",
-         lambda v: isinstance(v, (tuple, list)) and all(_is_int(b) and b > 0 for b in v)
-         and list(v) == sorted(set(v)), "use increasing positive step numbers")
-    need("opt.decay", lambda v: _is_number(v) and 0 < v <= 1, "use a number in (0, 1]")
-  warmup = need("opt.warmup_steps", nonneg_int, "use an integer >= 0 (0 = no warm-up)")
-  if warmup:
-    need("opt.warmup_lr", lambda v: _is_number(v) and v > 0, "use a number > 0")
-  need("train.steps", pos_int, "use a positive number of steps")
-  need("train.log_every", pos_int, "use a positive number of steps")
-  need("train.eval_every", nonneg_int, "use an integer >= 0 (0 = only at the end)")
-  need("train.checkpoint_every", nonneg_int, "use an integer >= 0 (0 = only at the end)")
-  if _get(config, "train.eval_train") is not _MISSING:
-    need("train.eval_train", lambda v: isinstance(v, bool), "use True or False")
-  if _get(config, "train.keep_checkpoints") is not _MISSING:
-    need("train.keep_checkpoints", nonneg_int, "use an integer >= 0 (0 = keep all)")
-  if model_name is not None:
+  if ok("model.name"):
     try:
       build_model(config, num_classes=10)
     except errors.ConfigError as e:
       problems.append(str(e))
-  if _get(config, "grid") is not _MISSING:
+  if schema.get(config, "grid") is not schema.MISSING:
     problems += grid_spec.validate(config)
     if not problems and grid_spec.is_grid(config):
-      for net, label in zip(grid_spec.nets(config), grid_spec.labels(config)):
-        try:  # Every net is a single run of its own: the same checks.
-          validate(net, num_devices, unit)
-        except errors.ConfigError as e:
-          problems += [f"grid net {grid_spec.describe_label(label)}: {line}"
-                       for line in str(e).splitlines()]
-          break
-      if not problems:
-        try:
-          build_model(grid_spec.padded_config(config), num_classes=10)
-        except errors.ConfigError as e:
-          problems.append(f"the nets of config.grid do not fit one padded model: {e}")
+      problems += _grid_nets(config, num_devices, unit)
   if problems:
     raise errors.ConfigError("\n".join(problems))
+
+
+def _grid_nets(config: ml_collections.ConfigDict, num_devices: int, unit: str) -> list[str]:
+  """Every net of a grid is a single run of its own (the same checks), and all fit one model."""
+  for net, label in zip(grid_spec.nets(config), grid_spec.labels(config)):
+    try:
+      validate(net, num_devices, unit)
+    except errors.ConfigError as e:
+      return [f"grid net {grid_spec.describe_label(label)}: {line}"
+              for line in str(e).splitlines()]
+  try:
+    build_model(grid_spec.padded_config(config), num_classes=10)
+  except errors.ConfigError as e:
+    return [f"the nets of config.grid do not fit one padded model: {e}"]
+  return []
