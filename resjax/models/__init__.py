@@ -18,7 +18,8 @@ shortcut sow only 'branch'. Nothing is sown during `init`, so the variables from
 
 where each value of `taps[collection]` is a 1-tuple (`probe_tensors` unwraps
 them). Sowing never changes the logits. Under jit the returned dicts are sorted
-by name; `sown_names` gives the forward order.
+by name; `sown_names` gives the forward order. A gated model (grids) runs the
+same code and sows every tap that a net of its grid may sow.
 
 Adding a family: a module beside these with its class (fields, TOGGLES,
 `describe`, `traits`; see family.py), and one line in MODELS.
