@@ -4,6 +4,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -419,3 +420,56 @@ def test_build_accepts_general_depths():
   assert models.build("resnet", 10, depth=26, widths=(8, 16, 32, 64)).blocks_per_stage == 3
   with pytest.raises(errors.ConfigError):
     models.build("resnet", 0)
+
+
+@pytest.mark.parametrize("name,kwargs,expected", [
+    ("resnet", {}, "resnet-20"),
+    ("resnet", dict(depth=56, plain=True), "plain-56"),
+    ("resnet", dict(depth=110, preact=True), "preact-resnet-110"),
+    ("mlp", {}, "mlp-4x64"),
+    ("mlp", dict(depth=8, width=16, residual=True), "residual-mlp-8x16"),
+    ("invres", {}, "invres (linear bottleneck)"),
+    ("invres", dict(bottleneck="relu6", shortcut=False), "invres (relu6 bottleneck, no shortcut)"),
+    ("firstlayer", dict(first="linear"), "firstlayer"),
+])
+def test_describe_names_a_net_from_its_fields(name, kwargs, expected):
+  assert models.describe(name, kwargs) == expected
+  config = ml_collections.ConfigDict(dict(name=name, **kwargs))
+  assert models.describe(name, config) == expected
+
+
+def test_traits_give_width_depth_and_variant():
+  assert models.traits("mlp", dict(width=8, depth=3)) == (8, 3, "plain")
+  assert models.traits("resnet", dict(widths=[4, 8], depth=14, plain=False)) == (
+      4, 14, "residual")
+  assert models.traits("invres", dict(stages=[[2, 3, 1]], bottleneck="relu6")) == (
+      2, 3, "relu6")
+  assert models.traits("firstlayer", dict(width=5, first="residual")) == (5, 1, "residual")
+
+
+def test_toggles_are_declared_beside_each_family():
+  assert models.TOGGLES["resnet"]["plain"][0] == "shortcut"
+  assert models.TOGGLES["invres"]["bottleneck"][1]("relu6") == 0.0
+  assert models.TOGGLE_PADDED == {"residual": True, "plain": False, "shortcut": True,
+                                  "bottleneck": "linear", "first": "residual"}
+  assert models.toggles("nope") == {}
+  for name, cls in models.MODELS.items():
+    # Every toggle's gate is one the padded, gated model reads.
+    padded = {field: t.padded for field, t in models.toggles(name).items()}
+    model = models.build(name, NUM_CLASSES, gated=True, **padded,
+                         **({"depth": 14, "widths": (4, 8)} if name == "resnet" else {}))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), _images())
+    assert {t.gate for t in cls.TOGGLES.values()} <= set(shapes["gates"]), name
+
+
+@pytest.mark.parametrize("key", sorted(TINY))
+def test_a_gated_model_sows_what_the_single_net_sows(key):
+  """One code path: the gated (grid) model sows every tap of the net it stands
+  for, in the same order (and more where its gates may switch a path on)."""
+  name, kwargs = TINY[key]
+  single = models.build(name, NUM_CLASSES, **kwargs)
+  gated = models.build(name, NUM_CLASSES, gated=True, **kwargs)
+  for collection in COLLECTIONS:
+    mine = models.sown_names(single, (8, 8, 3), collection)
+    padded = models.sown_names(gated, (8, 8, 3), collection)
+    assert [n for n in padded if n in mine] == list(mine), (collection, padded)

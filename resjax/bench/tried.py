@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from resjax import models
+from resjax.models import layers as models  # _conv is wrapped there
 from resjax.bench import train as bench_train
 
 FLAGS = ("--xla_cpu_use_onednn=true", "--xla_cpu_experimental_onednn_custom_call=true",

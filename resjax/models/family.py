@@ -1,0 +1,30 @@
+"""What a model family declares beside its class: grid toggles and traits.
+
+A family is a Flax module class with
+
+  TOGGLES   {field: Toggle}: the fields a grid switches per net through a gate
+            (resjax/grid.py), with the gate's name, its value for a field value
+            and the value the padded (gated) model takes for the field;
+  describe  a static method: fields -> a short name of the net ('resnet-20');
+  traits    a static method: fields -> Traits (width, depth, variant), the
+            terms the studies compare nets in.
+
+Both static methods get every field of the family, defaults filled in.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+
+class Toggle(NamedTuple):
+  """A model field a grid switches per net with a gate in the 'gates' collection."""
+  gate: str  # The gate's name.
+  value: Callable[[Any], float]  # The field's value -> the gate's (1.0 on, 0.0 off).
+  padded: Any  # What the padded model takes for the field (the gates then decide).
+
+
+class Traits(NamedTuple):
+  """A net in the studies' terms."""
+  width: int  # Units of a layer or channels of the first stage.
+  depth: int  # Layers, or blocks of the first stage (inverted residual nets).
+  variant: str  # e.g. 'plain' / 'residual', a bottleneck, a first layer.

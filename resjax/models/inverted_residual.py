@@ -1,0 +1,198 @@
+"""The inverted residual network (MobileNetV2 blocks) for 32x32 inputs."""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from resjax import activations
+from resjax import errors
+from resjax.models import checks
+from resjax.models import layers
+from resjax.models.family import Toggle, Traits
+
+# pylint: disable=protected-access  # layers._conv: see its docstring.
+
+Array = jax.Array
+
+# (bottleneck width, blocks, stride of the first block) per stage. MobileNetV2's
+# first four ImageNet stages (16x1, 24x2, 32x3, 64x4) with a stride-1 stem and
+# the 64-stage at stride 1 and 3 blocks, so 32x32 inputs go 32 -> 16 -> 8 -> 8
+# like the CIFAR ResNet. With the defaults below: 207,546 parameters, about
+# 21.1M multiply-adds per image (ResNet-20: 269,722 and 40.6M).
+CIFAR_STAGES = ((16, 1, 1), (24, 2, 2), (32, 3, 2), (64, 3, 1))
+
+
+def round_width(width: float, divisor: int = 8) -> int:
+  """Rounds a scaled width to a multiple of `divisor`, never below 90% of it."""
+  rounded = max(divisor, int(width + divisor / 2) // divisor * divisor)
+  if rounded < 0.9 * width:
+    rounded += divisor
+  return rounded
+
+
+class InvertedResidualBlock(nn.Module):
+  """MobileNetV2 block: 1x1 expand by t, depthwise 3x3, 1x1 linear projection.
+
+  Expansion and depthwise outputs go through BN and the activation (ReLU6).
+  The projection to the bottleneck goes through BN, and through the
+  activation only when `linear_bottleneck` is False. With `residual` (stride 1,
+  same width) the block output is x + branch. With t = 1 the expansion conv is
+  skipped.
+
+  Returns (y, taps): 'expand', 'depthwise', ['bottleneck'] activation inputs,
+  then 'shortcut' (if residual) and 'branch'.
+  """
+  features: int
+  expansion: int = 6
+  strides: int = 1
+  residual: bool = True
+  linear_bottleneck: bool = True
+  activation: str = "relu6"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool, shortcut_gate: layers.Gate = 1.0,
+               linear_gate: layers.Gate | None = None) -> tuple[Array, dict[str, Array]]:
+    """Grids: the shortcut is multiplied by `shortcut_gate`; the bottleneck is
+    linear where `linear_gate` (default: `linear_bottleneck`) is on, else it
+    passes the activation."""
+    act = activations.fn(self.activation)
+    linear = float(self.linear_bottleneck) if linear_gate is None else linear_gate
+    taps = {}
+    hidden = x.shape[-1] * self.expansion
+    h = x
+    if self.expansion != 1:
+      h = layers._conv(hidden, 1, 1, self.dtype, "expand_conv")(h)
+      z = layers.batch_norm(train, self.dtype, "expand_bn")(h)
+      taps["expand"] = z
+      h = act(z)
+    h = layers._conv(hidden, 3, self.strides, self.dtype, "depthwise_conv", groups=hidden)(h)
+    z = layers.batch_norm(train, self.dtype, "depthwise_bn")(h)
+    taps["depthwise"] = z
+    h = layers._conv(self.features, 1, 1, self.dtype, "project_conv")(act(z))
+    b = layers.batch_norm(train, self.dtype, "project_bn")(h)
+    if not (layers.is_const(linear) and linear > 0):
+      taps["bottleneck"] = b
+      b = layers.keep_if(linear, b, act(b))
+    if self.residual and not layers.is_off(shortcut_gate):
+      y = layers.add_shortcut(taps, x.astype(b.dtype), b, shortcut_gate)
+    else:
+      y = b
+    taps["branch"] = b
+    return y, taps
+
+
+class InvertedResidualNet(nn.Module):
+  """MobileNetV2-style network for 32x32 inputs.
+
+  3x3 stem conv (stride 1, `stem_width`) with BN-ReLU6, the bottleneck stages of
+  `stages` (default CIFAR_STAGES: widths 16, 24, 32, 64; 1, 2, 3, 3 blocks;
+  resolution 32, 16, 8, 8), a 1x1 conv to `head_width` with BN-ReLU6, global
+  average pooling and a dense head. Every block expands by `expansion`. All
+  widths are scaled by `width_multiplier` and rounded to multiples of `round_to`
+  (default 8; 1 keeps exact widths, e.g. bottlenecks of 2 or 4 channels).
+
+  bottleneck='linear' keeps the projection output linear (MobileNetV2);
+  'relu6' (more generally: the name of `activation`) puts the activation
+  there too (the Fig. 6a ablation). shortcut=False removes the identity
+  shortcuts between bottlenecks (used by blocks with stride 1 and equal width)
+  and nothing else.
+
+  Probe names: preacts 'stem', 'stage{s}/block{b}/expand', '.../depthwise',
+  '.../bottleneck' (non-linear bottleneck only), 'head'; shortcut/branch
+  'stage{s}/block{b}'.
+
+  `gated=True` (grids): gates 'shortcut' and 'linear' switch the shortcuts and
+  the bottleneck's linearity, and every block after the first of its stage is
+  kept only where its gate 'stage{s}_block{b}_on' is on.
+  """
+  TOGGLES: ClassVar[Mapping[str, Toggle]] = {
+      "shortcut": Toggle("shortcut", lambda v: float(bool(v)), True),
+      "bottleneck": Toggle("linear", lambda v: float(v == "linear"), "linear")}
+
+  num_classes: int = 10
+  expansion: int = 6
+  bottleneck: str = "linear"
+  shortcut: bool = True
+  width_multiplier: float = 1.0
+  stages: Sequence[Sequence[int]] = CIFAR_STAGES
+  stem_width: int = 16
+  head_width: int = 256
+  activation: str = "relu6"
+  dtype: Any = jnp.float32
+  gated: bool = False
+  round_to: int = 8  # Widths are rounded to multiples of this (1 = exact widths).
+
+  def __post_init__(self):
+    checks.check_int("num_classes", self.num_classes, 1)
+    checks.check_int("expansion", self.expansion, 1)
+    checks.check_int("round_to", self.round_to, 1)
+    checks.check_activation(self.activation)
+    allowed = ("linear", self.activation)
+    errors.check(self.bottleneck in allowed,
+                 f"model.bottleneck={self.bottleneck!r} is not allowed; choose one of: "
+                 f"{', '.join(allowed)} (the activation)")
+    checks.check_bool("shortcut", self.shortcut)
+    ok = isinstance(self.width_multiplier, (int, float)) and not isinstance(
+        self.width_multiplier, bool)
+    errors.check(ok and 0 < self.width_multiplier <= 16,
+                 f"model.width_multiplier={self.width_multiplier!r} is not allowed; "
+                 "use a number in (0, 16]")
+    stages_ok = isinstance(self.stages, (tuple, list)) and len(self.stages) > 0 and all(
+        isinstance(st, (tuple, list)) and len(st) == 3 for st in self.stages)
+    errors.check(stages_ok, f"model.stages={self.stages!r} is not allowed; use a "
+                 "non-empty tuple of (width, blocks, stride) triples")
+    object.__setattr__(self, "stages", tuple(tuple(st) for st in self.stages))
+    for width, blocks, stride in self.stages:
+      checks.check_int("stages (width)", width, 1)
+      checks.check_int("stages (blocks)", blocks, 1)
+      errors.check(stride in (1, 2), f"model.stages={self.stages!r} is not allowed; "
+                   "each stride must be 1 or 2")
+    checks.check_int("stem_width", self.stem_width, 1)
+    checks.check_int("head_width", self.head_width, 1)
+    checks.check_dtype(self.dtype)
+    checks.check_bool("gated", self.gated)
+    super().__post_init__()
+
+  @staticmethod
+  def describe(fields: Mapping[str, Any]) -> str:
+    shortcut = "" if fields["shortcut"] else ", no shortcut"
+    return f"invres ({fields['bottleneck']} bottleneck{shortcut})"
+
+  @staticmethod
+  def traits(fields: Mapping[str, Any]) -> Traits:
+    width, blocks, _ = tuple(fields["stages"])[0]
+    return Traits(int(width), int(blocks), str(fields["bottleneck"]))
+
+  def _width(self, width: int) -> int:
+    return round_width(width * self.width_multiplier, self.round_to)
+
+  def _stem_or_head(self, h: Array, train: bool, part: str, width: int, kernel: int) -> Array:
+    """conv -> BN -> (sow '<part>') -> activation."""
+    h = layers._conv(self._width(width), kernel, 1, self.dtype, f"{part}_conv")(h)
+    z = layers.batch_norm(train, self.dtype, f"{part}_bn")(h)
+    layers.tap(self, "preacts", part, z)
+    return activations.fn(self.activation)(z)
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    h = self._stem_or_head(x, train, "stem", self.stem_width, 3)
+    shortcut, linear = layers.toggle(self, "shortcut"), layers.toggle(self, "bottleneck")
+    for s, (width, blocks, stride) in enumerate(self.stages):
+      features = self._width(width)
+      for b in range(blocks):
+        strides = stride if b == 0 else 1
+        residual = (not layers.is_off(shortcut)) and strides == 1 and h.shape[-1] == features
+        module = f"stage{s + 1}_block{b}"
+        y, taps = InvertedResidualBlock(
+            features, expansion=self.expansion, strides=strides, residual=residual,
+            linear_bottleneck=self.bottleneck == "linear", activation=self.activation,
+            dtype=self.dtype, name=module)(h, train, shortcut, linear)
+        h = layers.block_output(self, module, b, y, h, taps, f"stage{s + 1}/block{b}")
+    h = self._stem_or_head(h, train, "head", self.head_width, 1)
+    h = jnp.mean(h, axis=(1, 2))
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(h)
+    return logits.astype(jnp.float32)
