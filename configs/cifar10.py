@@ -94,7 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.eval_train = False  # Also evaluate the whole training split (eval_train/...).
 
   # Several nets in one program: values per axis (their product), e.g.
-  # --config.grid.seeds=0,1,2 or --config.grid.model.depth=20,56 (resjax/grid.py).
+  # --config.grid.seeds=0,1,2 or --config.grid.model.depth=20,56 (resjax/grid/).
   config.grid = grid.config_group()
   return config
 

@@ -72,6 +72,7 @@ class Rule:
   finite: floats must be finite float32 values (normal or 0) unless False.
   optional: the field may be absent. none_ok: the value may be None.
   when: the rule applies only where `when(config)` is true.
+  increasing / nonempty: a list's values must increase / the list must not be empty.
   fix: the advice after "is not allowed;" (generated from the rule when None).
   """
   kind: str
@@ -86,6 +87,7 @@ class Rule:
   when: Optional[Callable[[Any], bool]] = None
   fix: Optional[str] = None
   increasing: bool = False
+  nonempty: bool = False
 
   def allowed(self) -> tuple:
     c = self.choices() if callable(self.choices) else self.choices
@@ -132,6 +134,8 @@ class Rule:
       return not is_bool(v) and v in self.allowed()
     if self.kind in ("ints", "floats"):
       if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list)):
+        return False
+      if self.nonempty and not v:
         return False
       one = dataclasses.replace(self, kind=self.kind[:-1])
       if not all(one.ok(x) for x in v):

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from resjax import errors
-from resjax.grid import spec
+from resjax import models
 
 
 def _leaves(tree: Any) -> dict[str, Any]:
@@ -73,10 +73,10 @@ def gates(model_name: str, net_fields: dict[str, Any], own_params: Any,
   """Net k's values for the padded model's 'gates' collection.
 
   A block gate '<block>_on' is on where the net has that block (parameters
-  under its name); a toggle gate follows the net's own field (TOGGLES).
+  under its name); a toggle gate follows the net's own field (its family's TOGGLES).
   """
-  toggles = {gate: fn(net_fields[field]) for field, (gate, fn)
-             in spec.TOGGLES.get(model_name, {}).items() if field in net_fields}
+  toggles = {t.gate: t.value(net_fields[field])
+             for field, t in models.toggles(model_name).items() if field in net_fields}
   own = set(own_params) if hasattr(own_params, "keys") else set()
 
   def one(path, like):

@@ -12,7 +12,7 @@ Nets that differ in shape are padded to one model (`padded_fields`): widths
 to the widest (the extra units hold zeros and their updates are masked),
 depths to the deepest (the extra blocks are gated out, so they are the
 identity), plain / residual and linear / ReLU6 bottlenecks by gates in the
-model's 'gates' collection (resjax/models.py). Each net is initialized at its
+model's 'gates' collection (resjax/models/). Each net is initialized at its
 own size by the single run's own code and then padded (`pad`), so a padded net
 starts where the net built at its own size starts and, step by step, computes
 the same numbers on its own units; `crop` cuts net k back out.
@@ -35,19 +35,8 @@ from resjax.train.optimizer import OPT_AXES  # Scalars of `opt` a grid may vary.
 # Fields of `model` a grid may vary.
 MODEL_AXES = ("width", "depth", "widths", "residual", "plain", "bottleneck", "shortcut",
               "width_multiplier", "expansion", "stages", "first")
-# Model fields switched by a gate (model name -> field -> gate name, value -> gate).
-TOGGLES = {
-    "mlp": {"residual": ("residual", lambda v: float(bool(v)))},
-    "resnet": {"plain": ("shortcut", lambda v: float(not v))},
-    "invres": {"shortcut": ("shortcut", lambda v: float(bool(v))),
-               "bottleneck": ("linear", lambda v: float(v == "linear"))},
-    # FirstLayerNet: gate 'relu' for relu(z); the block gate 'branch_on' (own
-    # 'branch' parameters) adds the residual branch.
-    "firstlayer": {"first": ("relu", lambda v: float(v == "relu"))},
-}
-# What a padded model takes for a toggled field (the gates then decide).
-_TOGGLE_PADDED = {"residual": True, "plain": False, "shortcut": True, "bottleneck": "linear",
-                  "first": "residual"}
+# Model fields switched by a gate: declared beside each family (models.toggles).
+TOGGLES = models.TOGGLES
 
 
 def config_group() -> ml_collections.ConfigDict:
@@ -201,7 +190,7 @@ def padded_fields(config: ml_collections.ConfigDict,
   """Model fields (besides 'name') of the one model the nets `members` (default:
   all) of the grid fit in."""
   fields = {k: models.as_tuple(v) for k, v in config.model.items() if k != "name"}
-  toggles = TOGGLES.get(config.model.name, {})
+  toggles = models.toggles(config.model.name)
   gated = False
   all_nets = nets(config)
   members = range(len(all_nets)) if members is None else members
@@ -211,7 +200,7 @@ def padded_fields(config: ml_collections.ConfigDict,
       continue
     values = [models.as_tuple(all_nets[k].model[name]) for k in members]
     if name in toggles:
-      fields[name] = _TOGGLE_PADDED[name]
+      fields[name] = toggles[name].padded
     elif name == "stages":
       strides = {tuple(st[2] for st in v) for v in values}
       errors.check(len(strides) == 1, f"grid.model.stages={values!r} differ in strides; "

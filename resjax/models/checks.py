@@ -1,32 +1,30 @@
-"""Model-field validation shared by every family (ConfigError, one line naming
-the field, the value and the fix)."""
+"""Model-field checks shared by every family, as `resjax.schema` rules (ConfigError,
+one line naming the field, the value and the fix)."""
 from __future__ import annotations
 
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 
 from resjax import activations
-from resjax import errors
+from resjax import schema
 
 NORMS = (None, "batch", "layer")
 DTYPES = ("float32", "bfloat16", "float16")
+ACTIVATION = schema.Choice(activations.names)
+WIDTHS = schema.Rule("ints", low=1, nonempty=True, fix="use a non-empty tuple of integers >= 1")
 
 
 def check_int(field: str, value: Any, minimum: int) -> None:
-  ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-  errors.check(ok and value >= minimum,
-               f"model.{field}={value!r} is not allowed; use an integer >= {minimum}")
+  schema.check_value(f"model.{field}", value, schema.Int(minimum))
 
 
 def check_bool(field: str, value: Any) -> None:
-  errors.check(isinstance(value, (bool, np.bool_)),
-               f"model.{field}={value!r} is not allowed; use True or False")
+  schema.check_value(f"model.{field}", value, schema.Bool())
 
 
 def check_activation(value: Any) -> None:
-  errors.choice("model.activation", value, activations.names())
+  schema.check_value("model.activation", value, ACTIVATION)
 
 
 def check_dtype(value: Any) -> None:
@@ -34,12 +32,8 @@ def check_dtype(value: Any) -> None:
     name = jnp.dtype(value).name
   except TypeError:
     name = None
-  errors.check(name in DTYPES,
-               f"model.dtype={value!r} is not allowed; choose one of: {', '.join(DTYPES)}")
+  schema.check_value("model.dtype", name if name in DTYPES else value, schema.Choice(DTYPES))
 
 
 def check_widths(field: str, widths: Any) -> None:
-  errors.check(isinstance(widths, (tuple, list)) and len(widths) > 0,
-               f"model.{field}={widths!r} is not allowed; use a non-empty tuple of integers >= 1")
-  for w in widths:
-    check_int(field, w, 1)
+  schema.check_value(f"model.{field}", widths, WIDTHS)

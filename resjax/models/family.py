@@ -3,7 +3,7 @@
 A family is a Flax module class with
 
   TOGGLES   {field: Toggle}: the fields a grid switches per net through a gate
-            (resjax/grid.py), with the gate's name, its value for a field value
+            (resjax/grid/), with the gate's name, its value for a field value
             and the value the padded (gated) model takes for the field;
   describe  a static method: fields -> a short name of the net ('resnet-20');
   traits    a static method: fields -> Traits (width, depth, variant), the
