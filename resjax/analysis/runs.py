@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from absl import logging
 
-from resjax import errors, files, grid, locking, probes, restore, train
+from resjax import errors, files, grid, locking, models, probes, restore, train
 from resjax.analysis.markdown import FIGURES, report_markdown
 from resjax.analysis.tables import condition_rows, condition_table, rows, summary_table
 from resjax.plotting import analysis as figures
@@ -41,18 +41,8 @@ from resjax.plotting.layers import alignment_note
 
 
 def describe(config) -> str:
-  """A short model name from a training config: 'resnet-20', 'plain-20', ..."""
-  m = config.model
-  if m.name == "resnet":
-    kind = "plain" if m.get("plain") else ("preact-resnet" if m.get("preact") else "resnet")
-    return f"{kind}-{m.get('depth', 20)}"
-  if m.name == "mlp":
-    kind = "residual-mlp" if m.get("residual") else "mlp"
-    return f"{kind}-{m.get('depth', 4)}x{m.get('width', 64)}"
-  if m.name == "invres":
-    shortcut = "" if m.get("shortcut", True) else ", no shortcut"
-    return f"invres ({m.get('bottleneck', 'linear')} bottleneck{shortcut})"
-  return str(m.name)
+  """A short model name from a training config: 'resnet-20', 'plain-20', ... (`models.describe`)."""
+  return models.describe(config.model.name, config.model)
 
 
 def _check_workdir(path: str) -> str:

@@ -18,24 +18,14 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from resjax import files, grid, probes, progress, restore, sharding, train
+from resjax import files, grid, models, probes, progress, restore, sharding, train
 
 Net = collections.namedtuple("Net", "seed width depth variant lr")
 
 
 def net_of(cfg) -> Net:
-  """A grid net's condition in the studies' terms (width, depth, variant)."""
-  m = cfg.model
-  if m.name == "mlp":
-    return Net(int(cfg.seed), int(m.width), int(m.depth),
-               "residual" if m.residual else "plain", float(cfg.opt.lr))
-  if m.name == "resnet":
-    return Net(int(cfg.seed), int(m.widths[0]), int(m.depth),
-               "plain" if m.plain else "residual", float(cfg.opt.lr))
-  if m.name == "firstlayer":
-    return Net(int(cfg.seed), int(m.width), 1, str(m.first), float(cfg.opt.lr))
-  stage = tuple(m.stages)[0]
-  return Net(int(cfg.seed), int(stage[0]), int(stage[1]), str(m.bottleneck), float(cfg.opt.lr))
+  """A grid net's condition in the studies' terms (width, depth, variant: `models.traits`)."""
+  return Net(int(cfg.seed), *models.traits(cfg.model.name, cfg.model), float(cfg.opt.lr))
 
 
 def _num(v) -> float:
