@@ -275,9 +275,9 @@ def test_condition_rows_groups_by_label_or_by_given_columns():
   assert [(r["condition"], r["seeds"]) for r in out] == [("model.depth=2", 2), ("model.depth=3", 1)]
   assert out[0]["eval/error"] == pytest.approx(0.2) and out[0]["published"] == 0.05
   assert "train/loss" not in out[0]  # No net has it.
-  geo = lambda v: (float(np.exp(np.mean(np.log(v)))), 0.0, 9.0)  # noqa: E731
+  geo = lambda v, members: (float(np.exp(np.mean(np.log(v)))), 0.0, float(len(members)))  # noqa: E731
   out = grid.condition_rows(rows, metrics=[("x", geo)],
                             group=lambda r: {"grid": "g", "depth": r["model.depth"]})
   assert out[0] == {"grid": "g", "depth": 2, "seeds": 2, "x": pytest.approx(2.0), "x_lo": 0.0,
-                    "x_hi": 9.0}
+                    "x_hi": 2.0}
   assert "condition | seeds" in grid.condition_table(grid.condition_rows(rows))

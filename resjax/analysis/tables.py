@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from resjax import probes, stats
+from resjax import grid, probes, stats
 
 
 def rows(runs: Sequence[dict]) -> list[dict]:
@@ -114,32 +114,26 @@ CONDITION_NUMBERS = (("accuracy", "mean"), ("dead_pct", "fraction"),
                      ("retention", "mean"), ("shortcut_frac", "mean"), ("grad_ratio", "geo"))
 
 
+def _interval(kind: str):
+  """(values, member rows) -> (mean, lo, hi) for a kind of CONDITION_NUMBERS."""
+  if kind == "fraction":  # Percent of units; seeds as clusters of a net's units.
+    return lambda v, members: tuple(100.0 * x for x in stats.cluster_wilson(
+        v / 100.0, size=members[0]["units"]))
+  if kind == "geo":
+    return lambda v, _: stats.geo_mean_ci(v)
+  return lambda v, _: stats.mean_ci(v)
+
+
 def condition_rows(runs: Sequence[dict]) -> list[dict]:
   """For the nets of grid runs: one row per (grid, condition), each number of
   CONDITION_NUMBERS as mean and 95% interval over the seeds (fractions of units:
-  seeds as clusters, `stats.cluster_wilson`; ratios: geometric means)."""
-  groups: dict[tuple, list[dict]] = {}
-  for run in runs:
-    if "condition" in run:
-      groups.setdefault((run["grid"], run["condition"]), []).append(run)
-  out = []
-  for (grid_label, cond), members in groups.items():
-    numbers = [claim_numbers(r) for r in members]
-    row = {"grid": grid_label, "condition": cond, "seeds": len(members)}
-    for key, kind in CONDITION_NUMBERS:
-      v = np.asarray([np.nan if c.get(key) is None else c[key] for c in numbers], np.float64)
-      if not np.isfinite(v).any():
-        continue
-      if kind == "fraction":
-        m, lo, hi = (100.0 * x for x in stats.cluster_wilson(v / 100.0,
-                                                             size=numbers[0]["units"]))
-      elif kind == "geo":
-        m, lo, hi = stats.geo_mean_ci(v)
-      else:
-        m, lo, hi = stats.mean_ci(v)
-      row.update({key: m, f"{key}_lo": lo, f"{key}_hi": hi})
-    out.append(row)
-  return out
+  seeds as clusters, `stats.cluster_wilson`; ratios: geometric means), through
+  the one per-condition summary (`grid.condition_rows`)."""
+  nets = [{"grid": r["grid"], "condition": r["condition"], **claim_numbers(r)}
+          for r in runs if "condition" in r]
+  return grid.condition_rows(
+      nets, metrics=[(key, _interval(kind)) for key, kind in CONDITION_NUMBERS],
+      group=lambda r: {"grid": r["grid"], "condition": r["condition"]})
 
 
 def condition_table(rows: Sequence[dict]) -> str:

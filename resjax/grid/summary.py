@@ -34,9 +34,11 @@ def condition_rows(net_rows: Sequence[Mapping[str, Any]],
   count as NaN and are left out of the interval); `published` values beside.
 
   `metrics` holds (key, interval): a (low, high) range for a t-interval clipped
-  to it (`stats.mean_ci`), or a function values -> (mean, lo, hi) (e.g.
-  `stats.geo_mean_ci`). `group(row)` gives a net's leading columns, which name
-  its condition (default: {'condition': its label but the seed}).
+  to it (`stats.mean_ci`), or a function (values, member rows) -> (mean, lo,
+  hi) (e.g. a geometric mean, or seeds as clusters of a condition's units).
+  A metric with no finite value in a condition is left out of its row.
+  `group(row)` gives a net's leading columns, which name its condition
+  (default: {'condition': its label but the seed}).
   """
   groups: dict[tuple, list] = {}
   heads: dict[tuple, dict] = {}
@@ -49,10 +51,11 @@ def condition_rows(net_rows: Sequence[Mapping[str, Any]],
   for key, members in groups.items():
     row = {**heads[key], "seeds": len(members)}
     for metric, interval in metrics:
-      values = np.asarray([m.get(metric, np.nan) for m in members], np.float64)
-      if np.isnan(values).all():
+      values = np.asarray([np.nan if m.get(metric) is None else m[metric] for m in members],
+                          np.float64)
+      if not np.isfinite(values).any():
         continue
-      mean, lo, hi = (interval(values) if callable(interval)
+      mean, lo, hi = (interval(values, members) if callable(interval)
                       else stats.mean_ci(values, bounds=interval))
       row.update({metric: mean, f"{metric}_lo": lo, f"{metric}_hi": hi})
     name = row.get("condition")
