@@ -27,8 +27,8 @@ def _condition_of(row: Mapping[str, Any]) -> dict[str, Any]:
 def condition_rows(net_rows: Sequence[Mapping[str, Any]],
                    published: Mapping[str, float] | None = None,
                    metrics: Sequence[tuple[str, Any]] = CONDITION_METRICS,
-                   group: Callable[[Mapping[str, Any]], dict[str, Any]] = _condition_of
-                   ) -> list[dict]:
+                   group: Callable[[Mapping[str, Any]], dict[str, Any]] = _condition_of,
+                   count: str = "seeds", keep_empty: bool = False) -> list[dict]:
   """One row per condition (the axes but the seed): seeds, and for each of
   `metrics` the mean and 95% interval over the seeds (diverged nets
   count as NaN and are left out of the interval); `published` values beside.
@@ -36,7 +36,8 @@ def condition_rows(net_rows: Sequence[Mapping[str, Any]],
   `metrics` holds (key, interval): a (low, high) range for a t-interval clipped
   to it (`stats.mean_ci`), or a function (values, member rows) -> (mean, lo,
   hi) (e.g. a geometric mean, or seeds as clusters of a condition's units).
-  A metric with no finite value in a condition is left out of its row.
+  A metric with no finite value in a condition is left out of its row, unless
+  `keep_empty`. The number of nets goes in column `count`.
   `group(row)` gives a net's leading columns, which name its condition
   (default: {'condition': its label but the seed}).
   """
@@ -49,11 +50,11 @@ def condition_rows(net_rows: Sequence[Mapping[str, Any]],
     groups.setdefault(key, []).append(row)
   out = []
   for key, members in groups.items():
-    row = {**heads[key], "seeds": len(members)}
+    row = {**heads[key], count: len(members)}
     for metric, interval in metrics:
       values = np.asarray([np.nan if m.get(metric) is None else m[metric] for m in members],
                           np.float64)
-      if not np.isfinite(values).any():
+      if not keep_empty and not np.isfinite(values).any():
         continue
       mean, lo, hi = (interval(values, members) if callable(interval)
                       else stats.mean_ci(values, bounds=interval))

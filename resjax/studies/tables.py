@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from resjax import grid
 from resjax import stats as rstats
 from resjax.studies.runs import GridRun
 
@@ -78,17 +79,23 @@ def net_rows(run: GridRun, extra: dict[str, np.ndarray] | None = None) -> list[d
 
 def condition_rows(run: GridRun, metrics: dict[str, np.ndarray],
                    head: dict | None = None) -> list[dict[str, Any]]:
-  """One row per condition: means and 95% intervals over seeds (study.csv)."""
-  rows = []
+  """One row per condition (variant, width, depth): means and 95% intervals over seeds
+  (study.csv), through the one per-condition summary (`grid.condition_rows`); losses
+  also get their geometric mean."""
+  spec, nets = [], []
+  for key in metrics:
+    spec.append((key, lambda v, _, key=key: tuple(g6(x) for x in ci95_in(v, key))))
+    if "loss" in key:
+      spec.append((f"{key}_geomean", lambda v, _: tuple(g6(x) for x in geo_ci95(v))))
   for (variant, width, depth), idx in groups(run).items():
-    row = {"grid": run.name, **(head or {}), "variant": variant, "width": width,
-           "depth": depth, "lr": run.nets[idx[0]].lr, "n": len(idx)}
-    for key, values in metrics.items():
-      row.update(stat_cols(key, ci95_in(values[idx], key)))
-      if "loss" in key:
-        row.update(stat_cols(f"{key}_geomean", geo_ci95(values[idx])))
-    rows.append(row)
-  return rows
+    head_k = {"grid": run.name, **(head or {}), "variant": variant, "width": width,
+              "depth": depth, "lr": run.nets[idx[0]].lr}
+    for i in idx:
+      values = {key: v[i] for key, v in metrics.items()}
+      nets.append({"head": head_k, **values,
+                   **{f"{k}_geomean": v for k, v in values.items() if "loss" in k}})
+  return grid.condition_rows(nets, metrics=spec, group=lambda r: r["head"], count="n",
+                             keep_empty=True)
 
 
 def fractions(rows: list[dict], run: GridRun, metrics: dict[str, np.ndarray],
