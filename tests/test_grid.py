@@ -223,12 +223,12 @@ def test_load_net_of_a_single_run_or_out_of_range_is_one_line(tmp_path):
 
 
 def test_analyze_a_grid_probes_every_net_and_summarizes_conditions(tmp_path):
-  from resjax import report
+  from resjax import analysis
   config = _mlp(seeds=(0, 1), model__residual=(False, True))
   config.train.steps = 2
   train.train_and_evaluate(config, str(tmp_path / "g"))
-  out = report.analyze(str(tmp_path / "g"), max_examples=64, grad_batches=1,
-                       say=lambda *_: None)
+  out = analysis.analyze(str(tmp_path / "g"), max_examples=64, grad_batches=1,
+                         say=lambda *_: None)
   assert [r["run"] for r in out["runs"]] == ["g/net0", "g/net1", "g/net2", "g/net3"]
   conditions = {r["condition"]: r for r in out["conditions"]}
   assert set(conditions) == {"model.residual=False", "model.residual=True"}
