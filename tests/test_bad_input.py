@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from test_resume import BASE, ROOT, reference_run, subprocess_env, tree_digest
+from helpers import BASE, ROOT, reference_run, subprocess_env, tree_digest
 
 DRIVER = r"""
 import json, os, runpy, sys, traceback
