@@ -91,6 +91,9 @@ _CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir", default_cache_dir(),
     "JAX's persistent compilation cache: a rerun loads the compiled programs from here "
     "instead of compiling them again. Empty: no cache.")
+# Flags defined through this module's helpers from here on (--config) belong to
+# the launcher that calls them, so its --help lists them.
+flags.disclaim_key_flags()
 
 
 def compilation_cache(path: str | None = None) -> str | None:
@@ -189,6 +192,7 @@ def define_config(default: str, help_text: str):
   the flag is defined, so an unknown field fails here rather than in parsing.
   """
   from ml_collections import config_flags
+  help_text = f"{help_text.rstrip('.')}; list: python -m launch.configs"
   try:
     return config_flags.DEFINE_config_file("config", default, help_text, lock_config=True)
   except (AttributeError, KeyError) as e:
