@@ -74,7 +74,8 @@ def state():
           "SIGINT": signal.getsignal(signal.SIGINT), "SIGTERM": signal.getsignal(signal.SIGTERM),
           "torch": (("torch" in sys.modules), id(sys.modules.get("torch"))), "fds": fds,
           "wakeup_fd": signal.set_wakeup_fd(-1), "absl filters": list(absl.filters),
-          "root filters": list(logging.getLogger().filters)}
+          "root filters": list(logging.getLogger().filters),
+          "umask": [l for l in open("/proc/self/status") if l.startswith("Umask")]}
 
 before = state()
 import resjax
