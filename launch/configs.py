@@ -5,9 +5,11 @@
 
 Each line is `FILE:VARIANT  what it is`, ready for `--config=`. The variants
 are those `get_config` accepts (a config's VARIANTS or STUDIES, else the names
-its refusal of an unknown variant lists); the description is the variant's line
-in the config's docstring where it has one, else a summary of the config
-(model, data, steps; a grid's axes; a sweep's activations and manifold).
+its refusal of an unknown variant lists). The description is, in this order:
+the value of a VARIANTS dict (name -> one line); the first sentence beside the
+name in a `Variants:` list of the config's docstring (`  name  text`, as in
+configs/embedded.py); else a summary of the config (model, data, steps; a
+grid's axes; a sweep's activations and manifold).
 """
 from __future__ import annotations
 
@@ -118,7 +120,9 @@ def rows(name: str) -> Iterator[tuple[str, str]]:
     yield path, summary(module.get_config()) + " (default)"
   for v in names:
     config = module.get_config(v)
-    text = _doc_line(module, v) or summary(config)
+    given = getattr(module, "VARIANTS", None)
+    text = (given[v] if isinstance(given, dict) else None) or _doc_line(module, v) or summary(
+        config)
     yield f"{path}:{v}", text + (" (default)" if config.to_dict() == default else "")
 
 
