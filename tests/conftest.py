@@ -42,8 +42,15 @@ SLOW = (
     "test_bench_grid.py", "test_bench_profile.py", "test_bench_split_tried.py",
     "test_bench_train.py", "test_collapse.py::test_quick_benchmark_times_all_three",
     "test_onednn_conv.py::test_profile_counts_the_ffi_convolutions_like_xlas",
-    # Training on the default device split.
+    # Training more than a few steps: grids of conv nets against their single runs
+    # (one MLP seed grid stays in the quick subset), analysis figures of trained runs.
     "test_platform.py::test_default_split_trains_a_resnet_like_one_device",
+    "test_grid.py::test_resnet_", "test_grid.py::test_invres_bottleneck",
+    "test_grid.py::test_width_depth_residual", "test_grid.py::test_lr_and_weight_decay",
+    "test_grid.py::test_grid_resumes_bit_for_bit",
+    "test_grid.py::test_grid_run_checkpoint_net_k_equals_single_run_with_seed_k[tiny]",
+    "test_firstlayer.py::test_first_by_width_grid", "test_firstlayer.py::test_first_grid_with_seeds",
+    "test_figures.py::test_analysis_figures_name_the_runs", "test_figures.py::test_write_redraws",
     # Reliability cases that start launchers or signal subprocesses.
     "test_reliability.py::test_second_run_is_refused", "test_reliability.py::test_signal_stops",
     "test_reliability.py::test_too_large_sweeps", "test_reliability.py::test_a_peer_that_never",
