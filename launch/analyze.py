@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from launch import common
+from launch import common, runtime
 from resjax import analysis, errors
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of the training run to analyse.")
@@ -34,7 +34,7 @@ _MAX = flags.DEFINE_integer("max_examples", None, "Probe only this many examples
 def main(argv):
   errors.check(len(argv) == 1, f"unexpected arguments: {' '.join(argv[1:])}")
   errors.check(bool(_WORKDIR.value), "--workdir is required: pass --workdir=DIR of a run")
-  common.quiet_orbax()
+  runtime.quiet_orbax()
   common.compilation_cache()
   common.log_devices()
   analysis.analyze(_WORKDIR.value, step=_STEP.value, compare=_COMPARE.value,

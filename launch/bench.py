@@ -9,9 +9,11 @@
   python -m launch.bench checkpoint # step time with and without an async save in flight
 
 `--quick` shrinks each benchmark (used by the tests); `--out=FILE.json` saves
-the printed figures.
+the printed figures. The benchmarks live in benchmarks/ at the repository root,
+outside the installed package: run this from there.
 """
 import importlib
+import importlib.util
 
 from absl import app, flags
 
@@ -28,13 +30,16 @@ _OUT = flags.DEFINE_string("out", None, "Write the figures to this JSON file.")
 def main(argv):
   errors.check(len(argv) == 2, f"name one benchmark: python -m launch.bench {{{','.join(BENCHES)}}}")
   name = errors.choice("benchmark", argv[1], BENCHES)
+  errors.check(importlib.util.find_spec("benchmarks") is not None,
+               "benchmarks/ is not on the path; run python -m launch.bench from the "
+               "repository root (benchmarks are not part of the installed package)")
   if name in ("train", "profile", "split", "tried", "grid"):
     # Time the path launch.train runs: its host-device split, set before JAX starts.
     from launch import platform  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   # Benchmarks time compiles: no cache unless --compilation_cache_dir is given.
   common.compilation_cache(None if flags.FLAGS["compilation_cache_dir"].present else "")
   common.log_devices()
-  figures = importlib.import_module(f"resjax.bench.{name}").run(quick=_QUICK.value)
+  figures = importlib.import_module(f"benchmarks.{name}").run(quick=_QUICK.value)
   if _OUT.value:
     files.write_json(_OUT.value, figures)
     print(f"figures written to {_OUT.value}")

@@ -91,6 +91,9 @@ _CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir", default_cache_dir(),
     "JAX's persistent compilation cache: a rerun loads the compiled programs from here "
     "instead of compiling them again. Empty: no cache.")
+# Flags defined through this module's helpers from here on (--config) belong to
+# the launcher that calls them, so its --help lists them.
+flags.disclaim_key_flags()
 
 
 def compilation_cache(path: str | None = None) -> str | None:
@@ -131,14 +134,16 @@ def log_devices() -> None:
 def fail(message: str, code: int = 2, *, now: bool = False) -> None:
   """Prints each line of `message` as `error: ...` and exits with `code`.
 
-  `now`: at once (`distributed.exit_now`), for a failed checkpoint save whose
+  `now`: at once (`runtime.exit_now`), for a failed checkpoint save whose
   Orbax threads may still be running: the interpreter's teardown would abort in
   C++ under them (a core dump instead of the exit code).
   """
   text = "\n".join(f"error: {line}" for line in message.strip().splitlines())
   if now:
-    from resjax import distributed  # pylint: disable=g-import-not-at-top
-    distributed.exit_now(text, code)
+    # Imported here: launch.runtime imports JAX, which launch.bench starts only
+    # after choosing its host platform.
+    from launch import runtime  # pylint: disable=g-import-not-at-top
+    runtime.exit_now(text, code)
   print(text, file=sys.stderr)
   sys.exit(code)
 
@@ -180,22 +185,6 @@ def parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
-def _quiet_orbax(record: py_logging.LogRecord) -> bool:
-  # Orbax's INFO lines would bury the progress; its ERROR lines (tracebacks from
-  # background save threads) reach the caller as the save's exception, which
-  # the launchers report in one line.
-  if "/orbax/" not in record.pathname:
-    return True
-  if "Given directory is read only" in record.getMessage():  # Every read-only restore.
-    return False
-  return record.levelno in (py_logging.WARNING, py_logging.CRITICAL)
-
-
-def quiet_orbax() -> None:
-  """Drops Orbax's per-save INFO lines, which would bury the progress lines."""
-  logging.get_absl_handler().addFilter(_quiet_orbax)
-
-
 def define_config(default: str, help_text: str):
   """`config_flags.DEFINE_config_file` (locked) whose bad overrides end in one line.
 
@@ -203,6 +192,7 @@ def define_config(default: str, help_text: str):
   the flag is defined, so an unknown field fails here rather than in parsing.
   """
   from ml_collections import config_flags
+  help_text = f"{help_text.rstrip('.')}; list: python -m launch.configs"
   try:
     return config_flags.DEFINE_config_file("config", default, help_text, lock_config=True)
   except (AttributeError, KeyError) as e:

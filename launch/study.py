@@ -23,8 +23,8 @@ import os
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
 import configs
-from launch import common
-from resjax import checkpoints, distributed, errors, files, studies
+from launch import common, runtime
+from resjax import checkpoints, errors, files, studies
 
 _DEFAULT = os.path.join(os.path.dirname(configs.__file__), "study.py")
 _CONFIG = common.define_config(_DEFAULT, "Study config file[:study[,tiny]].")
@@ -66,18 +66,19 @@ def main(argv):
     print(f"redrawn: {studies.redraw(files.workdir_path(_WORKDIR.value))}")
     return
   _require_flags()
-  common.quiet_orbax()
+  runtime.quiet_orbax()
+  runtime.import_tensorboardx()
   common.compilation_cache()
   common.log_devices()
   workdir, config = files.workdir_path(_WORKDIR.value), _CONFIG.value
   stopped = lambda sig: (f"stopped by {sig}: {_kept(workdir, config)}; "  # noqa: E731
                          "run the same command to resume")
-  with distributed.exit_on_signals(stopped, grace_s=_GRACE_S,
-                                   saving_s=_SAVING_S) as should_stop:
+  with runtime.exit_on_signals(stopped, grace_s=_GRACE_S,
+                               saving_s=_SAVING_S) as should_stop:
     out = studies.run(config, workdir, log=lambda line: print(line, flush=True),
                       should_stop=should_stop)
     if out["stopped"]:  # The grid in training saved at its current step.
-      distributed.exit_now(stopped(should_stop.name), 128 + should_stop.signum)
+      runtime.exit_now(stopped(should_stop.name), 128 + should_stop.signum)
   print(f"wall time {out['wall_s']:.0f} s; {len(out['rows'])} conditions in "
         f"{os.path.join(workdir, 'study.csv')}")
 

@@ -13,8 +13,8 @@ import os
 from absl import app, flags
 
 import configs
-from launch import common
-from resjax import collapse, distributed, errors, files
+from launch import common, runtime
+from resjax import collapse, errors, files
 
 _DEFAULT = os.path.join(os.path.dirname(configs.__file__), "collapse.py")
 _CONFIG = common.define_config(_DEFAULT, "Sweep config file[:variant].")
@@ -28,8 +28,8 @@ def main(argv):
   common.compilation_cache()
   common.log_devices()
   workdir = files.workdir_path(_WORKDIR.value)
-  with distributed.exit_on_signals(lambda sig: f"stopped by {sig}: no new results were "
-                                   f"written to {workdir}; results written earlier are kept"):
+  with runtime.exit_on_signals(lambda sig: f"stopped by {sig}: no new results were "
+                               f"written to {workdir}; results written earlier are kept"):
     collapse.run(_CONFIG.value, workdir, log=functools.partial(print, flush=True))
 
 

@@ -19,8 +19,8 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top
 import jax
 
 import configs
-from launch import common
-from resjax import checkpoints, distributed, errors, train
+from launch import common, runtime
+from resjax import checkpoints, errors, train
 
 _CONFIG = common.define_config(
     os.path.join(os.path.dirname(configs.__file__), "cifar10.py"), "Training config file[:variant].")
@@ -43,15 +43,16 @@ def _say(line: str) -> None:
 
 @common.readable_errors
 def main(argv):
-  common.quiet_orbax()
+  runtime.quiet_orbax()
+  runtime.import_tensorboardx()
   common.compilation_cache()
   errors.check(len(argv) == 1, f"unexpected arguments: {' '.join(argv[1:])}")
   errors.check(bool(_WORKDIR.value), "--workdir is required: pass --workdir=DIR")
-  if distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                            auto=_MULTIHOST.value, timeout_s=_COORD_TIMEOUT.value):
-    distributed.quiet_gloo()
+  if runtime.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                        auto=_MULTIHOST.value, timeout_s=_COORD_TIMEOUT.value):
+    runtime.quiet_gloo()
   common.log_devices()
-  with distributed.stop_on_signals() as should_stop:
+  with runtime.stop_on_signals() as should_stop:
     try:
       result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, fresh=_FRESH.value,
                                         should_stop=should_stop, say=_say)

@@ -42,8 +42,16 @@ def ensure_workdir(path: str) -> str:
 
 
 def _umask() -> int:
-  """The process's umask (read by setting and restoring it, so read it once, at
-  import: another thread could create a file in between)."""
+  """The process's umask, read once at import.
+
+  Linux tells it in /proc/self/status; elsewhere it is read by setting and
+  restoring it (another thread could create a file in between, hence once).
+  """
+  with contextlib.suppress(OSError, ValueError):
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
   mask = os.umask(0o022)
   os.umask(mask)
   return mask

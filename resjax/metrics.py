@@ -14,7 +14,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import sys
 import time
 from typing import Any, Mapping
 
@@ -101,19 +100,13 @@ class Writer:
 
 
 def _summary_writer(logdir: str, suffix: str):
-  """A tensorboardX SummaryWriter, imported without PyTorch.
+  """A tensorboardX SummaryWriter.
 
-  tensorboardX imports PyTorch when it is installed (only to accept torch
-  tensors, which are never passed here); that costs seconds per start.
+  Imported here, lazily: tensorboardX is slow to import, and imports PyTorch
+  when that is installed (launchers import it first without PyTorch:
+  `launch.runtime.import_tensorboardx`).
   """
-  blocked = "torch" not in sys.modules
-  if blocked:
-    sys.modules["torch"] = None  # Makes `import torch` fail fast inside tensorboardX.
-  try:
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-  finally:
-    if blocked:
-      del sys.modules["torch"]
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   return SummaryWriter(logdir=logdir, flush_secs=30, filename_suffix=suffix)
 
 

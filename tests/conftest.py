@@ -1,4 +1,9 @@
-"""Test setup: eight forced host devices, so the sharding code really runs."""
+"""Test setup: eight forced host devices, so the sharding code really runs; the slow marks.
+
+`python -m pytest -q -m "not slow"` is the quick subset: it leaves out the
+tests listed in SLOW (launcher subprocesses that train or sweep, studies,
+multi-process runs, benchmarks, training for more than a few steps).
+"""
 import os
 
 os.environ["XLA_FLAGS"] = (
@@ -18,6 +23,50 @@ os.environ["XDG_CACHE_HOME"] = _CACHE_HOME
 
 import contextlib  # noqa: E402
 from unittest import mock  # noqa: E402
+
+import pytest  # noqa: E402
+
+# Test files, or file::test (a prefix of the test's name, parameters included),
+# marked `slow`. Kept here, in one place, so every file keeps only its tests.
+SLOW = (
+    # Launcher subprocesses that train, resume or analyse; several processes.
+    "test_resume.py", "test_multihost.py", "test_bad_input.py", "test_train_launch.py",
+    "test_analyze.py", "test_sweep_launch.py::test_sweep_writes_csv_json_png",
+    "test_checkpoints.py::test_eight_devices_to_one_process_with_one_device_and_back",
+    "test_compilation_cache.py::test_cache_dir_gets_programs_and_empty_turns_it_off",
+    "test_launchers.py::test_help_shows", "test_launchers.py::test_configs_command",
+    # Studies end to end, the tutorial notebook.
+    "test_study.py::test_study_runs_end_to_end", "test_study.py::test_study_resumes_after",
+    "test_tutorial.py::test_notebook_runs_quick",
+    # Benchmarks.
+    "test_bench_grid.py", "test_bench_profile.py", "test_bench_split_tried.py",
+    "test_bench_train.py", "test_collapse.py::test_quick_benchmark_times_all_three",
+    "test_onednn_conv.py::test_profile_counts_the_ffi_convolutions_like_xlas",
+    # Training more than a few steps: grids of conv nets against their single runs
+    # (one MLP seed grid stays in the quick subset), analysis figures of trained runs.
+    "test_platform.py::test_default_split_trains_a_resnet_like_one_device",
+    "test_grid.py::test_resnet_", "test_grid.py::test_invres_bottleneck",
+    "test_grid.py::test_width_depth_residual", "test_grid.py::test_lr_and_weight_decay",
+    "test_grid.py::test_grid_resumes_bit_for_bit",
+    "test_grid.py::test_grid_run_checkpoint_net_k_equals_single_run_with_seed_k[tiny]",
+    "test_firstlayer.py::test_first_by_width_grid", "test_firstlayer.py::test_first_grid_with_seeds",
+    "test_figures.py::test_analysis_figures_name_the_runs", "test_figures.py::test_write_redraws",
+    # Reliability cases that start launchers or signal subprocesses.
+    "test_reliability.py::test_second_run_is_refused", "test_reliability.py::test_signal_stops",
+    "test_reliability.py::test_too_large_sweeps", "test_reliability.py::test_a_peer_that_never",
+    "test_reliability.py::test_ctrl_c_while_waiting", "test_reliability.py::test_grace_lets",
+    "test_reliability.py::test_a_sweep_on_a_full_disk",
+    "test_reliability.py::test_training_on_a_full_disk",
+    "test_reliability.py::test_a_full_disk_under_the_metrics",
+)
+
+
+def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+  """Marks the tests in SLOW with `pytest.mark.slow`."""
+  for item in items:
+    name = f"{os.path.basename(str(item.path))}::{item.name}"
+    if any(name == s or name.startswith(s if "::" in s else s + "::") for s in SLOW):
+      item.add_marker(pytest.mark.slow)
 
 
 @contextlib.contextmanager

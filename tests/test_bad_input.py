@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from test_resume import BASE, ROOT, reference_run, subprocess_env, tree_digest
+from helpers import BASE, ROOT, reference_run, subprocess_env, tree_digest
 
 DRIVER = r"""
 import json, os, runpy, sys, traceback
@@ -244,9 +244,13 @@ def test_real_entry_point(dirs, tmp_path_factory):
   assert "data.name='imagenet'" in proc.stderr and "train.steps=-1" in proc.stderr
 
 
+# The library installs no hooks or log filters (a program chooses): a program that
+# wants Orbax's noise off stderr calls launch.runtime.quiet_orbax(), as launchers do.
 LOAD = r"""
 import sys, time
+from launch import runtime
 from resjax import checkpoints, errors
+runtime.quiet_orbax()
 for workdir in sys.argv[1:]:
   try:
     checkpoints.load(workdir)

@@ -1,5 +1,5 @@
 """The grid benchmark runs both ways and checks they end at the same losses."""
-from resjax.bench import grid as bench_grid
+from benchmarks import grid as bench_grid
 
 
 def test_quick_grid_benchmark_compares_both_ways(capsys):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from resjax.bench import profile
-from resjax.bench import train as bench_train
+from benchmarks import profile
+from benchmarks import train as bench_train
 
 
 def _conv(x, w):

@@ -1,7 +1,7 @@
 """The device-split and tried-variants benchmarks run and report what they measured."""
 import numpy as np
 
-from resjax.bench import split, tried
+from benchmarks import split, tried
 
 
 def test_split_times_every_count_and_names_the_pick():

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from resjax import models
-from resjax.bench import train as bench_train
+from benchmarks import train as bench_train
 from resjax.kernels import onednn
 
 torch = pytest.importorskip("torch")
-from resjax.bench import torch_resnet  # noqa: E402  (needs torch)
+from benchmarks import torch_resnet  # noqa: E402  (needs torch)
 
 
 def test_forward_multiply_adds_match_the_paper_figures():

@@ -11,7 +11,7 @@ import pytest
 
 from configs import embedded
 from resjax import checkpoints, errors, metrics, sharding, train
-from test_resume import ROOT, subprocess_env, tree_digest
+from helpers import ROOT, subprocess_env, tree_digest
 
 
 def _config():

@@ -20,7 +20,7 @@ from scipy import optimize, special
 import configs.collapse
 from resjax import activations, collapse, errors, manifolds, stats
 from resjax.collapse import decoders, embedding
-from resjax.bench import collapse as bench
+from benchmarks import collapse as bench
 
 _ACTS = ("relu", "relu6", "gelu", "identity", "tanh")
 _N_MAX = 12

@@ -58,3 +58,67 @@ def test_one_json_conversion():
   out = files.jsonable(obj)
   assert out == {"a": None, "b": [3, [1.0, None]], "c": True, "d": [1.5, "x"]}
   json.dumps(out, allow_nan=False)
+
+
+# A child process imports every resjax module and calls the public API (training
+# writes checkpoints, metrics and TensorBoard events, a restore and a tiny sweep
+# read them back), then checks the process is as it was: no hook, no signal
+# handler, no sys.modules edit, no file descriptor moved, no logging filter.
+UNCHANGED = r"""
+import importlib, logging, os, pkgutil, signal, sys, tempfile
+
+def state():
+  fds = [(s.st_dev, s.st_ino, s.st_mode) for s in map(os.fstat, (0, 1, 2))]
+  absl = logging.getLogger("absl")
+  return {"unraisablehook": sys.unraisablehook, "excepthook": sys.excepthook,
+          "SIGINT": signal.getsignal(signal.SIGINT), "SIGTERM": signal.getsignal(signal.SIGTERM),
+          "torch": (("torch" in sys.modules), id(sys.modules.get("torch"))), "fds": fds,
+          "wakeup_fd": signal.set_wakeup_fd(-1), "absl filters": list(absl.filters),
+          "root filters": list(logging.getLogger().filters),
+          "umask": [l for l in open("/proc/self/status") if l.startswith("Umask")]}
+
+before = state()
+import resjax
+for m in pkgutil.walk_packages(resjax.__path__, "resjax."):
+  if not m.name.rsplit(".", 1)[-1].startswith("_"):  # The oneDNN .so loads through its module.
+    importlib.import_module(m.name)
+from configs import collapse as collapse_configs, embedded
+from resjax import checkpoints, collapse, train
+config = embedded.get_config("tiny_mlp")
+config.train.steps = 2
+workdir = tempfile.mkdtemp()
+train.train_and_evaluate(config, workdir)
+checkpoints.load(workdir)
+sweep = collapse_configs.get_config("quick")
+sweep.activations, sweep.dims, sweep.seeds, sweep.manifold.points = ("relu",), (2,), 2, 20
+collapse.sweep(sweep)
+after = state()
+changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+assert not changed, changed
+print("unchanged:", ", ".join(before))
+"""
+
+
+def test_the_library_leaves_the_process_as_it_was():
+  import os
+  import subprocess
+  import sys
+  from helpers import ROOT
+  proc = subprocess.run([sys.executable, "-c", UNCHANGED], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "unchanged: unraisablehook" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_benchmarks_are_not_installed():
+  """pyproject's package list takes resjax, launch and configs, never benchmarks/."""
+  import os
+  import tomllib
+  import setuptools
+  from helpers import ROOT
+  with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+    include = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]["include"]
+  found = setuptools.find_packages(ROOT, include=include)
+  assert "resjax" in found and "launch" in found and "configs" in found
+  assert not [p for p in found if p.split(".")[0] in ("benchmarks", "tests")], found
+  assert os.path.isfile(os.path.join(ROOT, "benchmarks", "collapse.py"))

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from resjax import checkpoints, metrics
-from test_resume import BASE, STEPS, Run, arrays, reference_run, subprocess_env
+from helpers import BASE, STEPS, Run, arrays, reference_run, subprocess_env
 
 
 def _free_port() -> int:

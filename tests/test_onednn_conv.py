@@ -137,7 +137,7 @@ def test_training_losses_match_xla():
 
 def test_profile_counts_the_ffi_convolutions_like_xlas():
   """`launch.bench profile` classifies oneDNN's custom calls with XLA's FLOPs."""
-  from resjax.bench import profile  # pylint: disable=import-outside-toplevel
+  from benchmarks import profile  # pylint: disable=import-outside-toplevel
   x = jnp.ones((4, 8, 8, 3))
   ws = (jnp.ones((3, 3, 3, 8)), jnp.ones((3, 3, 8, 8)))
 

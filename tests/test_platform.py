@@ -9,9 +9,8 @@ import pytest
 
 from configs import embedded
 from conftest import run_steps
+from helpers import ROOT
 from launch import platform
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("cpus,count", [(None, 4), (1, 4), (2, 8), (3, 8), (64, 8)])

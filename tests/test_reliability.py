@@ -19,9 +19,8 @@ import time
 import pytest
 
 from resjax import checkpoints, collapse, errors, files, locking
-from test_resume import tree_digest
+from helpers import ROOT, tree_digest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
 TINY = ["--config=configs/collapse.py:quick", "--config.activations=relu",
         "--config.dims=1,2,3", "--config.seeds=2", "--config.manifold.points=50",
@@ -233,14 +232,14 @@ def test_sweep_keeps_its_results_on_a_full_disk(tmp_path, monkeypatch, capsys):
 
 
 def test_launcher_failures_are_one_line(capsys, monkeypatch):
-  from launch import common
-  from resjax import distributed, train
+  from launch import common, runtime
+  from resjax import train
 
   def exit_now(message, code):  # What the process would print before os._exit.
     print(message, file=sys.stderr)
     raise SystemExit(code)
 
-  monkeypatch.setattr(distributed, "exit_now", exit_now)
+  monkeypatch.setattr(runtime, "exit_now", exit_now)
 
   class XlaRuntimeError(RuntimeError):
     pass
@@ -379,8 +378,8 @@ def test_a_peer_that_never_starts_ends_in_one_line(tmp_path):
 
 
 def test_ctrl_c_while_waiting_for_peers(tmp_path):
-  code = ("import sys; from resjax import distributed; print('waiting', flush=True); "
-          "distributed.initialize(sys.argv[1], 2, 0, timeout_s=60)")
+  code = ("import sys; from launch import runtime; print('waiting', flush=True); "
+          "runtime.initialize(sys.argv[1], 2, 0, auto=False, timeout_s=60)")
   port = _free_port()
   proc = subprocess.Popen([sys.executable, "-u", "-c", code, f"localhost:{port}"], cwd=ROOT,
                           env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -397,9 +396,9 @@ def test_ctrl_c_while_waiting_for_peers(tmp_path):
 
 GRACE = r"""
 import sys, time
-from resjax import distributed
-with distributed.exit_on_signals(lambda sig: f"hard exit on {sig}", grace_s=1.0,
-                                 saving_s=10.0) as stop:
+from launch import runtime
+with runtime.exit_on_signals(lambda sig: f"hard exit on {sig}", grace_s=1.0,
+                             saving_s=10.0) as stop:
   print("ready", flush=True)
   if sys.argv[1] == "ignores":
     time.sleep(60)  # Stands for a long XLA call that never asks.
@@ -510,16 +509,16 @@ def test_signal_stops_a_study_which_then_resumes(tmp_path):
 
 DROP = r"""
 import os, sys
-from resjax import distributed
+from launch import runtime
 print("before", flush=True)
-distributed.quiet_gloo()
+runtime.quiet_gloo()
 os.write(1, b"[Gloo] Rank 0 is connected to 1 peer ranks.\nkept 1\n[Glo")
 os.write(1, b"o] Rank 0 again\n[G")
 os.write(1, b"x] kept 2\npartial")
 print(" line", flush=True)
 sys.stdout.write("unflushed")
 if sys.argv[1] == "exit_now":
-  distributed.exit_now("bye", 3)
+  runtime.exit_now("bye", 3)
 """
 
 

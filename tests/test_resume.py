@@ -7,135 +7,33 @@ same command run without interruption, saving a checkpoint at every step
 an interrupted run leaves behind can be compared with the reference bit for bit.
 Subprocesses share a JAX compilation cache, so only the first one compiles.
 """
-import hashlib
 import os
-import queue
 import random
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import tempfile
-import threading
-
-import jax
-import numpy as np
 
 from resjax import checkpoints, metrics
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 16
-BASE = ["--config=configs/embedded.py:tiny_mlp", f"--config.train.steps={STEPS}",
-        "--config.train.log_every=1", "--config.train.checkpoint_every=4",
-        "--config.train.eval_every=0"]
-TIMEOUT = 300
-PROGRESS = r"^step +(\d+)/\d+ "
+from helpers import (BASE, STEPS, Run, arrays, assert_bitwise_equal, reference_run,
+                     subprocess_env, tree_digest)
 
 # Stops the commit (the final rename) of one checkpoint forever, so the test can
-# kill the process while that save is in flight; then runs launch.train.
+# kill the process while that save is in flight; then runs launch.train. Saves go
+# through our seam, `checkpoints.SAVE_PATH_CLASS`, with Orbax's public class.
 HANG_IN_COMMIT = r"""
 import asyncio, runpy, sys
-from orbax.checkpoint._src.path import atomicity
+import orbax.checkpoint as ocp
+from resjax import checkpoints
 step = sys.argv.pop(1)
-finalize = atomicity.AtomicRenameTemporaryPath.finalize
-async def hang(self):
-  if self.get_final().name == step:
-    print(f"hanging in the commit of checkpoint {step}", flush=True)
-    await asyncio.sleep(3600)
-  return await finalize(self)
-atomicity.AtomicRenameTemporaryPath.finalize = hang
+class HangInCommit(ocp.path.atomicity.AtomicRenameTemporaryPath):
+  async def finalize(self, *args, **kwargs):
+    if self.get_final().name == step:
+      print(f"hanging in the commit of checkpoint {step}", flush=True)
+      await asyncio.sleep(3600)
+    return await super().finalize(*args, **kwargs)
+checkpoints.SAVE_PATH_CLASS = HangInCommit
 runpy.run_module("launch.train", run_name="__main__", alter_sys=True)
 """
-
-
-def subprocess_env(cache_dir, devices: int = 8, **extra) -> dict:
-  """The test environment with `devices` host devices and a shared compilation cache."""
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  return {**os.environ, "XLA_FLAGS": " ".join(
-      flags + [f"--xla_force_host_platform_device_count={devices}"]),
-          "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
-          "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", **extra}
-
-
-class Run:
-  """A launcher subprocess whose stdout lines are read as they come."""
-
-  def __init__(self, args, env, *, code=None):
-    self.err = tempfile.NamedTemporaryFile("w+", suffix=".stderr")
-    head = ["-c", code] if code else ["-m", "launch.train"]
-    self.proc = subprocess.Popen([sys.executable, "-u", *head, *args], cwd=ROOT, env=env,
-                                 stdout=subprocess.PIPE, stderr=self.err, text=True)
-    self.lines: list[str] = []
-    self._queue: queue.Queue = queue.Queue()
-    threading.Thread(target=self._read, daemon=True).start()
-
-  def _read(self):
-    for line in self.proc.stdout:
-      self._queue.put(line.rstrip("\n"))
-    self._queue.put(None)
-
-  def output(self) -> str:
-    self.err.seek(0)
-    errors = [l for l in self.err.read().splitlines() if not re.match(r"[IW]\d{4} ", l)]
-    return "\n".join(["stdout:", *self.lines, "stderr:", *errors[-30:]])
-
-  def wait_for(self, pattern: str, accept=lambda match: True) -> re.Match:
-    """The first stdout line matching `pattern` that `accept`s (fails at exit)."""
-    while True:
-      try:
-        line = self._queue.get(timeout=TIMEOUT)
-      except queue.Empty:
-        self.proc.kill()
-        raise AssertionError(f"no line like {pattern!r} in {TIMEOUT} s\n{self.output()}")
-      if line is None:
-        self.proc.wait()
-        raise AssertionError(f"exited ({self.proc.returncode}) before a line like "
-                             f"{pattern!r}\n{self.output()}")
-      self.lines.append(line)
-      match = re.search(pattern, line)
-      if match and accept(match):
-        return match
-
-  def at_step(self, target: int) -> int:
-    """Waits for the first progress line of a step >= target; returns its step."""
-    return int(self.wait_for(PROGRESS, lambda m: int(m[1]) >= target)[1])
-
-  def find(self, pattern: str) -> re.Match | None:
-    """The first line read so far that matches `pattern`."""
-    return next((m for l in self.lines if (m := re.search(pattern, l))), None)
-
-  def finish(self) -> int:
-    while (line := self._queue.get(timeout=TIMEOUT)) is not None:
-      self.lines.append(line)
-    return self.proc.wait(timeout=TIMEOUT)
-
-
-def reference_run(tmp_path_factory) -> str:
-  """The uninterrupted run (checkpoint at every step), made once per test session."""
-  base = tmp_path_factory.getbasetemp()
-  workdir = base / "reference"
-  if not (workdir / "done").exists():
-    shutil.rmtree(workdir, ignore_errors=True)
-    run = Run([*BASE, f"--workdir={workdir}", "--config.train.checkpoint_every=1"],
-              subprocess_env(base / "jax-cache"))
-    assert run.finish() == 0, run.output()
-    (workdir / "done").write_text("")
-  return str(workdir)
-
-
-def arrays(workdir, step=None) -> dict:
-  """The checkpointed arrays (NumPy) of `step` (default: latest)."""
-  _, state = checkpoints.load(workdir, step)
-  return jax.device_get(state.arrays())
-
-
-def assert_bitwise_equal(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 def assert_same_as_reference(workdir, reference, steps=None):
@@ -153,23 +51,6 @@ def assert_consistent_metrics(workdir, reference, last):
   for row in train:
     for key in ("train/loss", "train/accuracy", "train/grad_norm", "train/param_norm"):
       assert row[key] == want[row["step"]][key], (row["step"], key)
-
-
-def tree_digest(path) -> dict:
-  """relative path -> (size, mtime, sha256) of every file under `path` (the
-  workdir lock, which each run takes and releases, left out)."""
-  from resjax import locking
-  out = {}
-  for root, _, names in os.walk(path):
-    for name in names:
-      if name == locking.LOCK_NAME:
-        continue
-      full = os.path.join(root, name)
-      with open(full, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-      stat = os.stat(full)
-      out[os.path.relpath(full, path)] = (stat.st_size, stat.st_mtime_ns, digest)
-  return out
 
 
 def _resumed_step(run: Run) -> int:

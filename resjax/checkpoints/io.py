@@ -16,17 +16,13 @@ temporary directory is ignored when reading and removed by the next training
 run. `load(workdir)` rebuilds the state from the metadata on the caller's
 devices (any number) and restores the arrays into it.
 
-Importing this module keeps two things of Orbax's off stderr that tell the
-user nothing: the "Given directory is read only" warning of every read-only
-manager, and the `RuntimeError: Event loop is closed` traceback of each read
-still in flight when a restore fails (`quiet_orbax`).
+Orbax's noise on stderr (a read-only warning, closed-loop tracebacks) is kept
+off the terminal by the launchers (`launch.runtime.quiet_orbax`), not here.
 """
 from __future__ import annotations
 
 import json
-import logging as py_logging
 import os
-import sys
 import time
 from typing import Any, Sequence
 
@@ -48,48 +44,10 @@ RESUMABLE_GROUPS = ("train",)
 STEPS_SCHEDULES = ("cosine",)
 # What makes a directory hold a run (moved together by `move_aside`).
 RUN_FILES = (CONFIG_FILE, CHECKPOINT_DIR, "metrics.jsonl", "tensorboard")
-
-
-def _late_callback(unraisable) -> bool:
-  """Whether an unraisable exception is a read finishing onto a closed event loop.
-
-  Orbax runs each restore in an event loop of its own and closes it as soon as
-  one read fails; TensorStore then completes the reads still in flight by
-  calling `loop.call_soon_threadsafe`, which raises this, once per read.
-  """
-  if not (isinstance(unraisable.exc_value, RuntimeError)
-          and str(unraisable.exc_value) == "Event loop is closed"):
-    return False
-  tb = unraisable.exc_traceback
-  names = []
-  while tb is not None:
-    names.append(tb.tb_frame.f_code.co_name)
-    tb = tb.tb_next
-  return "call_soon_threadsafe" in names
-
-
-def _read_only_warning(record: py_logging.LogRecord) -> bool:
-  return not str(record.msg).startswith("Given directory is read only")
-
-
-def quiet_orbax() -> None:
-  """Drops Orbax's read-only warning and its closed-loop tracebacks (idempotent)."""
-  absl_logger = py_logging.getLogger("absl")
-  if _read_only_warning not in absl_logger.filters:
-    absl_logger.addFilter(_read_only_warning)
-  previous = sys.unraisablehook
-  if getattr(previous, "_resjax_quiet", False):
-    return
-
-  def hook(unraisable):
-    if not _late_callback(unraisable):
-      previous(unraisable)
-
-  hook._resjax_quiet = True  # pylint: disable=protected-access
-  sys.unraisablehook = hook
-
-
-quiet_orbax()
+# The seam for fault injection: a subclass of Orbax's public
+# `ocp.path.atomicity.AtomicRenameTemporaryPath` that writable managers save
+# through (None: Orbax's default). Tests set it to stop a save in its commit.
+SAVE_PATH_CLASS: type | None = None
 
 
 def directory(workdir: str) -> str:
@@ -124,8 +82,9 @@ def manager(workdir: str, *, keep: int = 0, read_only: bool = False) -> ocp.Chec
     options = ocp.CheckpointManagerOptions(
         read_only=True, create=False, save_interval_steps=0, cleanup_tmp_directories=False)
   else:
+    extra = {"temporary_path_class": SAVE_PATH_CLASS} if SAVE_PATH_CLASS else {}
     options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=True,
-                                           cleanup_tmp_directories=True)
+                                           cleanup_tmp_directories=True, **extra)
   return ocp.CheckpointManager(directory(workdir), options=options)
 
 

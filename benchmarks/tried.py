@@ -30,7 +30,7 @@ from jax import lax
 import numpy as np
 
 from resjax.models import layers as models  # _conv is wrapped there
-from resjax.bench import train as bench_train
+from benchmarks import train as bench_train
 
 FLAGS = ("--xla_cpu_use_onednn=true", "--xla_cpu_experimental_onednn_custom_call=true",
          "--xla_cpu_use_xnnpack=true", "--xla_cpu_experimental_ynn_fusion_type=",
@@ -79,8 +79,9 @@ def _child_ms(quick: bool) -> float:
 def _flag_ms(flag: str, quick: bool) -> float:
   env = dict(os.environ, **{_CHILD: "1"})
   env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
-  out = subprocess.run([sys.executable, "-m", "resjax.bench.tried"] + (["quick"] if quick else []),
-                       env=env, check=True, capture_output=True, text=True).stdout
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # benchmarks/ is not installed.
+  out = subprocess.run([sys.executable, "-m", "benchmarks.tried"] + (["quick"] if quick else []),
+                       env=env, cwd=root, check=True, capture_output=True, text=True).stdout
   return float(out.split()[-1])
 
 

@@ -19,7 +19,7 @@ import ml_collections
 from configs import embedded
 from resjax import sharding
 from resjax import train
-from resjax.bench import train as bench_train
+from benchmarks import train as bench_train
 
 
 def _models(quick: bool) -> dict[str, ml_collections.ConfigDict]:

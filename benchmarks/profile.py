@@ -43,7 +43,7 @@ import jax
 import numpy as np
 
 from resjax import sharding
-from resjax.bench import train as bench_train
+from benchmarks import train as bench_train
 
 KINDS = ("conv forward", "conv input-grad", "conv weight-grad", "transposes", "reductions",
          "elementwise", "other")

@@ -208,7 +208,7 @@ def torch_step(depth: int, plain: bool, batch: int, widths, channels_last: bool,
                threads: int, device: str = "cpu") -> Callable[[], None]:
   """One eager PyTorch train step of the same network on one fixed batch on `device`."""
   torch = _torch()
-  from resjax.bench import torch_resnet  # pylint: disable=import-outside-toplevel
+  from benchmarks import torch_resnet  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
   model = torch_resnet.ResNet(depth, NUM_CLASSES, plain=plain, widths=tuple(widths))
   run = torch_resnet.train_step_fn(model, mean=MEAN, std=STD, channels_last=channels_last,

@@ -33,7 +33,7 @@ from absl import logging
 
 from configs import embedded
 from resjax import grid, train
-from resjax.bench import train as bench_train
+from benchmarks import train as bench_train
 
 
 def _quiet_run(config: ml_collections.ConfigDict, dataset=None) -> dict:

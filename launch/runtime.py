@@ -1,0 +1,405 @@
+"""What a launcher changes in its own process: signals, exits, stdout, hooks.
+
+The library (`resjax/`) never does any of this; launchers call it here and
+pass what the library needs in (a `should_stop` callable).
+
+`stop_on_signals` turns SIGTERM (preemption notice) and SIGINT (Ctrl-C) into a
+`should_stop(step)` predicate for the training loop. With one process it is a
+flag set by the signal handler. With several, JAX's preemption service decides:
+the process that gets the signal tells the coordinator, and every process
+answers True at the same step, so all of them save the same checkpoint.
+
+`exit_on_signals` is for jobs that keep their work in files as they go (the
+sweep, the studies): a signal ends the process at once, even while the main
+thread is inside a long XLA call, with one line saying what was kept and exit
+code 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
+
+`initialize` joins a multi-process job (`resjax.distributed.initialize`) and
+ends the process in one line when the other processes do not come in time or
+Ctrl-C is pressed while waiting. `quiet_gloo` keeps gloo's `[Gloo] Rank i is
+connected to ...` lines (written by C++ to stdout, one per local device when
+the first collective runs) out of a launcher's output. `quiet_orbax` keeps
+Orbax's per-save INFO lines, its read-only warning and its closed-loop
+tracebacks off the terminal. `import_tensorboardx` imports tensorboardX
+without PyTorch.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib
+import logging as py_logging
+import os
+import signal
+import sys
+import threading
+from typing import Callable, Iterator
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+
+from resjax import distributed, locking
+
+_exit_lock = threading.Lock()
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def exit_now(message: str, code: int) -> None:
+  """Prints `message` on stderr, releases this process's workdir locks and exits with `code`.
+
+  At once (`os._exit`), from any thread: no cleanup that could wait on a running
+  XLA computation. Files written with `resjax.files` are whole or absent.
+  """
+  with _exit_lock:  # One message, even if two threads get here.
+    with contextlib.suppress(Exception):
+      sys.stdout.flush()
+    with contextlib.suppress(Exception):
+      if _stdout_filter is not None:
+        _stdout_filter.close()
+    with contextlib.suppress(Exception):
+      if message:
+        print(message, file=sys.stderr, flush=True)
+    with contextlib.suppress(Exception):
+      locking.release_all()
+    os._exit(code)
+
+
+# ----------------------------------------------------------------------------- joining a job
+
+
+def initialize(coordinator_address: str | None, num_processes: int | None,
+               process_id: int | None, *, auto: bool, timeout_s: int) -> bool:
+  """`resjax.distributed.initialize`, ended in one line when the job does not assemble.
+
+  Waits at most `timeout_s` for every process to join, then ends the process
+  with `error: <distributed.late_message(...)>` and exit 1 (JAX would abort in
+  C++ later). Ctrl-C while waiting ends it at once (exit 130). Returns whether
+  a multi-process runtime was started.
+  """
+  where = coordinator_address or "the coordinator found in the cluster environment"
+
+  @contextlib.contextmanager
+  def waiting() -> Iterator[None]:
+    late = lambda: distributed.late_message(  # noqa: E731
+        coordinator_address, num_processes, process_id, timeout_s)
+    with _watchdog(timeout_s, late), \
+        exit_on_signals(lambda sig: f"stopped by {sig} while waiting for the other processes "
+                        f"of the job at {where}; nothing was started",
+                        # SIGTERM: JAX installs its preemption handler while starting.
+                        signals=(signal.SIGINT,)):
+      yield
+
+  return distributed.initialize(coordinator_address, num_processes, process_id, auto=auto,
+                                timeout_s=timeout_s, waiting=waiting)
+
+
+@contextlib.contextmanager
+def _watchdog(timeout_s: float, message: Callable[[], str]) -> Iterator[None]:
+  """Ends the process with `error: <message()>` and exit 1 unless the block ends in time."""
+  done = threading.Event()
+
+  def watch():
+    if not done.wait(timeout_s):
+      exit_now(f"error: {message()}", 1)
+
+  thread = threading.Thread(target=watch, name="watchdog", daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    done.set()
+
+
+# ----------------------------------------------------------------------------- stdout
+
+
+class _DropLines:
+  """Routes file descriptor `fd` through a pipe that drops lines starting with `prefix`."""
+
+  def __init__(self, fd: int, prefix: bytes):
+    self.fd, self.prefix = fd, prefix
+    with contextlib.suppress(Exception):
+      sys.stdout.flush()
+    self.out = os.dup(fd)
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, fd)
+    os.close(write_fd)
+    self.thread = threading.Thread(target=self._pump, args=(read_fd,), name="drop-lines",
+                                   daemon=True)
+    self.thread.start()
+    atexit.register(self.close)
+
+  def _keep(self, line: bytes) -> bool:
+    return not line.startswith(self.prefix)
+
+  def _pump(self, read_fd: int) -> None:
+    pending = b""
+    while True:
+      try:
+        data = os.read(read_fd, 1 << 16)
+      except OSError:
+        data = b""
+      if not data:
+        break
+      *lines, pending = (pending + data).split(b"\n")
+      out = b"".join(l + b"\n" for l in lines if self._keep(l))
+      # A partial line goes out at once unless it may still become a dropped one.
+      if pending and not (pending.startswith(self.prefix) or self.prefix.startswith(pending)):
+        out, pending = out + pending, b""
+      self._write(out)
+    if pending and self._keep(pending):
+      self._write(pending)
+    os.close(read_fd)
+
+  def _write(self, data: bytes) -> None:
+    while data:
+      try:
+        data = data[os.write(self.out, data):]
+      except OSError:
+        return
+
+  def close(self) -> None:
+    """Puts `fd` back and forwards what is still in the pipe (idempotent)."""
+    if self.thread is None:
+      return
+    with contextlib.suppress(Exception):
+      sys.stdout.flush()
+    os.dup2(self.out, self.fd)  # The pipe's last writer is gone: the pump drains and ends.
+    self.thread.join(timeout=2.0)
+    self.thread = None
+
+
+_stdout_filter: _DropLines | None = None
+
+
+def quiet_gloo() -> None:
+  """Drops gloo's `[Gloo] Rank i is connected to j peer ranks` lines from stdout.
+
+  They carry no news once the job has assembled. Stdout goes through a pipe
+  and a thread from here on; `exit_now` and interpreter exit flush it.
+  """
+  global _stdout_filter
+  if _stdout_filter is None:
+    _stdout_filter = _DropLines(1, b"[Gloo] ")
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+class Stop:
+  """`should_stop(step)` of `exit_on_signals`: True once a signal asked to stop."""
+
+  def __init__(self):
+    self.signum: int | None = None
+    self.seen = threading.Event()  # The block was told (it is stopping: saving).
+
+  def __call__(self, step: int | None = None) -> bool:  # pylint: disable=unused-argument
+    if self.signum is None:
+      return False
+    self.seen.set()
+    return True
+
+  @property
+  def name(self) -> str | None:
+    """'SIGINT' / 'SIGTERM' once one came, else None."""
+    return signal.Signals(self.signum).name if self.signum else None
+
+
+@contextlib.contextmanager
+def exit_on_signals(message: Callable[[str], str], signals: tuple[int, ...] = _SIGNALS, *,
+                    grace_s: float | None = None, saving_s: float = 0.0) -> Iterator[Stop]:
+  """SIGINT or SIGTERM (`signals`) inside the block ends the process within a moment.
+
+  `message(signal_name)` gives the one line printed on stderr (say what was
+  kept); the exit code is 128 + the signal number (130 for SIGINT, 143 for
+  SIGTERM), without a traceback. The main thread may be inside a long XLA
+  call: the signal's byte reaches a watcher thread through
+  `signal.set_wakeup_fd`, which exits.
+
+  With `grace_s`, the block gets that long to stop by itself first: the
+  yielded `should_stop(step)` turns True (pass it to a training loop, which
+  saves and returns; then exit with 128 + `should_stop.signum`), and only if
+  the block is still running after `grace_s` (or a second signal comes) does
+  the process end as above. Without it, `should_stop` never turns True. A
+  block that has been told (it called `should_stop` and got True, so it is
+  saving) gets up to `saving_s` more before that, unless a second signal comes.
+
+  Must be entered from the main thread (elsewhere it only yields). Previous
+  handlers come back on exit. Over 60 lines: the handler, the timer and the
+  watcher thread share the state set up here.
+  """
+  should_stop = Stop()
+  if threading.current_thread() is not threading.main_thread():
+    yield should_stop
+    return
+  read_fd, write_fd = os.pipe()
+  os.set_blocking(write_fd, False)
+  done = threading.Event()
+  timers = []
+
+  def finish(signum: int, patient: bool = False) -> None:
+    if patient and should_stop.seen.is_set():
+      done.wait(saving_s)
+    if not done.is_set():
+      exit_now(message(signal.Signals(signum).name), 128 + signum)
+
+  def on_signal(signum: int) -> None:
+    if grace_s is None or should_stop.signum is not None:
+      finish(signum)
+    should_stop.signum = signum
+    timers.append(threading.Timer(grace_s, finish, (signum, True)))
+    timers[-1].daemon = True
+    timers[-1].start()
+
+  def watch():  # Every delivered signal writes its number here, whatever the main thread does.
+    while not done.is_set():
+      try:
+        data = os.read(read_fd, 64)
+      except OSError:
+        return
+      for signum in data:
+        if signum in signals and not done.is_set():
+          on_signal(signum)
+
+  previous = {s: signal.getsignal(s) for s in signals}
+  for s in signals:  # A Python-level handler, so that CPython's C handler writes the byte.
+    signal.signal(s, lambda signum, frame: None)
+  previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+  thread = threading.Thread(target=watch, name="exit-on-signals", daemon=True)
+  thread.start()
+  try:
+    yield should_stop
+  finally:
+    done.set()
+    for timer in timers:
+      timer.cancel()
+    signal.set_wakeup_fd(previous_fd)
+    for s, handler in previous.items():
+      signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+    with contextlib.suppress(OSError):
+      os.write(write_fd, b"\0")
+    thread.join(timeout=1.0)
+    os.close(write_fd)
+    if not thread.is_alive():
+      os.close(read_fd)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[Callable[[int], bool]]:
+  """Yields `should_stop(step)`: True once SIGTERM or SIGINT asked to stop.
+
+  Call it after every training step with the step just finished (the same
+  sequence on every process). A second SIGINT interrupts at once
+  (KeyboardInterrupt). The previous handlers come back on exit. Must be
+  entered from the main thread.
+  """
+  requested = threading.Event()
+  multi = jax.distributed.is_initialized()
+  previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+  def on_signal(signum, frame):  # pylint: disable=unused-argument
+    if signum == signal.SIGINT and requested.is_set():
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+      raise KeyboardInterrupt
+    requested.set()
+    if multi and signum == signal.SIGINT:
+      # JAX's preemption service listens for SIGTERM; pass Ctrl-C on to it.
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  signal.signal(signal.SIGINT, on_signal)
+  if not multi:  # With the runtime up, JAX's own SIGTERM handler is in place.
+    signal.signal(signal.SIGTERM, on_signal)
+
+  def should_stop(step: int) -> bool:
+    if multi:
+      return multihost_utils.reached_preemption_sync_point(int(step))
+    return requested.is_set()
+
+  try:
+    yield should_stop
+  finally:
+    for signum, handler in previous.items():
+      if handler is not None:
+        signal.signal(signum, handler)
+
+
+# ----------------------------------------------------------------------------- Orbax, tensorboardX
+
+
+def _orbax_log(record: py_logging.LogRecord) -> bool:
+  """False for Orbax's INFO lines and its read-only warning.
+
+  They would bury the progress; its ERROR lines (tracebacks from background
+  save threads) reach the caller as the save's exception, which the launchers
+  report in one line.
+  """
+  if "/orbax/" not in record.pathname:
+    return True
+  if "Given directory is read only" in record.getMessage():  # Every read-only restore.
+    return False
+  return record.levelno in (py_logging.WARNING, py_logging.CRITICAL)
+
+
+def _read_only_warning(record: py_logging.LogRecord) -> bool:
+  return not str(record.msg).startswith("Given directory is read only")
+
+
+def _late_callback(unraisable) -> bool:
+  """Whether an unraisable exception is a read finishing onto a closed event loop.
+
+  Orbax runs each restore in an event loop of its own and closes it as soon as
+  one read fails; TensorStore then completes the reads still in flight by
+  calling `loop.call_soon_threadsafe`, which raises this, once per read.
+  """
+  if not (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed"):
+    return False
+  tb = unraisable.exc_traceback
+  names = []
+  while tb is not None:
+    names.append(tb.tb_frame.f_code.co_name)
+    tb = tb.tb_next
+  return "call_soon_threadsafe" in names
+
+
+def quiet_orbax() -> None:
+  """Keeps Orbax's noise off the terminal (idempotent).
+
+  Its per-save INFO lines and the "Given directory is read only" warning of
+  every read-only manager, and the `RuntimeError: Event loop is closed`
+  traceback of each read still in flight when a restore fails.
+  """
+  handler = logging.get_absl_handler()
+  if _orbax_log not in handler.filters:
+    handler.addFilter(_orbax_log)
+  absl_logger = py_logging.getLogger("absl")
+  if _read_only_warning not in absl_logger.filters:
+    absl_logger.addFilter(_read_only_warning)
+  previous = sys.unraisablehook
+  if getattr(previous, "_resjax_quiet", False):
+    return
+
+  def hook(unraisable):
+    if not _late_callback(unraisable):
+      previous(unraisable)
+
+  hook._resjax_quiet = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+
+
+def import_tensorboardx() -> None:
+  """Imports tensorboardX (what `resjax.metrics` writes TensorBoard events with)
+  without PyTorch.
+
+  tensorboardX imports PyTorch when it is installed, only to accept torch
+  tensors, which are never passed; that costs seconds per start. `import torch`
+  fails fast inside it while it loads; a later `import torch` works as usual.
+  """
+  if "tensorboardX" in sys.modules or "torch" in sys.modules:
+    return
+  sys.modules["torch"] = None  # Makes `import torch` raise ImportError at once.
+  try:
+    importlib.import_module("tensorboardX")
+  finally:
+    del sys.modules["torch"]

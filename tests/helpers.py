@@ -1,0 +1,134 @@
+"""What several test files share: launcher subprocesses, the reference run, digests.
+
+The reference is `python -m launch.train` on the embedded spirals (tiny MLP,
+16 steps) run once per test session, saving a checkpoint at every step, so any
+checkpoint an interrupted run leaves behind can be compared with it bit for
+bit. Subprocesses share a JAX compilation cache, so only the first one compiles.
+"""
+import hashlib
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+import jax
+import numpy as np
+
+from resjax import checkpoints, locking
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 16
+BASE = ["--config=configs/embedded.py:tiny_mlp", f"--config.train.steps={STEPS}",
+        "--config.train.log_every=1", "--config.train.checkpoint_every=4",
+        "--config.train.eval_every=0"]
+TIMEOUT = 300
+PROGRESS = r"^step +(\d+)/\d+ "
+
+
+def subprocess_env(cache_dir, devices: int = 8, **extra) -> dict:
+  """The test environment with `devices` host devices and a shared compilation cache."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  return {**os.environ, "XLA_FLAGS": " ".join(
+      flags + [f"--xla_force_host_platform_device_count={devices}"]),
+          "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
+          "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", **extra}
+
+
+class Run:
+  """A launcher subprocess whose stdout lines are read as they come."""
+
+  def __init__(self, args, env, *, code=None):
+    self.err = tempfile.NamedTemporaryFile("w+", suffix=".stderr")
+    head = ["-c", code] if code else ["-m", "launch.train"]
+    self.proc = subprocess.Popen([sys.executable, "-u", *head, *args], cwd=ROOT, env=env,
+                                 stdout=subprocess.PIPE, stderr=self.err, text=True)
+    self.lines: list[str] = []
+    self._queue: queue.Queue = queue.Queue()
+    threading.Thread(target=self._read, daemon=True).start()
+
+  def _read(self):
+    for line in self.proc.stdout:
+      self._queue.put(line.rstrip("\n"))
+    self._queue.put(None)
+
+  def output(self) -> str:
+    self.err.seek(0)
+    errors = [l for l in self.err.read().splitlines() if not re.match(r"[IW]\d{4} ", l)]
+    return "\n".join(["stdout:", *self.lines, "stderr:", *errors[-30:]])
+
+  def wait_for(self, pattern: str, accept=lambda match: True) -> re.Match:
+    """The first stdout line matching `pattern` that `accept`s (fails at exit)."""
+    while True:
+      try:
+        line = self._queue.get(timeout=TIMEOUT)
+      except queue.Empty:
+        self.proc.kill()
+        raise AssertionError(f"no line like {pattern!r} in {TIMEOUT} s\n{self.output()}")
+      if line is None:
+        self.proc.wait()
+        raise AssertionError(f"exited ({self.proc.returncode}) before a line like "
+                             f"{pattern!r}\n{self.output()}")
+      self.lines.append(line)
+      match = re.search(pattern, line)
+      if match and accept(match):
+        return match
+
+  def at_step(self, target: int) -> int:
+    """Waits for the first progress line of a step >= target; returns its step."""
+    return int(self.wait_for(PROGRESS, lambda m: int(m[1]) >= target)[1])
+
+  def find(self, pattern: str) -> re.Match | None:
+    """The first line read so far that matches `pattern`."""
+    return next((m for l in self.lines if (m := re.search(pattern, l))), None)
+
+  def finish(self) -> int:
+    while (line := self._queue.get(timeout=TIMEOUT)) is not None:
+      self.lines.append(line)
+    return self.proc.wait(timeout=TIMEOUT)
+
+
+def reference_run(tmp_path_factory) -> str:
+  """The uninterrupted run (checkpoint at every step), made once per test session."""
+  base = tmp_path_factory.getbasetemp()
+  workdir = base / "reference"
+  if not (workdir / "done").exists():
+    shutil.rmtree(workdir, ignore_errors=True)
+    run = Run([*BASE, f"--workdir={workdir}", "--config.train.checkpoint_every=1"],
+              subprocess_env(base / "jax-cache"))
+    assert run.finish() == 0, run.output()
+    (workdir / "done").write_text("")
+  return str(workdir)
+
+
+def arrays(workdir, step=None) -> dict:
+  """The checkpointed arrays (NumPy) of `step` (default: latest)."""
+  _, state = checkpoints.load(workdir, step)
+  return jax.device_get(state.arrays())
+
+
+def assert_bitwise_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def tree_digest(path) -> dict:
+  """relative path -> (size, mtime, sha256) of every file under `path` (the
+  workdir lock, which each run takes and releases, left out)."""
+  out = {}
+  for root, _, names in os.walk(path):
+    for name in names:
+      if name == locking.LOCK_NAME:
+        continue
+      full = os.path.join(root, name)
+      with open(full, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+      stat = os.stat(full)
+      out[os.path.relpath(full, path)] = (stat.st_size, stat.st_mtime_ns, digest)
+  return out

@@ -1,0 +1,59 @@
+"""What a new user meets first: each launcher's --help and the list of configs."""
+import importlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT
+
+
+@pytest.mark.parametrize("module,wanted", [
+    ("launch.train", ("config", "workdir")), ("launch.sweep", ("config", "workdir")),
+    ("launch.study", ("config", "workdir")), ("launch.analyze", ("workdir",))])
+def test_help_shows_config_and_workdir_in_one_line_each(module, wanted):
+  proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+  assert "Traceback" not in proc.stderr, proc.stderr[-2000:]  # absl's --help exits 1.
+  lines = proc.stdout.splitlines()
+  assert len(lines) < 60, "--help lists the launcher's own flags, not absl's and JAX's"
+  for name in wanted:
+    at = [i for i, l in enumerate(lines) if l.startswith(f"  --{name}: ")]
+    assert len(at) == 1, (name, proc.stdout)
+    after = lines[at[0] + 1]
+    assert after.startswith(("  --", "    (default:")) or not after.strip(), (name, after)
+  if "config" in wanted:
+    assert "python -m launch.configs" in proc.stdout
+
+
+def test_configs_lists_every_variant_with_a_description():
+  from launch import configs as listing
+  names = listing.config_files()
+  assert {"cifar10", "collapse", "embedded", "study"} <= set(names)
+  text = listing.listing(names)
+  for name in names:
+    module = importlib.import_module(f"configs.{name}")
+    variants = listing.variants(module)
+    assert variants, name
+    for variant in variants:
+      line = next(l for l in text.splitlines() if l.split()[0] == f"configs/{name}.py:{variant}")
+      assert len(line.split(None, 1)) == 2, line  # A description beside the name.
+  embedded = importlib.import_module("configs.embedded")
+  assert set(listing.variants(embedded)) == set(embedded.VARIANTS)
+  assert set(listing.variants(importlib.import_module("configs.collapse"))) == {
+      "ball", "sphere", "quick"}
+  assert re.search(r"^  configs/collapse\.py +sweep .*\(default\)$", text, re.M)
+  assert sum(l.endswith("(default)") for l in text.splitlines()) == len(names)
+
+
+def test_configs_command_and_a_bad_name():
+  proc = subprocess.run([sys.executable, "-m", "launch.configs", "embedded"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.splitlines()[0].startswith("configs/embedded.py: ")
+  assert "configs/embedded.py:tiny_mlp " in proc.stdout
+  proc = subprocess.run([sys.executable, "-m", "launch.configs", "nope"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+      "error: config file='nope' is not known; choose one of: "), proc.stderr
