@@ -47,7 +47,7 @@ def _conv(features: int, kernel: int, strides: int, dtype: Dtype, name: str,
   """A bias-free He-normal conv (3x3: padding 1; 1x1: none).
 
   The families call it as `layers._conv` at trace time, so a benchmark can wrap
-  it (resjax/bench/tried.py); hence the one underscore name here.
+  it (benchmarks/tried.py); hence the one underscore name here.
   """
   return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
                  padding=_PAD1 if kernel == 3 else ((0, 0), (0, 0)),
