@@ -19,11 +19,11 @@ from helpers import (BASE, STEPS, Run, arrays, assert_bitwise_equal, reference_r
 
 # Stops the commit (the final rename) of one checkpoint forever, so the test can
 # kill the process while that save is in flight; then runs launch.train. Saves go
-# through our seam, `checkpoints.SAVE_PATH_CLASS`, with Orbax's public class.
+# through our seam, `resjax.checkpoints.io.SAVE_PATH_CLASS`, with Orbax's public class.
 HANG_IN_COMMIT = r"""
 import asyncio, runpy, sys
 import orbax.checkpoint as ocp
-from resjax import checkpoints
+from resjax.checkpoints import io
 step = sys.argv.pop(1)
 class HangInCommit(ocp.path.atomicity.AtomicRenameTemporaryPath):
   async def finalize(self, *args, **kwargs):
@@ -31,7 +31,7 @@ class HangInCommit(ocp.path.atomicity.AtomicRenameTemporaryPath):
       print(f"hanging in the commit of checkpoint {step}", flush=True)
       await asyncio.sleep(3600)
     return await super().finalize(*args, **kwargs)
-checkpoints.SAVE_PATH_CLASS = HangInCommit
+io.SAVE_PATH_CLASS = HangInCommit
 runpy.run_module("launch.train", run_name="__main__", alter_sys=True)
 """
 

@@ -15,7 +15,7 @@ import ml_collections
 from resjax import restore as _restore
 from resjax.checkpoints.io import (CHECKPOINT_DIR, CONFIG_FILE, RESUMABLE_GROUPS, RUN_FILES,
                                    STEPS_SCHEDULES, check_same_config, complete_steps,
-                                   directory, holds_run, manager, move_aside, quiet_orbax,
+                                   directory, holds_run, manager, move_aside,
                                    read_config, read_meta, restore, save, save_config,
                                    saved_steps, unreadable)
 
