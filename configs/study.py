@@ -1,4 +1,4 @@
-"""The five studies: each a named set of ordinary grid runs (launch.train configs
+"""The seven studies: each a named set of ordinary grid runs (launch.train configs
 with `config.grid` set) plus its analysis and figure (resjax/studies/<study>.py).
 
   python -m launch.study --config=configs/study.py:degradation --workdir=runs/degradation
@@ -232,6 +232,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   name = parts[0] if parts else "degradation"
   errors.check(all(p == "tiny" for p in parts[1:]),
                f"config study.py:{arg} is not allowed; use <study> or <study>,tiny")
+  errors.choice("study", name, studies.names())
   config = ml_collections.ConfigDict()
   config.study = name  # One of resjax.studies.names().
   config.seed = 0  # First seed; the nets use seeds seed .. seed + seeds - 1.
@@ -249,11 +250,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       chunk=0,  # Draws per vmapped chunk (0 = all at once).
       manifold=dict(name="spiral", dims=(2,), points=1000, turns=3.0),  # The 2-D spiral.
   ))
-  # Grid name -> launch.train config (unknown study names are refused by resjax.studies).
-  known = name in studies.names()
-  errors.check(not known or callable(globals().get(name)),
+  # Grid name -> launch.train config.
+  errors.check(callable(globals().get(name)),
                f"configs/study.py has no config function {name}() for study {name!r}")
-  config.grids = ml_collections.ConfigDict(globals()[name]() if known else {})
-  if "tiny" in parts[1:] and known:
+  config.grids = ml_collections.ConfigDict(globals()[name]())
+  if "tiny" in parts[1:]:
     _shrink(config)
   return config

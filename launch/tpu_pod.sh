@@ -1,4 +1,5 @@
 #!/bin/bash
+# UNTRIED: this script has never run on a TPU pod (docs/clusters.md).
 # Trains one network on a Cloud TPU VM pod slice (e.g. v4-32 = 4 hosts): the same
 # command runs on every host, and JAX reads the slice's layout from the TPU
 # metadata (`--multihost`).
@@ -29,7 +30,8 @@ if [[ "$1" == "--setup" ]]; then
   root=$(cd "$(dirname "$0")/.." && pwd)
   on_all "rm -rf ~/$dir && mkdir -p ~/$dir"
   gcloud compute tpus tpu-vm scp --recurse --zone="$zone" --worker=all \
-    "$root"/pyproject.toml "$root"/README.md "$root"/resjax "$root"/configs "$root"/launch \
+    "$root"/pyproject.toml "$root"/setup.py "$root"/README.md "$root"/resjax "$root"/configs \
+    "$root"/launch "$root"/benchmarks \
     "$name":"~/$dir/"
   on_all "cd ~/$dir && pip install -q -e . 'jax[tpu]'"
   exit 0

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from resjax import errors
+from resjax import errors, schema
 from resjax import sharding
 from resjax.checkpoints import io as ckpt
 from resjax.grid import spec as grid_spec
@@ -22,11 +22,16 @@ from resjax.train import optimizer as train_optimizer
 from resjax.train import state as train_state
 
 
-def _check_types(step: Any, net: Any) -> None:
-  for name, value in (("step", step), ("net", net)):
-    errors.check(value is None or (isinstance(value, int) and not isinstance(value, bool)),
-                 f"{name}={value!r} is a {type(value).__name__}; pass an integer "
-                 f"{'step number' if name == 'step' else 'net index'} or None")
+# The arguments of `load` (and `checkpoints.load`).
+RULES = {
+    "workdir": schema.Rule("path", fix="pass the workdir of a training run"),
+    "step": schema.Int(0, none_ok=True, fix="pass an integer step number >= 0 or None"),
+    "net": schema.Int(0, none_ok=True, fix="pass an integer net index >= 0 or None"),
+}
+
+
+def _check_args(workdir: Any, step: Any, net: Any) -> None:
+  schema.check({"workdir": workdir, "step": step, "net": net}, RULES)
 
 
 def _abstract(config: ml_collections.ConfigDict, facts: dict, mesh: jax.sharding.Mesh,
@@ -34,7 +39,7 @@ def _abstract(config: ml_collections.ConfigDict, facts: dict, mesh: jax.sharding
   """The abstract state the checkpoint of `config` restores into."""
   if grid_spec.is_grid(config):
     count = len(grid_spec.nets(config))
-    errors.check(net is None or (isinstance(net, int) and 0 <= net < count),
+    errors.check(net is None or 0 <= net < count,
                  f"net={net!r} is not a net of the grid in {os.path.abspath(workdir)}; "
                  f"use 0..{count - 1}")
     grid_mesh = sharding.grid_mesh(mesh.devices.flat, 1)
@@ -94,7 +99,7 @@ def load(workdir: str, step: int | None = None,
   single run with its settings), as an ordinary single-net state; without
   `net` the stacked state and the grid's config are returned.
   """
-  _check_types(step, net)
+  _check_args(workdir, step, net)
   config, facts, mesh, state = _restored(workdir, step, devices, net)
   if not grid_spec.is_grid(config) or net is None:
     return config, state

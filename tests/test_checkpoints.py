@@ -311,7 +311,16 @@ def test_metrics_never_keep_half_a_line(tmp_path, monkeypatch):
 
 def test_load_names_a_wrong_type(saved):
   workdir, _, _ = saved
-  with pytest.raises(errors.ConfigError, match=r"step='2' is a str; pass an integer step"):
+  with pytest.raises(errors.ConfigError,
+                     match=r"^step='2' is not allowed; pass an integer step number >= 0 or None$"):
     checkpoints.load(workdir, step="2")
-  with pytest.raises(errors.ConfigError, match=r"net=1.5 is a float"):
+  with pytest.raises(errors.ConfigError, match=r"^net=1.5 is not allowed; pass an integer net"):
     checkpoints.load(workdir, net=1.5)
+  with pytest.raises(errors.ConfigError, match=r"^net=True is not allowed"):
+    checkpoints.load(workdir, net=True)
+  with pytest.raises(errors.ConfigError, match=r"^workdir=None is not allowed; pass the workdir"):
+    checkpoints.load(None)
+  # NumPy integers (what iterating nets.csv gives) are integers.
+  config, _ = checkpoints.load(workdir, step=np.int64(checkpoints.saved_steps(workdir)[-1]),
+                               net=np.int64(0))
+  assert config is not None

@@ -114,7 +114,9 @@ def train_grid(name: str, g, workdir: str, log, should_stop) -> dict:
     log(f"[{name}] {len(grid.nets(g))} nets of {g.model.name} on {g.data.name} "
         f"({', '.join(f'{f} x{len(v)}' for f, v in grid.axes(g))}), {g.train.steps} steps each")
   tic = time.perf_counter()
-  result = train.train_and_evaluate(g, gdir, should_stop=should_stop)
+  # The training lines go where the study's own lines go (none when it is silent).
+  result = train.train_and_evaluate(g, gdir, should_stop=should_stop,
+                                    say=log if log else lambda _: None)
   timing = {"train_s": time.perf_counter() - tic, "nets": len(grid.nets(g))}
   if result.get("stopped"):
     timing["stopped_at"] = int(result["step"])
