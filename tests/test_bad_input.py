@@ -22,7 +22,7 @@ from helpers import BASE, ROOT, reference_run, subprocess_env, tree_digest
 DRIVER = r"""
 import json, os, runpy, sys, traceback
 import jax, flax, optax, orbax.checkpoint, absl.app, ml_collections  # no backend starts
-import resjax.train, resjax.checkpoints, resjax.collapse, resjax.report
+import resjax.train, resjax.checkpoints, resjax.collapse, resjax.analysis
 cases, outdir = json.load(open(sys.argv[1])), sys.argv[2]
 codes = []
 for i, (module, args) in enumerate(cases):

@@ -316,7 +316,7 @@ def test_memory_estimate_follows_xla():
     config = cc.get_config()
     for key, value in kw.items():
       setattr(config, key, value)
-    grid = collapse.grid_from_config(config)
+    grid = collapse.spec_from_config(config)
     compiled, _, _ = collapse.compile_sweep(grid)
     m = compiled.memory_analysis()
     xla = m.temp_size_in_bytes + m.output_size_in_bytes + m.argument_size_in_bytes
@@ -330,13 +330,13 @@ def test_too_large_sweeps_are_refused_before_compiling(tmp_path):
   config.seeds = 100_000_000
   with pytest.raises(errors.ConfigError, match=r"needs about 4.92 TB of memory .* but this "
                      r"machine has 16 GB; pass at most about 262,144 --config.seeds"):
-    collapse.check_memory(collapse.grid_from_config(config), {"host": 16e9, "device": None})
+    collapse.check_memory(collapse.spec_from_config(config), {"host": 16e9, "device": None})
   config.seeds, config.dims = 64, tuple(range(1, 4097))
   with pytest.raises(errors.ConfigError, match=r"but this machine has 8 GB; pass "
                      r"--config.chunk=2 \(about 5.32 GB\)"):
-    collapse.check_memory(collapse.grid_from_config(config), {"host": 8e9, "device": None})
+    collapse.check_memory(collapse.spec_from_config(config), {"host": 8e9, "device": None})
   config.dims = (2, 64)
-  assert collapse.check_memory(collapse.grid_from_config(config),
+  assert collapse.check_memory(collapse.spec_from_config(config),
                                {"host": 16e9, "device": None})["total"] < 1e9
   proc = _launch("launch.sweep", f"--workdir={tmp_path}/w", "--config.dims=100000")
   _, err = proc.communicate(timeout=120)

@@ -45,15 +45,11 @@ from resjax.collapse.reference import NUMPY_FNS, figure_recoveries, recover, ref
 from resjax.collapse.results import summarize, table
 from resjax.collapse.spec import ERRORS, METRICS, THEORY, SweepSpec, config_of, spec_from_config
 
-# Old names, still used outside the package (tests/test_figures.py, tests/test_reliability.py).
-Grid = SweepSpec
-grid_from_config = spec_from_config
-
 __all__ = [
-    "ERRORS", "GRAM_RTOL", "Grid", "METRICS", "NUMPY_FNS", "PINV_RTOL", "QP_BATCH", "QP_STEPS",
+    "ERRORS", "GRAM_RTOL", "METRICS", "NUMPY_FNS", "PINV_RTOL", "QP_BATCH", "QP_STEPS",
     "QP_TOL", "SweepSpec", "THEORY", "available_memory", "cell_metrics", "check_memory",
     "compile_sweep", "compiler_options", "config_of", "draw_embedding", "embedding_key",
-    "figure_recoveries", "grid_from_config", "least_norm_qp", "memory_estimate",
+    "figure_recoveries", "least_norm_qp", "memory_estimate",
     "prefix_metrics", "recover", "reference_metrics", "run", "spec_from_config", "summarize",
     "sweep", "table",
 ]
