@@ -161,6 +161,12 @@ def unknown_field(e: BaseException) -> str:
   return f"a --config.<field> override names a field the config lacks: {reason}"
 
 
+def _syntax(e: SyntaxError) -> str:
+  """One line for a config file Python cannot parse: the file, the line, what is wrong."""
+  return (f"--config file {e.filename} line {e.lineno}: {e.msg} (a Python syntax error); "
+          "fix the file")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing where a bad --config (file, variant, field) ends in one line.
 
@@ -168,6 +174,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   """
   try:
     rest = flags.FLAGS(argv)
+  except SyntaxError as e:
+    fail(_syntax(e))
   except (flags.Error, AttributeError, KeyError) as e:
     lines = str(e).strip().splitlines() or [repr(e)]
     found = [l.split("ConfigError: ", 1)[1] for l in lines if "ConfigError: " in l]
@@ -179,6 +187,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   if "config" in flags.FLAGS:
     try:
       flags.FLAGS["config"].value.keys()  # A missing file fails here, not while parsing.
+    except SyntaxError as e:
+      fail(_syntax(e))
     except OSError:
       given = flags.FLAGS["config"].serialize().split("=", 1)[-1]
       fail(f"cannot load --config={given}; pass an existing config file[:variant]")

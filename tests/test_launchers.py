@@ -1,5 +1,6 @@
 """What a new user meets first: each launcher's --help and the list of configs."""
 import importlib
+import os
 import re
 import subprocess
 import sys
@@ -57,3 +58,17 @@ def test_configs_command_and_a_bad_name():
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
       "error: config file='nope' is not known; choose one of: "), proc.stderr
+
+
+@pytest.mark.parametrize("module", ["launch.train", "launch.sweep"])
+def test_a_config_file_with_a_syntax_error_is_one_line_naming_file_and_line(module, tmp_path):
+  bad = tmp_path / "bad_config.py"
+  bad.write_text("def get_config(arg=None):\n  return {\n")
+  proc = subprocess.run([sys.executable, "-m", module, f"--config={bad}",
+                         f"--workdir={tmp_path}/w"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+  assert lines[0] == (f"error: --config file {bad} line 2: '{{' was never closed "
+                      "(a Python syntax error); fix the file"), lines
+  assert not (tmp_path / "w").exists()
