@@ -194,3 +194,16 @@ def test_statistics_come_from_resjax_stats():
   contrasts = tables.holm({"a": {"p": 0.01}, "b": {"p": 0.04}, "c": {"p": 0.5}})
   assert contrasts["a"]["holm_reject"] and not contrasts["b"]["holm_reject"]
   assert contrasts["a"]["p_holm"] == pytest.approx(0.03) and contrasts["a"]["family_size"] == 3
+
+
+def test_coordinate_fits_tell_the_candidate_coordinates_apart():
+  from resjax.studies import redundancy
+  d = [1, 1, 2, 2, 2, 3, 3, 3, 4, 4]
+  n = [1, 2, 2, 4, 6, 3, 6, 9, 4, 8]
+  below = [redundancy._binom_below(b, a) for a, b in zip(d, n)]  # pylint: disable=protected-access
+  damage = [30 * p**2 for p in below]  # Rises with the random-layer collapse probability alone.
+  fits = redundancy.coordinate_fits(d, n, damage)
+  assert set(fits) == {"n/d", "n", "n - d", "P(Bin(n, 1/2) < d)"}
+  assert fits["P(Bin(n, 1/2) < d)"]["r2"] == pytest.approx(1.0)
+  assert fits["P(Bin(n, 1/2) < d)"]["r2_leave_one_d_out"] > 0.9
+  assert max(f["r2"] for k, f in fits.items() if k != "P(Bin(n, 1/2) < d)") < 0.99

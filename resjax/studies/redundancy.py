@@ -87,6 +87,31 @@ def one_curve_r2(x: Sequence[float], y: Sequence[float]) -> float:
   return 1.0 - rss / tss if tss > 0 else float("nan")
 
 
+def coordinate_fits(d: Sequence[int], n: Sequence[int], damage: Sequence[float]) -> dict:
+  """R² of one non-increasing curve of the cell damage in each candidate coordinate.
+
+  The coordinates: n/d, n, n - d and the random-layer collapse probability
+  P(Bin(n, 1/2) < d) (damage rises with it, so it is fitted decreasing in its
+  negative). `r2` fits all cells; `r2_leave_one_d_out` predicts each d's cells
+  from a fit to the other d's (linear interpolation of that fit).
+  """
+  d, n, y = (np.asarray(v, np.float64) for v in (d, n, damage))
+  below = np.asarray([_binom_below(int(a), int(b)) for a, b in zip(n, d)])
+  coords = {"n/d": n / d, "n": n, "n - d": n - d, "P(Bin(n, 1/2) < d)": -below}
+  total = ((y - y.mean()) ** 2).sum()
+  out = {}
+  for name, x in coords.items():
+    pred = np.empty_like(y)
+    for left in np.unique(d):
+      fit, rest = d != left, d == left
+      order = np.argsort(x[fit], kind="stable")
+      curve = isotonic_decreasing(x[fit], y[fit])
+      pred[rest] = np.interp(x[rest], x[fit][order], np.asarray(curve)[order])
+    out[name] = {"r2": _g(one_curve_r2(x, y)),
+                 "r2_leave_one_d_out": _g(1 - ((y - pred) ** 2).sum() / total)}
+  return out
+
+
 def _one_curve(cells: list[tuple[int, int]], diffs_CxS: np.ndarray, draws: int,
                seed: int) -> dict[str, Any]:
   """R^2 of the one-curve fits in n / d and in n, their bootstrap intervals, the ceiling."""
@@ -240,7 +265,9 @@ def analyze(config, trained: dict[str, runs.GridRun], workdir: str, log) -> dict
   title = (f"Does redundancy n/d decide the ReLU damage after training? d-dim task embedded in "
            f"{g0.data.ambient} dims, width-n first layer, head {g0.model.head_depth} x "
            f"{g0.model.head_width}, {g0.train.steps} steps")
-  return {**out, "curves": curves, "one_curve": fit,
+  means = diffs_CxS.mean(1)
+  coords = coordinate_fits([c[0] for c in cells], [c[1] for c in cells], means)
+  return {**out, "curves": curves, "one_curve": fit, "coordinate_fits": coords,
           "figure_data": {"dims": dims, "title": title, "series": series}}
 
 
