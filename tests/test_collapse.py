@@ -426,6 +426,12 @@ def test_non_finite_underflowing_bool_and_overflowing_values_are_refused(field, 
   assert str(info.value).startswith(needle) and "\n" not in str(info.value)
 
 
+def test_a_config_that_is_not_one_is_refused():
+  for bad in (None, 3, "configs/collapse.py"):
+    with pytest.raises(errors.ConfigError, match=r"is not allowed; pass a collapse config"):
+      collapse.sweep(bad)
+
+
 def test_numpy_integers_and_seeds_past_int32_are_accepted():
   config = configs.collapse.get_config("quick").to_dict()
   config.update(activations=("relu",), dims=(2, 3), seeds=np.int64(2), seed=2**31 + 5)

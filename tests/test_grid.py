@@ -147,6 +147,13 @@ def test_bad_grids_are_named():
   config = _mlp(opt__lr=(0.1, -1.0))
   with pytest.raises(errors.ConfigError, match=r"grid net opt.lr=-1.0: opt.lr=-1.0 is not"):
     train.validate(config, 1)
+  # Out of range is refused, never clamped; a non-finite axis value too.
+  config = _mlp(seeds=(0, 1))
+  config.grid.nets_per_call = -3
+  assert "grid.nets_per_call=-3 is not allowed; use an integer >= 0 (0 = all nets in one call)" \
+      in grid.validate(config)
+  config = _mlp(opt__lr=(0.1, float("inf")))
+  assert any(p.startswith("grid.opt.lr=") and "finite numbers" in p for p in grid.validate(config))
 
 
 def test_nets_split_over_devices_train_without_collectives():

@@ -152,6 +152,10 @@ def test_bad_configs_are_one_line_errors(tmp_path):
   config.seeds = 1
   with pytest.raises(errors.ConfigError, match="seeds=1"):
     studies.validate(config)
+  config = study_configs.get_config("collapse,tiny")
+  config.collapse.seeds = 0  # The untrained curve's sweep: refused before any grid trains.
+  with pytest.raises(errors.ConfigError, match=r"^collapse.seeds=0 is not allowed"):
+    studies.validate(config)
   for field, value in (("seed", True), ("target_loss", float("inf")), ("seed", 2**32)):
     config = study_configs.get_config("convergence,tiny")
     config[field] = value

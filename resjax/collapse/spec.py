@@ -94,6 +94,8 @@ def spec_from_config(config: Any) -> SweepSpec:
   """Validates a collapse config (ConfigDict, dict or SweepSpec); ConfigError on bad input."""
   if isinstance(config, SweepSpec):
     config = config_of(config)
+  errors.check(hasattr(config, "keys"), f"config={config!r} is not allowed; pass a collapse "
+               "config (a ConfigDict or dict, see configs/collapse.py) or a SweepSpec")
   names = names_of(config["activations"], "activations")
   errors.check(bool(names), "activations is empty; choose from: " + ", ".join(activations.names()))
   for name in names:

@@ -93,7 +93,8 @@ def is_grid(config: ml_collections.ConfigDict) -> bool:
 
 def validate(config: ml_collections.ConfigDict) -> list[str]:
   """Problems with `config.grid` (one line each; empty when it is fine)."""
-  problems = []
+  problems = schema.problems(config, {"grid.nets_per_call": schema.Int(
+      0, optional=True, fix="use an integer >= 0 (0 = all nets in one call)")})
   model = config.model.get("name")
   for field, values in axes(config):
     group, _, name = field.partition(".")

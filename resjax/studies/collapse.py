@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from resjax import collapse, files, train
+from resjax import collapse, errors, files, train
 from resjax import stats as rstats
 from resjax.plotting import style
 from resjax.studies import figures, runs, tables
@@ -20,16 +20,28 @@ FAMILIES = ("firstlayer",)
 _LABELS = {"relu": "ReLU(z)", "linear": "z (linear)", "residual": "z + ReLU(Uz + c)"}
 
 
+def _sweep_config(config, widths: Sequence[int]) -> dict[str, Any]:
+  """The untrained curve's sweep config (`config.collapse`) at `widths`."""
+  c = config.collapse
+  return {"activations": tuple(c.activations), "dims": tuple(widths), "seeds": c.seeds,
+          "seed": c.seed, "chunk": c.chunk, "manifold": dict(c.manifold)}
+
+
+def validate(config) -> None:
+  """`config.collapse` checked as `launch.sweep` checks a sweep, before any grid trains."""
+  try:
+    collapse.spec_from_config(_sweep_config(config, (1,)))
+  except errors.ConfigError as e:
+    raise errors.ConfigError(f"collapse.{e}") from None
+
+
 def _collapse_curve(config, widths: Sequence[int], workdir: str, log) -> dict[str, Any]:
   """The untrained collapse curve at the study's widths (cached in the workdir)."""
   path = os.path.join(workdir, "collapse_sweep.json")
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)
-  c = config.collapse
-  cfg = {"activations": tuple(c.activations), "dims": tuple(int(w) for w in widths),
-         "seeds": int(c.seeds), "seed": int(c.seed), "chunk": int(c.chunk),
-         "manifold": dict(c.manifold)}
+  cfg = _sweep_config(config, tuple(int(w) for w in widths))
   if log:
     log(f"untrained collapse curve: resjax.collapse.sweep over n = {cfg['dims']}")
   res = collapse.sweep(cfg)
