@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from resjax import errors
+from resjax import errors, schema
 
 NAMES = ("spiral", "ball", "sphere")
 
@@ -43,15 +43,17 @@ def ball(points: int, d: int, seed: int = 0) -> np.ndarray:
           * radius_P[:, None]).astype(np.float32)
 
 
+# The manifold's fields (`config.manifold` of a sweep), checked by `check`.
+RULES = {"name": schema.Choice(NAMES), "points": schema.POSITIVE}
+DIM = schema.Int(1, fix="each d must be an integer >= 1")
+
+
 def check(name: str, ds: Sequence[int], points: int) -> None:
   """Raises a ConfigError for an unknown manifold or sizes it cannot have."""
-  errors.choice("manifold.name", name, NAMES)
-  errors.check(isinstance(points, int) and points >= 1,
-               f"manifold.points={points!r} must be an integer >= 1")
+  schema.check({"name": name, "points": points}, RULES, prefix="manifold.")
   errors.check(len(ds) >= 1, "manifold.dims=() is empty; give at least one dimension d >= 1")
   for d in ds:
-    errors.check(isinstance(d, int) and not isinstance(d, bool) and d >= 1,
-                 f"manifold.dims contains {d!r}; each d must be an integer >= 1")
+    schema.check_value("manifold.dims", d, DIM)
   if name == "spiral":
     errors.check(tuple(ds) == (2,),
                  f"manifold.dims={tuple(ds)} but the spiral is 2-D: use manifold.dims=2, "

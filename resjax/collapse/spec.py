@@ -21,13 +21,12 @@ THEORY = ("collapsed_frac_theory", "dead_frac_theory", "linear_frac_theory",
 # margin: measured without NaN from 1e-18 to 1e16; NaN at 1e-20 and 1e19.
 SCALE_RANGE = (1e-12, 1e12)
 
-# The sweep config's scalar fields (the lists are parsed by `names_of` / `ints_of`).
+# The sweep config's scalar fields (the lists are parsed by `names_of` / `ints_of`;
+# the manifold's name and size are `manifolds.RULES`, checked by `manifolds.check`).
 RULES = {
     "seeds": schema.POSITIVE,
     "seed": schema.SEED,
     "chunk": schema.Int(0, fix="use an integer >= 0 (0 = no chunking)"),
-    "manifold.name": schema.Choice(manifolds.NAMES),
-    "manifold.points": schema.POSITIVE,
     "manifold.turns": schema.Float(0, 1e6, low_open=True),
     "manifold.scale": schema.Float(*SCALE_RANGE, optional=True, fix=(
         f"use a number in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}] (outside it the scaled "
