@@ -102,16 +102,26 @@ def write_csv(path: str, rows: Iterable[Mapping[str, Any]]) -> None:
 def save_figure(fig, path: str, dpi: int = 150) -> list[str]:
   """Saves a matplotlib figure atomically as PNG at `path` and as PDF (vector) beside it.
 
-  Returns the paths written: `x.png` and `x.pdf` for path `x.png`.
+  The tight bounding box is found once (one layout pass without rendering)
+  and used for both formats. Returns the paths written: `x.png` and `x.pdf`
+  for path `x.png`.
   """
+  import matplotlib  # pylint: disable=g-import-not-at-top  (slow import; figures only)
   root, ext = os.path.splitext(path)
   paths = [path, root + ".pdf"] if ext.lower() == ".png" else [path]
+  dpi_before = fig.dpi
+  fig.set_dpi(dpi)  # Text extents depend on the dpi: lay out as the files are drawn.
+  try:
+    fig.draw_without_rendering()
+    bbox = fig.get_tightbbox().padded(matplotlib.rcParams["savefig.pad_inches"])
+  finally:
+    fig.set_dpi(dpi_before)
   for out in paths:
     buf = io.BytesIO()
     fmt = os.path.splitext(out)[1][1:].lower() or "png"
     # Fixed metadata: the same figure gives the same PDF bytes on every run.
     meta = {"CreationDate": None} if fmt == "pdf" else {}
-    fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
+    fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches=bbox, metadata=meta)
     write_bytes(out, buf.getvalue())
   return paths
 

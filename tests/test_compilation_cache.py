@@ -51,3 +51,17 @@ def test_cache_dir_gets_programs_and_empty_turns_it_off(tmp_path):
   _, err = p.communicate(timeout=300)
   assert p.returncode == 0, err[-2000:]
   assert _files(tmp_path / "xdg" / "resjax" / "jax")
+
+
+def test_a_rerun_loads_the_sweep_program_from_the_cache(tmp_path):
+  """Progress is reported from the host, so the sweep's program itself is cached."""
+  flags = f"--compilation_cache_dir={tmp_path / 'cache'}"
+  entries = []
+  for name in ("first", "rerun"):
+    p = _sweep(tmp_path, name, flags)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-2000:]
+    assert "chunk 1/1" in out  # Progress still shown.
+    entries.append(sorted(_files(tmp_path / "cache")))
+  assert any(f.startswith("jit__chunk_fn") for f in entries[0]), entries[0]
+  assert entries[1] == entries[0]  # Nothing compiled again: every program came from the cache.

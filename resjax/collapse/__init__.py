@@ -30,7 +30,7 @@ Modules, in import order: `spec` (SweepSpec, the config's checks),
 `embedding` (draws of T), `linalg`, `decoders` (span solutions, the
 constrained QP and its float64 twin), `cells` (per-cell metric math),
 `theory` (Binomial predictions), `memory` (estimate and check), `compiled`
-(`sweep`: the whole sweep in one compiled call), `reference` (the float64
+(`sweep`: the whole sweep in one compiled program), `reference` (the float64
 NumPy reference), `results` (summary rows, text table) and `job` (`run`:
 lock, sweep, write one result set, report through `log`).
 """

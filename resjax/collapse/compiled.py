@@ -1,15 +1,16 @@
-"""The sweep in one compiled call: every (d, activation, n, seed) cell, then the theory beside it.
+"""The sweep in one compiled program: every (d, activation, n, seed) cell, then the theory beside it.
 
 T is drawn once per (d, seed) at [n_max, d] (zero-padded to d_max columns;
 each d has its own key, so the T's of different d are independent), and T_n
 is its first n rows, exactly the unpadded draw for n. Everything that
 depends on n is a sum over the first n units, so prefix sums over the unit
-axis give every n at once (`cells`). Draws are vmapped in chunks under
-`lax.map` (memory stays bounded) and the activations are unrolled inside the
-same program, sharing T x, the pseudo-inverses and the duty statistics.
+axis give every n at once (`cells`). Draws are vmapped in chunks, one
+compiled program run chunk after chunk (memory stays bounded), and the
+activations are unrolled inside that program, sharing T x, the pseudo-inverses and the duty statistics.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable, Optional
 
@@ -31,8 +32,8 @@ def compiler_options() -> Optional[dict[str, Any]]:
   return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
 
 
-def _grid_fn(x_KxPxD, d_K, k_C, s_C, seed, *, names, n_max, dims, chunk, progress):
-  """Metrics [C, A, len(dims), M] for every draw C = (manifold dim, seed); C % chunk == 0."""
+def _chunk_fn(x_KxPxD, d_K, k_c, s_c, seed, *, names, n_max, dims):
+  """Metrics [chunk, A, len(dims), M] for one chunk of draws (manifold dim k, seed s)."""
   d_max = x_KxPxD.shape[-1]
   pick_N = np.asarray(dims) - 1
 
@@ -41,25 +42,43 @@ def _grid_fn(x_KxPxD, d_K, k_C, s_C, seed, *, names, n_max, dims, chunk, progres
     t_NxD = embedding.draw_padded(key, n_max, d_K[k], n_max, d_max)
     return cells.prefix_metrics(x_KxPxD[k], t_NxD, d_K[k], names)[:, pick_N]
 
-  chunks = k_C.shape[0] // chunk
-
-  def body(args):
-    i, k, s = args
-    out = jax.vmap(one)(k, s)
-    if progress is not None:
-      jax.debug.callback(lambda i, _: progress(int(i) + 1, chunks), i, out[0, 0, 0, 0])
-    return out
-
-  split = lambda a: a.reshape(chunks, chunk)
-  out = jax.lax.map(body, (jnp.arange(chunks), split(k_C), split(s_C)))
-  return out.reshape(-1, *out.shape[2:])
+  return jax.vmap(one)(k_c, s_c)
 
 
-def compile_sweep(spec: spec_lib.SweepSpec,
-                  progress: Optional[Callable[[int, int], None]] = None):
-  """Lowers and compiles the sweep's one program: returns (compiled, args, meta).
+@dataclasses.dataclass(frozen=True)
+class SweepProgram:
+  """The sweep's one compiled program, run once per chunk of draws.
 
-  `compiled(*args)` -> metrics [draws, A, len(spec.dims), M] over the
+  Every chunk runs the same executable; they are all dispatched at once and
+  read back in order, so `progress(chunks_done, chunks)` is reported from the
+  host between chunks. With no callback inside, the program is one that
+  JAX's persistent compilation cache stores: a rerun loads it.
+  """
+  compiled: Any  # jax.stages.Compiled of one chunk.
+  chunk: int
+
+  def __call__(self, x_KxPxD, d_K, k_C, s_C, seed, *,
+               progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+    """Metrics [draws (padded to a multiple of chunk), A, len(dims), M] as NumPy."""
+    chunks = len(k_C) // self.chunk
+    k_C, s_C = (np.asarray(a).reshape(chunks, self.chunk) for a in (k_C, s_C))
+    pending = [self.compiled(x_KxPxD, d_K, k_C[i], s_C[i], seed) for i in range(chunks)]
+    out = []
+    for i, result in enumerate(pending):
+      out.append(np.asarray(result))
+      if progress is not None:
+        progress(i + 1, chunks)
+    return np.concatenate(out)
+
+  def memory_analysis(self) -> Any:
+    """XLA's memory analysis of the chunk's program."""
+    return self.compiled.memory_analysis()
+
+
+def compile_sweep(spec: spec_lib.SweepSpec) -> tuple[SweepProgram, tuple, dict[str, Any]]:
+  """Lowers and compiles the sweep's one program: returns (program, args, meta).
+
+  `program(*args)` -> metrics [draws, A, len(spec.dims), M] over the
   (manifold dim, seed) draws; meta holds what unpacks it and the compile time.
   """
   x_KxPxD = manifolds.padded(spec.manifold, spec.points, spec.ds, seed=spec.seed,
@@ -71,17 +90,17 @@ def compile_sweep(spec: spec_lib.SweepSpec,
   pad = -draws % chunk
   k_C, s_C = (np.concatenate([a, np.repeat(a[:1], pad)]) for a in (k_C, s_C))
   args = (x_KxPxD, np.asarray(spec.ds, np.int32), k_C, s_C, np.uint32(spec.seed))
-  fn = jax.jit(_grid_fn, static_argnames=("names", "n_max", "dims", "chunk", "progress"))
+  fn = jax.jit(_chunk_fn, static_argnames=("names", "n_max", "dims"))
   start = time.perf_counter()
-  compiled = fn.lower(*args, names=spec.activations, n_max=max(spec.dims), dims=spec.dims,
-                      chunk=chunk, progress=progress).compile(compiler_options())
+  compiled = fn.lower(*args[:2], k_C[:chunk], s_C[:chunk], args[4], names=spec.activations,
+                      n_max=max(spec.dims), dims=spec.dims).compile(compiler_options())
   meta = {"x": x_KxPxD, "draws": draws, "chunk": chunk,
           "compile_s": time.perf_counter() - start}
-  return compiled, args, meta
+  return SweepProgram(compiled, chunk), args, meta
 
 
 def sweep(config: Any, *, progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
-  """Runs the whole sweep in one compiled call.
+  """Runs the whole sweep: one compiled program over every n, run chunk by chunk of draws.
 
   The config is validated as the launcher validates it (`spec_from_config`,
   then `check_memory`): a bad value or a sweep too large for this machine
@@ -89,7 +108,7 @@ def sweep(config: Any, *, progress: Optional[Callable[[int, int], None]] = None)
 
   Args:
     config: a collapse ConfigDict / dict (see configs/collapse.py) or a SweepSpec.
-    progress: optional `progress(chunks_done, chunks)`, called from the device loop.
+    progress: optional `progress(chunks_done, chunks)`, called from the host after each chunk.
 
   Returns:
     NumPy arrays over the sweep: each of METRICS as [K, A, N, S] (manifold dims,
@@ -98,9 +117,9 @@ def sweep(config: Any, *, progress: Optional[Callable[[int, int], None]] = None)
   """
   spec = spec_lib.spec_from_config(config)
   memory.check_memory(spec)
-  compiled, args, meta = compile_sweep(spec, progress)
+  program, args, meta = compile_sweep(spec)
   start = time.perf_counter()
-  out_CxAxNxM = np.asarray(jax.block_until_ready(compiled(*args)))
+  out_CxAxNxM = program(*args, progress=progress)
   run_s = time.perf_counter() - start
   out = out_CxAxNxM[:meta["draws"]].reshape(
       len(spec.ds), spec.seeds, len(spec.activations), len(spec.dims), len(spec_lib.METRICS))

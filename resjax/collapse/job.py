@@ -25,7 +25,7 @@ def header(spec: spec_lib.SweepSpec) -> str:
   return (f"collapse sweep: {spec.manifold} (d={','.join(map(str, spec.ds))}, "
           f"{spec.points} points) x {len(spec.activations)} activations x "
           f"n={spec.dims[0]}..{spec.dims[-1]} ({len(spec.dims)} dims) x {spec.seeds} seeds "
-          f"= {spec.cells:,} cells, one compiled call")
+          f"= {spec.cells:,} cells, one compiled program")
 
 
 def chunk_progress(spec: spec_lib.SweepSpec, log: Log) -> Callable[[int, int], None]:
