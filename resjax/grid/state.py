@@ -86,21 +86,30 @@ def abstract_grid_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Me
 def initial_states(nets: Sequence[ml_collections.ConfigDict], input_shape, num_classes: int,
                    *, mean=None, std=None) -> list[train_state.TrainState]:
   """Each net's initial state at its own size (host NumPy leaves), as
-  `train.create_train_state` makes it, in one compiled call per model (vmapped
-  over the seeds of the nets that share it) on the default device."""
+  `train.create_train_state` makes it, on the default device: one compiled
+  program for all nets, vmapping the init of each model over the seeds of the
+  nets that share it (one program to compile or load from the cache, not one
+  per model)."""
   on_cpu = jax.devices()[0].platform == "cpu"
   groups: dict[str, list[int]] = {}
   for k, net in enumerate(nets):
     groups.setdefault(json.dumps(net.model.to_dict(), sort_keys=True, default=str),
                       []).append(k)
+  members_of = list(groups.values())
+  inits = [jax.vmap(train_state.init_fn(nets[m[0]], tuple(input_shape), num_classes, mean, std))
+           for m in members_of]
+  keys = []
+  for members in members_of:
+    pairs = [train_state.rngs(nets[k].seed) for k in members]
+    keys.append((jnp.stack([r[0] for r in pairs]), jnp.stack([r[1] for r in pairs])))
+
+  def init_all(keys):
+    return [init(*k) for init, k in zip(inits, keys)]
+
+  compiled = jax.jit(init_all).lower(keys).compile(
+      compiler_options=train_state.INIT_COMPILER_OPTIONS if on_cpu else None)
   out: list = [None] * len(nets)
-  for members in groups.values():
-    init = train_state.init_fn(nets[members[0]], tuple(input_shape), num_classes, mean, std)
-    keys = [train_state.rngs(nets[k].seed) for k in members]
-    keys = (jnp.stack([r[0] for r in keys]), jnp.stack([r[1] for r in keys]))
-    compiled = jax.jit(jax.vmap(init)).lower(*keys).compile(
-        compiler_options=train_state.INIT_COMPILER_OPTIONS if on_cpu else None)
-    stacked = jax.device_get(compiled(*keys))
+  for members, stacked in zip(members_of, jax.device_get(compiled(keys))):
     for i, k in enumerate(members):
       out[k] = jax.tree.map(lambda a, i=i: np.asarray(a[i]), stacked)
   return out
