@@ -10,7 +10,12 @@ Two grids, each trained twice:
                   what `launch.train --config.seed=k ...` does K times.
 
 MLP grid: 32 MLPs on the embedded spirals (4 seeds x widths 4, 8, 16, 32 x
-depths 2, 4, Adam). ResNet grid: 8 seeds of ResNet-20 on CIFAR-sized
+depths 2, 4, Adam), also trained by PyTorch (`benchmarks/torch_mlp.py`, with
+the `bench` extra): (c) one net after another and (d) `torch.func.vmap` over
+the seeds of each shape, same nets, steps, batch and optimizer. Then whole
+processes, what a researcher waits for: `python -m launch.train` with the
+grid, first with an empty compilation cache and again with it warm, against
+`python -m benchmarks.torch_mlp` training the same nets one after another. ResNet grid: 8 seeds of ResNet-20 on CIFAR-sized
 synthetic data at batch 128 (the training benchmark's data). Wall times
 include compilation, evaluation and checkpoints; both ways write the same
 files. Net k of (a) computes what run k of (b) computes (tests/test_grid.py:
@@ -22,6 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Any
@@ -64,6 +72,88 @@ def _compare(name: str, config: ml_collections.ConfigDict, dataset=None) -> dict
   return figures
 
 
+def _torch_columns(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """(c) PyTorch sequential and (d) torch.func.vmap on the MLP grid, in this process."""
+  try:
+    from benchmarks import torch_mlp  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    print("PyTorch columns left out: torch is not installed (pip install -e '.[bench]')")
+    return {}
+  x, y, classes = _spirals(config)
+  nets = _nets(config)
+  data = torch_mlp.batches(x, y, int(config.data.batch_size), int(config.train.steps))
+  out = {}
+  for name, fn in (("torch_sequential_s", torch_mlp.train_sequential),
+                   ("torch_vmap_s", torch_mlp.train_vmapped)):
+    t0 = time.perf_counter()
+    fn(nets, data, float(config.opt.lr), x.shape[1], classes)
+    out[name] = time.perf_counter() - t0
+  print(f"{'':<14}PyTorch on the same nets: (c) sequential {out['torch_sequential_s']:.1f} s, "
+        f"(d) torch.func.vmap {out['torch_vmap_s']:.1f} s")
+  return out
+
+
+def _nets(config: ml_collections.ConfigDict) -> list[tuple[int, int, int]]:
+  return [(int(n.seed), int(n.model.width), int(n.model.depth)) for n in grid.nets(config)]
+
+
+def _spirals(config: ml_collections.ConfigDict):
+  ds = train.load_data(config)
+  x = np.asarray(ds.train.inputs, np.float32).reshape(len(ds.train.labels), -1)
+  return x, np.asarray(ds.train.labels), int(ds.num_classes)
+
+
+def _flags(config: ml_collections.ConfigDict) -> list[str]:
+  """`launch.train` flags for the MLP grid of `mlp_config`."""
+  d, t, g = config.data, config.train, config.grid
+  join = lambda v: ",".join(map(str, v))
+  return ["--config=configs/embedded.py:spirals_mlp", f"--config.data.num_train={d.num_train}",
+          f"--config.data.num_test={d.num_test}", f"--config.data.batch_size={d.batch_size}",
+          f"--config.opt.lr={config.opt.lr}", "--config.opt.schedule=constant",
+          f"--config.train.steps={t.steps}", f"--config.train.log_every={t.log_every}",
+          "--config.train.eval_every=0", "--config.train.checkpoint_every=0",
+          f"--config.grid.seeds={join(g.seeds)}", f"--config.grid.model.width={join(g.model.width)}",
+          f"--config.grid.model.depth={join(g.model.depth)}"]
+
+
+def _timed(cmd: list[str]) -> float:
+  t0 = time.perf_counter()
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  took = time.perf_counter() - t0
+  if proc.returncode:
+    raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+  return took
+
+
+def whole_process(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Whole-process wall times: launch.train's grid (empty, then warm cache) vs PyTorch."""
+  out: dict[str, Any] = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    cache = os.path.join(tmp, "cache")
+    for name in ("first", "rerun"):
+      out[f"resjax_{name}_s"] = _timed(
+          [sys.executable, "-m", "launch.train", *_flags(config),
+           f"--workdir={os.path.join(tmp, name)}", f"--compilation_cache_dir={cache}"])
+    try:
+      import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:
+      torch = None
+    if torch is not None:
+      x, y, _ = _spirals(config)
+      job = os.path.join(tmp, "job.npz")
+      np.savez(job, x=x, y=y, nets=_nets(config), steps=int(config.train.steps),
+               batch=int(config.data.batch_size), lr=float(config.opt.lr))
+      out["torch_sequential_s"] = _timed([sys.executable, "-m", "benchmarks.torch_mlp", job])
+  line = (f"whole process, MLP grid: launch.train {out['resjax_first_s']:.1f} s (empty cache), "
+          f"{out['resjax_rerun_s']:.1f} s (warm cache)")
+  if "torch_sequential_s" in out:
+    t = out["torch_sequential_s"]
+    line += (f"; PyTorch one net after another {t:.1f} s: "
+             f"{t / out['resjax_first_s']:.2f}x / {t / out['resjax_rerun_s']:.2f}x")
+  print(line)
+  return out
+
+
 def mlp_config(quick: bool) -> ml_collections.ConfigDict:
   config = embedded.get_config("spirals_mlp")
   config.data.num_train, config.data.num_test = 512, 256
@@ -101,9 +191,12 @@ def run(quick: bool = False) -> dict[str, Any]:
         f"{'(b)/(a)':>11}")
   try:
     mlp = _compare("MLP", mlp_config(quick))
+    mlp.update(_torch_columns(mlp_config(quick)))
     batch = 32 if quick else 128
     dataset = bench_train._synthetic_dataset(num_train=8 * batch, num_test=batch)  # pylint: disable=protected-access
     resnet = _compare("ResNet-20" if not quick else "ResNet-6", resnet_config(quick), dataset)
+    processes = whole_process(mlp_config(quick))
   finally:
     logging.set_verbosity(verbosity)
-  return {"mlp": mlp, "resnet": resnet, "devices": [str(d) for d in devices]}
+  return {"mlp": mlp, "resnet": resnet, "whole_process": processes,
+          "devices": [str(d) for d in devices]}

@@ -1,4 +1,6 @@
 """The grid benchmark runs both ways and checks they end at the same losses."""
+import importlib.util
+
 from benchmarks import grid as bench_grid
 
 
@@ -8,4 +10,25 @@ def test_quick_grid_benchmark_compares_both_ways(capsys):
     f = figures[name]
     assert f["grid_s"] > 0 and f["sequential_s"] > 0
     assert f["max_abs_final_loss_diff"] < 1e-3, f  # A few steps: rounding only.
-  assert "(b)/(a)" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "(b)/(a)" in out and "whole process, MLP grid" in out
+  processes = figures["whole_process"]
+  assert processes["resjax_first_s"] > 0 and processes["resjax_rerun_s"] > 0
+  if importlib.util.find_spec("torch") is not None:  # The bench extra.
+    assert figures["mlp"]["torch_sequential_s"] > 0 and figures["mlp"]["torch_vmap_s"] > 0
+    assert processes["torch_sequential_s"] > 0
+
+
+def test_torch_vmap_trains_the_nets_the_sequential_loop_trains():
+  """The PyTorch competitor's two layouts compute the same nets (same init, same Adam)."""
+  import pytest  # pylint: disable=import-outside-toplevel
+  torch_mlp = pytest.importorskip("benchmarks.torch_mlp")
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(64, 2)).astype(np.float32), rng.integers(0, 3, size=64)
+  nets = [(0, 8, 2), (1, 8, 2), (2, 4, 3)]
+  data = torch_mlp.batches(x, y, 16, 20)
+  seq = torch_mlp.train_sequential(nets, data, 1e-2, 2, 3)
+  vm = torch_mlp.train_vmapped(nets, data, 1e-2, 2, 3)
+  np.testing.assert_allclose(vm, seq, rtol=1e-4)
+  assert len(set(np.round(seq, 4))) == 3  # Three different nets, not one copied.
