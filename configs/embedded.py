@@ -44,7 +44,8 @@ from configs import cifar10
 from resjax import errors
 
 VARIANTS = ("spirals_mlp", "spirals_resmlp", "digits_resnet20", "digits_plain20",
-            "digits_table6", "manifold_firstlayer", "tiny", "tiny_mlp")
+            "digits_table6", "manifold_firstlayer", "mnist1d_resnet", "mnist1d_plain", "tiny",
+            "tiny_mlp")
 
 
 def _spirals(residual: bool, options: bool = True) -> ml_collections.ConfigDict:
@@ -120,12 +121,28 @@ def _digits(plain: bool) -> ml_collections.ConfigDict:
   return config
 
 
+def _mnist1d(residual: bool) -> ml_collections.ConfigDict:
+  """The 1-D ResNet-20 (or plain-20) on MNIST-1D's 4,000 training sequences."""
+  config = _spirals(residual=residual, options=False)
+  config.model = ml_collections.ConfigDict(dict(
+      name="resnet1d",
+      depth=20,  # 6n+2: the stem, 3 stages of n blocks of 2 convs, the classifier.
+      width=16,  # Channels of the first stage; then 2x and 4x.
+      residual=residual,  # Option-A identity shortcuts around every block.
+      activation="relu",
+  ))
+  config.data.name = "mnist1d"  # data.seed 0: the published dataset (resjax/data/embedded.py).
+  return config  # The spirals recipe: Adam 3e-3, cosine, 2000 steps of 128.
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The config for one variant (see the module docstring)."""
   arg = arg or "digits_resnet20"
   errors.choice("config variant", arg, VARIANTS)
   if arg == "manifold_firstlayer":
     return _manifold_firstlayer()
+  if arg.startswith("mnist1d"):
+    return _mnist1d(residual=arg == "mnist1d_resnet")
   if arg.startswith("spirals"):
     return _spirals(residual=arg == "spirals_resmlp")
   if arg == "digits_table6":
