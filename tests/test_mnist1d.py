@@ -131,3 +131,21 @@ def test_a_stopped_run_resumes_bit_for_bit(tmp_path):
   assert c_parts.model.to_dict() == c_whole.model.to_dict() == config.model.to_dict()
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(whole.arrays()),
                jax.device_get(parts.arrays()))
+
+
+def test_resnet1d_is_probed_like_the_other_conv_families():
+  from resjax import probes, sharding
+  config = _tiny(1)
+  config.model.width = 4
+  ds = train.load_data(config)
+  state = train.create_train_state(config, sharding.make_mesh(jax.devices()[:1]), ds.input_shape,
+                                   ds.num_classes, mean=ds.mean, std=ds.std)
+  res = probes.run(state, None, ds, max_examples=64, batch_size=32, grad_batches=1,
+                   grad_batch_size=32, mesh=sharding.make_mesh(jax.devices()[:1]))
+  names = models.sown_names(state.apply_fn.__self__, ds.input_shape)
+  assert [r["layer"] for r in res.layers] == list(names)
+  assert [r["units"] for r in res.layers] == [4, 4, 4, 8, 8, 16, 16]
+  assert all(0.0 <= r["dead_frac"] <= 1.0 for r in res.layers)
+  assert [r["block"] for r in res.blocks] == ["stage1/block0", "stage2/block0", "stage3/block0"]
+  assert all(0.0 < r["shortcut_frac"] < 1.0 for r in res.blocks)
+  assert res.summary["examples"] == 64

@@ -23,6 +23,10 @@ def check_float(field: str, value: Any) -> None:
   schema.check_value(f"model.{field}", value, schema.Float())
 
 
+def check_choice(field: str, value: Any, choices: tuple) -> None:
+  schema.check_value(f"model.{field}", value, schema.Choice(choices))
+
+
 def check_bool(field: str, value: Any) -> None:
   schema.check_value(f"model.{field}", value, schema.Bool())
 

@@ -142,7 +142,7 @@ class InvertedResidualNet(nn.Module):
     errors.check(self.bottleneck in allowed,
                  f"model.bottleneck={self.bottleneck!r} is not allowed; choose one of: "
                  f"{', '.join(allowed)} (the activation)")
-    errors.choice("model.bottleneck_bn_shift", self.bottleneck_bn_shift, BN_SHIFTS)
+    checks.check_choice("bottleneck_bn_shift", self.bottleneck_bn_shift, BN_SHIFTS)
     checks.check_bool("shortcut", self.shortcut)
     ok = isinstance(self.width_multiplier, (int, float)) and not isinstance(
         self.width_multiplier, bool)
