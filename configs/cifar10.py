@@ -121,6 +121,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         name="invres",
         expansion=6,  # Expansion factor t of every block.
         bottleneck=arg.split("_")[1],  # linear | relu6: the block output activation.
+        # learned | frozen: the bottleneck BatchNorm's shift (beta) trained or held at 0.
+        bottleneck_bn_shift="learned",
         shortcut=True,  # Identity shortcuts between bottlenecks.
         activation="relu6",  # Inside the blocks.
     ))

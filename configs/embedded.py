@@ -4,6 +4,8 @@
   python -m launch.train --config=configs/embedded.py:digits_plain20 --workdir=/tmp/p20
   python -m launch.train --config=configs/embedded.py:spirals_resmlp --workdir=/tmp/sres
   python -m launch.train --config=configs/embedded.py:spirals_mlp --workdir=/tmp/smlp
+  python -m launch.train --config=configs/embedded.py:mnist1d_resnet --workdir=/tmp/m1r
+  python -m launch.train --config=configs/embedded.py:mnist1d_plain --workdir=/tmp/m1p
 
 Variants:
   spirals_mlp     plain MLP, 24 hidden layers of 16 ReLUs, on 3-arm 2-D spirals
@@ -21,6 +23,13 @@ Variants:
                   {8, 14, 20} x seeds {0, 1, 2}, 18 nets of the digits_resnet20
                   recipe at batch 64 for 240 steps (lr /10 at 120 and 180) in
                   one run, one compiled call per depth.
+  mnist1d_resnet  the CIFAR ResNet-20 in 1-D (models.ResNet1D: width-3 convs,
+                  16/32/64 channels, option-A shortcuts, BatchNorm; 91,162
+                  parameters) on MNIST-1D (Greydanus 2020; 40-sample
+                  sequences, 10 classes, 4000 train / 1000 test, generated
+                  offline by the `mnist1d` package), the spirals recipe
+                  (Adam 3e-3, cosine, 2000 steps of 128).
+  mnist1d_plain   the same without shortcuts (same parameters).
   tiny            a 4-step ResNet-8 (widths 4, 8, 8) on digits, for tests.
   tiny_mlp        a 4-step residual MLP (2 x 8 units) on spirals, for tests.
 
@@ -32,6 +41,12 @@ with a warm compilation cache):
   digits_resnet20 test accuracy 99.44%; 96.94% at step 200, 99.44% at step 300
   digits_plain20  test accuracy 99.17%; 91.39% at step 200, 98.89% at step 300
 (train loss: the mean over the log window ending at that step.)
+On MNIST-1D (seed 0, 2026-12-05, the same CPU at load 5.5-11.3, shared:
+about 2 min per run, the first step with compilation 5-15 s of it):
+  mnist1d_resnet  test accuracy 98.80%; 97.80% at step 500, train loss 0.0005 at step 900
+  mnist1d_plain   test accuracy 98.30%; 95.70% at step 500, train loss 0.0167 at step 900
+The package's README gives 32% (logistic regression), 68% (MLP), 94% (a
+3-layer CNN) and 91% (GRU) on MNIST-1D.
 The shortcuts speed up training at equal parameters; the gap in final
 accuracy is small on data this easy (the depth penalty of plain nets shows on
 CIFAR-10, configs/cifar10.py). At width 8 and depth 32 the plain MLP stays at
@@ -44,7 +59,8 @@ from configs import cifar10
 from resjax import errors
 
 VARIANTS = ("spirals_mlp", "spirals_resmlp", "digits_resnet20", "digits_plain20",
-            "digits_table6", "manifold_firstlayer", "tiny", "tiny_mlp")
+            "digits_table6", "manifold_firstlayer", "mnist1d_resnet", "mnist1d_plain", "tiny",
+            "tiny_mlp")
 
 
 def _spirals(residual: bool, options: bool = True) -> ml_collections.ConfigDict:
@@ -120,12 +136,28 @@ def _digits(plain: bool) -> ml_collections.ConfigDict:
   return config
 
 
+def _mnist1d(residual: bool) -> ml_collections.ConfigDict:
+  """The 1-D ResNet-20 (or plain-20) on MNIST-1D's 4,000 training sequences."""
+  config = _spirals(residual=residual, options=False)
+  config.model = ml_collections.ConfigDict(dict(
+      name="resnet1d",
+      depth=20,  # 6n+2: the stem, 3 stages of n blocks of 2 convs, the classifier.
+      width=16,  # Channels of the first stage; then 2x and 4x.
+      residual=residual,  # Option-A identity shortcuts around every block.
+      activation="relu",
+  ))
+  config.data.name = "mnist1d"  # data.seed 0: the published dataset (resjax/data/embedded.py).
+  return config  # The spirals recipe: Adam 3e-3, cosine, 2000 steps of 128.
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The config for one variant (see the module docstring)."""
   arg = arg or "digits_resnet20"
   errors.choice("config variant", arg, VARIANTS)
   if arg == "manifold_firstlayer":
     return _manifold_firstlayer()
+  if arg.startswith("mnist1d"):
+    return _mnist1d(residual=arg == "mnist1d_resnet")
   if arg.startswith("spirals"):
     return _spirals(residual=arg == "spirals_resmlp")
   if arg == "digits_table6":

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import embedded
-from resjax import errors, grid, models
+from resjax import errors, grid, models, train
 from tests.test_grid import _check_equal
 
 
@@ -52,3 +52,45 @@ def test_first_grid_with_seeds_equals_single_runs():
   config.grid.model.first = ("linear", "residual")
   config.grid.seeds = (0, 1)
   _check_equal(config, jax.devices()[:1])
+
+
+def test_first_bias_init_sets_the_first_bias_and_zero_changes_nothing():
+  x = jax.random.normal(jax.random.key(0), (5, 2))
+  today = models.build("firstlayer", 3, width=4).init(jax.random.key(1), x)
+  zero = models.build("firstlayer", 3, width=4, first_bias_init=0.0).init(jax.random.key(1), x)
+  jax.tree.map(np.testing.assert_array_equal, today, zero)
+  half = models.build("firstlayer", 3, width=4, first_bias_init=0.5).init(jax.random.key(1), x)
+  np.testing.assert_array_equal(half["params"]["first_dense"]["bias"], np.full(4, 0.5))
+  np.testing.assert_array_equal(half["params"]["first_dense"]["kernel"],
+                                today["params"]["first_dense"]["kernel"])
+  for bad in (float("nan"), "0.5", True):
+    with pytest.raises(errors.ConfigError, match="model.first_bias_init="):
+      models.build("firstlayer", 3, first_bias_init=bad)
+
+
+def test_first_bias_init_grid_equals_single_runs():
+  config = _config()  # The config leaves the field at its default; the grid adds it.
+  assert "first_bias_init" not in config.model
+  config.grid.model.first_bias_init = (0, 0.5)  # As --config.grid.model.first_bias_init=0,0.5.
+  config.grid.model.first = ("relu", "residual")
+  assert not grid.validate(config)
+  nets = grid.nets(config)
+  assert [(n.model.first, n.model.first_bias_init) for n in nets] == [
+      ("relu", 0), ("relu", 0.5), ("residual", 0), ("residual", 0.5)]
+  _check_equal(config, jax.devices()[:2])
+
+
+def test_first_bias_init_grid_saves_and_resumes(tmp_path):
+  from resjax import checkpoints
+  config = _config()
+  config.grid.model.first_bias_init = (0.0, 0.5)
+  config.train.checkpoint_every = 2
+  whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+  train.train_and_evaluate(config, whole)
+  train.train_and_evaluate(config, parts, should_stop=lambda step: step == 2)
+  train.train_and_evaluate(config, parts)
+  a, b = checkpoints.load(whole)[1], checkpoints.load(parts)[1]
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(a.arrays()),
+               jax.device_get(b.arrays()))
+  net, state = checkpoints.load(whole, net=1)
+  assert net.model.first_bias_init == 0.5 and int(state.step) == 4

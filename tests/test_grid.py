@@ -121,6 +121,47 @@ def test_invres_bottleneck_and_depth_grid_equals_single_runs():
   _check_equal(config, jax.devices()[:4], steps=2, atol=2e-5)
 
 
+def test_invres_bottleneck_bn_shift_grid_equals_single_runs():
+  """A frozen shift is a parameter the net lacks: padded with 0, never updated."""
+  config = _invres()
+  config.grid.model.bottleneck_bn_shift = ("learned", "frozen")
+  config.grid.model.bottleneck = ("linear", "relu6")
+  nets = grid.nets(config)
+  assert [n.model.bottleneck_bn_shift for n in nets] == ["learned", "frozen"] * 2
+  shapes = [jax.eval_shape(train.build_model(n, 10).init, jax.random.key(0),
+                           jax.numpy.zeros((1, 8, 8, 1)))["params"] for n in nets[:2]]
+  assert [set(s["stage1_block0"]["project_bn"]) for s in shapes] == [{"scale", "bias"},
+                                                                      {"scale"}]
+  _check_equal(config, jax.devices()[:4], steps=2, atol=2e-5)
+
+
+def test_invres_frozen_bn_shift_run_saves_and_resumes(tmp_path):
+  from resjax import checkpoints
+  config = _invres()
+  config.model.bottleneck_bn_shift = "frozen"
+  config.train.checkpoint_every = 2
+  whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+  train.train_and_evaluate(config, whole)
+  train.train_and_evaluate(config, parts, should_stop=lambda step: step == 2)
+  train.train_and_evaluate(config, parts)
+  (saved, a), (_, b) = checkpoints.load(whole), checkpoints.load(parts)
+  assert saved.model.bottleneck_bn_shift == "frozen" and int(b.step) == 4
+  assert "bias" not in a.params["stage1_block0"]["project_bn"]
+  assert "bias" in a.params["stage1_block0"]["depthwise_bn"]
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(a.arrays()),
+               jax.device_get(b.arrays()))
+
+
+def test_resnet_1d_depth_width_and_residual_grid_equals_single_runs():
+  config = embedded.get_config("mnist1d_resnet")
+  config.data.batch_size = 32
+  config.grid.model.depth = (8, 14)
+  config.grid.model.width = (2, 4)
+  config.grid.model.residual = (False, True)
+  assert len(grid.nets(config)) == 8
+  _check_equal(config, jax.devices()[:8], steps=2, atol=2e-5)
+
+
 def test_grid_axes_and_labels():
   config = _mlp(seeds=(3, 4), model__depth=(2, 4), opt__lr=(0.1, 0.01))
   labels = grid.labels(config)

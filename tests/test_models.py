@@ -27,6 +27,7 @@ TINY = {
     "invres": ("invres", TINY_INVRES),
     "invres_relu6_noshortcut": ("invres", dict(TINY_INVRES, bottleneck="relu6",
                                                shortcut=False)),
+    "invres_frozen_shift": ("invres", dict(TINY_INVRES, bottleneck_bn_shift="frozen")),
 }
 
 
@@ -445,6 +446,35 @@ def test_traits_give_width_depth_and_variant():
   assert models.traits("invres", dict(stages=[[2, 3, 1]], bottleneck="relu6")) == (
       2, 3, "relu6")
   assert models.traits("firstlayer", dict(width=5, first="residual")) == (5, 1, "residual")
+
+
+def test_bottleneck_bn_shift_frozen_drops_only_the_bottleneck_shift():
+  x = _images()
+  learned = models.build("invres", NUM_CLASSES, **TINY_INVRES)
+  frozen = models.build("invres", NUM_CLASSES, bottleneck_bn_shift="frozen", **TINY_INVRES)
+  v = learned.init(jax.random.key(0), x)
+  # 'learned' is the default: the same parameters, bit for bit.
+  same = models.build("invres", NUM_CLASSES, bottleneck_bn_shift="learned", **TINY_INVRES)
+  jax.tree.map(np.testing.assert_array_equal, v, same.init(jax.random.key(0), x))
+  w = frozen.init(jax.random.key(0), x)
+  for block in ("stage1_block0", "stage1_block1", "stage2_block0"):
+    assert set(w["params"][block]["project_bn"]) == {"scale"}
+    assert set(w["params"][block]["depthwise_bn"]) == {"scale", "bias"}
+  # With its shift at 0 the learned net computes what the frozen one does; not at 0.5.
+  for shift, same_output in ((0.5, False), (0.0, True)):
+    for block in ("stage1_block0", "stage1_block1", "stage2_block0"):
+      bn = v["params"][block]["project_bn"]
+      bn["bias"] = jnp.full_like(bn["bias"], shift)
+      w["params"][block]["project_bn"]["scale"] = bn["scale"]
+    out_v, out_w = learned.apply(v, x), frozen.apply(w, x)
+    assert np.array_equal(out_v, out_w) == same_output
+  assert models.describe("invres", {"bottleneck_bn_shift": "frozen"}) == (
+      "invres (linear bottleneck, frozen BN shift)")
+  assert models.padded_values("invres") == {"bottleneck_bn_shift": "learned"}
+  assert models.padded_values("mlp") == {}
+  with pytest.raises(errors.ConfigError, match="model.bottleneck_bn_shift='fixed' is not "
+                     "allowed; choose one of: learned, frozen"):
+    models.build("invres", NUM_CLASSES, bottleneck_bn_shift="fixed")
 
 
 def test_toggles_are_declared_beside_each_family():

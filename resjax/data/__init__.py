@@ -3,8 +3,9 @@
 Host side (NumPy): `load` reads a whole dataset into memory, either from
 prepared tfds ArrayRecord files (`tfds_source`: random access, no TensorFlow
 at read time) or from a generator that ships with the code (`embedded`:
-'spirals', 'digits', 'manifold'). `batches` turns it into batches that are a
-pure function of (seed, step), so a resumed run sees exactly the same data.
+'spirals', 'digits', 'manifold', 'mnist1d'). `batches` turns it into batches
+that are a pure function of (seed, step), so a resumed run sees exactly the
+same data.
 
 Device side (jit-able, `augment`): `preprocess` normalizes (per channel, or by
 the per-pixel mean as He et al. do: `NORMALIZE`), `augment` draws a random
@@ -51,14 +52,15 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0,
   Args:
     name: one of `NAMES`.
     data_dir: tfds data directory (tfds datasets only; None = tfds default).
-    seed: generation / split seed of the embedded datasets (tfds data ignores it).
+    seed: generation / split seed of the embedded datasets (tfds data ignores it;
+      'mnist1d': 0 is the published dataset, see `embedded.mnist1d`).
     normalize: the statistics in `mean` / `std`, one of `NORMALIZE`:
       'per_channel' (mean and std per channel) or 'per_pixel_mean' (He et al.:
       the mean image is subtracted; then divided by the per-channel std around
       it, so inputs keep the scale of 'per_channel' and the learning rates).
     **options: embedded-dataset options: 'spirals' takes num_arms, noise,
       turns, num_train, num_test; 'digits' takes num_test; 'manifold' takes d,
-      ambient, num_classes, num_train, num_test.
+      ambient, num_classes, num_train, num_test; 'mnist1d' takes none.
 
   Raises:
     ConfigError: unknown name, option or value (the message `launch.train`

@@ -1,5 +1,10 @@
-"""Datasets that ship with the code: 2-D spirals, 8x8 digits, a d-dimensional manifold task."""
+"""Datasets that ship with the code: 2-D spirals, 8x8 digits, a d-dimensional
+manifold task, MNIST-1D."""
 from __future__ import annotations
+
+import functools
+import random
+import threading
 
 import numpy as np
 
@@ -93,7 +98,53 @@ def manifold(seed: int, *, d: int, ambient: int, num_classes: int, num_train: in
   return draw(num_train, 0), draw(num_test, 1), int(num_classes)
 
 
+# The `mnist1d` package's seed (`get_dataset_args().seed`): the published dataset.
+MNIST1D_SEED = 42
+# `make_dataset` draws from NumPy's and Python's global random state, which is
+# saved and restored around it; one generation at a time, so no other loader
+# of this process reads or moves that state meanwhile.
+_MNIST1D_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist1d_arrays(generation_seed: int) -> tuple[np.ndarray, ...]:
+  """(x_train, y_train, x_test, y_test) of `make_dataset` at `generation_seed`,
+  read-only, generated once per process."""
+  from mnist1d import data as mnist1d_data  # pylint: disable=g-import-not-at-top
+
+  args = mnist1d_data.get_dataset_args()
+  args.seed = generation_seed
+  with _MNIST1D_LOCK:
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+      made = mnist1d_data.make_dataset(args)
+    finally:
+      np.random.set_state(np_state)
+      random.setstate(py_state)
+  out = (made["x"].astype(np.float32)[..., None], made["y"].astype(np.int32),
+         made["x_test"].astype(np.float32)[..., None], made["y_test"].astype(np.int32))
+  for a in out:
+    a.setflags(write=False)
+  return out
+
+
+def mnist1d(seed: int) -> tuple[Split, Split, int]:
+  """MNIST-1D (Greydanus 2020): float32 [N, 40, 1] sequences of 10 classes,
+  4,000 train / 1,000 test, from the `mnist1d` package's `make_dataset` with
+  its default arguments, offline.
+
+  `seed` shifts the package's generation seed: it draws with 42 + seed
+  (mod 2**32), so seed 0 is the published dataset and any other seed a fresh
+  draw of every random transform (padding, scale, translation, noise, shear)
+  and of the order and split, from the same ten templates. Generated once per
+  process and seed; the global random states are left as they were.
+  """
+  x, y, x_test, y_test = _mnist1d_arrays((MNIST1D_SEED + seed) % 2**32)
+  return Split(x.copy(), y.copy()), Split(x_test.copy(), y_test.copy()), 10
+
+
 # name -> (generator(seed, **options), default options, their rules)
 GENERATORS = {"spirals": (spirals, _SPIRAL_DEFAULTS, SPIRAL_RULES),
               "digits": (digits, _DIGITS_DEFAULTS, DIGITS_RULES),
-              "manifold": (manifold, _MANIFOLD_DEFAULTS, MANIFOLD_RULES)}
+              "manifold": (manifold, _MANIFOLD_DEFAULTS, MANIFOLD_RULES),
+              "mnist1d": (mnist1d, {}, {})}

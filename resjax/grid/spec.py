@@ -3,7 +3,7 @@
 `config.grid` names the axes: `grid.seeds`, `grid.opt.<scalar>` (lr, momentum,
 weight_decay, decay, warmup_lr) and `grid.model.<field>` (width, depth, widths,
 residual, plain, bottleneck, shortcut, width_multiplier, expansion, stages,
-first).
+first, first_bias_init, bottleneck_bn_shift).
 Every non-empty axis is one factor of a product; net k of the grid is the
 config with net k's values filled in and the grid emptied (`nets`), i.e.
 exactly the single run with those settings.
@@ -34,7 +34,8 @@ from resjax.train.optimizer import OPT_AXES  # Scalars of `opt` a grid may vary.
 
 # Fields of `model` a grid may vary.
 MODEL_AXES = ("width", "depth", "widths", "residual", "plain", "bottleneck", "shortcut",
-              "width_multiplier", "expansion", "stages", "first")
+              "width_multiplier", "expansion", "stages", "first", "first_bias_init",
+              "bottleneck_bn_shift")
 # Model fields switched by a gate: declared beside each family (models.toggles).
 TOGGLES = models.TOGGLES
 
@@ -105,7 +106,7 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
       if not all(schema.SEED.ok(v) for v in values):
         problems.append(f"grid.seeds={values!r} is not allowed; use integers >= 0 and < 2**32")
       continue
-    if name not in config[group]:
+    if name not in config[group] and not (group == "model" and _model_field(model, name)):
       problems.append(f"grid.{field} varies {field}, which config.{group} lacks "
                       f"(model {model!r}); vary a field the config has")
       continue
@@ -117,6 +118,12 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
     problems.append("a width axis with model.norm='layer' is not supported (layer norm "
                     "would average over the padded units); use norm=None or 'batch'")
   return problems
+
+
+def _model_field(model: Any, name: str) -> bool:
+  """Whether `name` is a field of model `model` (a grid may vary one the config
+  leaves at its default; each net's config then holds it)."""
+  return model in models.MODELS and name in models.fields(model)
 
 
 def nets(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
@@ -192,6 +199,7 @@ def padded_fields(config: ml_collections.ConfigDict,
   all) of the grid fit in."""
   fields = {k: models.as_tuple(v) for k, v in config.model.items() if k != "name"}
   toggles = models.toggles(config.model.name)
+  fixed = models.padded_values(config.model.name)
   gated = False
   all_nets = nets(config)
   members = range(len(all_nets)) if members is None else members
@@ -202,6 +210,8 @@ def padded_fields(config: ml_collections.ConfigDict,
     values = [models.as_tuple(all_nets[k].model[name]) for k in members]
     if name in toggles:
       fields[name] = toggles[name].padded
+    elif name in fixed:
+      fields[name] = fixed[name]
     elif name == "stages":
       strides = {tuple(st[2] for st in v) for v in values}
       errors.check(len(strides) == 1, f"grid.model.stages={values!r} differ in strides; "

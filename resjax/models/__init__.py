@@ -1,7 +1,9 @@
-"""Flax linen models: MLP, CIFAR ResNet / plain / pre-activation, inverted
-residual, width-n first layer; one module per family and this registry.
+"""Flax linen models: MLP, CIFAR ResNet / plain / pre-activation, its 1-D
+twin for sequences, inverted residual, width-n first layer; one module per
+family and this registry.
 
-All models take NHWC images (the MLP flattens whatever it gets) and return
+All models take NHWC images (the 1-D ResNet NLC sequences; the MLP flattens
+whatever it gets) and return
 float32 logits from `__call__(x, train=False)`. Parameters are float32; `dtype`
 sets the compute dtype.
 
@@ -22,7 +24,7 @@ by name; `sown_names` gives the forward order. A gated model (grids) runs the
 same code and sows every tap that a net of its grid may sow.
 
 Adding a family: a module beside these with its class (fields, TOGGLES,
-`describe`, `traits`; see family.py), and one line in MODELS.
+[PADDED,] `describe`, `traits`; see family.py), and one line in MODELS.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from resjax.models.inverted_residual import (CIFAR_STAGES, InvertedResidualBlock
 from resjax.models.layers import CONV_IMPLS, he_normal
 from resjax.models.mlp import MLP
 from resjax.models.resnet import BasicBlock, ResNet, shortcut_option_a
+from resjax.models.resnet1d import ResNet1D
 
 Array = jax.Array
 
@@ -51,6 +54,7 @@ COLLECTIONS = ("preacts", "shortcut", "branch")
 MODELS: dict[str, type[nn.Module]] = {
     "mlp": MLP,
     "resnet": ResNet,
+    "resnet1d": ResNet1D,
     "invres": InvertedResidualNet,
     "firstlayer": FirstLayerNet,
 }
@@ -59,6 +63,11 @@ MODELS: dict[str, type[nn.Module]] = {
 def toggles(name: str) -> dict[str, Toggle]:
   """The fields of model `name` that a grid switches by a gate ({} for none)."""
   return dict(getattr(MODELS.get(name), "TOGGLES", {}))
+
+
+def padded_values(name: str) -> dict[str, Any]:
+  """The fields of model `name` that a grid pads to one value without a gate."""
+  return dict(getattr(MODELS.get(name), "PADDED", {}))
 
 
 # Model name -> toggled field -> (gate name, field value -> gate value).
@@ -166,7 +175,7 @@ def sown_names(model: nn.Module, input_shape: Sequence[int],
 __all__ = [
     "BasicBlock", "CIFAR_STAGES", "COLLECTIONS", "CONV_IMPLS", "DTYPES", "FIRST_LAYERS",
     "FirstLayerNet", "InvertedResidualBlock", "InvertedResidualNet", "MLP", "MODELS", "NORMS",
-    "ResNet", "TOGGLES", "TOGGLE_PADDED", "Toggle", "Traits", "as_tuple", "build", "describe",
-    "fields", "he_normal", "param_count", "probe_tensors", "round_width", "shortcut_option_a",
-    "sown_names", "toggles", "traits",
+    "ResNet", "ResNet1D", "TOGGLES", "TOGGLE_PADDED", "Toggle", "Traits", "as_tuple", "build",
+    "describe", "fields", "he_normal", "padded_values", "param_count", "probe_tensors",
+    "round_width", "shortcut_option_a", "sown_names", "toggles", "traits",
 ]

@@ -19,6 +19,14 @@ def check_int(field: str, value: Any, minimum: int) -> None:
   schema.check_value(f"model.{field}", value, schema.Int(minimum))
 
 
+def check_float(field: str, value: Any) -> None:
+  schema.check_value(f"model.{field}", value, schema.Float())
+
+
+def check_choice(field: str, value: Any, choices: tuple) -> None:
+  schema.check_value(f"model.{field}", value, schema.Choice(choices))
+
+
 def check_bool(field: str, value: Any) -> None:
   schema.check_value(f"model.{field}", value, schema.Bool())
 

@@ -22,6 +22,9 @@ FIRST_LAYERS = ("relu", "linear", "residual")
 class FirstLayerNet(nn.Module):
   """z = W x + b of `width` units on the flattened input, then a fixed head.
 
+  b starts at `first_bias_init` (0: Flax's zero bias); a positive value turns
+  more first-layer ReLUs on at initialization.
+
   The first layer's output h is relu(z) ('relu'), z ('linear') or
   z + relu(U z + c) ('residual': identity plus a ReLU branch of the same width);
   then `head_depth` dense layers of `head_width` units with `activation` and a
@@ -44,6 +47,7 @@ class FirstLayerNet(nn.Module):
   num_classes: int
   width: int = 8
   first: str = "relu"
+  first_bias_init: float = 0.0
   head_width: int = 64
   head_depth: int = 2
   activation: str = "relu"
@@ -54,6 +58,7 @@ class FirstLayerNet(nn.Module):
     checks.check_int("num_classes", self.num_classes, 1)
     checks.check_int("width", self.width, 1)
     errors.choice("model.first", self.first, FIRST_LAYERS)
+    checks.check_float("first_bias_init", self.first_bias_init)
     checks.check_int("head_width", self.head_width, 1)
     checks.check_int("head_depth", self.head_depth, 0)
     checks.check_activation(self.activation)
@@ -91,7 +96,8 @@ class FirstLayerNet(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> Array:
     act = activations.fn(self.activation)
     x_BxD = x.reshape(x.shape[0], -1)
-    z = nn.Dense(self.width, dtype=self.dtype, name="first_dense")(x_BxD)
+    z = nn.Dense(self.width, dtype=self.dtype, name="first_dense",
+                 bias_init=nn.initializers.constant(self.first_bias_init))(x_BxD)
     h = self._first(z)
     for i in range(self.head_depth):
       g = nn.Dense(self.head_width, dtype=self.dtype, name=f"head{i}_dense")(h)

@@ -23,6 +23,8 @@ Array = jax.Array
 # like the CIFAR ResNet. With the defaults below: 207,546 parameters, about
 # 21.1M multiply-adds per image (ResNet-20: 269,722 and 40.6M).
 CIFAR_STAGES = ((16, 1, 1), (24, 2, 2), (32, 3, 2), (64, 3, 1))
+# The shift (beta) of the bottleneck's BatchNorm: trained, or held at 0.
+BN_SHIFTS = ("learned", "frozen")
 
 
 def round_width(width: float, divisor: int = 8) -> int:
@@ -37,7 +39,8 @@ class InvertedResidualBlock(nn.Module):
   """MobileNetV2 block: 1x1 expand by t, depthwise 3x3, 1x1 linear projection.
 
   Expansion and depthwise outputs go through BN and the activation (ReLU6).
-  The projection to the bottleneck goes through BN, and through the
+  The projection to the bottleneck goes through BN (its shift beta learned,
+  or absent, i.e. frozen at 0, when `bn_shift=False`), and through the
   activation only when `linear_bottleneck` is False. With `residual` (stride 1,
   same width) the block output is x + branch. With t = 1 the expansion conv is
   skipped.
@@ -50,6 +53,7 @@ class InvertedResidualBlock(nn.Module):
   strides: int = 1
   residual: bool = True
   linear_bottleneck: bool = True
+  bn_shift: bool = True
   activation: str = "relu6"
   dtype: Any = jnp.float32
 
@@ -73,7 +77,7 @@ class InvertedResidualBlock(nn.Module):
     z = layers.batch_norm(train, self.dtype, "depthwise_bn")(h)
     taps["depthwise"] = z
     h = layers._conv(self.features, 1, 1, self.dtype, "project_conv")(act(z))
-    b = layers.batch_norm(train, self.dtype, "project_bn")(h)
+    b = layers.batch_norm(train, self.dtype, "project_bn", shift=self.bn_shift)(h)
     if not (layers.is_const(linear) and linear > 0):
       taps["bottleneck"] = b
       b = layers.keep_if(linear, b, act(b))
@@ -112,10 +116,13 @@ class InvertedResidualNet(nn.Module):
   TOGGLES: ClassVar[Mapping[str, Toggle]] = {
       "shortcut": Toggle("shortcut", lambda v: float(bool(v)), True),
       "bottleneck": Toggle("linear", lambda v: float(v == "linear"), "linear")}
+  # A frozen shift is a parameter the net lacks: padded with 0 and never updated.
+  PADDED: ClassVar[Mapping[str, Any]] = {"bottleneck_bn_shift": "learned"}
 
   num_classes: int = 10
   expansion: int = 6
   bottleneck: str = "linear"
+  bottleneck_bn_shift: str = "learned"
   shortcut: bool = True
   width_multiplier: float = 1.0
   stages: Sequence[Sequence[int]] = CIFAR_STAGES
@@ -135,6 +142,7 @@ class InvertedResidualNet(nn.Module):
     errors.check(self.bottleneck in allowed,
                  f"model.bottleneck={self.bottleneck!r} is not allowed; choose one of: "
                  f"{', '.join(allowed)} (the activation)")
+    checks.check_choice("bottleneck_bn_shift", self.bottleneck_bn_shift, BN_SHIFTS)
     checks.check_bool("shortcut", self.shortcut)
     ok = isinstance(self.width_multiplier, (int, float)) and not isinstance(
         self.width_multiplier, bool)
@@ -160,7 +168,8 @@ class InvertedResidualNet(nn.Module):
   @staticmethod
   def describe(fields: Mapping[str, Any]) -> str:
     shortcut = "" if fields["shortcut"] else ", no shortcut"
-    return f"invres ({fields['bottleneck']} bottleneck{shortcut})"
+    shift = ", frozen BN shift" if fields["bottleneck_bn_shift"] == "frozen" else ""
+    return f"invres ({fields['bottleneck']} bottleneck{shift}{shortcut})"
 
   @staticmethod
   def traits(fields: Mapping[str, Any]) -> Traits:
@@ -189,7 +198,8 @@ class InvertedResidualNet(nn.Module):
         module = f"stage{s + 1}_block{b}"
         y, taps = InvertedResidualBlock(
             features, expansion=self.expansion, strides=strides, residual=residual,
-            linear_bottleneck=self.bottleneck == "linear", activation=self.activation,
+            linear_bottleneck=self.bottleneck == "linear",
+            bn_shift=self.bottleneck_bn_shift == "learned", activation=self.activation,
             dtype=self.dtype, name=module)(h, train, shortcut, linear)
         h = layers.block_output(self, module, b, y, h, taps, f"stage{s + 1}/block{b}")
     h = self._stem_or_head(h, train, "head", self.head_width, 1)

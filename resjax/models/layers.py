@@ -31,26 +31,27 @@ CONV_IMPLS = {"xla": None, "onednn": onednn.conv_general_dilated}
 # BatchNorm, so fan_in would train the same.
 he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
-# Explicit symmetric padding: a stride-2 3x3 conv then centres its windows on
-# the even pixels, the same ones the option-A shortcut keeps (SAME padding
-# would pad only at the bottom/right and shift the windows by one pixel).
-_PAD1 = ((1, 1), (1, 1))
+# Explicit symmetric padding (one pixel per side of each spatial axis): a
+# stride-2 3x3 conv then centres its windows on the even pixels, the same ones
+# the option-A shortcut keeps (SAME padding would pad only at the bottom/right
+# and shift the windows by one pixel).
 
 
-def batch_norm(train: bool, dtype: Dtype, name: str) -> nn.BatchNorm:
+def batch_norm(train: bool, dtype: Dtype, name: str, shift: bool = True) -> nn.BatchNorm:
+  """BatchNorm with a learned scale and, unless `shift=False`, a learned shift (beta)."""
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      dtype=dtype, name=name)
+                      use_bias=shift, dtype=dtype, name=name)
 
 
 def _conv(features: int, kernel: int, strides: int, dtype: Dtype, name: str,
-          groups: int = 1, impl: str = "xla") -> nn.Conv:
-  """A bias-free He-normal conv (3x3: padding 1; 1x1: none).
+          groups: int = 1, impl: str = "xla", dims: int = 2) -> nn.Conv:
+  """A bias-free He-normal conv over `dims` spatial axes (3x3: padding 1; 1x1: none).
 
   The families call it as `layers._conv` at trace time, so a benchmark can wrap
   it (benchmarks/tried.py); hence the one underscore name here.
   """
-  return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
-                 padding=_PAD1 if kernel == 3 else ((0, 0), (0, 0)),
+  return nn.Conv(features, (kernel,) * dims, strides=(strides,) * dims,
+                 padding=((1, 1) if kernel == 3 else (0, 0),) * dims,
                  feature_group_count=groups, use_bias=False, dtype=dtype,
                  kernel_init=he_normal, name=name, conv_general_dilated=CONV_IMPLS[impl])
 

@@ -11,6 +11,7 @@ from resjax import activations
 from resjax import errors
 from resjax.models import checks
 from resjax.models import layers
+from resjax.models import family
 from resjax.models.family import Toggle, Traits
 
 Array = jax.Array
@@ -65,13 +66,11 @@ class MLP(nn.Module):
 
   @staticmethod
   def describe(fields: Mapping[str, Any]) -> str:
-    kind = "residual-mlp" if fields["residual"] else "mlp"
-    return f"{kind}-{fields['depth']}x{fields['width']}"
+    return family.width_depth_name(fields, "residual-mlp", "mlp")
 
   @staticmethod
   def traits(fields: Mapping[str, Any]) -> Traits:
-    return Traits(int(fields["width"]), int(fields["depth"]),
-                  "residual" if fields["residual"] else "plain")
+    return family.width_depth_traits(fields)
 
   def _activate(self, h: Array, train: bool, index: int, norm_name: str) -> Array:
     """norm -> (sow) -> activation for hidden layer `index`."""

@@ -18,21 +18,35 @@ from resjax.models.family import Toggle, Traits
 Array = jax.Array
 
 
-def shortcut_option_a(x_BxHxWxC: Array, features: int, strides: int) -> Array:
-  """Parameter-free shortcut: subsample by `strides`, zero-pad the channels.
+def shortcut_option_a(x: Array, features: int, strides: int) -> Array:
+  """Parameter-free shortcut: subsample every spatial axis by `strides`, zero-pad
+  the channels.
 
-  The input channels keep their positions (0 .. C-1); the new channels
-  C .. features-1 are zeros.
+  x is [B, *spatial, C] (NHWC images, NLC sequences). The input channels keep
+  their positions (0 .. C-1); the new channels C .. features-1 are zeros.
   """
-  s = x_BxHxWxC[:, ::strides, ::strides, :] if strides > 1 else x_BxHxWxC
+  spatial = x.ndim - 2
+  s = x[(slice(None),) + (slice(None, None, strides),) * spatial] if strides > 1 else x
   extra = features - s.shape[-1]
   if extra > 0:
-    s = jnp.pad(s, ((0, 0), (0, 0), (0, 0), (0, extra)))
+    s = jnp.pad(s, ((0, 0),) * (spatial + 1) + ((0, extra),))
   return s
+
+
+def check_depth(depth: int, num_stages: int) -> None:
+  """ConfigError unless `depth` = 2 * num_stages * n + 2 for some n >= 1."""
+  per_block = 2 * num_stages
+  examples = ", ".join(str(per_block * n + 2) for n in (1, 3, 5, 7, 9, 18))
+  errors.check((depth - 2) % per_block == 0 and depth > 2,
+               f"model.depth={depth!r} is not allowed; with {num_stages} "
+               f"stages use {per_block}n+2: {examples}, ...")
 
 
 class BasicBlock(nn.Module):
   """Two 3x3 convs with BatchNorm, an option-A shortcut unless `residual=False`.
+
+  `dims` spatial axes: 2 for NHWC images (3x3 convs), 1 for NLC sequences
+  (convs of width 3).
 
   Original (He et al. 2016a): y = act(s + bn2(conv2(act(bn1(conv1(x)))))).
   Pre-activation (He et al. 2016b): y = s + conv2(act(bn2(conv1(act(bn1(x)))))),
@@ -49,12 +63,13 @@ class BasicBlock(nn.Module):
   activation: str = "relu"
   dtype: Any = jnp.float32
   conv_impl: str = "xla"
+  dims: int = 2
 
   def _convs(self, x: Array, train: bool, taps: dict) -> Array:
     """The residual branch b; taps its activation inputs."""
     act = activations.fn(self.activation)
     conv = lambda strides, name: layers._conv(self.features, 3, strides, self.dtype, name,
-                                              impl=self.conv_impl)
+                                              impl=self.conv_impl, dims=self.dims)
     if self.preact:
       z = layers.batch_norm(train, self.dtype, "bn1")(x)
       taps["act1"] = z
@@ -139,11 +154,7 @@ class ResNet(nn.Module):
     errors.check(all(a <= b for a, b in zip(self.widths, self.widths[1:])),
                  f"model.widths={tuple(self.widths)!r} is not allowed; option-A "
                  "shortcuts need non-decreasing widths")
-    per_block = 2 * len(self.widths)
-    examples = ", ".join(str(per_block * n + 2) for n in (1, 3, 5, 7, 9, 18))
-    errors.check((self.depth - 2) % per_block == 0 and self.depth > 2,
-                 f"model.depth={self.depth!r} is not allowed; with {len(self.widths)} "
-                 f"stages use {per_block}n+2: {examples}, ...")
+    check_depth(self.depth, len(self.widths))
     checks.check_activation(self.activation)
     checks.check_dtype(self.dtype)
     checks.check_bool("gated", self.gated)
@@ -166,25 +177,40 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    act = activations.fn(self.activation)
-    h = layers._conv(self.widths[0], 3, 1, self.dtype, "stem_conv", impl=self.conv_impl)(x)
-    if not self.preact:
-      z = layers.batch_norm(train, self.dtype, "stem_bn")(h)
-      layers.tap(self, "preacts", "stem", z)
-      h = act(z)
-    shortcut = layers.toggle(self, "plain")
-    for s, features in enumerate(self.widths):
-      for b in range(self.blocks_per_stage):
-        name, module = f"stage{s + 1}/block{b}", f"stage{s + 1}_block{b}"
-        y, taps = BasicBlock(
-            features, strides=2 if (s > 0 and b == 0) else 1, preact=self.preact,
-            activation=self.activation, dtype=self.dtype, conv_impl=self.conv_impl,
-            name=module)(h, train, shortcut)
-        h = layers.block_output(self, module, b, y, h, taps, name)
-    if self.preact:
-      z = layers.batch_norm(train, self.dtype, "final_bn")(h)
-      layers.tap(self, "preacts", "final", z)
-      h = act(z)
-    h = jnp.mean(h, axis=(1, 2))
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(h)
-    return logits.astype(jnp.float32)
+    return forward(self, x, train, self.widths, layers.toggle(self, "plain"),
+                   preact=self.preact, conv_impl=self.conv_impl)
+
+
+def forward(model: nn.Module, x: Array, train: bool, widths: Sequence[int],
+            shortcut: layers.Gate, *, preact: bool = False, conv_impl: str = "xla") -> Array:
+  """The CIFAR ResNet's computation inside `model`'s compact `__call__`.
+
+  x is [B, *spatial, C]; the convs run over its spatial axes (2: images,
+  1: sequences). `model` gives depth, activation, dtype, num_classes and the
+  gates (`gated`); `shortcut` switches the shortcuts (a gate or a number);
+  `widths` are the stages' channels. The ResNet docstring gives the design and
+  the probe names.
+  """
+  act = activations.fn(model.activation)
+  dims = x.ndim - 2
+  h = layers._conv(widths[0], 3, 1, model.dtype, "stem_conv", impl=conv_impl, dims=dims)(x)
+  if not preact:
+    z = layers.batch_norm(train, model.dtype, "stem_bn")(h)
+    layers.tap(model, "preacts", "stem", z)
+    h = act(z)
+  blocks = (model.depth - 2) // (2 * len(widths))
+  for s, features in enumerate(widths):
+    for b in range(blocks):
+      name, module = f"stage{s + 1}/block{b}", f"stage{s + 1}_block{b}"
+      y, taps = BasicBlock(
+          features, strides=2 if (s > 0 and b == 0) else 1, preact=preact,
+          activation=model.activation, dtype=model.dtype, conv_impl=conv_impl, dims=dims,
+          name=module)(h, train, shortcut)
+      h = layers.block_output(model, module, b, y, h, taps, name)
+  if preact:
+    z = layers.batch_norm(train, model.dtype, "final_bn")(h)
+    layers.tap(model, "preacts", "final", z)
+    h = act(z)
+  h = jnp.mean(h, axis=tuple(range(1, 1 + dims)))
+  logits = nn.Dense(model.num_classes, dtype=model.dtype, name="classifier")(h)
+  return logits.astype(jnp.float32)

@@ -1,0 +1,151 @@
+"""MNIST-1D (generated offline by the `mnist1d` package) and the 1-D ResNet / plain family."""
+import random
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import embedded
+from resjax import checkpoints, data, errors, models, train
+from resjax.data import embedded as embedded_data
+
+
+def _global_states():
+  return np.random.get_state(), random.getstate()
+
+
+def _same_states(a, b) -> bool:
+  (np_a, py_a), (np_b, py_b) = a, b
+  return py_a == py_b and all(np.array_equal(x, y) for x, y in zip(np_a, np_b))
+
+
+def test_dataset_is_the_published_one_and_leaves_the_global_random_states_alone():
+  from mnist1d import data as mnist1d_data
+  np.random.seed(123)
+  random.seed(456)
+  before = _global_states()
+  embedded_data._mnist1d_arrays.cache_clear()  # pylint: disable=protected-access
+  ds = data.load("mnist1d")
+  assert _same_states(before, _global_states())
+  assert ds.input_shape == (40, 1) and ds.num_classes == 10 and not ds.is_image
+  assert (len(ds.train), len(ds.test)) == (4000, 1000)
+  assert ds.train.inputs.dtype == np.float32 and ds.train.labels.dtype == np.int32
+  for split in (ds.train, ds.test):
+    counts = np.bincount(split.labels, minlength=10)
+    assert len(counts) == 10 and counts.min() > 0.08 * len(split)
+  # The package's own default call (which does move the global states: restored here).
+  published = mnist1d_data.make_dataset(mnist1d_data.get_dataset_args())
+  np.random.set_state(before[0])
+  random.setstate(before[1])
+  np.testing.assert_array_equal(ds.train.inputs[..., 0], published["x"].astype(np.float32))
+  np.testing.assert_array_equal(ds.test.labels, published["y_test"])
+
+
+def test_dataset_is_cached_deterministic_and_seeded():
+  a = data.load("mnist1d")
+  a.train.inputs[0] = 99.0  # A caller's copy: the cache stays as generated.
+  b = data.load("mnist1d")
+  assert not np.any(b.train.inputs[0] == 99.0)
+  embedded_data._mnist1d_arrays.cache_clear()  # pylint: disable=protected-access
+  c = data.load("mnist1d")
+  np.testing.assert_array_equal(b.train.inputs, c.train.inputs)
+  other = data.load("mnist1d", seed=1)
+  assert other.train.inputs.shape == b.train.inputs.shape
+  assert not np.array_equal(other.train.inputs, b.train.inputs)
+  with pytest.raises(errors.ConfigError, match="data.num_test is not an option"):
+    data.load("mnist1d", num_test=10)
+
+
+def test_option_a_shortcut_on_sequences():
+  x = jnp.arange(2 * 6 * 3, dtype=jnp.float32).reshape(2, 6, 3)
+  s = models.shortcut_option_a(x, 5, 2)
+  assert s.shape == (2, 3, 5)
+  np.testing.assert_array_equal(s[..., :3], x[:, ::2])
+  assert not np.any(s[..., 3:])
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_resnet1d_depth_8_forward_shapes_and_taps(residual):
+  model = models.build("resnet1d", 10, depth=8, width=4, residual=residual)
+  x = jax.random.normal(jax.random.key(0), (3, 40, 1))
+  variables = model.init(jax.random.key(1), x)
+  logits, taps = model.apply(variables, x, mutable=list(models.COLLECTIONS))
+  assert logits.shape == (3, 10) and logits.dtype == jnp.float32
+  pre = models.probe_tensors(taps)
+  assert tuple(pre) == models.sown_names(model, (40, 1)) == (
+      "stem", "stage1/block0/act1", "stage1/block0/act2", "stage2/block0/act1",
+      "stage2/block0/act2", "stage3/block0/act1", "stage3/block0/act2")
+  assert pre["stem"].shape == (3, 40, 4)
+  assert pre["stage2/block0/act2"].shape == (3, 20, 8)
+  assert pre["stage3/block0/act2"].shape == (3, 10, 16)
+  assert variables["params"]["stem_conv"]["kernel"].shape == (3, 1, 4)
+  assert set(taps["branch"]) == {"stage1/block0", "stage2/block0", "stage3/block0"}
+  assert set(taps.get("shortcut", {})) == (set(taps["branch"]) if residual else set())
+  name = models.describe("resnet1d", {"depth": 8, "width": 4, "residual": residual})
+  assert name == ("resnet1d-8x4" if residual else "plain1d-8x4")
+  assert models.traits("resnet1d", {"depth": 8, "width": 4, "residual": residual}) == (
+      4, 8, "residual" if residual else "plain")
+
+
+def test_resnet1d_plain_and_residual_share_their_parameters():
+  x = jax.random.normal(jax.random.key(0), (2, 40, 1))
+  res, plain = (models.build("resnet1d", 10, depth=14, width=4, residual=r) for r in (True, False))
+  v = res.init(jax.random.key(1), x)
+  jax.tree.map(np.testing.assert_array_equal, v, plain.init(jax.random.key(1), x))
+  assert not np.allclose(res.apply(v, x), plain.apply(v, x))
+  assert models.param_count(v["params"]) == models.param_count(
+      plain.init(jax.random.key(2), x)["params"])
+  with pytest.raises(errors.ConfigError, match=r"model.depth=10 is not allowed; .* 6n\+2"):
+    models.build("resnet1d", 10, depth=10)
+  with pytest.raises(errors.ConfigError, match="model.width=0 is not allowed"):
+    models.build("resnet1d", 10, width=0)
+
+
+def _tiny(steps: int):
+  config = embedded.get_config("mnist1d_resnet")
+  config.model.depth, config.model.width = 8, 8
+  config.train.steps = steps
+  config.train.log_every = steps
+  config.train.eval_every = 0
+  config.train.checkpoint_every = 0
+  return config
+
+
+def test_a_short_run_learns_well_above_chance(tmp_path):
+  result = train.train_and_evaluate(_tiny(150), str(tmp_path / "w"))
+  assert result["eval/accuracy"] > 0.5  # Chance: 0.1.
+
+
+def test_a_stopped_run_resumes_bit_for_bit(tmp_path):
+  config = _tiny(4)
+  config.model.residual = False
+  config.train.checkpoint_every = 2
+  train.train_and_evaluate(config, str(tmp_path / "whole"))
+  stopped = train.train_and_evaluate(config, str(tmp_path / "parts"),
+                                     should_stop=lambda step: step == 2)
+  assert stopped["stopped"] and stopped["step"] == 2
+  train.train_and_evaluate(config, str(tmp_path / "parts"))
+  (c_whole, whole), (c_parts, parts) = (checkpoints.load(str(tmp_path / w))
+                                        for w in ("whole", "parts"))
+  assert c_parts.model.to_dict() == c_whole.model.to_dict() == config.model.to_dict()
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(whole.arrays()),
+               jax.device_get(parts.arrays()))
+
+
+def test_resnet1d_is_probed_like_the_other_conv_families():
+  from resjax import probes, sharding
+  config = _tiny(1)
+  config.model.width = 4
+  ds = train.load_data(config)
+  state = train.create_train_state(config, sharding.make_mesh(jax.devices()[:1]), ds.input_shape,
+                                   ds.num_classes, mean=ds.mean, std=ds.std)
+  res = probes.run(state, None, ds, max_examples=64, batch_size=32, grad_batches=1,
+                   grad_batch_size=32, mesh=sharding.make_mesh(jax.devices()[:1]))
+  names = models.sown_names(state.apply_fn.__self__, ds.input_shape)
+  assert [r["layer"] for r in res.layers] == list(names)
+  assert [r["units"] for r in res.layers] == [4, 4, 4, 8, 8, 16, 16]
+  assert all(0.0 <= r["dead_frac"] <= 1.0 for r in res.layers)
+  assert [r["block"] for r in res.blocks] == ["stage1/block0", "stage2/block0", "stage3/block0"]
+  assert all(0.0 < r["shortcut_frac"] < 1.0 for r in res.blocks)
+  assert res.summary["examples"] == 64
