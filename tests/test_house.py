@@ -72,7 +72,9 @@ def state():
   absl = logging.getLogger("absl")
   return {"unraisablehook": sys.unraisablehook, "excepthook": sys.excepthook,
           "SIGINT": signal.getsignal(signal.SIGINT), "SIGTERM": signal.getsignal(signal.SIGTERM),
-          "torch": (("torch" in sys.modules), id(sys.modules.get("torch"))), "fds": fds,
+          # No stub in place of torch (a real import of it, where installed, is fine).
+          "torch stub": "torch" in sys.modules and not getattr(sys.modules["torch"], "__file__",
+                                                               None), "fds": fds,
           "wakeup_fd": signal.set_wakeup_fd(-1), "absl filters": list(absl.filters),
           "root filters": list(logging.getLogger().filters),
           "umask": [l for l in open("/proc/self/status") if l.startswith("Umask")]}
