@@ -77,12 +77,11 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
   C++ later). Ctrl-C while waiting ends it at once (exit 130). Returns whether
   a multi-process runtime was started.
   """
-  where = coordinator_address or "the coordinator found in the cluster environment"
-
   @contextlib.contextmanager
-  def waiting() -> Iterator[None]:
+  def waiting(address: str | None, processes: int | None, index: int | None) -> Iterator[None]:
+    where = address or "the coordinator found in the cluster environment"
     late = lambda: distributed.late_message(  # noqa: E731
-        coordinator_address, num_processes, process_id, timeout_s)
+        address, processes, index, timeout_s, auto=auto)
     with _watchdog(timeout_s, late), \
         exit_on_signals(lambda sig: f"stopped by {sig} while waiting for the other processes "
                         f"of the job at {where}; nothing was started",
@@ -114,11 +113,34 @@ def _watchdog(timeout_s: float, message: Callable[[], str]) -> Iterator[None]:
 # ----------------------------------------------------------------------------- stdout
 
 
-class _DropLines:
-  """Routes file descriptor `fd` through a pipe that drops lines starting with `prefix`."""
+# gloo's `[Gloo] Rank i is connected to j peer ranks. Expected number of connected peer
+# ranks is : j`, in the pieces its C++ code writes. One thread per local device writes
+# it at once, so the pieces of several copies can interleave within and across lines.
+_GLOO_PIECES = (b"[Gloo] Rank ", b" is connected to ", b" peer ranks. ",
+                b"Expected number of connected peer ranks is : ")
 
-  def __init__(self, fd: int, prefix: bytes):
-    self.fd, self.prefix = fd, prefix
+
+def _gloo_only(line: bytes, partial: bool = False) -> bool:
+  """Whether `line` starts with `[Gloo] ` or holds nothing but pieces of gloo's message,
+  numbers and spaces (an empty line too); `partial`: or may still become such a line."""
+  if line.startswith(b"[Gloo] ") or (partial and b"[Gloo] ".startswith(line)):
+    return True
+  if partial:  # A piece cut at the end of what has come so far.
+    for piece in _GLOO_PIECES:
+      cut = next((k for k in range(len(piece) - 1, 0, -1) if line.endswith(piece[:k])), 0)
+      if cut and _gloo_only(line[:-cut]):
+        return True
+  for piece in _GLOO_PIECES:
+    line = line.replace(piece, b"")
+  return not line.translate(None, b"0123456789 \t\r")
+
+
+class _DropLines:
+  """Routes file descriptor `fd` through a pipe that drops the lines `drop(line)`
+  accepts; `drop(line, partial=True)`: a line without its end yet may become one."""
+
+  def __init__(self, fd: int, drop: Callable[..., bool]):
+    self.fd, self.drop = fd, drop
     with contextlib.suppress(Exception):
       sys.stdout.flush()
     self.out = os.dup(fd)
@@ -131,10 +153,11 @@ class _DropLines:
     atexit.register(self.close)
 
   def _keep(self, line: bytes) -> bool:
-    return not line.startswith(self.prefix)
+    return not self.drop(line)
 
   def _pump(self, read_fd: int) -> None:
     pending = b""
+    started = False  # The start of the current line went out already: keep the rest.
     while True:
       try:
         data = os.read(read_fd, 1 << 16)
@@ -143,12 +166,16 @@ class _DropLines:
       if not data:
         break
       *lines, pending = (pending + data).split(b"\n")
-      out = b"".join(l + b"\n" for l in lines if self._keep(l))
+      out = b""
+      for line in lines:
+        if started or self._keep(line):
+          out += line + b"\n"
+        started = False
       # A partial line goes out at once unless it may still become a dropped one.
-      if pending and not (pending.startswith(self.prefix) or self.prefix.startswith(pending)):
-        out, pending = out + pending, b""
+      if pending and (started or not self.drop(pending, partial=True)):
+        out, pending, started = out + pending, b"", True
       self._write(out)
-    if pending and self._keep(pending):
+    if pending and (started or self._keep(pending)):
       self._write(pending)
     os.close(read_fd)
 
@@ -176,12 +203,14 @@ _stdout_filter: _DropLines | None = None
 def quiet_gloo() -> None:
   """Drops gloo's `[Gloo] Rank i is connected to j peer ranks` lines from stdout.
 
-  They carry no news once the job has assembled. Stdout goes through a pipe
-  and a thread from here on; `exit_now` and interpreter exit flush it.
+  They carry no news once the job has assembled. Lines made only of their
+  pieces (several threads write them at once), numbers and spaces go too.
+  Stdout goes through a pipe and a thread from here on; `exit_now` and
+  interpreter exit flush it.
   """
   global _stdout_filter
   if _stdout_filter is None:
-    _stdout_filter = _DropLines(1, b"[Gloo] ")
+    _stdout_filter = _DropLines(1, _gloo_only)
 
 
 # ----------------------------------------------------------------------------- signals
