@@ -27,13 +27,14 @@ import jax
 import numpy as np
 import pytest
 
-from resjax import checkpoints, metrics
+from resjax import checkpoints, distributed, metrics
 from helpers import ROOT, Run, arrays, subprocess_env
 
 TOOLS = ("slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scontrol", "scancel")
-STEPS = 400  # Long enough (a few seconds) for a signal to land mid-run.
+SEARCH_PATH = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"  # The daemons live in sbin.
+STEPS = 200  # Long enough (a second or more) for a signal to land mid-run.
 ARGS = ["--config=configs/embedded.py:tiny_mlp", f"--config.train.steps={STEPS}",
-        "--config.train.log_every=1", "--config.train.checkpoint_every=100",
+        "--config.train.log_every=1", "--config.train.checkpoint_every=50",
         "--config.train.eval_every=0"]
 TASKS = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1"]
 REQUEUE_S = 5  # AuthInfo=cred_expire: how long a requeued job waits (SLURM's default: 120 s).
@@ -77,8 +78,9 @@ TaskPlugin=task/affinity
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 MpiDefault=none
+MailProg=/bin/true
 ReturnToService=2
-SchedulerParameters=bf_interval=1
+SchedulerParameters=bf_interval=1,sched_interval=1
 FirstJobId={first_job}
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool
@@ -104,7 +106,7 @@ class Cluster:
     self.conf = os.path.join(root, "slurm.conf")
     with open(self.conf, "w") as f:
       f.write(_conf(root))
-    self.env = {**os.environ, "SLURM_CONF": self.conf}
+    self.env = {**os.environ, "SLURM_CONF": self.conf, "PATH": SEARCH_PATH}
     self.daemons = []
     for cmd in (["slurmctld", "-D", "-i"], ["slurmd", "-D", "-N", "localhost"]):
       with open(os.path.join(root, f"{cmd[0]}.stderr"), "w") as err:
@@ -201,7 +203,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-  missing = [t for t in TOOLS if shutil.which(t) is None]
+  missing = [t for t in TOOLS if shutil.which(t, path=SEARCH_PATH) is None]
   if missing:
     pytest.skip(f"SLURM is not installed here (no {', '.join(missing)}): "
                 "apt-get install slurm-wlm, as .ci/run does")
@@ -232,11 +234,21 @@ def job_env(tmp_path_factory, cluster):
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, job_env):
-  """The same training in one process (8 host devices), uninterrupted."""
+  """The same training in one process (8 host devices), uninterrupted: started here,
+  its workdir returned by the function this yields once it has ended (meanwhile the
+  cluster runs a job)."""
   workdir = str(tmp_path_factory.mktemp("slurm-ref") / "run")
   run = Run([*ARGS, f"--workdir={workdir}"], subprocess_env(job_env["JAX_COMPILATION_CACHE_DIR"]))
-  assert run.finish() == 0, run.output()
-  return workdir
+
+  codes = []
+
+  def finished() -> str:
+    codes[:] = codes or [run.finish()]
+    assert codes == [0], run.output()
+    return workdir
+
+  yield finished
+  finished()
 
 
 def _losses(workdir) -> list[float]:
@@ -263,7 +275,7 @@ def test_two_tasks_join_one_job_and_train_like_one_process(cluster, job_env, one
     assert re.search(rf"process {i}/2, 4 local / 8 global devices", out), out
   assert re.search(rf"^done at step {STEPS}: ", out, re.M), out
   assert "connected to" not in out  # Gloo's chatter dropped.
-  _assert_same_training(workdir, one_process)
+  _assert_same_training(workdir, one_process())
 
 
 def test_scancel_term_saves_and_the_requeued_job_resumes_exactly(cluster, job_env, one_process,
@@ -280,7 +292,7 @@ def test_scancel_term_saves_and_the_requeued_job_resumes_exactly(cluster, job_en
   assert f"requeueing job {job} to resume" in out and "connected to" not in out
   assert re.search(rf"^resumed from .* at step {stopped}$", out, re.M), out
   assert re.search(rf"^done at step {STEPS}: ", out, re.M), out
-  _assert_same_training(workdir, one_process)
+  _assert_same_training(workdir, one_process())
   print(f"scancel --signal=TERM: both tasks saved step {stopped}; the requeued job resumed "
         f"there and ended like an uninterrupted run")
 
@@ -302,3 +314,21 @@ def test_a_task_that_never_starts_ends_the_job_in_one_line(cluster, job_env, tmp
   # Start-up, the wait, srun ending the other task; JAX's own timeout would be 30 s later.
   assert h * 3600 + m * 60 + s < timeout + 25, info
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_multihost_reads_the_layout_from_slurms_variables(monkeypatch):
+  """What --multihost finds in a task of a 2-node job (JAX's detection, read before
+  the wait so that a late peer can be named)."""
+  for name, value in {"SLURM_JOB_ID": "4100", "SLURM_STEP_NODELIST": "node[007-008]",
+                      "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}.items():
+    monkeypatch.setenv(name, value)
+  monkeypatch.delenv("JAX_COORDINATOR_PORT", raising=False)
+  assert distributed.detected(None, None, None, 5) == (f"node007:{JAX_PORT_BASE + 4}", 2, 1, [0])
+  assert distributed.detected("host:1234", None, 0, 5)[:3] == ("host:1234", 2, 0)
+
+
+def test_a_late_multihost_job_names_the_missing_task_and_the_fix_for_a_scheduler():
+  line = distributed.late_message("node007:61444", 2, 0, 5, auto=True)
+  assert line.startswith("process 1 of 2 did not join the job at node007:61444 within 5 s; "
+                         "check that every task of the job started"), line
+  assert "--coordinator_address" not in line and "--coordinator_timeout" in line
