@@ -15,6 +15,10 @@
 # on one step, save it, and exit 0 with "stopped by a signal at step N". This
 # script then requeues the job (--requeue also lets SLURM requeue a preempted
 # job), and the new run resumes from that checkpoint: nothing is lost.
+#
+# The body is launch/slurm_run.sh, which tests/test_slurm.py runs through
+# launch/slurm_cpu.sh on a one-node SLURM cluster; on GPUs this script is
+# untried (docs/clusters.md). Submit from the root of the checkout.
 #SBATCH --job-name=resjax
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=8

@@ -509,9 +509,9 @@ def test_signal_stops_a_study_which_then_resumes(tmp_path):
 
 DROP = r"""
 import os, sys, time
-from launch import runtime
+from launch import runtime, stdout_filter
 print("before", flush=True)
-runtime.quiet_gloo()
+stdout_filter.quiet_gloo()
 os.write(1, b"[Gloo] Rank 0 is connected to 1 peer ranks.\nkept 1\n[Glo")
 os.write(1, b"o] Rank 0 again\n[G")
 os.write(1, b"x] kept 2\n[Gloo] Rank 1 is connected to [Gloo] Rank 1 peer ranks. Expected ")
