@@ -13,6 +13,7 @@ detection (`--multihost`) and must train like one process; `scancel
 same numbers; a task that never starts its Python ends the job in one line
 within --coordinator_timeout.
 """
+import fcntl
 import getpass
 import os
 import re
@@ -21,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -207,6 +209,12 @@ def cluster(tmp_path_factory):
   if missing:
     pytest.skip(f"SLURM is not installed here (no {', '.join(missing)}): "
                 "apt-get install slurm-wlm, as .ci/run does")
+  # One test cluster on this machine at a time (pytest -n 2 may split the tests over
+  # two workers): each job's coordinator port follows its job id, and two clusters'
+  # job ids could meet.
+  lock = os.open(os.path.join(tempfile.gettempdir(), "resjax-test-slurm.lock"),
+                 os.O_RDONLY | os.O_CREAT, 0o666)
+  fcntl.flock(lock, fcntl.LOCK_EX)
   slurm = Cluster(str(tmp_path_factory.mktemp("slurm")))
   try:
     why = slurm.wait_idle()
@@ -215,6 +223,7 @@ def cluster(tmp_path_factory):
     yield slurm
   finally:
     slurm.close()
+    os.close(lock)
 
 
 @pytest.fixture(scope="module")
