@@ -38,7 +38,8 @@ def test_a_count_the_user_chose_wins(env):
 
 
 def test_a_process_bound_to_one_core_gets_four_devices():
-  code = "import os; os.sched_setaffinity(0, {0}); from launch import platform; print(platform.configure({}))"
+  code = ("import os; os.sched_setaffinity(0, {0}); from launch import platform; "
+          "print(platform.configure({}))")
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True,
                        text=True).stdout
   assert int(out) == platform.host_device_count(1)
