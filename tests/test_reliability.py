@@ -514,8 +514,9 @@ print("before", flush=True)
 stdout_filter.quiet_gloo()
 os.write(1, b"[Gloo] Rank 0 is connected to 1 peer ranks.\nkept 1\n[Glo")
 os.write(1, b"o] Rank 0 again\n[G")
+# Two threads' copies of gloo's line, their pieces mixed:
 os.write(1, b"x] kept 2\n[Gloo] Rank 1 is connected to [Gloo] Rank 1 peer ranks. Expected ")
-os.write(1, b"number of connected peer ranks is : 1\n\n1 is connected to ")  # Threads' copies, mixed.
+os.write(1, b"number of connected peer ranks is : 1\n\n1 is connected to ")
 os.write(1, b"1 peer ranks. Expected number of connected peer ranks is : 1\n")
 os.write(1, b"partial")
 print(" line", flush=True)
