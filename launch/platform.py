@@ -23,6 +23,10 @@ per parameter (MLPs, nets on tiny images) train faster on fewer of them,
 since every step all-reduces the gradients between devices:
 `resjax.sharding.data_devices` picks how many a model uses.
 
+The cores counted are those this process may run on (its CPU affinity), so
+each task of a SLURM job bound to its --cpus-per-task (task/affinity or
+task/cgroup) gets its own share of host devices, not the whole node's.
+
 Set XLA_FLAGS=--xla_force_host_platform_device_count=N to choose N yourself.
 """
 from __future__ import annotations
@@ -44,6 +48,14 @@ def host_device_count(cpus: int | None) -> int:
   return count
 
 
+def usable_cpus() -> int | None:
+  """The CPUs this process may run on: a SLURM task's (or taskset's) share, else all."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):  # No affinity API (macOS).
+    return os.cpu_count()
+
+
 def configure(environ: MutableMapping[str, str] | None = None,
               cpus: int | None = None) -> int | None:
   """Adds the host device count to XLA_FLAGS unless the user set one.
@@ -55,7 +67,7 @@ def configure(environ: MutableMapping[str, str] | None = None,
   flags = environ.get("XLA_FLAGS", "")
   if DEVICE_FLAG in flags or environ.get("JAX_NUM_CPU_DEVICES"):
     return None
-  count = host_device_count(os.cpu_count() if cpus is None else cpus)
+  count = host_device_count(usable_cpus() if cpus is None else cpus)
   environ["XLA_FLAGS"] = f"{flags} {DEVICE_FLAG}={count}".strip()
   return count
 

@@ -16,16 +16,14 @@ code 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
 
 `initialize` joins a multi-process job (`resjax.distributed.initialize`) and
 ends the process in one line when the other processes do not come in time or
-Ctrl-C is pressed while waiting. `quiet_gloo` keeps gloo's `[Gloo] Rank i is
-connected to ...` lines (written by C++ to stdout, one per local device when
-the first collective runs) out of a launcher's output. `quiet_orbax` keeps
+Ctrl-C is pressed while waiting (`launch/stdout_filter.py` keeps gloo's lines
+out of stdout once it has). `quiet_orbax` keeps
 Orbax's per-save INFO lines, its read-only warning and its closed-loop
 tracebacks off the terminal. `import_tensorboardx` imports tensorboardX
 without PyTorch.
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import importlib
 import logging as py_logging
@@ -39,6 +37,7 @@ from absl import logging
 import jax
 from jax.experimental import multihost_utils
 
+from launch import stdout_filter
 from resjax import distributed, locking
 
 _exit_lock = threading.Lock()
@@ -55,8 +54,7 @@ def exit_now(message: str, code: int) -> None:
     with contextlib.suppress(Exception):
       sys.stdout.flush()
     with contextlib.suppress(Exception):
-      if _stdout_filter is not None:
-        _stdout_filter.close()
+      stdout_filter.close()
     with contextlib.suppress(Exception):
       if message:
         print(message, file=sys.stderr, flush=True)
@@ -77,12 +75,11 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
   C++ later). Ctrl-C while waiting ends it at once (exit 130). Returns whether
   a multi-process runtime was started.
   """
-  where = coordinator_address or "the coordinator found in the cluster environment"
-
   @contextlib.contextmanager
-  def waiting() -> Iterator[None]:
+  def waiting(address: str | None, processes: int | None, index: int | None) -> Iterator[None]:
+    where = address or "the coordinator found in the cluster environment"
     late = lambda: distributed.late_message(  # noqa: E731
-        coordinator_address, num_processes, process_id, timeout_s)
+        address, processes, index, timeout_s, auto=auto)
     with _watchdog(timeout_s, late), \
         exit_on_signals(lambda sig: f"stopped by {sig} while waiting for the other processes "
                         f"of the job at {where}; nothing was started",
@@ -109,79 +106,6 @@ def _watchdog(timeout_s: float, message: Callable[[], str]) -> Iterator[None]:
     yield
   finally:
     done.set()
-
-
-# ----------------------------------------------------------------------------- stdout
-
-
-class _DropLines:
-  """Routes file descriptor `fd` through a pipe that drops lines starting with `prefix`."""
-
-  def __init__(self, fd: int, prefix: bytes):
-    self.fd, self.prefix = fd, prefix
-    with contextlib.suppress(Exception):
-      sys.stdout.flush()
-    self.out = os.dup(fd)
-    read_fd, write_fd = os.pipe()
-    os.dup2(write_fd, fd)
-    os.close(write_fd)
-    self.thread = threading.Thread(target=self._pump, args=(read_fd,), name="drop-lines",
-                                   daemon=True)
-    self.thread.start()
-    atexit.register(self.close)
-
-  def _keep(self, line: bytes) -> bool:
-    return not line.startswith(self.prefix)
-
-  def _pump(self, read_fd: int) -> None:
-    pending = b""
-    while True:
-      try:
-        data = os.read(read_fd, 1 << 16)
-      except OSError:
-        data = b""
-      if not data:
-        break
-      *lines, pending = (pending + data).split(b"\n")
-      out = b"".join(l + b"\n" for l in lines if self._keep(l))
-      # A partial line goes out at once unless it may still become a dropped one.
-      if pending and not (pending.startswith(self.prefix) or self.prefix.startswith(pending)):
-        out, pending = out + pending, b""
-      self._write(out)
-    if pending and self._keep(pending):
-      self._write(pending)
-    os.close(read_fd)
-
-  def _write(self, data: bytes) -> None:
-    while data:
-      try:
-        data = data[os.write(self.out, data):]
-      except OSError:
-        return
-
-  def close(self) -> None:
-    """Puts `fd` back and forwards what is still in the pipe (idempotent)."""
-    if self.thread is None:
-      return
-    with contextlib.suppress(Exception):
-      sys.stdout.flush()
-    os.dup2(self.out, self.fd)  # The pipe's last writer is gone: the pump drains and ends.
-    self.thread.join(timeout=2.0)
-    self.thread = None
-
-
-_stdout_filter: _DropLines | None = None
-
-
-def quiet_gloo() -> None:
-  """Drops gloo's `[Gloo] Rank i is connected to j peer ranks` lines from stdout.
-
-  They carry no news once the job has assembled. Stdout goes through a pipe
-  and a thread from here on; `exit_now` and interpreter exit flush it.
-  """
-  global _stdout_filter
-  if _stdout_filter is None:
-    _stdout_filter = _DropLines(1, b"[Gloo] ")
 
 
 # ----------------------------------------------------------------------------- signals

@@ -15,6 +15,10 @@
 # on one step, save it, and exit 0 with "stopped by a signal at step N". This
 # script then requeues the job (--requeue also lets SLURM requeue a preempted
 # job), and the new run resumes from that checkpoint: nothing is lost.
+#
+# The body is launch/slurm_run.sh, which tests/test_slurm.py runs through
+# launch/slurm_cpu.sh on a one-node SLURM cluster; on GPUs this script is
+# untried (docs/clusters.md). Submit from the root of the checkout.
 #SBATCH --job-name=resjax
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=8
@@ -26,14 +30,6 @@
 #SBATCH --open-mode=append
 #SBATCH --output=resjax-%x-%j.out
 
-set -uo pipefail
-cd "${SLURM_SUBMIT_DIR:-.}"
-attempt_log=$(mktemp)
-srun --kill-on-bad-exit=1 python -u -m launch.train --multihost "$@" | tee "$attempt_log"
-status=$?
-if [[ $status -eq 0 ]] && grep -q "^stopped by a signal at step" "$attempt_log"; then
-  echo "requeueing job ${SLURM_JOB_ID} to resume from the checkpoint just saved"
-  scontrol requeue "${SLURM_JOB_ID}"
-fi
-rm -f "$attempt_log"
-exit $status
+body=${SLURM_SUBMIT_DIR:-.}/launch/slurm_run.sh
+[[ -f $body ]] || { echo "error: no $body: submit from the root of the resjax checkout" >&2; exit 2; }
+source "$body"

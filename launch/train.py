@@ -7,8 +7,9 @@ Running the same command again resumes from the latest checkpoint in --workdir;
 --fresh moves an earlier run aside (to DIR.old-<time>, never deleted) and starts
 over. SIGTERM or Ctrl-C saves a checkpoint at the current step and exits 0.
 Several processes: --multihost (JAX reads SLURM, Cloud TPU or Open MPI settings)
-or --coordinator_address/--num_processes/--process_id; see launch/slurm_gpu.sh
-and launch/tpu_pod.sh. Override any config field with --config.<group>.<field>=VALUE.
+or --coordinator_address/--num_processes/--process_id; see launch/slurm_gpu.sh,
+launch/slurm_cpu.sh and launch/tpu_pod.sh. Override any config field with
+--config.<group>.<field>=VALUE.
 """
 from launch import platform  # noqa: F401  # pylint: disable=unused-import  (before JAX)
 
@@ -19,7 +20,7 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top
 import jax
 
 import configs
-from launch import common, runtime
+from launch import common, runtime, stdout_filter
 from resjax import checkpoints, errors, train
 
 _CONFIG = common.define_config(
@@ -50,7 +51,7 @@ def main(argv):
   errors.check(bool(_WORKDIR.value), "--workdir is required: pass --workdir=DIR")
   if runtime.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                         auto=_MULTIHOST.value, timeout_s=_COORD_TIMEOUT.value):
-    runtime.quiet_gloo()
+    stdout_filter.quiet_gloo()
   common.log_devices()
   with runtime.stop_on_signals() as should_stop:
     try:

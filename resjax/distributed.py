@@ -5,6 +5,12 @@ id given explicitly, or (`auto=True`) found by JAX in the cluster environment
 (SLURM, Open MPI, Cloud TPU, Kubernetes). CPU processes talk through gloo
 collectives. Bad values raise ConfigError before anything starts.
 
+With `auto`, the layout is read (`detected`) before the wait, through JAX's own
+cluster detection, so a job that does not assemble can be reported as "process
+1 of 2 did not join the job at node001:62000": JAX keeps that detection in a
+private module (`jax._src.clusters`); where it moves, JAX detects the layout
+itself and the report names no process.
+
 What a launcher does around it (a watchdog that ends the process in one line
 when a peer never comes, Ctrl-C while waiting, signals that stop training)
 changes the process, so it lives in `launch/runtime.py`, not here.
@@ -18,6 +24,11 @@ from typing import Callable, ContextManager
 import jax
 
 from resjax import errors
+
+try:  # JAX's cluster detection (SLURM, Open MPI, Cloud TPU, ...); private, see above.
+  from jax._src import clusters as jax_clusters
+except ImportError:
+  jax_clusters = None
 
 # JAX's own wait ends this long after `timeout_s`, so a launcher's watchdog
 # (launch.runtime) comes first and can say who is missing.
@@ -53,10 +64,24 @@ def _check(coordinator_address: str | None, num_processes: int | None,
   return True
 
 
+def detected(coordinator_address: str | None, num_processes: int | None,
+             process_id: int | None, timeout_s: int) -> tuple:
+  """(coordinator_address, num_processes, process_id, local_device_ids): the values
+  given, the rest as JAX finds them in the cluster environment (None where it finds
+  none, or where its detection moved)."""
+  given = (coordinator_address or None, num_processes, process_id, None)
+  try:
+    return tuple(jax_clusters.ClusterEnv.auto_detect_unset_distributed_params(
+        *given[:3], None, None, timeout_s))
+  except (AttributeError, TypeError):  # No such private API in this JAX.
+    return given
+
+
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *, auto: bool = False,
                timeout_s: int = 300,
-               waiting: Callable[[], ContextManager] = contextlib.nullcontext) -> bool:
+               waiting: Callable[..., ContextManager] = lambda *layout: contextlib.nullcontext()
+               ) -> bool:
   """Starts `jax.distributed` when asked to; returns whether it did.
 
   Nothing is given and `auto` is False: a single-process run (returns False).
@@ -66,18 +91,20 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   Raises ConfigError for inconsistent values, no cluster found, or a job that
   did not assemble (where JAX reports it rather than aborting).
 
-  `waiting()` is entered around the wait for the other processes, which
-  lasts up to `timeout_s` + JAX_TIMEOUT_MARGIN_S (launch.runtime passes a
-  watchdog and a Ctrl-C handler).
+  `waiting(address, num_processes, process_id)` (the layout as far as it is
+  known) is entered around the wait for the other processes, which lasts up to
+  `timeout_s` + JAX_TIMEOUT_MARGIN_S (launch.runtime passes a watchdog and a
+  Ctrl-C handler).
   """
   if not _check(coordinator_address, num_processes, process_id, auto, timeout_s):
     return False
   # gloo is JAX's default on recent versions; older ones had no CPU collectives.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   try:
-    with waiting():
-      jax.distributed.initialize(coordinator_address or None, num_processes, process_id,
-                                 initialization_timeout=timeout_s + JAX_TIMEOUT_MARGIN_S)
+    layout = (detected(coordinator_address, num_processes, process_id, timeout_s) if auto
+              else (coordinator_address or None, num_processes, process_id, None))
+    with waiting(*layout[:3]):
+      jax.distributed.initialize(*layout, initialization_timeout=timeout_s + JAX_TIMEOUT_MARGIN_S)
   except ValueError as e:
     reason = errors.first_line(e) or type(e).__name__
     raise errors.ConfigError(
@@ -104,15 +131,19 @@ def _reachable(address: str) -> bool:
 
 
 def late_message(address: str | None, num_processes: int | None, process_id: int | None,
-                 timeout_s: int) -> str:
+                 timeout_s: int, *, auto: bool = False) -> str:
   """The one line for a job whose processes did not all arrive within `timeout_s`.
 
   Names the process that did not arrive where that can be known (process 1 of
   2 seen from process 0; process 0 when its address does not answer), else the
-  count expected and the coordinator address.
+  count expected and the coordinator address. `auto`: the layout came from the
+  cluster environment (--multihost), and so does the fix.
   """
   fix = ("start every process with the same --coordinator_address and --num_processes and "
          "its own --process_id, or raise --coordinator_timeout")
+  if auto:
+    fix = ("check that every task of the job started `python -m launch.train --multihost`, "
+           "or raise --coordinator_timeout")
   at = address or "the coordinator found in the cluster environment"
   if num_processes is None or process_id is None:
     return f"the job at {at} did not assemble within {timeout_s} s; {fix}"

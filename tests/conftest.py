@@ -35,6 +35,9 @@ SLOW = (
     "test_checkpoints.py::test_eight_devices_to_one_process_with_one_device_and_back",
     "test_compilation_cache.py::test_cache_dir_gets_programs_and_empty_turns_it_off",
     "test_launchers.py::test_help_shows", "test_launchers.py::test_configs_command",
+    # A one-node SLURM cluster running the batch script.
+    "test_slurm.py::test_two_tasks_", "test_slurm.py::test_scancel_",
+    "test_slurm.py::test_a_task_that_never_starts",
     # Studies end to end, the tutorial notebook.
     "test_study.py::test_study_runs_end_to_end", "test_study.py::test_study_resumes_after",
     "test_tutorial.py::test_notebook_runs_quick",

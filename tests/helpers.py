@@ -29,12 +29,16 @@ TIMEOUT = 300
 PROGRESS = r"^step +(\d+)/\d+ "
 
 
-def subprocess_env(cache_dir, devices: int = 8, **extra) -> dict:
-  """The test environment with `devices` host devices and a shared compilation cache."""
+def subprocess_env(cache_dir, devices: int | None = 8, **extra) -> dict:
+  """The test environment with `devices` host devices and a shared compilation cache.
+
+  `devices=None` leaves the count to `launch.platform` (from the CPUs the process may use).
+  """
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
-  return {**os.environ, "XLA_FLAGS": " ".join(
-      flags + [f"--xla_force_host_platform_device_count={devices}"]),
+  if devices is not None:
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+  return {**os.environ, "XLA_FLAGS": " ".join(flags),
           "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
           "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",

@@ -37,13 +37,21 @@ def test_a_count_the_user_chose_wins(env):
   assert env == before
 
 
+def test_a_process_bound_to_one_core_gets_four_devices():
+  code = ("import os; os.sched_setaffinity(0, {0}); from launch import platform; "
+          "print(platform.configure({}))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True,
+                       text=True).stdout
+  assert int(out) == platform.host_device_count(1)
+
+
 def test_launchers_get_the_split_before_jax_starts():
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
   env["JAX_PLATFORMS"] = "cpu"
   code = "import launch.platform, jax; print(jax.device_count())"
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
                        capture_output=True, text=True).stdout
-  assert int(out.split()[-1]) == platform.host_device_count(os.cpu_count())
+  assert int(out.split()[-1]) == platform.host_device_count(platform.usable_cpus())
 
 
 def test_default_split_trains_a_resnet_like_one_device():

@@ -508,14 +508,21 @@ def test_signal_stops_a_study_which_then_resumes(tmp_path):
 
 
 DROP = r"""
-import os, sys
-from launch import runtime
+import os, sys, time
+from launch import runtime, stdout_filter
 print("before", flush=True)
-runtime.quiet_gloo()
+stdout_filter.quiet_gloo()
 os.write(1, b"[Gloo] Rank 0 is connected to 1 peer ranks.\nkept 1\n[Glo")
 os.write(1, b"o] Rank 0 again\n[G")
-os.write(1, b"x] kept 2\npartial")
+# Two threads' copies of gloo's line, their pieces mixed:
+os.write(1, b"x] kept 2\n[Gloo] Rank 1 is connected to [Gloo] Rank 1 peer ranks. Expected ")
+os.write(1, b"number of connected peer ranks is : 1\n\n1 is connected to ")
+os.write(1, b"1 peer ranks. Expected number of connected peer ranks is : 1\n")
+os.write(1, b"partial")
 print(" line", flush=True)
+os.write(1, b"a line in two writes")  # As print() without a buffer writes one.
+time.sleep(0.2)
+os.write(1, b"\n")
 sys.stdout.write("unflushed")
 if sys.argv[1] == "exit_now":
   runtime.exit_now("bye", 3)
@@ -529,7 +536,8 @@ def test_gloo_lines_dropped_and_the_rest_kept_on_every_exit(how, code):
   proc = subprocess.run([sys.executable, "-c", DROP, how], cwd=ROOT, env=ENV,
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == code, proc.stderr
-  assert proc.stdout == "before\nkept 1\n[Gx] kept 2\npartial line\nunflushed"
+  assert proc.stdout == ("before\nkept 1\n[Gx] kept 2\npartial line\na line in two writes\n"
+                         "unflushed")
 
 
 # ----------------------------------------------------------------------------- a real full disk
