@@ -15,7 +15,9 @@ the `bench` extra): (c) one net after another and (d) `torch.func.vmap` over
 the seeds of each shape, same nets, steps, batch and optimizer. Then whole
 processes, what a researcher waits for: `python -m launch.train` with the
 grid, first with an empty compilation cache and again with it warm, against
-`python -m benchmarks.torch_mlp` training the same nets one after another. ResNet grid: 8 seeds of ResNet-20 on CIFAR-sized
+`python -m benchmarks.torch_mlp` training the same nets one after another.
+(`python -m launch.bench layouts` times the two ways to run a grid's nets on
+one device.) ResNet grid: 8 seeds of ResNet-20 on CIFAR-sized
 synthetic data at batch 128 (the training benchmark's data). Wall times
 include compilation, evaluation and checkpoints; both ways write the same
 files. Net k of (a) computes what run k of (b) computes (tests/test_grid.py:

@@ -92,6 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 2000  # Steps between checkpoints (0 = end only).
   config.train.keep_checkpoints = 0  # Checkpoints kept (0 = all, for the analyses).
   config.train.eval_train = False  # Also evaluate the whole training split (eval_train/...).
+  # A grid's nets on a device: vmap | map (one after another) | auto (by family and platform).
+  config.train.grid_layout = "auto"
 
   # Several nets in one program: values per axis (their product), e.g.
   # --config.grid.seeds=0,1,2 or --config.grid.model.depth=20,56 (resjax/grid/).

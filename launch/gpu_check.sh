@@ -33,3 +33,6 @@ start=$(date +%s.%N)
 python -m launch.sweep --workdir="$sweep" 2>&1 | tee "$out/collapse.log"
 awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "collapse sweep, default grid: %.1f s wall (start-up and compile included)\n", e - s }' \
   | tee -a "$out/collapse.log"
+
+# A grid's nets on one GPU: vmapped vs one after another (train.grid_layout).
+python -m launch.bench layouts --out="$out/bench_layouts.json" 2>&1 | tee "$out/bench_layouts.log"

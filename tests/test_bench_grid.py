@@ -32,3 +32,11 @@ def test_torch_vmap_trains_the_nets_the_sequential_loop_trains():
   vm = torch_mlp.train_vmapped(nets, data, 1e-2, 2, 3)
   np.testing.assert_allclose(vm, seq, rtol=1e-4)
   assert len(set(np.round(seq, 4))) == 3  # Three different nets, not one copied.
+
+
+def test_layout_table_times_both_layouts_and_one_net():
+  from benchmarks import layouts  # pylint: disable=import-outside-toplevel
+  figures = layouts.run(quick=True)
+  assert len(figures) == 3
+  for t in figures.values():
+    assert t["vmap"] > 0 and t["map"] > 0 and t["alone"] > 0 and t["auto"] in ("vmap", "map")

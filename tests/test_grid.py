@@ -11,7 +11,7 @@ from tests.conftest import run_steps
 
 def _grid_steps(config, devices, steps, mesh=None):
   """Losses [steps, K] and final stacked params of `config`'s grid on `devices`
-  (or on `mesh`)."""
+  (or on `mesh`), in the layout the training loop picks for it."""
   ds = train.load_data(config)
   nets = grid.nets(config)
   if mesh is None:
@@ -20,7 +20,8 @@ def _grid_steps(config, devices, steps, mesh=None):
                                   mean=ds.mean, std=ds.std)
   seeds = [n.seed for n in nets]
   shared = len(set(seeds)) == 1
-  p_train, _ = grid.jit_steps(state, mesh, shared_batch=shared)
+  p_train, _ = grid.jit_steps(state, mesh, shared_batch=shared,
+                              layout=grid.layout(config, jax.devices()[0].platform))
   losses = []
   for step in range(steps):
     batches = []
@@ -70,6 +71,26 @@ def _mlp(**grid_axes):
 @pytest.mark.parametrize("ndev", [1, 8])
 def test_seed_grid_of_mlps_equals_single_runs(ndev):
   _check_equal(_mlp(seeds=(0, 1, 2)), jax.devices()[:ndev])
+
+
+@pytest.mark.parametrize("ndev", [1, 8])
+def test_nets_one_after_another_equal_single_runs(ndev):
+  """train.grid_layout='map': lax.map over the nets (per device), per-net batches."""
+  config = _mlp(seeds=(0, 1, 2, 3))
+  config.train.grid_layout = "map"
+  _check_equal(config, jax.devices()[:ndev])
+
+
+def test_layout_rule_by_family_and_override(monkeypatch):
+  mlp, resnet = _mlp(seeds=(0, 1)), embedded.get_config("tiny")
+  monkeypatch.setitem(grid.spec.LAYOUT_RULE, "cpu", ("resnet",))
+  assert grid.layout(mlp, "cpu") == "vmap" and grid.layout(resnet, "cpu") == "map"
+  assert grid.layout(resnet, "tpu") == "vmap"  # A platform without a rule.
+  resnet.train.grid_layout = "vmap"
+  assert grid.layout(resnet, "cpu") == "vmap"
+  mlp.train.grid_layout = "sideways"
+  with pytest.raises(errors.ConfigError, match="train.grid_layout"):
+    train.validate(mlp, 1)
 
 
 def test_lr_and_weight_decay_grid_equals_single_runs():

@@ -10,7 +10,7 @@ from resjax.grid.layer import Grid
 from resjax.grid.padding import crop, gates, mask, pad, stack
 from resjax.grid.spec import (MODEL_AXES, OPT_AXES, TOGGLES, axes, calls, condition,
                               condition_name, config_group, describe_label, grid_size,
-                              is_grid, labels, needs_mask, nets, padded_config,
+                              is_grid, labels, layout, needs_mask, nets, padded_config,
                               padded_fields, validate)
 from resjax.grid.state import (GridCalls, abstract_grid_state, create_grid_state,
                                initial_states)

@@ -40,6 +40,7 @@ class Grid:
     self.batch_size = int(config.data.batch_size)
     self.axes = spec.axes(config)
     self.calls = spec.calls(config)
+    self.layout = spec.layout(config, jax.devices()[0].platform)
     self.diverged: dict[int, int] = {}
     pub = config.get("published")
     self.published = dict(zip(pub.conditions, pub.values)) if pub else None
@@ -49,8 +50,8 @@ class Grid:
     return " x ".join(f"{len(v)} {f}" for f, v in self.axes) + calls
 
   def what(self, n_params: int) -> str:
-    return (f"a grid of {self.count} nets ({self.describe()}), each padded to "
-            f"{n_params:,} parameters,")
+    return (f"a grid of {self.count} nets ({self.describe()}; {spec.LAYOUTS[self.layout]}), "
+            f"each padded to {n_params:,} parameters,")
 
   def mesh(self, ds: data.Dataset) -> jax.sharding.Mesh:
     errors.check(jax.process_count() == 1, "a grid (config.grid) trains in one process; "
@@ -63,7 +64,7 @@ class Grid:
                                         mean=ds.mean, std=ds.std)
 
   def jit_steps(self, state: Any, mesh: jax.sharding.Mesh) -> tuple[Callable, Callable]:
-    return grid_steps.jit_steps(state, mesh, shared_batch=self.shared_batch)
+    return grid_steps.jit_steps(state, mesh, shared_batch=self.shared_batch, layout=self.layout)
 
   def merge(self, fetched: Any) -> dict:
     return grid_steps.merge_calls(fetched)

@@ -87,6 +87,31 @@ def axes(config: ml_collections.ConfigDict) -> list[tuple[str, tuple]]:
   return out
 
 
+# How the nets of a call share a device: vmapped (one batched program) or one
+# after another inside the same compiled program (`lax.map`).
+LAYOUTS = {"vmap": "nets vmapped", "map": "nets one after another"}
+# `train.grid_layout='auto'`: the families that run one after another, per
+# platform; the rest are vmapped. CPU (`python -m launch.bench layouts`, 8 nets
+# on one device, docs/performance.md): vmapping was faster than `lax.map` for
+# the MLP, the digits ResNet-20 and the inverted-residual nets alike, so none.
+# GPU: not measured yet (vmapped convolutions become grouped ones, whose
+# backward pass is slow on CUDA, jax issue 13800); launch/gpu_check.sh runs
+# the same table, and its numbers decide this entry.
+LAYOUT_RULE: dict[str, tuple[str, ...]] = {"cpu": (), "gpu": ()}
+
+
+def layout(config: ml_collections.ConfigDict, platform: str) -> str:
+  """'vmap' or 'map': `train.grid_layout`, or the rule for the model family on `platform`.
+
+  It is a `train` field: it changes how the nets run, not what they compute
+  (up to rounding), so a run may resume under another layout.
+  """
+  chosen = str(config.train.get("grid_layout", "auto") or "auto")
+  if chosen != "auto":
+    return chosen
+  return "map" if config.model.name in LAYOUT_RULE.get(platform, ()) else "vmap"
+
+
 def is_grid(config: ml_collections.ConfigDict) -> bool:
   """Whether `config` asks for more than its single run."""
   return bool(axes(config))

@@ -45,8 +45,20 @@ def grid_training_mesh(config: ml_collections.ConfigDict, input_shape, num_class
   return sharding.grid_mesh(devices[:width], 1)
 
 
-def jit_steps(state: Any, mesh: jax.sharding.Mesh,
-              shared_batch: bool = True) -> tuple[Callable, Callable]:
+def _over_nets(fn: Callable, layout: str, batched: bool) -> Callable:
+  """`fn(state, batch)` over stacked nets: vmapped, or one net after another (`lax.map`).
+
+  `batched`: the batch has a leading net axis too (one batch per net).
+  """
+  if layout == "vmap":
+    return jax.vmap(fn, in_axes=(0, 0 if batched else None))
+  if batched:
+    return lambda states, batch: jax.lax.map(lambda sb: fn(*sb), (states, batch))
+  return lambda states, batch: jax.lax.map(lambda s: fn(s, batch), states)
+
+
+def jit_steps(state: Any, mesh: jax.sharding.Mesh, shared_batch: bool = True,
+              layout: str = "vmap") -> tuple[Callable, Callable]:
   """(train_step, eval_step) of `train.steps` vmapped over stacked nets.
 
   On a grid mesh (`sharding.grid_mesh`) both are `jax.vmap` of the single
@@ -54,18 +66,20 @@ def jit_steps(state: Any, mesh: jax.sharding.Mesh,
   one for all nets (`shared_batch`, split over 'data') or one per net ([net,
   batch, ...]). Metrics and evaluation sums then carry a leading net axis. A
   `GridCalls` gets one program per call (`_jit_calls`); a 'data' mesh, the
-  single run's `train.jit_steps`.
+  single run's `train.jit_steps`. `layout='map'` runs the nets of a device one
+  after another inside the same program (`lax.map`) instead of vmapping them
+  (`spec.layout` says which a grid uses).
   """
   if isinstance(state, grid_state.GridCalls):
-    return _jit_calls(state, mesh, shared_batch)
+    return _jit_calls(state, mesh, shared_batch, layout)
   if not sharding.is_grid(mesh):
     return train_steps.jit_steps(state, mesh)
   batch_s = sharding.batch_sharding(mesh)
   nets = sharding.net_sharding(mesh)
   state_s = jax.tree.map(lambda _: nets, state)
   train_batch_s = batch_s if shared_batch else sharding.net_batch_sharding(mesh)
-  grid_step = jax.vmap(train_steps.train_step, in_axes=(0, None if shared_batch else 0))
-  grid_eval = jax.vmap(train_steps.eval_step, in_axes=(0, None))
+  grid_step = _over_nets(train_steps.train_step, layout, batched=not shared_batch)
+  grid_eval = _over_nets(train_steps.eval_step, layout, batched=False)
   if mesh.shape[sharding.GRID_AXIS] > 1:
     # Nets split over devices: each device runs the vmapped steps of its own
     # nets (shard_map). Left to the SPMD partitioner, vmapped convolutions
@@ -86,14 +100,14 @@ def jit_steps(state: Any, mesh: jax.sharding.Mesh,
 
 
 def _jit_calls(calls: grid_state.GridCalls, mesh: jax.sharding.Mesh,
-               shared_batch: bool) -> tuple[Callable, Callable]:
+               shared_batch: bool, layout: str) -> tuple[Callable, Callable]:
   """`jit_steps` for a grid of several calls: one program per call, run in turn.
 
   The training step takes one batch per call; metrics and evaluation sums come
   as a tuple with one dict per call, which `merge_calls` joins once fetched
   (joining them on the devices would make every device wait for every call).
   """
-  fns = [jit_steps(s, mesh, shared_batch) for s in calls.states]
+  fns = [jit_steps(s, mesh, shared_batch, layout) for s in calls.states]
 
   def p_train(state: grid_state.GridCalls,
               batches: Sequence[Any]) -> tuple[grid_state.GridCalls, tuple]:

@@ -56,6 +56,7 @@ RULES = {
     "train.eval_every": schema.Int(0, fix="use an integer >= 0 (0 = only at the end)"),
     "train.checkpoint_every": schema.Int(0, fix="use an integer >= 0 (0 = only at the end)"),
     "train.eval_train": schema.Bool(optional=True),
+    "train.grid_layout": schema.Choice(("auto", "vmap", "map"), optional=True),
     "train.keep_checkpoints": schema.Int(0, optional=True,
                                          fix="use an integer >= 0 (0 = keep all)"),
 }
