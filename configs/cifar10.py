@@ -92,6 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 2000  # Steps between checkpoints (0 = end only).
   config.train.keep_checkpoints = 0  # Checkpoints kept (0 = all, for the analyses).
   config.train.eval_train = False  # Also evaluate the whole training split (eval_train/...).
+  config.train.probe_every = 0  # Steps between probes of every layer (0 = none; probes.jsonl).
+  config.train.probe_batch = 256  # Training examples probed (one fixed draw from data.seed).
+  config.train.dormant_tau = 0.1  # ReDo's threshold: a unit scoring <= tau is dormant.
 
   # Several nets in one program: values per axis (their product), e.g.
   # --config.grid.seeds=0,1,2 or --config.grid.model.depth=20,56 (resjax/grid/).

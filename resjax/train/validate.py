@@ -58,6 +58,12 @@ RULES = {
     "train.eval_train": schema.Bool(optional=True),
     "train.keep_checkpoints": schema.Int(0, optional=True,
                                          fix="use an integer >= 0 (0 = keep all)"),
+    "train.probe_every": schema.Int(0, optional=True,
+                                    fix="use an integer >= 0 (0 = no probes during training)"),
+    "train.probe_batch": schema.Int(1, optional=True,
+                                    fix="use a positive number of training examples"),
+    "train.dormant_tau": schema.Float(0.0, 1.0, high_open=True, optional=True,
+                                      fix="use a threshold in [0, 1) (ReDo: 0, 0.025, 0.1)"),
 }
 
 
