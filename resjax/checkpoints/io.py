@@ -43,7 +43,7 @@ RESUMABLE_GROUPS = ("train",)
 # only with its own train.steps.
 STEPS_SCHEDULES = ("cosine",)
 # What makes a directory hold a run (moved together by `move_aside`).
-RUN_FILES = (CONFIG_FILE, CHECKPOINT_DIR, "metrics.jsonl", "tensorboard")
+RUN_FILES = (CONFIG_FILE, CHECKPOINT_DIR, "metrics.jsonl", "probes.jsonl", "tensorboard")
 # The seam for fault injection: a subclass of Orbax's public
 # `ocp.path.atomicity.AtomicRenameTemporaryPath` that writable managers save
 # through (None: Orbax's default). Tests set it to stop a save in its commit.

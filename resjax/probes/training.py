@@ -1,17 +1,18 @@
 """Probes during training: every net of a run, every activation layer, one compiled call.
 
-`program(groups, ...)` builds the call: each `Group` is a set of nets of one
-compiled call that share a model at their own size; their parameters are cut
-out of the padded, stacked state (`grid.padding.crop`) and
-`compiled.batch_sums` runs vmapped over them on the fixed probe batch. So
-every net is probed at its own size, with its own layer names, as
-`probes.run` probes its single run (net k of a grid included), and a padded
-unit or a gated-out block never counts as a dead unit.
+`program(model, ...)` is the call: `compiled.batch_sums` on the fixed probe
+batch, vmapped over the stacked nets of a grid's compiled call in their
+padded model (the program the training step runs, forward only), on one
+device. Each net's own layers are read out of it (`Net`): a layer's own units
+are the first ones of its padded tap (grids pad units at the end), the
+per-input numbers count only them (`units` masks), and a tap that a net
+lacks (a gated-out block) or a padded unit never counts. So net k's rows are
+the numbers `probes.run` finds for its single run at the same step.
 
 `layer_rows` turns the fetched sums into per-layer numbers on the host in
 float64 with the functions `probes.run` uses (`statistics`), vectorized over
-each group's nets; `Turnover` follows each unit's dead mask from probe to
-probe (rebuilt from the rows kept in probes.jsonl when a run resumes).
+the nets that share a layer; `Turnover` follows each unit's dead mask from
+probe to probe (rebuilt from the rows kept in probes.jsonl when a run resumes).
 """
 from __future__ import annotations
 
@@ -23,75 +24,74 @@ import jax.numpy as jnp
 import numpy as np
 
 from resjax import activations
-from resjax.grid import padding
 from resjax.probes import compiled, statistics
 
 # The fields of a probe row (besides step, net, layer and the dead units' list).
 FIELDS = ("units", "dead", "dead_frac", "dormant", "dormant_frac", "active_mean",
           "linear_frac", "entropy_rank", "srank")
+INTS = ("units", "dead", "dormant", "srank")  # Counts, written as integers.
 TURNOVER = ("newly_dead", "revived", "newly_dead_since_first", "revived_since_first",
             "dead_every_probe")
 # What TensorBoard gets of each row (probes.jsonl has every field).
 SCALARS = ("dead_frac", "dormant_frac", "active_mean", "linear_frac", "entropy_rank", "srank")
 SRANK_DELTA = 0.01  # Kumar et al. (2021)'s delta.
-INTS = ("units", "dead", "dormant", "srank")  # Counts, written as integers.
 
 
-@dataclasses.dataclass
-class Group:
-  """Nets of one compiled call with one model at their own size.
-
-  `nets`: their indices in the grid (0 for a single run); `rows`: their
-  positions in the call's stacked state (None: a single run's state, no net
-  axis); `model`: the flax module at their size; `like`: their variables
-  {'params', 'batch_stats'} as shapes; `layers`: the sown activation layers
-  in forward order (recorded when the program is traced).
-  """
-  nets: tuple[int, ...]
-  rows: tuple[int, ...] | None
-  model: Any
-  like: dict
-  layers: list[str] = dataclasses.field(default_factory=list)
+@dataclasses.dataclass(frozen=True)
+class Net:
+  """One net of a compiled call: its index in the grid (0: a single run) and
+  its layers in forward order as (own name, the tap holding it in the
+  program's model, own units)."""
+  net: int
+  layers: tuple[tuple[str, str, int], ...]
 
 
-def own_variables(params: Any, batch_stats: Any, group: Group) -> dict:
-  """The group's nets' variables at their own size, stacked along a leading axis."""
-  tree = {"params": params, "batch_stats": batch_stats}
-  if group.rows is None:
-    tree = jax.tree.map(lambda a: a[None], tree)
-    own = {k: tree[k] for k in group.like}
-  else:
-    rows = jnp.asarray(group.rows)
-    taken = jax.tree.map(lambda a: jnp.take(a, rows, axis=0), tree)
-    own = padding.crop(taken, group.like, lead=1)
-  return {k: v for k, v in own.items() if k == "params" or v}
+def sown_layers(model: Any, variables: Any, x: Any) -> list[tuple[str, int]]:
+  """(name, units) of the activation layers `model` sows, in forward order
+  (`variables`, None for the model's own init, and the input `x` may be
+  shapes: nothing is computed)."""
+  found: list[tuple[str, int]] = []
+
+  def trace(v, x):
+    if v is None:
+      v = model.init(jax.random.key(0), x, train=False)
+    _, cols = model.apply(v, x, train=False, mutable=list(compiled.COLLECTIONS))
+    found.extend((n, int(z.shape[-1])) for n, z in compiled.flatten(cols.get("preacts", {})).items())
+    return 0
+
+  jax.eval_shape(trace, variables, x)
+  return found
 
 
-def program(groups: Sequence[Group], preprocess: Callable,
-            replicated: jax.sharding.Sharding) -> Callable:
-  """`probe(params, batch_stats, inputs, labels)` -> one dict of sums per group
-  (`compiled.batch_sums` of each net, a leading net axis), jitted; every
-  output is replicated."""
+def units_masks(nets: Sequence[Net], taps: Sequence[tuple[str, int]]) -> dict[str, np.ndarray]:
+  """{tap: [nets, units]}: 1 on each net's own units of the tap, 0 elsewhere."""
+  out = {name: np.zeros((len(nets), c), np.float32) for name, c in taps}
+  for i, net in enumerate(nets):
+    for _, tap, c in net.layers:
+      out[tap][i, :c] = 1.0
+  return out
 
-  def one_group(group: Group, params, batch_stats, inputs, labels):
-    variables = jax.lax.with_sharding_constraint(
-        own_variables(params, batch_stats, group), replicated)
+
+def program(model: Any, preprocess: Callable, stacked: bool,
+            compiler_options: dict | None = None) -> Callable:
+  """`probe(variables, units, inputs, labels)` -> `compiled.batch_sums` of each
+  net with a leading net axis (vmapped over stacked nets; a single run's
+  state gets one), jitted with `compiler_options`."""
+  act = activations.get(model.activation)
+
+  def one(variables, units, inputs, labels):
     mask = jnp.ones(labels.shape, jnp.float32)
-    act = activations.get(group.model.activation)
+    sums = compiled.batch_sums(variables, inputs, labels, mask, model=model, act=act,
+                               preprocess=preprocess, units=units)
+    del sums["blocks"]
+    return sums
 
-    def net(v):
-      sums = compiled.batch_sums(v, inputs, labels, mask, model=group.model, act=act,
-                                 preprocess=preprocess)
-      group.layers[:] = list(sums["layers"])  # Forward order, seen while tracing.
-      del sums["blocks"]
-      return sums
+  def probe(variables, units, inputs, labels):
+    if stacked:
+      return jax.vmap(one, in_axes=(0, 0, None, None))(variables, units, inputs, labels)
+    return jax.tree.map(lambda a: a[None], one(variables, units, inputs, labels))
 
-    return jax.vmap(net)(variables)
-
-  def probe(params, batch_stats, inputs, labels):
-    return tuple(one_group(g, params, batch_stats, inputs, labels) for g in groups)
-
-  return jax.jit(probe, out_shardings=replicated)
+  return jax.jit(probe, compiler_options=compiler_options)
 
 
 @dataclasses.dataclass
@@ -103,8 +103,8 @@ class Row:
   dead_units: np.ndarray
 
 
-def layer_rows(fetched: Sequence[dict], groups: Sequence[Group], threshold: float) -> list[Row]:
-  """The rows of a probe from the fetched sums of `program` (one per group).
+def layer_rows(sums: dict, nets: Sequence[Net], threshold: float) -> list[Row]:
+  """The rows of a probe from the fetched sums of `program`, net by net.
 
   The numbers are those of `probes.run` (statistics.layer_row) for the same
   batch: dead / dormant units, the mean active fraction per input, the
@@ -112,19 +112,32 @@ def layer_rows(fetched: Sequence[dict], groups: Sequence[Group], threshold: floa
   post-activation features (covariance and Gram matrix; positions of a conv
   layer pooled as samples).
   """
-  out = []
-  for group, sums in zip(groups, fetched):
-    per_layer = {name: _numbers(sums["layers"][name], sums["examples"], threshold)
-                 for name in group.layers}
-    for i, k in enumerate(group.nets):
-      for name, (numbers, dead_GxC) in per_layer.items():
-        fields = {f: (int(v[i]) if f in INTS else float(v[i])) for f, v in numbers.items()}
-        out.append(Row(k, name, fields, np.flatnonzero(dead_GxC[i])))
-  return sorted(out, key=lambda r: r.net)  # Stable: each net's layers in forward order.
+  shared: dict[tuple[str, int], list[int]] = {}  # (tap, own units) -> nets
+  for i, net in enumerate(nets):
+    for _, tap, c in net.layers:
+      shared.setdefault((tap, c), []).append(i)
+  found = {}
+  for (tap, c), idx in shared.items():
+    numbers, dead_GxC = _numbers(_own(sums["layers"][tap], idx, c), np.asarray(
+        sums["examples"])[idx], threshold)
+    for j, i in enumerate(idx):
+      found[(i, tap)] = ({f: (int(v[j]) if f in INTS else float(v[j]))
+                          for f, v in numbers.items()}, np.flatnonzero(dead_GxC[j]))
+  return [Row(net.net, own, *found[(i, tap)])
+          for i, net in enumerate(nets) for own, tap, _ in net.layers]
+
+
+def _own(s: dict, idx: Sequence[int], c: int) -> dict:
+  """A tap's sums of the nets `idx`, cut to their `c` own units."""
+  out = {k: np.asarray(v)[idx] for k, v in s.items()}
+  for k in ("count_C", "abs_C", "post_mean"):
+    out[k] = out[k][..., :c]
+  out["post_m2"] = out["post_m2"][..., :c, :c]
+  return out
 
 
 def _numbers(s: dict, examples: Any, threshold: float) -> tuple[dict, np.ndarray]:
-  """One layer's FIELDS for each net of a group ([G] each) and its dead units [G, C]."""
+  """One layer's FIELDS for each of G nets ([G] each) and its dead units [G, C]."""
   samples = np.asarray(s["samples"], np.float64)
   examples = np.asarray(examples, np.float64)
   count_GxC = np.rint(np.asarray(s["count_C"])).astype(np.int64)

@@ -26,8 +26,10 @@ import ml_collections
 import numpy as np
 
 from resjax import data
+from resjax import errors
 from resjax import metrics
-from resjax import sharding
+from resjax import models
+from resjax.grid import spec as grid_spec
 from resjax.probes import training
 from resjax.train import state as train_state
 
@@ -44,63 +46,92 @@ def probe_split(split: data.Split, size: int, seed: int) -> data.Split:
   return data.Split(split.inputs[rows], split.labels[rows])
 
 
-def _replicate(x: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
-  """A host array as one copy on every device of `mesh` (every process holds it)."""
-  return jax.make_array_from_callback(x.shape, sharding.replicated(mesh), lambda i: x[i])
+def _on(device: jax.Device, tree: Any) -> Any:
+  """`tree`'s arrays on `device` (a replicated array: this process's copy)."""
+  def one(a):
+    if isinstance(a, jax.Array) and a.is_fully_replicated:
+      a = a.addressable_data(0)
+    return jax.device_put(a, device)
+  return jax.tree.map(one, tree)
 
 
-def groups_of(configs: Sequence[ml_collections.ConfigDict], calls: Sequence[Sequence[int]],
-              stacked: bool, ds: data.Dataset) -> list[list[training.Group]]:
-  """Per compiled call, its nets grouped by their own model (net k = configs[k])."""
+def _own_layers(config: ml_collections.ConfigDict, ds: data.Dataset) -> list[tuple[str, int]]:
+  """The activation layers (name, units) of `config`'s model at its own size."""
+  model = train_state.build_model(config, ds.num_classes)
+  return training.sown_layers(model, None, jax.ShapeDtypeStruct((1, *ds.input_shape),
+                                                                 np.float32))
+
+
+def nets_of(configs: Sequence[ml_collections.ConfigDict], members: Sequence[int], state: Any,
+            padded: ml_collections.ConfigDict | None, ds: data.Dataset
+            ) -> tuple[list[training.Net], list[tuple[str, int]]]:
+  """The nets `members` of one compiled call (net k = configs[k]) as
+  `training.Net`s, and the taps of the call's model (`padded`: its config;
+  None for a single run)."""
+  model = state.apply_fn.__self__
+  x = jax.ShapeDtypeStruct((1, *ds.input_shape), np.float32)
+  arrays = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1 if padded else 0:], a.dtype),
+                        state.variables)
+  taps = training.sown_layers(model, arrays, x)
+  have = dict(taps)
+  seen: dict[str, list[tuple[str, int]]] = {}
   out = []
-  for members in calls:
-    by_model: dict[str, list[int]] = {}
-    for k in members:
-      by_model.setdefault(json.dumps(configs[k].model.to_dict(), sort_keys=True, default=str),
-                          []).append(k)
-    groups = []
-    for nets in by_model.values():
-      config = configs[nets[0]]
-      init = train_state.init_fn(config, tuple(ds.input_shape), ds.num_classes, ds.mean, ds.std)
-      arrays = jax.eval_shape(init, *train_state.rngs(0)).arrays()
-      groups.append(training.Group(
-          tuple(nets), tuple(members.index(k) for k in nets) if stacked else None,
-          train_state.build_model(config, ds.num_classes),
-          {"params": arrays["params"], "batch_stats": arrays["batch_stats"]}))
-    out.append(groups)
-  return out
+  for k in members:
+    own = configs[k].model
+    key = json.dumps(own.to_dict(), sort_keys=True, default=str)
+    if key not in seen:
+      seen[key] = _own_layers(configs[k], ds)
+    layers = []
+    for name, c in seen[key]:
+      tap = name if padded is None else models.tap_in_padded(own.name, name, own, padded.model)
+      errors.check(tap in have and have[tap] >= c, f"probes: layer {name} of net {k} has no "
+                   f"tap in the grid's padded model ({tap})")
+      layers.append((name, tap, c))
+    out.append(training.Net(k, tuple(layers)))
+  return out, taps
 
 
 class Watch:
   """The probes of one training run: built once, called by the loop."""
 
   def __init__(self, config: ml_collections.ConfigDict, ds: data.Dataset, nets: Any,
-               mesh: jax.sharding.Mesh, state: Any):
+               state: Any, lead: bool = True):
     train = config.train
     self.every = int(train.get("probe_every", 0))
     self.tau = float(train.get("dormant_tau", 0.1))
     self.grid = hasattr(nets, "configs")
-    configs = nets.configs if self.grid else [config]
-    calls = nets.calls if self.grid else [[0]]
-    self.states = (lambda s: s.states) if self.grid else (lambda s: (s,))
+    self.lead = lead
+    self.device = jax.local_devices()[0]
     seed = int(config.data.get("seed", 0))
     self.split = probe_split(ds.train, int(train.get("probe_batch", 256)), seed)
-    self.inputs = _replicate(np.asarray(self.split.inputs), mesh)
-    self.labels = _replicate(np.asarray(self.split.labels, np.int32), mesh)
-    self.groups = groups_of(configs, calls, self.grid, ds)
-    prep = self.states(state)[0].preprocess
-    self.programs = [training.program(g, prep, sharding.replicated(mesh)) for g in self.groups]
+    self.inputs = jax.device_put(np.asarray(self.split.inputs), self.device)
+    self.labels = jax.device_put(np.asarray(self.split.labels, np.int32), self.device)
+    # A probe runs every K steps: on the CPU, as for init, XLA's backend
+    # optimizations cost more compile time than they save.
+    options = train_state.INIT_COMPILER_OPTIONS if self.device.platform == "cpu" else None
+    self.calls = []  # (program, nets, units on the device) per compiled call
+    states = state.states if self.grid else (state,)
+    for i, s in enumerate(states):
+      if self.grid:
+        members = nets.calls[i]
+        padded = grid_spec.padded_config(config, members)
+        found, taps = nets_of(nets.configs, members, s, padded, ds)
+        units = jax.device_put(training.units_masks(found, taps), self.device)
+      else:
+        (found, _), units = nets_of([config], [0], s, None, ds), None
+      self.calls.append((training.program(s.apply_fn.__self__, s.preprocess, self.grid,
+                                          options), found, units))
     self.turnover = training.Turnover()
     self.done: set[int] = set()  # Steps probes.jsonl holds.
     self.pending: list[tuple[int, tuple]] = []
 
   @classmethod
-  def of(cls, config: ml_collections.ConfigDict, ds: data.Dataset, nets: Any,
-         mesh: jax.sharding.Mesh, state: Any) -> "Watch | None":
+  def of(cls, config: ml_collections.ConfigDict, ds: data.Dataset, nets: Any, state: Any,
+         lead: bool = True) -> "Watch | None":
     """The run's watch, or None when it neither probes nor resets."""
     if int(config.train.get("probe_every", 0)) <= 0:
       return None
-    return cls(config, ds, nets, mesh, state)
+    return cls(config, ds, nets, state, lead)
 
   def describe(self) -> str:
     return (f"probes every {self.every} steps on {len(self.split)} training examples "
@@ -124,8 +155,12 @@ class Watch:
     return state
 
   def _probe(self, state: Any, step: int) -> None:
-    outs = tuple(fn(s.params, s.batch_stats, self.inputs, self.labels)
-                 for fn, s in zip(self.programs, self.states(state)))
+    """Starts the probe of every net (only process 0 writes rows: only it probes)."""
+    if not self.lead:
+      return
+    states = state.states if self.grid else (state,)
+    outs = tuple(fn(_on(self.device, s.variables), units, self.inputs, self.labels)
+                 for (fn, _, units), s in zip(self.calls, states))
     self.pending.append((step, outs))
 
   def flush(self, writer: metrics.Writer) -> None:
@@ -136,8 +171,8 @@ class Watch:
     for step, outs in pending:
       fetched = jax.device_get(outs)
       rows = []
-      for groups, sums in zip(self.groups, fetched):
-        for r in training.layer_rows(sums, groups, self.tau):
+      for (_, found, _), sums in zip(self.calls, fetched):
+        for r in training.layer_rows(sums, found, self.tau):
           fields = {**r.fields, **self.turnover.update(r.net, r.layer, r.dead_units),
                     "dead_units": r.dead_units}
           rows.append(metrics.row(step, fields, r.net if self.grid else None, r.layer))
