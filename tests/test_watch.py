@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from configs import embedded
+from helpers import set_grid_axes
 from resjax import checkpoints, errors, grid, metrics, probes, sharding, train
 from resjax.probes import training
 from resjax.train import watch
@@ -26,10 +27,7 @@ def _config(steps=4, **grid_axes):
   config.train.steps, config.train.checkpoint_every, config.train.log_every = steps, 2, 2
   config.train.probe_every, config.train.probe_batch = 2, 96
   config.train.dormant_tau = 0.3
-  for key, values in grid_axes.items():
-    group, _, name = key.rpartition("__")
-    (config.grid[group] if group else config.grid)[name] = values
-  return config
+  return set_grid_axes(config, **grid_axes)
 
 
 def _rows(workdir, step, net=None):

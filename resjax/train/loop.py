@@ -186,7 +186,7 @@ def _open(workdir: str, config: ml_collections.ConfigDict, ds: data.Dataset, net
   say(f"{config.model.name} {nets.what(n_params)} on {ds.name} "
       f"({len(ds.train.labels)} train / {len(ds.test.labels)} test), batch {run.batch_size} "
       f"over {describe_mesh(mesh)}, steps {run.start} -> {run.total}")
-  run.watch = train_watch.Watch.of(config, ds, nets, state, lead)
+  run.watch = train_watch.Watch.of(config, ds, nets, state, mesh, lead)
   if run.watch is not None:
     say(run.watch.describe())
   return run, state

@@ -18,6 +18,7 @@ before the checkpoint of their step is saved.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any, Sequence
 
@@ -29,14 +30,16 @@ from resjax import data
 from resjax import errors
 from resjax import metrics
 from resjax import models
+from resjax import sharding
 from resjax.grid import spec as grid_spec
 from resjax.probes import training
+from resjax.train import reset
 from resjax.train import state as train_state
 
 # Separates the probe batch's draw from the training batches' (data.train_indices).
 PROBE_STREAM = 0x70726F62
 # The fields of probes.jsonl that TensorBoard gets (metrics.Writer).
-TENSORBOARD = {metrics.PROBES_FILE: training.SCALARS}
+TENSORBOARD = {metrics.PROBES_FILE: training.SCALARS + ("reset",)}
 
 
 def probe_split(split: data.Split, size: int, seed: int) -> data.Split:
@@ -44,6 +47,11 @@ def probe_split(split: data.Split, size: int, seed: int) -> data.Split:
   order = np.random.default_rng([int(seed), PROBE_STREAM]).permutation(len(split))
   rows = np.sort(order[:min(int(size), len(split))])
   return data.Split(split.inputs[rows], split.labels[rows])
+
+
+def _replicate(x: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
+  """A host array as one copy on every device of `mesh` (every process holds it)."""
+  return jax.make_array_from_callback(x.shape, sharding.replicated(mesh), lambda i: x[i])
 
 
 def _on(device: jax.Device, tree: Any) -> Any:
@@ -92,10 +100,10 @@ def nets_of(configs: Sequence[ml_collections.ConfigDict], members: Sequence[int]
 
 
 class Watch:
-  """The probes of one training run: built once, called by the loop."""
+  """The probes and resets of one training run: built once, called by the loop."""
 
   def __init__(self, config: ml_collections.ConfigDict, ds: data.Dataset, nets: Any,
-               state: Any, lead: bool = True):
+               state: Any, mesh: jax.sharding.Mesh, lead: bool = True):
     train = config.train
     self.every = int(train.get("probe_every", 0))
     self.tau = float(train.get("dormant_tau", 0.1))
@@ -109,33 +117,44 @@ class Watch:
     # A probe runs every K steps: on the CPU, as for init, XLA's backend
     # optimizations cost more compile time than they save.
     options = train_state.INIT_COMPILER_OPTIONS if self.device.platform == "cpu" else None
-    self.calls = []  # (program, nets, units on the device) per compiled call
+    configs = nets.configs if self.grid else [config]
+    self.probes = []  # Per compiled call: (program, nets, units on the device).
+    self.resets = []  # Per compiled call: _Resets, or None when none of its nets resets.
     states = state.states if self.grid else (state,)
     for i, s in enumerate(states):
-      if self.grid:
-        members = nets.calls[i]
-        padded = grid_spec.padded_config(config, members)
-        found, taps = nets_of(nets.configs, members, s, padded, ds)
-        units = jax.device_put(training.units_masks(found, taps), self.device)
-      else:
-        (found, _), units = nets_of([config], [0], s, None, ds), None
-      self.calls.append((training.program(s.apply_fn.__self__, s.preprocess, self.grid,
-                                          options), found, units))
+      members = nets.calls[i] if self.grid else [0]
+      padded = grid_spec.padded_config(config, members) if self.grid else None
+      found, taps = nets_of(configs, members, s, padded, ds)
+      if self.every > 0:
+        units = (jax.device_put(training.units_masks(found, taps), self.device)
+                 if self.grid else None)
+        self.probes.append((training.program(s.apply_fn.__self__, s.preprocess, self.grid,
+                                             options), found, units))
+      self.resets.append(_Resets.of(configs, members, s, padded, dict(taps), ds, mesh,
+                                    self.tau, self.grid))
+    self.probe_inputs = _replicate(np.asarray(self.split.inputs), mesh)
     self.turnover = training.Turnover()
     self.done: set[int] = set()  # Steps probes.jsonl holds.
-    self.pending: list[tuple[int, tuple]] = []
+    self.pending: dict[int, dict[str, Any]] = {}
 
   @classmethod
   def of(cls, config: ml_collections.ConfigDict, ds: data.Dataset, nets: Any, state: Any,
-         lead: bool = True) -> "Watch | None":
+         mesh: jax.sharding.Mesh, lead: bool = True) -> "Watch | None":
     """The run's watch, or None when it neither probes nor resets."""
-    if int(config.train.get("probe_every", 0)) <= 0:
+    configs = nets.configs if hasattr(nets, "configs") else [config]
+    if int(config.train.get("probe_every", 0)) <= 0 and not any(map(reset.every, configs)):
       return None
-    return cls(config, ds, nets, state, lead)
+    return cls(config, ds, nets, state, mesh, lead)
 
   def describe(self) -> str:
-    return (f"probes every {self.every} steps on {len(self.split)} training examples "
-            f"(dormant: ReDo score <= {self.tau:g}) -> {metrics.PROBES_FILE}")
+    what = []
+    if self.every > 0:
+      what.append(f"probes every {self.every} steps")
+    periods = sorted({int(p) for r in self.resets if r for p in r.periods if p})
+    if periods:
+      what.append(f"dormant units reset every {'/'.join(map(str, periods))} steps (ReDo)")
+    return (f"{' and '.join(what)} on {len(self.split)} training examples (dormant: ReDo "
+            f"score <= {self.tau:g}) -> {metrics.PROBES_FILE}")
 
   def resume(self, kept: Sequence[dict]) -> None:
     """Picks up the probe rows kept in probes.jsonl (a resumed run)."""
@@ -145,14 +164,25 @@ class Watch:
   def begin(self, state: Any, step: int) -> None:
     """The probe of the state the run starts from (step 0, or a resumed step
     that probes.jsonl lacks)."""
-    if step % self.every == 0 and step not in self.done:
+    if self.every > 0 and step % self.every == 0 and step not in self.done:
       self._probe(state, step)
 
   def after_step(self, state: Any, step: int) -> Any:
-    """What happens after training step `step`: the probe when it is due."""
-    if step % self.every == 0:
+    """After training step `step`: the probe when it is due, then the resets
+    (the probe sees the state as trained; the checkpoint, the state reset)."""
+    if self.every > 0 and step % self.every == 0:
       self._probe(state, step)
-    return state
+    due = [r is not None and r.due(step) for r in self.resets]
+    if not any(due):
+      return state
+    states = list(state.states if self.grid else (state,))
+    counts = []
+    for i, r in enumerate(self.resets):
+      if due[i]:
+        states[i], out = r(states[i], step, self.probe_inputs)
+        counts.append((i, out))
+    self.pending.setdefault(step, {})["reset"] = counts
+    return type(state)(tuple(states)) if self.grid else states[0]
 
   def _probe(self, state: Any, step: int) -> None:
     """Starts the probe of every net (only process 0 writes rows: only it probes)."""
@@ -160,21 +190,62 @@ class Watch:
       return
     states = state.states if self.grid else (state,)
     outs = tuple(fn(_on(self.device, s.variables), units, self.inputs, self.labels)
-                 for (fn, _, units), s in zip(self.calls, states))
-    self.pending.append((step, outs))
+                 for (fn, _, units), s in zip(self.probes, states))
+    self.pending.setdefault(step, {})["probe"] = outs
 
   def flush(self, writer: metrics.Writer) -> None:
-    """Fetches the probes taken since the last flush and writes their rows."""
-    pending, self.pending = self.pending, []
+    """Fetches the probes and reset counts since the last flush and writes their rows."""
+    pending, self.pending = self.pending, {}
     if not writer.enabled:
       return
-    for step, outs in pending:
-      fetched = jax.device_get(outs)
-      rows = []
-      for (_, found, _), sums in zip(self.calls, fetched):
+    for step in sorted(pending):
+      rows: dict[tuple[int, str], dict] = {}
+      for (_, found, _), sums in zip(self.probes, jax.device_get(pending[step].get("probe", ()))):
         for r in training.layer_rows(sums, found, self.tau):
-          fields = {**r.fields, **self.turnover.update(r.net, r.layer, r.dead_units),
-                    "dead_units": r.dead_units}
-          rows.append(metrics.row(step, fields, r.net if self.grid else None, r.layer))
-      writer.write_rows(rows, metrics.PROBES_FILE)
-      self.done.add(step)
+          rows[(r.net, r.layer)] = {**r.fields, **self.turnover.update(r.net, r.layer,
+                                                                      r.dead_units),
+                                    "dead_units": r.dead_units}
+          self.done.add(step)
+      for i, counts in jax.device_get(pending[step].get("reset", [])):
+        for net, layer, n in self.resets[i].rows(counts, step):
+          rows.setdefault((net, layer), {})["reset"] = n
+      writer.write_rows([metrics.row(step, fields, net if self.grid else None, layer)
+                         for (net, layer), fields in rows.items()], metrics.PROBES_FILE)
+
+
+@dataclasses.dataclass
+class _Resets:
+  """The resets of one compiled call (`reset.program`) and what they need."""
+  program: Any
+  periods: np.ndarray  # [nets]: each net's train.reset_dead_every
+  nets: list[int]      # grid indices of the call's nets
+  names: list          # per net and slot: the net's own layer (None: not its layer)
+  aux: Any             # per-net arrays on the mesh
+  sharding: Any        # of arrays with a leading net axis
+
+  @classmethod
+  def of(cls, configs, members, state, padded, taps, ds, mesh, tau, stacked) -> "_Resets | None":
+    periods = np.asarray([reset.every(configs[k]) for k in members])
+    if not periods.any():
+      return None
+    slots, aux, names = reset.plan(configs, members, padded.model if padded else None,
+                                   int(np.prod(ds.input_shape)), taps)
+    nets = sharding.net_sharding(mesh) if stacked else sharding.replicated(mesh)
+    program = reset.program(state.apply_fn.__self__, slots, tau, state.preprocess, stacked,
+                            jax.tree.map(lambda a: a.sharding, state), nets)
+    return cls(program, periods, list(members), names, jax.device_put(aux, nets), nets)
+
+  def due(self, step: int) -> bool:
+    return bool(np.any((self.periods > 0) & (step % np.maximum(self.periods, 1) == 0)))
+
+  def __call__(self, state: Any, step: int, inputs: jax.Array) -> tuple[Any, jax.Array]:
+    do = (self.periods > 0) & (step % np.maximum(self.periods, 1) == 0)
+    return self.program(state, jax.device_put(do, self.sharding), self.aux, inputs)
+
+  def rows(self, counts: np.ndarray, step: int) -> list[tuple[int, str, int]]:
+    """(net, own layer, units reset) of each net that reset at `step`."""
+    out = []
+    for i, k in enumerate(self.nets):
+      if self.periods[i] > 0 and step % self.periods[i] == 0:
+        out += [(k, name, int(counts[i, t])) for t, name in enumerate(self.names[i]) if name]
+    return out
