@@ -49,6 +49,7 @@ SLOW = (
     "test_grid.py::test_width_depth_residual", "test_grid.py::test_lr_and_weight_decay",
     "test_grid.py::test_grid_resumes_bit_for_bit",
     "test_watch.py::test_grid_net_k_rows", "test_watch.py::test_resume_writes_every_row",
+    "test_watch.py::test_resnet_grid_net_k_rows",
     "test_reset.py::test_grid_net_k_resets", "test_reset.py::test_a_reset_run_resumes",
     "test_grid.py::test_grid_run_checkpoint_net_k_equals_single_run_with_seed_k[tiny]",
     "test_firstlayer.py::test_first_by_width_grid", "test_firstlayer.py::test_first_grid_with_seeds",

@@ -177,3 +177,19 @@ def test_trajectories_reduce_each_condition_over_its_seeds(tmp_path):
   fig = plot_trajectories(table)
   assert len(fig.axes) == 6 * 2
   assert "model.residual=True" in fig.axes[1].get_title()
+
+
+def test_resnet_grid_net_k_rows_equal_probes_run_of_net_k(tmp_path):
+  """Conv layers (channels as units, positions as samples), BatchNorm, blocks
+  gated out by depth and shortcuts switched off by a gate."""
+  config = embedded.get_config("tiny")
+  config.model.widths = (4, 4, 8)
+  config.data.num_test = 1697  # 100 training images.
+  config.train.steps, config.train.checkpoint_every = 2, 2
+  config.train.probe_every, config.train.probe_batch = 2, 64
+  set_grid_axes(config, model__depth=(8, 14), model__plain=(False, True))
+  train.train_and_evaluate(config, str(tmp_path))
+  for k in range(len(grid.nets(config))):
+    net_config, state = checkpoints.load(str(tmp_path), 2, net=k)
+    rows = _check_rows(_rows(str(tmp_path), 2, k), state, net_config)
+    assert len(rows) == (7 if net_config.model.depth == 8 else 13)
