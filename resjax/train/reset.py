@@ -68,8 +68,8 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
 
 def layers(fields: Mapping[str, Any], input_dim: int) -> list[tuple[str, str, str, int]]:
   """An MLP's resettable layers: (activation layer, incoming Dense, outgoing Dense,
-  fan-in of the incoming kernel), in forward order."""
-  depth, width = int(fields["depth"]), int(fields["width"])
+  fan-in of the incoming kernel), in forward order (`fields`: its model group)."""
+  width, depth, _ = models.traits(fields["name"], fields)
   return [(f"layer{i}", f"dense{i}", f"dense{i + 1}" if i < depth - 1 else "classifier",
            input_dim if i == 0 else width) for i in range(depth)]
 
@@ -95,12 +95,12 @@ def plan(configs: Sequence[ml_collections.ConfigDict], members: Sequence[int],
   for k in members:
     fields = configs[k].model
     mine = {}
-    for index, (name, inc, out, fan_in) in enumerate(layers(_filled(fields), input_dim)):
+    for index, (name, inc, out, fan_in) in enumerate(layers(fields, input_dim)):
       tap = name if padded is None else models.tap_in_padded(fields.name, name, fields, padded)
       if Slot(tap, inc, out) not in slots:
         slots.append(Slot(tap, inc, out))
       mine[slots.index(Slot(tap, inc, out))] = (name, index, fan_in)
-    own.append((mine, int(_filled(fields)["width"])))
+    own.append((mine, models.traits(fields.name, fields).width))
   n = len(members)
   aux = {"units": [np.zeros((n, taps[s.tap]), np.float32) for s in slots],
          "fan_in": np.ones((n, len(slots)), np.float32),
@@ -111,15 +111,6 @@ def plan(configs: Sequence[ml_collections.ConfigDict], members: Sequence[int],
       aux["units"][t][i, :width] = 1.0
       aux["fan_in"][i, t], aux["index"][i, t], names[i][t] = fan_in, index, name
   return slots, aux, names
-
-
-def _filled(fields: Any) -> dict:
-  """A model group's fields with its family's defaults filled in (name left out)."""
-  cls = models.MODELS[fields["name"]]
-  out = {f.name: f.default for f in dataclasses.fields(cls)
-         if f.default is not dataclasses.MISSING}
-  out.update({k: v for k, v in dict(fields).items() if k != "name"})
-  return out
 
 
 def _draw(key: jax.Array, shape: tuple[int, int], fan_in: jax.Array) -> jax.Array:

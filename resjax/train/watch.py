@@ -49,9 +49,10 @@ def probe_split(split: data.Split, size: int, seed: int) -> data.Split:
   return data.Split(split.inputs[rows], split.labels[rows])
 
 
-def _replicate(x: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
-  """A host array as one copy on every device of `mesh` (every process holds it)."""
-  return jax.make_array_from_callback(x.shape, sharding.replicated(mesh), lambda i: x[i])
+def _put(tree: Any, where: jax.sharding.Sharding) -> Any:
+  """Host arrays (every process holds them whole) as global arrays with sharding `where`."""
+  return jax.tree.map(lambda x: jax.make_array_from_callback(
+      np.shape(x), where, lambda i, x=np.asarray(x): x[i]), tree)
 
 
 def _on(device: jax.Device, tree: Any) -> Any:
@@ -132,7 +133,7 @@ class Watch:
                                              options), found, units))
       self.resets.append(_Resets.of(configs, members, s, padded, dict(taps), ds, mesh,
                                     self.tau, self.grid))
-    self.probe_inputs = _replicate(np.asarray(self.split.inputs), mesh)
+    self.probe_inputs = _put(np.asarray(self.split.inputs), sharding.replicated(mesh))
     self.turnover = training.Turnover()
     self.done: set[int] = set()  # Steps probes.jsonl holds.
     self.pending: dict[int, dict[str, Any]] = {}
@@ -233,14 +234,14 @@ class _Resets:
     nets = sharding.net_sharding(mesh) if stacked else sharding.replicated(mesh)
     program = reset.program(state.apply_fn.__self__, slots, tau, state.preprocess, stacked,
                             jax.tree.map(lambda a: a.sharding, state), nets)
-    return cls(program, periods, list(members), names, jax.device_put(aux, nets), nets)
+    return cls(program, periods, list(members), names, _put(aux, nets), nets)
 
   def due(self, step: int) -> bool:
     return bool(np.any((self.periods > 0) & (step % np.maximum(self.periods, 1) == 0)))
 
   def __call__(self, state: Any, step: int, inputs: jax.Array) -> tuple[Any, jax.Array]:
     do = (self.periods > 0) & (step % np.maximum(self.periods, 1) == 0)
-    return self.program(state, jax.device_put(do, self.sharding), self.aux, inputs)
+    return self.program(state, _put(do, self.sharding), self.aux, inputs)
 
   def rows(self, counts: np.ndarray, step: int) -> list[tuple[int, str, int]]:
     """(net, own layer, units reset) of each net that reset at `step`."""
