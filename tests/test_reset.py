@@ -140,3 +140,20 @@ def test_bad_resets_are_refused_in_one_line(change, message):
   with pytest.raises(errors.ConfigError, match=message) as e:
     train.validate(config, 1)
   assert len(str(e.value).splitlines()) == 1
+
+
+def test_runs_of_earlier_releases_resume_and_a_changed_reset_does_not(tmp_path):
+  """A config.json without the grid's train axes and the new train fields (an
+  earlier release's run) matches today's defaults; another reset period does not."""
+  config = embedded.get_config("tiny_mlp")
+  old = config.to_dict()
+  del old["grid"]["train"]
+  for field in ("probe_every", "probe_batch", "dormant_tau", "reset_dead_every"):
+    del old["train"][field]
+  checkpoints.save_config(str(tmp_path), ml_collections.ConfigDict(old))
+  assert checkpoints.check_same_config(str(tmp_path), None, config) is None
+  config.train.probe_every = 5  # Probes may change between a run and its resumption.
+  assert checkpoints.check_same_config(str(tmp_path), None, config) is None
+  config.train.reset_dead_every = 5
+  with pytest.raises(errors.ConfigError, match=r"train\.reset_dead_every: 0 -> 5"):
+    checkpoints.check_same_config(str(tmp_path), None, config)

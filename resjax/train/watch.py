@@ -1,4 +1,4 @@
-"""Watching units while they train: the loop's hook for probes during training.
+"""Watching units while they train: the loop's hook for probes and resets during training.
 
 With `train.probe_every=K` (> 0) the loop calls `Watch` at step 0 (or the step
 a run resumes from, unless probes.jsonl already holds it) and after every
@@ -9,6 +9,11 @@ training split if smaller), with ReDo's dormancy threshold `train.dormant_tau`.
 The results stay on the device until the loop next waits for it (logging,
 evaluation, saving); then each net's rows go to probes.jsonl and TensorBoard,
 with the unit turnover since the previous probe and since the first.
+
+With `train.reset_dead_every=K` (> 0, per net: a grid axis too) every K-th
+step then ends with the reset of the dormant units (`train.reset`, one jitted
+call per compiled call, on the same batch); how many units each layer reset
+goes to probes.jsonl as `reset`.
 
 Resuming: probes.jsonl is rewound to the checkpoint's step with metrics.jsonl
 (`metrics.Writer`), and the turnover record is rebuilt from the rows kept
