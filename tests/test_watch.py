@@ -51,6 +51,25 @@ def _check_rows(rows, state, config):
   return rows
 
 
+def _tensorboard(workdir):
+  """{tag: [steps]} of the TensorBoard events in `workdir`."""
+  import glob
+  import struct
+  from tensorboardX.proto import event_pb2
+  out = {}
+  for path in glob.glob(f"{workdir}/tensorboard/events*"):
+    with open(path, "rb") as f:
+      raw = f.read()
+    i = 0
+    while i < len(raw):  # TFRecords: length, its CRC, the event, its CRC.
+      n = struct.unpack("<Q", raw[i:i + 8])[0]
+      event = event_pb2.Event.FromString(raw[i + 12:i + 12 + n])
+      i += 16 + n
+      for v in event.summary.value:
+        out.setdefault(v.tag, []).append(event.step)
+  return out
+
+
 def test_probe_batch_is_fixed_by_the_data_seed():
   ds = train.load_data(_config())
   a, b = watch.probe_split(ds.train, 50, 0), watch.probe_split(ds.train, 50, 0)
@@ -72,6 +91,10 @@ def test_single_run_rows_equal_probes_run_at_init_and_at_a_checkpoint(tmp_path):
   rows = _check_rows(_rows(str(tmp_path), 2), state, config)
   assert sum(r["dead"] for r in rows) > 0 and sum(r["dormant"] for r in rows) > sum(
       r["dead"] for r in rows)  # The comparison saw dead and (live) dormant units.
+  tags = _tensorboard(str(tmp_path))
+  for field in training.SCALARS:
+    assert tags[f"probes/layer3/{field}"] == [0, 2, 4]
+  assert "probes/layer3/newly_dead" not in tags  # Turnover stays in probes.jsonl.
 
 
 def test_grid_net_k_rows_equal_probes_run_of_net_k(tmp_path):
