@@ -185,10 +185,11 @@ def reset_net(state: Any, do: jax.Array, aux: Mapping[str, Any], inputs: jax.Arr
 
 
 def program(model: Any, slots: Sequence[Slot], tau: float, preprocess: Callable,
-            stacked: bool, state_shardings: Any, nets_sharding: Any) -> Callable:
+            stacked: bool, state_shardings: Any, nets_sharding: Any,
+            compiler_options: dict | None = None) -> Callable:
   """`reset(state, do, aux, inputs)` -> (state, units reset [nets, slots]) for a
   call's state (vmapped over stacked nets), jitted with the state donated and
-  kept in its shardings."""
+  kept in its shardings (and `compiler_options`)."""
   one = functools.partial(reset_net, model=model, slots=tuple(slots), tau=tau,
                           preprocess=preprocess)
 
@@ -198,4 +199,5 @@ def program(model: Any, slots: Sequence[Slot], tau: float, preprocess: Callable,
     new, counts = one(state, do[0], jax.tree.map(lambda a: a[0], aux), inputs)
     return new, counts[None]
 
-  return jax.jit(reset, donate_argnums=0, out_shardings=(state_shardings, nets_sharding))
+  return jax.jit(reset, donate_argnums=0, out_shardings=(state_shardings, nets_sharding),
+                 compiler_options=compiler_options)

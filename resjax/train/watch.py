@@ -120,8 +120,8 @@ class Watch:
     self.split = probe_split(ds.train, int(train.get("probe_batch", 256)), seed)
     self.inputs = jax.device_put(np.asarray(self.split.inputs), self.device)
     self.labels = jax.device_put(np.asarray(self.split.labels, np.int32), self.device)
-    # A probe runs every K steps: on the CPU, as for init, XLA's backend
-    # optimizations cost more compile time than they save.
+    # Probes and resets run every K steps: on the CPU, as for init, XLA's
+    # backend optimizations cost more compile time than they save.
     options = train_state.INIT_COMPILER_OPTIONS if self.device.platform == "cpu" else None
     configs = nets.configs if self.grid else [config]
     self.probes = []  # Per compiled call: (program, nets, units on the device).
@@ -137,7 +137,7 @@ class Watch:
         self.probes.append((training.program(s.apply_fn.__self__, s.preprocess, self.grid,
                                              options), found, units))
       self.resets.append(_Resets.of(configs, members, s, padded, dict(taps), ds, mesh,
-                                    self.tau, self.grid))
+                                    self.tau, self.grid, options))
     self.probe_inputs = _put(np.asarray(self.split.inputs), sharding.replicated(mesh))
     self.turnover = training.Turnover()
     self.done: set[int] = set()  # Steps probes.jsonl holds.
@@ -230,7 +230,8 @@ class _Resets:
   sharding: Any        # of arrays with a leading net axis
 
   @classmethod
-  def of(cls, configs, members, state, padded, taps, ds, mesh, tau, stacked) -> "_Resets | None":
+  def of(cls, configs, members, state, padded, taps, ds, mesh, tau, stacked,
+         options) -> "_Resets | None":
     periods = np.asarray([reset.every(configs[k]) for k in members])
     if not periods.any():
       return None
@@ -238,7 +239,7 @@ class _Resets:
                                    int(np.prod(ds.input_shape)), taps)
     nets = sharding.net_sharding(mesh) if stacked else sharding.replicated(mesh)
     program = reset.program(state.apply_fn.__self__, slots, tau, state.preprocess, stacked,
-                            jax.tree.map(lambda a: a.sharding, state), nets)
+                            jax.tree.map(lambda a: a.sharding, state), nets, options)
     return cls(program, periods, list(members), names, _put(aux, nets), nets)
 
   def due(self, step: int) -> bool:
