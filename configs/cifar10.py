@@ -94,6 +94,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.eval_train = False  # Also evaluate the whole training split (eval_train/...).
   # A grid's nets on a device: vmap | map (one after another) | auto (by family and platform).
   config.train.grid_layout = "auto"
+  config.train.probe_every = 0  # Steps between probes of every layer (0 = none; probes.jsonl).
+  config.train.probe_batch = 256  # Training examples probed (one fixed draw from data.seed).
+  config.train.dormant_tau = 0.1  # ReDo's threshold: a unit scoring <= tau is dormant.
+  config.train.reset_dead_every = 0  # Steps between resets of dormant units (ReDo; 0 = none).
 
   # Several nets in one program: values per axis (their product), e.g.
   # --config.grid.seeds=0,1,2 or --config.grid.model.depth=20,56 (resjax/grid/).

@@ -8,6 +8,7 @@
   python -m launch.bench grid       # a grid run (config.grid) vs one run per net, vs PyTorch
   python -m launch.bench layouts    # a grid's nets on one device: vmapped vs one after another
   python -m launch.bench checkpoint # step time with and without an async save in flight
+  python -m launch.bench probes     # the 32-MLP grid with and without probes during training
 
 `--quick` shrinks each benchmark (used by the tests); `--out=FILE.json` saves
 the printed figures. The benchmarks live in benchmarks/ at the repository root,
@@ -21,7 +22,7 @@ from absl import app, flags
 from launch import common
 from resjax import errors, files
 
-BENCHES = ("collapse", "train", "profile", "split", "tried", "grid", "layouts", "checkpoint")
+BENCHES = ("collapse", "train", "profile", "split", "tried", "grid", "layouts", "checkpoint", "probes")
 
 _QUICK = flags.DEFINE_bool("quick", False, "Shrink the benchmark to seconds.")
 _OUT = flags.DEFINE_string("out", None, "Write the figures to this JSON file.")
@@ -34,7 +35,7 @@ def main(argv):
   errors.check(importlib.util.find_spec("benchmarks") is not None,
                "benchmarks/ is not on the path; run python -m launch.bench from the "
                "repository root (benchmarks are not part of the installed package)")
-  if name in ("train", "profile", "split", "tried", "grid", "layouts"):
+  if name in ("train", "profile", "split", "tried", "grid", "layouts", "probes"):
     # Time the path launch.train runs: its host-device split, set before JAX starts.
     from launch import platform  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   # Benchmarks time compiles: no cache unless --compilation_cache_dir is given.

@@ -136,3 +136,12 @@ def tree_digest(path) -> dict:
       stat = os.stat(full)
       out[os.path.relpath(full, path)] = (stat.st_size, stat.st_mtime_ns, digest)
   return out
+
+
+def set_grid_axes(config, **axes):
+  """`config` with grid axes set from keywords: seeds=(0, 1), model__width=(4, 8),
+  train__reset_dead_every=(0, 2) (group, two underscores, field)."""
+  for key, values in axes.items():
+    group, _, name = key.rpartition("__")
+    (config.grid[group] if group else config.grid)[name] = values
+  return config

@@ -40,3 +40,11 @@ def test_layout_table_times_both_layouts_and_one_net():
   assert len(figures) == 3
   for t in figures.values():
     assert t["vmap"] > 0 and t["map"] > 0 and t["alone"] > 0 and t["auto"] in ("vmap", "map")
+
+
+def test_quick_probes_benchmark_times_both_ways(capsys):
+  from benchmarks import probes as bench_probes
+  figures = bench_probes.run(quick=True)
+  assert figures["without_s"] > 0 and figures["with_s"] > 0
+  assert figures["probe_rows"] == 5 * 2 * (2 + 3) * 2  # steps 0, 5, .., 20 x nets x layers
+  assert "overhead" in capsys.readouterr().out

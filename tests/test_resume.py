@@ -142,3 +142,26 @@ def test_fresh_moves_a_run_of_another_config_aside(tmp_path_factory, tmp_path):
   assert config.seed == 1 and int(state.step) == STEPS
   assert [r["step"] for r in metrics.read(str(workdir)) if "train/loss" in r] == list(
       range(1, STEPS + 1))
+
+
+def test_probes_and_resets_after_a_kill_are_those_of_an_uninterrupted_run(tmp_path_factory,
+                                                                           tmp_path):
+  """probes.jsonl (turnover included) and the reset nets: every row once, bit for bit."""
+  env = subprocess_env(tmp_path_factory.getbasetemp() / "jax-cache")
+  args = [*BASE, "--config.train.probe_every=2", "--config.train.dormant_tau=0.5",
+          "--config.grid.train.reset_dead_every=0,3"]
+  whole, parts = tmp_path / "whole", tmp_path / "parts"
+  assert Run([*args, f"--workdir={whole}"], env).finish() == 0
+  run = Run([*args, f"--workdir={parts}"], env)
+  step = run.at_step(random.randint(9, 11))
+  run.proc.send_signal(signal.SIGKILL)
+  assert run.finish() == -signal.SIGKILL
+  rows = metrics.read(str(parts), metrics.PROBES_FILE)
+  assert max(r["step"] for r in rows) > max(checkpoints.complete_steps(str(parts)))
+  run = Run([*args, f"--workdir={parts}"], env)
+  assert run.finish() == 0, run.output()
+  want = metrics.read(str(whole), metrics.PROBES_FILE)
+  assert metrics.read(str(parts), metrics.PROBES_FILE) == want
+  assert sum(r.get("reset", 0) for r in want) > 0 and {r["net"] for r in want} == {0, 1}
+  assert_bitwise_equal(arrays(str(parts)), arrays(str(whole)))
+  print(f"killed at step {step}; {len(want)} probe rows")

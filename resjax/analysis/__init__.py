@@ -2,7 +2,8 @@
 
 Modules: `runs` (restore each run or grid net, check that runs compare, probe
 them and write one result set), `tables` (probes.csv rows, the numbers per
-claim, the summary and per-condition tables), `markdown` (report.md). The
+claim, the summary and per-condition tables), `markdown` (report.md),
+`trajectories` (probes.jsonl of the probes during training, per condition). The
 figures are `resjax.plotting.analysis`, drawn from the same runs.
 
   from resjax import analysis

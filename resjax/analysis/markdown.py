@@ -17,6 +17,7 @@ FIGURES = {
     "rank": "effective_rank.png",
     "gradients": "gradients.png",
     "energy": "energy.png",
+    "trajectories": "trajectories.png",
 }
 
 
@@ -231,11 +232,20 @@ def _definitions(threshold: float, split: str) -> list[str]:
   return md
 
 
-def report_markdown(runs: Sequence[dict], command: str | None = None) -> str:
-  """report.md: the figures and what they show about C4, C5, C7 and C3, in numbers."""
+def report_markdown(runs: Sequence[dict], command: str | None = None,
+                    trajectories: bool = False) -> str:
+  """report.md: the figures and what they show about C4, C5, C7 and C3, in numbers
+  (and the figure of the probes during training, when the runs took them)."""
   num = {r["run"]: claim_numbers(r) for r in runs}
   threshold = runs[0]["summary"]["dormant_threshold"]
   split = "/".join(sorted({split_of(r) for r in runs}))
   md = (_header(runs, command, split) + _c4(runs, num, threshold) + _c5(runs, num, split)
-        + _c7(runs, num) + _c3(runs, num) + _per_layer(runs) + _definitions(threshold, split))
-  return "\n".join(md)
+        + _c7(runs, num) + _c3(runs, num) + _per_layer(runs))
+  if trajectories:
+    md += ["## During training", "",
+           "Every activation layer probed during training (`train.probe_every`, on a fixed "
+           "batch of the training split): up to six layers per condition, the mean over "
+           "its seeds and the 95% t-interval; every layer and number is in "
+           "trajectories.csv and each run's probes.jsonl.", "",
+           f"![trajectories]({FIGURES['trajectories']})", ""]
+  return "\n".join(md + _definitions(threshold, split))

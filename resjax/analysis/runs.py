@@ -12,6 +12,9 @@ a reader sees the old set or the new one, never a mix) into `out`, by default
                         linear-region fraction per layer (C4, C7)
   effective_rank.png    participation ratio and entropy effective rank before
                         and after the activation (C3)
+  trajectories.png      runs with probes during training (probes.jsonl): each
+                        fraction and rank against step per layer, mean and 95%
+                        interval over each condition's seeds; trajectories.csv
   gradients.png         gradient norm per weight layer with 95% intervals (C4)
   energy.png            shortcut share of the block energy per block (C5)
   conditions.csv        grid runs: per condition, mean and interval over seeds
@@ -34,10 +37,12 @@ import numpy as np
 from absl import logging
 
 from resjax import errors, files, grid, locking, models, probes, restore, train
+from resjax.analysis import trajectories
 from resjax.analysis.markdown import FIGURES, report_markdown
 from resjax.analysis.tables import condition_rows, condition_table, rows, summary_table
 from resjax.plotting import analysis as figures
 from resjax.plotting.layers import alignment_note
+from resjax.plotting.trajectories import plot_trajectories
 
 
 def describe(config) -> str:
@@ -184,7 +189,11 @@ def _probe_and_write(out_dir: str, entries: Sequence[dict], *, split: str, batch
   if note:
     say(f"the figures align {note}")
   conditions = condition_rows(runs)
-  written = write(out_dir, runs, command=command, conditions=conditions)
+  labels = {e["dir"]: e.get("grid", e["label"]) for e in entries}
+  paths = [trajectories.rows(d, run=label) for d, label in labels.items()
+           if trajectories.has_probes(d)]
+  written = write(out_dir, runs, command=command, conditions=conditions,
+                  trajectories=[r for table in paths for r in table])
   say(summary_table(runs))
   if conditions:
     say(condition_table(conditions))
@@ -194,9 +203,10 @@ def _probe_and_write(out_dir: str, entries: Sequence[dict], *, split: str, batch
 
 def write(out_dir: str, runs: Sequence[dict], command: str | None = None,
           figure_runs: Sequence[dict] | None = None,
-          conditions: Sequence[dict] = ()) -> list[str]:
-  """Writes probes.csv, probes.json, the figures, conditions.csv (grid runs) and
-  report.md into `out_dir` as one result set (`files.result_set`).
+          conditions: Sequence[dict] = (), trajectories: Sequence[dict] = ()) -> list[str]:
+  """Writes probes.csv, probes.json, the figures, conditions.csv (grid runs),
+  trajectories.csv and its figure (runs probed during training) and report.md
+  into `out_dir` as one result set (`files.result_set`).
 
   The figures draw `figure_runs` (default: every run). Returns the paths of
   the files as readers see them, `out_dir/<name>`.
@@ -223,5 +233,11 @@ def write(out_dir: str, runs: Sequence[dict], command: str | None = None,
       names.extend(os.path.basename(p) for p in written)
     if conditions:
       files.write_csv(path("conditions.csv"), list(conditions))
-    files.write_text(path("report.md"), report_markdown(runs, command))
+    if trajectories:
+      files.write_csv(path("trajectories.csv"), list(trajectories))
+      written = files.save_figure(plot_trajectories(trajectories),
+                                  os.path.join(tmp, FIGURES["trajectories"]), dpi=200)
+      names.extend(os.path.basename(p) for p in written)
+    files.write_text(path("report.md"), report_markdown(runs, command,
+                                                        trajectories=bool(trajectories)))
   return [os.path.join(out_dir, n) for n in names]

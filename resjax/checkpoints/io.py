@@ -39,11 +39,16 @@ CONFIG_FILE = "config.json"
 # Config groups that may change between a run and its resumption (e.g. more
 # steps); every other field must match the checkpoint's.
 RESUMABLE_GROUPS = ("train",)
+# Fields of those groups that change what is trained (dead-unit resets, on the
+# probe batch, at the threshold): they must match too, when resets are on.
+# A run written before a field existed holds its default.
+MATCHED_FIELDS = {"train.reset_dead_every": 0, "train.dormant_tau": 0.1,
+                  "train.probe_batch": 256}
 # Learning-rate schedules shaped by train.steps: a run with one of them resumes
 # only with its own train.steps.
 STEPS_SCHEDULES = ("cosine",)
 # What makes a directory hold a run (moved together by `move_aside`).
-RUN_FILES = (CONFIG_FILE, CHECKPOINT_DIR, "metrics.jsonl", "tensorboard")
+RUN_FILES = (CONFIG_FILE, CHECKPOINT_DIR, "metrics.jsonl", "probes.jsonl", "tensorboard")
 # The seam for fault injection: a subclass of Orbax's public
 # `ocp.path.atomicity.AtomicRenameTemporaryPath` that writable managers save
 # through (None: Orbax's default). Tests set it to stop a save in its commit.
@@ -162,13 +167,28 @@ def saved_steps(workdir: str) -> list[int]:
 
 
 def _strip(config: dict) -> dict:
-  return {k: v for k, v in config.items() if k not in RESUMABLE_GROUPS}
+  out = {k: v for k, v in config.items() if k not in RESUMABLE_GROUPS}
+  resets = config.get("train", {}).get("reset_dead_every", 0)
+  for field, default in MATCHED_FIELDS.items():
+    group, name = field.split(".")
+    if resets or name == "reset_dead_every":
+      out.setdefault(group, {})[name] = config.get(group, {}).get(name, default)
+  return out
+
+
+def _empty(v: Any) -> bool:
+  """An empty grid axis (or a group of them): what a run of an older release lacks."""
+  if isinstance(v, dict):
+    return all(_empty(x) for x in v.values())
+  return isinstance(v, (list, tuple)) and not v
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
   if isinstance(old, dict) and isinstance(new, dict):
     out = []
     for key in sorted(set(old) | set(new), key=str):
+      if (key not in old and _empty(new[key])) or (key not in new and _empty(old[key])):
+        continue
       out += _differences(old.get(key, "<missing>"), new.get(key, "<missing>"),
                           f"{prefix}{key}.")
     return out

@@ -8,7 +8,7 @@ single run's steps over them, `layer.Grid` is what the training loop trains,
 """
 from resjax.grid.layer import Grid
 from resjax.grid.padding import crop, gates, mask, pad, stack
-from resjax.grid.spec import (MODEL_AXES, OPT_AXES, TOGGLES, axes, calls, condition,
+from resjax.grid.spec import (MODEL_AXES, OPT_AXES, TOGGLES, TRAIN_AXES, axes, calls, condition,
                               condition_name, config_group, describe_label, grid_size,
                               is_grid, labels, layout, needs_mask, nets, padded_config,
                               padded_fields, validate)

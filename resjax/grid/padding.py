@@ -1,5 +1,7 @@
-"""Tree surgery for grids (NumPy): pad a net into the padded model, mask its
-units, crop it back out, set its gates, stack nets along a leading axis."""
+"""Tree surgery for grids: pad a net into the padded model, mask its units,
+crop it back out (and `place` it back in), set its gates, stack nets along a
+leading axis. NumPy on the host; `crop` and `place` also run in a jitted
+program over the stacked nets (leading axes)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -57,15 +59,40 @@ def mask(small: Any, big: Any) -> Any:
   return jax.tree_util.tree_map_with_path(one, big)
 
 
-def crop(big: Any, small: Any) -> Any:
-  """The entries of padded `big` that the net shaped like `small` has."""
+def _own(like: Any, lead: int) -> tuple:
+  """The index of a net's own entries: `lead` leading axes whole, then each
+  axis cut to the net's size."""
+  return (slice(None),) * lead + tuple(slice(0, n) for n in like.shape)
+
+
+def crop(big: Any, small: Any, lead: int = 0) -> Any:
+  """The entries of padded `big` that the net shaped like `small` has (after
+  `lead` leading axes, e.g. stacked nets, kept whole)."""
   have = _leaves(big)
 
   def one(path, like):
-    value = np.asarray(have[jax.tree_util.keystr(path)])
-    return value[tuple(slice(0, n) for n in like.shape)].astype(like.dtype)
+    value = have[jax.tree_util.keystr(path)]
+    if not isinstance(value, jax.Array):
+      value = np.asarray(value)
+    return value[_own(like, lead)].astype(like.dtype)
 
   return jax.tree_util.tree_map_with_path(one, small)
+
+
+def place(big: Any, small: Any, rows: Any) -> Any:
+  """`big` (jax arrays of stacked padded nets) with the nets at `rows` (an index
+  array along the leading axis) set to `small` ([len(rows), own size...]);
+  their padding and the other nets stay as they were. The inverse of `crop`."""
+  have = _leaves(small)
+
+  def one(path, value):
+    new = have.get(jax.tree_util.keystr(path))
+    if new is None:  # A leaf the nets do not have (a gated-out block).
+      return value
+    return value.at[(rows,) + tuple(slice(0, n) for n in new.shape[1:])].set(
+        new.astype(value.dtype))
+
+  return jax.tree_util.tree_map_with_path(one, big)
 
 
 def gates(model_name: str, net_fields: dict[str, Any], own_params: Any,

@@ -1,9 +1,11 @@
 """Grids: one config, several values per axis, trained as one program.
 
 `config.grid` names the axes: `grid.seeds`, `grid.opt.<scalar>` (lr, momentum,
-weight_decay, decay, warmup_lr) and `grid.model.<field>` (width, depth, widths,
+weight_decay, decay, warmup_lr), `grid.model.<field>` (width, depth, widths,
 residual, plain, bottleneck, shortcut, width_multiplier, expansion, stages,
-first, first_bias_init, bottleneck_bn_shift).
+first, first_bias_init, bottleneck_bn_shift) and `grid.train.<field>`
+(reset_dead_every: an intervention, so that paired arms train in one program
+at the same seeds).
 Every non-empty axis is one factor of a product; net k of the grid is the
 config with net k's values filled in and the grid emptied (`nets`), i.e.
 exactly the single run with those settings.
@@ -36,6 +38,9 @@ from resjax.train.optimizer import OPT_AXES  # Scalars of `opt` a grid may vary.
 MODEL_AXES = ("width", "depth", "widths", "residual", "plain", "bottleneck", "shortcut",
               "width_multiplier", "expansion", "stages", "first", "first_bias_init",
               "bottleneck_bn_shift")
+# Fields of `train` a grid may vary (what the nets' own programs do, not when
+# the run logs or saves).
+TRAIN_AXES = ("reset_dead_every",)
 # Model fields switched by a gate: declared beside each family (models.toggles).
 TOGGLES = models.TOGGLES
 
@@ -46,6 +51,7 @@ def config_group() -> ml_collections.ConfigDict:
       seeds=(),  # Seeds of the nets (each also orders its own batches); () = config.seed.
       opt=ml_collections.ConfigDict({k: () for k in OPT_AXES}),  # Values per opt scalar.
       model=ml_collections.ConfigDict({k: () for k in MODEL_AXES}),  # Values per model field.
+      train=ml_collections.ConfigDict({k: () for k in TRAIN_AXES}),  # Values per train field.
       nets_per_call=0,  # Nets per compiled call, in order (0 = all nets in one call).
   ))
 
@@ -68,7 +74,7 @@ def _values(value: Any) -> tuple:
 
 
 def axes(config: ml_collections.ConfigDict) -> list[tuple[str, tuple]]:
-  """The non-empty axes as (dotted field, values): model, then opt, then seeds."""
+  """The non-empty axes as (dotted field, values): model, opt, train, then seeds."""
   g = config.get("grid")
   if g is None:
     return []
@@ -81,6 +87,10 @@ def axes(config: ml_collections.ConfigDict) -> list[tuple[str, tuple]]:
     values = _values(g.opt.get(field, ()))
     if values:
       out.append((f"opt.{field}", values))
+  for field in TRAIN_AXES:
+    values = _values((g.get("train") or {}).get(field, ()))
+    if values:
+      out.append((f"train.{field}", values))
   seeds = _values(g.get("seeds", ()))
   if seeds:
     out.append(("seed", seeds))
@@ -137,6 +147,8 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
       continue
     if group == "opt" and not all(schema.Float().ok(v) for v in values):
       problems.append(f"grid.{field}={values!r} is not allowed; use finite numbers")
+    if group == "train" and not all(schema.COUNT.ok(v) for v in values):
+      problems.append(f"grid.{field}={values!r} is not allowed; use integers >= 0")
   names = [f for f, _ in axes(config)]
   if any(f in ("model.width", "model.widths", "model.width_multiplier", "model.expansion")
          for f in names) and config.model.get("norm") == "layer":

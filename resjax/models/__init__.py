@@ -134,6 +134,15 @@ def traits(name: str, model_fields: Mapping[str, Any]) -> Traits:
   return MODELS[name].traits(_filled(name, model_fields))
 
 
+def tap_in_padded(name: str, tap: str, own: Mapping[str, Any],
+                  padded: Mapping[str, Any]) -> str:
+  """The tap of a grid's padded model of family `name` (fields `padded`) that
+  holds the tap `tap` of a net of it (fields `own`); a family's layers keep
+  their names unless it says otherwise (`tap_in_padded` beside its class)."""
+  rule = getattr(MODELS[name], "tap_in_padded", None)
+  return tap if rule is None else rule(tap, _filled(name, own), _filled(name, padded))
+
+
 def param_count(params: Any) -> int:
   """Number of scalars in a parameter tree (arrays or ShapeDtypeStructs)."""
   return int(sum(math.prod(p.shape) for p in jax.tree.leaves(params)))

@@ -11,9 +11,12 @@ A family is a Flax module class with
             never updated);
   describe  a static method: fields -> a short name of the net ('resnet-20');
   traits    a static method: fields -> Traits (width, depth, variant), the
-            terms the studies compare nets in.
+            terms the studies compare nets in;
+  tap_in_padded  (optional) a static method: (tap, fields, padded fields) ->
+            the tap of the padded model of a grid that holds this net's tap
+            `tap` (default: the same name), for the probes during training.
 
-Both static methods get every field of the family, defaults filled in.
+The static methods get every field of the family, defaults filled in.
 """
 from __future__ import annotations
 

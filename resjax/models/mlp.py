@@ -72,6 +72,12 @@ class MLP(nn.Module):
   def traits(fields: Mapping[str, Any]) -> Traits:
     return family.width_depth_traits(fields)
 
+  @staticmethod
+  def tap_in_padded(tap: str, fields: Mapping[str, Any], padded: Mapping[str, Any]) -> str:
+    """The padded (deeper, gated) model's tap holding this net's `tap`: the last
+    hidden layer feeds the classifier, 'layer{depth-1}' at either depth."""
+    return f"layer{padded['depth'] - 1}" if tap == f"layer{fields['depth'] - 1}" else tap
+
   def _activate(self, h: Array, train: bool, index: int, norm_name: str) -> Array:
     """norm -> (sow) -> activation for hidden layer `index`."""
     z = h

@@ -71,8 +71,13 @@ def moments(x_NxC: jax.Array, w_N: jax.Array):
   return mean_C, d_NxC.T @ d_NxC
 
 
-def batch_sums(variables, inputs, labels, mask, *, model, act, preprocess):
-  """Sums over one (sharded) batch; padded rows (mask 0) contribute nothing."""
+def batch_sums(variables, inputs, labels, mask, *, model, act, preprocess, units=None):
+  """Sums over one (sharded) batch; padded rows (mask 0) contribute nothing.
+
+  `units` ({layer: [C] 0/1}, optional) marks the units a layer's per-input
+  numbers (active fraction, all units on duty) count, e.g. a grid net's own
+  units in its padded model; per-unit sums and moments cover every unit.
+  """
   x = preprocess(inputs)
   logits, cols = model.apply(variables, x, train=False, mutable=list(COLLECTIONS))
   m_B = mask.astype(jnp.float32)
@@ -92,13 +97,20 @@ def batch_sums(variables, inputs, labels, mask, *, model, act, preprocess):
     w_N = w_BxP.reshape(-1)
     pre_mean, pre_m2 = moments(z_BxPxC.reshape(-1, c), w_N)
     post_mean, post_m2 = moments(h_BxPxC.reshape(-1, c), w_N)
+    if units is None or name not in units:
+      frac_B, all_BxP = jnp.mean(on_BxPxC, (1, 2)), jnp.all(on_BxPxC, -1)
+    else:
+      u_C = units[name].astype(jnp.float32)
+      frac_B = (jnp.sum(on_BxPxC * u_C, (1, 2))
+                / jnp.maximum(z_BxPxC.shape[1] * jnp.sum(u_C), 1.0))
+      all_BxP = jnp.all(on_BxPxC | (u_C == 0), -1)
     layers[name] = {
         "count_C": jnp.sum(on_BxPxC * w_BxP[..., None], (0, 1)),
         "abs_C": jnp.sum(jnp.abs(h_BxPxC) * w_BxP[..., None], (0, 1)),
         "samples": jnp.sum(w_N),
-        "frac_B": jnp.mean(on_BxPxC, (1, 2)),
-        "all_B": jnp.all(on_BxPxC, (1, 2)),
-        "pos_all": jnp.sum(jnp.all(on_BxPxC, -1) * w_BxP),
+        "frac_B": frac_B,
+        "all_B": jnp.all(all_BxP, 1),
+        "pos_all": jnp.sum(all_BxP * w_BxP),
         "pre_mean": pre_mean, "pre_m2": pre_m2,
         "post_mean": post_mean, "post_m2": post_m2,
     }

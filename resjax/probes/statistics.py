@@ -2,6 +2,9 @@
 
 Nothing here runs on a device: `probe.py` hands each batch's sums to a
 `LayerAccumulator`, and `layer_row` turns one into the numbers of probes.csv.
+The numbers (ranks, ReDo scores, dead and dormant masks, the linear-region
+fraction) take stacks too (leading axes, e.g. the nets of a grid), so the
+probes during training (`probes.training`) compute them with the same code.
 """
 from __future__ import annotations
 
@@ -12,42 +15,102 @@ import numpy as np
 
 HIST_BINS = 20
 
-def participation_ratio(cov_CxC: np.ndarray) -> float:
+def _scalar(x: np.ndarray) -> Any:
+  """A 0-d result as a Python float, anything larger as it is."""
+  return float(x) if np.ndim(x) == 0 else x
+
+
+def participation_ratio(cov_CxC: np.ndarray) -> Any:
   """Participation ratio (sum l)^2 / sum l^2 of the covariance eigenvalues l.
 
   Equals tr(C)^2 / ||C||_F^2, so no eigendecomposition is needed. It is d for
   isotropic features in d dimensions and k for features spanning k equal axes;
   between those it weighs large eigenvalues more than `entropy_rank` does.
+  A stack [..., C, C] gives one number per matrix.
   """
   cov_CxC = np.asarray(cov_CxC, np.float64)
-  trace = float(np.trace(cov_CxC))
-  frob2 = float(np.sum(cov_CxC * cov_CxC))
-  return trace * trace / frob2 if frob2 > 0 else 0.0
+  trace = np.trace(cov_CxC, axis1=-2, axis2=-1)
+  frob2 = np.sum(cov_CxC * cov_CxC, axis=(-2, -1))
+  return _scalar(np.where(frob2 > 0, trace * trace / np.where(frob2 > 0, frob2, 1.0), 0.0))
 
 
-def entropy_rank(cov_CxC: np.ndarray) -> float:
+def _spectrum(sym_CxC: np.ndarray) -> np.ndarray:
+  """Eigenvalues of symmetric positive semi-definite matrices [..., C], below 0 (round-off) as 0."""
+  return np.clip(np.linalg.eigvalsh(np.asarray(sym_CxC, np.float64)), 0.0, None)
+
+
+def entropy_rank(cov_CxC: np.ndarray) -> Any:
   """Roy & Vetterli's effective rank exp(-sum p log p), p = l / sum l, of the
   eigenvalues l of a (symmetric, positive semi-definite) covariance.
 
   d for isotropic features in d dimensions, k for k equal axes, and never
   below the participation ratio (Shannon vs order-2 Renyi entropy of p).
   Eigenvalues below 0 (round-off) count as 0; an all-zero matrix gives 0.
+  A stack [..., C, C] gives one number per matrix.
   """
-  lam = np.clip(np.linalg.eigvalsh(np.asarray(cov_CxC, np.float64)), 0.0, None)
-  total = lam.sum()
-  if total <= 0:
-    return 0.0
-  p = lam[lam > 0] / total
-  return float(np.exp(-np.sum(p * np.log(p))))
+  lam = _spectrum(cov_CxC)
+  total = lam.sum(-1, keepdims=True)
+  p = lam / np.where(total > 0, total, 1.0)
+  plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+  return _scalar(np.where(total[..., 0] > 0, np.exp(-plogp.sum(-1)), 0.0))
+
+
+def srank(gram_CxC: np.ndarray, delta: float = 0.01) -> Any:
+  """Kumar et al. (2021)'s srank: the smallest k whose k largest singular values
+  of a feature matrix F [N, C] hold at least 1 - delta of their sum.
+
+  Takes the Gram matrix F^T F (its eigenvalues are the squared singular
+  values), so features summed over batches give the same answer. An all-zero
+  matrix gives 0. A stack [..., C, C] gives one number per matrix.
+  """
+  sigma = np.sqrt(_spectrum(gram_CxC))[..., ::-1]
+  total = sigma.sum(-1, keepdims=True)
+  held = np.cumsum(sigma, -1) >= (1.0 - delta) * total
+  k = np.where(total[..., 0] > 0, np.argmax(held, -1) + 1, 0)
+  return int(k) if np.ndim(k) == 0 else k
+
+
+def covariance(n: Any, m2_CxC: np.ndarray) -> np.ndarray:
+  """The sample covariance from a count and a centred second moment ([..., C, C])."""
+  n = np.asarray(n, np.float64)[..., None, None]
+  return np.asarray(m2_CxC, np.float64) / np.maximum(n - 1.0, 1.0)
+
+
+def gram(n: Any, mean_C: np.ndarray, m2_CxC: np.ndarray) -> np.ndarray:
+  """F^T F of the features F from their count, mean and centred second moment."""
+  n = np.asarray(n, np.float64)[..., None, None]
+  mean_C = np.asarray(mean_C, np.float64)
+  return np.asarray(m2_CxC, np.float64) + n * (mean_C[..., :, None] * mean_C[..., None, :])
 
 
 def dormant_scores(mean_abs_C: np.ndarray) -> np.ndarray:
-  """ReDo score per unit: mean |activation| over the layer's average of it."""
+  """ReDo score per unit: mean |activation| over the layer's average of it
+  (the last axis holds the layer's units; all zeros for a silent layer)."""
   mean_abs_C = np.asarray(mean_abs_C, np.float64)
-  layer_mean = mean_abs_C.mean() if mean_abs_C.size else 0.0
-  if layer_mean <= 0:
+  if not mean_abs_C.shape[-1]:
     return np.zeros_like(mean_abs_C)
-  return mean_abs_C / layer_mean
+  layer_mean = mean_abs_C.mean(-1, keepdims=True)
+  return np.where(layer_mean > 0, mean_abs_C / np.where(layer_mean > 0, layer_mean, 1.0), 0.0)
+
+
+def unit_masks(count_C: np.ndarray, abs_sum_C: np.ndarray, samples: Any,
+               threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(dead, dormant, ReDo score) per unit from on-duty counts and |activation| sums
+  over `samples` ([..., C]): dead units are on duty for no sample, dormant ones
+  score at or below `threshold`."""
+  samples = np.maximum(np.asarray(samples, np.float64), 1.0)[..., None]
+  scores_C = dormant_scores(np.asarray(abs_sum_C, np.float64) / samples)
+  return np.asarray(count_C) == 0, scores_C <= threshold, scores_C
+
+
+def linear_fraction(all_on: Any, pos_all: Any, samples: Any, positions: int) -> Any:
+  """The linear-region fraction: per sample (input, or (input, position) for a
+  conv layer, `positions` > 1) where every unit of the layer is on duty.
+  `all_on` is the share of inputs with every unit on at every position."""
+  if positions > 1:
+    return _scalar(np.asarray(pos_all, np.float64) / np.maximum(np.asarray(samples, np.float64),
+                                                                1.0))
+  return all_on
 
 
 class Moments:
@@ -68,7 +131,10 @@ class Moments:
     self.n = n
 
   def cov(self) -> np.ndarray:
-    return self.m2 / max(self.n - 1.0, 1.0)
+    return covariance(self.n, self.m2)
+
+  def gram(self) -> np.ndarray:
+    return gram(self.n, self.mean, self.m2)
 
 
 class LayerAccumulator:
@@ -100,9 +166,7 @@ def layer_row(index: int, name: str, acc: LayerAccumulator,
   """The probes.csv row of one activation layer and its per-input active fractions."""
   frac_N = np.concatenate(acc.frac) if acc.frac else np.zeros(0)
   all_N = np.concatenate(acc.all) if acc.all else np.zeros(0, bool)
-  dead_C = acc.count == 0
-  mean_abs_C = acc.abs_sum / max(acc.samples, 1.0)
-  scores_C = dormant_scores(mean_abs_C)
+  dead_C, dormant_C, scores_C = unit_masks(acc.count, acc.abs_sum, acc.samples, threshold)
   hist, _ = np.histogram(frac_N, bins=HIST_BINS, range=(0.0, 1.0))
   q = (np.quantile(frac_N, [0.025, 0.5, 0.975]) if frac_N.size else np.full(3, np.nan))
   linear_input = float(all_N.mean()) if all_N.size else float("nan")
@@ -115,8 +179,8 @@ def layer_row(index: int, name: str, acc: LayerAccumulator,
       "positions": acc.positions,
       "dead": int(dead_C.sum()),
       "dead_frac": float(dead_C.mean()),
-      "dormant": int((scores_C <= threshold).sum()),
-      "dormant_frac": float((scores_C <= threshold).mean()),
+      "dormant": int(dormant_C.sum()),
+      "dormant_frac": float(dormant_C.mean()),
       "active_mean": float(frac_N.mean()) if frac_N.size else float("nan"),
       "active_std": float(frac_N.std()) if frac_N.size else float("nan"),
       "active_min": float(frac_N.min()) if frac_N.size else float("nan"),
@@ -124,13 +188,15 @@ def layer_row(index: int, name: str, acc: LayerAccumulator,
       "active_median": float(q[1]),
       "active_p975": float(q[2]),
       "active_max": float(frac_N.max()) if frac_N.size else float("nan"),
-      "linear_frac": linear_position if acc.positions > 1 else linear_input,
+      "linear_frac": linear_fraction(linear_input, acc.pos_all, acc.samples, acc.positions),
       "linear_frac_input": linear_input,
       "linear_frac_position": linear_position,
       "participation_pre": participation_ratio(pre_cov),
       "participation_post": participation_ratio(post_cov),
       "entropy_rank_pre": entropy_rank(pre_cov),
       "entropy_rank_post": entropy_rank(post_cov),
+      "srank_pre": srank(acc.pre.gram()),
+      "srank_post": srank(acc.post.gram()),
       "dead_units": np.flatnonzero(dead_C).tolist(),
       "unit_active_rate": (acc.count / max(acc.samples, 1.0)).tolist(),
       "dormant_score": scores_C.tolist(),

@@ -30,6 +30,7 @@ from resjax.grid import spec as grid_spec
 from resjax.grid import layer as grid_layer
 from resjax.progress import Progress
 from resjax.train import faults
+from resjax.train import watch as train_watch
 from resjax.train.mesh import describe_mesh
 from resjax.train.single import Single
 from resjax.train.state import step_of
@@ -147,6 +148,7 @@ class _Run:
   timed_seconds: float = 0.0  # training time of the steps since the last log
   train_seconds: float = 0.0  # training time since the first step (compilation left out)
   progress: Progress | None = None
+  watch: train_watch.Watch | None = None  # Probes during training (train.probe_every).
 
   @property
   def total(self) -> int:
@@ -184,6 +186,9 @@ def _open(workdir: str, config: ml_collections.ConfigDict, ds: data.Dataset, net
   say(f"{config.model.name} {nets.what(n_params)} on {ds.name} "
       f"({len(ds.train.labels)} train / {len(ds.test.labels)} test), batch {run.batch_size} "
       f"over {describe_mesh(mesh)}, steps {run.start} -> {run.total}")
+  run.watch = train_watch.Watch.of(config, ds, nets, state, mesh, lead)
+  if run.watch is not None:
+    say(run.watch.describe())
   return run, state
 
 
@@ -197,12 +202,18 @@ def _train_in(workdir: str, config: ml_collections.ConfigDict, ds: data.Dataset,
   # device runs the current step.
   batches = data.prefetch((nets.batch(ds.train, s, mesh) for s in range(run.start, run.total)),
                           size=2)
-  with metrics.Writer(run.workdir, enabled=lead, resume_step=run.start) as writer:
+  with metrics.Writer(run.workdir, enabled=lead, resume_step=run.start,
+                      tensorboard=train_watch.TENSORBOARD) as writer:
     if writer.dropped:
-      say(f"dropped {writer.dropped} rows after step {run.start} from {writer.path} "
-          "(they are computed again)")
+      say(f"dropped {writer.dropped} rows after step {run.start} from "
+          f"{', '.join(writer.dropped_from)} (they are computed again)")
+    if run.watch is not None:
+      run.watch.resume(writer.kept[metrics.PROBES_FILE])
+      run.watch.begin(state, run.start)
     try:
       state = _steps(run, state, batches, writer, should_stop, result)
+      if run.watch is not None:
+        run.watch.flush(writer)
       if run.start >= run.total:
         ev = evaluate(run.p_eval, state, ds.test, mesh, run.batch_size, nets.merge)
         result.update({f"eval/{k}": v for k, v in ev.items()})
@@ -239,6 +250,8 @@ def _steps(run: _Run, state: Any, batches: Any, writer: metrics.Writer,
     else:
       state, m = run.p_train(state, batch)
       run.timed_steps += 1
+    if run.watch is not None:
+      state = run.watch.after_step(state, done)
     run.pending.append(m)
     stop = should_stop is not None and bool(should_stop(done)) and done < run.total
     log = stop or _every(done, config.train.log_every, run.total)
@@ -258,6 +271,8 @@ def _steps(run: _Run, state: Any, batches: Any, writer: metrics.Writer,
       result.update(_log(run, done, writer))
     if do_eval:
       result.update(_eval(run, state, done, writer))
+    if run.watch is not None:  # Before the checkpoint of the step: resuming keeps the rows.
+      run.watch.flush(writer)
     if save and done != run.last_saved:
       try:
         ckpt.save(run.mngr, state, run.meta)

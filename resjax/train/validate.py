@@ -14,6 +14,7 @@ from resjax import errors
 from resjax import models
 from resjax import schema
 from resjax.grid import spec as grid_spec
+from resjax.train import reset
 from resjax.train.optimizer import DECAY_PARAMS, OPTIMIZERS, SCHEDULES
 from resjax.train.state import build_model
 
@@ -59,6 +60,14 @@ RULES = {
     "train.grid_layout": schema.Choice(("auto", "vmap", "map"), optional=True),
     "train.keep_checkpoints": schema.Int(0, optional=True,
                                          fix="use an integer >= 0 (0 = keep all)"),
+    "train.probe_every": schema.Int(0, optional=True,
+                                    fix="use an integer >= 0 (0 = no probes during training)"),
+    "train.probe_batch": schema.Int(1, optional=True,
+                                    fix="use a positive number of training examples"),
+    "train.dormant_tau": schema.Float(0.0, 1.0, high_open=True, optional=True,
+                                      fix="use a threshold in [0, 1) (ReDo: 0, 0.025, 0.1)"),
+    "train.reset_dead_every": schema.Int(0, optional=True,
+                                         fix="use an integer >= 0 (0 = no dead-unit resets)"),
 }
 
 
@@ -78,6 +87,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, unit: str = "d
       build_model(config, num_classes=10)
     except errors.ConfigError as e:
       problems.append(str(e))
+  problems += reset.problems(config)
   if schema.get(config, "grid") is not schema.MISSING:
     problems += grid_spec.validate(config)
     if not problems and grid_spec.is_grid(config):
