@@ -195,13 +195,36 @@ def parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
+class LastTupleParser(flags.ArgumentParser):
+  """A tuple field's override, parsed as ml_collections does ('2,3' -> (2, 3),
+  'relu' -> ('relu',)), where the last `--config.<field>` given wins, as for
+  every other absl flag, and an empty value (`--config.dims=`) is the empty tuple.
+
+  ml_collections' own parser makes a tuple field a multi-flag: each repeat adds
+  its values to the earlier ones (`--config.dims=2,3 --config.dims=5` gave
+  (2, 3, 5)) and an empty value was kept as the string ''.
+  """
+
+  def parse(self, argument):
+    from ml_collections.config_flags import tuple_parser
+    if isinstance(argument, str) and not argument.strip():
+      return ()
+    return tuple_parser.TupleParser().parse(argument)
+
+  def flag_type(self) -> str:
+    return "tuple"
+
+
 def define_config(default: str, help_text: str):
   """`config_flags.DEFINE_config_file` (locked) whose bad overrides end in one line.
 
   With a default file, ml_collections applies `--config.<field>` overrides while
   the flag is defined, so an unknown field fails here rather than in parsing.
+  A repeated `--config.<field>` takes its last value, tuple fields included
+  (`LastTupleParser`).
   """
   from ml_collections import config_flags
+  config_flags.register_flag_parser_for_type(tuple, LastTupleParser())
   help_text = f"{help_text.rstrip('.')}; list: python -m launch.configs"
   try:
     return config_flags.DEFINE_config_file("config", default, help_text, lock_config=True)

@@ -66,13 +66,18 @@ class Rule:
   """What one field accepts.
 
   kind: "int", "float" (a number), "bool", "str", "path" (str or os.PathLike),
-    "choice" (one of `choices`),
-    "ints" / "floats" (a tuple or list of them), "any".
+    "choice" (one of `choices`), "list" (a tuple or list, each entry under
+    `item`), "ints" / "floats" (a list of integers / numbers under this
+    rule's bounds), "any".
   low / high: bounds, closed unless `low_open` / `high_open`.
   finite: floats must be finite float32 values (normal or 0) unless False.
   optional: the field may be absent. none_ok: the value may be None.
   when: the rule applies only where `when(config)` is true.
-  increasing / nonempty: a list's values must increase / the list must not be empty.
+  increasing / nonempty / unique: a list's values must increase / the list
+    must not be empty / no value may come twice.
+  split: a list may also come as comma-separated text ('relu,tanh', as flags
+    give it); each text entry is split at its commas.
+  test: one more condition an otherwise allowed value must meet.
   fix: the advice after "is not allowed;" (generated from the rule when None).
   """
   kind: str
@@ -88,6 +93,10 @@ class Rule:
   fix: Optional[str] = None
   increasing: bool = False
   nonempty: bool = False
+  unique: bool = False
+  split: bool = False
+  item: Optional["Rule"] = None
+  test: Optional[Callable[[Any], bool]] = None
 
   def allowed(self) -> tuple:
     c = self.choices() if callable(self.choices) else self.choices
@@ -103,6 +112,10 @@ class Rule:
       return "use True or False"
     if self.kind == "str":
       return "use a string"
+    if self.kind == "list":
+      one = self.item.advice() if self.item is not None else "any value"
+      return (f"give {'a non-empty' if self.nonempty else 'a'} list"
+              f"{' of distinct values' if self.unique else ''}, each entry: {one}")
     what = {"int": "an integer", "float": "a number", "ints": "integers",
             "floats": "numbers"}.get(self.kind, "a value")
     return f"use {what}{self._range()}"
@@ -122,6 +135,11 @@ class Rule:
     """Whether `v` is allowed."""
     if v is None:
       return self.none_ok
+    if not self._ok(v):
+      return False
+    return self.test is None or bool(self.test(v))
+
+  def _ok(self, v: Any) -> bool:
     if self.kind == "any":
       return True
     if self.kind == "bool":
@@ -132,13 +150,16 @@ class Rule:
       return isinstance(v, (str, os.PathLike))
     if self.kind == "choice":
       return not is_bool(v) and v in self.allowed()
-    if self.kind in ("ints", "floats"):
-      if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list)):
+    if self.kind in ("ints", "floats", "list"):
+      v = entries(v, self.split)
+      if v is None or (self.nonempty and not v):
         return False
-      if self.nonempty and not v:
+      one = self.item if self.kind == "list" else dataclasses.replace(
+          self, kind=self.kind[:-1], nonempty=False, unique=False, increasing=False,
+          test=None, fix=None)
+      if one is not None and not all(one.ok(x) for x in v):
         return False
-      one = dataclasses.replace(self, kind=self.kind[:-1])
-      if not all(one.ok(x) for x in v):
+      if self.unique and len({_hashable(x) for x in v}) != len(v):
         return False
       return not self.increasing or list(v) == sorted(set(v))
     if self.kind == "int" and not is_int(v):
@@ -162,6 +183,28 @@ class Rule:
     return True
 
 
+def entries(value: Any, split: bool = False) -> Optional[list]:
+  """A list field's entries (text entries split at commas when `split`); None
+  when `value` is not a list (text is one only with `split`)."""
+  if isinstance(value, str) and split:
+    value = (value,)
+  if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
+    return None
+  out = []
+  for v in value:
+    if isinstance(v, str) and split:
+      out.extend(p.strip() for p in v.split(",") if p.strip())
+    else:
+      out.append(v)
+  return out
+
+
+def _hashable(x: Any) -> Any:
+  if isinstance(x, (list, tuple)):
+    return tuple(_hashable(v) for v in x)
+  return x.item() if isinstance(x, np.generic) else x
+
+
 def _num(x: float) -> str:
   return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
@@ -181,6 +224,11 @@ def Bool(**kw) -> Rule:  # pylint: disable=invalid-name
 
 def Choice(choices: Choices, **kw) -> Rule:  # pylint: disable=invalid-name
   return Rule("choice", choices=choices, **kw)
+
+
+def List(item: Rule, **kw) -> Rule:  # pylint: disable=invalid-name
+  """A tuple or list whose entries each follow `item`."""
+  return Rule("list", item=item, **kw)
 
 
 SEED = Int(0, SEED_MAX, fix="use an integer >= 0 and < 2**32")

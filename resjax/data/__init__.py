@@ -12,8 +12,11 @@ pad-and-crop and horizontal flip per example.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
+
+import numpy as np
 
 from resjax import errors, schema
 from resjax.data.augment import augment, crop_and_flip, preprocess
@@ -39,9 +42,29 @@ RULES = {
 }
 
 __all__ = ["Dataset", "Split", "NAMES", "TFDS_NAMES", "EMBEDDED_NAMES", "NORMALIZE", "RULES",
-           "load", "prepare_command", "channel_stats", "pixel_stats", "steps_per_epoch",
+           "rules", "unused", "load", "prepare_command", "channel_stats", "pixel_stats", "steps_per_epoch",
            "train_indices", "local_rows", "train_batch", "num_eval_batches", "eval_batches",
            "prefetch", "preprocess", "crop_and_flip", "augment"]
+
+
+def rules(name: str) -> dict[str, schema.Rule]:
+  """The `config.data` fields of dataset `name` `load` reads, with their rules: RULES
+  and the embedded set's options (all optional: absent ones take their defaults)."""
+  options = GENERATORS[name][2] if name in GENERATORS else {}
+  return {**RULES, **{k: dataclasses.replace(r, optional=True) for k, r in options.items()},
+          "data_dir": dataclasses.replace(RULES["data_dir"], optional=True),
+          "seed": dataclasses.replace(RULES["seed"], optional=True),
+          "normalize": dataclasses.replace(RULES["normalize"], optional=True)}
+
+
+def unused(name: str) -> dict[str, str]:
+  """`config.data` fields that dataset `name` does not read: field -> why."""
+  if name in GENERATORS:
+    return {"data_dir": f"data.name={name!r} is generated, not read from a directory"}
+  if name in TFDS_NAMES:
+    return {"seed": f"data.name={name!r} is read as prepared; data.seed only generates "
+                    "the embedded sets"}
+  return {}
 
 
 def load(name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0,
@@ -75,10 +98,18 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0,
   else:
     _options(name, options, {})
     train, test, num_classes = load_tfds(name, data_dir)
+  for split, part in (("train", train), ("test", test)):
+    errors.check(bool(np.isfinite(part.inputs).all()),
+                 f"the {split} inputs of data.name={name!r} hold values that are not finite "
+                 f"with the data options {_shown(options)}; use smaller values")
   stats = pixel_stats if normalize == "per_pixel_mean" else channel_stats
   mean, std = stats(train.inputs)
   return Dataset(name=name, train=train, test=test, num_classes=num_classes,
                  mean=mean, std=std, normalize=normalize)
+
+
+def _shown(options: dict[str, Any]) -> str:
+  return ", ".join(f"data.{k}={v!r}" for k, v in options.items()) or "(none)"
 
 
 def _options(name: str, options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,9 @@
 
 A family is a Flax module class with
 
+  RULES     {field: resjax.schema.Rule}: every field a config may set, with
+            its rule (checked when the module is built, and by the config
+            checks before any work);
   TOGGLES   {field: Toggle}: the fields a grid switches per net through a gate
             (resjax/grid/), with the gate's name, its value for a field value
             and the value the padded (gated) model takes for the field;
@@ -9,7 +12,10 @@ A family is a Flax module class with
   traits    a static method: fields -> Traits (width, depth, variant), the
             terms the studies compare nets in.
 
-Both static methods get every field of the family, defaults filled in.
+  unused    (optional) a static method: fields -> {field: why} for fields
+            the others make unused (a grid axis over one is refused).
+
+The static methods get every field of the family, defaults filled in.
 """
 from __future__ import annotations
 

@@ -1,11 +1,18 @@
 """Checks of a training config, all fields at once, before any work starts.
 
-The fields' rules are tables of `resjax.schema` rules (`RULES`; the dataset
-options are `data.RULES` and each embedded set's own table, the model fields
-each family's); what no single field can say (the batch over the devices,
-the model as built, every net of a grid) is checked here after them.
+Every field has one `resjax.schema` rule (`rules(config)`): the trainer's own
+(`RULES`), the optimizer's (`optimizer.RULES`), the dataset's (`data.rules`:
+`load`'s arguments and each embedded set's options), the model family's
+(`models.rules`) and the grid's (`grid.spec.rules`). A field no rule covers is
+refused too. What no single field can say (the batch over the devices, the
+model as built, every net of a grid) is checked here after them. `unused`
+names the fields the config's other choices make unused (launchers refuse
+setting one).
 """
 from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
 
 import ml_collections
 
@@ -14,43 +21,19 @@ from resjax import errors
 from resjax import models
 from resjax import schema
 from resjax.grid import spec as grid_spec
-from resjax.train.optimizer import DECAY_PARAMS, OPTIMIZERS, SCHEDULES
+from resjax.train import optimizer
 from resjax.train.state import build_model
 
-
-def _opt(name: str):
-  return lambda c: schema.get(c, "opt.name") == name
-
-
-def _schedule(name: str):
-  return lambda c: schema.get(c, "opt.schedule") == name
-
-
-def _warmup(c) -> bool:
-  steps = schema.get(c, "opt.warmup_steps")
-  return schema.is_int(steps) and steps > 0
-
-
 STEPS = "use a positive number of steps"
+# The trainer's own fields (the `opt` group's are optimizer.RULES).
 RULES = {
     "seed": schema.SEED,
     "model.name": schema.Choice(lambda: tuple(models.MODELS)),
-    "data.name": schema.Choice(data.NAMES),
     "data.batch_size": schema.Int(1, fix="use a positive integer (the global batch)"),
     "data.augment": schema.Bool(optional=True),
     "data.flip": schema.Bool(optional=True),
-    "data.pad": schema.Int(0, optional=True),
-    "opt.name": schema.Choice(OPTIMIZERS),
-    "opt.schedule": schema.Choice(SCHEDULES),
-    "opt.lr": schema.Float(0, low_open=True),
-    "opt.momentum": schema.Float(0, 1, high_open=True, when=_opt("sgd")),
-    "opt.weight_decay": schema.Float(0),
-    "opt.decay_params": schema.Choice(DECAY_PARAMS, optional=True),
-    "opt.boundaries": schema.Rule("ints", low=1, increasing=True, when=_schedule("piecewise"),
-                                  fix="use increasing positive step numbers"),
-    "opt.decay": schema.Float(0, 1, low_open=True, when=_schedule("piecewise")),
-    "opt.warmup_steps": schema.Int(0, fix="use an integer >= 0 (0 = no warm-up)"),
-    "opt.warmup_lr": schema.Float(0, low_open=True, when=_warmup),
+    "data.pad": schema.Int(0, 64, optional=True),
+    **{f"opt.{k}": r for k, r in optimizer.RULES.items()},
     "train.steps": schema.Int(1, fix=STEPS),
     "train.log_every": schema.Int(1, fix=STEPS),
     "train.eval_every": schema.Int(0, fix="use an integer >= 0 (0 = only at the end)"),
@@ -59,20 +42,103 @@ RULES = {
     "train.keep_checkpoints": schema.Int(0, optional=True,
                                          fix="use an integer >= 0 (0 = keep all)"),
 }
+# A grid's published numbers to compare with (configs/cifar10.py:table6).
+_TEXT = schema.Rule("str", optional=True)
+PUBLISHED = {
+    "published.metric": _TEXT, "published.source": _TEXT,
+    "published.conditions": schema.List(schema.Rule("str"), optional=True, unique=True),
+    "published.values": schema.List(schema.Float(0), optional=True),
+}
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int, unit: str = "devices") -> None:
+def rules(config: Any) -> dict[str, schema.Rule]:
+  """Every field `config` may have, with its rule (depends on the model and dataset
+  named, and on the optimizer for the grid's axes)."""
+  out = dict(RULES)
+  name = schema.get(config, "data.name")
+  out.update({f"data.{k}": r for k, r in data.rules(
+      name if isinstance(name, str) and name in data.NAMES else "").items()})
+  model = schema.get(config, "model.name")
+  family = models.rules(model) if isinstance(model, str) else {}
+  out.update({f"model.{k}": dataclasses.replace(r, optional=True) for k, r in family.items()})
+  if schema.get(config, "grid") is not schema.MISSING:
+    out.update(grid_spec.rules(config))
+  if schema.get(config, "published") is not schema.MISSING:
+    out.update(PUBLISHED)
+  return out
+
+
+def unused(config: Any) -> dict[str, str]:
+  """Fields of `config` that its other choices make unused: dotted field -> why."""
+  out = {}
+  opt = schema.get(config, "opt")
+  if hasattr(opt, "keys"):
+    out.update({f"opt.{k}": v for k, v in optimizer.unused(opt).items()})
+  name = schema.get(config, "data.name")
+  if isinstance(name, str):
+    out.update({f"data.{k}": v for k, v in data.unused(name).items()
+                if schema.get(config, f"data.{k}") is not schema.MISSING})
+  if schema.get(config, "data.augment") is False:
+    out.update({f"data.{k}": "data.augment=False draws no crops or flips"
+                for k in ("pad", "flip") if schema.get(config, f"data.{k}") is not schema.MISSING})
+  model = schema.get(config, "model")
+  if hasattr(model, "keys") and isinstance(model.get("name"), str) and model["name"] in models.MODELS:
+    out.update({f"model.{k}": v for k, v in models.unused(model["name"], model).items()})
+  if schema.get(config, "grid") is not schema.MISSING and not grid_spec.is_grid(config):
+    out["grid.nets_per_call"] = "config.grid has no axis (a single run)"
+  return out
+
+
+def _leaves(config: Any, prefix: str = "") -> list[str]:
+  """The dotted names of `config`'s fields that are not groups."""
+  out = []
+  for key, value in config.items():
+    if hasattr(value, "keys"):
+      out += _leaves(value, f"{prefix}{key}.")
+    else:
+      out.append(f"{prefix}{key}")
+  return out
+
+
+def unknown(config: Any, table: dict[str, schema.Rule]) -> list[str]:
+  """One line per field of `config` that no rule of `table` covers."""
+  out = []
+  for field in _leaves(config):
+    if field in table:
+      continue
+    group, _, name = field.partition(".")
+    if group == "model":
+      model = schema.get(config, "model.name")
+      out.append(f"model.{name} is not a field of model {model!r}; fields: "
+                 f"{', '.join(k for k in table if k.startswith('model.'))}")
+    elif group == "data":
+      options = [k[5:] for k in table if k.startswith("data.")]
+      out.append(f"data.{name} is not an option of data.name="
+                 f"{schema.get(config, 'data.name')!r}; its options: {', '.join(options)}")
+    else:
+      out.append(f"config.{field} is not a field of a training config; remove it")
+  return out
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int, unit: str = "devices",
+             say: Callable[[str], None] | None = None) -> None:
   """Raises ConfigError with one line per bad field (all of them, not just the first).
 
   The batch must split evenly over `num_devices` (named `unit` in the message).
+  `say` gets progress lines while the nets of a large grid are checked.
   """
-  problems = schema.problems(config, RULES)
-  ok = lambda field: schema.problem(field, schema.get(config, field), RULES[field]) is None
+  errors.check(hasattr(config, "keys"), f"config={config!r} is not allowed; pass a training "
+               "config (a ConfigDict, see configs/embedded.py)")
+  table = rules(config)
+  base = {k: r for k, r in table.items() if not k.startswith("grid.")}
+  problems = schema.problems(config, base) + unknown(config, table)
+  ok = lambda field: schema.problem(field, schema.get(config, field), table[field]) is None
   batch = schema.get(config, "data.batch_size")
   if ok("data.batch_size") and batch % num_devices:
     problems.append(f"data.batch_size={batch} is not divisible by the {num_devices} {unit}; "
                     f"use a multiple of {num_devices}")
-  if ok("model.name"):
+  if all(ok(f) for f in table if f.startswith("model.")) and not any(
+      line.startswith("model.") for line in problems):
     try:
       build_model(config, num_classes=10)
     except errors.ConfigError as e:
@@ -80,14 +146,23 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, unit: str = "d
   if schema.get(config, "grid") is not schema.MISSING:
     problems += grid_spec.validate(config)
     if not problems and grid_spec.is_grid(config):
-      problems += _grid_nets(config, num_devices, unit)
+      problems += _grid_nets(config, num_devices, unit, say)
   if problems:
     raise errors.ConfigError("\n".join(problems))
 
 
-def _grid_nets(config: ml_collections.ConfigDict, num_devices: int, unit: str) -> list[str]:
-  """Every net of a grid is a single run of its own (the same checks), and all fit one model."""
-  for net, label in zip(grid_spec.nets(config), grid_spec.labels(config)):
+def _grid_nets(config: ml_collections.ConfigDict, num_devices: int, unit: str,
+               say: Callable[[str], None] | None) -> list[str]:
+  """Every net of a grid is a single run of its own (the same checks), and all fit one model.
+
+  Nets that differ only in their seed differ in a field already checked (the
+  grid's seeds), so one net per combination of the other axes is checked.
+  """
+  found = grid_spec.axes(config)
+  if found and found[-1][0] == "seed":  # Seeds are the innermost axis.
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.grid.seeds = (found[-1][1][0],)
+  for net, label in zip(grid_spec.nets(config, say), grid_spec.labels(config)):
     try:
       validate(net, num_devices, unit)
     except errors.ConfigError as e:
