@@ -246,6 +246,22 @@ def get(config: Any, dotted: str) -> Any:
   return node
 
 
+def leaves(config: Any, prefix: str = "") -> list[str]:
+  """The dotted names of the fields of `config` that are not groups, in order."""
+  out = []
+  for key, value in config.items():
+    if hasattr(value, "keys"):
+      out += leaves(value, f"{prefix}{key}.")
+    else:
+      out.append(f"{prefix}{key}")
+  return out
+
+
+def uncovered(config: Any, rules: Mapping[str, Rule]) -> list[str]:
+  """The fields of `config` that no rule of `rules` covers."""
+  return [f for f in leaves(config) if f not in rules]
+
+
 def problem(field: str, value: Any, rule: Rule) -> Optional[str]:
   """The one line for `field`=`value` under `rule`, or None when it is allowed."""
   if value is MISSING:

@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 
 from resjax import activations
-from resjax import errors
 from resjax import schema
 from resjax.models import checks
 from resjax.models import layers

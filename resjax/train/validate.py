@@ -89,23 +89,10 @@ def unused(config: Any) -> dict[str, str]:
   return out
 
 
-def _leaves(config: Any, prefix: str = "") -> list[str]:
-  """The dotted names of `config`'s fields that are not groups."""
-  out = []
-  for key, value in config.items():
-    if hasattr(value, "keys"):
-      out += _leaves(value, f"{prefix}{key}.")
-    else:
-      out.append(f"{prefix}{key}")
-  return out
-
-
 def unknown(config: Any, table: dict[str, schema.Rule]) -> list[str]:
   """One line per field of `config` that no rule of `table` covers."""
   out = []
-  for field in _leaves(config):
-    if field in table:
-      continue
+  for field in schema.uncovered(config, table):
     group, _, name = field.partition(".")
     if group == "model":
       model = schema.get(config, "model.name")
