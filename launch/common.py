@@ -12,7 +12,7 @@ import functools
 import logging as py_logging
 import os
 import sys
-from typing import Callable
+from typing import Callable, Mapping
 
 from absl import flags, logging
 
@@ -193,6 +193,22 @@ def parse_flags(argv: list[str]) -> list[str]:
       given = flags.FLAGS["config"].serialize().split("=", 1)[-1]
       fail(f"cannot load --config={given}; pass an existing config file[:variant]")
   return rest
+
+
+def overridden() -> dict:
+  """The config fields set by `--config.<field>=VALUE` flags: dotted field -> value."""
+  from ml_collections import config_flags
+  return dict(config_flags.get_override_values(flags.FLAGS["config"]))
+
+
+def refuse_unused(unused: Mapping[str, str]) -> None:
+  """ConfigError naming each `--config.<field>` flag that sets a field in `unused`
+  (field -> why the config does not read it: `train.unused`, `collapse.unused`,
+  `studies.unused`), so that no flag is silently ignored."""
+  lines = [f"--config.{field}={value!r} is not used: {unused[field]}; drop the flag, or "
+           "change what makes it unused" for field, value in overridden().items()
+           if field in unused]
+  errors.check(not lines, "\n".join(lines))
 
 
 class LastTupleParser(flags.ArgumentParser):

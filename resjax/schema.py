@@ -268,7 +268,18 @@ def problem(field: str, value: Any, rule: Rule) -> Optional[str]:
     return None if rule.optional else f"config has no field {field}; {rule.advice()}"
   if rule.ok(value):
     return None
-  return f"{field}={show(value)} is not allowed; {rule.advice()}"
+  return f"{field}={show(value)} is not allowed; {rule.advice()}{_limit(value, rule)}"
+
+
+def _limit(value: Any, rule: Rule) -> str:
+  """The limit a value broke that the rule's range does not show: float32 or int32."""
+  if rule.kind == "float" and rule.finite and is_number(value) and dataclasses.replace(
+      rule, finite=False).ok(value):
+    return (f" (a finite float32 value: 0 or |x| in [{FLOAT32_TINY:.3g}, "
+            f"{FLOAT32_MAX:.3g}])")
+  if rule.kind == "int" and is_int(value) and rule.high is None and value > INT_MAX:
+    return f" (at most 2**31 - 1 = {INT_MAX})"
+  return ""
 
 
 def problems(config: Any, rules: Mapping[str, Rule], prefix: str = "") -> list[str]:

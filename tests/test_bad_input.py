@@ -164,13 +164,13 @@ def _other_cases(d):
       ("analyze: step without checkpoint", ["launch.analyze", f"--workdir={d['run']}",
                                             "--step=99"], "step=99 has no checkpoint"),
       ("analyze: corrupted checkpoint", ["launch.analyze", f"--workdir={d['broken']}"],
-       "checkpoint 16 in"),
+       "load an earlier checkpoint: step=15 (launch.analyze: --step=15)"),
       ("analyze: a flag value of the wrong type", ["launch.analyze", f"--workdir={d['run']}",
                                                    "--step=abc"], "flag --step=abc"),
       ("analyze: a misspelled flag", ["launch.analyze", f"--workdirr={d['run']}"],
        "Unknown command line flag 'workdirr'"),
       ("analyze: checkpoint data cut in half", ["launch.analyze", f"--workdir={d['garbled']}"],
-       "checkpoint 16 in"),
+       "load an earlier checkpoint: step=15 (launch.analyze: --step=15)"),
       ("sweep: a misspelled flag", ["launch.sweep", "--seeds=3", f"--workdir={d['new']}"],
        "Unknown command line flag 'seeds'"),
       ("sweep: a workdir in use", ["launch.sweep", *sweep, f"--workdir={d['busy']}"],
@@ -269,5 +269,5 @@ def test_python_load_of_a_corrupted_checkpoint_is_one_error(dirs, tmp_path_facto
   assert len(lines) == 2, lines
   for line, key in zip(lines, ("broken", "garbled")):
     assert line.startswith(f"checkpoint 16 in {dirs[key]}/checkpoints cannot be read ("), line
-    assert line.endswith("; move that step directory aside to use an earlier one, or pass "
-                         "--fresh to start over"), line
+    # The fix of a load: an earlier step (launch.analyze has no --fresh).
+    assert line.endswith("; load an earlier checkpoint: step=15 (launch.analyze: --step=15)"), line

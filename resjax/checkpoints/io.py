@@ -13,7 +13,7 @@ Orbax writes each checkpoint into `<step>.orbax-checkpoint-tmp-*` and renames
 it to `<step>` only once every file is written, so a process killed in the
 middle of a save leaves the previous checkpoints as they were; the half-written
 temporary directory is ignored when reading and removed by the next training
-run. `load(workdir)` rebuilds the state from the metadata on the caller's
+run once it holds the workdir's lock (`remove_partial_saves`). `load(workdir)` rebuilds the state from the metadata on the caller's
 devices (any number) and restores the arrays into it.
 
 Orbax's noise on stderr (a read-only warning, closed-loop tracebacks) is kept
@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import time
 from typing import Any, Sequence
 
@@ -88,6 +90,25 @@ def manager(workdir: str, *, keep: int = 0, read_only: bool = False) -> ocp.Chec
   return ocp.CheckpointManager(directory(workdir), options=options)
 
 
+def remove_partial_saves(workdir: str) -> list[str]:
+  """Removes the temporary folders of saves that never finished (`<step>.orbax-
+  checkpoint-tmp*`, left by a save cut by a full disk or a kill); returns their names.
+
+  Call only while holding the workdir's lock: no save of another run can be in flight.
+  """
+  try:
+    names = sorted(os.listdir(directory(workdir)))
+  except OSError:
+    return []
+  removed = []
+  for name in names:
+    path = os.path.join(directory(workdir), name)
+    if re.match(r"^\d+\.orbax-checkpoint-tmp", name) and os.path.isdir(path):
+      shutil.rmtree(path, ignore_errors=True)
+      removed.append(name)
+  return removed
+
+
 def save(mngr: ocp.CheckpointManager, state: Any, meta: dict) -> None:
   """Starts saving `state` (a TrainState) at its step; returns once the arrays
   are copied off the device buffers, so the next (donating) step may run.
@@ -99,7 +120,12 @@ def save(mngr: ocp.CheckpointManager, state: Any, meta: dict) -> None:
                                           meta=ocp.args.JsonSave(meta)), force=True)
 
 
-def restore(mngr: ocp.CheckpointManager, state: Any, step: int | None = None) -> Any:
+# What to do about a checkpoint that cannot be read, when training would resume from it.
+RESUME_FIX = "move that step directory aside to use an earlier one, or pass --fresh to start over"
+
+
+def restore(mngr: ocp.CheckpointManager, state: Any, step: int | None = None, *,
+            fix: str = RESUME_FIX) -> Any:
   """`state` with its arrays replaced by checkpoint `step` (default: latest).
 
   `state` may be concrete or abstract (ShapeDtypeStructs with shardings); the
@@ -113,11 +139,11 @@ def restore(mngr: ocp.CheckpointManager, state: Any, step: int | None = None) ->
     restored = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target)))
   except Exception as e:  # Orbax raises many types for unreadable files.
-    raise unreadable(mngr, step, e) from None
+    raise unreadable(mngr, step, e, fix) from None
   return state.replace(**restored["state"])
 
 
-def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
+def read_meta(mngr: ocp.CheckpointManager, step: int, *, fix: str = RESUME_FIX) -> dict:
   """The JSON metadata saved with checkpoint `step` (ConfigError if unreadable)."""
   try:
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -126,15 +152,16 @@ def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
       raise ValueError("metadata without config and dataset")
     return meta
   except Exception as e:  # pylint: disable=broad-except
-    raise unreadable(mngr, step, e) from None
+    raise unreadable(mngr, step, e, fix) from None
 
 
-def unreadable(mngr: ocp.CheckpointManager, step: int, e: BaseException) -> errors.ConfigError:
-  """The one-line ConfigError for checkpoint `step` that cannot be read."""
+def unreadable(mngr: ocp.CheckpointManager, step: int, e: BaseException,
+               fix: str = RESUME_FIX) -> errors.ConfigError:
+  """The one-line ConfigError for checkpoint `step` that cannot be read; `fix` says
+  what to do (the caller knows: resume elsewhere, or load another step)."""
   return errors.ConfigError(
       f"checkpoint {step} in {mngr.directory} cannot be read ({type(e).__name__}: "
-      f"{errors.first_line(e)[:200]}); move that step directory aside to use an earlier "
-      "one, or pass --fresh to start over")
+      f"{errors.first_line(e)[:200]}); {fix}")
 
 
 def complete_steps(workdir: str) -> list[int]:

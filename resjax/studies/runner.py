@@ -115,6 +115,7 @@ def run(config, workdir: str, *, log: Callable[[str], None] | None = logging.inf
   written as one set (`files.result_set`).
   """
   validate(config)
+  files.check_kind(files.workdir_path(workdir), "study")
   workdir = files.ensure_workdir(workdir)
   with locking.workdir_lock(workdir):
     return _run(config, workdir, log, should_stop)
@@ -130,6 +131,7 @@ def _check_config(config, workdir: str) -> dict:
                    f"--workdir {workdir} holds a run of a different config; "
                    "use a new --workdir (or the same config to resume)")
   else:
+    files.claim_kind(workdir, "study")
     files.write_json(cfg_path, cfg)
   return cfg
 

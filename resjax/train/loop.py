@@ -112,6 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
   lead = jax.process_index() == 0
   say = (logging.info if say is None else say) if lead else _quiet
   workdir = files.workdir_path(workdir)
+  files.check_kind(workdir, "train")
   if fresh:
     with locking.workdir_lock(workdir, enabled=lead, say=say):  # Never move a run in use.
       moved = ckpt.move_aside(workdir) if lead else None  # (Its lock file goes too.)
@@ -160,11 +161,18 @@ class _Run:
 def _open(workdir: str, config: ml_collections.ConfigDict, ds: data.Dataset, nets: Any,
           mesh: jax.sharding.Mesh, lead: bool, say: Callable) -> tuple[_Run, Any]:
   """The run's checkpoint manager and state: restored when the workdir holds one."""
+  if lead:  # This run holds the lock: no save of another is in flight.
+    removed = ckpt.remove_partial_saves(workdir)
+    if removed:
+      say(f"removed {len(removed)} unfinished checkpoint save(s) from "
+          f"{ckpt.directory(workdir)}: {', '.join(removed)}")
   # Refuse a run of another config before changing any file. Orbax's calls are
   # collective: every process must see the workdir as it was before any wrote.
   ckpt.check_same_config(workdir, None, config)
   _barrier("resjax-config-checked")
   workdir = files.ensure_workdir(workdir)
+  if lead:
+    files.claim_kind(workdir, "train")
   mngr = ckpt.manager(workdir, keep=int(config.train.get("keep_checkpoints", 0)))
   state = nets.create_state(mesh, ds)
   last_saved = mngr.latest_step()
