@@ -1,62 +1,20 @@
 """Wrong flags and config values end in `error: ...` lines and a non-zero exit, never a
 traceback, and leave an existing run's files exactly as they were.
 
-Each case is a separate process running `python -m MODULE ARGS`. Starting ~40
-Python processes that import JAX would take minutes on a small CPU, so one
-driver process imports the libraries once and forks a child per case; the
-child runs the launcher module as `python -m` would (runpy, `__main__`), with
-its own stdout/stderr files and exit status. One case also runs through a
-plain `python -m launch.train` to check the real entry point.
+Each case is a separate process running `python -m MODULE ARGS`, forked from one
+driver process that imports the libraries once (`helpers.launcher_cases`). One
+case also runs through a plain `python -m launch.train` to check the real entry
+point.
 """
-import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from helpers import BASE, ROOT, reference_run, subprocess_env, tree_digest
-
-DRIVER = r"""
-import json, os, runpy, sys, traceback
-import jax, flax, optax, orbax.checkpoint, absl.app, ml_collections  # no backend starts
-import resjax.train, resjax.checkpoints, resjax.collapse, resjax.analysis
-cases, outdir = json.load(open(sys.argv[1])), sys.argv[2]
-codes = []
-for i, (module, args) in enumerate(cases):
-  pid = os.fork()
-  if pid == 0:
-    for fd, name in ((1, "out"), (2, "err")):
-      f = os.open(os.path.join(outdir, f"{i}.{name}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-      os.dup2(f, fd)
-      os.close(f)
-    sys.argv = [module, *args]
-    code = 0
-    try:
-      runpy.run_module(module, run_name="__main__", alter_sys=True)
-    except SystemExit as e:
-      if isinstance(e.code, int) or e.code is None:
-        code = e.code or 0
-      else:
-        print(e.code, file=sys.stderr)
-        code = 1
-    except BaseException:
-      traceback.print_exc()
-      code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-  codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-print(json.dumps(codes))
-"""
-
-
-def _messages(text: str) -> list[str]:
-  """Lines that are not absl log lines (I1126 12:00:00.000 ...)."""
-  return [l for l in text.splitlines() if l.strip() and not re.match(r"[IWE]\d{4} ", l)]
-
+from helpers import (BASE, ROOT, launcher_cases, messages, reference_run, subprocess_env,
+                     tree_digest)
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
@@ -192,16 +150,7 @@ def _other_cases(d):
 
 
 def _run_cases(cases, root, env):
-  spec = root / "cases.json"
-  spec.write_text(json.dumps([(c[1][0], c[1][1:]) for c in cases]))
-  outdir = root / "out"
-  outdir.mkdir(exist_ok=True)
-  proc = subprocess.run([sys.executable, "-c", DRIVER, str(spec), str(outdir)], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  codes = json.loads(proc.stdout.strip().splitlines()[-1])
-  return [(code, (outdir / f"{i}.err").read_text(), (outdir / f"{i}.out").read_text())
-          for i, code in enumerate(codes)]
+  return launcher_cases([(c[1][0], c[1][1:]) for c in cases], root / "out", env)
 
 
 def test_bad_input_is_one_error_line_and_touches_nothing(dirs, tmp_path_factory):
@@ -218,7 +167,7 @@ def test_bad_input_is_one_error_line_and_touches_nothing(dirs, tmp_path_factory)
     holder.communicate("")  # Releases the lock.
   assert os.listdir(dirs["busy"]) == [".resjax.lock"]  # Nothing written by the refused runs.
   for (name, args, expected), (code, err, out) in zip(cases, results):
-    lines = _messages(err)
+    lines = messages(err)
     ok = (code == 2 and len(lines) == 1 and lines[0].startswith("error: ")
           and expected in lines[0] and "Traceback" not in err + out)
     if name.endswith("a workdir in use"):
@@ -238,7 +187,7 @@ def test_real_entry_point(dirs, tmp_path_factory):
   proc = subprocess.run([sys.executable, "-m", "launch.train", *BASE, f"--workdir={dirs['run']}",
                          "--config.data.name=imagenet", "--config.train.steps=-1"],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  lines = _messages(proc.stderr)
+  lines = messages(proc.stderr)
   assert proc.returncode == 2 and len(lines) == 2, proc.stderr
   assert all(l.startswith("error: ") for l in lines) and "Traceback" not in proc.stderr
   assert "data.name='imagenet'" in proc.stderr and "train.steps=-1" in proc.stderr

@@ -276,6 +276,18 @@ def test_a_full_disk_while_saving_ends_in_one_message_and_keeps_the_last_checkpo
   assert checkpoints.complete_steps(str(tmp_path / "w")) == [2]
   with open(tmp_path / "w" / "metrics.jsonl") as f:
     assert all(json.loads(line) for line in f)
+  # What a save cut by a full disk leaves: its temporary folder. The next run removes
+  # it once it holds the workdir's lock, and resumes from step 2.
+  monkeypatch.undo()
+  cut = tmp_path / "w" / "checkpoints" / "4.orbax-checkpoint-tmp-1733412345"
+  (cut / "state").mkdir(parents=True)
+  (cut / "state" / "half").write_bytes(b"\0" * 100)
+  lines = []
+  result = train.train_and_evaluate(config, str(tmp_path / "w"), say=lines.append)
+  assert not cut.exists() and result["step"] == 6
+  assert lines[0] == (f"removed 1 unfinished checkpoint save(s) from {tmp_path}/w/checkpoints: "
+                      f"{cut.name}")
+  assert checkpoints.complete_steps(str(tmp_path / "w")) == [2, 4, 6]
 
 
 def test_metrics_never_keep_half_a_line(tmp_path, monkeypatch):

@@ -102,6 +102,13 @@ def _output_dir(out: str | None, workdir: str, step: int) -> str:
   return path
 
 
+def check_args(*, step: int | None = None, **probe_args: Any) -> None:
+  """ConfigError (one line) for a bad argument of `analyze` (`launch.analyze`'s flags of
+  the same names), before any file is read: `step` and the arguments of `probes.run`."""
+  probes.check_args(**probe_args)
+  schema.check_value("step", step, restore.RULES["step"])
+
+
 def analyze(workdir: str, *, step: int | None = None, compare: Sequence[str] = (),
             split: str = "train", out: str | None = None,
             batch_size: int = 256, dormant_threshold: float = 0.1,
@@ -117,10 +124,9 @@ def analyze(workdir: str, *, step: int | None = None, compare: Sequence[str] = (
   set. Progress and tables go to `say` (absl logging by default; the launcher
   prints). Returns {'dir': output folder, 'files': written paths, 'runs': [...]}.
   """
-  probes.check_args(split=split, batch_size=batch_size, dormant_threshold=dormant_threshold,
-                    grad_batches=grad_batches, grad_batch_size=grad_batch_size,
-                    max_examples=max_examples)
-  schema.check_value("step", step, restore.RULES["step"])
+  check_args(step=step, split=split, batch_size=batch_size,
+             dormant_threshold=dormant_threshold, grad_batches=grad_batches,
+             grad_batch_size=grad_batch_size, max_examples=max_examples)
   dirs = [_check_workdir(d) for d in (workdir, *compare)]
   errors.check(len(set(dirs)) == len(dirs), "--compare names a workdir twice; "
                "pass each run once")

@@ -77,13 +77,14 @@ def validate(config) -> None:
   errors.check(hasattr(config, "keys"), f"config={config!r} is not allowed; pass a study "
                "config (configs/study.py)")
   table = rules(config)
+  module = _module(config)
   found = schema.problems(config, {k: r for k, r in table.items() if not k.startswith("grids.")})
-  found += [f"config.{f} is not a field of study {schema.get(config, 'study')!r}; remove it"
-            for f in schema.uncovered(config, table) if not f.startswith("grids.")]
+  if module is not None:  # Which fields a study has depends on the study.
+    found += [f"config.{f} is not a field of study {config.study!r}; remove it"
+              for f in schema.uncovered(config, table) if not f.startswith("grids.")]
   if found:
     raise errors.ConfigError("\n".join(found))
   errors.check(len(config.grids) > 0, f"study {config.study!r} has no grids")
-  module = registry.get(config.study)
   for name, g in runs.grids(config).items():
     errors.choice(f"grids.{name}.model.name", g.model.name, module.FAMILIES)
     try:

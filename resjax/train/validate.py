@@ -12,6 +12,8 @@ setting one).
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import time
 from typing import Any, Callable
 
 import ml_collections
@@ -19,6 +21,7 @@ import ml_collections
 from resjax import data
 from resjax import errors
 from resjax import models
+from resjax import progress
 from resjax import schema
 from resjax.grid import spec as grid_spec
 from resjax.train import optimizer
@@ -92,8 +95,12 @@ def unused(config: Any) -> dict[str, str]:
 def unknown(config: Any, table: dict[str, schema.Rule]) -> list[str]:
   """One line per field of `config` that no rule of `table` covers."""
   out = []
+  known = {g: schema.problem(f"{g}.name", schema.get(config, f"{g}.name"), table[f"{g}.name"])
+           is None for g in ("model", "data")}
   for field in schema.uncovered(config, table):
     group, _, name = field.partition(".")
+    if group in known and not known[group]:
+      continue  # Its fields depend on the name, which is refused already.
     if group == "model":
       model = schema.get(config, "model.name")
       out.append(f"model.{name} is not a field of model {model!r}; fields: "
@@ -133,28 +140,34 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, unit: str = "d
   if schema.get(config, "grid") is not schema.MISSING:
     problems += grid_spec.validate(config)
     if not problems and grid_spec.is_grid(config):
-      problems += _grid_nets(config, num_devices, unit, say)
+      problems += _grid_nets(config, say)
   if problems:
     raise errors.ConfigError("\n".join(problems))
 
 
-def _grid_nets(config: ml_collections.ConfigDict, num_devices: int, unit: str,
-               say: Callable[[str], None] | None) -> list[str]:
-  """Every net of a grid is a single run of its own (the same checks), and all fit one model.
+def _grid_nets(config: ml_collections.ConfigDict, say: Callable[[str], None] | None
+               ) -> list[str]:
+  """Every net of a grid is a model of its own (the family's checks across fields), and
+  all fit one padded model.
 
-  Nets that differ only in their seed differ in a field already checked (the
-  grid's seeds), so one net per combination of the other axes is checked.
+  The axes' values passed their fields' rules already, and only the model axes
+  change the model: one model per combination of their values is built.
   """
-  found = grid_spec.axes(config)
-  if found and found[-1][0] == "seed":  # Seeds are the innermost axis.
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.grid.seeds = (found[-1][1][0],)
-  for net, label in zip(grid_spec.nets(config, say), grid_spec.labels(config)):
+  found = [(f, v) for f, v in grid_spec.axes(config) if f.startswith("model.")]
+  base = {k: v for k, v in config.model.items() if k != "name"}
+  combos = list(itertools.product(*(v for _, v in found)))
+  report = progress.Progress(len(combos), "models checked", report=say or (lambda _: None),
+                             every=1.0)
+  start = time.perf_counter()
+  for done, combo in enumerate(combos, 1):
+    label = dict(zip((f for f, _ in found), combo))
     try:
-      validate(net, num_devices, unit)
+      models.build(config.model.name, 10, **{**base, **{f[6:]: v for f, v in label.items()}})
     except errors.ConfigError as e:
       return [f"grid net {grid_spec.describe_label(label)}: {line}"
               for line in str(e).splitlines()]
+    if say is not None and time.perf_counter() - start > 1.0:
+      report.update(done)
   try:
     build_model(grid_spec.padded_config(config), num_classes=10)
   except errors.ConfigError as e:
