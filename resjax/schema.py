@@ -294,6 +294,13 @@ def problems(config: Any, rules: Mapping[str, Rule], prefix: str = "") -> list[s
   return out
 
 
+def require_config(config: Any, what: str) -> None:
+  """ConfigError unless `config` is a config (anything with keys); `what` says which
+  kind to pass (the value is shown only when refused: a ConfigDict's repr is slow)."""
+  if not hasattr(config, "keys"):
+    raise errors.ConfigError(f"config={config!r} is not allowed; pass {what}")
+
+
 def check(config: Any, rules: Mapping[str, Rule], prefix: str = "") -> None:
   """ConfigError naming every bad field (one line each)."""
   found = problems(config, rules, prefix)

@@ -95,8 +95,8 @@ def spec_from_config(config: Any) -> SweepSpec:
   """Validates a collapse config (ConfigDict, dict or SweepSpec); ConfigError on bad input."""
   if isinstance(config, SweepSpec):
     config = config_of(config)
-  errors.check(hasattr(config, "keys"), f"config={config!r} is not allowed; pass a collapse "
-               "config (a ConfigDict or dict, see configs/collapse.py) or a SweepSpec")
+  schema.require_config(config, "a collapse config (a ConfigDict or dict, see "
+                        "configs/collapse.py) or a SweepSpec")
   schema.check(config, RULES)
   extra = schema.uncovered(config, RULES)
   errors.check(not extra, f"config.{extra[0] if extra else ''} is not a field of a sweep "

@@ -13,6 +13,7 @@ pad-and-crop and horizontal flip per example.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -50,11 +51,16 @@ __all__ = ["Dataset", "Split", "NAMES", "TFDS_NAMES", "EMBEDDED_NAMES", "NORMALI
 def rules(name: str) -> dict[str, schema.Rule]:
   """The `config.data` fields of dataset `name` `load` reads, with their rules: RULES
   and the embedded set's options (all optional: absent ones take their defaults)."""
+  return dict(_rules(name if name in NAMES else ""))
+
+
+@functools.lru_cache(maxsize=None)
+def _rules(name: str) -> dict[str, schema.Rule]:
   options = GENERATORS[name][2] if name in GENERATORS else {}
-  return {**RULES, **{k: dataclasses.replace(r, optional=True) for k, r in options.items()},
-          "data_dir": dataclasses.replace(RULES["data_dir"], optional=True),
-          "seed": dataclasses.replace(RULES["seed"], optional=True),
-          "normalize": dataclasses.replace(RULES["normalize"], optional=True)}
+  optional = {k: dataclasses.replace(r, optional=True) for k, r in options.items()}
+  return {**RULES, **optional,
+          **{k: dataclasses.replace(RULES[k], optional=True)
+             for k in ("data_dir", "seed", "normalize")}}
 
 
 def unused(name: str) -> dict[str, str]:

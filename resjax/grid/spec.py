@@ -23,6 +23,7 @@ calls and the padded model (resjax/grid/padding.py does the tree surgery).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import time
@@ -91,6 +92,7 @@ def is_grid(config: ml_collections.ConfigDict) -> bool:
   return bool(axes(config))
 
 
+@functools.lru_cache(maxsize=None)
 def _axis(item: schema.Rule) -> schema.Rule:
   """The rule of an axis: distinct values, each allowed for the field it varies."""
   item = dataclasses.replace(item, optional=False, when=None)
@@ -98,6 +100,7 @@ def _axis(item: schema.Rule) -> schema.Rule:
                      fix=f"give distinct values, none repeated; each: {item.advice()}")
 
 
+@functools.lru_cache(maxsize=None)
 def _never(why: str) -> schema.Rule:
   """The rule of an axis that must stay empty: `why` says what to do instead."""
   return schema.List(schema.Rule("any", test=lambda v: False), split=True, optional=True,
@@ -124,7 +127,9 @@ def rules(config: ml_collections.ConfigDict) -> dict[str, schema.Rule]:
                                 else _axis(optimizer.RULES[field]))
   for field in MODEL_AXES:
     why = unused.get(f"model.{field}")
-    if not hasattr(model, "keys") or field not in model:
+    if not family:  # An unknown model (refused by its own rule): nothing to check against.
+      rule = _axis(schema.Rule("any"))
+    elif not hasattr(model, "keys") or field not in model:
       known = ", ".join(k for k in family if k in MODEL_AXES)
       rule = _never(f"leave it empty: config.model lacks {field} (model {name!r}); vary a "
                     f"field the config has{f': {known}' if known else ''}")
@@ -272,11 +277,10 @@ def padded_config(config: ml_collections.ConfigDict,
                   members: Sequence[int] | None = None) -> ml_collections.ConfigDict:
   """The config of the one (gated) model the nets `members` (default: all) of
   `config.grid` fit in."""
-  out = ml_collections.ConfigDict(config.to_dict())
-  for key, value in padded_fields(config, members).items():
-    out.model[key] = value
-  out.grid = config_group()
-  return out
+  tree = config.to_dict()
+  tree["model"].update(padded_fields(config, members))  # As a dict: any value types.
+  tree["grid"] = config_group().to_dict()
+  return ml_collections.ConfigDict(tree)
 
 
 def needs_mask(config: ml_collections.ConfigDict) -> bool:

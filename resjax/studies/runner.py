@@ -27,6 +27,7 @@ import jax
 from absl import logging
 
 from resjax import collapse, errors, files, locking, schema, train
+from resjax.grid import spec as grid_spec
 from resjax.studies import registry, runs
 
 
@@ -55,7 +56,14 @@ def rules(config) -> dict[str, schema.Rule]:
   grids = schema.get(config, "grids")
   for name, g in (grids.items() if hasattr(grids, "items") else ()):
     out.update({f"grids.{name}.{k}": r for k, r in train.rules(g).items()})
+    out[f"grids.{name}.grid.seeds"] = _STUDY_SEEDS
   return out
+
+
+# A grid's seeds are the study's (runs.grids): its own must stay empty.
+_STUDY_SEEDS = schema.List(schema.Rule("any", test=lambda v: False), optional=True, fix=(
+    "leave it empty: the study gives every grid the seeds seed .. seed + seeds - 1; set "
+    "--config.seed / --config.seeds"))
 
 
 def unused(config) -> dict[str, str]:
@@ -65,20 +73,25 @@ def unused(config) -> dict[str, str]:
   out = {k: f"study {config.study!r} does not read it" for k in SHARED
          if k not in own and schema.get(config, k) is not schema.MISSING}
   grids = schema.get(config, "grids")
+  seeds = schema.get(config, "seeds")
   for name, g in (grids.items() if hasattr(grids, "items") else ()):
-    out.update({f"grids.{name}.{k}": v for k, v in train.unused(g).items()})
-    out[f"grids.{name}.grid.seeds"] = ("the study gives every grid the seeds seed .. "
-                                       "seed + seeds - 1; set --config.seed / --config.seeds")
+    out.update({f"grids.{name}.{k}": v for k, v in train.unused(g).items()
+                if k != "grid.nets_per_call"})
+    out[f"grids.{name}.grid.seeds"] = _STUDY_SEEDS.fix
+    if RULES["seeds"].ok(seeds) and not grid_spec.validate(g) and runs.calls_of(g, seeds):
+      out[f"grids.{name}.grid.nets_per_call"] = (
+          "the study splits this grid into one compiled call per value of its first axis")
   return out
 
 
 def validate(config) -> None:
   """ConfigError unless `config` names a known study with well-formed grids."""
-  errors.check(hasattr(config, "keys"), f"config={config!r} is not allowed; pass a study "
-               "config (configs/study.py)")
+  schema.require_config(config, "a study config (configs/study.py)")
   table = rules(config)
   module = _module(config)
-  found = schema.problems(config, {k: r for k, r in table.items() if not k.startswith("grids.")})
+  # The study's own fields, and the grid fields it replaces (runs.grids) as they are.
+  found = schema.problems(config, {k: r for k, r in table.items() if not k.startswith("grids.")
+                                   or k.endswith((".grid.seeds", ".grid.nets_per_call"))})
   if module is not None:  # Which fields a study has depends on the study.
     found += [f"config.{f} is not a field of study {config.study!r}; remove it"
               for f in schema.uncovered(config, table) if not f.startswith("grids.")]

@@ -12,6 +12,7 @@ setting one).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import time
 from typing import Any, Callable
@@ -62,13 +63,19 @@ def rules(config: Any) -> dict[str, schema.Rule]:
   out.update({f"data.{k}": r for k, r in data.rules(
       name if isinstance(name, str) and name in data.NAMES else "").items()})
   model = schema.get(config, "model.name")
-  family = models.rules(model) if isinstance(model, str) else {}
-  out.update({f"model.{k}": dataclasses.replace(r, optional=True) for k, r in family.items()})
+  out.update(_model_rules(model if isinstance(model, str) else ""))
   if schema.get(config, "grid") is not schema.MISSING:
     out.update(grid_spec.rules(config))
   if schema.get(config, "published") is not schema.MISSING:
     out.update(PUBLISHED)
   return out
+
+
+@functools.lru_cache(maxsize=None)
+def _model_rules(name: str) -> dict[str, schema.Rule]:
+  """model.<field> -> the family's rule (fields are optional: the family has defaults)."""
+  return {f"model.{k}": dataclasses.replace(r, optional=True)
+          for k, r in models.rules(name).items()}
 
 
 def unused(config: Any) -> dict[str, str]:
@@ -121,8 +128,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, unit: str = "d
   The batch must split evenly over `num_devices` (named `unit` in the message).
   `say` gets progress lines while the nets of a large grid are checked.
   """
-  errors.check(hasattr(config, "keys"), f"config={config!r} is not allowed; pass a training "
-               "config (a ConfigDict, see configs/embedded.py)")
+  schema.require_config(config, "a training config (a ConfigDict, see configs/embedded.py)")
   table = rules(config)
   base = {k: r for k, r in table.items() if not k.startswith("grid.")}
   problems = schema.problems(config, base) + unknown(config, table)
@@ -154,22 +160,35 @@ def _grid_nets(config: ml_collections.ConfigDict, say: Callable[[str], None] | N
   change the model: one model per combination of their values is built.
   """
   found = [(f, v) for f, v in grid_spec.axes(config) if f.startswith("model.")]
-  base = {k: v for k, v in config.model.items() if k != "name"}
+  name = config.model.name
+  base = {k: models.as_tuple(v) for k, v in config.model.items() if k != "name"}
   combos = list(itertools.product(*(v for _, v in found)))
   report = progress.Progress(len(combos), "models checked", report=say or (lambda _: None),
                              every=1.0)
   start = time.perf_counter()
   for done, combo in enumerate(combos, 1):
     label = dict(zip((f for f, _ in found), combo))
-    try:
-      models.build(config.model.name, 10, **{**base, **{f[6:]: v for f, v in label.items()}})
-    except errors.ConfigError as e:
+    problem = _model_problem(name, _frozen({**base, **{f[6:]: v for f, v in label.items()}}))
+    if problem:
       return [f"grid net {grid_spec.describe_label(label)}: {line}"
-              for line in str(e).splitlines()]
+              for line in problem.splitlines()]
     if say is not None and time.perf_counter() - start > 1.0:
       report.update(done)
+  padded = {**base, **{k: models.as_tuple(v) for k, v in grid_spec.padded_fields(config).items()}}
+  problem = _model_problem(name, _frozen(padded))
+  return [f"the nets of config.grid do not fit one padded model: {problem}"] if problem else []
+
+
+def _frozen(fields: dict) -> tuple:
+  return tuple(sorted(fields.items()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _model_problem(name: str, fields: tuple) -> str | None:
+  """The family's refusal of model `name` with `fields` (None: it builds). Building is a
+  pure function of its arguments, so a grid checked again costs nothing."""
   try:
-    build_model(grid_spec.padded_config(config), num_classes=10)
+    models.build(name, 10, **dict(fields))
   except errors.ConfigError as e:
-    return [f"the nets of config.grid do not fit one padded model: {e}"]
-  return []
+    return str(e)
+  return None
