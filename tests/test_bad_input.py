@@ -36,9 +36,12 @@ def dirs(tmp_path_factory):
   (root / "a_file").write_text("not a directory\n")
   (root / "empty").mkdir()
   (root / "busy").mkdir()
+  (root / "sweep").mkdir()  # What a sweep leaves (its kind shows in collapse.json).
+  (root / "sweep" / "collapse.json").write_text("{}\n")
   return {"run": str(run), "broken": str(broken), "garbled": str(garbled),
           "file": str(root / "a_file"), "empty": str(root / "empty"),
-          "busy": str(root / "busy"), "new": str(root / "new"), "root": root}
+          "busy": str(root / "busy"), "new": str(root / "new"), "sweep": str(root / "sweep"),
+          "root": root}
 
 
 # Holds the workdir lock of argv[1] until stdin closes.
@@ -100,6 +103,25 @@ def _train_cases(d):
        "seed=-1"),
       ("a workdir in use", ["launch.train", *BASE, f"--workdir={d['busy']}"],
        f"{d['busy']} is in use by pid"),
+      ("a field the optimizer does not read", ["launch.train", *BASE, run,
+                                               "--config.opt.momentum=0.5"],
+       "--config.opt.momentum=0.5 is not used: opt.name='adam' has no momentum"),
+      ("a grid axis over a field the optimizer does not read",
+       ["launch.train", *BASE, run, "--config.grid.opt.momentum=0.1,0.9"],
+       "grid.opt.momentum=(0.1, 0.9) is not allowed; leave it empty: opt.name='adam'"),
+      ("a repeated list flag: the last one wins", ["launch.train", *BASE, run,
+                                                   "--config.grid.seeds=5",
+                                                   "--config.grid.seeds=-1"],
+       "grid.seeds=(-1,) is not allowed"),
+      ("a model beyond the memory", ["launch.train", *BASE, run,
+                                     "--config.model.width=1000000000"],
+       "the training state needs about"),
+      ("a grid beyond any memory", ["launch.train", *BASE, run,
+                                    "--config.grid.model.width=" + ",".join(map(str, range(1, 401))),
+                                    "--config.grid.model.depth=" + ",".join(map(str, range(1, 301)))],
+       "config.grid asks for 120,000 nets"),
+      ("training into a sweep's workdir", ["launch.train", *BASE, f"--workdir={d['sweep']}"],
+       f"{d['sweep']} holds a collapse sweep (collapse.json); launch.train would write"),
   ]
   return out
 
@@ -146,6 +168,23 @@ def _other_cases(d):
       ("bench: a misspelled flag", ["launch.bench", "--quik", "collapse"],
        "Unknown command line flag 'quik'"),
       ("bench: an unknown benchmark", ["launch.bench", "nosuch"], "benchmark='nosuch'"),
+      ("analyze: a gradient batch beyond the split", ["launch.analyze", f"--workdir={d['run']}",
+                                                       "--grad_batch_size=5000"],
+       "grad_batch_size=5000 exceeds the 1500 examples of the train split of spirals"),
+      ("analyze: --out into a sweep's workdir", ["launch.analyze", f"--workdir={d['run']}",
+                                                 f"--out={d['sweep']}"],
+       "holds a collapse sweep (collapse.json); launch.analyze would write an analysis"),
+      ("sweep: into a training workdir", ["launch.sweep", *sweep, f"--workdir={d['run']}"],
+       f"{d['run']} holds a training run (.resjax-kind); launch.sweep would write"),
+      ("sweep: a field the manifold does not have", [
+          "launch.sweep", "--config=configs/collapse.py:ball", "--config.manifold.turns=2",
+          f"--workdir={d['new']}"], "--config.manifold.turns=2.0 is not used"),
+      ("study: a field the study does not read", [
+          "launch.study", "--config=configs/study.py:collapse,tiny", "--config.target_loss=0.5",
+          f"--workdir={d['new']}"], "--config.target_loss=0.5 is not used"),
+      ("study: into a training workdir", [
+          "launch.study", "--config=configs/study.py:collapse,tiny", f"--workdir={d['run']}"],
+       f"{d['run']} holds a training run (.resjax-kind); launch.study would write"),
   ]
 
 
@@ -154,7 +193,7 @@ def _run_cases(cases, root, env):
 
 
 def test_bad_input_is_one_error_line_and_touches_nothing(dirs, tmp_path_factory):
-  before = {k: tree_digest(dirs[k]) for k in ("run", "broken", "garbled")}
+  before = {k: tree_digest(dirs[k]) for k in ("run", "broken", "garbled", "sweep")}
   cases = _train_cases(dirs) + _other_cases(dirs)
   env = subprocess_env(tmp_path_factory.getbasetemp() / "jax-cache")
   failures = []
