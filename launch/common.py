@@ -11,7 +11,9 @@ import errno
 import functools
 import logging as py_logging
 import os
+import re
 import sys
+import traceback
 from typing import Callable, Mapping
 
 from absl import flags, logging
@@ -181,18 +183,53 @@ def parse_flags(argv: list[str]) -> list[str]:
     found = [l.split("ConfigError: ", 1)[1] for l in lines if "ConfigError: " in l]
     if found:
       fail(found[-1])
+    if "Error whilst parsing config file" in str(e):  # get_config raised a ValueError / TypeError.
+      fail(_raised(_config_file(argv), lines))
+    if isinstance(e, AttributeError) and "'get_config'" in str(e):
+      fail(f"--config file {_config_file(argv)} has no get_config(); a config file defines "
+           "get_config(arg=None) returning an ml_collections.ConfigDict")
     if isinstance(e, flags.Error):
       fail(lines[0])
     fail(unknown_field(e))
+  except Exception as e:  # pylint: disable=broad-except  (anything else get_config raised)
+    fail(_raised(_config_file(argv), traceback.format_exception(e)))
   if "config" in flags.FLAGS:
     try:
-      flags.FLAGS["config"].value.keys()  # A missing file fails here, not while parsing.
+      value = flags.FLAGS["config"].value  # A missing file fails here, not while parsing.
+      value.keys()
     except SyntaxError as e:
       fail(_syntax(e))
     except OSError:
       given = flags.FLAGS["config"].serialize().split("=", 1)[-1]
       fail(f"cannot load --config={given}; pass an existing config file[:variant]")
+    except AttributeError:
+      fail(f"--config file {_config_file(argv)}: get_config returned {value!r}, not a "
+           "config; return an ml_collections.ConfigDict")
   return rest
+
+
+def _config_file(argv: list[str]) -> str:
+  """The config file named by the last --config=FILE[:variant] of `argv` (or the default)."""
+  given = None
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      given = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      given = argv[i + 1]
+  if given is None and "config" in flags.FLAGS:
+    given = str(flags.FLAGS["config"].default_as_str or "").strip("'\"")
+  return (given or "?").split(":", 1)[0]
+
+
+def _raised(path: str, trace: list[str]) -> str:
+  """One line for a config file whose get_config raised: the file, the line, the error."""
+  text = "\n".join(trace).strip().splitlines()
+  error = next((l.strip() for l in reversed(text) if re.match(r"^\w[\w.]*(Error|Exception)\b", l.strip())),
+               text[-1].strip() if text else "an error")
+  where = [m.group(1) for l in text if (m := re.search(
+      rf'File "{re.escape(os.path.abspath(path))}", line (\d+)', l))]
+  line = f" line {where[-1]}" if where else ""
+  return f"--config file {path}{line}: get_config raised {error}; fix the file"
 
 
 def overridden() -> dict:
