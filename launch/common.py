@@ -7,6 +7,7 @@ cache notice.
 """
 from __future__ import annotations
 
+import ast
 import errno
 import functools
 import logging as py_logging
@@ -262,10 +263,27 @@ class LastTupleParser(flags.ArgumentParser):
     from ml_collections.config_flags import tuple_parser
     if isinstance(argument, str) and not argument.strip():
       return ()
-    return tuple_parser.TupleParser().parse(argument)
+    value = tuple_parser.TupleParser().parse(argument)
+    if isinstance(argument, str) and value == (argument,):  # Not a Python literal as a whole
+      # ('0.1,inf', 'relu,tanh'): each comma-separated part on its own, so that numbers
+      # stay numbers beside words Python's literals lack (inf, nan).
+      value = tuple(_scalar(p.strip()) for p in argument.split(",") if p.strip())
+    return value
 
   def flag_type(self) -> str:
     return "tuple"
+
+
+def _scalar(text: str):
+  """A flag's text as the number or literal it spells ('inf' -> inf, '3' -> 3), else the text."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    pass
+  try:
+    return float(text)
+  except ValueError:
+    return text
 
 
 def define_config(default: str, help_text: str):

@@ -273,6 +273,11 @@ def problem(field: str, value: Any, rule: Rule) -> Optional[str]:
 
 def _limit(value: Any, rule: Rule) -> str:
   """The limit a value broke that the rule's range does not show: float32 or int32."""
+  if rule.kind in ("list", "ints", "floats"):
+    item = rule.item if rule.kind == "list" else dataclasses.replace(
+        rule, kind=rule.kind[:-1], fix=None, test=None)
+    bad = [x for x in (entries(value, rule.split) or []) if item is not None and not item.ok(x)]
+    return _limit(bad[0], item) if bad else ""
   if rule.kind == "float" and rule.finite and is_number(value) and dataclasses.replace(
       rule, finite=False).ok(value):
     return (f" (a finite float32 value: 0 or |x| in [{FLOAT32_TINY:.3g}, "

@@ -68,6 +68,7 @@ VARIANTS = _variants()
 FAILURES: list[str] = []
 COUNTS = {"fields": 0, "values": 0, "refused": 0, "allowed": 0}
 ROUNDS: dict[str, int] = {}
+DRAWN: dict[str, int] = {}
 
 
 def _set(config: Any, field: str, value: Any) -> Any:
@@ -178,8 +179,12 @@ def test_every_field_refuses_each_class_of_bad_value_in_one_line(launcher):
 def test_every_field_refuses_drawn_values_by_its_rule(launcher, data):
   FAILURES.clear()
   ROUNDS[launcher] = ROUNDS.get(launcher, -1) + 1
+  before = COUNTS["values"]
   _walk(launcher, lambda rule: data.draw(_strategy(rule)), ROUNDS[launcher])
+  DRAWN[launcher] = DRAWN.get(launcher, 0) + COUNTS["values"] - before
   assert not FAILURES, "\n".join(FAILURES[:20]) + f"\n({len(FAILURES)} in all)"
+  if ROUNDS[launcher] == SETTINGS.max_examples - 1:
+    print(f"{launcher}: {DRAWN[launcher]} drawn values in {SETTINGS.max_examples} rounds")
 
 
 def test_the_walk_covers_every_launcher_config_and_field():

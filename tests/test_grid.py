@@ -160,7 +160,8 @@ def test_bad_grids_are_named():
       in grid.validate(config)
   config = _mlp(opt__lr=(0.1, float("inf")))
   assert "grid.opt.lr=(0.1, inf) is not allowed; give distinct values, none repeated; each: " \
-      "use a number > 0" in grid.validate(config)
+      "use a number > 0 (a finite float32 value: 0 or |x| in [1.18e-38, 3.4e+38])" \
+      in grid.validate(config)
   # An axis over a field the optimizer does not read trains identical nets: refused.
   config = _mlp(opt__momentum=(0.1, 0.9))
   config.opt.name = "adam"

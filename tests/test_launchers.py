@@ -87,6 +87,7 @@ app.run(lambda argv: print(repr(tuple(config.value.dims)), repr(config.value.see
 @pytest.mark.parametrize("args, dims, seeds", [
     (["--config.dims=2,3", "--config.dims=5"], (5,), 64),  # absl's rule: the last one wins.
     (["--config.dims=2,3", "--config.dims="], (), 64),  # An explicit empty value wins too.
+    (["--config.dims=1,inf"], (1, float("inf")), 64),  # Numbers stay numbers beside inf.
     (["--config=configs/collapse.py:quick", "--config.dims", "1", "--config.dims", "(2, 4)",
       "--config.seeds=3", "--config.seeds=4"], (2, 4), 4),
 ])
