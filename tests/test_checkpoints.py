@@ -336,3 +336,23 @@ def test_load_names_a_wrong_type(saved):
   config, _ = checkpoints.load(workdir, step=np.int64(checkpoints.saved_steps(workdir)[-1]),
                                net=np.int64(0))
   assert config is not None
+
+
+def test_a_corrected_rerun_after_a_run_that_saved_nothing_moves_it_aside(tmp_path):
+  config = embedded.get_config("tiny_mlp")
+  config.train.steps = 2
+  bad = embedded.get_config("tiny_mlp")
+  bad.train.steps, bad.opt.lr = 2, 1e30  # Finite, so allowed: it diverges at step 1.
+  workdir = str(tmp_path / "w")
+  with pytest.raises(train.Diverged, match="no checkpoint was written"):
+    train.train_and_evaluate(bad, workdir)
+  lines = []
+  assert train.train_and_evaluate(config, workdir, say=lines.append)["step"] == 2
+  assert lines[0] == (f"the earlier run in {workdir} saved no checkpoint and had another "
+                      "config (opt.lr: 1e+30 -> 0.003); moving it aside")
+  moved = [p for p in os.listdir(tmp_path) if p.startswith("w.old-")]
+  assert len(moved) == 1  # Kept, not deleted: its config.json says what was tried.
+  assert checkpoints.read_config(str(tmp_path / moved[0])).opt.lr == 1e30
+  # A run with a checkpoint is still refused with another config.
+  with pytest.raises(errors.ConfigError, match=r"different config \(opt.lr: 0.003 -> 1e\+30"):
+    train.train_and_evaluate(bad, workdir)

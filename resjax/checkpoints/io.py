@@ -249,6 +249,20 @@ def check_same_config(workdir: str, mngr: ocp.CheckpointManager | None,
   return step
 
 
+def unsaved_other_config(workdir: str, config: ml_collections.ConfigDict) -> str | None:
+  """What differs ('opt.lr: 1e+30 -> 0.003; ...') when `workdir` holds the config.json of
+  a run that saved no checkpoint (it diverged or was killed first) and `config` is
+  another; None otherwise. Changes no file."""
+  if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)) or complete_steps(workdir):
+    return None
+  try:
+    old = json.loads(json.dumps(read_config(workdir).to_dict()))
+  except errors.ConfigError:
+    return None  # Unreadable: check_same_config says so.
+  diff = _differences(_strip(old), _strip(json.loads(json.dumps(config.to_dict()))))
+  return "; ".join(diff[:3]) + ("; ..." if len(diff) > 3 else "") if diff else None
+
+
 def holds_run(workdir: str) -> bool:
   """Whether `workdir` holds anything of a training run."""
   return any(os.path.exists(os.path.join(workdir, name)) for name in RUN_FILES)

@@ -43,7 +43,7 @@ RULES = {
 }
 
 __all__ = ["Dataset", "Split", "NAMES", "TFDS_NAMES", "EMBEDDED_NAMES", "NORMALIZE", "RULES",
-           "rules", "unused", "load", "prepare_command", "channel_stats", "pixel_stats", "steps_per_epoch",
+           "options", "rules", "unused", "load", "prepare_command", "channel_stats", "pixel_stats", "steps_per_epoch",
            "train_indices", "local_rows", "train_batch", "num_eval_batches", "eval_batches",
            "prefetch", "preprocess", "crop_and_flip", "augment"]
 
@@ -61,6 +61,11 @@ def _rules(name: str) -> dict[str, schema.Rule]:
   return {**RULES, **optional,
           **{k: dataclasses.replace(RULES[k], optional=True)
              for k in ("data_dir", "seed", "normalize")}}
+
+
+def options(name: str) -> tuple[str, ...]:
+  """The options (extra `config.data` fields) of dataset `name`; () for tfds data."""
+  return tuple(GENERATORS[name][1]) if name in GENERATORS else ()
 
 
 def unused(name: str) -> dict[str, str]:

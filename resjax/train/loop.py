@@ -91,7 +91,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
 
   A workdir holding a run of another config (outside the `train` group) is
   refused with a ConfigError, unless `fresh`, which first renames such a
-  workdir to `<workdir>.old-<time>` (nothing is deleted) and starts at step 0.
+  workdir to `<workdir>.old-<time>` (nothing is deleted) and starts at step 0;
+  a run that saved no checkpoint (it diverged or was killed first) is moved
+  aside so without `fresh`.
   `should_stop(step)` is asked after every step (the same answer on every
   process); when it says True the state is saved at that step and the run
   returns with 'stopped' set. A non-finite loss or parameter raises
@@ -116,6 +118,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
                f"examples of {ds.name}; use a smaller batch")
   workdir = files.workdir_path(workdir)
   files.check_kind(workdir, "train")
+  unsaved = None if fresh else ckpt.unsaved_other_config(workdir, config)
+  if unsaved:  # Nothing of it to resume: it goes aside (kept), as with --fresh.
+    say(f"the earlier run in {workdir} saved no checkpoint and had another config "
+        f"({unsaved}); moving it aside")
+    fresh = True
   if fresh:
     with locking.workdir_lock(workdir, enabled=lead, say=say):  # Never move a run in use.
       moved = ckpt.move_aside(workdir) if lead else None  # (Its lock file goes too.)

@@ -100,24 +100,30 @@ def unused(config: Any) -> dict[str, str]:
 
 
 def unknown(config: Any, table: dict[str, schema.Rule]) -> list[str]:
-  """One line per field of `config` that no rule of `table` covers."""
+  """The fields of `config` that no rule of `table` covers: one line for the model's,
+  one for the dataset's, one per other field."""
   out = []
-  known = {g: schema.problem(f"{g}.name", schema.get(config, f"{g}.name"), table[f"{g}.name"])
-           is None for g in ("model", "data")}
+  extra: dict[str, list[str]] = {"model": [], "data": []}
   for field in schema.uncovered(config, table):
-    group, _, name = field.partition(".")
-    if group in known and not known[group]:
-      continue  # Its fields depend on the name, which is refused already.
-    if group == "model":
-      model = schema.get(config, "model.name")
-      out.append(f"model.{name} is not a field of model {model!r}; fields: "
-                 f"{', '.join(k for k in table if k.startswith('model.'))}")
-    elif group == "data":
-      options = [k[5:] for k in table if k.startswith("data.")]
-      out.append(f"data.{name} is not an option of data.name="
-                 f"{schema.get(config, 'data.name')!r}; its options: {', '.join(options)}")
+    group = field.partition(".")[0]
+    if group in extra:
+      extra[group].append(field)
     else:
       out.append(f"config.{field} is not a field of a training config; remove it")
+  for group, fields in extra.items():
+    name = schema.get(config, f"{group}.name")
+    if not fields or schema.problem(f"{group}.name", name, table[f"{group}.name"]):
+      continue  # Which fields there are depends on the name, refused already.
+    one = len(fields) == 1
+    are, them = ("is not a", "it") if one else ("are not", "them")
+    if group == "model":
+      out.append(f"{', '.join(fields)} {are} field{'' if one else 's'} of model {name!r}; "
+                 f"remove {them} (its fields: {', '.join(models.fields(name))})")
+    else:
+      what = "is not an option" if one else "are not options"
+      out.append(f"{', '.join(fields)} {what} of data.name="
+                 f"{name!r}; remove {them} (its options: "
+                 f"{', '.join(data.options(name)) or 'none'})")
   return out
 
 
