@@ -25,8 +25,10 @@ _SPLIT = flags.DEFINE_string("split", "train", "Split to probe: train or test.")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/analysis/step_<N>).")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Global probe batch size.")
 _THRESHOLD = flags.DEFINE_float("dormant_threshold", 0.1, "ReDo dormant-score threshold.")
-_GRAD_BATCHES = flags.DEFINE_integer("grad_batches", 8, "Batches for the gradient norms.")
-_GRAD_BATCH = flags.DEFINE_integer("grad_batch_size", 64, "Examples per gradient batch.")
+_GRAD_BATCHES = flags.DEFINE_integer("grad_batches", None, "Batches for the gradient norms "
+                                     "(default: 8, at most what the split holds).")
+_GRAD_BATCH = flags.DEFINE_integer("grad_batch_size", None, "Examples per gradient batch "
+                                   "(default: 64, at most the split; a larger value is refused).")
 _MAX = flags.DEFINE_integer("max_examples", None, "Probe only this many examples.")
 
 

@@ -7,12 +7,15 @@ cache notice.
 """
 from __future__ import annotations
 
+import ast
 import errno
 import functools
 import logging as py_logging
 import os
+import re
 import sys
-from typing import Callable
+import traceback
+from typing import Callable, Mapping
 
 from absl import flags, logging
 
@@ -181,18 +184,106 @@ def parse_flags(argv: list[str]) -> list[str]:
     found = [l.split("ConfigError: ", 1)[1] for l in lines if "ConfigError: " in l]
     if found:
       fail(found[-1])
+    if "Error whilst parsing config file" in str(e):  # get_config raised a ValueError / TypeError.
+      fail(_raised(_config_file(argv), lines))
+    if isinstance(e, AttributeError) and "'get_config'" in str(e):
+      fail(f"--config file {_config_file(argv)} has no get_config(); a config file defines "
+           "get_config(arg=None) returning an ml_collections.ConfigDict")
     if isinstance(e, flags.Error):
       fail(lines[0])
     fail(unknown_field(e))
+  except Exception as e:  # pylint: disable=broad-except  (anything else get_config raised)
+    fail(_raised(_config_file(argv), traceback.format_exception(e)))
   if "config" in flags.FLAGS:
     try:
-      flags.FLAGS["config"].value.keys()  # A missing file fails here, not while parsing.
+      value = flags.FLAGS["config"].value  # A missing file fails here, not while parsing.
+      value.keys()
     except SyntaxError as e:
       fail(_syntax(e))
     except OSError:
       given = flags.FLAGS["config"].serialize().split("=", 1)[-1]
       fail(f"cannot load --config={given}; pass an existing config file[:variant]")
+    except AttributeError:
+      fail(f"--config file {_config_file(argv)}: get_config returned {value!r}, not a "
+           "config; return an ml_collections.ConfigDict")
   return rest
+
+
+def _config_file(argv: list[str]) -> str:
+  """The config file named by the last --config=FILE[:variant] of `argv` (or the default)."""
+  given = None
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      given = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      given = argv[i + 1]
+  if given is None and "config" in flags.FLAGS:
+    given = str(flags.FLAGS["config"].default_as_str or "").strip("'\"")
+  return (given or "?").split(":", 1)[0]
+
+
+def _raised(path: str, trace: list[str]) -> str:
+  """One line for a config file whose get_config raised: the file, the line, the error."""
+  text = "\n".join(trace).strip().splitlines()
+  error = next((l.strip() for l in reversed(text) if re.match(r"^\w[\w.]*(Error|Exception)\b", l.strip())),
+               text[-1].strip() if text else "an error")
+  where = [m.group(1) for l in text if (m := re.search(
+      rf'File "{re.escape(os.path.abspath(path))}", line (\d+)', l))]
+  line = f" line {where[-1]}" if where else ""
+  return f"--config file {path}{line}: get_config raised {error}; fix the file"
+
+
+def overridden() -> dict:
+  """The config fields set by `--config.<field>=VALUE` flags: dotted field -> value."""
+  from ml_collections import config_flags
+  return dict(config_flags.get_override_values(flags.FLAGS["config"]))
+
+
+def refuse_unused(unused: Mapping[str, str]) -> None:
+  """ConfigError naming each `--config.<field>` flag that sets a field in `unused`
+  (field -> why the config does not read it: `train.unused`, `collapse.unused`,
+  `studies.unused`), so that no flag is silently ignored."""
+  lines = [f"--config.{field}={value!r} is not used: {unused[field]}; drop the flag, or "
+           "change what makes it unused" for field, value in overridden().items()
+           if field in unused]
+  errors.check(not lines, "\n".join(lines))
+
+
+class LastTupleParser(flags.ArgumentParser):
+  """A tuple field's override, parsed as ml_collections does ('2,3' -> (2, 3),
+  'relu' -> ('relu',)), where the last `--config.<field>` given wins, as for
+  every other absl flag, and an empty value (`--config.dims=`) is the empty tuple.
+
+  ml_collections' own parser makes a tuple field a multi-flag: each repeat adds
+  its values to the earlier ones (`--config.dims=2,3 --config.dims=5` gave
+  (2, 3, 5)) and an empty value was kept as the string ''.
+  """
+
+  def parse(self, argument):
+    from ml_collections.config_flags import tuple_parser
+    if isinstance(argument, str) and not argument.strip():
+      return ()
+    value = tuple_parser.TupleParser().parse(argument)
+    if isinstance(argument, str) and value == (argument,):  # Not a Python literal as a whole
+      # ('0.1,inf', 'relu,tanh'): each comma-separated part on its own, so that numbers
+      # stay numbers beside words Python's literals lack (inf, nan).
+      value = tuple(_scalar(p.strip()) for p in argument.split(",") if p.strip())
+    return value
+
+  def flag_type(self) -> str:
+    return "tuple"
+
+
+def _scalar(text: str):
+  """A flag's text as the number or literal it spells ('inf' -> inf, '3' -> 3), else the text."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    pass
+  try:
+    return float(text)
+  except ValueError:
+    return text
 
 
 def define_config(default: str, help_text: str):
@@ -200,8 +291,11 @@ def define_config(default: str, help_text: str):
 
   With a default file, ml_collections applies `--config.<field>` overrides while
   the flag is defined, so an unknown field fails here rather than in parsing.
+  A repeated `--config.<field>` takes its last value, tuple fields included
+  (`LastTupleParser`).
   """
   from ml_collections import config_flags
+  config_flags.register_flag_parser_for_type(tuple, LastTupleParser())
   help_text = f"{help_text.rstrip('.')}; list: python -m launch.configs"
   try:
     return config_flags.DEFINE_config_file("config", default, help_text, lock_config=True)

@@ -66,6 +66,7 @@ def main(argv):
     print(f"redrawn: {studies.redraw(files.workdir_path(_WORKDIR.value))}")
     return
   _require_flags()
+  common.refuse_unused(studies.unused(_CONFIG.value))
   runtime.quiet_orbax()
   runtime.import_tensorboardx()
   common.compilation_cache()

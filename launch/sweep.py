@@ -25,6 +25,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the results (crea
 def main(argv):
   errors.check(len(argv) == 1, f"unexpected arguments {argv[1:]}; pass options as --flag=value")
   errors.check(bool(_WORKDIR.value), "--workdir is required: pass --workdir=DIR")
+  common.refuse_unused(collapse.unused(_CONFIG.value))
   common.compilation_cache()
   common.log_devices()
   workdir = files.workdir_path(_WORKDIR.value)

@@ -49,6 +49,7 @@ def main(argv):
   common.compilation_cache()
   errors.check(len(argv) == 1, f"unexpected arguments: {' '.join(argv[1:])}")
   errors.check(bool(_WORKDIR.value), "--workdir is required: pass --workdir=DIR")
+  common.refuse_unused(train.unused(_CONFIG.value))
   if runtime.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                         auto=_MULTIHOST.value, timeout_s=_COORD_TIMEOUT.value):
     stdout_filter.quiet_gloo()

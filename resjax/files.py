@@ -41,6 +41,60 @@ def ensure_workdir(path: str) -> str:
   return path
 
 
+# ---------------------------------------------------------------- run kinds
+
+# What a workdir holds, recorded in it when a run first writes there: one kind
+# per workdir, so that a launcher of another kind never writes beside it.
+KIND_FILE = ".resjax-kind"
+KINDS = {"train": ("a training run", "launch.train"), "sweep": ("a collapse sweep", "launch.sweep"),
+         "study": ("a study", "launch.study"), "analysis": ("an analysis", "launch.analyze")}
+# Files that show the kind of a workdir written before kinds were recorded.
+_SHOWS = (("study", "study.json"), ("sweep", "collapse.json"), ("sweep", "collapse.csv"),
+          ("analysis", "probes.json"), ("train", "checkpoints"), ("train", "metrics.jsonl"))
+
+
+def kind_of(workdir: str) -> tuple[str | None, str]:
+  """(kind, the file that shows it) of what `workdir` holds; (None, '') when it holds no run."""
+  try:
+    with open(os.path.join(workdir, KIND_FILE)) as f:
+      kind = f.read().strip()
+  except OSError:
+    kind = ""
+  if kind in KINDS:
+    return kind, KIND_FILE
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      config = json.load(f)
+  except (OSError, ValueError):
+    config = None
+  if isinstance(config, dict):
+    return ("study" if "grids" in config and "study" in config else "train"), "config.json"
+  for kind, name in _SHOWS:
+    if os.path.lexists(os.path.join(workdir, name)):
+      return kind, name
+  return None, ""
+
+
+def check_kind(workdir: str, kind: str, flag: str = "--workdir") -> None:
+  """ConfigError unless `workdir` is new or holds a run of `kind` (changes nothing);
+  `flag` names the option that chose the directory."""
+  found, shown = kind_of(workdir)
+  if found in (None, kind):
+    return
+  raise errors.ConfigError(
+      f"{workdir} holds {KINDS[found][0]} ({shown}); {KINDS[kind][1]} would write "
+      f"{KINDS[kind][0]} beside it and mix the two: pass another {flag} "
+      f"({KINDS[found][1]} is the launcher of that one)")
+
+
+def claim_kind(workdir: str, kind: str) -> None:
+  """Records that `workdir` holds a run of `kind` (after `check_kind`); call it just
+  before the run writes its first file there."""
+  check_kind(workdir, kind)
+  if not os.path.exists(os.path.join(workdir, KIND_FILE)):
+    write_text(os.path.join(workdir, KIND_FILE), kind + "\n")
+
+
 def _umask() -> int:
   """The process's umask, read once at import.
 

@@ -49,6 +49,16 @@ def _abstract(config: ml_collections.ConfigDict, facts: dict, mesh: jax.sharding
   return train_state.abstract_train_state(config, mesh, **facts)
 
 
+def _load_fix(steps: Sequence[int], step: int) -> str:
+  """What to do when checkpoint `step` cannot be loaded: load an earlier one."""
+  earlier = [s for s in sorted(steps) if s < step]
+  if earlier:
+    return (f"load an earlier checkpoint: step={earlier[-1]} (launch.analyze: "
+            f"--step={earlier[-1]})")
+  return ("it is the run's first checkpoint: train the run again (launch.train --fresh "
+          "moves this one aside)")
+
+
 def _restored(workdir: str, step: int | None, devices: Sequence[jax.Device] | None,
               net: int | None) -> tuple[ml_collections.ConfigDict, dict, jax.sharding.Mesh, Any]:
   """(config, dataset facts, mesh, restored state) of checkpoint `step` (default: latest)."""
@@ -67,7 +77,8 @@ def _restored(workdir: str, step: int | None, devices: Sequence[jax.Device] | No
     step = max(steps) if step is None else step
     errors.check(step in steps, f"step={step} has no checkpoint in {path}; available: "
                  f"{', '.join(map(str, sorted(steps)))}")
-    meta = ckpt.read_meta(mngr, step)
+    fix = _load_fix(steps, step)
+    meta = ckpt.read_meta(mngr, step, fix=fix)
     try:
       config = ml_collections.ConfigDict(meta["config"])
       ds = meta["dataset"]
@@ -78,8 +89,8 @@ def _restored(workdir: str, step: int | None, devices: Sequence[jax.Device] | No
     except errors.ConfigError:
       raise
     except Exception as e:  # pylint: disable=broad-except
-      raise ckpt.unreadable(mngr, step, e) from None
-    return config, facts, mesh, ckpt.restore(mngr, abstract, step)
+      raise ckpt.unreadable(mngr, step, e, fix) from None
+    return config, facts, mesh, ckpt.restore(mngr, abstract, step, fix=fix)
   finally:
     mngr.close()
 

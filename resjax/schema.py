@@ -66,13 +66,18 @@ class Rule:
   """What one field accepts.
 
   kind: "int", "float" (a number), "bool", "str", "path" (str or os.PathLike),
-    "choice" (one of `choices`),
-    "ints" / "floats" (a tuple or list of them), "any".
+    "choice" (one of `choices`), "list" (a tuple or list, each entry under
+    `item`), "ints" / "floats" (a list of integers / numbers under this
+    rule's bounds), "any".
   low / high: bounds, closed unless `low_open` / `high_open`.
   finite: floats must be finite float32 values (normal or 0) unless False.
   optional: the field may be absent. none_ok: the value may be None.
   when: the rule applies only where `when(config)` is true.
-  increasing / nonempty: a list's values must increase / the list must not be empty.
+  increasing / nonempty / unique: a list's values must increase / the list
+    must not be empty / no value may come twice.
+  split: a list may also come as comma-separated text ('relu,tanh', as flags
+    give it); each text entry is split at its commas.
+  test: one more condition an otherwise allowed value must meet.
   fix: the advice after "is not allowed;" (generated from the rule when None).
   """
   kind: str
@@ -88,6 +93,10 @@ class Rule:
   fix: Optional[str] = None
   increasing: bool = False
   nonempty: bool = False
+  unique: bool = False
+  split: bool = False
+  item: Optional["Rule"] = None
+  test: Optional[Callable[[Any], bool]] = None
 
   def allowed(self) -> tuple:
     c = self.choices() if callable(self.choices) else self.choices
@@ -103,6 +112,10 @@ class Rule:
       return "use True or False"
     if self.kind == "str":
       return "use a string"
+    if self.kind == "list":
+      one = self.item.advice() if self.item is not None else "any value"
+      return (f"give {'a non-empty' if self.nonempty else 'a'} list"
+              f"{' of distinct values' if self.unique else ''}, each entry: {one}")
     what = {"int": "an integer", "float": "a number", "ints": "integers",
             "floats": "numbers"}.get(self.kind, "a value")
     return f"use {what}{self._range()}"
@@ -122,6 +135,11 @@ class Rule:
     """Whether `v` is allowed."""
     if v is None:
       return self.none_ok
+    if not self._ok(v):
+      return False
+    return self.test is None or bool(self.test(v))
+
+  def _ok(self, v: Any) -> bool:
     if self.kind == "any":
       return True
     if self.kind == "bool":
@@ -132,13 +150,16 @@ class Rule:
       return isinstance(v, (str, os.PathLike))
     if self.kind == "choice":
       return not is_bool(v) and v in self.allowed()
-    if self.kind in ("ints", "floats"):
-      if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list)):
+    if self.kind in ("ints", "floats", "list"):
+      v = entries(v, self.split)
+      if v is None or (self.nonempty and not v):
         return False
-      if self.nonempty and not v:
+      one = self.item if self.kind == "list" else dataclasses.replace(
+          self, kind=self.kind[:-1], nonempty=False, unique=False, increasing=False,
+          test=None, fix=None)
+      if one is not None and not all(one.ok(x) for x in v):
         return False
-      one = dataclasses.replace(self, kind=self.kind[:-1])
-      if not all(one.ok(x) for x in v):
+      if self.unique and len({_hashable(x) for x in v}) != len(v):
         return False
       return not self.increasing or list(v) == sorted(set(v))
     if self.kind == "int" and not is_int(v):
@@ -162,6 +183,28 @@ class Rule:
     return True
 
 
+def entries(value: Any, split: bool = False) -> Optional[list]:
+  """A list field's entries (text entries split at commas when `split`); None
+  when `value` is not a list (text is one only with `split`)."""
+  if isinstance(value, str) and split:
+    value = (value,)
+  if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
+    return None
+  out = []
+  for v in value:
+    if isinstance(v, str) and split:
+      out.extend(p.strip() for p in v.split(",") if p.strip())
+    else:
+      out.append(v)
+  return out
+
+
+def _hashable(x: Any) -> Any:
+  if isinstance(x, (list, tuple)):
+    return tuple(_hashable(v) for v in x)
+  return x.item() if isinstance(x, np.generic) else x
+
+
 def _num(x: float) -> str:
   return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
@@ -183,6 +226,11 @@ def Choice(choices: Choices, **kw) -> Rule:  # pylint: disable=invalid-name
   return Rule("choice", choices=choices, **kw)
 
 
+def List(item: Rule, **kw) -> Rule:  # pylint: disable=invalid-name
+  """A tuple or list whose entries each follow `item`."""
+  return Rule("list", item=item, **kw)
+
+
 SEED = Int(0, SEED_MAX, fix="use an integer >= 0 and < 2**32")
 POSITIVE = Int(1)
 COUNT = Int(0)
@@ -198,13 +246,45 @@ def get(config: Any, dotted: str) -> Any:
   return node
 
 
+def leaves(config: Any, prefix: str = "") -> list[str]:
+  """The dotted names of the fields of `config` that are not groups, in order."""
+  out = []
+  for key, value in config.items():
+    if hasattr(value, "keys"):
+      out += leaves(value, f"{prefix}{key}.")
+    else:
+      out.append(f"{prefix}{key}")
+  return out
+
+
+def uncovered(config: Any, rules: Mapping[str, Rule]) -> list[str]:
+  """The fields of `config` that no rule of `rules` covers."""
+  return [f for f in leaves(config) if f not in rules]
+
+
 def problem(field: str, value: Any, rule: Rule) -> Optional[str]:
   """The one line for `field`=`value` under `rule`, or None when it is allowed."""
   if value is MISSING:
     return None if rule.optional else f"config has no field {field}; {rule.advice()}"
   if rule.ok(value):
     return None
-  return f"{field}={show(value)} is not allowed; {rule.advice()}"
+  return f"{field}={show(value)} is not allowed; {rule.advice()}{_limit(value, rule)}"
+
+
+def _limit(value: Any, rule: Rule) -> str:
+  """The limit a value broke that the rule's range does not show: float32 or int32."""
+  if rule.kind in ("list", "ints", "floats"):
+    item = rule.item if rule.kind == "list" else dataclasses.replace(
+        rule, kind=rule.kind[:-1], fix=None, test=None)
+    bad = [x for x in (entries(value, rule.split) or []) if item is not None and not item.ok(x)]
+    return _limit(bad[0], item) if bad else ""
+  if rule.kind == "float" and rule.finite and is_number(value) and dataclasses.replace(
+      rule, finite=False).ok(value):
+    return (f" (a finite float32 value: 0 or |x| in [{FLOAT32_TINY:.3g}, "
+            f"{FLOAT32_MAX:.3g}])")
+  if rule.kind == "int" and is_int(value) and rule.high is None and value > INT_MAX:
+    return f" (at most 2**31 - 1 = {INT_MAX})"
+  return ""
 
 
 def problems(config: Any, rules: Mapping[str, Rule], prefix: str = "") -> list[str]:
@@ -217,6 +297,13 @@ def problems(config: Any, rules: Mapping[str, Rule], prefix: str = "") -> list[s
     if line:
       out.append(line)
   return out
+
+
+def require_config(config: Any, what: str) -> None:
+  """ConfigError unless `config` is a config (anything with keys); `what` says which
+  kind to pass (the value is shown only when refused: a ConfigDict's repr is slow)."""
+  if not hasattr(config, "keys"):
+    raise errors.ConfigError(f"config={config!r} is not allowed; pass {what}")
 
 
 def check(config: Any, rules: Mapping[str, Rule], prefix: str = "") -> None:

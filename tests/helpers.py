@@ -6,7 +6,9 @@ checkpoint an interrupted run leaves behind can be compared with it bit for
 bit. Subprocesses share a JAX compilation cache, so only the first one compiles.
 """
 import hashlib
+import json
 import os
+import pathlib
 import queue
 import re
 import shutil
@@ -145,3 +147,60 @@ def set_grid_axes(config, **axes):
     group, _, name = key.rpartition("__")
     (config.grid[group] if group else config.grid)[name] = values
   return config
+
+
+# Runs launcher cases as `python -m MODULE ARGS` would, each in a process of its own:
+# starting ~40 Python processes that import JAX would take minutes on a small CPU,
+# so this driver imports the libraries once and forks a child per case, which runs
+# the module through runpy as `__main__` with its own stdout/stderr files and exit code.
+DRIVER = r"""
+import json, os, runpy, sys, traceback
+import jax, flax, optax, orbax.checkpoint, absl.app, ml_collections  # no backend starts
+import resjax.train, resjax.checkpoints, resjax.collapse, resjax.analysis
+cases, outdir = json.load(open(sys.argv[1])), sys.argv[2]
+codes = []
+for i, (module, args) in enumerate(cases):
+  pid = os.fork()
+  if pid == 0:
+    for fd, name in ((1, "out"), (2, "err")):
+      f = os.open(os.path.join(outdir, f"{i}.{name}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+      os.dup2(f, fd)
+      os.close(f)
+    sys.argv = [module, *args]
+    code = 0
+    try:
+      runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+      if isinstance(e.code, int) or e.code is None:
+        code = e.code or 0
+      else:
+        print(e.code, file=sys.stderr)
+        code = 1
+    except BaseException:
+      traceback.print_exc()
+      code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print(json.dumps(codes))
+"""
+
+
+def launcher_cases(cases, outdir, env, timeout: int = 900) -> list[tuple[int, str, str]]:
+  """(exit code, stderr, stdout) of each (module, args) case of `cases`."""
+  outdir = pathlib.Path(outdir)
+  outdir.mkdir(parents=True, exist_ok=True)
+  spec = outdir / "cases.json"
+  spec.write_text(json.dumps([[module, list(args)] for module, args in cases]))
+  proc = subprocess.run([sys.executable, "-c", DRIVER, str(spec), str(outdir)], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  codes = json.loads(proc.stdout.strip().splitlines()[-1])
+  return [(code, (outdir / f"{i}.err").read_text(), (outdir / f"{i}.out").read_text())
+          for i, code in enumerate(codes)]
+
+
+def messages(text: str) -> list[str]:
+  """Lines that are not absl log lines (I1126 12:00:00.000 ...)."""
+  return [l for l in text.splitlines() if l.strip() and not re.match(r"[IWE]\d{4} ", l)]

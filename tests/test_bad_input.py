@@ -1,62 +1,20 @@
 """Wrong flags and config values end in `error: ...` lines and a non-zero exit, never a
 traceback, and leave an existing run's files exactly as they were.
 
-Each case is a separate process running `python -m MODULE ARGS`. Starting ~40
-Python processes that import JAX would take minutes on a small CPU, so one
-driver process imports the libraries once and forks a child per case; the
-child runs the launcher module as `python -m` would (runpy, `__main__`), with
-its own stdout/stderr files and exit status. One case also runs through a
-plain `python -m launch.train` to check the real entry point.
+Each case is a separate process running `python -m MODULE ARGS`, forked from one
+driver process that imports the libraries once (`helpers.launcher_cases`). One
+case also runs through a plain `python -m launch.train` to check the real entry
+point.
 """
-import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from helpers import BASE, ROOT, reference_run, subprocess_env, tree_digest
-
-DRIVER = r"""
-import json, os, runpy, sys, traceback
-import jax, flax, optax, orbax.checkpoint, absl.app, ml_collections  # no backend starts
-import resjax.train, resjax.checkpoints, resjax.collapse, resjax.analysis
-cases, outdir = json.load(open(sys.argv[1])), sys.argv[2]
-codes = []
-for i, (module, args) in enumerate(cases):
-  pid = os.fork()
-  if pid == 0:
-    for fd, name in ((1, "out"), (2, "err")):
-      f = os.open(os.path.join(outdir, f"{i}.{name}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-      os.dup2(f, fd)
-      os.close(f)
-    sys.argv = [module, *args]
-    code = 0
-    try:
-      runpy.run_module(module, run_name="__main__", alter_sys=True)
-    except SystemExit as e:
-      if isinstance(e.code, int) or e.code is None:
-        code = e.code or 0
-      else:
-        print(e.code, file=sys.stderr)
-        code = 1
-    except BaseException:
-      traceback.print_exc()
-      code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-  codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-print(json.dumps(codes))
-"""
-
-
-def _messages(text: str) -> list[str]:
-  """Lines that are not absl log lines (I1126 12:00:00.000 ...)."""
-  return [l for l in text.splitlines() if l.strip() and not re.match(r"[IWE]\d{4} ", l)]
-
+from helpers import (BASE, ROOT, launcher_cases, messages, reference_run, subprocess_env,
+                     tree_digest)
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
@@ -78,9 +36,12 @@ def dirs(tmp_path_factory):
   (root / "a_file").write_text("not a directory\n")
   (root / "empty").mkdir()
   (root / "busy").mkdir()
+  (root / "sweep").mkdir()  # What a sweep leaves (its kind shows in collapse.json).
+  (root / "sweep" / "collapse.json").write_text("{}\n")
   return {"run": str(run), "broken": str(broken), "garbled": str(garbled),
           "file": str(root / "a_file"), "empty": str(root / "empty"),
-          "busy": str(root / "busy"), "new": str(root / "new"), "root": root}
+          "busy": str(root / "busy"), "new": str(root / "new"), "sweep": str(root / "sweep"),
+          "root": root}
 
 
 # Holds the workdir lock of argv[1] until stdin closes.
@@ -142,6 +103,25 @@ def _train_cases(d):
        "seed=-1"),
       ("a workdir in use", ["launch.train", *BASE, f"--workdir={d['busy']}"],
        f"{d['busy']} is in use by pid"),
+      ("a field the optimizer does not read", ["launch.train", *BASE, run,
+                                               "--config.opt.momentum=0.5"],
+       "--config.opt.momentum=0.5 is not used: opt.name='adam' has no momentum"),
+      ("a grid axis over a field the optimizer does not read",
+       ["launch.train", *BASE, run, "--config.grid.opt.momentum=0.1,0.9"],
+       "grid.opt.momentum=(0.1, 0.9) is not allowed; leave it empty: opt.name='adam'"),
+      ("a repeated list flag: the last one wins", ["launch.train", *BASE, run,
+                                                   "--config.grid.seeds=5",
+                                                   "--config.grid.seeds=-1"],
+       "grid.seeds=(-1,) is not allowed"),
+      ("a model beyond the memory", ["launch.train", *BASE, run,
+                                     "--config.model.width=1000000000"],
+       "the training state needs about"),
+      ("a grid beyond any memory", ["launch.train", *BASE, run,
+                                    "--config.grid.model.width=" + ",".join(map(str, range(1, 401))),
+                                    "--config.grid.model.depth=" + ",".join(map(str, range(1, 301)))],
+       "config.grid asks for 120,000 nets"),
+      ("training into a sweep's workdir", ["launch.train", *BASE, f"--workdir={d['sweep']}"],
+       f"{d['sweep']} holds a collapse sweep (collapse.json); launch.train would write"),
   ]
   return out
 
@@ -164,13 +144,13 @@ def _other_cases(d):
       ("analyze: step without checkpoint", ["launch.analyze", f"--workdir={d['run']}",
                                             "--step=99"], "step=99 has no checkpoint"),
       ("analyze: corrupted checkpoint", ["launch.analyze", f"--workdir={d['broken']}"],
-       "checkpoint 16 in"),
+       "load an earlier checkpoint: step=15 (launch.analyze: --step=15)"),
       ("analyze: a flag value of the wrong type", ["launch.analyze", f"--workdir={d['run']}",
                                                    "--step=abc"], "flag --step=abc"),
       ("analyze: a misspelled flag", ["launch.analyze", f"--workdirr={d['run']}"],
        "Unknown command line flag 'workdirr'"),
       ("analyze: checkpoint data cut in half", ["launch.analyze", f"--workdir={d['garbled']}"],
-       "checkpoint 16 in"),
+       "load an earlier checkpoint: step=15 (launch.analyze: --step=15)"),
       ("sweep: a misspelled flag", ["launch.sweep", "--seeds=3", f"--workdir={d['new']}"],
        "Unknown command line flag 'seeds'"),
       ("sweep: a workdir in use", ["launch.sweep", *sweep, f"--workdir={d['busy']}"],
@@ -188,24 +168,32 @@ def _other_cases(d):
       ("bench: a misspelled flag", ["launch.bench", "--quik", "collapse"],
        "Unknown command line flag 'quik'"),
       ("bench: an unknown benchmark", ["launch.bench", "nosuch"], "benchmark='nosuch'"),
+      ("analyze: a gradient batch beyond the split", ["launch.analyze", f"--workdir={d['run']}",
+                                                       "--grad_batch_size=5000"],
+       "grad_batch_size=5000 exceeds the 1500 examples of the train split of spirals"),
+      ("analyze: --out into a sweep's workdir", ["launch.analyze", f"--workdir={d['run']}",
+                                                 f"--out={d['sweep']}"],
+       "holds a collapse sweep (collapse.json); launch.analyze would write an analysis"),
+      ("sweep: into a training workdir", ["launch.sweep", *sweep, f"--workdir={d['run']}"],
+       f"{d['run']} holds a training run (.resjax-kind); launch.sweep would write"),
+      ("sweep: a field the manifold does not have", [
+          "launch.sweep", "--config=configs/collapse.py:ball", "--config.manifold.turns=2",
+          f"--workdir={d['new']}"], "--config.manifold.turns=2.0 is not used"),
+      ("study: a field the study does not read", [
+          "launch.study", "--config=configs/study.py:collapse,tiny", "--config.target_loss=0.5",
+          f"--workdir={d['new']}"], "--config.target_loss=0.5 is not used"),
+      ("study: into a training workdir", [
+          "launch.study", "--config=configs/study.py:collapse,tiny", f"--workdir={d['run']}"],
+       f"{d['run']} holds a training run (.resjax-kind); launch.study would write"),
   ]
 
 
 def _run_cases(cases, root, env):
-  spec = root / "cases.json"
-  spec.write_text(json.dumps([(c[1][0], c[1][1:]) for c in cases]))
-  outdir = root / "out"
-  outdir.mkdir(exist_ok=True)
-  proc = subprocess.run([sys.executable, "-c", DRIVER, str(spec), str(outdir)], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  codes = json.loads(proc.stdout.strip().splitlines()[-1])
-  return [(code, (outdir / f"{i}.err").read_text(), (outdir / f"{i}.out").read_text())
-          for i, code in enumerate(codes)]
+  return launcher_cases([(c[1][0], c[1][1:]) for c in cases], root / "out", env)
 
 
 def test_bad_input_is_one_error_line_and_touches_nothing(dirs, tmp_path_factory):
-  before = {k: tree_digest(dirs[k]) for k in ("run", "broken", "garbled")}
+  before = {k: tree_digest(dirs[k]) for k in ("run", "broken", "garbled", "sweep")}
   cases = _train_cases(dirs) + _other_cases(dirs)
   env = subprocess_env(tmp_path_factory.getbasetemp() / "jax-cache")
   failures = []
@@ -218,7 +206,7 @@ def test_bad_input_is_one_error_line_and_touches_nothing(dirs, tmp_path_factory)
     holder.communicate("")  # Releases the lock.
   assert os.listdir(dirs["busy"]) == [".resjax.lock"]  # Nothing written by the refused runs.
   for (name, args, expected), (code, err, out) in zip(cases, results):
-    lines = _messages(err)
+    lines = messages(err)
     ok = (code == 2 and len(lines) == 1 and lines[0].startswith("error: ")
           and expected in lines[0] and "Traceback" not in err + out)
     if name.endswith("a workdir in use"):
@@ -238,7 +226,7 @@ def test_real_entry_point(dirs, tmp_path_factory):
   proc = subprocess.run([sys.executable, "-m", "launch.train", *BASE, f"--workdir={dirs['run']}",
                          "--config.data.name=imagenet", "--config.train.steps=-1"],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  lines = _messages(proc.stderr)
+  lines = messages(proc.stderr)
   assert proc.returncode == 2 and len(lines) == 2, proc.stderr
   assert all(l.startswith("error: ") for l in lines) and "Traceback" not in proc.stderr
   assert "data.name='imagenet'" in proc.stderr and "train.steps=-1" in proc.stderr
@@ -269,5 +257,5 @@ def test_python_load_of_a_corrupted_checkpoint_is_one_error(dirs, tmp_path_facto
   assert len(lines) == 2, lines
   for line, key in zip(lines, ("broken", "garbled")):
     assert line.startswith(f"checkpoint 16 in {dirs[key]}/checkpoints cannot be read ("), line
-    assert line.endswith("; move that step directory aside to use an earlier one, or pass "
-                         "--fresh to start over"), line
+    # The fix of a load: an earlier step (launch.analyze has no --fresh).
+    assert line.endswith("; load an earlier checkpoint: step=15 (launch.analyze: --step=15)"), line

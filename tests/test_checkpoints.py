@@ -276,6 +276,18 @@ def test_a_full_disk_while_saving_ends_in_one_message_and_keeps_the_last_checkpo
   assert checkpoints.complete_steps(str(tmp_path / "w")) == [2]
   with open(tmp_path / "w" / "metrics.jsonl") as f:
     assert all(json.loads(line) for line in f)
+  # What a save cut by a full disk leaves: its temporary folder. The next run removes
+  # it once it holds the workdir's lock, and resumes from step 2.
+  monkeypatch.undo()
+  cut = tmp_path / "w" / "checkpoints" / "4.orbax-checkpoint-tmp-1733412345"
+  (cut / "state").mkdir(parents=True)
+  (cut / "state" / "half").write_bytes(b"\0" * 100)
+  lines = []
+  result = train.train_and_evaluate(config, str(tmp_path / "w"), say=lines.append)
+  assert not cut.exists() and result["step"] == 6
+  assert lines[0] == (f"removed 1 unfinished checkpoint save(s) from {tmp_path}/w/checkpoints: "
+                      f"{cut.name}")
+  assert checkpoints.complete_steps(str(tmp_path / "w")) == [2, 4, 6]
 
 
 def test_metrics_never_keep_half_a_line(tmp_path, monkeypatch):
@@ -324,3 +336,23 @@ def test_load_names_a_wrong_type(saved):
   config, _ = checkpoints.load(workdir, step=np.int64(checkpoints.saved_steps(workdir)[-1]),
                                net=np.int64(0))
   assert config is not None
+
+
+def test_a_corrected_rerun_after_a_run_that_saved_nothing_moves_it_aside(tmp_path):
+  config = embedded.get_config("tiny_mlp")
+  config.train.steps = 2
+  bad = embedded.get_config("tiny_mlp")
+  bad.train.steps, bad.opt.lr = 2, 1e30  # Finite, so allowed: it diverges at step 1.
+  workdir = str(tmp_path / "w")
+  with pytest.raises(train.Diverged, match="no checkpoint was written"):
+    train.train_and_evaluate(bad, workdir)
+  lines = []
+  assert train.train_and_evaluate(config, workdir, say=lines.append)["step"] == 2
+  assert lines[0] == (f"the earlier run in {workdir} saved no checkpoint and had another "
+                      "config (opt.lr: 1e+30 -> 0.003); moving it aside")
+  moved = [p for p in os.listdir(tmp_path) if p.startswith("w.old-")]
+  assert len(moved) == 1  # Kept, not deleted: its config.json says what was tried.
+  assert checkpoints.read_config(str(tmp_path / moved[0])).opt.lr == 1e30
+  # A run with a checkpoint is still refused with another config.
+  with pytest.raises(errors.ConfigError, match=r"different config \(opt.lr: 0.003 -> 1e\+30"):
+    train.train_and_evaluate(bad, workdir)

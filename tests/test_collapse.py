@@ -234,15 +234,17 @@ def test_config_parsing_and_comma_lists():
   assert grid.dims == tuple(range(1, 65)) and grid.seeds >= 64 and grid.points >= 1000
   assert grid.activations == activations.names()
   config.activations = ("relu,tanh",)  # what --config.activations=relu,tanh gives
-  config.dims = ("5, 2,3",)
+  config.dims = (5, 2, 3)
   grid = collapse.spec_from_config(config)
   assert grid.activations == ("relu", "tanh") and grid.dims == (2, 3, 5)
 
 
 @pytest.mark.parametrize("field, value, needle", [
-    ("activations", ("relu", "swish"), "activations='swish'"),
-    ("dims", (2, 0), "dims contains 0"),
-    ("dims", (2.5,), "dims contains 2.5"),
+    ("activations", ("relu", "swish"), "activations=('relu', 'swish') is not allowed"),
+    ("dims", (2, 0), "dims=(2, 0) is not allowed"),
+    ("dims", (2.5,), "dims=(2.5,) is not allowed"),
+    ("dims", (2, 2), "dims=(2, 2) is not allowed; give a non-empty list of distinct values"),
+    ("activations", (), "activations=() is not allowed"),
     ("seeds", 0, "seeds=0"),
     ("chunk", -1, "chunk=-1"),
 ])
@@ -390,7 +392,7 @@ def test_embeddings_are_independent_across_d_and_reproducible():
 
 
 @pytest.mark.parametrize("field, value, needle", [
-    ("activations", ("relu", "swish"), "activations='swish'"),
+    ("activations", ("relu", "swish"), "activations=('relu', 'swish') is not allowed"),
     ("seeds", 0, "seeds=0"),
     ("seeds", 100_000_000, "the sweep needs about"),
 ])

@@ -197,8 +197,8 @@ def test_load_checks_its_arguments_with_the_launchers_messages():
       (dict(name="spirals", seed=-1), "data.seed=-1 is not allowed; use an integer >= 0"),
       (dict(name="spirals", seed="0"), "data.seed='0' is not allowed; use an integer >= 0"),
       (dict(name="cifar10", data_dir=5), "data.data_dir=5 is not allowed; use a directory path"),
-      (dict(name="spirals", noise="a"), "data.noise='a' is not allowed; use a number >= 0"),
-      (dict(name="spirals", turns=None), "data.turns=None is not allowed; use a number > 0"),
+      (dict(name="spirals", noise="a"), "data.noise='a' is not allowed; use a number in [0, 1000000]"),
+      (dict(name="spirals", turns=None), "data.turns=None is not allowed; use a number in (0, 1000000]"),
   ]:
     with pytest.raises(ConfigError) as e:
       data.load(**kwargs)

@@ -201,13 +201,19 @@ def test_bad_grids_are_named():
   config = _mlp(model__widths=((4, 8),))
   assert any("config.model lacks" in p for p in grid.validate(config))
   config = _mlp(seeds=(1, 1))
-  assert any("repeats" in p for p in grid.validate(config))
+  assert any(p.startswith("grid.seeds=(1, 1) is not allowed; give distinct values, none "
+                          "repeated") for p in grid.validate(config))
   config = _mlp(model__width=(2, 4))
   config.model.norm = "layer"
   assert any("layer" in p for p in grid.validate(config))
   # Every net gets the checks of a single run, named by its axis values.
+  config = embedded.get_config("tiny")
+  config.grid.model.depth = (8, 9)  # 9 is an integer >= 2, but no ResNet depth for 3 stages.
+  with pytest.raises(errors.ConfigError, match=r"^grid net model.depth=9: model.depth=9 is not"):
+    train.validate(config, 1)
+  # An axis value its field's rule refuses is named with the axis.
   config = _mlp(opt__lr=(0.1, -1.0))
-  with pytest.raises(errors.ConfigError, match=r"grid net opt.lr=-1.0: opt.lr=-1.0 is not"):
+  with pytest.raises(errors.ConfigError, match=r"^grid.opt.lr=\(0.1, -1.0\) is not allowed"):
     train.validate(config, 1)
   # Out of range is refused, never clamped; a non-finite axis value too.
   config = _mlp(seeds=(0, 1))
@@ -215,7 +221,16 @@ def test_bad_grids_are_named():
   assert "grid.nets_per_call=-3 is not allowed; use an integer >= 0 (0 = all nets in one call)" \
       in grid.validate(config)
   config = _mlp(opt__lr=(0.1, float("inf")))
-  assert any(p.startswith("grid.opt.lr=") and "finite numbers" in p for p in grid.validate(config))
+  assert "grid.opt.lr=(0.1, inf) is not allowed; give distinct values, none repeated; each: " \
+      "use a number > 0 (a finite float32 value: 0 or |x| in [1.18e-38, 3.4e+38])" \
+      in grid.validate(config)
+  # An axis over a field the optimizer does not read trains identical nets: refused.
+  config = _mlp(opt__momentum=(0.1, 0.9))
+  config.opt.name = "adam"
+  assert any(p.startswith("grid.opt.momentum=(0.1, 0.9) is not allowed; leave it empty: "
+                          "opt.name='adam' has no momentum") for p in grid.validate(config))
+  config.opt.name = "sgd"
+  assert grid.validate(config) == []
 
 
 def test_nets_split_over_devices_train_without_collectives():

@@ -72,3 +72,46 @@ def test_a_config_file_with_a_syntax_error_is_one_line_naming_file_and_line(modu
   assert lines[0] == (f"error: --config file {bad} line 2: '{{' was never closed "
                       "(a Python syntax error); fix the file"), lines
   assert not (tmp_path / "w").exists()
+
+
+REPEATED = r"""
+import sys
+from absl import app
+from launch import common
+config = common.define_config("configs/collapse.py", "Sweep config.")
+app.run(lambda argv: print(repr(tuple(config.value.dims)), repr(config.value.seeds)),
+        flags_parser=common.parse_flags)
+"""
+
+
+@pytest.mark.parametrize("args, dims, seeds", [
+    (["--config.dims=2,3", "--config.dims=5"], (5,), 64),  # absl's rule: the last one wins.
+    (["--config.dims=2,3", "--config.dims="], (), 64),  # An explicit empty value wins too.
+    (["--config.dims=1,inf"], (1, float("inf")), 64),  # Numbers stay numbers beside inf.
+    (["--config=configs/collapse.py:quick", "--config.dims", "1", "--config.dims", "(2, 4)",
+      "--config.seeds=3", "--config.seeds=4"], (2, 4), 4),
+])
+def test_a_repeated_config_flag_takes_its_last_value(args, dims, seeds):
+  proc = subprocess.run([sys.executable, "-c", REPEATED, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == f"{dims!r} {seeds!r}", proc.stdout
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("def get_config(arg=None):\n  return undefined_name\n",
+     "line 2: get_config raised NameError: name 'undefined_name' is not defined; fix the file"),
+    ("def get_config(arg=None):\n  raise ValueError('no such size')\n",
+     "line 2: get_config raised ValueError: no such size; fix the file"),
+    ("X = 1\n", "has no get_config(); a config file defines get_config(arg=None)"),
+])
+def test_a_config_file_whose_get_config_fails_is_one_line(text, expected, tmp_path):
+  bad = tmp_path / "bad_config.py"
+  bad.write_text(text)
+  proc = subprocess.run([sys.executable, "-m", "launch.train", f"--config={bad}:v",
+                         f"--workdir={tmp_path}/w"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, lines
+  assert lines[0].startswith(f"error: --config file {bad}") and expected in lines[0], lines
+  assert not (tmp_path / "w").exists()

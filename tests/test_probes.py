@@ -342,14 +342,17 @@ def test_readable_errors():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(batch_size="64"), "batch_size='64' is not allowed; use an integer >= 1"),
     (dict(batch_size=0), "batch_size=0 is not allowed; use an integer >= 1"),
-    (dict(grad_batches=True), "grad_batches=True is not allowed; use an integer >= 0"),
-    (dict(grad_batch_size=-2), "grad_batch_size=-2 is not allowed; use an integer >= 1"),
+    (dict(grad_batches=True), "grad_batches=True is not allowed; use an integer >= 0, or None "
+     "(8, at most what the split holds)"),
+    (dict(grad_batch_size=-2), "grad_batch_size=-2 is not allowed; use an integer >= 1, or "
+     "None (64, at most the split)"),
     (dict(max_examples=0.5), "max_examples=0.5 is not allowed; use an integer >= 1 or None"),
     (dict(split="val"), "split='val' is not allowed; choose one of: train, test"),
     (dict(split=1), "split=1 is not allowed; choose one of: train, test"),
     (dict(dormant_threshold=1.0), "dormant_threshold=1.0 is not allowed; use a number in [0, 1)"),
     (dict(dormant_threshold="0.1"), "dormant_threshold='0.1' is not allowed; use a number in [0, 1)"),
-    (dict(dormant_threshold=float("nan")), "dormant_threshold=nan is not allowed; use a number in [0, 1)"),
+    (dict(dormant_threshold=float("nan")), "dormant_threshold=nan is not allowed; use a number "
+     "in [0, 1) (a finite float32 value: 0 or |x| in [1.18e-38, 3.4e+38])"),
     (dict(batch_size=np.int64(0)), "batch_size=0 is not allowed; use an integer >= 1"),
 ])
 def test_run_checks_its_arguments_as_launch_analyze_does(kwargs, message):
@@ -374,6 +377,38 @@ def test_run_names_a_wrong_dataset_state_or_model():
     probes.run({"params": {}}, "mlp", ds)
   with pytest.raises(errors.ConfigError, match="pass the model"):
     probes.run({"params": {}}, None, ds)
+
+
+def test_run_points_to_the_fix_for_a_grid_state_other_inputs_and_gradient_batches():
+  from configs import embedded
+  from resjax import train
+  config = embedded.get_config("tiny_mlp")
+  config.data.num_train, config.data.num_test = 48, 16
+  ds = train.load_data(config)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  state = train.create_train_state(config, mesh, ds.input_shape, ds.num_classes,
+                                   mean=ds.mean, std=ds.std)
+  config.grid.seeds = (0, 1)
+  stacked = train.create_grid_state(config, sharding.grid_mesh(jax.devices()[:1], 1),
+                                    ds.input_shape, ds.num_classes, mean=ds.mean, std=ds.std)
+  with pytest.raises(errors.ConfigError, match=r"^state holds the stacked nets of a grid; "
+                     r"probe one net: config, state = checkpoints.load\(workdir, net=k\)$"):
+    probes.run(stacked, None, ds)
+  digits = data.load("digits")  # 8x8 images into a net trained on 2-D points.
+  with pytest.raises(errors.ConfigError, match=r"^the inputs of the train split of digits "
+                     r"\(shape \(8, 8, 1\)\) do not fit the state's model"):
+    probes.run(state, None, digits)
+  # Gradient batches: a size set beyond the split is refused, never cut; the default is
+  # 64 at most the split (48 here), 8 batches at most what the split holds (1).
+  with pytest.raises(errors.ConfigError, match=r"^grad_batch_size=49 exceeds the 48 examples "
+                     r"of the train split of spirals; use 1..48"):
+    probes.run(state, None, ds, mesh=mesh, grad_batch_size=49)
+  with pytest.raises(errors.ConfigError, match=r"^grad_batches=3 batches of 16 need 48 "):
+    probes.run(state, None, ds, mesh=mesh, grad_batch_size=16, grad_batches=3, max_examples=40)
+  res = probes.run(state, None, ds, mesh=mesh)
+  assert res.summary["grad_batch_size"] == 48
+  assert probes.grad_sizes(48, 8, None, None, "x") == (1, 48)
+  assert probes.grad_sizes(1000, 8, None, 60, "x") == (8, 56)  # Whole batches per device.
 
 
 def test_progress_lines_and_table(toy):

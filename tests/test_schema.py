@@ -47,7 +47,8 @@ def test_problems_name_every_bad_field_in_one_line_each():
                                         when=lambda c: c.opt.name == "sgd"),
            "opt.decay": schema.Float(0, 1, optional=True), "train.steps": schema.POSITIVE}
   assert schema.problems(config, rules) == [
-      "opt.lr=inf is not allowed; use a number > 0",
+      "opt.lr=inf is not allowed; use a number > 0 (a finite float32 value: 0 or |x| in "
+      "[1.18e-38, 3.4e+38])",
       "opt.momentum=1.0 is not allowed; use a number in [0, 1)",
       "config has no field train.steps; use an integer >= 1"]
   with pytest.raises(errors.ConfigError) as e:

@@ -52,7 +52,7 @@ def test_bad_input_ends_with_one_line_and_exit_2(tmp_path):
   blocker.write_text("")
   cases = {  # default config (no --config): the flags alone are wrong
       "activation": ([f"--workdir={tmp_path}/w", "--config.activations=relu,swish"], "swish"),
-      "dims": ([f"--workdir={tmp_path}/w", "--config.dims=0,2"], "dims contains 0"),
+      "dims": ([f"--workdir={tmp_path}/w", "--config.dims=0,2"], "dims=(0, 2) is not allowed"),
       "seeds": ([f"--workdir={tmp_path}/w", "--config.seeds=0"], "seeds=0"),
       "manifold": ([f"--workdir={tmp_path}/w", "--config.manifold.name=torus"], "torus"),
       "scale": ([f"--workdir={tmp_path}/w", "--config.manifold.scale=0"], "manifold.scale=0"),

@@ -10,9 +10,9 @@ figures are `resjax.plotting.analysis`, drawn from the same runs.
   out = analysis.analyze("runs/d20", compare=["runs/p20"])  # -> out["dir"], out["runs"]
 """
 from resjax.analysis.markdown import FIGURES, report_markdown
-from resjax.analysis.runs import analyze, describe, write
+from resjax.analysis.runs import analyze, check_args, describe, write
 from resjax.analysis.tables import (CONDITION_NUMBERS, claim_numbers, condition_rows,
                                     condition_table, rows, summary_table)
 
-__all__ = ["CONDITION_NUMBERS", "FIGURES", "analyze", "claim_numbers", "condition_rows",
-           "condition_table", "describe", "report_markdown", "rows", "summary_table", "write"]
+__all__ = ["CONDITION_NUMBERS", "FIGURES", "analyze", "check_args", "claim_numbers",
+           "condition_rows", "condition_table", "describe", "report_markdown", "rows", "summary_table", "write"]

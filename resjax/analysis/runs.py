@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from absl import logging
 
-from resjax import errors, files, grid, locking, models, probes, restore, train
+from resjax import errors, files, grid, locking, models, probes, restore, schema, train
 from resjax.analysis import trajectories
 from resjax.analysis.markdown import FIGURES, report_markdown
 from resjax.analysis.tables import condition_rows, condition_table, rows, summary_table
@@ -96,6 +96,7 @@ def _output_dir(out: str | None, workdir: str, step: int) -> str:
   """The analysis folder, created; a ConfigError suggesting --out if it cannot be."""
   path = (files.workdir_path(out) if out
           else os.path.join(workdir, "analysis", f"step_{step}"))
+  files.check_kind(path, "analysis", "--out")
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
@@ -106,10 +107,18 @@ def _output_dir(out: str | None, workdir: str, step: int) -> str:
   return path
 
 
+def check_args(*, step: int | None = None, **probe_args: Any) -> None:
+  """ConfigError (one line) for a bad argument of `analyze` (`launch.analyze`'s flags of
+  the same names), before any file is read: `step` and the arguments of `probes.run`."""
+  probes.check_args(**probe_args)
+  schema.check_value("step", step, restore.RULES["step"])
+
+
 def analyze(workdir: str, *, step: int | None = None, compare: Sequence[str] = (),
             split: str = "train", out: str | None = None,
-            batch_size: int = 256, dormant_threshold: float = 0.1, grad_batches: int = 8,
-            grad_batch_size: int = 64, max_examples: int | None = None,
+            batch_size: int = 256, dormant_threshold: float = 0.1,
+            grad_batches: int | None = None, grad_batch_size: int | None = None,
+            max_examples: int | None = None,
             command: str | None = None,
             say: Callable[[str], None] = logging.info) -> dict:
   """Probes the run in `workdir` (and the `compare` runs) on their `split`.
@@ -120,18 +129,19 @@ def analyze(workdir: str, *, step: int | None = None, compare: Sequence[str] = (
   set. Progress and tables go to `say` (absl logging by default; the launcher
   prints). Returns {'dir': output folder, 'files': written paths, 'runs': [...]}.
   """
-  probes.check_args(split=split, batch_size=batch_size, dormant_threshold=dormant_threshold,
-                    grad_batches=grad_batches, grad_batch_size=grad_batch_size,
-                    max_examples=max_examples)
+  check_args(step=step, split=split, batch_size=batch_size,
+             dormant_threshold=dormant_threshold, grad_batches=grad_batches,
+             grad_batch_size=grad_batch_size, max_examples=max_examples)
   dirs = [_check_workdir(d) for d in (workdir, *compare)]
   errors.check(len(set(dirs)) == len(dirs), "--compare names a workdir twice; "
                "pass each run once")
   entries = _restore(dirs, step)  # fail fast on any bad run
   _check_comparable(entries)
+  datasets = _datasets(entries, split, grad_batches, grad_batch_size, max_examples)
   out_dir = _output_dir(out, dirs[0], int(np.asarray(entries[0]["state"].step)))
   with locking.workdir_lock(out_dir, fix="wait for it to finish or pass another --out",
                             say=say):
-    return _probe_and_write(out_dir, entries, split=split, batch_size=batch_size,
+    return _probe_and_write(out_dir, entries, datasets, split=split, batch_size=batch_size,
                             dormant_threshold=dormant_threshold, grad_batches=grad_batches,
                             grad_batch_size=grad_batch_size, max_examples=max_examples,
                             command=command, say=say)
@@ -157,20 +167,35 @@ def _restore(dirs: Sequence[str], step: int | None) -> list[dict]:
   return entries
 
 
-def _probe_and_write(out_dir: str, entries: Sequence[dict], *, split: str, batch_size: int,
-                     dormant_threshold: float, grad_batches: int, grad_batch_size: int,
-                     max_examples: int | None, command: str | None,
-                     say: Callable[[str], None]) -> dict:
-  datasets: dict[str, Any] = {}
-  runs = []
+def _datasets(entries: Sequence[dict], split: str, grad_batches: int | None,
+              grad_batch_size: int | None, max_examples: int | None) -> list:
+  """Each entry's dataset, as its trainer loaded it (loaded once per dataset), checked
+  to serve the gradient batches asked for before any run is probed."""
+  loaded: dict[str, Any] = {}
+  out = []
   for entry in entries:
-    label, d, config, state = entry["label"], entry["dir"], entry["config"], entry["state"]
+    config = entry["config"]
     key = json.dumps({k: v for k, v in config.data.to_dict().items()
                       if k not in ("batch_size", "augment", "pad", "flip")},
                      sort_keys=True, default=str)
-    if key not in datasets:  # the run's own data, as its trainer loaded it
-      datasets[key] = train.load_data(config)
-    ds = datasets[key]
+    if key not in loaded:
+      loaded[key] = train.load_data(config)
+      ds = loaded[key]
+      n = len(getattr(ds, split))
+      n = n if max_examples is None else min(n, max_examples)
+      probes.grad_sizes(n, 1, grad_batches, grad_batch_size, f"the {split} split of {ds.name}")
+    out.append(loaded[key])
+  return out
+
+
+def _probe_and_write(out_dir: str, entries: Sequence[dict], datasets: Sequence[Any], *,
+                     split: str, batch_size: int,
+                     dormant_threshold: float, grad_batches: int | None,
+                     grad_batch_size: int | None, max_examples: int | None,
+                     command: str | None, say: Callable[[str], None]) -> dict:
+  runs = []
+  for entry, ds in zip(entries, datasets):
+    label, d, config, state = entry["label"], entry["dir"], entry["config"], entry["state"]
     at = int(np.asarray(state.step))
     part = len(getattr(ds, split))
     n = part if max_examples is None else min(part, max_examples)
@@ -212,6 +237,7 @@ def write(out_dir: str, runs: Sequence[dict], command: str | None = None,
   the files as readers see them, `out_dir/<name>`.
   """
   out_dir = files.ensure_workdir(out_dir)
+  files.claim_kind(out_dir, "analysis")
   runs = files.jsonable(list(runs))
   figure_runs = runs if figure_runs is None else files.jsonable(list(figure_runs))
   names: list[str] = []

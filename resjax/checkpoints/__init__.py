@@ -16,8 +16,8 @@ from resjax import restore as _restore
 from resjax.checkpoints.io import (CHECKPOINT_DIR, CONFIG_FILE, RESUMABLE_GROUPS, RUN_FILES,
                                    STEPS_SCHEDULES, check_same_config, complete_steps,
                                    directory, holds_run, manager, move_aside,
-                                   read_config, read_meta, restore, save, save_config,
-                                   saved_steps, unreadable)
+                                   read_config, read_meta, remove_partial_saves, restore,
+                                   save, save_config, saved_steps, unreadable)
 
 
 def load(workdir: str, step: int | None = None, devices: Sequence[jax.Device] | None = None,

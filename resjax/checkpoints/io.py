@@ -13,7 +13,7 @@ Orbax writes each checkpoint into `<step>.orbax-checkpoint-tmp-*` and renames
 it to `<step>` only once every file is written, so a process killed in the
 middle of a save leaves the previous checkpoints as they were; the half-written
 temporary directory is ignored when reading and removed by the next training
-run. `load(workdir)` rebuilds the state from the metadata on the caller's
+run once it holds the workdir's lock (`remove_partial_saves`). `load(workdir)` rebuilds the state from the metadata on the caller's
 devices (any number) and restores the arrays into it.
 
 Orbax's noise on stderr (a read-only warning, closed-loop tracebacks) is kept
@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import time
 from typing import Any, Sequence
 
@@ -93,6 +95,25 @@ def manager(workdir: str, *, keep: int = 0, read_only: bool = False) -> ocp.Chec
   return ocp.CheckpointManager(directory(workdir), options=options)
 
 
+def remove_partial_saves(workdir: str) -> list[str]:
+  """Removes the temporary folders of saves that never finished (`<step>.orbax-
+  checkpoint-tmp*`, left by a save cut by a full disk or a kill); returns their names.
+
+  Call only while holding the workdir's lock: no save of another run can be in flight.
+  """
+  try:
+    names = sorted(os.listdir(directory(workdir)))
+  except OSError:
+    return []
+  removed = []
+  for name in names:
+    path = os.path.join(directory(workdir), name)
+    if re.match(r"^\d+\.orbax-checkpoint-tmp", name) and os.path.isdir(path):
+      shutil.rmtree(path, ignore_errors=True)
+      removed.append(name)
+  return removed
+
+
 def save(mngr: ocp.CheckpointManager, state: Any, meta: dict) -> None:
   """Starts saving `state` (a TrainState) at its step; returns once the arrays
   are copied off the device buffers, so the next (donating) step may run.
@@ -104,7 +125,12 @@ def save(mngr: ocp.CheckpointManager, state: Any, meta: dict) -> None:
                                           meta=ocp.args.JsonSave(meta)), force=True)
 
 
-def restore(mngr: ocp.CheckpointManager, state: Any, step: int | None = None) -> Any:
+# What to do about a checkpoint that cannot be read, when training would resume from it.
+RESUME_FIX = "move that step directory aside to use an earlier one, or pass --fresh to start over"
+
+
+def restore(mngr: ocp.CheckpointManager, state: Any, step: int | None = None, *,
+            fix: str = RESUME_FIX) -> Any:
   """`state` with its arrays replaced by checkpoint `step` (default: latest).
 
   `state` may be concrete or abstract (ShapeDtypeStructs with shardings); the
@@ -118,11 +144,11 @@ def restore(mngr: ocp.CheckpointManager, state: Any, step: int | None = None) ->
     restored = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target)))
   except Exception as e:  # Orbax raises many types for unreadable files.
-    raise unreadable(mngr, step, e) from None
+    raise unreadable(mngr, step, e, fix) from None
   return state.replace(**restored["state"])
 
 
-def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
+def read_meta(mngr: ocp.CheckpointManager, step: int, *, fix: str = RESUME_FIX) -> dict:
   """The JSON metadata saved with checkpoint `step` (ConfigError if unreadable)."""
   try:
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -131,15 +157,16 @@ def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
       raise ValueError("metadata without config and dataset")
     return meta
   except Exception as e:  # pylint: disable=broad-except
-    raise unreadable(mngr, step, e) from None
+    raise unreadable(mngr, step, e, fix) from None
 
 
-def unreadable(mngr: ocp.CheckpointManager, step: int, e: BaseException) -> errors.ConfigError:
-  """The one-line ConfigError for checkpoint `step` that cannot be read."""
+def unreadable(mngr: ocp.CheckpointManager, step: int, e: BaseException,
+               fix: str = RESUME_FIX) -> errors.ConfigError:
+  """The one-line ConfigError for checkpoint `step` that cannot be read; `fix` says
+  what to do (the caller knows: resume elsewhere, or load another step)."""
   return errors.ConfigError(
       f"checkpoint {step} in {mngr.directory} cannot be read ({type(e).__name__}: "
-      f"{errors.first_line(e)[:200]}); move that step directory aside to use an earlier "
-      "one, or pass --fresh to start over")
+      f"{errors.first_line(e)[:200]}); {fix}")
 
 
 def complete_steps(workdir: str) -> list[int]:
@@ -240,6 +267,20 @@ def check_same_config(workdir: str, mngr: ocp.CheckpointManager | None,
                f"({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''}; compared with "
                f"its {source}); pass another --workdir, or --fresh to move that run aside")
   return step
+
+
+def unsaved_other_config(workdir: str, config: ml_collections.ConfigDict) -> str | None:
+  """What differs ('opt.lr: 1e+30 -> 0.003; ...') when `workdir` holds the config.json of
+  a run that saved no checkpoint (it diverged or was killed first) and `config` is
+  another; None otherwise. Changes no file."""
+  if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)) or complete_steps(workdir):
+    return None
+  try:
+    old = json.loads(json.dumps(read_config(workdir).to_dict()))
+  except errors.ConfigError:
+    return None  # Unreadable: check_same_config says so.
+  diff = _differences(_strip(old), _strip(json.loads(json.dumps(config.to_dict()))))
+  return "; ".join(diff[:3]) + ("; ..." if len(diff) > 3 else "") if diff else None
 
 
 def holds_run(workdir: str) -> bool:

@@ -43,13 +43,14 @@ from resjax.collapse.linalg import GRAM_RTOL, PINV_RTOL
 from resjax.collapse.memory import available_memory, check_memory, memory_estimate
 from resjax.collapse.reference import NUMPY_FNS, figure_recoveries, recover, reference_metrics
 from resjax.collapse.results import summarize, table
-from resjax.collapse.spec import ERRORS, METRICS, THEORY, SweepSpec, config_of, spec_from_config
+from resjax.collapse.spec import (ERRORS, METRICS, RULES, THEORY, SweepSpec, config_of,
+                                  spec_from_config, unused)
 
 __all__ = [
     "ERRORS", "GRAM_RTOL", "METRICS", "NUMPY_FNS", "PINV_RTOL", "QP_BATCH", "QP_STEPS",
-    "QP_TOL", "SweepSpec", "THEORY", "available_memory", "cell_metrics", "check_memory",
+    "QP_TOL", "RULES", "SweepSpec", "THEORY", "available_memory", "cell_metrics", "check_memory",
     "compile_sweep", "compiler_options", "config_of", "draw_embedding", "embedding_key",
     "figure_recoveries", "least_norm_qp", "memory_estimate",
     "prefix_metrics", "recover", "reference_metrics", "run", "spec_from_config", "summarize",
-    "sweep", "table",
+    "sweep", "table", "unused",
 ]

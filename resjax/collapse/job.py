@@ -53,6 +53,7 @@ def run(config: Any, workdir: str, *, log: Log = logging.info) -> dict[str, Any]
   spec = spec_lib.spec_from_config(config)
   fig_act, fig_dims = spec_lib.figure_of(config)
   memory.check_memory(spec)
+  files.check_kind(files.workdir_path(workdir), "sweep")
   workdir = files.ensure_workdir(workdir)
   with locking.workdir_lock(workdir):
     return _run(config, spec, fig_act, fig_dims, workdir, log)
@@ -80,6 +81,7 @@ def _write(workdir: str, config: Any, spec: spec_lib.SweepSpec, res: dict[str, A
            rows: list[dict[str, Any]], recoveries: Optional[dict[str, Any]]) -> list[str]:
   """Writes the CSV, the JSON and the figure as one result set; returns the paths users see."""
   to_dict = getattr(config, "to_dict", None)
+  files.claim_kind(workdir, "sweep")
   with files.result_set(workdir) as new:
     files.write_csv(os.path.join(new, "collapse.csv"), rows)
     files.write_json(os.path.join(new, "collapse.json"), {

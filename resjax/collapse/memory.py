@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Optional
-
-import jax
 
 from resjax import errors
 from resjax.collapse import spec as spec_lib
+from resjax.memory import available_memory, have_text, size_text as _size
 
 
 def memory_estimate(spec: spec_lib.SweepSpec, chunk: Optional[int] = None) -> dict[str, int]:
@@ -38,37 +36,6 @@ def memory_estimate(spec: spec_lib.SweepSpec, chunk: Optional[int] = None) -> di
           "host": int(2 * out), "total": int(device + 2 * out)}
 
 
-def available_memory() -> dict[str, Any]:
-  """{'host': bytes of this machine (or its cgroup limit), 'device': bytes or None}.
-
-  'device' is the accelerator's memory limit from `memory_stats()`; None on the
-  CPU, whose buffers are host memory.
-  """
-  host = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-  for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-    try:
-      with open(path) as f:
-        text = f.read().strip()
-    except OSError:
-      continue
-    if text.isdigit():
-      host = min(host, int(text))
-  device = None
-  if jax.default_backend() != "cpu":
-    try:
-      device = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
-    except Exception:  # pylint: disable=broad-except  (not every backend reports it)
-      device = None
-  return {"host": int(host), "device": device}
-
-
-def _size(nbytes: float) -> str:
-  for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
-    if nbytes >= scale:
-      return f"{nbytes / scale:.3g} {unit}"
-  return f"{nbytes / 1e3:.3g} kB"
-
-
 def check_memory(spec: spec_lib.SweepSpec, available: Optional[dict[str, Any]] = None,
                  fraction: float = 0.9) -> dict[str, int]:
   """Raises ConfigError when the sweep would not fit in `fraction` of the memory.
@@ -89,10 +56,7 @@ def check_memory(spec: spec_lib.SweepSpec, available: Optional[dict[str, Any]] =
   est = memory_estimate(spec)
   if fits(spec):
     return est
-  if on_device:
-    have = f"the device has {_size(avail['device'])} and the host {_size(avail['host'])}"
-  else:
-    have = f"this machine has {_size(avail['host'])}"
+  have = have_text(avail)
   chunks = [c for c in (64, 32, 16, 8, 4, 2, 1) if c < est["chunk"] and fits(spec, c)]
   if chunks:
     need = _size(memory_estimate(spec, chunks[0])["total"])

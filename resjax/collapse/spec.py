@@ -21,17 +21,40 @@ THEORY = ("collapsed_frac_theory", "dead_frac_theory", "linear_frac_theory",
 # margin: measured without NaN from 1e-18 to 1e16; NaN at 1e-20 and 1e19.
 SCALE_RANGE = (1e-12, 1e12)
 
-# The sweep config's scalar fields (the lists are parsed by `names_of` / `ints_of`;
-# the manifold's name and size are `manifolds.RULES`, checked by `manifolds.check`).
+_ACTIVATION = schema.Choice(activations.names)
+_DIM = schema.Int(1, fix="use an integer >= 1")
+
+
+def _list(item: schema.Rule, **kw) -> schema.Rule:
+  """A non-empty list of distinct values, or the same as comma-separated text."""
+  return schema.List(item, split=True, nonempty=True, unique=True, **kw)
+
+
+# Every field of a sweep config, with its rule (manifold.name / points are
+# `manifolds.RULES`; what one field cannot say, `manifolds.check` adds).
 RULES = {
+    "activations": _list(_ACTIVATION),
+    "dims": _list(_DIM),
     "seeds": schema.POSITIVE,
     "seed": schema.SEED,
     "chunk": schema.Int(0, fix="use an integer >= 0 (0 = no chunking)"),
-    "manifold.turns": schema.Float(0, 1e6, low_open=True),
+    **{f"manifold.{k}": r for k, r in manifolds.RULES.items()},
+    "manifold.dims": _list(manifolds.DIM),
+    "manifold.turns": schema.Float(0, 1e6, low_open=True, optional=True),
     "manifold.scale": schema.Float(*SCALE_RANGE, optional=True, fix=(
         f"use a number in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}] (outside it the scaled "
         "points' float32 sums of squares underflow or overflow)")),
+    "figure.activation": dataclasses.replace(_ACTIVATION, optional=True),
+    "figure.dims": _list(_DIM, optional=True),
 }
+
+
+def unused(config: Any) -> dict[str, str]:
+  """Fields of a sweep config its other choices make unused: dotted field -> why."""
+  name = schema.get(config, "manifold.name")
+  if name in manifolds.NAMES and name != "spiral":
+    return {"manifold.turns": f"manifold.name={name!r} has no turns (only the spiral)"}
+  return {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,57 +82,32 @@ class SweepSpec:
     return len(self.ds) * self.seeds
 
 
-def names_of(value: Any, field: str) -> tuple[str, ...]:
-  """A tuple of names from a tuple or a comma-separated string."""
-  if isinstance(value, str):
-    value = (value,)
-  out = []
-  for item in value:
-    errors.check(isinstance(item, str), f"{field} contains {item!r}; give names like relu,tanh")
-    out.extend(part.strip() for part in item.split(",") if part.strip())
-  return tuple(out)
+def _names(value: Any) -> tuple[str, ...]:
+  return tuple(schema.entries(value, split=True))
 
 
-def ints_of(value: Any, field: str, what: str) -> tuple[int, ...]:
-  """A sorted tuple of distinct integers >= 1 from ints or a comma-separated string."""
-  if isinstance(value, (int, str)):
-    value = (value,)
-  out = []
-  for item in value:
-    parts = item.split(",") if isinstance(item, str) else [item]
-    for part in parts:
-      try:
-        number = int(part)
-        ok = not isinstance(part, (bool, float)) and number >= 1
-      except (TypeError, ValueError):
-        ok = False
-      errors.check(ok, f"{field} contains {part!r}; each {what} must be an integer >= 1")
-      out.append(number)
-  errors.check(bool(out), f"{field} is empty; give at least one {what} >= 1")
-  return tuple(sorted(set(out)))
+def _ints(value: Any) -> tuple[int, ...]:
+  """A checked list field's integers, sorted."""
+  return tuple(sorted(int(v) for v in schema.entries(value, split=True)))
 
 
 def spec_from_config(config: Any) -> SweepSpec:
   """Validates a collapse config (ConfigDict, dict or SweepSpec); ConfigError on bad input."""
   if isinstance(config, SweepSpec):
     config = config_of(config)
-  errors.check(hasattr(config, "keys"), f"config={config!r} is not allowed; pass a collapse "
-               "config (a ConfigDict or dict, see configs/collapse.py) or a SweepSpec")
-  names = names_of(config["activations"], "activations")
-  errors.check(bool(names), "activations is empty; choose from: " + ", ".join(activations.names()))
-  for name in names:
-    errors.choice("activations", name, activations.names())
+  schema.require_config(config, "a collapse config (a ConfigDict or dict, see "
+                        "configs/collapse.py) or a SweepSpec")
   schema.check(config, RULES)
-  seeds, seed, chunk = config["seeds"], config["seed"], config["chunk"]
+  extra = schema.uncovered(config, RULES)
+  errors.check(not extra, f"config.{extra[0] if extra else ''} is not a field of a sweep "
+               "config; remove it (fields: configs/collapse.py)")
   m = config["manifold"]
-  ds = ints_of(m["dims"], "manifold.dims", "manifold dimension d")
+  ds = _ints(m["dims"])
   manifolds.check(m["name"], ds, m["points"])
-  scale = m.get("scale", 1.0)
-  return SweepSpec(activations=tuple(dict.fromkeys(names)),
-                   dims=ints_of(config["dims"], "dims", "embedding dimension n"),
-                   seeds=int(seeds), seed=int(seed), manifold=m["name"], ds=ds,
-                   points=int(m["points"]), turns=float(m["turns"]), chunk=int(chunk),
-                   scale=float(scale))
+  return SweepSpec(activations=_names(config["activations"]), dims=_ints(config["dims"]),
+                   seeds=int(config["seeds"]), seed=int(config["seed"]), manifold=m["name"],
+                   ds=ds, points=int(m["points"]), turns=float(m.get("turns", 3.0)),
+                   chunk=int(config["chunk"]), scale=float(m.get("scale", 1.0)))
 
 
 def config_of(spec: SweepSpec) -> dict[str, Any]:
@@ -122,6 +120,6 @@ def config_of(spec: SweepSpec) -> dict[str, Any]:
 
 def figure_of(config: Any) -> tuple[str, tuple[int, ...]]:
   """The figure group's activation and embedding dims, checked; ConfigError on bad input."""
-  fig = config["figure"]
-  name = errors.choice("figure.activation", fig["activation"], activations.names())
-  return name, ints_of(fig["dims"], "figure.dims", "embedding dimension n")
+  schema.check(config, {k: dataclasses.replace(r, optional=False) for k, r in RULES.items()
+                        if k.startswith("figure.")})
+  return config["figure"]["activation"], _ints(config["figure"]["dims"])

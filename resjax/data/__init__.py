@@ -13,8 +13,12 @@ pad-and-crop and horizontal flip per example.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 from typing import Any
+
+import numpy as np
 
 from resjax import errors, schema
 from resjax.data.augment import augment, crop_and_flip, preprocess
@@ -40,9 +44,39 @@ RULES = {
 }
 
 __all__ = ["Dataset", "Split", "NAMES", "TFDS_NAMES", "EMBEDDED_NAMES", "NORMALIZE", "RULES",
-           "load", "prepare_command", "channel_stats", "pixel_stats", "steps_per_epoch",
+           "options", "rules", "unused", "load", "prepare_command", "channel_stats", "pixel_stats", "steps_per_epoch",
            "train_indices", "local_rows", "train_batch", "num_eval_batches", "eval_batches",
            "prefetch", "preprocess", "crop_and_flip", "augment"]
+
+
+def rules(name: str) -> dict[str, schema.Rule]:
+  """The `config.data` fields of dataset `name` `load` reads, with their rules: RULES
+  and the embedded set's options (all optional: absent ones take their defaults)."""
+  return dict(_rules(name if name in NAMES else ""))
+
+
+@functools.lru_cache(maxsize=None)
+def _rules(name: str) -> dict[str, schema.Rule]:
+  options = GENERATORS[name][2] if name in GENERATORS else {}
+  optional = {k: dataclasses.replace(r, optional=True) for k, r in options.items()}
+  return {**RULES, **optional,
+          **{k: dataclasses.replace(RULES[k], optional=True)
+             for k in ("data_dir", "seed", "normalize")}}
+
+
+def options(name: str) -> tuple[str, ...]:
+  """The options (extra `config.data` fields) of dataset `name`; () for tfds data."""
+  return tuple(GENERATORS[name][1]) if name in GENERATORS else ()
+
+
+def unused(name: str) -> dict[str, str]:
+  """`config.data` fields that dataset `name` does not read: field -> why."""
+  if name in GENERATORS:
+    return {"data_dir": f"data.name={name!r} is generated, not read from a directory"}
+  if name in TFDS_NAMES:
+    return {"seed": f"data.name={name!r} is read as prepared; data.seed only generates "
+                    "the embedded sets"}
+  return {}
 
 
 def load(name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0,
@@ -77,10 +111,18 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0,
   else:
     _options(name, options, {})
     train, test, num_classes = load_tfds(name, data_dir)
+  for split, part in (("train", train), ("test", test)):
+    errors.check(bool(np.isfinite(part.inputs).all()),
+                 f"the {split} inputs of data.name={name!r} hold values that are not finite "
+                 f"with the data options {_shown(options)}; use smaller values")
   stats = pixel_stats if normalize == "per_pixel_mean" else channel_stats
   mean, std = stats(train.inputs)
   return Dataset(name=name, train=train, test=test, num_classes=num_classes,
                  mean=mean, std=std, normalize=normalize)
+
+
+def _shown(options: dict[str, Any]) -> str:
+  return ", ".join(f"data.{k}={v!r}" for k, v in options.items()) or "(none)"
 
 
 def _options(name: str, options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

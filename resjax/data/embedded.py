@@ -13,8 +13,10 @@ from resjax.data.dataset import Split
 
 
 _SPIRAL_DEFAULTS = dict(num_arms=3, noise=0.03, turns=1.5, num_train=1500, num_test=1500)
-SPIRAL_RULES = {"num_arms": schema.Int(2), "noise": schema.Float(0),
-                "turns": schema.Float(0, low_open=True), "num_train": schema.POSITIVE,
+# Points lie within radius 1: noise and turns beyond 1e6 only make float32 noise
+# (a million turns put neighbouring points of an arm far apart already).
+SPIRAL_RULES = {"num_arms": schema.Int(2, 10_000), "noise": schema.Float(0, 1e6),
+                "turns": schema.Float(0, 1e6, low_open=True), "num_train": schema.POSITIVE,
                 "num_test": schema.POSITIVE}
 # Arms start this far from the origin, where they would otherwise merge.
 _SPIRAL_INNER_RADIUS = 0.1
@@ -63,8 +65,9 @@ def digits(seed: int, *, num_test: int) -> tuple[Split, Split, int]:
 
 
 _MANIFOLD_DEFAULTS = dict(d=2, ambient=16, num_classes=3, num_train=1500, num_test=1500)
-MANIFOLD_RULES = {"d": schema.POSITIVE, "ambient": schema.POSITIVE, "num_classes": schema.Int(2),
-                  "num_train": schema.POSITIVE, "num_test": schema.POSITIVE}
+MANIFOLD_RULES = {"d": schema.Int(1, 10_000), "ambient": schema.Int(1, 100_000),
+                  "num_classes": schema.Int(2, 10_000), "num_train": schema.POSITIVE,
+                  "num_test": schema.POSITIVE}
 # Latent draws that fix the class thresholds (quantiles of f), whatever the split sizes.
 _MANIFOLD_REFERENCE = 1 << 16
 

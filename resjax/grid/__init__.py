@@ -8,10 +8,10 @@ single run's steps over them, `layer.Grid` is what the training loop trains,
 """
 from resjax.grid.layer import Grid
 from resjax.grid.padding import crop, gates, mask, pad, stack
-from resjax.grid.spec import (MODEL_AXES, OPT_AXES, TOGGLES, TRAIN_AXES, axes, calls, condition,
-                              condition_name, config_group, describe_label, grid_size,
-                              is_grid, labels, layout, needs_mask, nets, padded_config,
-                              padded_fields, validate)
+from resjax.grid.spec import (MAX_NETS, MODEL_AXES, OPT_AXES, TOGGLES, TRAIN_AXES, axes, calls,
+                              condition, condition_name, config_group, count, describe_label,
+                              grid_size, is_grid, labels, layout, needs_mask, nets,
+                              padded_config, padded_fields, rules, validate)
 from resjax.grid.state import (GridCalls, abstract_grid_state, create_grid_state,
                                initial_states)
 from resjax.grid.steps import grid_training_mesh, jit_steps, merge_calls

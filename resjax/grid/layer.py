@@ -30,9 +30,10 @@ class Grid:
   """The nets of `config.grid`, trained as one program per call."""
   per_net = True  # Metrics are arrays with one entry per net.
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict,
+               say: Callable[[str], None] | None = None):
     self.config = config
-    self.configs = spec.nets(config)
+    self.configs = spec.nets(config, say)  # Progress to `say` when building takes > 1 s.
     self.labels = spec.labels(config)
     self.count = len(self.configs)
     self.seeds = [int(c.seed) for c in self.configs]

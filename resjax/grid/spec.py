@@ -24,14 +24,20 @@ calls and the padded model (resjax/grid/padding.py does the tree surgery).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
-from typing import Any, Sequence
+import math
+import time
+from typing import Any, Callable, Sequence
 
 import ml_collections
 
 from resjax import errors
 from resjax import models
+from resjax import progress
 from resjax import schema
+from resjax.train import optimizer
 from resjax.train.optimizer import OPT_AXES  # Scalars of `opt` a grid may vary.
 
 # Fields of `model` a grid may vary.
@@ -43,6 +49,10 @@ MODEL_AXES = ("width", "depth", "widths", "residual", "plain", "bottleneck", "sh
 TRAIN_AXES = ("reset_dead_every",)
 # Model fields switched by a gate: declared beside each family (models.toggles).
 TOGGLES = models.TOGGLES
+# More nets than this in one grid is refused before anything is built: each net
+# is a config, a state slice and a metrics row per log step.
+MAX_NETS = 100_000
+NETS_PER_CALL = schema.Int(0, optional=True, fix="use an integer >= 0 (0 = all nets in one call)")
 
 
 def config_group() -> ml_collections.ConfigDict:
@@ -60,17 +70,8 @@ def _values(value: Any) -> tuple:
   """An axis as a tuple; 'a,b' strings (from flags) are split at commas."""
   if value is None:
     return ()
-  if isinstance(value, str):
-    value = (value,)
-  out = []
-  for v in value:
-    if isinstance(v, str):
-      out.extend(p.strip() for p in v.split(",") if p.strip())
-    elif isinstance(v, list):
-      out.append(models.as_tuple(v))
-    else:
-      out.append(v)
-  return tuple(out)
+  found = schema.entries(value, split=True)
+  return tuple(models.as_tuple(v) for v in (found if found is not None else (value,)))
 
 
 def axes(config: ml_collections.ConfigDict) -> list[tuple[str, tuple]]:
@@ -127,29 +128,79 @@ def is_grid(config: ml_collections.ConfigDict) -> bool:
   return bool(axes(config))
 
 
+@functools.lru_cache(maxsize=None)
+def _axis(item: schema.Rule) -> schema.Rule:
+  """The rule of an axis: distinct values, each allowed for the field it varies."""
+  item = dataclasses.replace(item, optional=False, when=None)
+  return schema.List(item, split=True, unique=True, optional=True,
+                     fix=f"give distinct values, none repeated; each: {item.advice()}")
+
+
+@functools.lru_cache(maxsize=None)
+def _never(why: str) -> schema.Rule:
+  """The rule of an axis that must stay empty: `why` says what to do instead."""
+  return schema.List(schema.Rule("any", test=lambda v: False), split=True, optional=True,
+                     fix=why)
+
+
+def rules(config: ml_collections.ConfigDict) -> dict[str, schema.Rule]:
+  """Every field of `config.grid` with its rule: each axis takes values the field it
+  varies allows (the optimizer's or the model family's rule); an axis over a field
+  the config lacks or does not use must stay empty."""
+  name = schema.get(config, "model.name")
+  model = schema.get(config, "model")
+  opt = schema.get(config, "opt")
+  family = models.rules(name) if isinstance(name, str) else {}
+  unused = {}
+  if hasattr(opt, "keys"):
+    unused.update({f"opt.{k}": v for k, v in optimizer.unused(opt).items()})
+  if family and hasattr(model, "keys"):
+    unused.update({f"model.{k}": v for k, v in models.unused(name, model).items()})
+  out = {"grid.seeds": _axis(schema.SEED), "grid.nets_per_call": NETS_PER_CALL}
+  for field in OPT_AXES:
+    why = unused.get(f"opt.{field}")
+    out[f"grid.opt.{field}"] = (_never(f"leave it empty: {why}") if why
+                                else _axis(optimizer.RULES[field]))
+  for field in MODEL_AXES:
+    why = unused.get(f"model.{field}")
+    if not family:  # An unknown model (refused by its own rule): nothing to check against.
+      rule = _axis(schema.Rule("any"))
+    elif field not in family:
+      known = ", ".join(k for k in family if k in MODEL_AXES)
+      rule = _never(f"leave it empty: model {name!r} has no field {field}; vary a field it "
+                    f"has{f': {known}' if known else ''}")
+    elif why:
+      rule = _never(f"leave it empty: {why}")
+    else:
+      rule = _axis(family[field])
+    out[f"grid.model.{field}"] = rule
+  # A grid may vary a model field the config leaves at its default (each net's
+  # config then holds it), and the train fields that are interventions.
+  train = schema.get(config, "train")
+  for field in TRAIN_AXES:
+    has = hasattr(train, "keys") and field in train
+    out[f"grid.train.{field}"] = (_axis(schema.COUNT) if has else _never(
+        f"leave it empty: config.train lacks {field}"))
+  return out
+
+
+def count(config: ml_collections.ConfigDict) -> int:
+  """Nets of the grid: the product of its axes' lengths (nothing is built)."""
+  return math.prod(len(v) for _, v in axes(config))
+
+
 def validate(config: ml_collections.ConfigDict) -> list[str]:
   """Problems with `config.grid` (one line each; empty when it is fine)."""
-  problems = schema.problems(config, {"grid.nets_per_call": schema.Int(
-      0, optional=True, fix="use an integer >= 0 (0 = all nets in one call)")})
-  model = config.model.get("name")
-  for field, values in axes(config):
-    group, _, name = field.partition(".")
-    name_of = "grid.seeds" if field == "seed" else f"grid.{field}"
-    if len(set(values)) != len(values):
-      problems.append(f"{name_of}={values!r} repeats a value; give each value once")
-    if field == "seed":
-      if not all(schema.SEED.ok(v) for v in values):
-        problems.append(f"grid.seeds={values!r} is not allowed; use integers >= 0 and < 2**32")
-      continue
-    if name not in config[group] and not (group == "model" and _model_field(model, name)):
-      problems.append(f"grid.{field} varies {field}, which config.{group} lacks "
-                      f"(model {model!r}); vary a field the config has")
-      continue
-    if group == "opt" and not all(schema.Float().ok(v) for v in values):
-      problems.append(f"grid.{field}={values!r} is not allowed; use finite numbers")
-    if group == "train" and not all(schema.COUNT.ok(v) for v in values):
-      problems.append(f"grid.{field}={values!r} is not allowed; use integers >= 0")
-  names = [f for f, _ in axes(config)]
+  problems = schema.problems(config, rules(config))
+  if problems:
+    return problems
+  found = axes(config)
+  size = count(config)
+  if size > MAX_NETS:
+    shape = " x ".join(f"{len(v)} {f}" for f, v in found)
+    problems.append(f"config.grid asks for {size:,} nets ({shape}); a grid holds at most "
+                    f"{MAX_NETS:,}: use fewer values per axis, or split it over several runs")
+  names = [f for f, _ in found]
   if any(f in ("model.width", "model.widths", "model.width_multiplier", "model.expansion")
          for f in names) and config.model.get("norm") == "layer":
     problems.append("a width axis with model.norm='layer' is not supported (layer norm "
@@ -157,22 +208,24 @@ def validate(config: ml_collections.ConfigDict) -> list[str]:
   return problems
 
 
-def _model_field(model: Any, name: str) -> bool:
-  """Whether `name` is a field of model `model` (a grid may vary one the config
-  leaves at its default; each net's config then holds it)."""
-  return model in models.MODELS and name in models.fields(model)
+def nets(config: ml_collections.ConfigDict,
+         say: Callable[[str], None] | None = None) -> list[ml_collections.ConfigDict]:
+  """Net k's config for each k: the product of the axes, seeds innermost.
 
-
-def nets(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
-  """Net k's config for each k: the product of the axes, seeds innermost."""
+  `say` gets a progress line every second once building has taken more than one.
+  """
   found = axes(config)
-  base = ml_collections.ConfigDict(config.to_dict())
-  base.grid = config_group()
+  base = config.to_dict()
+  base["grid"] = config_group().to_dict()
   if not found:
-    return [base]
+    return [ml_collections.ConfigDict(base)]
   out = []
+  total = count(config)
+  report = progress.Progress(total, "net configs", report=say or (lambda line: None),
+                             every=1.0)
+  start = time.perf_counter()
   for combo in itertools.product(*(values for _, values in found)):
-    net = ml_collections.ConfigDict(base.to_dict())
+    net = ml_collections.ConfigDict(base)
     for (field, _), value in zip(found, combo):
       if field == "seed":
         net.seed = int(value)
@@ -180,6 +233,8 @@ def nets(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
         group, name = field.split(".")
         net[group][name] = value
     out.append(net)
+    if say is not None and time.perf_counter() - start > 1.0:
+      report.update(len(out))
   return out
 
 
@@ -224,10 +279,10 @@ def calls(config: ml_collections.ConfigDict) -> list[list[int]]:
   """The nets of each compiled call: consecutive groups of `grid.nets_per_call`
   (0: all nets in one call). Each call pads only its own nets, so ordering the
   axes so that a call holds one depth wastes no compute on padding."""
-  count = len(nets(config))
+  size = count(config)
   per_call = int(config.grid.get("nets_per_call", 0) or 0) if "grid" in config else 0
-  per_call = count if per_call <= 0 else min(per_call, count)
-  return [list(range(i, min(i + per_call, count))) for i in range(0, count, per_call)]
+  per_call = size if per_call <= 0 else min(per_call, size)
+  return [list(range(i, min(i + per_call, size))) for i in range(0, size, per_call)]
 
 
 def padded_fields(config: ml_collections.ConfigDict,
@@ -238,13 +293,13 @@ def padded_fields(config: ml_collections.ConfigDict,
   toggles = models.toggles(config.model.name)
   fixed = models.padded_values(config.model.name)
   gated = False
-  all_nets = nets(config)
-  members = range(len(all_nets)) if members is None else members
+  all_labels = labels(config)
+  members = range(len(all_labels)) if members is None else members
   for field, _ in axes(config):
     group, _, name = field.partition(".")
     if group != "model":
       continue
-    values = [models.as_tuple(all_nets[k].model[name]) for k in members]
+    values = [models.as_tuple(all_labels[k][field]) for k in members]
     if name in toggles:
       fields[name] = toggles[name].padded
     elif name in fixed:
@@ -266,11 +321,10 @@ def padded_config(config: ml_collections.ConfigDict,
                   members: Sequence[int] | None = None) -> ml_collections.ConfigDict:
   """The config of the one (gated) model the nets `members` (default: all) of
   `config.grid` fit in."""
-  out = ml_collections.ConfigDict(config.to_dict())
-  for key, value in padded_fields(config, members).items():
-    out.model[key] = value
-  out.grid = config_group()
-  return out
+  tree = config.to_dict()
+  tree["model"].update(padded_fields(config, members))  # As a dict: any value types.
+  tree["grid"] = config_group().to_dict()
+  return ml_collections.ConfigDict(tree)
 
 
 def needs_mask(config: ml_collections.ConfigDict) -> bool:

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from resjax import errors
+from resjax import schema
 from resjax.models.checks import DTYPES, NORMS, check_dtype
 from resjax.models.family import Toggle, Traits
 from resjax.models.first_layer import FIRST_LAYERS, FirstLayerNet
@@ -76,6 +77,22 @@ TOGGLES: dict[str, dict[str, tuple[str, Any]]] = {
 # Toggled field -> what a padded model takes for it (the gates then decide).
 TOGGLE_PADDED: dict[str, Any] = {
     field: t.padded for name in MODELS for field, t in toggles(name).items()}
+
+
+def rules(name: str) -> dict[str, schema.Rule]:
+  """The fields of model `name` a config may set, each with its `resjax.schema` rule
+  ({} for an unknown name); what one field cannot say (e.g. a ResNet's depth
+  6n+2 for its widths) the family checks when it is built."""
+  return dict(getattr(MODELS.get(name), "RULES", {}))
+
+
+def unused(name: str, model_fields: Mapping[str, Any]) -> dict[str, str]:
+  """Fields of model `name` that the other fields make unused: field -> why
+  (a family's `unused` static method; {} when it has none)."""
+  family = MODELS.get(name)
+  if family is None or not hasattr(family, "unused"):
+    return {}
+  return family.unused(_filled(name, model_fields))
 
 
 def as_tuple(value: Any) -> Any:
@@ -186,5 +203,5 @@ __all__ = [
     "FirstLayerNet", "InvertedResidualBlock", "InvertedResidualNet", "MLP", "MODELS", "NORMS",
     "ResNet", "ResNet1D", "TOGGLES", "TOGGLE_PADDED", "Toggle", "Traits", "as_tuple", "build",
     "describe", "fields", "he_normal", "padded_values", "param_count", "probe_tensors",
-    "round_width", "shortcut_option_a", "sown_names", "toggles", "traits",
+    "round_width", "rules", "shortcut_option_a", "sown_names", "toggles", "traits", "unused",
 ]

@@ -2,6 +2,9 @@
 
 A family is a Flax module class with
 
+  RULES     {field: resjax.schema.Rule}: every field a config may set, with
+            its rule (checked when the module is built, and by the config
+            checks before any work);
   TOGGLES   {field: Toggle}: the fields a grid switches per net through a gate
             (resjax/grid/), with the gate's name, its value for a field value
             and the value the padded (gated) model takes for the field;
@@ -15,6 +18,9 @@ A family is a Flax module class with
   tap_in_padded  (optional) a static method: (tap, fields, padded fields) ->
             the tap of the padded model of a grid that holds this net's tap
             `tap` (default: the same name), for the probes during training.
+
+  unused    (optional) a static method: fields -> {field: why} for fields
+            the others make unused (a grid axis over one is refused).
 
 The static methods get every field of the family, defaults filled in.
 """

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from resjax import activations
-from resjax import errors
+from resjax import schema
 from resjax.models import checks
 from resjax.models import layers
 from resjax.models.family import Toggle, Traits
@@ -44,6 +44,12 @@ class FirstLayerNet(nn.Module):
   TOGGLES: ClassVar[Mapping[str, Toggle]] = {
       "first": Toggle("relu", lambda v: float(v == "relu"), "residual")}
 
+  RULES: ClassVar[Mapping[str, schema.Rule]] = {
+      "width": schema.POSITIVE, "first": schema.Choice(FIRST_LAYERS),
+      "first_bias_init": schema.Float(),
+      "head_width": schema.POSITIVE, "head_depth": schema.COUNT,
+      "activation": checks.ACTIVATION, "dtype": checks.DTYPE, "gated": checks.GATED}
+
   num_classes: int
   width: int = 8
   first: str = "relu"
@@ -56,15 +62,15 @@ class FirstLayerNet(nn.Module):
 
   def __post_init__(self):
     checks.check_int("num_classes", self.num_classes, 1)
-    checks.check_int("width", self.width, 1)
-    errors.choice("model.first", self.first, FIRST_LAYERS)
-    checks.check_float("first_bias_init", self.first_bias_init)
-    checks.check_int("head_width", self.head_width, 1)
-    checks.check_int("head_depth", self.head_depth, 0)
-    checks.check_activation(self.activation)
-    checks.check_dtype(self.dtype)
-    checks.check_bool("gated", self.gated)
+    checks.check_fields(self, self.RULES)
     super().__post_init__()
+
+  @staticmethod
+  def unused(fields: Mapping[str, Any]) -> dict[str, str]:
+    """head_width builds nothing without head layers."""
+    if fields["head_depth"] == 0:
+      return {"head_width": "model.head_depth=0 builds no head layer"}
+    return {}
 
   @staticmethod
   def describe(fields: Mapping[str, Any]) -> str:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from resjax import activations
 from resjax import errors
+from resjax import schema
 from resjax.models import checks
 from resjax.models import layers
 from resjax.models.family import Toggle, Traits
@@ -25,6 +26,8 @@ Array = jax.Array
 CIFAR_STAGES = ((16, 1, 1), (24, 2, 2), (32, 3, 2), (64, 3, 1))
 # The shift (beta) of the bottleneck's BatchNorm: trained, or held at 0.
 BN_SHIFTS = ("learned", "frozen")
+# One stage: (bottleneck width, blocks, stride), the stride 1 or 2.
+STAGE = schema.Rule("ints", low=1, test=lambda st: len(st) == 3 and st[2] in (1, 2))
 
 
 def round_width(width: float, divisor: int = 8) -> int:
@@ -118,6 +121,18 @@ class InvertedResidualNet(nn.Module):
       "bottleneck": Toggle("linear", lambda v: float(v == "linear"), "linear")}
   # A frozen shift is a parameter the net lacks: padded with 0 and never updated.
   PADDED: ClassVar[Mapping[str, Any]] = {"bottleneck_bn_shift": "learned"}
+  RULES: ClassVar[Mapping[str, schema.Rule]] = {
+      "expansion": schema.POSITIVE,
+      "bottleneck": schema.Choice(lambda: ("linear", *activations.names()),
+                                  fix="choose linear or the model's activation"),
+      "bottleneck_bn_shift": schema.Choice(BN_SHIFTS),
+      "shortcut": schema.Bool(), "width_multiplier": schema.Float(0, 16, low_open=True),
+      "stages": schema.List(STAGE, nonempty=True, fix=(
+          "use a non-empty tuple of (width, blocks, stride) triples: width and blocks "
+          "integers >= 1, stride 1 or 2")),
+      "stem_width": schema.POSITIVE, "head_width": schema.POSITIVE,
+      "activation": checks.ACTIVATION, "dtype": checks.DTYPE, "gated": checks.GATED,
+      "round_to": schema.POSITIVE}
 
   num_classes: int = 10
   expansion: int = 6
@@ -135,34 +150,12 @@ class InvertedResidualNet(nn.Module):
 
   def __post_init__(self):
     checks.check_int("num_classes", self.num_classes, 1)
-    checks.check_int("expansion", self.expansion, 1)
-    checks.check_int("round_to", self.round_to, 1)
-    checks.check_activation(self.activation)
+    checks.check_fields(self, self.RULES)
     allowed = ("linear", self.activation)
     errors.check(self.bottleneck in allowed,
                  f"model.bottleneck={self.bottleneck!r} is not allowed; choose one of: "
                  f"{', '.join(allowed)} (the activation)")
-    checks.check_choice("bottleneck_bn_shift", self.bottleneck_bn_shift, BN_SHIFTS)
-    checks.check_bool("shortcut", self.shortcut)
-    ok = isinstance(self.width_multiplier, (int, float)) and not isinstance(
-        self.width_multiplier, bool)
-    errors.check(ok and 0 < self.width_multiplier <= 16,
-                 f"model.width_multiplier={self.width_multiplier!r} is not allowed; "
-                 "use a number in (0, 16]")
-    stages_ok = isinstance(self.stages, (tuple, list)) and len(self.stages) > 0 and all(
-        isinstance(st, (tuple, list)) and len(st) == 3 for st in self.stages)
-    errors.check(stages_ok, f"model.stages={self.stages!r} is not allowed; use a "
-                 "non-empty tuple of (width, blocks, stride) triples")
     object.__setattr__(self, "stages", tuple(tuple(st) for st in self.stages))
-    for width, blocks, stride in self.stages:
-      checks.check_int("stages (width)", width, 1)
-      checks.check_int("stages (blocks)", blocks, 1)
-      errors.check(stride in (1, 2), f"model.stages={self.stages!r} is not allowed; "
-                   "each stride must be 1 or 2")
-    checks.check_int("stem_width", self.stem_width, 1)
-    checks.check_int("head_width", self.head_width, 1)
-    checks.check_dtype(self.dtype)
-    checks.check_bool("gated", self.gated)
     super().__post_init__()
 
   @staticmethod

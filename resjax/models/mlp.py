@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from resjax import activations
-from resjax import errors
+from resjax import schema
 from resjax.models import checks
 from resjax.models import layers
 from resjax.models import family
@@ -43,6 +43,10 @@ class MLP(nn.Module):
   """
   TOGGLES: ClassVar[Mapping[str, Toggle]] = {
       "residual": Toggle("residual", lambda v: float(bool(v)), True)}
+  RULES: ClassVar[Mapping[str, schema.Rule]] = {
+      "width": schema.POSITIVE, "depth": schema.POSITIVE, "activation": checks.ACTIVATION,
+      "residual": schema.Bool(), "norm": schema.Choice(checks.NORMS, none_ok=True), "dtype": checks.DTYPE,
+      "gated": checks.GATED}
 
   num_classes: int
   width: int = 64
@@ -55,13 +59,7 @@ class MLP(nn.Module):
 
   def __post_init__(self):
     checks.check_int("num_classes", self.num_classes, 1)
-    checks.check_int("width", self.width, 1)
-    checks.check_int("depth", self.depth, 1)
-    checks.check_activation(self.activation)
-    checks.check_bool("residual", self.residual)
-    errors.choice("model.norm", self.norm, checks.NORMS)
-    checks.check_dtype(self.dtype)
-    checks.check_bool("gated", self.gated)
+    checks.check_fields(self, self.RULES)
     super().__post_init__()
 
   @staticmethod

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from resjax import activations
 from resjax import errors
+from resjax import schema
 from resjax.models import checks
 from resjax.models import layers
 from resjax.models.family import Toggle, Traits
@@ -133,6 +134,10 @@ class ResNet(nn.Module):
   """
   TOGGLES: ClassVar[Mapping[str, Toggle]] = {
       "plain": Toggle("shortcut", lambda v: float(not v), False)}
+  RULES: ClassVar[Mapping[str, schema.Rule]] = {
+      "depth": schema.Int(2), "plain": schema.Bool(), "preact": schema.Bool(),
+      "widths": checks.WIDTHS, "activation": checks.ACTIVATION, "dtype": checks.DTYPE,
+      "gated": checks.GATED, "conv_impl": schema.Choice(tuple(layers.CONV_IMPLS))}
 
   depth: int = 20
   num_classes: int = 10
@@ -145,20 +150,13 @@ class ResNet(nn.Module):
   conv_impl: str = "xla"  # A CONV_IMPLS name; the numbers agree to float32 rounding.
 
   def __post_init__(self):
-    checks.check_int("depth", self.depth, 2)
     checks.check_int("num_classes", self.num_classes, 1)
-    checks.check_bool("plain", self.plain)
-    checks.check_bool("preact", self.preact)
-    checks.check_widths("widths", self.widths)
+    checks.check_fields(self, self.RULES)
     object.__setattr__(self, "widths", tuple(self.widths))  # hashable, for jit
     errors.check(all(a <= b for a, b in zip(self.widths, self.widths[1:])),
                  f"model.widths={tuple(self.widths)!r} is not allowed; option-A "
                  "shortcuts need non-decreasing widths")
     check_depth(self.depth, len(self.widths))
-    checks.check_activation(self.activation)
-    checks.check_dtype(self.dtype)
-    checks.check_bool("gated", self.gated)
-    errors.choice("model.conv_impl", self.conv_impl, layers.CONV_IMPLS)
     super().__post_init__()
 
   @staticmethod

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resjax import schema
 from resjax.models import checks
 from resjax.models import layers
 from resjax.models import resnet
@@ -35,6 +36,9 @@ class ResNet1D(nn.Module):
   """
   TOGGLES: ClassVar[Mapping[str, Toggle]] = {
       "residual": Toggle("shortcut", lambda v: float(bool(v)), True)}
+  RULES: ClassVar[Mapping[str, schema.Rule]] = {
+      "depth": schema.Int(2), "width": schema.POSITIVE, "residual": schema.Bool(),
+      "activation": checks.ACTIVATION, "dtype": checks.DTYPE, "gated": checks.GATED}
 
   num_classes: int = 10
   depth: int = 20
@@ -46,13 +50,8 @@ class ResNet1D(nn.Module):
 
   def __post_init__(self):
     checks.check_int("num_classes", self.num_classes, 1)
-    checks.check_int("depth", self.depth, 2)
+    checks.check_fields(self, self.RULES)
     resnet.check_depth(self.depth, 3)
-    checks.check_int("width", self.width, 1)
-    checks.check_bool("residual", self.residual)
-    checks.check_activation(self.activation)
-    checks.check_dtype(self.dtype)
-    checks.check_bool("gated", self.gated)
     super().__post_init__()
 
   @staticmethod

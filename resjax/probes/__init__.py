@@ -46,6 +46,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Mapping
 
+import jax
 import numpy as np
 from jax.sharding import Mesh
 
@@ -56,10 +57,13 @@ from resjax.probes.statistics import (HIST_BINS, LIST_FIELDS, Results, dormant_s
                                       entropy_rank, participation_ratio, table_rows)
 
 __all__ = ["COLLECTIONS", "HIST_BINS", "LIST_FIELDS", "SPLITS", "Batch", "Results",
-           "check_args", "dormant_scores", "entropy_rank", "flatten", "participation_ratio",
+           "check_args", "dormant_scores", "entropy_rank", "flatten", "grad_sizes", "participation_ratio",
            "probe", "run", "table_rows", "variables_of"]
 
 SPLITS = ("train", "test")
+# Gradient norms by default: this many batches of this many examples, at most
+# what the split holds (a value the caller sets is refused if the split is smaller).
+GRAD_BATCHES, GRAD_BATCH_SIZE = 8, 64
 
 
 # The arguments of `run` (and `launch.analyze`'s flags of the same names).
@@ -67,8 +71,10 @@ RULES = {
     "split": schema.Choice(SPLITS),
     "batch_size": schema.POSITIVE,
     "dormant_threshold": schema.Float(0.0, 1.0, high_open=True),
-    "grad_batches": schema.COUNT,
-    "grad_batch_size": schema.POSITIVE,
+    "grad_batches": schema.Int(0, none_ok=True, fix=(
+        f"use an integer >= 0, or None ({GRAD_BATCHES}, at most what the split holds)")),
+    "grad_batch_size": schema.Int(1, none_ok=True, fix=(
+        f"use an integer >= 1, or None ({GRAD_BATCH_SIZE}, at most the split)")),
     "max_examples": schema.Int(1, none_ok=True, fix="use an integer >= 1 or None"),
     "activation": schema.Choice(activations.names, none_ok=True,
                                 fix="use an activation name or None"),
@@ -76,7 +82,7 @@ RULES = {
 
 
 def check_args(*, split: str = "train", batch_size: int = 256, dormant_threshold: float = 0.1,
-               grad_batches: int = 8, grad_batch_size: int = 64,
+               grad_batches: int | None = None, grad_batch_size: int | None = None,
                max_examples: int | None = None, activation: str | None = None) -> None:
   """Raises ConfigError (one line) for a bad argument of `run`.
 
@@ -90,9 +96,61 @@ def check_args(*, split: str = "train", batch_size: int = 256, dormant_threshold
     schema.check_value(field, args[field], rule)
 
 
+def grad_sizes(n: int, n_dev: int, grad_batches: int | None, grad_batch_size: int | None,
+               where: str) -> tuple[int, int]:
+  """(batches, examples per batch) of the gradient norms on a split of `n` examples.
+
+  None takes the default (GRAD_BATCHES of GRAD_BATCH_SIZE), cut to what the
+  split holds; a value set that the split cannot serve is a ConfigError (never
+  cut). Batches are full and a multiple of the `n_dev` devices (rounded down,
+  at least one per device). `where` names the split in messages.
+  """
+  if grad_batch_size is None:
+    size = min(GRAD_BATCH_SIZE, n)
+  else:
+    errors.check(grad_batch_size <= n, f"grad_batch_size={grad_batch_size} exceeds the {n} "
+                 f"examples of {where}; use 1..{n}, or leave it out ({GRAD_BATCH_SIZE}, at "
+                 "most the split)")
+    size = grad_batch_size
+  size = max(size // n_dev * n_dev, n_dev)
+  fit = max(n // size, 1)
+  if grad_batches is None:
+    return min(GRAD_BATCHES, fit), size
+  errors.check(grad_batches <= fit, f"grad_batches={grad_batches} batches of {size} need "
+               f"{grad_batches * size} examples, but {where} has {n}; use at most {fit}, or "
+               f"leave it out ({GRAD_BATCHES}, at most what the split holds)")
+  return grad_batches, size
+
+
+def _check_state(state: Any) -> None:
+  """ConfigError unless `state` is one net's state (not a grid's stacked nets)."""
+  stacked = hasattr(state, "net_arrays") or (
+      hasattr(state, "step") and np.ndim(getattr(state, "step")) > 0)
+  errors.check(not stacked, "state holds the stacked nets of a grid; probe one net: "
+               "config, state = checkpoints.load(workdir, net=k)")
+  errors.check(hasattr(state, "params") or (isinstance(state, Mapping) and "params" in state),
+               f"state is a {type(state).__name__}; pass a TrainState (checkpoints.load) "
+               "or a variables dict with 'params'")
+
+
+def _check_fits(state: Any, model: Any, part: data.Split, preprocess: Callable,
+                where: str) -> None:
+  """ConfigError unless the inputs of `part` go through `model` (shapes only)."""
+  x = jax.ShapeDtypeStruct((1, *part.inputs.shape[1:]), part.inputs.dtype)
+  try:
+    jax.eval_shape(lambda v, x: model.apply(v, preprocess(x), train=False),
+                   variables_of(state), x)
+  except Exception as e:  # pylint: disable=broad-except  (flax and XLA raise many types)
+    raise errors.ConfigError(
+        f"the inputs of {where} (shape {tuple(part.inputs.shape[1:])}) do not fit the state's "
+        f"model ({type(e).__name__}: {errors.first_line(e)[:160]}); probe the dataset it was "
+        "trained on: train.load_data(config) of checkpoints.load") from None
+
+
 def run(state: Any, model=None, dataset=None, *, split: str = "train",
         batch_size: int = 256, mesh: Mesh | None = None, dormant_threshold: float = 0.1,
-        grad_batches: int = 8, grad_batch_size: int = 64, max_examples: int | None = None,
+        grad_batches: int | None = None, grad_batch_size: int | None = None,
+        max_examples: int | None = None,
         activation: str | None = None,
         progress: Callable[[str], None] | None = None) -> Results:
   """Probes a trained network over a split of a `resjax.data.Dataset`.
@@ -109,7 +167,8 @@ def run(state: Any, model=None, dataset=None, *, split: str = "train",
     batch_size: global batch, rounded up to a multiple of the device count; the
       last batch is padded and masked.
     grad_batches, grad_batch_size: the gradient norms average this many full
-      batches from the start of the split (fewer if the split is small).
+      batches from the start of the split (`grad_sizes`: None takes 8 of 64,
+      at most what the split holds; a value set that it cannot serve is refused).
     max_examples: probe only the first examples of the split.
     Other arguments as in `probe`.
 
@@ -124,9 +183,7 @@ def run(state: Any, model=None, dataset=None, *, split: str = "train",
   errors.check(isinstance(dataset, data.Dataset),
                f"dataset is a {type(dataset).__name__}; pass a resjax.data.Dataset "
                "(data.load(name) or train.load_data(config))")
-  errors.check(hasattr(state, "params") or (isinstance(state, Mapping) and "params" in state),
-               f"state is a {type(state).__name__}; pass a TrainState (checkpoints.load) "
-               "or a variables dict with 'params'")
+  _check_state(state)
   if model is None:
     model = getattr(getattr(state, "apply_fn", None), "__self__", None)
     errors.check(model is not None, "pass the model: state has no apply_fn of a flax module")
@@ -136,7 +193,8 @@ def run(state: Any, model=None, dataset=None, *, split: str = "train",
   if max_examples is not None:
     part = data.Split(part.inputs[:max_examples], part.labels[:max_examples])
   n = len(part)
-  errors.check(n > 0, f"the {split} split of {dataset.name} is empty; nothing to probe")
+  where = f"the {split} split of {dataset.name}"
+  errors.check(n > 0, f"{where} is empty; nothing to probe")
   mesh = mesh or sharding.make_mesh()
   n_dev = sharding.num_shards(mesh)
   batch_size = -(-batch_size // n_dev) * n_dev
@@ -144,10 +202,10 @@ def run(state: Any, model=None, dataset=None, *, split: str = "train",
   if preprocess is None:
     preprocess = functools.partial(_normalize, mean=tuple(np.ravel(dataset.mean).tolist()),
                                    std=tuple(np.ravel(dataset.std).tolist()))
+  _check_fits(state, model, part, preprocess, where)
   # Gradient batches are full (no padding): BatchNorm in training mode would
   # otherwise count padded rows in its statistics.
-  gsize = max(min(grad_batch_size, n) // n_dev * n_dev, n_dev)
-  count = min(grad_batches, max(n // gsize, 1))
+  count, gsize = grad_sizes(n, n_dev, grad_batches, grad_batch_size, where)
   grad_split = data.Split(part.inputs[:count * gsize], part.labels[:count * gsize])
   res = probe(state, model, data.eval_batches(part, batch_size),
               grad_batches=list(data.eval_batches(grad_split, gsize)) if count else (),

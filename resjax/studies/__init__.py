@@ -8,6 +8,8 @@ declares
   analyze(config, runs, workdir, log) -> tables
                                  statistics only: plain dicts and lists of rows
   figure(tables) -> Figure       drawn from the tables (study.json) alone
+  RULES                          (optional) the study config's fields it reads
+                                 besides study, seed and seeds, with their rules
   tiny(config)                   (optional) its part of the ',tiny' shrink
   validate(config)               (optional) checks of its own config fields
 
@@ -26,7 +28,7 @@ finished study's figure again from its study.json.
   pilot        the learning-rate pilot (reported, not applied)
 """
 from resjax.studies.registry import get, names
-from resjax.studies.runner import machine, redraw, run, validate
+from resjax.studies.runner import machine, redraw, rules, run, unused, validate
 from resjax.studies.runs import grids
 
-__all__ = ["get", "grids", "machine", "names", "redraw", "run", "validate"]
+__all__ = ["get", "grids", "machine", "names", "redraw", "rules", "run", "unused", "validate"]

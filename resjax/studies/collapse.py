@@ -17,6 +17,10 @@ from resjax.studies import figures, runs, tables
 from resjax.studies.figures import COLORS
 
 FAMILIES = ("firstlayer",)
+# The fields of its own this study reads: the untrained curve's sweep config
+# (the sweep's rules; its widths come from the grid, its figure from the study).
+RULES = {f"collapse.{k}": r for k, r in collapse.RULES.items()
+         if k.split(".")[0] not in ("dims", "figure")}
 _LABELS = {"relu": "ReLU(z)", "linear": "z (linear)", "residual": "z + ReLU(Uz + c)"}
 
 

@@ -8,11 +8,15 @@ from typing import Any
 
 import numpy as np
 
+from resjax import schema
 from resjax.plotting import style
 from resjax.studies import figures, runs, tables
 from resjax.studies.figures import COLORS, LABELS
 
 FAMILIES = ("mlp", "resnet", "invres")
+# The rate each grid's study uses, by grid name (only reported beside the pilot's pick).
+RULES = {f"study_rates.{grid}": schema.Float(0, low_open=True, optional=True)
+         for grid in ("mlp", "conv", "invres")}
 
 
 def tiny(config) -> None:

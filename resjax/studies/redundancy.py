@@ -28,13 +28,15 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from resjax import restore, train
+from resjax import restore, schema, train
 from resjax import stats as rstats
 from resjax.plotting import style
 from resjax.studies import figures, runs, tables
 from resjax.studies.tables import g6 as _g
 
 FAMILIES = ("firstlayer",)
+RULES = {"bootstrap": schema.Int(1, 1_000_000, optional=True,
+                                 fix="use an integer in [1, 1000000] (resamples of the seeds)")}
 _VARIANT_LABELS = {"relu": "ReLU(z)", "linear": "z (linear)", "residual": "z + ReLU(Uz + c)"}
 
 

@@ -14,9 +14,11 @@ to `workdir`, as one result set (files.result_set):
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from typing import Any, Callable
@@ -24,30 +26,86 @@ from typing import Any, Callable
 import jax
 from absl import logging
 
-from resjax import errors, files, locking, schema, train
+from resjax import collapse, errors, files, locking, schema, train
+from resjax.grid import spec as grid_spec
 from resjax.studies import registry, runs
 
 
-# A study config's own fields (its grids are training configs: `train.validate`).
+# A study config's own fields (its grids are training configs: `train.rules`).
 RULES = {
     "study": schema.Choice(registry.names),
-    "seeds": schema.Int(2, fix="use an integer >= 2 (intervals over seeds)"),
+    "seeds": schema.Int(2, 10_000, fix="use an integer in [2, 10000] (intervals over seeds)"),
     "seed": schema.SEED,
 }
+# Fields every study config carries (configs/study.py) and only some studies read
+# (those whose module RULES name them).
+SHARED = {"target_loss": schema.Float(0, low_open=True, optional=True),
+          **{f"collapse.{k}": dataclasses.replace(r, optional=True)
+             for k, r in collapse.RULES.items() if k.split(".")[0] not in ("dims", "figure")}}
+
+
+def _module(config):
+  study = schema.get(config, "study")
+  return registry.get(study) if isinstance(study, str) and study in registry.names() else None
+
+
+def rules(config) -> dict[str, schema.Rule]:
+  """Every field of a study config with its rule; a grid's fields are `grids.<name>.<field>`."""
+  module = _module(config)
+  out = {**RULES, **SHARED, **getattr(module, "RULES", {})}
+  grids = schema.get(config, "grids")
+  for name, g in (grids.items() if hasattr(grids, "items") else ()):
+    out.update({f"grids.{name}.{k}": r for k, r in train.rules(g).items()})
+    out[f"grids.{name}.grid.seeds"] = _STUDY_SEEDS
+  return out
+
+
+# A grid's seeds are the study's (runs.grids): its own must stay empty.
+_STUDY_SEEDS = schema.List(schema.Rule("any", test=lambda v: False), optional=True, fix=(
+    "leave it empty: the study gives every grid the seeds seed .. seed + seeds - 1; set "
+    "--config.seed / --config.seeds"))
+
+
+def unused(config) -> dict[str, str]:
+  """Fields of a study config its study does not read (or its grids do not): field -> why."""
+  module = _module(config)
+  own = getattr(module, "RULES", {})
+  out = {k: f"study {config.study!r} does not read it" for k in SHARED
+         if k not in own and schema.get(config, k) is not schema.MISSING}
+  grids = schema.get(config, "grids")
+  seeds = schema.get(config, "seeds")
+  for name, g in (grids.items() if hasattr(grids, "items") else ()):
+    out.update({f"grids.{name}.{k}": v for k, v in train.unused(g).items()
+                if k != "grid.nets_per_call"})
+    out[f"grids.{name}.grid.seeds"] = _STUDY_SEEDS.fix
+    if RULES["seeds"].ok(seeds) and not grid_spec.validate(g) and runs.calls_of(g, seeds):
+      out[f"grids.{name}.grid.nets_per_call"] = (
+          "the study splits this grid into one compiled call per value of its first axis")
+  return out
 
 
 def validate(config) -> None:
   """ConfigError unless `config` names a known study with well-formed grids."""
-  schema.check(config, RULES)
+  schema.require_config(config, "a study config (configs/study.py)")
+  table = rules(config)
+  module = _module(config)
+  # The study's own fields, and the grid fields it replaces (runs.grids) as they are.
+  found = schema.problems(config, {k: r for k, r in table.items() if not k.startswith("grids.")
+                                   or k.endswith((".grid.seeds", ".grid.nets_per_call"))})
+  if module is not None:  # Which fields a study has depends on the study.
+    found += [f"config.{f} is not a field of study {config.study!r}; remove it"
+              for f in schema.uncovered(config, table) if not f.startswith("grids.")]
+  if found:
+    raise errors.ConfigError("\n".join(found))
   errors.check(len(config.grids) > 0, f"study {config.study!r} has no grids")
-  module = registry.get(config.study)
   for name, g in runs.grids(config).items():
     errors.choice(f"grids.{name}.model.name", g.model.name, module.FAMILIES)
     try:
       train.validate(g, 1)
     except errors.ConfigError as e:
-      raise errors.ConfigError(f"grids.{name}: " + str(e).replace("\n", f"; grids.{name}: ")
-                               ) from None
+      raise errors.ConfigError("\n".join(
+          f"grids.{name}.{line}" if re.match(r"[\w.]+=", line) else f"grids.{name}: {line}"
+          for line in str(e).splitlines())) from None
   if hasattr(module, "validate"):
     module.validate(config)
 
@@ -71,6 +129,7 @@ def run(config, workdir: str, *, log: Callable[[str], None] | None = logging.inf
   written as one set (`files.result_set`).
   """
   validate(config)
+  files.check_kind(files.workdir_path(workdir), "study")
   workdir = files.ensure_workdir(workdir)
   with locking.workdir_lock(workdir):
     return _run(config, workdir, log, should_stop)
@@ -86,6 +145,7 @@ def _check_config(config, workdir: str) -> dict:
                    f"--workdir {workdir} holds a run of a different config; "
                    "use a new --workdir (or the same config to resume)")
   else:
+    files.claim_kind(workdir, "study")
     files.write_json(cfg_path, cfg)
   return cfg
 

@@ -83,21 +83,30 @@ class GridRun:
         f", {self.config.data.name}"
 
 
+def calls_of(g, seeds: int) -> int | None:
+  """The nets per compiled call the study gives grid `g` with `seeds` seeds: for grids of
+  32 nets or more, one call per value of the first model axis (None: `g`'s own)."""
+  found = grid.axes(g)
+  count = grid.count(g) * seeds
+  first = found[0] if found else ("", ())
+  if first[0] in ("model.depth", "model.width", "model.stages") and len(first[1]) > 1 \
+      and count >= 32:
+    return count // len(first[1])
+  return None
+
+
 def grids(config) -> dict[str, Any]:
   """The study's grid configs, with the study's seeds and, for grids of 32 nets
   or more, one compiled call per value of the first model axis (each call
-  padded to its own nets only)."""
+  padded to its own nets only: `calls_of`)."""
   out = {}
   for name, g in config.grids.items():
-    g = type(g)(g.to_dict())
-    g.grid.seeds = tuple(range(int(config.seed), int(config.seed) + int(config.seeds)))
-    found = grid.axes(g)
-    count = int(np.prod([len(v) for _, v in found]))
-    first = found[0]
-    if (first[0] in ("model.depth", "model.width", "model.stages") and len(first[1]) > 1
-        and count >= 32):
-      g.grid.nets_per_call = count // len(first[1])
-    out[name] = g
+    tree = g.to_dict()  # As a dict: the study's values replace whatever the fields held.
+    tree["grid"]["seeds"] = tuple(range(int(config.seed), int(config.seed) + int(config.seeds)))
+    per_call = calls_of(g, int(config.seeds))
+    if per_call is not None:
+      tree["grid"]["nets_per_call"] = per_call
+    out[name] = type(g)(tree)
   return out
 
 

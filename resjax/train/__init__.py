@@ -15,7 +15,7 @@ from resjax.train.optimizer import (DECAY_PARAMS, OPT_AXES, OPTIMIZERS, SCHEDULE
 from resjax.train.state import (Preprocess, TrainState, abstract_train_state, build_model,
                                 create_train_state, init_fn, state_sharding, step_of)
 from resjax.train.steps import eval_step, evaluate, host_batch, jit_steps, train_step
-from resjax.train.validate import validate
+from resjax.train.validate import rules, unused, validate
 # A grid's state and mesh live in resjax/grid; these names stay here for the
 # code that reaches them as train.X.
 from resjax.grid.state import abstract_grid_state, create_grid_state, initial_states

@@ -23,6 +23,7 @@ from resjax import data
 from resjax import errors
 from resjax import files
 from resjax import locking
+from resjax import memory
 from resjax import metrics
 from resjax import models
 from resjax.checkpoints import io as ckpt
@@ -32,6 +33,7 @@ from resjax.progress import Progress
 from resjax.train import faults
 from resjax.train import watch as train_watch
 from resjax.train.mesh import describe_mesh
+from resjax.train import state as train_state
 from resjax.train.single import Single
 from resjax.train.state import step_of
 from resjax.train.steps import evaluate
@@ -90,7 +92,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
 
   A workdir holding a run of another config (outside the `train` group) is
   refused with a ConfigError, unless `fresh`, which first renames such a
-  workdir to `<workdir>.old-<time>` (nothing is deleted) and starts at step 0.
+  workdir to `<workdir>.old-<time>` (nothing is deleted) and starts at step 0;
+  a run that saved no checkpoint (it diverged or was killed first) is moved
+  aside so without `fresh`.
   `should_stop(step)` is asked after every step (the same answer on every
   process); when it says True the state is saved at that step and the run
   returns with 'stopped' set. A non-finite loss or parameter raises
@@ -99,20 +103,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
   """
   # The batch must split evenly over the processes (CPU: data_mesh then picks
   # a count of host devices that divides it) or over all accelerators.
+  lead = jax.process_index() == 0
+  say = (logging.info if say is None else say) if lead else _quiet
   if jax.devices()[0].platform == "cpu":
-    validate(config, jax.process_count(), unit="processes")
+    validate(config, jax.process_count(), unit="processes", say=say)
   else:
-    validate(config, jax.device_count())
+    validate(config, jax.device_count(), say=say)
   ds = load_data(config) if dataset is None else dataset
-  nets = grid_layer.Grid(config) if grid_spec.is_grid(config) else Single(config)
+  check_size(config, ds)
+  nets = grid_layer.Grid(config, say) if grid_spec.is_grid(config) else Single(config)
   mesh = nets.mesh(ds)
   batch_size = int(config.data.batch_size)
   errors.check(batch_size <= len(ds.train.labels),
                f"data.batch_size={batch_size} exceeds the {len(ds.train.labels)} training "
                f"examples of {ds.name}; use a smaller batch")
-  lead = jax.process_index() == 0
-  say = (logging.info if say is None else say) if lead else _quiet
   workdir = files.workdir_path(workdir)
+  files.check_kind(workdir, "train")
+  unsaved = None if fresh else ckpt.unsaved_other_config(workdir, config)
+  if unsaved:  # Nothing of it to resume: it goes aside (kept), as with --fresh.
+    say(f"the earlier run in {workdir} saved no checkpoint and had another config "
+        f"({unsaved}); moving it aside")
+    fresh = True
   if fresh:
     with locking.workdir_lock(workdir, enabled=lead, say=say):  # Never move a run in use.
       moved = ckpt.move_aside(workdir) if lead else None  # (Its lock file goes too.)
@@ -125,6 +136,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, fresh
     files.ensure_workdir(workdir)  # One line for a workdir that cannot be made.
   with locking.workdir_lock(workdir, enabled=lead, say=say):
     return _train_in(workdir, config, ds, nets, mesh, lead, say, should_stop)
+
+
+def check_size(config: ml_collections.ConfigDict, ds: data.Dataset,
+               available: dict | None = None, fraction: float = 0.9) -> int:
+  """ConfigError when the training state of every net (`config` on `ds`; a grid's nets
+  padded to its largest) would not fit in `fraction` of the memory there is, with
+  the estimate; counted from shapes, before anything is built. Returns the bytes."""
+  count = grid_spec.count(config) if grid_spec.is_grid(config) else 1
+  model = grid_spec.padded_config(config) if count > 1 else config
+  params, per_net = train_state.state_size(model, ds.input_shape, ds.num_classes)
+  total = count * per_net * (2 if grid_spec.needs_mask(config) else 1)  # + the unit masks
+  avail = memory.available_memory() if available is None else available
+  if total > fraction * memory.limit(avail):
+    nets = f"{count:,} nets x " if count > 1 else ""
+    raise errors.ConfigError(
+        f"the training state needs about {memory.size_text(total)} ({nets}{params:,} "
+        f"parameters with their optimizer state{', padded' if count > 1 else ''}) but "
+        f"{memory.have_text(avail)}; use a smaller model (model.* widths and depths)"
+        f"{' or fewer nets (config.grid)' if count > 1 else ''}")
+  return total
 
 
 @dataclasses.dataclass
@@ -162,11 +193,18 @@ class _Run:
 def _open(workdir: str, config: ml_collections.ConfigDict, ds: data.Dataset, nets: Any,
           mesh: jax.sharding.Mesh, lead: bool, say: Callable) -> tuple[_Run, Any]:
   """The run's checkpoint manager and state: restored when the workdir holds one."""
+  if lead:  # This run holds the lock: no save of another is in flight.
+    removed = ckpt.remove_partial_saves(workdir)
+    if removed:
+      say(f"removed {len(removed)} unfinished checkpoint save(s) from "
+          f"{ckpt.directory(workdir)}: {', '.join(removed)}")
   # Refuse a run of another config before changing any file. Orbax's calls are
   # collective: every process must see the workdir as it was before any wrote.
   ckpt.check_same_config(workdir, None, config)
   _barrier("resjax-config-checked")
   workdir = files.ensure_workdir(workdir)
+  if lead:
+    files.claim_kind(workdir, "train")
   mngr = ckpt.manager(workdir, keep=int(config.train.get("keep_checkpoints", 0)))
   state = nets.create_state(mesh, ds)
   last_saved = mngr.latest_step()

@@ -18,6 +18,7 @@ import optax
 
 from resjax import errors
 from resjax import models
+from resjax import schema
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "piecewise", "cosine")
@@ -25,6 +26,23 @@ DECAY_PARAMS = ("all", "kernels")
 # Scalars of `opt` that are arrays in the state (`hyperparams`), so a grid may
 # vary them (resjax/grid) and nets with other values share one program.
 OPT_AXES = ("lr", "momentum", "weight_decay", "decay", "warmup_lr")
+
+# The fields of the config's `opt` group, each with its rule; a value must be
+# allowed even where the optimizer or schedule does not read it (`unused`).
+RULES = {
+    "name": schema.Choice(OPTIMIZERS),
+    "schedule": schema.Choice(SCHEDULES),
+    "lr": schema.Float(0, low_open=True),
+    "momentum": schema.Float(0, 1, high_open=True),
+    "nesterov": schema.Bool(optional=True),
+    "weight_decay": schema.Float(0),
+    "decay_params": schema.Choice(DECAY_PARAMS, optional=True),
+    "boundaries": schema.Rule("ints", low=1, increasing=True,
+                              fix="use increasing positive step numbers"),
+    "decay": schema.Float(0, 1, low_open=True),
+    "warmup_steps": schema.Int(0, fix="use an integer >= 0 (0 = no warm-up)"),
+    "warmup_lr": schema.Float(0, low_open=True),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +68,28 @@ class Optimizer:
     opt.update(hparams)
     schedule = make_schedule(opt, self.steps)
     return make_optimizer(opt, schedule), schedule
+
+
+def unused(opt: Mapping[str, Any]) -> dict[str, str]:
+  """Fields of `opt` that its optimizer and schedule do not read: field -> why.
+
+  What `make_optimizer` and `make_schedule` read: momentum and nesterov only for
+  'sgd'; boundaries and decay only for the 'piecewise' schedule; warmup_lr only
+  with warmup_steps > 0.
+  """
+  out = {}
+  name, schedule = opt.get("name"), opt.get("schedule")
+  if name in OPTIMIZERS and name != "sgd":
+    out.update(momentum=f"opt.name={name!r} has no momentum (only sgd reads it)",
+               nesterov=f"opt.name={name!r} has no Nesterov momentum (only sgd reads it)")
+  if schedule in SCHEDULES and schedule != "piecewise":
+    out.update(boundaries=f"opt.schedule={schedule!r} has no boundaries (only piecewise "
+                          "reads them)",
+               decay=f"opt.schedule={schedule!r} has no decay steps (only piecewise reads it)")
+  warmup = opt.get("warmup_steps", 0)
+  if isinstance(warmup, (int, np.integer)) and not isinstance(warmup, bool) and warmup <= 0:
+    out["warmup_lr"] = "opt.warmup_steps=0 has no warm-up (warmup_lr needs warmup_steps > 0)"
+  return {k: v for k, v in out.items() if k in opt}
 
 
 def hyperparams(opt: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ final shardings (`jax.eval_shape`, then a jitted init).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import flax.struct
@@ -130,6 +131,16 @@ def rngs(seed: int) -> tuple[jax.Array, jax.Array]:
   """(init key, training key) of a seed."""
   rng_init, rng_train = jax.random.split(jax.random.PRNGKey(int(seed)))
   return rng_init, rng_train
+
+
+def state_size(config: ml_collections.ConfigDict, input_shape, num_classes: int
+               ) -> tuple[int, int]:
+  """(parameters, bytes of the whole state) of one net of `config`, from its shapes
+  alone (nothing is allocated; any size, however large, is counted)."""
+  abstract = jax.eval_shape(init_fn(config, tuple(input_shape), num_classes, None, None),
+                            *rngs(0))
+  nbytes = sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(abstract))
+  return models.param_count(abstract.params), int(nbytes)
 
 
 def state_sharding(state: Any, mesh: jax.sharding.Mesh) -> Any:
