@@ -159,7 +159,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, unit: str = "d
       build_model(config, num_classes=10)
     except errors.ConfigError as e:
       problems.append(str(e))
-  problems += reset.problems(config)
+  if ok("train.reset_dead_every"):  # Whether the family can reset: once the value is fine.
+    problems += reset.problems(config)
   if schema.get(config, "grid") is not schema.MISSING:
     problems += grid_spec.validate(config)
     if not problems and grid_spec.is_grid(config):
