@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from resjax import errors, grid, schema
+from resjax import errors, grid, schema, train
 from resjax import stats as rstats
 from resjax.plotting import style
 from resjax.studies import figures, runs, tables
@@ -40,6 +40,8 @@ FAMILIES = ("mlp",)
 RULES = {"power": schema.Float(0.0, 1.0, low_open=True, high_open=True,
                                fix="use a number in (0, 1), e.g. 0.8 (the detectable effect's power)")}
 ARMS = ("none", "reset")
+# A net is at chance when its final training loss is within this of ln(classes).
+CHANCE_MARGIN = 0.05
 # Per net: fractions (of all hidden units; revived_init: of those dead at step 0) and counts.
 FRACTIONS = ("dead_init", "dead_final", "revived", "revived_init", "dead_since_init",
              "dead_layer_init")
@@ -129,6 +131,14 @@ def _contrast(values: np.ndarray, pairs: list[tuple[int, int]], power: float) ->
           "detectable": tables.g6(least), "verdict": verdict}
 
 
+def _chance(metrics: dict[str, np.ndarray], pairs: list[tuple[int, int]]) -> dict[str, int]:
+  """Pairs at chance without resets but not with them ('escaped'), and the reverse ('fell')."""
+  on = np.asarray([metrics["at_chance"][a] for a, _ in pairs], bool)
+  off = np.asarray([metrics["at_chance"][b] for _, b in pairs], bool)
+  return {"at_chance_none": int(off.sum()), "at_chance_reset": int(on.sum()),
+          "escaped": int((off & ~on).sum()), "fell": int((on & ~off).sum())}
+
+
 def _families(run: runs.GridRun, arm: list[str], metrics: dict[str, np.ndarray],
               power: float) -> dict[str, dict]:
   """The contrasts, each family Holm-corrected on its own (its size in each contrast)."""
@@ -141,7 +151,7 @@ def _families(run: runs.GridRun, arm: list[str], metrics: dict[str, np.ndarray],
   for key, label in (("train_loss", "final training loss"), ("test_acc", "test accuracy"),
                      ("dead_final", "dead fraction at the end")):
     family = {f"{label}: {LABELS[v]}, width {w}, depth {d}": {
-        "family": f"{key} per cell", **_contrast(metrics[key], p, power)}
+        "family": f"{key} per cell", **_contrast(metrics[key], p, power), **_chance(metrics, p)}
         for (v, w, d), p in sorted(pairs.items())}
     out.update(tables.holm(family))
   family = {}
@@ -157,6 +167,55 @@ def _families(run: runs.GridRun, arm: list[str], metrics: dict[str, np.ndarray],
   return out
 
 
+def _rows(run: runs.GridRun, arm: list[str], metrics: dict[str, np.ndarray]) -> list[dict]:
+  """One row per arm and condition: means and intervals, unit counts summed over nets."""
+  rows = []
+  for a in ARMS:
+    members = [i for i in range(len(run.nets)) if arm[i] == a]
+    sub = run.subset(members)
+    shown = FRACTIONS + ("train_loss", "test_acc")
+    part = tables.condition_rows(sub, {k: metrics[k][members] for k in shown},
+                                 head={"resets": a})
+    by = tables.groups(sub)
+    for row in part:
+      idx = np.asarray(members)[by[(row["variant"], row["width"], row["depth"])]]
+      row.update({k: int(metrics[k][idx].sum()) for k in COUNTS})
+      for key in ("dead_layer_init", "at_chance"):  # Shares of nets: Wilson, nets as trials.
+        row.update(tables.stat_cols(key, rstats.wilson(metrics[key][idx].sum(), len(idx))))
+    # Seed-clustered Wilson intervals; trials per net: its units (its dead units at init).
+    tables.fractions(part, sub, {k: metrics[k][members] for k in FRACTIONS
+                                 if k not in ("revived_init", "dead_layer_init")},
+                     lambda r: r["width"] * r["depth"])
+    tables.fractions(part, sub, {"revived_init": metrics["revived_init"][members]},
+                     lambda r: max(r["units_dead_init"] / r["n"], 1.0))
+    rows += part
+  return rows
+
+
+def _figure_data(run: runs.GridRun, arm: list[str], probes: dict, metrics: dict) -> dict:
+  """Dead fraction per probe step (mean over nets) per variant, depth and arm; the pairs."""
+  series = {}
+  for v in tables.variants(run, ("plain", "residual")):
+    for d in sorted({n.depth for n in run.nets}):
+      for a in ARMS:
+        idx = [i for i, n in enumerate(run.nets) if (n.variant, n.depth, arm[i]) == (v, d, a)]
+        traj = [_trajectory(probes[run.index[i]]) for i in idx]
+        dead = np.asarray([t[1] for t in traj])
+        series[f"{v}/depth{d}/{a}"] = tables.series(traj[0][0], [
+            tables.ci95_in(dead[:, t], "frac") for t in range(dead.shape[1])])
+  partner = {(n.variant, n.width, n.depth, n.seed): j for j, n in enumerate(run.nets)
+             if arm[j] == "reset"}
+  pairs = []
+  for i, n in enumerate(run.nets):
+    j = partner.get((n.variant, n.width, n.depth, n.seed))
+    if arm[i] == "none" and j is not None:
+      pairs.append({"variant": n.variant, "width": n.width, "depth": n.depth, "seed": n.seed,
+                    "dead_layer_init": bool(metrics["dead_layer_init"][i]),
+                    "loss_none": tables.g6(metrics["train_loss"][i]),
+                    "loss_reset": tables.g6(metrics["train_loss"][j])})
+  return {"series": series, "pairs": pairs, "depths": sorted({n.depth for n in run.nets})}
+
+
 def analyze(config, trained: dict[str, runs.GridRun], workdir: str, log) -> dict[str, Any]:
   """Per-net unit numbers from probes.jsonl, rows per arm and condition, paired contrasts."""
   del workdir, log
@@ -168,73 +227,47 @@ def analyze(config, trained: dict[str, runs.GridRun], workdir: str, log) -> dict
   metrics = {key: np.asarray([n[key] for n in numbers], np.float64)
              for key in FRACTIONS + COUNTS}
   metrics.update(train_loss=tables.final(run, "train_loss"), test_acc=tables.final(run, "test_acc"))
-  rows = []
-  for a in ARMS:
-    members = [i for i in range(len(run.nets)) if arm[i] == a]
-    sub = run.subset(members)
-    shown = FRACTIONS + ("train_loss", "test_acc")
-    part = tables.condition_rows(sub, {k: metrics[k][members] for k in shown},
-                                 head={"resets": a})
-    by = tables.groups(sub)
-    for row in part:  # Unit counts summed over the condition's nets.
-      idx = np.asarray(members)[by[(row["variant"], row["width"], row["depth"])]]
-      row.update({k: int(metrics[k][idx].sum()) for k in COUNTS})
-      row.update(tables.stat_cols("dead_layer_init", rstats.wilson(  # nets as trials
-          metrics["dead_layer_init"][idx].sum(), len(idx))))
-    # Seed-clustered Wilson intervals; trials per net: its units (its dead units at init).
-    tables.fractions(part, sub, {k: metrics[k][members] for k in FRACTIONS
-                                 if k not in ("revived_init", "dead_layer_init")},
-                     lambda r: r["width"] * r["depth"])
-    tables.fractions(part, sub, {"revived_init": metrics["revived_init"][members]},
-                     lambda r: max(r["units_dead_init"] / r["n"], 1.0))
-    rows += part
-  net_rows = tables.net_rows(run, {k: metrics[k] for k in FRACTIONS + COUNTS})
+  chance = float(np.log(train.load_data(run.config).num_classes))
+  metrics["at_chance"] = (metrics["train_loss"] >= chance - CHANCE_MARGIN).astype(np.float64)
+  net_rows = tables.net_rows(run, {k: metrics[k] for k in FRACTIONS + COUNTS + ("at_chance",)})
   for r, a in zip(net_rows, arm):
     r["resets"] = a
-  contrasts = _families(run, arm, metrics, float(config.power))
-  steps = sorted({s for k in run.index for s, _ in probes[k]})
-  series = {}
-  for v in tables.variants(run, ("plain", "residual")):
-    for a in ARMS:
-      idx = [i for i, n in enumerate(run.nets) if n.variant == v and arm[i] == a]
-      traj = np.asarray([_trajectory(probes[run.index[i]])[1] for i in idx])
-      series[f"{v}/{a}"] = tables.series(_trajectory(probes[run.index[idx[0]]])[0], [
-          tables.ci95_in(traj[:, t], "frac") for t in range(traj.shape[1])])
-  pairs = [{"variant": n.variant, "width": n.width, "depth": n.depth, "seed": n.seed,
-            "dead_layer_init": bool(metrics["dead_layer_init"][i]),
-            "loss_none": tables.g6(metrics["train_loss"][i]),
-            "loss_reset": tables.g6(metrics["train_loss"][j])}
-           for i, n in enumerate(run.nets) if arm[i] == "none"
-           for j, m in enumerate(run.nets) if arm[j] == "reset" and m._replace(lr=0) == n._replace(lr=0)]
   period = max(int(c.train.reset_dead_every) for c in configs)
   title = (f"Revival: {run.title()}, norm=None, {run.config.train.steps} steps, "
            f"ReDo resets every {period} steps (tau={run.config.train.dormant_tau}) vs none")
-  return {"rows": rows, "net_rows": net_rows, "contrasts": contrasts,
-          "figure_data": {"title": title, "series": series, "pairs": pairs, "steps": steps,
-                          "period": period}}
+  return {"rows": _rows(run, arm, metrics), "net_rows": net_rows,
+          "contrasts": _families(run, arm, metrics, float(config.power)),
+          "chance_loss": tables.g6(chance), "chance_margin": CHANCE_MARGIN,
+          "figure_data": {"title": title, "period": period,
+                          **_figure_data(run, arm, probes, metrics)}}
 
 
 def figure(tabs: dict[str, Any]):
-  """Dead units over training (left), the paired loss contrasts (middle), loss per
-  seed without vs with resets, nets with a whole dead layer at init marked (right)."""
+  """Dead units over training per depth (top), the paired loss contrasts and the loss
+  of each seed without vs with resets, whole dead layers at init marked (bottom)."""
   data = tabs["figure_data"]
+  depths = data["depths"]
   with style.context():
-    fig, axes = style.figure((15.5, 5.2), 1, 3, squeeze=False)
-    ax = axes[0, 0]
-    for key, s in data["series"].items():
-      v, a = key.split("/")
-      figures.line(ax, s, color=COLORS[v], ls="-" if a == "none" else "--", marker=None,
-                   label=f"{LABELS[v]}, {'no resets' if a == 'none' else 'resets'}")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("dead units (fraction of all hidden units)")
-    ax.set_title("dead units during training (mean over nets)")
-    ax.legend(frameon=False, fontsize=8)
-    _forest(axes[0, 1], tabs["contrasts"])
-    _pairs(axes[0, 2], data["pairs"])
+    fig, axes = style.figure((13.0, 10.5), 2, max(2, len(depths)), squeeze=False)
+    for c, d in enumerate(depths):
+      ax = axes[0, c]
+      for key, s in data["series"].items():
+        v, dd, a = key.split("/")
+        if dd == f"depth{d}":
+          figures.line(ax, s, color=COLORS[v], ls="-" if a == "none" else "--", marker=None,
+                       label=f"{LABELS[v]}, {'no resets' if a == 'none' else 'resets'}")
+      ax.set_ylim(-0.02, 1.02)
+      ax.set_xlabel("training step")
+      ax.set_ylabel("dead units (fraction of all hidden units)")
+      ax.set_title(f"depth {d}: dead units during training (mean over widths, seeds)")
+      ax.legend(frameon=False, fontsize=8)
+    for c in range(len(depths), axes.shape[1]):
+      axes[0, c].set_visible(False)
+    _forest(axes[1, 0], tabs["contrasts"])
+    _pairs(axes[1, 1], data["pairs"])
     figures.finish(fig, data["title"], figures.footer(
-        tabs, extra="; middle: reset minus none, paired by seed, filled where the interval "
-        "excludes 0"))
+        tabs, extra="; bottom left: resets minus none, paired by seed, filled where the "
+        "interval excludes 0"))
   return fig
 
 
@@ -248,6 +281,9 @@ def _forest(ax, contrasts: dict[str, dict]) -> None:
     ax.plot([lo, hi], [y, y], color=color, lw=1.6)
     ax.plot([mean], [y], "o", color=color, mfc=color if c["excludes_zero"] else "white")
   ax.axvline(0.0, color="0.5", lw=0.8)
+  cells = sum("all cells" not in k for k in keys)
+  if 0 < cells < len(keys):  # Per cell above, pooled by dead layer at init below.
+    ax.axhline(cells - 0.5, color="0.6", lw=0.8, ls=":")
   ax.set_yticks(range(len(keys)))
   ax.set_yticklabels([k.split(": ", 1)[1].replace(", all cells", "") for k in keys], fontsize=7)
   ax.invert_yaxis()
@@ -267,6 +303,9 @@ def _pairs(ax, pairs: list[dict]) -> None:
                    facecolors="none" if marker == "o" else None)
   top = max([1.2] + [max(p["loss_none"], p["loss_reset"]) for p in pairs])
   ax.plot([0, top], [0, top], color="0.5", lw=0.8)
+  ax.set_xlim(-0.03, top)
+  ax.set_ylim(-0.03, top)
+  ax.set_aspect("equal")
   ax.axvline(np.log(3), color="0.8", lw=0.8, ls=":")
   ax.axhline(np.log(3), color="0.8", lw=0.8, ls=":")
   ax.set_xlabel("final training loss, no resets")
