@@ -17,9 +17,12 @@ on the whole training split) follow every unit; per net, from probes.jsonl:
 Contrasts (reset minus none, paired by seed; each family Holm-corrected on its
 own): final training loss, test accuracy and dead_final per (variant, width,
 depth) cell, and loss and accuracy pooled over cells per variant and per
-dead_layer_init. Each states a verdict: 'detected' where the 95% interval
-excludes 0, else 'not detected at this power' with the effect an 80%-power
-paired t-test of its n and SD would detect (`stats.detectable`).
+dead_layer_init; the loss contrasts also count the pairs at chance (final
+training loss within CHANCE_MARGIN of ln(classes)) without resets but not with
+them ('escaped') and the reverse ('fell'). Each states a verdict: 'detected'
+where the 95% interval excludes 0, else 'not detected at this power' with the
+effect a paired t-test of its n and SD would detect with power `config.power`
+(0.8; `stats.detectable`).
 """
 from __future__ import annotations
 
@@ -37,8 +40,9 @@ from resjax.studies.figures import COLORS, LABELS
 
 FAMILIES = ("mlp",)
 # The study's own config fields (its grids' probe and reset fields are training fields).
-RULES = {"power": schema.Float(0.0, 1.0, low_open=True, high_open=True,
-                               fix="use a number in (0, 1), e.g. 0.8 (the detectable effect's power)")}
+RULES = {"power": schema.Float(
+    0.0, 1.0, low_open=True, high_open=True,
+    fix="use a number in (0, 1), e.g. 0.8 (the power of the detectable effect)")}
 ARMS = ("none", "reset")
 # A net is at chance when its final training loss is within this of ln(classes).
 CHANCE_MARGIN = 0.05
