@@ -1,4 +1,4 @@
-"""The seven studies: each a named set of ordinary grid runs (launch.train configs
+"""The studies: each a named set of ordinary grid runs (launch.train configs
 with `config.grid` set) plus its analysis and figure (resjax/studies/<study>.py).
 
   python -m launch.study --config=configs/study.py:degradation --workdir=runs/degradation
@@ -8,6 +8,7 @@ with `config.grid` set) plus its analysis and figure (resjax/studies/<study>.py)
   python -m launch.study --config=configs/study.py:convergence --workdir=runs/convergence
   python -m launch.study --config=configs/study.py:redundancy  --workdir=runs/redundancy
   python -m launch.study --config=configs/study.py:pilot       --workdir=runs/pilot
+  python -m launch.study --config=configs/study.py:revival     --workdir=runs/revival
 
 Each grid of `config.grids` is a full training config (configs/embedded.py
 bases); it trains in `--workdir/<grid>` exactly as
@@ -45,6 +46,9 @@ from resjax import errors, studies
 # Redundancy study: intrinsic dimensions d and the ratios n/d its widths aim at.
 REDUNDANCY_DIMS = (1, 2, 3, 4, 6)
 REDUNDANCY_RATIOS = (1, 1.5, 2, 3, 4, 6, 8)
+# Revival study: the reset period (not a divisor of its 1000 steps, so the last reset,
+# at step 960, is followed by training before the final evaluation).
+REVIVAL_RESET_EVERY = 60
 # Pilot: the rates it compares, and the rate each family's studies use.
 PILOT_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
 PILOT_STUDY_RATES = {"mlp": 1e-2, "conv": 3e-2, "invres": 1e-2}
@@ -159,6 +163,22 @@ def convergence() -> dict[str, ml_collections.ConfigDict]:
   return {"mlp": mlp}
 
 
+def revival() -> dict[str, ml_collections.ConfigDict]:
+  """The revival study's grids (resjax/studies/revival.py): the dead-units MLPs at
+  widths 4-16 and depths 8-16, probed every 50 steps on the whole training split,
+  each net trained without and with ReDo resets every REVIVAL_RESET_EVERY steps.
+  192 nets, about 130 s on the 2-core Xeon; resets rescue some narrow nets (plain
+  4 x 8: 5 of 7 nets at chance escape) but not the plain depth-16 ones (RESULTS.md, 8)."""
+  mlp = _spirals(norm=None, steps=1000, eval_every=100)
+  mlp.train.probe_every = 50
+  mlp.train.probe_batch = mlp.data.num_train  # Dead = never on duty on the training split.
+  mlp.grid.model.width = (4, 8, 16)
+  mlp.grid.model.depth = (8, 16)
+  mlp.grid.model.residual = (False, True)
+  mlp.grid.train.reset_dead_every = (0, REVIVAL_RESET_EVERY)
+  return {"mlp": mlp}
+
+
 def redundancy() -> dict[str, ml_collections.ConfigDict]:
   """The redundancy study's grids (resjax/studies/redundancy.py)."""
   out = {}
@@ -240,6 +260,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.target_loss = 0.3  # Convergence: steps to this full training loss.
   if name == "redundancy":  # Bootstrap resamples of the seeds for the one-curve fits.
     config.bootstrap = 2000
+  if name == "revival":  # The power at which it states the smallest detectable effect.
+    config.power = 0.8
   if name == "pilot":  # The rate each family's studies use (the pilot only compares).
     config.study_rates = ml_collections.ConfigDict(PILOT_STUDY_RATES)
   # The untrained collapse curve drawn beside the collapse study (resjax.collapse.sweep).

@@ -16,6 +16,8 @@ axes. Too few values for an interval give NaN bounds.
   bootstrap_ci     percentile bootstrap over seeds (median_ci: of the median;
                    seed_bootstrap_ci: of the mean of per-seed values)
   paired           paired contrast: mean difference, t-interval, p-value
+  detectable       the smallest mean difference a paired t-test of n pairs
+                   with a given SD detects with a given power (noncentral t)
   holm             Holm's step-down correction for a family of p-values
 
 Quantiles come from `scipy.special` (cheap to import); tests check every
@@ -187,6 +189,18 @@ def paired(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> 
   mean, lo, hi = mean_ci(diff, confidence)
   return {"mean": mean, "lo": lo, "hi": hi, "n": int(diff.size), "p": t_test_p(diff),
           "excludes_zero": bool(np.isfinite(lo) and (lo > 0 or hi < 0))}
+
+
+def detectable(sd: float, n: int, power: float = 0.8, confidence: float = 0.95) -> float:
+  """The smallest true mean difference |delta| that the two-sided paired t-test of
+  `n` pairs whose differences have SD `sd` rejects (at 1 - confidence) with
+  probability `power`: delta = nc sd / sqrt(n), nc the noncentrality at which the
+  noncentral t(n - 1) exceeds the t quantile with probability `power` (the
+  opposite tail, below 1e-3 for n >= 3 at 80% power, ignored). NaN for n < 2."""
+  if n < 2 or not np.isfinite(sd):
+    return float("nan")
+  t = float(_t_quantile(n - 1, confidence))
+  return float(special.nctdtrinc(n - 1, 1.0 - power, t) * sd / math.sqrt(n))
 
 
 def holm(p: Sequence[float], alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:

@@ -60,6 +60,19 @@ def test_bootstraps():
   assert med == 30 and hi == np.inf and lo >= 10
 
 
+def test_detectable_effect_has_the_power_it_claims():
+  for n, sd in ((8, 0.3), (5, 1.0), (20, 0.05)):
+    delta = stats.detectable(sd, n)
+    t = sps.t.ppf(0.975, n - 1)
+    nc = delta * np.sqrt(n) / sd  # Both tails of the noncentral t, from scipy.stats.
+    power = sps.nct.sf(t, n - 1, nc) + sps.nct.cdf(-t, n - 1, nc)
+    assert power == pytest.approx(0.8, abs=2e-3), (n, sd, power)
+  # More pairs detect smaller effects; the normal approximation is a lower bound.
+  assert stats.detectable(1.0, 16) < stats.detectable(1.0, 8)
+  assert stats.detectable(1.0, 8) > (sps.norm.ppf(0.975) + sps.norm.ppf(0.8)) / np.sqrt(8)
+  assert np.isnan(stats.detectable(1.0, 1))
+
+
 def test_paired_contrast_and_holm():
   rng = np.random.default_rng(3)
   a = rng.standard_normal(10)

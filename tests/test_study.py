@@ -89,6 +89,8 @@ def test_study_runs_end_to_end(name, tmp_path):
     fit = saved["one_curve"]
     assert fit["cells"] == 4 and fit["better"] in ("n/d", "n", "not told apart")
     assert fit["r2_diff_lo"] <= fit["r2_diff"] <= fit["r2_diff_hi"]
+  if name == "revival":
+    _check_revival(rows, nets, saved)
   if name == "pilot":
     chosen = saved["chosen"]
     assert set(chosen) == {"mlp"}
@@ -104,6 +106,66 @@ def test_study_runs_end_to_end(name, tmp_path):
   with open(tmp_path / f"{name}.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert {f: (tmp_path / f).read_bytes() for f in before} == before
+
+
+def _check_revival(rows, nets, saved):
+  """Both arms start from the same nets; unit counts add up; verdicts follow the intervals."""
+  assert {r["resets"] for r in rows} == {"none", "reset"}
+  arms = {}
+  for n in nets:
+    arms.setdefault((n["variant"], n["width"], n["depth"], n["seed"]), {})[n["resets"]] = n
+  assert len(arms) == len(nets) // 2
+  for pair in arms.values():
+    none, reset = pair["none"], pair["reset"]
+    for key in ("dead_init", "units_dead_init", "dead_layer_init", "units"):
+      assert none[key] == reset[key], key  # The same initialization in both arms.
+    assert int(float(none["units_reset"])) == 0
+    for n in (none, reset):
+      assert float(n["units_revived_init"]) <= float(n["units_dead_init"])
+      assert float(n["units_dead_since_init"]) <= float(n["units_dead_init"])
+      assert float(n["units_revived_init"]) <= float(n["units_revived"])
+  assert sum(float(p["reset"]["units_reset"]) for p in arms.values()) > 0
+  families = {}
+  for c in saved["contrasts"].values():
+    families.setdefault(c["family"], []).append(c)
+    assert c["verdict"].startswith("detected") == c["excludes_zero"], c
+    if not c["excludes_zero"] and c["sd"]:
+      assert "not detected at this power" in c["verdict"] and c["detectable"] > 0
+  cells = len(arms) // 2
+  assert {f: len(v) for f, v in families.items() if "per cell" in f} == {
+      "train_loss per cell": cells, "test_acc per cell": cells, "dead_final per cell": cells}
+  assert all(c["family_size"] == len(v) for v in families.values() for c in v)
+
+
+def test_revival_counts_units_from_probe_rows():
+  def probe(step, dead, always):  # Two layers of 4 units: their dead units, dead_every_probe.
+    return step, {layer: {"units": 4, "dead": len(d), "dead_units": d, "dead_every_probe": a}
+                  for layer, d, a in zip(("layer0", "layer1"), dead, always)}
+  rows = [probe(0, ([0, 1], [0, 1, 2, 3]), (2, 4)), probe(10, ([1], [0, 1, 2, 3]), (1, 4)),
+          probe(20, ([1, 2], [0, 1, 2]), (1, 3))]
+  rows.insert(2, (15, {"layer0": {"reset": 1}, "layer1": {"reset": 4}}))
+  got = studies.get("revival").net_numbers(rows)
+  assert got["dead_init"] == 6 / 8 and got["dead_final"] == 5 / 8
+  assert got["dead_layer_init"] == 1.0  # layer1: all 4 units dead at step 0
+  assert got["units_revived"] == 2  # unit 0 of layer0 (at 10), unit 3 of layer1 (at 20)
+  assert got["units_revived_init"] == 2 and got["revived_init"] == 2 / 6
+  assert got["units_dead_since_init"] == 4 and got["units_reset"] == 5
+
+
+def test_revival_config_is_checked():
+  config = study_configs.get_config("revival,tiny")
+  studies.validate(config)
+  config.power = 1.0
+  with pytest.raises(errors.ConfigError, match=r"^power=1.0 is not allowed"):
+    studies.validate(config)
+  config = study_configs.get_config("revival,tiny")
+  config.grids.mlp.grid.train.reset_dead_every = (0,)
+  with pytest.raises(errors.ConfigError, match="reset_dead_every"):
+    studies.validate(config)
+  config = study_configs.get_config("revival,tiny")
+  config.grids.mlp.train.probe_every = 7
+  with pytest.raises(errors.ConfigError, match="probe_every=7"):
+    studies.validate(config)
 
 
 def test_one_curve_fit_is_isotonic_and_tells_the_coordinates_apart():
@@ -180,7 +242,7 @@ def test_bad_configs_are_one_line_errors(tmp_path):
 
 def test_studies_are_found_by_name():
   assert set(studies.names()) == {"degradation", "dead_units", "collapse", "bottleneck",
-                                  "convergence", "redundancy", "pilot"}
+                                  "convergence", "redundancy", "pilot", "revival"}
   for name in studies.names():
     module = studies.get(name)
     assert callable(module.analyze) and callable(module.figure) and module.FAMILIES

@@ -26,6 +26,8 @@ finished study's figure again from its study.json.
   redundancy   whether n / d or n puts the ReLU damage of tasks of intrinsic
                dimension d on one curve (C3)
   pilot        the learning-rate pilot (reported, not applied)
+  revival      dead units during training without and with ReDo resets, and
+               whether learning comes back with them (C4)
 """
 from resjax.studies.registry import get, names
 from resjax.studies.runner import machine, redraw, rules, run, unused, validate
