@@ -199,7 +199,7 @@ def test_grid_axes_and_labels():
 
 def test_bad_grids_are_named():
   config = _mlp(model__widths=((4, 8),))
-  assert any("config.model lacks" in p for p in grid.validate(config))
+  assert any("model 'mlp' has no field widths" in p for p in grid.validate(config))
   config = _mlp(seeds=(1, 1))
   assert any(p.startswith("grid.seeds=(1, 1) is not allowed; give distinct values, none "
                           "repeated") for p in grid.validate(config))
