@@ -89,10 +89,17 @@ def check_kind(workdir: str, kind: str, flag: str = "--workdir") -> None:
 
 def claim_kind(workdir: str, kind: str) -> None:
   """Records that `workdir` holds a run of `kind` (after `check_kind`); call it just
-  before the run writes its first file there."""
+  before the run writes its first file there. A run that writes a result set
+  records its kind in the set instead (`write_kind` into the set's directory), so
+  that a failed set leaves the workdir as it was."""
   check_kind(workdir, kind)
   if not os.path.exists(os.path.join(workdir, KIND_FILE)):
-    write_text(os.path.join(workdir, KIND_FILE), kind + "\n")
+    write_kind(workdir, kind)
+
+
+def write_kind(directory: str, kind: str) -> None:
+  """Writes the kind file into `directory` (a workdir, or a result set's directory)."""
+  write_text(os.path.join(directory, KIND_FILE), kind + "\n")
 
 
 def _umask() -> int:

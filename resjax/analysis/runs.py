@@ -237,11 +237,12 @@ def write(out_dir: str, runs: Sequence[dict], command: str | None = None,
   the files as readers see them, `out_dir/<name>`.
   """
   out_dir = files.ensure_workdir(out_dir)
-  files.claim_kind(out_dir, "analysis")
+  files.check_kind(out_dir, "analysis", "--out")
   runs = files.jsonable(list(runs))
   figure_runs = runs if figure_runs is None else files.jsonable(list(figure_runs))
   names: list[str] = []
   with files.result_set(out_dir) as tmp:
+    files.write_kind(tmp, "analysis")  # In the set: a failed set leaves out_dir as it was.
 
     def path(name):
       names.append(name)

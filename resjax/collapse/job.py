@@ -81,8 +81,8 @@ def _write(workdir: str, config: Any, spec: spec_lib.SweepSpec, res: dict[str, A
            rows: list[dict[str, Any]], recoveries: Optional[dict[str, Any]]) -> list[str]:
   """Writes the CSV, the JSON and the figure as one result set; returns the paths users see."""
   to_dict = getattr(config, "to_dict", None)
-  files.claim_kind(workdir, "sweep")
   with files.result_set(workdir) as new:
+    files.write_kind(new, "sweep")  # In the set: a failed set leaves the workdir as it was.
     files.write_csv(os.path.join(new, "collapse.csv"), rows)
     files.write_json(os.path.join(new, "collapse.json"), {
         "config": to_dict() if to_dict else dict(config),

@@ -223,6 +223,7 @@ def nets(config: ml_collections.ConfigDict,
   total = count(config)
   report = progress.Progress(total, "net configs", report=say or (lambda line: None),
                              every=1.0)
+  report.update(0)  # The rate counts from here.
   start = time.perf_counter()
   for combo in itertools.product(*(values for _, values in found)):
     net = ml_collections.ConfigDict(base)

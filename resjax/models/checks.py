@@ -31,22 +31,6 @@ def check_int(field: str, value: Any, minimum: int) -> None:
   schema.check_value(f"model.{field}", value, schema.Int(minimum))
 
 
-def check_float(field: str, value: Any) -> None:
-  schema.check_value(f"model.{field}", value, schema.Float())
-
-
-def check_choice(field: str, value: Any, choices: tuple) -> None:
-  schema.check_value(f"model.{field}", value, schema.Choice(choices))
-
-
-def check_bool(field: str, value: Any) -> None:
-  schema.check_value(f"model.{field}", value, schema.Bool())
-
-
-def check_activation(value: Any) -> None:
-  schema.check_value("model.activation", value, ACTIVATION)
-
-
 def check_dtype(value: Any) -> None:
   try:
     name = jnp.dtype(value).name
@@ -54,6 +38,3 @@ def check_dtype(value: Any) -> None:
     name = None
   schema.check_value("model.dtype", name if name in DTYPES else value, schema.Choice(DTYPES))
 
-
-def check_widths(field: str, widths: Any) -> None:
-  schema.check_value(f"model.{field}", widths, WIDTHS)

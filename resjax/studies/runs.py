@@ -136,8 +136,10 @@ def train_grid(name: str, g, workdir: str, log, should_stop) -> dict:
 
 def _probe_one(state, ds, grad: bool) -> dict:
   """What the studies read from `probes.run` on the training split."""
+  n = len(ds.train)  # Gradient norms: 4 batches of 64, at most what the split holds.
+  size = min(64, n)
   res = probes.run(state, None, ds, split="train", batch_size=2048,
-                   grad_batches=4 if grad else 0, grad_batch_size=64,
+                   grad_batches=min(4, max(n // size, 1)) if grad else 0, grad_batch_size=size,
                    mesh=sharding.make_mesh(jax.devices()[:1]))
   layers = []
   for row in res.layers:

@@ -183,6 +183,7 @@ def _grid_nets(config: ml_collections.ConfigDict, say: Callable[[str], None] | N
   combos = list(itertools.product(*(v for _, v in found)))
   report = progress.Progress(len(combos), "models checked", report=say or (lambda _: None),
                              every=1.0)
+  report.update(0)  # The rate counts from here.
   start = time.perf_counter()
   for done, combo in enumerate(combos, 1):
     label = dict(zip((f for f, _ in found), combo))
