@@ -9,6 +9,7 @@
   python -m launch.bench layouts    # a grid's nets on one device: vmapped vs one after another
   python -m launch.bench checkpoint # step time with and without an async save in flight
   python -m launch.bench probes     # the 32-MLP grid with and without probes during training
+  python -m launch.bench onednn_versions  # resjax's conv code on each oneDNN in RESJAX_ONEDNN_PREFIXES
 
 `--quick` shrinks each benchmark (used by the tests); `--out=FILE.json` saves
 the printed figures. The benchmarks live in benchmarks/ at the repository root,
@@ -22,7 +23,8 @@ from absl import app, flags
 from launch import common
 from resjax import errors, files
 
-BENCHES = ("collapse", "train", "profile", "split", "tried", "grid", "layouts", "checkpoint", "probes")
+BENCHES = ("collapse", "train", "profile", "split", "tried", "grid", "layouts", "checkpoint", "probes",
+           "onednn_versions")
 
 _QUICK = flags.DEFINE_bool("quick", False, "Shrink the benchmark to seconds.")
 _OUT = flags.DEFINE_string("out", None, "Write the figures to this JSON file.")
