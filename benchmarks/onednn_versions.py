@@ -10,13 +10,16 @@ which includes resjax/kernels/onednn_conv.cc whole, is compiled once per
 prefix; the programs then time the convolutions of one ResNet-20 train step
 (batch 128, CIFAR shapes, NHWC, float32) in alternating rounds, on 2 threads
 (the CPUs of a 2-core machine) and on 1 (pinned to one CPU, which takes the
-threading runtime's wake-ups out of the comparison). Printed: per pass the
-median over rounds of the step's total milliseconds, the time ratio of each
-installation to the first, and whether the outputs agree.
+threading runtime's wake-ups out of the comparison); an OpenMP build runs on
+2 threads also with OMP_WAIT_POLICY=passive. Printed: per pass the median
+over rounds of the step's total milliseconds, the time ratio of each variant
+to the first, and whether the outputs agree.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -107,41 +110,84 @@ def agree(a: dict[str, Any], b: dict[str, Any], rtol: float = 1e-4) -> bool:
       for k in a["convs"])
 
 
-def _run_once(binary: str, prefix: str, threads: int, batch: int, calls: int) -> dict[str, Any]:
-  cmd = [binary, str(batch), str(calls)]
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One program to time: an installation's build, with extra environment."""
+  prefix: str
+  binary: str
+  threading: str  # oneDNN's CPU threading runtime: OMP, TBB, ...
+  extra_env: tuple[tuple[str, str], ...] = ()
+
+  def label(self, version: str) -> str:
+    return " ".join([version, self.threading.lower()] + [v for _, v in self.extra_env])
+
+
+def threading(prefix: str) -> str:
+  """The CPU threading runtime an installation's dnnl_config.h names."""
+  with open(os.path.join(prefix, "include/oneapi/dnnl/dnnl_config.h"), encoding="utf-8") as f:
+    found = re.search(r"#define DNNL_CPU_THREADING_RUNTIME DNNL_RUNTIME_(\w+)", f.read())
+  return found.group(1) if found else "unknown"
+
+
+def variants(named: list[str], binaries: list[str]) -> list[Variant]:
+  """Each installation as built; an OpenMP build also with OMP_WAIT_POLICY=passive.
+
+  GNU OpenMP's threads spin at a barrier before they sleep; on an oversubscribed
+  machine the spinning thread holds the CPU its partner needs.
+  """
+  out = []
+  for prefix, binary in zip(named, binaries):
+    runtime = threading(prefix)
+    out.append(Variant(prefix, binary, runtime))
+    if runtime == "OMP":
+      out.append(Variant(prefix, binary, runtime, (("OMP_WAIT_POLICY", "passive"),)))
+  return out
+
+
+def _run_once(v: Variant, threads: int, batch: int, calls: int) -> dict[str, Any]:
+  cmd = [v.binary, str(batch), str(calls)]
   if threads == 1:  # Pinned, so a TBB build, which sizes its pool by the CPUs it may use, has 1.
     cmd = ["taskset", "-c", str(min(os.sched_getaffinity(0)))] + cmd
-  done = subprocess.run(cmd, env=_env(prefix, threads), capture_output=True, text=True,
-                        check=False)
-  errors.check(done.returncode == 0, f"{binary} ({prefix}) failed: "
+  done = subprocess.run(cmd, env=dict(_env(v.prefix, threads), **dict(v.extra_env)),
+                        capture_output=True, text=True, check=False)
+  errors.check(done.returncode == 0, f"{v.binary} ({v.prefix}) failed: "
                f"{(done.stderr.strip().splitlines() or [str(done.returncode)])[-1]}")
   return parse(done.stdout)
 
 
-def measure(binaries: list[str], named: list[str], thread_counts: tuple[int, ...], rounds: int,
-            batch: int, calls: int) -> dict[int, list[list[dict[str, Any]]]]:
-  """runs[threads][installation] = one parsed run per round, installations alternating."""
-  runs = {t: [[] for _ in named] for t in thread_counts}
+Runs = dict[int, list[tuple[str, list[dict[str, Any]]]]]
+
+
+def measure(todo: list[Variant], thread_counts: tuple[int, ...], rounds: int, batch: int,
+            calls: int) -> Runs:
+  """runs[threads] = [(label, one parsed run per round)], the variants alternating.
+
+  On 1 thread there is no barrier to wait at: variants with extra environment
+  are left out there.
+  """
+  runs: dict[int, list[list[dict[str, Any]]]] = {t: [[] for _ in todo] for t in thread_counts}
   for r in range(rounds):
-    order = list(range(len(named)))[::(1 if r % 2 == 0 else -1)]
+    order = list(range(len(todo)))[::(1 if r % 2 == 0 else -1)]
     for threads in thread_counts:
       for i in order:
-        runs[threads][i].append(_run_once(binaries[i], named[i], threads, batch, calls))
-  return runs
+        if threads > 1 or not todo[i].extra_env:
+          runs[threads][i].append(_run_once(todo[i], threads, batch, calls))
+  return {t: [(todo[i].label(rs[0]["version"]), rs) for i, rs in enumerate(per) if rs]
+          for t, per in runs.items()}
 
 
-def summarize(runs: dict[int, list[list[dict[str, Any]]]]) -> dict[str, Any]:
-  """Per thread count and installation: median step ms per pass, ratio to the first."""
+def summarize(runs: Runs) -> dict[str, Any]:
+  """Per thread count and variant: median step ms per pass, ratio to the first variant."""
   out: dict[str, Any] = {}
-  for threads, per_install in runs.items():
+  for threads, per_variant in runs.items():
     rows = []
-    for install in per_install:
-      totals = [step_ms(r) for r in install]
+    for label, variant_runs in per_variant:
+      totals = [step_ms(r) for r in variant_runs]
       ms = {k: statistics.median(t[k] for t in totals) for k in PASSES}
       ms["all"] = statistics.median(sum(t.values()) for t in totals)
-      rows.append({"version": install[0]["version"], "ms": ms,
-                   "stream_ms": statistics.median(r["stream_ms"] for r in install),
-                   "agrees": agree(per_install[0][0], install[0])})
+      rows.append({"variant": label, "ms": ms,
+                   "stream_ms": statistics.median(r["stream_ms"] for r in variant_runs),
+                   "agrees": agree(per_variant[0][1][0], variant_runs[0])})
     for row in rows:
       row["ratio"] = {k: row["ms"][k] / rows[0]["ms"][k] for k in row["ms"]}
     out[str(threads)] = rows
@@ -150,14 +196,14 @@ def summarize(runs: dict[int, list[list[dict[str, Any]]]]) -> dict[str, Any]:
 
 def _print(table: dict[str, Any]) -> None:
   cols = PASSES + ("all",)
-  print(f"{'threads':>7}  {'oneDNN':>8}  " + "  ".join(f"{c + ' ms':>14}" for c in cols)
+  print(f"{'threads':>7}  {'oneDNN':>20}  " + "  ".join(f"{c + ' ms':>14}" for c in cols)
         + f"  {'time / first':>28}  outputs")
   for threads, rows in table.items():
     for row in rows:
       ms = "  ".join(f"{row['ms'][c]:14.1f}" for c in cols)
       ratio = " ".join(f"{row['ratio'][c]:.2f}" for c in cols)
       same = "agree" if row["agrees"] else "DIFFER"
-      print(f"{threads:>7}  {row['version']:>8}  {ms}  {ratio:>28}  {same}")
+      print(f"{threads:>7}  {row['variant']:>20}  {ms}  {ratio:>28}  {same}")
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -167,7 +213,7 @@ def run(quick: bool = False) -> dict[str, Any]:
   load_before = os.getloadavg()
   with tempfile.TemporaryDirectory() as tmp:
     binaries = [compile_program(p, tmp, i) for i, p in enumerate(named)]
-    runs = measure(binaries, named, threads, rounds, batch, calls)
+    runs = measure(variants(named, binaries), threads, rounds, batch, calls)
   table = summarize(runs)
   load_after = os.getloadavg()
   print(f"ResNet-20 step convolutions, batch {batch}, median of {rounds} rounds x {calls} calls; "

@@ -49,10 +49,21 @@ def test_step_totals_ratios_and_agreement():
   for kind in ov.PASSES:
     want = sum(c * ms for (_, k), (c, ms, _) in convs.items() if k == kind)
     assert totals[kind] == pytest.approx(want, rel=1e-4)
-  table = ov.summarize({2: [[old, old], [new, new]], 1: [[old], [wrong]]})
+  table = ov.summarize({2: [("old", [old, old]), ("new", [new, new])],
+                        1: [("old", [old]), ("wrong", [wrong])]})
   first, second = table["2"]
   assert first["ratio"]["all"] == 1.0 and second["ratio"]["all"] == pytest.approx(0.5, rel=1e-3)
   assert first["agrees"] and second["agrees"] and not table["1"][1]["agrees"]
+
+
+def test_an_openmp_build_is_also_timed_with_passive_waiting(tmp_path):
+  for name, runtime in (("omp", "OMP"), ("tbb", "TBB")):
+    (tmp_path / name / "include/oneapi/dnnl").mkdir(parents=True)
+    (tmp_path / name / "include/oneapi/dnnl/dnnl_config.h").write_text(
+        f"#define DNNL_CPU_THREADING_RUNTIME DNNL_RUNTIME_{runtime}\n")
+  todo = ov.variants([str(tmp_path / "omp"), str(tmp_path / "tbb")], ["a", "b"])
+  assert [v.label("3.x") for v in todo] == ["3.x omp", "3.x omp passive", "3.x tbb"]
+  assert [v.binary for v in todo] == ["a", "a", "b"]
 
 
 def test_unreadable_output_is_an_error():
