@@ -7,7 +7,7 @@ Wilson intervals of per-net fractions, Wilson for pooled counts.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -130,3 +130,17 @@ def holm(contrasts: dict[str, dict]) -> dict[str, dict]:
   for k, a, r in zip(keys, adjusted, reject):
     contrasts[k].update(p_holm=g6(a), holm_reject=bool(r), family_size=len(keys))
   return contrasts
+
+
+def interval_text(c: Mapping[str, Any], scale: float = 1.0, digits: int = 2) -> str:
+  """'+0.62 [0.50, 0.74]' of a contrast's mean and interval (times `scale`)."""
+  m, lo, hi = (scale * float(c[k]) for k in ("mean", "lo", "hi"))
+  return f"{m:+.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def holm_count(contrasts: Mapping[str, Mapping[str, Any]], family: str | None = None,
+               ) -> tuple[int, int]:
+  """(contrasts that survive Holm, family size) over `contrasts` (those whose 'family'
+  is `family`, when given)."""
+  chosen = [c for c in contrasts.values() if family is None or c.get("family") == family]
+  return sum(bool(c.get("holm_reject")) for c in chosen), len(chosen)
