@@ -12,6 +12,9 @@ declares
                                  besides study, seed and seeds, with their rules
   tiny(config)                   (optional) its part of the ',tiny' shrink
   validate(config)               (optional) checks of its own config fields
+  headline(study_json) -> {claim: sentence}
+                                 (optional) its verdicts for RESULTS.md's summary
+                                 table, from study.json alone (summary.py)
 
 `get(name)` gives the module, `names()` lists the studies, `run(config,
 workdir)` trains and analyses one (runner.py), `redraw(workdir)` draws a

@@ -78,3 +78,14 @@ def figure(tabs: dict[str, Any]):
     ax.legend(frameon=False)
     figures.finish(fig, data["title"], figures.footer(tabs, log_note=True))
   return fig
+
+
+def headline(result: dict[str, Any]) -> dict[str, str]:
+  """C6 in one sentence from study.json: linear minus ReLU6 test accuracy per width."""
+  acc = {int(k.split(":")[0].split()[1]): c for k, c in result["contrasts"].items()
+         if "test_acc" in k}
+  parts = "; ".join(f"width {w} {tables.verdict_text(c, 100, 1)}" for w, c in sorted(acc.items()))
+  steps = result["figure_data"]["steps"]
+  return {"C6": f"linear minus ReLU6 bottleneck, test accuracy in points on digits ({steps} "
+                f"steps, one shared rate {result['rows'][0]['lr']:g}, {acc[min(acc)]['n']} "
+                f"seeds): {parts}."}

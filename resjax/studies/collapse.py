@@ -154,3 +154,34 @@ def figure(tabs: dict[str, Any]):
     figures.finish(fig, "ReLU collapse inside training (MobileNetV2 Fig. 1 and Appendix A)",
                    figures.footer(tabs, extra="; right: seed-clustered Wilson intervals"))
   return fig
+
+
+def headline(result: dict[str, Any]) -> dict[str, str]:
+  """C1 and C2 in a sentence each, from study.json."""
+  linear = {int(k.split(":")[0][2:]): c for k, c in result["contrasts"].items()
+            if "(linear)" in k}
+  found = [n for n, c in sorted(linear.items()) if c.get("holm_reject")]
+  narrow = min(linear)
+  c1 = (f"a trained linear first layer minus a ReLU one of width n on 2-D spirals, test "
+        f"accuracy in points: n = {narrow} {tables.verdict_text(linear[narrow], 100, 1)}")
+  if narrow + 1 in linear:
+    c1 += f"; n = {narrow + 1} {tables.verdict_text(linear[narrow + 1], 100, 1)}"
+  c1 += (f"; detected after Holm at n = {', '.join(map(str, found)) or 'no width'} among "
+         f"the {len(linear)} widths.")
+  relu = sorted((r for r in result["rows"] if r["variant"] == "relu"), key=lambda r: r["width"])
+  # n = 2, 3 match by symmetry, not as evidence; where the theory is below 0.1% every
+  # share is 0 and says nothing.
+  informative = [r for r in relu if r["width"] >= 4 and r["untrained_collapsed_theory"] >= 1e-3]
+  inside = [r for r in informative if r["untrained_collapsed_lo"] <=
+            r["untrained_collapsed_theory"] <= r["untrained_collapsed_hi"]]
+  tested = [r["width"] for r in informative]
+  share = "/".join(f"{100 * r['untrained_collapsed']:.2g}" for r in informative)
+  theory = "/".join(f"{100 * r['untrained_collapsed_theory']:.2g}" for r in informative)
+  trained = "/".join(f"{100 * r['under2_on_trained']:.1f}" for r in relu[:3])
+  init = "/".join(f"{100 * r['under2_on_init']:.1f}" for r in relu[:3])
+  c2 = (f"random ReLU layers leave {share}% of spiral points with fewer than 2 units on at "
+        f"n = {'/'.join(map(str, tested))} against the Binomial's {theory}% (theory inside "
+        f"the interval at {len(inside)} of {len(tested)}); training moves it: "
+        f"{trained}% at n = {'/'.join(str(r['width']) for r in relu[:3])} after training, "
+        f"{init}% at init (no paired test).")
+  return {"C1": c1, "C2": c2}

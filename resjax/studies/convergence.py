@@ -133,3 +133,19 @@ def figure(tabs: dict[str, Any]):
     figures.finish(fig, "Convergence speed with the same budget: plain vs residual",
                    figures.footer(tabs, log_note=True))
   return fig
+
+
+def headline(result: dict[str, Any]) -> dict[str, str]:
+  """C5 in one sentence from study.json: median steps to the target, and the contrasts."""
+  rows, target = result["rows"], result["rows"][0]["target_loss"]
+  def steps(v):
+    return "/".join("never" if r["steps_to_target_median"] is None else
+                    f"{r['steps_to_target_median']:.0f}"
+                    for r in sorted(rows, key=lambda r: r["depth"]) if r["variant"] == v)
+  depths = "/".join(str(d) for d in sorted({r["depth"] for r in rows}))
+  kept, size = tables.holm_count(result["contrasts"])
+  diffs = ", ".join(tables.interval_text(c) for c in result["contrasts"].values())
+  return {"C5": f"median steps to training loss {target} at depth {depths} (Adam "
+                f"{rows[0]['lr']:g}): residual {steps('residual')}, plain {steps('plain')}; "
+                f"plain minus residual mean log training loss {diffs}: {kept} of {size} "
+                "detected after Holm."}

@@ -146,3 +146,33 @@ def figure(tabs: dict[str, Any]):
         ax.legend(frameon=False, ncol=2, fontsize=7)
     figures.finish(fig, data["title"], figures.footer(tabs))
   return fig
+
+
+def headline(result: dict[str, Any]) -> dict[str, str]:
+  """C4 and C7 in a sentence each, from study.json."""
+  rows = result["rows"]
+  deep = max(r["depth"] for r in rows)
+  plain_deep = sorted((r for r in rows if r["variant"] == "plain" and r["depth"] == deep),
+                      key=lambda r: r["width"])
+  narrow = plain_deep[:2]
+  dead = "; ".join(f"width {r['width']} {100 * r['dead_init']:.0f}% at init, "
+                   f"{100 * r['dead_trained']:.0f}% trained, {r['units_recovered']} of "
+                   f"{r['units_dead_init']} dead units recovered" for r in narrow)
+  pairs = result["contrasts"]
+  kept = [k.split(":")[0] for k, c in pairs.items() if c.get("holm_reject")]
+  c4 = (f"plain depth-{deep} nets: {dead}; plain minus residual trained dead fraction: "
+        f"{len(kept)} of {len(pairs)} cells detected after Holm"
+        f"{' (' + '; '.join(kept) + ')' if kept else ''}; units of one net are pooled as "
+        "if independent in the recovery counts.")
+  shallow = sorted((r for r in rows if r["variant"] == "plain" and r["depth"] == min(
+      x["depth"] for x in rows)), key=lambda r: r["width"])
+  inside = [r["width"] for r in shallow if r["linear_inputs_layer1_init_lo"] <=
+            r["linear_inputs_theory"] <= r["linear_inputs_layer1_init_hi"]]
+  shares = ", ".join(f"{100 * r['linear_inputs_layer1_init']:.1f}% at width {r['width']} "
+                     f"(2^-n = {100 * r['linear_inputs_theory']:.2g}%)" for r in shallow[:4])
+  c7 = (f"the first hidden layer of plain depth-{shallow[0]['depth']} nets at init is fully "
+        f"on for {shares}; 2^-n inside the seed-clustered interval at {len(inside)} of "
+        f"{len(shallow)} widths; after training "
+        + ", ".join(f"{100 * r['linear_inputs_layer1_trained']:.1f}%" for r in shallow[:4])
+        + " at the same widths.")
+  return {"C4": c4, "C7": c7}

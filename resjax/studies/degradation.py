@@ -149,3 +149,24 @@ def figure(tabs: dict[str, Any]):
     figures.finish(fig, "Degradation with depth: plain vs residual, same parameters and budget "
                    "(He et al. 2016, Fig. 6)", figures.footer(tabs, log_note=True))
   return fig
+
+
+def headline(result: dict[str, Any]) -> dict[str, str]:
+  """C5 in one sentence from study.json: plain minus residual final training loss at the
+  deepest depth of each view, and how many depth contrasts survive Holm."""
+  parts = []
+  views = [v["label"] for v in result["figure_data"]["views"]]
+  for label in views:
+    pairs = {int(k.split("depth ")[1].split(":")[0]): c for k, c in result["contrasts"].items()
+             if k.startswith(f"{label}/depth ")}
+    deep = max(pairs)
+    kept = sum(bool(c.get("holm_reject")) for c in pairs.values())
+    acc = {r["variant"]: r["train_acc"] for r in result["rows"]
+           if r["view"] == label and r["depth"] == deep}
+    parts.append(f"{label}: depth {deep} {tables.verdict_text(pairs[deep], 1, 2)} "
+                 f"(training accuracy plain {100 * acc.get('plain', float('nan')):.0f}%, "
+                 f"residual {100 * acc.get('residual', float('nan')):.0f}%), {kept} of "
+                 f"{len(pairs)} depths detected")
+  family = next(iter(result["contrasts"].values())).get("family_size")
+  return {"C5": "plain minus residual final training loss: " + "; ".join(parts) +
+                f" (Holm over the study's {family} contrasts)."}

@@ -9,7 +9,7 @@ import types
 from resjax import errors
 
 # Modules of the package that are shared pieces, not studies.
-SHARED = ("figures", "registry", "runner", "runs", "tables")
+SHARED = ("figures", "registry", "runner", "runs", "summary", "tables")
 
 
 def names() -> tuple[str, ...]:

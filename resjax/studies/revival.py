@@ -316,3 +316,23 @@ def _pairs(ax, pairs: list[dict]) -> None:
   ax.set_ylabel("final training loss, resets")
   ax.set_title("each net: no resets vs resets (dotted: chance, ln 3)")
   ax.legend(frameon=False, fontsize=7)
+
+
+def headline(result: dict[str, Any]) -> dict[str, str]:
+  """C4 in one sentence from study.json: units revived, learning restored or not."""
+  rows, contrasts = result["rows"], result["contrasts"]
+  always = {arm: max(r["dead_since_init"] for r in rows if r["resets"] == arm) for arm in ARMS}
+  loss = {k: c for k, c in contrasts.items() if c["family"] == "train_loss per cell"}
+  better = [k.split(": ", 1)[1].replace(", width ", " w").replace(", depth ", " d")
+            for k, c in loss.items() if c["hi"] < 0]
+  kept = sum(bool(c.get("holm_reject")) and c["hi"] < 0 for c in loss.values())
+  deep = [c for k, c in loss.items() if "plain" in k and k.endswith(
+      f"depth {max(r['depth'] for r in rows)}")]
+  return {"C4": (
+      f"resets of dormant units lower the units dead at every probe from up to "
+      f"{100 * always['none']:.0f}% to at most {100 * always['reset']:.1f}% of all units; the "
+      f"final training loss falls (interval below 0) in {len(better)} of {len(loss)} cells "
+      f"({', '.join(better) or 'none'}), {kept} after Holm over {len(loss)}; the deepest plain "
+      f"nets stay at chance ({sum(c['at_chance_none'] for c in deep)} of "
+      f"{sum(c['n'] for c in deep)} without resets, {sum(c['at_chance_reset'] for c in deep)} "
+      "with): dead units are not what stops them.")}

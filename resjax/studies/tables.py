@@ -7,7 +7,7 @@ Wilson intervals of per-net fractions, Wilson for pooled counts.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -118,9 +118,12 @@ def paired(run: GridRun, metric: np.ndarray, a: tuple, b: tuple) -> dict[str, An
   seeds_a = {run.nets[i].seed: i for i in by[a]}
   seeds_b = {run.nets[i].seed: i for i in by[b]}
   common = sorted(set(seeds_a) & set(seeds_b))
+  diffs = np.asarray([metric[seeds_a[s]] - metric[seeds_b[s]] for s in common], np.float64)
   c = rstats.paired([metric[seeds_a[s]] for s in common], [metric[seeds_b[s]] for s in common])
+  sd = float(diffs.std(ddof=1)) if len(common) > 1 else float("nan")
   return {**{k: g6(c[k]) for k in ("mean", "lo", "hi", "p")}, "n": len(common),
-          "excludes_zero": c["excludes_zero"]}
+          "excludes_zero": c["excludes_zero"], "sd": g6(sd),
+          "detectable": g6(rstats.detectable(sd, len(common)))}
 
 
 def holm(contrasts: dict[str, dict]) -> dict[str, dict]:
@@ -130,3 +133,40 @@ def holm(contrasts: dict[str, dict]) -> dict[str, dict]:
   for k, a, r in zip(keys, adjusted, reject):
     contrasts[k].update(p_holm=g6(a), holm_reject=bool(r), family_size=len(keys))
   return contrasts
+
+
+def interval_text(c: Mapping[str, Any], scale: float = 1.0, digits: int = 2) -> str:
+  """'+0.62 [0.50, 0.74]' of a contrast's mean and interval (times `scale`)."""
+  m, lo, hi = (scale * float(c[k]) for k in ("mean", "lo", "hi"))
+  return f"{m:+.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def holm_count(contrasts: Mapping[str, Mapping[str, Any]], family: str | None = None,
+               ) -> tuple[int, int]:
+  """(contrasts that survive Holm, family size) over `contrasts` (those whose 'family'
+  is `family`, when given)."""
+  chosen = [c for c in contrasts.values() if family is None or c.get("family") == family]
+  return sum(bool(c.get("holm_reject")) for c in chosen), len(chosen)
+
+
+def detectable_of(c: Mapping[str, Any], power: float = 0.8) -> float:
+  """The smallest effect a paired contrast could detect with `power` (stats.detectable),
+  from its SD, or from its 95% t-interval where the SD was not stored."""
+  n = int(c["n"])
+  sd = c.get("sd")
+  if sd is None and n > 1:
+    sd = (float(c["hi"]) - float(c["lo"])) / 2 * math.sqrt(n) / rstats.t_quantile(n - 1)
+  return rstats.detectable(float("nan") if sd is None else float(sd), n, power)
+
+
+def verdict_text(c: Mapping[str, Any], scale: float = 1.0, digits: int = 2) -> str:
+  """A contrast's estimate and what it supports: detected after Holm, an interval that
+  excludes 0 only before Holm, or not detected with the smallest detectable effect."""
+  est = interval_text(c, scale, digits)
+  family = c.get("family_size")
+  if c.get("holm_reject"):
+    return f"{est}, detected (Holm among {family})"
+  if c.get("excludes_zero"):
+    return f"{est}, excludes 0 but not after Holm among {family}"
+  return (f"{est}, not detected at this power (80% power needs "
+          f"{scale * detectable_of(c):.{digits}f})")

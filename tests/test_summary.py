@@ -1,0 +1,95 @@
+"""RESULTS.md's summary table is the one the committed study.json files give."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from resjax import errors
+from resjax.studies import registry, summary
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "docs", "results")
+REPORT = os.path.join(ROOT, "RESULTS.md")
+
+
+def _launch(*args):
+  return subprocess.run([sys.executable, "-m", "launch.summary", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_the_committed_table_is_the_generated_one():
+  with open(REPORT) as f:
+    report = f.read()
+  results = summary.load(RESULTS)
+  assert results, "docs/results holds no study result"
+  assert summary.rewrite(report, summary.table(results, report)) == report, (
+      "RESULTS.md's summary table differs from docs/results; run python -m launch.summary")
+
+
+def test_every_committed_result_has_a_headline_and_a_section():
+  with open(REPORT) as f:
+    where = summary.sections(f.read())
+  for key, result in summary.load(RESULTS).items():
+    lines = summary.headlines({key: result})[key]
+    assert lines and set(lines) <= set(summary.CLAIMS), key
+    assert all(s.strip() and s[-1] == "." for s in lines.values()), lines
+    assert result["study"] in where, f"{key}: no RESULTS.md section gives its command"
+
+
+def test_anchor_is_the_renderers_slug():
+  assert summary.anchor("## 5. Convergence speed (C5)") == "5-convergence-speed-c5"
+  assert summary.anchor("## 6. Redundancy: n/d or n? (C3)") == "6-redundancy-nd-or-n-c3"
+
+
+def test_rewrite_replaces_only_between_the_markers():
+  report = f"head\n{summary.BEGIN}\nold table\n{summary.END}\ntail\n"
+  out = summary.rewrite(report, "new table")
+  assert out == f"head\n{summary.BEGIN}\nnew table\n{summary.END}\ntail\n"
+  with pytest.raises(errors.ConfigError, match="no summary markers"):
+    summary.rewrite("no markers here", "t")
+
+
+def test_a_table_row_changes_with_its_study_json(tmp_path):
+  results = summary.load(RESULTS)
+  key = next(iter(results))
+  changed = json.loads(json.dumps(results[key]))
+  for row in changed["rows"]:  # Any number the headline quotes moves with the file.
+    for k, v in row.items():
+      if isinstance(v, float):
+        row[k] = v + 0.125
+  for c in changed["contrasts"].values():
+    for k in ("mean", "lo", "hi"):
+      c[k] = c[k] + 0.125
+  with open(REPORT) as f:
+    report = f.read()
+  assert summary.table({**results, key: changed}, report) != summary.table(results, report)
+
+
+def test_load_refuses_a_file_that_is_not_a_study_result(tmp_path):
+  (tmp_path / "x.json").write_text(json.dumps({"study": "nope"}))
+  with pytest.raises(errors.ConfigError, match="not a study's study.json"):
+    summary.load(str(tmp_path))
+  (tmp_path / "x.json").write_text("{")
+  with pytest.raises(errors.ConfigError, match="not readable JSON"):
+    summary.load(str(tmp_path))
+  assert "summary" not in registry.names()
+
+
+def test_launcher_check_and_rewrite(tmp_path):
+  shutil.copy(REPORT, tmp_path / "R.md")
+  ok = _launch(f"--report={tmp_path / 'R.md'}", f"--results={RESULTS}", "--check")
+  assert ok.returncode == 0, ok.stderr
+  text = (tmp_path / "R.md").read_text()
+  start = text.index(summary.BEGIN) + len(summary.BEGIN)
+  (tmp_path / "R.md").write_text(text[:start] + "\nstale\n" + text[text.index(summary.END):])
+  stale = _launch(f"--report={tmp_path / 'R.md'}", f"--results={RESULTS}", "--check")
+  assert stale.returncode == 1 and "differs" in stale.stderr
+  fixed = _launch(f"--report={tmp_path / 'R.md'}", f"--results={RESULTS}")
+  assert fixed.returncode == 0, fixed.stderr
+  assert (tmp_path / "R.md").read_text() == text
+  bad = _launch(f"--report={tmp_path / 'R.md'}", f"--results={tmp_path / 'none'}")
+  assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --results=")
+  assert len(bad.stderr.strip().splitlines()) == 1
