@@ -162,8 +162,7 @@ def headline(result: dict[str, Any]) -> dict[str, str]:
   kept = [k.split(":")[0] for k, c in pairs.items() if c.get("holm_reject")]
   c4 = (f"plain depth-{deep} nets: {dead}; plain minus residual trained dead fraction: "
         f"{len(kept)} of {len(pairs)} cells detected after Holm"
-        f"{' (' + '; '.join(kept) + ')' if kept else ''}; units of one net are pooled as "
-        "if independent in the recovery counts.")
+        f"{' (' + '; '.join(kept) + ')' if kept else ''}.")
   shallow = sorted((r for r in rows if r["variant"] == "plain" and r["depth"] == min(
       x["depth"] for x in rows)), key=lambda r: r["width"])
   inside = [r["width"] for r in shallow if r["linear_inputs_layer1_init_lo"] <=

@@ -328,11 +328,11 @@ def headline(result: dict[str, Any]) -> dict[str, str]:
   kept = sum(bool(c.get("holm_reject")) and c["hi"] < 0 for c in loss.values())
   deep = [c for k, c in loss.items() if "plain" in k and k.endswith(
       f"depth {max(r['depth'] for r in rows)}")]
+  none, reset = (sum(c[f"at_chance_{arm}"] for c in deep) for arm in ARMS)
   return {"C4": (
       f"resets of dormant units lower the units dead at every probe from up to "
       f"{100 * always['none']:.0f}% to at most {100 * always['reset']:.1f}% of all units; the "
       f"final training loss falls (interval below 0) in {len(better)} of {len(loss)} cells "
-      f"({', '.join(better) or 'none'}), {kept} after Holm over {len(loss)}; the deepest plain "
-      f"nets stay at chance ({sum(c['at_chance_none'] for c in deep)} of "
-      f"{sum(c['n'] for c in deep)} without resets, {sum(c['at_chance_reset'] for c in deep)} "
-      "with): dead units are not what stops them.")}
+      f"({', '.join(better) or 'none'}), {kept} after Holm over {len(loss)}; deepest plain "
+      f"nets at chance: {none} of {sum(c['n'] for c in deep)} without resets, {reset} with"
+      f"{': reviving their units does not rescue them' if reset >= none else ''}.")}
