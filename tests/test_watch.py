@@ -17,7 +17,8 @@ from resjax.train import watch
 SAME_AS = {"units": "units", "dead": "dead", "dead_frac": "dead_frac", "dormant": "dormant",
            "dormant_frac": "dormant_frac", "active_mean": "active_mean",
            "linear_frac": "linear_frac", "entropy_rank": "entropy_rank_post",
-           "srank": "srank_post"}
+           "srank": "srank_post", "entropy_rank_gram": "entropy_rank_gram_post",
+           "cosine": "cosine_post"}
 
 
 def _config(steps=4, **grid_axes):

@@ -130,3 +130,24 @@ def holm(contrasts: dict[str, dict]) -> dict[str, dict]:
   for k, a, r in zip(keys, adjusted, reject):
     contrasts[k].update(p_holm=g6(a), holm_reject=bool(r), family_size=len(keys))
   return contrasts
+
+
+def verdicts(family: dict[str, dict], name: str, power: float) -> dict[str, dict]:
+  """Holm over `family` (contrasts with mean, lo, hi, p, n, sd, excludes_zero), then each
+  one's verdict: 'detected' where Holm rejects, else 'not detected ...' with the effect a
+  paired t-test of its n and SD detects with `power` (stats.detectable)."""
+  holm(family)
+  for c in family.values():
+    sd = np.nan if c.get("sd") is None else c["sd"]
+    least = rstats.detectable(sd, c["n"], power)
+    c.update(family=name, detectable=g6(least))
+    if c.get("holm_reject"):
+      c["verdict"] = "detected"
+    elif c["n"] >= 2 and sd == 0:
+      c["verdict"] = "not detected: identical in every pair"
+    else:
+      c["verdict"] = (("not detected after Holm (unadjusted interval excludes 0); "
+                       if c["excludes_zero"] else "not detected at this power (")
+                      + f"{power:.0%} power needs |effect| >= {least:.3g}"
+                      + ("" if c["excludes_zero"] else ")"))
+  return family
