@@ -31,6 +31,12 @@ conv nets and 3e-3 for the inverted-residual nets, RESULTS.md). The degradation
 MLP grid also has a learning-rate axis fixed in advance (3e-3, 1e-2, 3e-2), so
 that each depth and variant can be read at its best rate.
 
+`rank_collapse` (C5's mechanism) trains the degradation MLPs (layer norm, width
+16, depths 2-32) under Adam and SGD over RANK_RATES, 3 seeds, 1500 steps: 520 nets,
+probed during training for the last hidden layer's mean pairwise cosine and
+uncentred effective rank; the best rate of each cell and its bracketing are read
+by the rule in resjax/studies/rank_collapse.py.
+
 `redundancy` (C3) trains the collapse study's first-layer nets on the
 'manifold' task (configs/embedded.py:manifold_firstlayer: intrinsic dimension
 d embedded in 16 input dimensions), one grid per d in REDUNDANCY_DIMS, widths
