@@ -199,7 +199,7 @@ def test_trajectories_reduce_each_condition_over_its_seeds(tmp_path):
   assert [(r["layer"], r["step"]) for r in table[:3]] == [("layer0", 0), ("layer0", 2),
                                                           ("layer0", 4)]
   fig = plot_trajectories(table)
-  assert len(fig.axes) == 6 * 2
+  assert len(fig.axes) == len(trajectories.FIELDS) * 2 == 8 * 2
   assert "model.residual=True" in fig.axes[1].get_title()
 
 
