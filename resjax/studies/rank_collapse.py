@@ -279,8 +279,9 @@ def _figure_data(per_opt: dict) -> dict:
     for v in VARIANTS:
       idx = {d: _at_best(run, best, v, d) for d in depths}
       for key in ("cosine_init", "erank_init", "cosine_end", "erank_end", "train_loss"):
-        out["series"][f"{opt}/{v}/{key}"] = tables.series(
-            depths, [rstats.mean_ci(m[key][idx[d]][np.isfinite(m[key][idx[d]])]) for d in depths])
+        bounds = (-1.0, 1.0) if key.startswith("cosine") else (0.0, np.inf)
+        out["series"][f"{opt}/{v}/{key}"] = tables.series(depths, [rstats.mean_ci(
+            m[key][idx[d]][np.isfinite(m[key][idx[d]])], bounds=bounds) for d in depths])
       out["series"][f"{opt}/{v}/steps"] = tables.series(
           depths, [rstats.median_ci(m["steps_to_target"][idx[d]], seed=0) for d in depths])
       out["best_lr"][f"{opt}/{v}"] = {"depths": depths,
@@ -290,8 +291,8 @@ def _figure_data(per_opt: dict) -> dict:
       for field, key in (("entropy_rank_gram", "erank"), ("cosine", "cosine")):
         traj = [_trajectory(m["_probes"][run.index[i]], deep, field) for i in idx[deep]]
         vals = np.asarray([t[1] for t in traj], np.float64)
-        out["trajectories"][f"{opt}/{v}/{key}"] = tables.series(
-            traj[0][0], [rstats.mean_ci(vals[:, j]) for j in range(vals.shape[1])])
+        out["trajectories"][f"{opt}/{v}/{key}"] = tables.series(traj[0][0], [rstats.mean_ci(
+            vals[:, j], bounds=(0.0, np.inf)) for j in range(vals.shape[1])])
       for d in depths:
         for i in idx[d]:
           out["scatter"].append({"optimizer": opt, "variant": v, "depth": d,
@@ -376,18 +377,23 @@ def _rates_panel(ax, data: dict, opts: list[str], dash: dict) -> None:
 
 def headline(result: dict) -> dict[str, str]:
   """{'C5': one sentence} from study.json alone."""
-  c = result["contrasts"]
-  init = {int(k.split()[-1]): v for k, v in c.items()
-          if v.get("family") == "geometry at init" and k.startswith("erank")}
-  deep = init[max(init)]
-  steps = [v for v in c.values() if v.get("family") == "convergence: steps"]
-  found = sum(v["verdict"] == "detected" for v in steps)
-  unbracketed = sum(not b["bracketed"] for b in result["best"])
+  c, best = result["contrasts"], result["best"]
+  opt = best[0]["optimizer"]  # Init does not depend on the optimizer.
+  at = {(b["variant"], b["depth"]): b for b in best if b["optimizer"] == opt}
+  lo, hi = min(d for _, d in at), max(d for _, d in at)
+  init = [v for v in c.values() if v["family"] == "geometry at init"]
+  steps = [v for v in c.values() if v["family"] == "convergence: steps"]
+  found = [v for v in steps if v["verdict"] == "detected"]
+  edge = sum(not b["bracketed"] for b in best)
   return {"C5": (
-      f"Rank collapse: at the deepest depth the plain net's last layer has an uncentred "
-      f"effective rank {deep['plain_mean']:.2f} at init vs {deep['residual_mean']:.2f} "
-      f"residual (plain - residual {deep['mean']:+.2f} [{deep['lo']:+.2f}, {deep['hi']:+.2f}], "
-      f"{deep['verdict']}); at each cell's best rate plain nets are slower to loss "
-      f"{result['target_loss']:g} in {found} of {len(steps)} (optimizer, depth) contrasts "
-      f"(Holm over {steps[0]['family_size'] if steps else 0}); {unbracketed} of "
-      f"{len(result['best'])} best rates at a grid edge.")}
+      f"At init the plain nets' last layer collapses with depth (uncentred effective rank "
+      f"{at[('plain', lo)]['erank_init']:.2f} at depth {lo} to {at[('plain', hi)]['erank_init']:.2f}"
+      f" at {hi}, mean cosine {at[('plain', hi)]['cosine_init']:.3f}; residual "
+      f"{at[('residual', lo)]['erank_init']:.2f} to {at[('residual', hi)]['erank_init']:.2f}; "
+      f"{sum(v['verdict'] == 'detected' for v in init)} of {len(init)} plain-minus-residual "
+      f"init contrasts detected after Holm with {result['config']['seeds']} seeds); at each "
+      f"cell's best rate ({edge} of {len(best)} not bracketed) plain nets are detectably slower "
+      f"to loss {result['target_loss']:g} in {len(found)} of {len(steps)} (optimizer, depth) "
+      f"contrasts (Holm over {len(steps)}), "
+      f"{sum(v['plain_mean'] >= v['residual_mean'] for v in steps)} of {len(steps)} point "
+      "estimates slower.")}
