@@ -32,7 +32,7 @@ MLP grid also has a learning-rate axis fixed in advance (3e-3, 1e-2, 3e-2), so
 that each depth and variant can be read at its best rate.
 
 `rank_collapse` (C5's mechanism) trains the degradation MLPs (layer norm, width
-16, depths 2-32) under Adam and SGD over RANK_RATES, 3 seeds, 1500 steps: 520 nets,
+16, depths 2-32) under Adam and SGD over RANK_RATES, 3 seeds, 1500 steps: 390 nets,
 probed during training for the last hidden layer's mean pairwise cosine and
 uncentred effective rank; the best rate of each cell and its bracketing are read
 by the rule in resjax/studies/rank_collapse.py.
@@ -197,7 +197,7 @@ def rank_collapse() -> dict[str, ml_collections.ConfigDict]:
   MLPs (width 16, layer norm) at depths 2-32, one grid per optimizer over RANK_RATES
   (opt.name is not a grid axis), 1500 steps, the full training loss every 25 steps,
   probes of every layer on a fixed batch of RANK_PROBE_BATCH training inputs every
-  100 steps; 3 seeds (260 nets per seed)."""
+  100 steps; 3 seeds (130 nets per seed, 390 in all)."""
   out = {}
   for name, rates in RANK_RATES.items():
     mlp = _spirals(norm="layer", steps=1500, eval_every=25, num_test=300)
