@@ -308,3 +308,25 @@ def test_coordinate_fits_tell_the_candidate_coordinates_apart():
   assert fits["P(Bin(n, 1/2) < d)"]["r2"] == pytest.approx(1.0)
   assert fits["P(Bin(n, 1/2) < d)"]["r2_leave_one_d_out"] > 0.9
   assert max(f["r2"] for k, f in fits.items() if k != "P(Bin(n, 1/2) < d)") < 0.99
+
+
+def test_rank_collapse_best_rate_rule():
+  """Lowest mean final training loss over seeds; a diverged net makes its rate lose; ties
+  go to the lower rate; the grid's edges are not bracketed."""
+  from resjax.studies import rank_collapse, runs
+  nets, loss = [], []
+  table = {("plain", 1e-3): (0.5, 0.5), ("plain", 1e-2): (0.1, float("nan")),
+           ("plain", 1e-1): (0.3, 0.3), ("residual", 1e-3): (0.2, 0.2),
+           ("residual", 1e-2): (0.2, 0.2), ("residual", 1e-1): (0.9, 0.9)}
+  for (v, lr), values in table.items():
+    for seed, x in enumerate(values):
+      nets.append(runs.Net(seed, 16, 4, v, lr))
+      loss.append(x)
+  run = runs.GridRun("g", None, "", nets, [0], {}, {})
+  best = rank_collapse.best_rates(run, np.asarray(loss))
+  assert best[("plain", 4)]["best_lr"] == 1e-1 and not best[("plain", 4)]["bracketed"]
+  assert best[("residual", 4)]["best_lr"] == 1e-3 and not best[("residual", 4)]["bracketed"]
+  table[("plain", 1e-2)] = (0.1, 0.1)
+  loss = [x for values in table.values() for x in values]
+  best = rank_collapse.best_rates(run, np.asarray(loss))
+  assert best[("plain", 4)]["best_lr"] == 1e-2 and best[("plain", 4)]["bracketed"]
