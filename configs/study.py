@@ -9,6 +9,7 @@ with `config.grid` set) plus its analysis and figure (resjax/studies/<study>.py)
   python -m launch.study --config=configs/study.py:redundancy  --workdir=runs/redundancy
   python -m launch.study --config=configs/study.py:pilot       --workdir=runs/pilot
   python -m launch.study --config=configs/study.py:revival     --workdir=runs/revival
+  python -m launch.study --config=configs/study.py:rank_collapse --workdir=runs/rank_collapse
 
 Each grid of `config.grids` is a full training config (configs/embedded.py
 bases); it trains in `--workdir/<grid>` exactly as
@@ -30,6 +31,12 @@ conv nets and 3e-3 for the inverted-residual nets, RESULTS.md). The degradation
 MLP grid also has a learning-rate axis fixed in advance (3e-3, 1e-2, 3e-2), so
 that each depth and variant can be read at its best rate.
 
+`rank_collapse` (C5's mechanism) trains the degradation MLPs (layer norm, width
+16, depths 2-32) under Adam and SGD over RANK_RATES, 3 seeds, 1500 steps: 390 nets,
+probed during training for the last hidden layer's mean pairwise cosine and
+uncentred effective rank; the best rate of each cell and its bracketing are read
+by the rule in resjax/studies/rank_collapse.py.
+
 `redundancy` (C3) trains the collapse study's first-layer nets on the
 'manifold' task (configs/embedded.py:manifold_firstlayer: intrinsic dimension
 d embedded in 16 input dimensions), one grid per d in REDUNDANCY_DIMS, widths
@@ -49,6 +56,12 @@ REDUNDANCY_RATIOS = (1, 1.5, 2, 3, 4, 6, 8)
 # Revival study: the reset period (not a divisor of its 1000 steps, so the last reset,
 # at step 960, is followed by training before the final evaluation).
 REVIVAL_RESET_EVERY = 60
+# Rank collapse study: the rates of each optimizer (each grid's lowest and highest are
+# its edges: a best rate there is "not bracketed"), SGD's momentum, the probe batch.
+RANK_RATES = {"adam": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
+              "sgd": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)}
+RANK_MOMENTUM = 0.9
+RANK_PROBE_BATCH = 256
 # Pilot: the rates it compares, and the rate each family's studies use.
 PILOT_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
 PILOT_STUDY_RATES = {"mlp": 1e-2, "conv": 3e-2, "invres": 1e-2}
@@ -179,6 +192,28 @@ def revival() -> dict[str, ml_collections.ConfigDict]:
   return {"mlp": mlp}
 
 
+def rank_collapse() -> dict[str, ml_collections.ConfigDict]:
+  """The rank_collapse study's grids (resjax/studies/rank_collapse.py): the degradation
+  MLPs (width 16, layer norm) at depths 2-32, one grid per optimizer over RANK_RATES
+  (opt.name is not a grid axis), 1500 steps, the full training loss every 25 steps,
+  probes of every layer on a fixed batch of RANK_PROBE_BATCH training inputs every
+  100 steps; 3 seeds (130 nets per seed, 390 in all)."""
+  out = {}
+  for name, rates in RANK_RATES.items():
+    mlp = _spirals(norm="layer", steps=1500, eval_every=25, num_test=300)
+    mlp.model.width = 16
+    mlp.opt.name = name
+    if name == "sgd":
+      mlp.opt.momentum = RANK_MOMENTUM
+    mlp.train.probe_every = 100
+    mlp.train.probe_batch = RANK_PROBE_BATCH
+    mlp.grid.model.depth = (2, 4, 8, 16, 32)
+    mlp.grid.model.residual = (False, True)
+    mlp.grid.opt.lr = rates
+    out[name] = mlp
+  return out
+
+
 def redundancy() -> dict[str, ml_collections.ConfigDict]:
   """The redundancy study's grids (resjax/studies/redundancy.py)."""
   out = {}
@@ -256,11 +291,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.study = name  # One of resjax.studies.names().
   config.seed = 0  # First seed; the nets use seeds seed .. seed + seeds - 1.
-  config.seeds = {"bottleneck": 5, "dead_units": 5, "pilot": 2}.get(name, 8)  # Seeds per condition.
+  config.seeds = {"bottleneck": 5, "dead_units": 5, "pilot": 2, "rank_collapse": 3}.get(
+      name, 8)  # Seeds per condition.
   config.target_loss = 0.3  # Convergence: steps to this full training loss.
   if name == "redundancy":  # Bootstrap resamples of the seeds for the one-curve fits.
     config.bootstrap = 2000
-  if name == "revival":  # The power at which it states the smallest detectable effect.
+  if name in ("revival", "rank_collapse"):  # The power of the smallest detectable effect.
     config.power = 0.8
   if name == "pilot":  # The rate each family's studies use (the pilot only compares).
     config.study_rates = ml_collections.ConfigDict(PILOT_STUDY_RATES)

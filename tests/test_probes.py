@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from resjax import activations, analysis, data, errors, probes, sharding
+from resjax.probes import statistics
 
 
 def _const(values):
@@ -162,7 +163,7 @@ def test_padding_is_masked_out(toy):
     for key in ("dead_units", "dormant", "active_mean", "linear_frac"):
       assert a[key] == b[key], key
     for key in ("participation_pre", "participation_post", "entropy_rank_pre",
-                "entropy_rank_post"):
+                "entropy_rank_post", "entropy_rank_gram_post", "cosine_post"):
       assert a[key] == pytest.approx(b[key], rel=1e-4), key
   assert padded.summary["examples"] == 100
   assert padded.summary["accuracy"] == pytest.approx(res.summary["accuracy"])
@@ -425,3 +426,30 @@ def test_progress_lines_and_table(toy):
   assert {r["kind"] for r in rows} == {"activation", "block"}
   assert all(r["run"] == "toy" for r in rows)
   assert not any(k in r for r in rows for k in probes.LIST_FIELDS)
+
+
+def test_cosine_and_uncentred_rank_against_numpy():
+  """Inputs near one direction: cosine near 1 and uncentred rank near 1, while the centred
+  rank still sees the spread (why the uncentred one measures rank collapse); the numbers
+  equal the formulas on the post-activation features, all-zero rows and padding left out."""
+  d, n = 6, 300
+  rng = np.random.default_rng(2)
+  x = (3.0 + 0.05 * rng.standard_normal((n, d))).astype(np.float32)  # ReLU keeps them as they are.
+  x[:7] = -1.0  # All-zero after the ReLU: no direction, left out of the cosine.
+  y = np.zeros(n, np.int32)
+  model = Linear(dim=d)
+  variables = _init(model, x)
+  row = probes.probe(variables, model, _batches(x, y, 64, pad_value=1e3)).layer("id")
+  h = np.maximum(x.astype(np.float64), 0.0)
+  u = h[7:] / np.linalg.norm(h[7:], axis=1, keepdims=True)
+  cos = u @ u.T
+  m = len(u)
+  assert row["cosine_post"] == pytest.approx((cos.sum() - m) / (m * (m - 1)), rel=1e-5)
+  s2 = np.linalg.svd(h, compute_uv=False) ** 2
+  p = s2 / s2.sum()
+  assert row["entropy_rank_gram_post"] == pytest.approx(np.exp(-np.sum(p * np.log(p))), rel=1e-4)
+  assert row["cosine_post"] > 0.99 and row["entropy_rank_gram_post"] < 1.2
+  spread = probes.probe(variables, model, _batches(x[7:], y[7:], 64)).layer("id")
+  assert spread["entropy_rank_post"] > 5.5  # Centred: the noise around the shared direction.
+  assert spread["entropy_rank_gram_post"] < 1.2 and spread["cosine_post"] > 0.99
+  assert np.isnan(statistics.mean_cosine(np.zeros(3), 1))  # Below two vectors.

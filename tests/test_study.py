@@ -91,6 +91,8 @@ def test_study_runs_end_to_end(name, tmp_path):
     assert fit["r2_diff_lo"] <= fit["r2_diff"] <= fit["r2_diff_hi"]
   if name == "revival":
     _check_revival(rows, nets, saved)
+  if name == "rank_collapse":
+    _check_rank_collapse(rows, nets, saved)
   if name == "pilot":
     chosen = saved["chosen"]
     assert set(chosen) == {"mlp"}
@@ -135,6 +137,38 @@ def _check_revival(rows, nets, saved):
   assert {f: len(v) for f, v in families.items() if "per cell" in f} == {
       "train_loss per cell": cells, "test_acc per cell": cells, "dead_final per cell": cells}
   assert all(c["family_size"] == len(v) for v in families.values() for c in v)
+
+
+def _check_rank_collapse(rows, nets, saved):
+  """Init geometry is the same for every rate and optimizer of a seed; geometry is in
+  range; each cell's best rate has its lowest mean loss; verdicts follow Holm."""
+  init = {}
+  for n in nets:
+    key = (n["variant"], n["depth"], n["seed"])
+    init.setdefault(key, set()).add((round(float(n["cosine_init"]), 5),
+                                     round(float(n["erank_init"]), 4)))
+    assert 0.0 <= float(n["cosine_init"]) <= 1.0 and 1.0 <= float(n["erank_init"]) <= 16.0
+    assert float(n["erank_cov_end"]) >= 0.0
+  assert all(len(v) == 1 for v in init.values()) and len(init) == len(nets) // 4
+  cells = {}
+  for r in rows:
+    cells.setdefault((r["optimizer"], r["variant"], r["depth"]), []).append(r)
+  for cell in cells.values():
+    best = [r for r in cell if r["best"] == "True"]
+    assert len(best) == 1
+    assert float(best[0]["train_loss"]) == min(float(r["train_loss"]) for r in cell)
+    assert best[0]["bracketed"] == "False"  # Two rates: the best is at an edge.
+  assert {b["optimizer"] for b in saved["best"]} == {"adam", "sgd"}
+  sizes = {}
+  for c in saved["contrasts"].values():
+    sizes.setdefault(c["family"], []).append(c["family_size"])
+    assert (c["verdict"] == "detected") == bool(c["holm_reject"]), c
+  assert {f: len(v) for f, v in sizes.items()} == {
+      "convergence: steps": 4, "convergence: mean log loss": 4, "geometry at init": 4,
+      "geometry at the end": 8, "init collapse predicts loss": 8}
+  assert all(s == len(v) for v in sizes.values() for s in v)
+  line = studies.get("rank_collapse").headline(saved)["C5"]
+  assert f"Holm over {sizes['convergence: steps'][0]}" in line
 
 
 def test_revival_counts_units_from_probe_rows():
@@ -242,7 +276,8 @@ def test_bad_configs_are_one_line_errors(tmp_path):
 
 def test_studies_are_found_by_name():
   assert set(studies.names()) == {"degradation", "dead_units", "collapse", "bottleneck",
-                                  "convergence", "redundancy", "pilot", "revival"}
+                                  "convergence", "redundancy", "pilot", "revival",
+                                  "rank_collapse"}
   for name in studies.names():
     module = studies.get(name)
     assert callable(module.analyze) and callable(module.figure) and module.FAMILIES
@@ -273,3 +308,25 @@ def test_coordinate_fits_tell_the_candidate_coordinates_apart():
   assert fits["P(Bin(n, 1/2) < d)"]["r2"] == pytest.approx(1.0)
   assert fits["P(Bin(n, 1/2) < d)"]["r2_leave_one_d_out"] > 0.9
   assert max(f["r2"] for k, f in fits.items() if k != "P(Bin(n, 1/2) < d)") < 0.99
+
+
+def test_rank_collapse_best_rate_rule():
+  """Lowest mean final training loss over seeds; a diverged net makes its rate lose; ties
+  go to the lower rate; the grid's edges are not bracketed."""
+  from resjax.studies import rank_collapse, runs
+  nets, loss = [], []
+  table = {("plain", 1e-3): (0.5, 0.5), ("plain", 1e-2): (0.1, float("nan")),
+           ("plain", 1e-1): (0.3, 0.3), ("residual", 1e-3): (0.2, 0.2),
+           ("residual", 1e-2): (0.2, 0.2), ("residual", 1e-1): (0.9, 0.9)}
+  for (v, lr), values in table.items():
+    for seed, x in enumerate(values):
+      nets.append(runs.Net(seed, 16, 4, v, lr))
+      loss.append(x)
+  run = runs.GridRun("g", None, "", nets, [0], {}, {})
+  best = rank_collapse.best_rates(run, np.asarray(loss))
+  assert best[("plain", 4)]["best_lr"] == 1e-1 and not best[("plain", 4)]["bracketed"]
+  assert best[("residual", 4)]["best_lr"] == 1e-3 and not best[("residual", 4)]["bracketed"]
+  table[("plain", 1e-2)] = (0.1, 0.1)
+  loss = [x for values in table.values() for x in values]
+  best = rank_collapse.best_rates(run, np.asarray(loss))
+  assert best[("plain", 4)]["best_lr"] == 1e-2 and best[("plain", 4)]["bracketed"]

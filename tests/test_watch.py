@@ -17,7 +17,8 @@ from resjax.train import watch
 SAME_AS = {"units": "units", "dead": "dead", "dead_frac": "dead_frac", "dormant": "dormant",
            "dormant_frac": "dormant_frac", "active_mean": "active_mean",
            "linear_frac": "linear_frac", "entropy_rank": "entropy_rank_post",
-           "srank": "srank_post"}
+           "srank": "srank_post", "entropy_rank_gram": "entropy_rank_gram_post",
+           "cosine": "cosine_post"}
 
 
 def _config(steps=4, **grid_axes):
@@ -198,7 +199,7 @@ def test_trajectories_reduce_each_condition_over_its_seeds(tmp_path):
   assert [(r["layer"], r["step"]) for r in table[:3]] == [("layer0", 0), ("layer0", 2),
                                                           ("layer0", 4)]
   fig = plot_trajectories(table)
-  assert len(fig.axes) == 6 * 2
+  assert len(fig.axes) == len(trajectories.FIELDS) * 2 == 8 * 2
   assert "model.residual=True" in fig.axes[1].get_title()
 
 

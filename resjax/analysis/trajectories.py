@@ -18,7 +18,8 @@ from resjax import checkpoints, grid, metrics, stats
 # The fields drawn against step (probes.training.SCALARS) and each one's bounds
 # (None: the layer's units).
 FIELDS = {"dead_frac": (0.0, 1.0), "dormant_frac": (0.0, 1.0), "active_mean": (0.0, 1.0),
-          "linear_frac": (0.0, 1.0), "entropy_rank": (0.0, None), "srank": (0.0, None)}
+          "linear_frac": (0.0, 1.0), "entropy_rank": (0.0, None),
+          "entropy_rank_gram": (0.0, None), "cosine": (-1.0, 1.0), "srank": (0.0, None)}
 
 
 def has_probes(workdir: str) -> bool:
@@ -64,6 +65,8 @@ def rows(workdir: str, run: str | None = None) -> list[dict[str, Any]]:
            "seeds": len(members), "dormant_tau": tau}
     units = max(m["units"] for m in members)  # A rank is at most the layer's width.
     for field, bounds in FIELDS.items():
+      if any(field not in m for m in members):  # Written before the field existed.
+        continue
       mean, lo, hi = stats.mean_ci([m[field] for m in members],
                                    bounds=(bounds[0], units if bounds[1] is None else bounds[1]))
       row.update({field: mean, f"{field}_lo": lo, f"{field}_hi": hi})

@@ -1,7 +1,7 @@
 """The probes during training drawn against step: one panel per field and condition.
 
 Rows of the figure are the fields (dead and dormant fraction, mean active
-fraction per input, linear-region fraction, entropy rank, srank), columns
+fraction per input, linear-region fraction, entropy ranks, mean cosine, srank), columns
 the conditions (every run or grid condition of `analysis.trajectories.rows`);
 each panel draws up to `MAX_LAYERS` layers spread over the depth, coloured
 from shallow to deep, each as the mean over the condition's seeds with its
@@ -19,6 +19,7 @@ MAX_LAYERS = 6
 LABELS = {"dead_frac": "dead fraction", "dormant_frac": "dormant fraction",
           "active_mean": "active fraction\nper input (mean)",
           "linear_frac": "linear-region\nfraction", "entropy_rank": "entropy rank",
+          "entropy_rank_gram": "entropy rank\n(uncentred)", "cosine": "mean pairwise\ncosine",
           "srank": "srank ($\\delta$ = 0.01)"}
 
 
@@ -49,7 +50,7 @@ def plot_trajectories(table: Sequence[dict]):
   threshold = taus.pop() if len(taus) == 1 else None
   from matplotlib import cm  # pylint: disable=g-import-not-at-top
   from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
-  fields = list(LABELS)
+  fields = [f for f in LABELS if all(f in r for r in table)]  # Older runs lack some.
   columns = _panels(table)
   legends: list = []
   several = len({run for run, _ in columns}) > 1
@@ -81,8 +82,8 @@ def plot_trajectories(table: Sequence[dict]):
         label = f"dormant fraction\n(score $\\leq$ {threshold:g})"
       axes[f, 0].set_ylabel(label)
       # The means set the scale; an interval of few seeds may leave the panel.
-      top = max([r[field] for r in table] + [0.05])
-      if field in ("dead_frac", "dormant_frac", "active_mean", "linear_frac"):
+      top = float(np.nanmax([r[field] for r in table] + [0.05]))
+      if field in ("dead_frac", "dormant_frac", "active_mean", "linear_frac", "cosine"):
         axes[f, 0].set_ylim(-0.03 * min(top, 1.0), min(1.0, 1.15 * top) + 0.02)
       else:
         axes[f, 0].set_ylim(0, 1.2 * top)

@@ -21,7 +21,11 @@ host in float64, and report per layer:
 - participation ratio (sum l)^2 / sum l^2 and entropy effective rank
   exp(-sum p log p), p = l / sum l (Roy & Vetterli 2007), of the eigenvalues l
   of the channel covariance (spatial positions pooled as samples), before and
-  after the activation (C3); the participation ratio is never larger;
+  after the activation (C3); the participation ratio is never larger; after the
+  activation also the entropy rank of the uncentred Gram matrix F^T F
+  (`entropy_rank_gram_post`) and the mean pairwise cosine of the inputs'
+  feature vectors (`cosine_post`): both see all inputs pointing one way (rank
+  collapse, C5), which the centred covariance does not;
 - per residual block, the share of the energy carried by the shortcut vs the
   branch (C5);
 - per weight layer, the norm of the loss gradient on a few batches (C4).

@@ -71,6 +71,18 @@ def moments(x_NxC: jax.Array, w_N: jax.Array):
   return mean_C, d_NxC.T @ d_NxC
 
 
+def direction_sums(x_NxC: jax.Array, w_N: jax.Array, units_C: jax.Array | None = None):
+  """The sum of the unit vectors x_i / |x_i| of the weighted rows with |x_i| > 0, and
+  their count (the terms of `statistics.mean_cosine`); `units_C` (0/1) keeps a net's
+  own units of a padded layer."""
+  if units_C is not None:
+    x_NxC = x_NxC * units_C.astype(x_NxC.dtype)
+  norm_N = jnp.sqrt(jnp.sum(x_NxC * x_NxC, -1))
+  keep_N = w_N * (norm_N > 0)
+  u_NxC = x_NxC / jnp.where(norm_N > 0, norm_N, 1.0)[:, None]
+  return jnp.sum(u_NxC * keep_N[:, None], 0), jnp.sum(keep_N)
+
+
 def batch_sums(variables, inputs, labels, mask, *, model, act, preprocess, units=None):
   """Sums over one (sharded) batch; padded rows (mask 0) contribute nothing.
 
@@ -97,6 +109,8 @@ def batch_sums(variables, inputs, labels, mask, *, model, act, preprocess, units
     w_N = w_BxP.reshape(-1)
     pre_mean, pre_m2 = moments(z_BxPxC.reshape(-1, c), w_N)
     post_mean, post_m2 = moments(h_BxPxC.reshape(-1, c), w_N)
+    unit_sum, nonzero = direction_sums(h_BxPxC.reshape(-1, c), w_N,
+                                       None if units is None else units.get(name))
     if units is None or name not in units:
       frac_B, all_BxP = jnp.mean(on_BxPxC, (1, 2)), jnp.all(on_BxPxC, -1)
     else:
@@ -113,6 +127,7 @@ def batch_sums(variables, inputs, labels, mask, *, model, act, preprocess, units
         "pos_all": jnp.sum(all_BxP * w_BxP),
         "pre_mean": pre_mean, "pre_m2": pre_m2,
         "post_mean": post_mean, "post_m2": post_m2,
+        "unit_sum": unit_sum, "nonzero": nonzero,
     }
   out["layers"] = layers
   shortcut = flatten(cols.get("shortcut", {}))

@@ -70,6 +70,17 @@ def srank(gram_CxC: np.ndarray, delta: float = 0.01) -> Any:
   return int(k) if np.ndim(k) == 0 else k
 
 
+def mean_cosine(unit_sum_C: np.ndarray, nonzero: Any) -> Any:
+  """The mean cosine similarity over the pairs i != j of M nonzero feature vectors,
+  from the sum S of their unit vectors: (|S|^2 - M) / (M (M - 1)) (uncentred: 1 when
+  all point the same way; NaN below two vectors). A stack [..., C] gives one per row."""
+  s = np.asarray(unit_sum_C, np.float64)
+  m = np.asarray(nonzero, np.float64)
+  pairs = m * (m - 1.0)
+  return _scalar(np.where(pairs > 0, (np.sum(s * s, -1) - m) / np.where(pairs > 0, pairs, 1.0),
+                          np.nan))
+
+
 def covariance(n: Any, m2_CxC: np.ndarray) -> np.ndarray:
   """The sample covariance from a count and a centred second moment ([..., C, C])."""
   n = np.asarray(n, np.float64)[..., None, None]
@@ -149,6 +160,7 @@ class LayerAccumulator:
     self.frac: list[np.ndarray] = []
     self.all: list[np.ndarray] = []
     self.pre, self.post = Moments(c), Moments(c)
+    self.unit_sum, self.nonzero = np.zeros(c), 0.0  # `mean_cosine`'s terms (post-activation).
 
   def add(self, s: Mapping[str, np.ndarray], valid_B: np.ndarray) -> None:
     self.count += np.rint(s["count_C"]).astype(np.int64)
@@ -159,6 +171,8 @@ class LayerAccumulator:
     self.all.append(np.asarray(s["all_B"], bool)[valid_B])
     self.pre.add(float(s["samples"]), s["pre_mean"], s["pre_m2"])
     self.post.add(float(s["samples"]), s["post_mean"], s["post_m2"])
+    self.unit_sum += np.asarray(s["unit_sum"], np.float64)
+    self.nonzero += float(s["nonzero"])
 
 
 def layer_row(index: int, name: str, acc: LayerAccumulator,
@@ -195,6 +209,8 @@ def layer_row(index: int, name: str, acc: LayerAccumulator,
       "participation_post": participation_ratio(post_cov),
       "entropy_rank_pre": entropy_rank(pre_cov),
       "entropy_rank_post": entropy_rank(post_cov),
+      "entropy_rank_gram_post": entropy_rank(acc.post.gram()),
+      "cosine_post": mean_cosine(acc.unit_sum, acc.nonzero),
       "srank_pre": srank(acc.pre.gram()),
       "srank_post": srank(acc.post.gram()),
       "dead_units": np.flatnonzero(dead_C).tolist(),

@@ -28,12 +28,13 @@ from resjax.probes import compiled, statistics
 
 # The fields of a probe row (besides step, net, layer and the dead units' list).
 FIELDS = ("units", "dead", "dead_frac", "dormant", "dormant_frac", "active_mean",
-          "linear_frac", "entropy_rank", "srank")
+          "linear_frac", "entropy_rank", "entropy_rank_gram", "cosine", "srank")
 INTS = ("units", "dead", "dormant", "srank")  # Counts, written as integers.
 TURNOVER = ("newly_dead", "revived", "newly_dead_since_first", "revived_since_first",
             "dead_every_probe")
 # What TensorBoard gets of each row (probes.jsonl has every field).
-SCALARS = ("dead_frac", "dormant_frac", "active_mean", "linear_frac", "entropy_rank", "srank")
+SCALARS = ("dead_frac", "dormant_frac", "active_mean", "linear_frac", "entropy_rank",
+           "entropy_rank_gram", "cosine", "srank")
 SRANK_DELTA = 0.01  # Kumar et al. (2021)'s delta.
 
 
@@ -108,8 +109,9 @@ def layer_rows(sums: dict, nets: Sequence[Net], threshold: float) -> list[Row]:
 
   The numbers are those of `probes.run` (statistics.layer_row) for the same
   batch: dead / dormant units, the mean active fraction per input, the
-  linear-region fraction, and the entropy rank and srank of the
-  post-activation features (covariance and Gram matrix; positions of a conv
+  linear-region fraction, the entropy rank of the post-activation features'
+  covariance and of their uncentred Gram matrix, their srank, and the mean
+  pairwise cosine of the inputs' post-activation vectors (positions of a conv
   layer pooled as samples).
   """
   shared: dict[tuple[str, int], list[int]] = {}  # (tap, own units) -> nets
@@ -130,7 +132,7 @@ def layer_rows(sums: dict, nets: Sequence[Net], threshold: float) -> list[Row]:
 def _own(s: dict, idx: Sequence[int], c: int) -> dict:
   """A tap's sums of the nets `idx`, cut to their `c` own units."""
   out = {k: np.asarray(v)[idx] for k, v in s.items()}
-  for k in ("count_C", "abs_C", "post_mean"):
+  for k in ("count_C", "abs_C", "post_mean", "unit_sum"):
     out[k] = out[k][..., :c]
   out["post_m2"] = out["post_m2"][..., :c, :c]
   return out
@@ -143,6 +145,7 @@ def _numbers(s: dict, examples: Any, threshold: float) -> tuple[dict, np.ndarray
   count_GxC = np.rint(np.asarray(s["count_C"])).astype(np.int64)
   dead_GxC, dormant_GxC, _ = statistics.unit_masks(count_GxC, s["abs_C"], samples, threshold)
   positions = int(round(samples[0] / max(examples[0], 1.0)))
+  gram = statistics.gram(samples, s["post_mean"], s["post_m2"])
   linear_G = statistics.linear_fraction(np.asarray(s["all_B"], np.float64).mean(-1),
                                         s["pos_all"], samples, positions)
   numbers = {
@@ -152,8 +155,9 @@ def _numbers(s: dict, examples: Any, threshold: float) -> tuple[dict, np.ndarray
       "active_mean": np.asarray(s["frac_B"], np.float64).mean(-1),
       "linear_frac": np.broadcast_to(linear_G, samples.shape),
       "entropy_rank": statistics.entropy_rank(statistics.covariance(samples, s["post_m2"])),
-      "srank": statistics.srank(statistics.gram(samples, s["post_mean"], s["post_m2"]),
-                                SRANK_DELTA),
+      "entropy_rank_gram": statistics.entropy_rank(gram),
+      "cosine": statistics.mean_cosine(s["unit_sum"], s["nonzero"]),
+      "srank": statistics.srank(gram, SRANK_DELTA),
   }
   return numbers, dead_GxC
 

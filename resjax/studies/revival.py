@@ -26,8 +26,6 @@ effect a paired t-test of its n and SD would detect with power `config.power`
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import numpy as np
@@ -66,29 +64,15 @@ def validate(config) -> None:
   pairs no resets with one reset period."""
   schema.check(config, RULES)
   for name, g in config.grids.items():
-    every, steps = int(g.train.probe_every), int(g.train.steps)
-    errors.check(every > 0 and steps % every == 0,
-                 f"grids.{name}.train.probe_every={every} is not allowed; the study reads "
-                 f"the last step's probe: use a divisor of train.steps={steps}")
+    runs.check_last_probe(name, g)
     arms = tuple(g.grid.train.reset_dead_every)
     errors.check(len(arms) == 2 and arms[0] == 0 and arms[1] > 0,
                  f"grids.{name}.grid.train.reset_dead_every={arms} is not allowed; the study "
                  "pairs no resets with one period: use (0, K) with K > 0")
 
 
-def read_probes(workdir: str) -> dict[int, list[tuple[int, dict[str, dict]]]]:
-  """probes.jsonl of a grid: net -> [(step, {layer: row})] in step order ('reset' on its own)."""
-  out: dict[int, dict[int, dict[str, dict]]] = {}
-  with open(os.path.join(workdir, "probes.jsonl")) as f:
-    for line in f:
-      r = json.loads(line)
-      net = out.setdefault(int(r.get("net", 0)), {})
-      net.setdefault(int(r["step"]), {})[r["layer"]] = r
-  return {k: sorted(v.items()) for k, v in out.items()}
-
-
 def net_numbers(probes: list[tuple[int, dict[str, dict]]]) -> dict[str, float]:
-  """One net's FRACTIONS and COUNTS from its probe rows (`read_probes`)."""
+  """One net's FRACTIONS and COUNTS from its probe rows (`runs.read_probes`)."""
   seen = [(s, rows) for s, rows in probes if all("dead_units" in r for r in rows.values())]
   first, last = seen[0][1], seen[-1][1]
   units = sum(r["units"] for r in first.values())
@@ -226,7 +210,7 @@ def analyze(config, trained: dict[str, runs.GridRun], workdir: str, log) -> dict
   run = next(iter(trained.values()))
   configs = grid.nets(run.config)
   arm = ["reset" if int(configs[k].train.reset_dead_every) > 0 else "none" for k in run.index]
-  probes = read_probes(run.workdir)
+  probes = runs.read_probes(run.workdir)
   numbers = [net_numbers(probes[k]) for k in run.index]
   metrics = {key: np.asarray([n[key] for n in numbers], np.float64)
              for key in FRACTIONS + COUNTS}

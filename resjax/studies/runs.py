@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from resjax import files, grid, models, probes, progress, restore, sharding, train
+from resjax import errors, files, grid, models, probes, progress, restore, sharding, train
 
 Net = collections.namedtuple("Net", "seed width depth variant lr")
 
@@ -183,3 +183,22 @@ def probe_grid(run: GridRun, log: Callable[[str], None] | None,
     run.probes_final[i] = cached[str(run.index[i])]["final"]
   files.write_json(path, cached)
   run.timing["probes_s"] = time.perf_counter() - tic
+
+
+def read_probes(workdir: str) -> dict[int, list[tuple[int, dict[str, dict]]]]:
+  """probes.jsonl of a grid: net -> [(step, {layer: row})] in step order ('reset' on its own)."""
+  out: dict[int, dict[int, dict[str, dict]]] = {}
+  with open(os.path.join(workdir, "probes.jsonl")) as f:
+    for line in f:
+      r = json.loads(line)
+      net = out.setdefault(int(r.get("net", 0)), {})
+      net.setdefault(int(r["step"]), {})[r["layer"]] = r
+  return {k: sorted(v.items()) for k, v in out.items()}
+
+
+def check_last_probe(name: str, g) -> None:
+  """ConfigError unless grid `name` probes during training and at its last step."""
+  every, steps = int(g.train.probe_every), int(g.train.steps)
+  errors.check(every > 0 and steps % every == 0,
+               f"grids.{name}.train.probe_every={every} is not allowed; the study reads "
+               f"the last step's probe: use a divisor of train.steps={steps}")

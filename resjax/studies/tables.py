@@ -170,3 +170,24 @@ def verdict_text(c: Mapping[str, Any], scale: float = 1.0, digits: int = 2) -> s
     return f"{est}, excludes 0 but not after Holm among {family}"
   return (f"{est}, not detected at this power (80% power needs "
           f"{scale * detectable_of(c):.{digits}f})")
+
+
+def verdicts(family: dict[str, dict], name: str, power: float) -> dict[str, dict]:
+  """Holm over `family` (contrasts with mean, lo, hi, p, n, sd, excludes_zero), then each
+  one's verdict: 'detected' where Holm rejects, else 'not detected ...' with the effect a
+  paired t-test of its n and SD detects with `power` (stats.detectable)."""
+  holm(family)
+  for c in family.values():
+    sd = np.nan if c.get("sd") is None else c["sd"]
+    least = rstats.detectable(sd, c["n"], power)
+    c.update(family=name, detectable=g6(least))
+    if c.get("holm_reject"):
+      c["verdict"] = "detected"
+    elif c["n"] >= 2 and sd == 0:
+      c["verdict"] = "not detected: identical in every pair"
+    else:
+      c["verdict"] = (("not detected after Holm (unadjusted interval excludes 0); "
+                       if c["excludes_zero"] else "not detected at this power (")
+                      + f"{power:.0%} power needs |effect| >= {least:.3g}"
+                      + ("" if c["excludes_zero"] else ")"))
+  return family
