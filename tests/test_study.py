@@ -266,7 +266,7 @@ def test_coordinate_fits_tell_the_candidate_coordinates_apart():
   from resjax.studies import redundancy
   d = [1, 1, 2, 2, 2, 3, 3, 3, 4, 4]
   n = [1, 2, 2, 4, 6, 3, 6, 9, 4, 8]
-  below = [redundancy._binom_below(b, a) for a, b in zip(d, n)]  # pylint: disable=protected-access
+  below = [redundancy.binom_below(b, a) for a, b in zip(d, n)]
   damage = [30 * p**2 for p in below]  # Rises with the random-layer collapse probability alone.
   fits = redundancy.coordinate_fits(d, n, damage)
   assert set(fits) == {"n/d", "n", "n - d", "P(Bin(n, 1/2) < d)"}
