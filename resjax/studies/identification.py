@@ -25,8 +25,8 @@ interval excludes 0); otherwise the best point estimate is named with the
 coordinates it is not told apart from. Two direct contrasts (t-intervals over
 the replicates, Holm over their 4): the OLS slope of damage on d along
 n - d = 2 (n - d predicts 0, n/d and P > 0, n < 0), and damage at d = 12 minus
-d = 8 at equal n/d, mean over the three ratios (n/d predicts 0, P > 0, n and
-n - d < 0). Per cell, linear minus ReLU over the replicates (Holm over all
+d = 8 at equal n/d, mean over the three ratios (n/d predicts 0, n and n - d
+< 0; P is higher at d = 12 at n/d = 1.5 and 2 and lower at 3). Per cell, linear minus ReLU over the replicates (Holm over all
 cells of both label functions).
 """
 from __future__ import annotations
