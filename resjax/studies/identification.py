@@ -135,12 +135,16 @@ def fits(task: str, part: dict[str, Any], draws: int, seed: int,
 
 
 def _verdicts(family: dict[str, dict], power: float) -> None:
+  """'detected' where the interval excludes 0 and Holm over the family rejects."""
   for c in family.values():
+    least = f"{power:.0%} power needs |effect| >= {c['detectable']:.3g}"
     if c["excludes_zero"] and c["holm_reject"]:
       c["verdict"] = f"detected (Holm over {c['family_size']})"
+    elif c["excludes_zero"]:
+      c["verdict"] = (f"not detected at this power after Holm over {c['family_size']} "
+                      f"(the unadjusted interval excludes 0; {least})")
     else:
-      c["verdict"] = (f"not detected at this power ({power:.0%} power needs |effect| >= "
-                      f"{c['detectable']:.3g})")
+      c["verdict"] = f"not detected at this power ({least})"
 
 
 def winner(fit: dict, contrasts: dict[str, dict]) -> dict[str, Any]:
@@ -253,6 +257,10 @@ def _coordinate_panel(ax, cells: list[dict], key: str, colors, fit: dict) -> Non
   ax.axhline(0, color="0.6", lw=0.8)
   if not key.startswith("P("):
     ax.set_xscale("log", base=2)
+    ax.set_xticks([t for t in (1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 36)
+                   if x.min() <= t <= x.max()] or sorted(set(x)))
+    ax.xaxis.set_major_formatter(lambda t, _: f"{t:g}")
+    ax.minorticks_off()
   ax.set_xlabel(key)
   c = fit["coords"][key]
   ax.set_title(f"LOO $R^2$ = {c['r2_loo']:.2f} [{c['r2_loo_lo']:.2f}, {c['r2_loo_hi']:.2f}]",
@@ -291,7 +299,9 @@ def figure(tabs: dict[str, Any]):
     handles = [lines.Line2D([], [], marker="o", ls="", color=colors[d],
                                        label=f"d = {d}") for d in dims]
     axes[0, 0].legend(handles=handles, frameon=False, fontsize=6, ncol=2)
-    figures.finish(fig, tabs["figure_data"]["title"], figures.footer(
-        tabs, extra="; points: cell mean damage over draws of Q x seeds with t-intervals; "
-        "dashed: one non-increasing curve; R^2: bootstrap of the replicates"))
+    figures.finish(fig, tabs["figure_data"]["title"], (
+        "points: cell mean damage (linear minus ReLU, paired by seed) over the replicates "
+        "(draw of Q x seed) with 95% t-intervals, colour = d; dashed: one non-increasing curve "
+        "through all cells; right: leave-one-d-out $R^2$ with 95% bootstrap intervals of the "
+        "replicates, and $R^2$ of the fit to all cells"))
   return fig
