@@ -207,8 +207,8 @@ def analyze(config, trained: dict[str, runs.GridRun], workdir: str, log) -> dict
     for (d, n), row in zip(part["cells"], part["diffs"]):
       key = f"{task}: d={d}, n={n}: test_acc(linear) - test_acc(relu)"
       per_cell[key] = _replicate_contrast(row, "per cell", power)
-      cells_out.append({"task": task, "d": d, "n": n, **{k: g6(v) for k, v in
-                        coordinates(d, n).items()}, **{f"damage{s}": g6(v) for s, v in zip(
+      cells_out.append({"task": task, **{k: g6(v) for k, v in coordinates(d, n).items()},
+                        "d": d, "n": n, **{f"damage{s}": g6(v) for s, v in zip(
                             ("", "_lo", "_hi"), rstats.mean_ci(row))}})
   for family in (diffs_family, direct, per_cell):
     tables.holm(family)
@@ -230,7 +230,8 @@ def analyze(config, trained: dict[str, runs.GridRun], workdir: str, log) -> dict
 
 
 def headline(result: dict) -> dict[str, str]:
-  """{'C3': one sentence}: each label function's winner and its leave-one-d-out R^2s."""
+  """{'C3': one sentence}: each label function's winner, its leave-one-d-out R^2s and
+  the direct contrasts (points)."""
   parts = []
   for task, fit in result["identification"].items():
     w = fit["winner"]
@@ -239,7 +240,10 @@ def headline(result: dict) -> dict[str, str]:
     said = (f"{w['best']} identified" if w["identified"] else
             f"{w['best']} best, not told apart from {', '.join(w['not_told_apart_from'])}")
     parts.append(f"{task}: {said} (leave-one-d-out R^2 {r2})")
-  return {"C3": "; ".join(parts) + "."}
+  direct = [f"{k} {100 * c['mean']:+.1f} [{100 * c['lo']:+.1f}, {100 * c['hi']:+.1f}] "
+            f"({c['verdict'].split(' (')[0]})" for k, c in result["contrasts"].items()
+            if c.get("family") == "direct contrasts"]
+  return {"C3": "; ".join(parts + direct) + "."}
 
 
 def _coordinate_panel(ax, cells: list[dict], key: str, colors, fit: dict) -> None:
@@ -274,8 +278,8 @@ def figure(tabs: dict[str, Any]):
   from matplotlib import lines  # pylint: disable=g-import-not-at-top
   tasks = tabs["figure_data"]["tasks"]
   dims = sorted({c["d"] for c in tabs["cells"]})
-  cmap = matplotlib.colormaps["viridis"]
-  colors = {d: cmap(0.05 + 0.85 * j / max(1, len(dims) - 1)) for j, d in enumerate(dims)}
+  cmap = matplotlib.colormaps["tab10"]  # Discrete: neighbouring d told apart.
+  colors = {d: cmap(j % 10) for j, d in enumerate(dims)}
   with style.context():
     fig, axes = style.figure((17, 3.6 * len(tasks) + 0.6), len(tasks), 5, squeeze=False)
     for r, task in enumerate(tasks):
@@ -298,7 +302,7 @@ def figure(tabs: dict[str, Any]):
       ax.legend(frameon=False, fontsize=7)
     handles = [lines.Line2D([], [], marker="o", ls="", color=colors[d],
                                        label=f"d = {d}") for d in dims]
-    axes[0, 0].legend(handles=handles, frameon=False, fontsize=6, ncol=2)
+    axes[0, 0].legend(handles=handles, frameon=False, fontsize=6, ncol=3, loc="lower left")
     figures.finish(fig, tabs["figure_data"]["title"], (
         "points: cell mean damage (linear minus ReLU, paired by seed) over the replicates "
         "(draw of Q x seed) with 95% t-intervals, colour = d; dashed: one non-increasing curve "
