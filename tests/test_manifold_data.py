@@ -65,3 +65,22 @@ def test_reproducible_by_seed_with_its_own_embedding_per_d():
 def test_bad_options_are_config_errors(options, match):
   with pytest.raises(errors.ConfigError, match=match):
     data.load("manifold", **options)
+
+
+def test_shift_makes_the_labels_not_even_and_keeps_their_balance():
+  even, shifted = _load(2), _load(2, shift=0.25)
+  np.testing.assert_array_equal(even.train.inputs, shifted.train.inputs)  # same Q, same points
+  # Labels of u and -u: the inputs are linear in u, so -x is the point -u.
+  for ds, even_expected in ((even, True), (shifted, False)):
+    x, y = ds.train.inputs, ds.train.labels
+    nearest = neighbors.KNeighborsClassifier(1).fit(x, y).predict(-x)
+    agree = np.mean(nearest == y)
+    assert (agree > 0.9) if even_expected else (agree < 0.7), agree
+    share = np.bincount(y, minlength=3) / len(y)
+    assert np.all(np.abs(share - 1 / 3) < 0.04), share
+
+
+@pytest.mark.parametrize("shift", [-0.1, 2.0, "x"])
+def test_shift_outside_one_period_is_refused(shift):
+  with pytest.raises(errors.ConfigError, match="shift"):
+    _load(2, shift=shift)

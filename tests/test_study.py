@@ -93,6 +93,8 @@ def test_study_runs_end_to_end(name, tmp_path):
     _check_revival(rows, nets, saved)
   if name == "rank_collapse":
     _check_rank_collapse(rows, nets, saved)
+  if name == "identification":
+    _check_identification(rows, saved)
   if name == "pilot":
     chosen = saved["chosen"]
     assert set(chosen) == {"mlp"}
@@ -277,7 +279,7 @@ def test_bad_configs_are_one_line_errors(tmp_path):
 def test_studies_are_found_by_name():
   assert set(studies.names()) == {"degradation", "dead_units", "collapse", "bottleneck",
                                   "convergence", "redundancy", "pilot", "revival",
-                                  "rank_collapse"}
+                                  "rank_collapse", "identification"}
   for name in studies.names():
     module = studies.get(name)
     assert callable(module.analyze) and callable(module.figure) and module.FAMILIES
@@ -301,7 +303,7 @@ def test_coordinate_fits_tell_the_candidate_coordinates_apart():
   from resjax.studies import redundancy
   d = [1, 1, 2, 2, 2, 3, 3, 3, 4, 4]
   n = [1, 2, 2, 4, 6, 3, 6, 9, 4, 8]
-  below = [redundancy._binom_below(b, a) for a, b in zip(d, n)]  # pylint: disable=protected-access
+  below = [redundancy.binom_below(b, a) for a, b in zip(d, n)]
   damage = [30 * p**2 for p in below]  # Rises with the random-layer collapse probability alone.
   fits = redundancy.coordinate_fits(d, n, damage)
   assert set(fits) == {"n/d", "n", "n - d", "P(Bin(n, 1/2) < d)"}
@@ -330,3 +332,61 @@ def test_rank_collapse_best_rate_rule():
   loss = [x for values in table.values() for x in values]
   best = rank_collapse.best_rates(run, np.asarray(loss))
   assert best[("plain", 4)]["best_lr"] == 1e-2 and best[("plain", 4)]["bracketed"]
+def _check_identification(rows, saved):
+  """Both label functions, the cells of the tiny grids, the fixed families, the headline."""
+  from resjax.studies import identification
+  assert {(r["d"], r["width"], r["shift"]) for r in rows} == {
+      (d, n, s) for d, n in (("1", "3"), ("2", "4")) for s in ("0.0", "0.25")}
+  assert set(saved["identification"]) == {"even labels", "labels shifted by 0.25"}
+  assert saved["families"] == {"R^2 differences": 12, "direct contrasts": 2, "per cell": 4}
+  for c in saved["contrasts"].values():
+    assert c["family_size"] == saved["families"][c["family"]]
+    assert c["lo"] <= c["mean"] <= c["hi"] and c["verdict"]
+  for fit in saved["identification"].values():
+    assert fit["replicates"] == 2 and fit["winner"]["best"] in identification.COORDS
+  line = identification.headline(saved)["C3"]
+  assert "even labels" in line and "shifted" in line
+
+
+def _synthetic(coordinate, reps=9, noise=0.002, seed=0):
+  """The full design's cells with damage a falling function of one coordinate plus noise."""
+  from configs import study as study_configs
+  from resjax.studies import identification
+  cells = [(d, n) for d, ns in study_configs.IDENTIFICATION_CELLS.items() for n in ns]
+  sign = 1.0 if coordinate.startswith("P(") else -1.0
+  x = np.asarray([identification.coordinates(d, n)[coordinate] for d, n in cells])
+  truth = 0.1 / (1 + np.exp(-sign * (x - np.median(x)) / x.std()))
+  rng = np.random.default_rng(seed)
+  return {"cells": cells, "diffs": truth[:, None] + noise * rng.standard_normal((len(cells), reps))}
+
+
+@pytest.mark.parametrize("coordinate", ["n/d", "n - d", "P(Bin(n, 1/2) < d)", "n"])
+def test_identification_names_the_coordinate_that_carries_the_damage(coordinate):
+  from resjax.studies import identification
+  fit, contrasts = identification.fits("t", _synthetic(coordinate), 300, 0, 0.8)
+  tables.holm(contrasts)
+  identification._verdicts(contrasts, 0.8)  # pylint: disable=protected-access
+  r2 = {k: c["r2_loo"] for k, c in fit["coords"].items()}
+  assert max(r2, key=r2.get) == coordinate and r2[coordinate] > 0.8, r2
+  win = identification.winner(fit, contrasts)
+  assert win["best"] == coordinate
+  for c in contrasts.values():
+    assert c["lo"] <= c["mean"] <= c["hi"] and 0 < c["p"] <= 1
+  # With noise the size of the effect nothing is told apart.
+  noisy, contrasts = identification.fits("t", _synthetic(coordinate, reps=3, noise=0.3), 300, 0,
+                                         0.8)
+  tables.holm(contrasts)
+  identification._verdicts(contrasts, 0.8)  # pylint: disable=protected-access
+  assert not identification.winner(noisy, contrasts)["identified"]
+
+
+def test_identification_direct_contrasts_have_the_predicted_signs():
+  from resjax.studies import identification
+  # P(Bin(n, 1/2) < d) is higher at d = 12 than at d = 8 at n/d = 1.5 and 2, lower at 3.
+  signs = {"n/d": (1, 0), "n - d": (0, -1), "P(Bin(n, 1/2) < d)": (1, None), "n": (-1, -1)}
+  for coordinate, (slope_sign, gap_sign) in signs.items():
+    got = identification.slices("t", _synthetic(coordinate, noise=0.0), 0.8)
+    slope, gap = (c["mean"] for c in got.values())
+    for value, sign in ((slope, slope_sign), (gap, gap_sign)):
+      if sign is not None:
+        assert (abs(value) < 1e-9) if sign == 0 else (np.sign(value) == sign), (coordinate, got)

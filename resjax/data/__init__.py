@@ -94,7 +94,7 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0,
       it, so inputs keep the scale of 'per_channel' and the learning rates).
     **options: embedded-dataset options: 'spirals' takes num_arms, noise,
       turns, num_train, num_test; 'digits' takes num_test; 'manifold' takes d,
-      ambient, num_classes, num_train, num_test; 'mnist1d' takes none.
+      ambient, num_classes, num_train, num_test, shift; 'mnist1d' takes none.
 
   Raises:
     ConfigError: unknown name, option or value (the message `launch.train`

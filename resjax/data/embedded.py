@@ -64,31 +64,38 @@ def digits(seed: int, *, num_test: int) -> tuple[Split, Split, int]:
   return Split(images[train], labels[train]), Split(images[test], labels[test]), 10
 
 
-_MANIFOLD_DEFAULTS = dict(d=2, ambient=16, num_classes=3, num_train=1500, num_test=1500)
+_MANIFOLD_DEFAULTS = dict(d=2, ambient=16, num_classes=3, num_train=1500, num_test=1500,
+                          shift=0.0)
 MANIFOLD_RULES = {"d": schema.Int(1, 10_000), "ambient": schema.Int(1, 100_000),
                   "num_classes": schema.Int(2, 10_000), "num_train": schema.POSITIVE,
-                  "num_test": schema.POSITIVE}
+                  "num_test": schema.POSITIVE,
+                  "shift": schema.Float(0.0, 2.0, high_open=True, fix=(
+                      "use a number in [0, 2) (the label function's shift in latent units; "
+                      "its period is 2; 0 = even labels, 0.25 = neither even nor odd)"))}
 # Latent draws that fix the class thresholds (quantiles of f), whatever the split sizes.
 _MANIFOLD_REFERENCE = 1 << 16
 
 
 def manifold(seed: int, *, d: int, ambient: int, num_classes: int, num_train: int,
-             num_test: int) -> tuple[Split, Split, int]:
+             num_test: int, shift: float = 0.0) -> tuple[Split, Split, int]:
   """A d-dimensional task embedded in `ambient` dimensions: inputs of rank d.
 
   Latent u ~ U[-1, 1]^d; the input is x = Q u for a fixed random orthonormal
   Q [ambient, d] drawn from (seed, d, ambient), so every d gets its own
-  embedding. The class is the quantile bin of f(u) = sum_j cos(pi u_j) (every
-  latent coordinate matters equally; thresholds from a fixed reference draw,
-  so the classes are balanced in expectation). Train and test come from
-  independent streams of the same seed.
+  embedding. The class is the quantile bin of f(u) = sum_j cos(pi (u_j - shift))
+  (every latent coordinate matters equally; thresholds from a fixed reference
+  draw, so the classes are balanced in expectation). shift = 0 makes the labels
+  even in every u_j (f(u) = f(-u)); any other shift in (0, 2) but 1 does not
+  (0.5: odd; 0.25: neither). pi u_j spans one period, so every shift gives each
+  term, and f, the same distribution. Train and test come from independent
+  streams of the same seed, which also draws Q.
   """
   schema.check_value("data.ambient", ambient, schema.Int(d))  # The one rule that depends on d.
   g_AxD = np.random.default_rng([seed, 3, d, ambient]).standard_normal((ambient, d))
   q_AxD, _ = np.linalg.qr(g_AxD)
 
   def f(u_NxD: np.ndarray) -> np.ndarray:
-    return np.cos(np.pi * u_NxD).sum(axis=1)
+    return np.cos(np.pi * (u_NxD - shift)).sum(axis=1)
 
   reference = np.random.default_rng([seed, 2, d]).uniform(-1.0, 1.0, (_MANIFOLD_REFERENCE, d))
   cuts = np.quantile(f(reference), np.arange(1, num_classes) / num_classes)

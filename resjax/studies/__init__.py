@@ -31,6 +31,8 @@ finished study's figure again from its study.json.
   pilot        the learning-rate pilot (reported, not applied)
   revival      dead units during training without and with ReDo resets, and
                whether learning comes back with them (C4)
+  identification  which of n/d, n - d, P(Bin(n, 1/2) < d) and n carries the
+               ReLU damage, in cells chosen to tell them apart (C3)
 """
 from resjax.studies.registry import get, names
 from resjax.studies.runner import machine, redraw, rules, run, unused, validate

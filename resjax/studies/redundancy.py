@@ -49,7 +49,7 @@ def tiny(config) -> None:
   config.bootstrap = 200
 
 
-def _binom_below(n: int, d: int) -> float:
+def binom_below(n: int, d: int) -> float:
   """P(Bin(n, 1/2) < d): a random sign-symmetric layer with zero bias leaves fewer than
   d of n units on duty (exact in expectation at initialization)."""
   return sum(math.comb(n, k) for k in range(min(d, n + 1))) / 2.0 ** n
@@ -98,7 +98,7 @@ def coordinate_fits(d: Sequence[int], n: Sequence[int], damage: Sequence[float])
   from a fit to the other d's (linear interpolation of that fit).
   """
   d, n, y = (np.asarray(v, np.float64) for v in (d, n, damage))
-  below = np.asarray([_binom_below(int(a), int(b)) for a, b in zip(n, d)])
+  below = np.asarray([binom_below(int(a), int(b)) for a, b in zip(n, d)])
   coords = {"n/d": n / d, "n": n, "n - d": n - d, "P(Bin(n, 1/2) < d)": -below}
   total = ((y - y.mean()) ** 2).sum()
   out = {}
@@ -187,7 +187,7 @@ def _grid_tables(run: runs.GridRun, d: int, out: dict) -> dict[str, Any]:
   tables.fractions(rows, run, {"dead_first_trained": dead}, lambda r: r["width"])
   for row in rows:
     row["ratio"] = _g(row["width"] / d)
-    row["collapsed_theory_init"] = _g(_binom_below(row["width"], d))
+    row["collapsed_theory_init"] = _g(binom_below(row["width"], d))
   out["rows"] += rows
   out["net_rows"] += [{**r, "d": d} for r in tables.net_rows(
       run, {"collapsed_trained": collapsed, "dead_first_trained": dead})]
@@ -242,9 +242,9 @@ def _drawn(dims, per_d, cells, diffs_CxS, curves) -> dict[str, Any]:
     xs = [w / d for w in info["widths"]]
     series[f"d{d}/collapsed"] = tables.series(xs, [tuple(100 * x for x in t) for t in triples])
     series[f"d{d}/collapsed_theory"] = {"x": [_g(x) for x in xs], "y": [
-        _g(100 * _binom_below(w, d)) for w in info["widths"]]}
+        _g(100 * binom_below(w, d)) for w in info["widths"]]}
     curves[f"d{d}/relu/collapsed_trained"] = [_g(t[0]) for t in triples]
-    curves[f"d{d}/collapsed_theory_init"] = [_g(_binom_below(w, d)) for w in info["widths"]]
+    curves[f"d{d}/collapsed_theory_init"] = [_g(binom_below(w, d)) for w in info["widths"]]
   return series
 
 
