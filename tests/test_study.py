@@ -91,6 +91,8 @@ def test_study_runs_end_to_end(name, tmp_path):
     assert fit["r2_diff_lo"] <= fit["r2_diff"] <= fit["r2_diff_hi"]
   if name == "revival":
     _check_revival(rows, nets, saved)
+  if name == "linear_regime":
+    _check_linear_regime(config, rows, nets, saved)
   if name == "pilot":
     chosen = saved["chosen"]
     assert set(chosen) == {"mlp"}
@@ -106,6 +108,30 @@ def test_study_runs_end_to_end(name, tmp_path):
   with open(tmp_path / f"{name}.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert {f: (tmp_path / f).read_bytes() for f in before} == before
+
+
+def _check_linear_regime(config, rows, nets, saved):
+  assert sum(n["grid"] == "invres" for n in nets) == 8  # grid_seeds.invres: 2 seeds, 4 conditions
+  high = f"bias {saved['high_bias']:g}"
+  for row in rows:
+    assert 0.0 <= float(row["share_init"]) <= 1.0 and 0.0 <= float(row["share_trained"]) <= 1.0
+    if row["arm"] == high:  # The premise of the ablation: every unit on for every input at init.
+      assert float(row["share_init"]) == 1.0
+    if row["grid"] != "invres":  # Dense layers: a sample is an input.
+      assert row["share_init"] == row["input_share_init"]
+  families = {}
+  for c in saved["contrasts"].values():
+    families.setdefault(c["family"], []).append(c)
+    assert c["verdict"] == "detected" if c["holm_reject"] else c["verdict"].startswith("not")
+  assert {f: len(v) for f, v in families.items() if f != "regime"} == {"damage": 6, "gap": 3}
+  assert all(c["family_size"] == len(families[c["family"]]) for c in saved["contrasts"].values())
+  c = saved["contrasts"]
+  for n in (2, 3):  # The interaction is the damage at bias 0 minus the damage at the high bias.
+    d0, dh, inter = (c[k]["mean"] for k in c if k.startswith(f"n = {n}:"))
+    assert inter == pytest.approx(d0 - dh, abs=1e-5)
+  lines = studies.get("linear_regime").headline(saved)
+  assert set(lines) == {"C1", "C6", "C7"} and all(any(ch.isdigit() for ch in v)
+                                                  for v in lines.values())
 
 
 def _check_revival(rows, nets, saved):
