@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import study as study_configs
-from resjax import errors, grid, studies
+from resjax import errors, grid, studies, train
 from resjax.studies import tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +25,7 @@ def _conditions(config):
   """Conditions a study's rows cover (a degradation lr grid: two views of it)."""
   total = 0
   for g in studies.grids(config).values():
-    per = len(grid.nets(g)) // config.seeds
+    per = len(grid.nets(g)) // len(g.grid.seeds)
     lrs = len(g.grid.opt.lr)
     total += per // lrs * 2 if lrs > 1 and config.study == "degradation" else per
   return total
@@ -161,6 +161,22 @@ def _check_revival(rows, nets, saved):
   assert {f: len(v) for f, v in families.items() if "per cell" in f} == {
       "train_loss per cell": cells, "test_acc per cell": cells, "dead_final per cell": cells}
   assert all(c["family_size"] == len(v) for v in families.values() for c in v)
+
+
+def test_linear_regime_grids_have_their_own_seeds_and_a_high_bias_that_turns_every_unit_on():
+  config = study_configs.get_config("linear_regime")
+  got = studies.grids(config)
+  assert {k: len(g.grid.seeds) for k, g in got.items()} == {"widths": 8, "bias": 8, "invres": 4}
+  assert len(grid.nets(got["invres"])) == 32 and len(grid.nets(got["bias"])) == 64
+  config.grid_seeds.invres = 1
+  with pytest.raises(errors.ConfigError, match="grid_seeds.invres=1"):
+    studies.validate(config)
+  # The high bias exceeds what the widest first-layer row can take off on the widest input.
+  ds = train.load_data(got["bias"])
+  x = (ds.train.inputs - ds.mean) / ds.std
+  radius = float(np.max(np.linalg.norm(x, axis=1)))
+  row_bound = 2 * np.sqrt(1 / 2) / 0.87962566103423978 * np.sqrt(2)  # truncated at 2 SD
+  assert radius * row_bound < study_configs.LINEAR_REGIME_HIGH_BIAS < 1.2 * radius * row_bound
 
 
 def test_revival_counts_units_from_probe_rows():
