@@ -123,7 +123,8 @@ def _check_linear_regime(config, rows, nets, saved):
   for c in saved["contrasts"].values():
     families.setdefault(c["family"], []).append(c)
     assert c["verdict"] == "detected" if c["holm_reject"] else c["verdict"].startswith("not")
-  assert {f: len(v) for f, v in families.items() if f != "regime"} == {"damage": 6, "gap": 3}
+  assert {f: len(v) for f, v in families.items() if f != "regime"} == {
+      "damage": 6, "gap": 3, "arm": 6}
   assert all(c["family_size"] == len(families[c["family"]]) for c in saved["contrasts"].values())
   c = saved["contrasts"]
   for n in (2, 3):  # The interaction is the damage at bias 0 minus the damage at the high bias.

@@ -26,6 +26,10 @@ before the run; each family Holm-corrected on its own (its size in each contrast
   gap        per bottleneck width: test_acc(linear) - test_acc(relu6) with the shift
              learned, frozen, and the interaction (frozen gap minus learned gap)
   regime     per condition probed: fully-on share after training minus at init
+  arm        per width and variant: test accuracy at the high bias minus at bias 0, and
+             with the shift frozen minus learned (what each ablation does to each
+             variant on its own; added after the grids had trained, on seeing that the
+             high bias lowered the linear nets at n = 2, before any analysis ran)
 
 Verdicts: 'detected' where the Holm-adjusted p is below 0.05 (the interval then
 excludes 0); otherwise 'not detected at this power' with the smallest effect a paired
@@ -34,12 +38,14 @@ strictest Holm level 0.05 / k (`stats.detectable`).
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import jax
 import numpy as np
 
-from resjax import grid, restore, schema, train
+from resjax import files, grid, restore, schema, train
 from resjax import stats as rstats
 from resjax.plotting import style
 from resjax.probes import regions
@@ -78,7 +84,12 @@ def _shares(run: runs.GridRun, log) -> dict[str, np.ndarray]:
   """Per net, at init and trained: `share_*`, the share of samples on which every measured
   unit is in the region (a sample: an input for a dense layer, an (input, position) pair for
   a conv layer, as the probes' `linear_frac`; for the two bottlenecks the mean of their
-  shares), and `input_share_*`, the share of inputs with every unit at every position in it."""
+  shares), and `input_share_*`, the share of inputs with every unit at every position in it.
+  Cached in <grid>/study_shares.json (a rerun of the analysis reads it)."""
+  path = os.path.join(run.workdir, "study_shares.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return {k: np.asarray(v, np.float64) for k, v in json.load(f).items()}
   configs = [grid.nets(run.config)[k] for k in run.index]
   ds = train.load_data(run.config)
   names, act = MEASURED[run.config.model.name]
@@ -92,6 +103,7 @@ def _shares(run: runs.GridRun, log) -> dict[str, np.ndarray]:
       out[f"share_{tag}"][i], out[f"input_share_{tag}"][i] = got["position"], got["input"]
     if log and (i + 1) % 16 == 0:
       log(f"[{run.name}] measured {i + 1}/{len(configs)} nets")
+  files.write_json(path, {k: v.tolist() for k, v in out.items()})
   return out
 
 
@@ -153,6 +165,15 @@ def _ablation(run: runs.GridRun, arm: list[str], acc: np.ndarray, arms: tuple[st
   return out
 
 
+def _arm_effects(run: runs.GridRun, arm: list[str], acc: np.ndarray, arms: tuple[str, str],
+                 label: str) -> dict[str, np.ndarray]:
+  """Per width and variant: test accuracy in arms[0] minus in arms[1], per seed."""
+  by = _by_seed(run, arm, acc)
+  return {f"{label} {w}, {LABELS.get(v, v)}: test_acc({arms[0]}) - test_acc({arms[1]})":
+          np.asarray(list(_minus(by[(v, w, arms[0])], by[(v, w, arms[1])]).values()))
+          for v, w, a in sorted(by) if a == arms[0] and (v, w, arms[1]) in by}
+
+
 def _grid_rows(run: runs.GridRun, arm: list[str], metrics: dict[str, np.ndarray]) -> list[dict]:
   """One row per arm and condition; shares with seed-clustered Wilson intervals."""
   rows = []
@@ -172,8 +193,8 @@ def analyze(config, trained: dict[str, runs.GridRun], workdir: str, log) -> dict
   """Shares per net, rows per grid, arm and condition, the three contrast families."""
   del workdir
   power = float(config.power)
-  rows, net_rows, regime, curves = [], [], {}, {}
-  diffs: dict[str, dict[str, np.ndarray]] = {"damage": {}, "gap": {}}
+  rows, net_rows, regime = [], [], {}
+  diffs: dict[str, dict[str, np.ndarray]] = {"damage": {}, "gap": {}, "arm": {}}
   for name, run in trained.items():
     arm = [_arm(grid.nets(run.config)[k]) for k in run.index]
     metrics = {k: tables.final(run, k) for k in ("test_acc", "train_acc", "train_loss")}
@@ -193,11 +214,14 @@ def analyze(config, trained: dict[str, runs.GridRun], workdir: str, log) -> dict
       high = max(arm)  # 'bias 6' sorts after 'bias 0'
       diffs["damage"] = _ablation(run, arm, metrics["test_acc"], ("bias 0", high),
                                   ("linear", "relu"), "n =")
+      diffs["arm"].update(_arm_effects(run, arm, metrics["test_acc"], (high, "bias 0"), "n ="))
     if name == "invres":
       diffs["gap"] = _ablation(run, arm, metrics["test_acc"], ("shift frozen", "shift learned"),
                                ("linear", "relu6"), "width")
+      diffs["arm"].update(_arm_effects(run, arm, metrics["test_acc"],
+                                       ("shift frozen", "shift learned"), "width"))
   contrasts = {**_family(diffs["damage"], "damage", power), **_family(diffs["gap"], "gap", power),
-               **_family(regime, "regime", power)}
+               **_family(regime, "regime", power), **_family(diffs["arm"], "arm", power)}
   return {"rows": rows, "net_rows": net_rows, "contrasts": contrasts,
           "high_bias": max(float(grid.nets(trained["bias"].config)[k].model.first_bias_init)
                            for k in trained["bias"].index) if "bias" in trained else None,
