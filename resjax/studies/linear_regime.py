@@ -290,7 +290,8 @@ def _widths_panel(ax, rows: list[dict]) -> None:
   widths = [r["width"] for r in rows]
   for key, ls, tag in (("share_init", "--", "at init"), ("share_trained", "-", "trained")):
     style.band(ax, widths, [_tri(r, key) for r in rows], color=COLORS["relu"], ls=ls,
-               label=f"ReLU first layer, {tag}")
+               label=f"ReLU first layer, {tag}", fill=False,
+               marker="s" if tag == "at init" else "o")
   ax.plot(widths, [100 * 2.0 ** -w for w in widths], color="0.3", ls=":", marker=None,
           label=r"$2^{-n}$ (random half-planes through 0)")
   style.log2_axis(ax, widths)
@@ -317,7 +318,7 @@ def _bias_panel(ax, rows: list[dict]) -> None:
                     label=LABELS[v] if (w, a) == (widths[0], arms[0]) else None)
         if v == "relu":
           ax.annotate(f"on {_tri(r, 'share_trained')[0]:.0f}%", (x0, m), fontsize=7,
-                      xytext=(-4, -14), textcoords="offset points", ha="center")
+                      xytext=(6, 0), textcoords="offset points", ha="left", va="center")
       ticks.append((x0 + 0.15, f"n={w}\n{a}"))
       x0 += 1
   _ticks(ax, ticks, 8)
