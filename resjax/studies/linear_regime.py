@@ -237,25 +237,24 @@ def headline(result: dict) -> dict[str, str]:
     return (f"{scale * x['mean']:+.1f} [{scale * x['lo']:.1f}, {scale * x['hi']:.1f}] "
             f"(Holm p {x['p_holm']:.2g} of {x['family_size']}; {x['verdict'].split(' (')[0]})")
 
-  def row(grid_: str, variant: str, width: int, arm: str) -> dict:
-    return next(r for r in rows if (r["grid"], r["variant"], r["width"], r["arm"]) ==
-                (grid_, variant, width, arm))
-
   high = f"bias {result['high_bias']:g}"
   dmg = [k for k in c if k.startswith("n = 2:")]
+  arm = {v: f"n = 2, {v}: test_acc({high}) - test_acc(bias 0)" for v in ("linear", "ReLU")}
   gap = [k for k in c if c[k]["family"] == "gap" and k.startswith("width 2:")]
-  r2, r2h = row("bias", "relu", 2, "bias 0"), row("bias", "relu", 2, high)
-  out = {
+  on = {r["width"]: r for r in rows if r["grid"] == "widths"}
+  wide = max(100 * on[n]["share_trained"] for n in on if n >= 6) if any(n >= 6 for n in on) \
+      else float("nan")
+  return {
       "C1": (f"At n = 2 a ReLU first layer costs {fmt(dmg[0])} points against a linear one with "
-             f"the bias at 0 and {fmt(dmg[1])} with it at {result['high_bias']:g} (every unit "
-             f"on at init); interaction {fmt(dmg[2])}."),
+             f"the bias at 0 and {fmt(dmg[1])} with every unit on at init (bias "
+             f"{result['high_bias']:g}; interaction {fmt(dmg[2])}); the high bias moves the "
+             f"linear net by {fmt(arm['linear'])} and the ReLU net by {fmt(arm['ReLU'])}."),
       "C6": (f"Linear minus ReLU6 bottleneck at width 2: {fmt(gap[0])} with the BN shift "
              f"frozen, {fmt(gap[1])} learned; frozen minus learned {fmt(gap[2])}."),
-      "C7": (f"A trained ReLU first layer at n = 2 is fully on for "
-             f"{100 * r2['share_trained']:.1f}% of the inputs ({100 * r2['share_init']:.1f}% "
-             f"at init; {100 * r2h['share_trained']:.1f}% when started at the high bias)."),
+      "C7": (f"Trained ReLU first layers are fully on for {100 * on[2]['share_trained']:.1f}% of "
+             f"the inputs at n = 2 ({100 * on[2]['share_init']:.1f}% at init), "
+             f"{100 * on[3]['share_trained']:.1f}% at n = 3 and at most {wide:.1f}% from n = 6 on."),
   }
-  return out
 
 
 def figure(tabs: dict[str, Any]):
