@@ -135,7 +135,8 @@ def _family(diffs: dict[str, np.ndarray], family: str, power: float) -> dict[str
   return out
 
 
-def _by_seed(run: runs.GridRun, arm: list[str], metric: np.ndarray) -> dict[tuple, dict[int, float]]:
+def _by_seed(run: runs.GridRun, arm: list[str],
+             metric: np.ndarray) -> dict[tuple, dict[int, float]]:
   """(variant, width, arm) -> {seed: value}."""
   out: dict[tuple, dict[int, float]] = {}
   for i, n in enumerate(run.nets):
@@ -253,7 +254,8 @@ def headline(result: dict) -> dict[str, str]:
              f"frozen, {fmt(gap[1])} learned; frozen minus learned {fmt(gap[2])}."),
       "C7": (f"Trained ReLU first layers are fully on for {100 * on[2]['share_trained']:.1f}% of "
              f"the inputs at n = 2 ({100 * on[2]['share_init']:.1f}% at init), "
-             f"{100 * on[3]['share_trained']:.1f}% at n = 3 and at most {wide:.1f}% from n = 6 on."),
+             f"{100 * on[3]['share_trained']:.1f}% at n = 3 and at most {wide:.1f}% from "
+             "n = 6 on."),
   }
 
 
