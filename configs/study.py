@@ -11,6 +11,7 @@ with `config.grid` set) plus its analysis and figure (resjax/studies/<study>.py)
   python -m launch.study --config=configs/study.py:revival     --workdir=runs/revival
   python -m launch.study --config=configs/study.py:rank_collapse --workdir=runs/rank_collapse
   python -m launch.study --config=configs/study.py:identification --workdir=runs/identification
+  python -m launch.study --config=configs/study.py:linear_regime --workdir=runs/linear_regime
 
 Each grid of `config.grids` is a full training config (configs/embedded.py
 bases); it trains in `--workdir/<grid>` exactly as
@@ -80,6 +81,16 @@ RANK_RATES = {"adam": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
               "sgd": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)}
 RANK_MOMENTUM = 0.9
 RANK_PROBE_BATCH = 256
+# Linear regime study: the high first-layer bias at init. The spirals inputs, standardized,
+# lie within radius R = 2.49 of 0 (training split; test 2.42); Flax's LeCun-normal kernel
+# is a normal truncated at 2 SD, SD sqrt(1/2) / 0.8796 = 0.804 for d = 2, so every row w of
+# the first kernel has |w| <= 2 * 0.804 * sqrt(2) = 2.27 and w.x + b >= b - 2.27 R = b - 5.67:
+# at b = 6 every first-layer unit is on for every input at init, whatever the seed.
+LINEAR_REGIME_HIGH_BIAS = 6.0
+# Its digits arm: bottleneck widths, and steps (fewer than the bottleneck study's 600).
+LINEAR_REGIME_WIDTHS = (2, 4)
+LINEAR_REGIME_STEPS = 300
+LINEAR_REGIME_DIGITS_SEEDS = 4
 # Pilot: the rates it compares, and the rate each family's studies use.
 PILOT_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
 PILOT_STUDY_RATES = {"mlp": 1e-2, "conv": 3e-2, "invres": 1e-2}
@@ -245,6 +256,26 @@ def _manifold(d: int, *, num_train: int, num_test: int) -> ml_collections.Config
   net.train.checkpoint_every = 1000
   net.train.keep_checkpoints = 1
   return net
+def linear_regime() -> dict[str, ml_collections.ConfigDict]:
+  """The linear_regime study's grids (resjax/studies/linear_regime.py): the collapse
+  study's ReLU first layers at every width (how often they are fully on); the n = 2, 3
+  ablation of ReLU vs linear first layers with the first bias at 0 and at
+  LINEAR_REGIME_HIGH_BIAS; the bottleneck study's nets at widths LINEAR_REGIME_WIDTHS
+  with linear vs ReLU6 bottlenecks, the bottleneck BN shift learned vs frozen."""
+  widths = collapse()["firstlayer"]
+  widths.model.first = "relu"
+  widths.grid.model.first = ()
+  bias = collapse()["firstlayer"]
+  bias.grid.model.width = (2, 3)
+  bias.grid.model.first = ("relu", "linear")
+  bias.grid.model.first_bias_init = (0.0, LINEAR_REGIME_HIGH_BIAS)
+  invres = bottleneck()["invres"]
+  invres.train.steps = LINEAR_REGIME_STEPS
+  invres.train.checkpoint_every = LINEAR_REGIME_STEPS
+  invres.train.eval_every = LINEAR_REGIME_STEPS  # The final evaluation is all it reads.
+  invres.grid.model.stages = tuple(((w, 2, 1),) for w in LINEAR_REGIME_WIDTHS)
+  invres.grid.model.bottleneck_bn_shift = ("learned", "frozen")
+  return {"widths": widths, "bias": bias, "invres": invres}
 
 
 def redundancy() -> dict[str, ml_collections.ConfigDict]:
@@ -319,6 +350,8 @@ def _shrink(config: ml_collections.ConfigDict) -> None:
       g.data.num_test = 1697  # 100 training images.
   config.collapse.seeds = 2
   config.collapse.manifold.points = 200
+  for name in config.get("grid_seeds") or {}:
+    config.grid_seeds[name] = 2
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -338,9 +371,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.bootstrap = 2000
   if name == "identification":
     config.seeds = 3  # x 3 draws of Q: 9 replicates per cell and label function.
-  if name in ("revival", "rank_collapse", "identification"):  # The power of the smallest
-    # detectable effect.
-    config.power = 0.8
+  if name == "linear_regime":  # The digits grid costs 20x a spirals grid per net.
+    config.grid_seeds = ml_collections.ConfigDict({"invres": LINEAR_REGIME_DIGITS_SEEDS})
+  if name in ("revival", "rank_collapse", "identification", "linear_regime"):
+    config.power = 0.8  # The power of the smallest detectable effect.
   if name == "pilot":  # The rate each family's studies use (the pilot only compares).
     config.study_rates = ml_collections.ConfigDict(PILOT_STUDY_RATES)
   # The untrained collapse curve drawn beside the collapse study (resjax.collapse.sweep).

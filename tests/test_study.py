@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import study as study_configs
-from resjax import errors, grid, studies
+from resjax import errors, grid, studies, train
 from resjax.studies import tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +25,7 @@ def _conditions(config):
   """Conditions a study's rows cover (a degradation lr grid: two views of it)."""
   total = 0
   for g in studies.grids(config).values():
-    per = len(grid.nets(g)) // config.seeds
+    per = len(grid.nets(g)) // len(g.grid.seeds)
     lrs = len(g.grid.opt.lr)
     total += per // lrs * 2 if lrs > 1 and config.study == "degradation" else per
   return total
@@ -95,6 +95,8 @@ def test_study_runs_end_to_end(name, tmp_path):
     _check_rank_collapse(rows, nets, saved)
   if name == "identification":
     _check_identification(rows, saved)
+  if name == "linear_regime":
+    _check_linear_regime(config, rows, nets, saved)
   if name == "pilot":
     chosen = saved["chosen"]
     assert set(chosen) == {"mlp"}
@@ -110,6 +112,31 @@ def test_study_runs_end_to_end(name, tmp_path):
   with open(tmp_path / f"{name}.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert {f: (tmp_path / f).read_bytes() for f in before} == before
+
+
+def _check_linear_regime(config, rows, nets, saved):
+  assert sum(n["grid"] == "invres" for n in nets) == 8  # grid_seeds.invres: 2 seeds, 4 conditions
+  high = f"bias {saved['high_bias']:g}"
+  for row in rows:
+    assert 0.0 <= float(row["share_init"]) <= 1.0 and 0.0 <= float(row["share_trained"]) <= 1.0
+    if row["arm"] == high:  # The premise of the ablation: every unit on for every input at init.
+      assert float(row["share_init"]) == 1.0
+    if row["grid"] != "invres":  # Dense layers: a sample is an input.
+      assert row["share_init"] == row["input_share_init"]
+  families = {}
+  for c in saved["contrasts"].values():
+    families.setdefault(c["family"], []).append(c)
+    assert c["verdict"] == "detected" if c["holm_reject"] else c["verdict"].startswith("not")
+  assert {f: len(v) for f, v in families.items() if f != "regime"} == {
+      "damage": 6, "gap": 3, "arm": 6}
+  assert all(c["family_size"] == len(families[c["family"]]) for c in saved["contrasts"].values())
+  c = saved["contrasts"]
+  for n in (2, 3):  # The interaction is the damage at bias 0 minus the damage at the high bias.
+    d0, dh, inter = (c[k]["mean"] for k in c if k.startswith(f"n = {n}:"))
+    assert inter == pytest.approx(d0 - dh, abs=1e-5)
+  lines = studies.get("linear_regime").headline(saved)
+  assert set(lines) == {"C1", "C6", "C7"} and all(any(ch.isdigit() for ch in v)
+                                                  for v in lines.values())
 
 
 def _check_revival(rows, nets, saved):
@@ -171,6 +198,20 @@ def _check_rank_collapse(rows, nets, saved):
   assert all(s == len(v) for v in sizes.values() for s in v)
   line = studies.get("rank_collapse").headline(saved)["C5"]
   assert f"Holm over {sizes['convergence: steps'][0]}" in line
+def test_linear_regime_grids_have_their_own_seeds_and_a_high_bias_that_turns_every_unit_on():
+  config = study_configs.get_config("linear_regime")
+  got = studies.grids(config)
+  assert {k: len(g.grid.seeds) for k, g in got.items()} == {"widths": 8, "bias": 8, "invres": 4}
+  assert len(grid.nets(got["invres"])) == 32 and len(grid.nets(got["bias"])) == 64
+  config.grid_seeds.invres = 1
+  with pytest.raises(errors.ConfigError, match="grid_seeds.invres=1"):
+    studies.validate(config)
+  # The high bias exceeds what the widest first-layer row can take off on the widest input.
+  ds = train.load_data(got["bias"])
+  x = (ds.train.inputs - ds.mean) / ds.std
+  radius = float(np.max(np.linalg.norm(x, axis=1)))
+  row_bound = 2 * np.sqrt(1 / 2) / 0.87962566103423978 * np.sqrt(2)  # truncated at 2 SD
+  assert radius * row_bound < study_configs.LINEAR_REGIME_HIGH_BIAS < 1.2 * radius * row_bound
 
 
 def test_revival_counts_units_from_probe_rows():
@@ -279,7 +320,7 @@ def test_bad_configs_are_one_line_errors(tmp_path):
 def test_studies_are_found_by_name():
   assert set(studies.names()) == {"degradation", "dead_units", "collapse", "bottleneck",
                                   "convergence", "redundancy", "pilot", "revival",
-                                  "rank_collapse", "identification"}
+                                  "rank_collapse", "identification", "linear_regime"}
   for name in studies.names():
     module = studies.get(name)
     assert callable(module.analyze) and callable(module.figure) and module.FAMILIES

@@ -78,7 +78,9 @@ def unused(config) -> dict[str, str]:
     out.update({f"grids.{name}.{k}": v for k, v in train.unused(g).items()
                 if k != "grid.nets_per_call"})
     out[f"grids.{name}.grid.seeds"] = _STUDY_SEEDS.fix
-    if RULES["seeds"].ok(seeds) and not grid_spec.validate(g) and runs.calls_of(g, seeds):
+    own_seeds = schema.get(config, f"grid_seeds.{name}")
+    count = own_seeds if RULES["seeds"].ok(own_seeds) else seeds
+    if RULES["seeds"].ok(count) and not grid_spec.validate(g) and runs.calls_of(g, count):
       out[f"grids.{name}.grid.nets_per_call"] = (
           "the study splits this grid into one compiled call per value of its first axis")
   return out

@@ -95,15 +95,23 @@ def calls_of(g, seeds: int) -> int | None:
   return None
 
 
+def seeds_of(config, name: str) -> int:
+  """The number of seeds of grid `name`: `config.grid_seeds.<name>` where the study sets
+  one (a grid far costlier than the others), else `config.seeds`."""
+  own = config.get("grid_seeds") or {}
+  return int(own.get(name, config.seeds))
+
+
 def grids(config) -> dict[str, Any]:
-  """The study's grid configs, with the study's seeds and, for grids of 32 nets
+  """The study's grid configs, with the study's seeds (`seeds_of`) and, for grids of 32 nets
   or more, one compiled call per value of the first model axis (each call
   padded to its own nets only: `calls_of`)."""
   out = {}
   for name, g in config.grids.items():
     tree = g.to_dict()  # As a dict: the study's values replace whatever the fields held.
-    tree["grid"]["seeds"] = tuple(range(int(config.seed), int(config.seed) + int(config.seeds)))
-    per_call = calls_of(g, int(config.seeds))
+    seeds = seeds_of(config, name)
+    tree["grid"]["seeds"] = tuple(range(int(config.seed), int(config.seed) + seeds))
+    per_call = calls_of(g, seeds)
     if per_call is not None:
       tree["grid"]["nets_per_call"] = per_call
     out[name] = type(g)(tree)
