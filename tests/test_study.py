@@ -25,7 +25,7 @@ def _conditions(config):
   """Conditions a study's rows cover (a degradation lr grid: two views of it)."""
   total = 0
   for g in studies.grids(config).values():
-    per = len(grid.nets(g)) // config.seeds
+    per = len(grid.nets(g)) // len(g.grid.seeds)
     lrs = len(g.grid.opt.lr)
     total += per // lrs * 2 if lrs > 1 and config.study == "degradation" else per
   return total
@@ -91,6 +91,8 @@ def test_study_runs_end_to_end(name, tmp_path):
     assert fit["r2_diff_lo"] <= fit["r2_diff"] <= fit["r2_diff_hi"]
   if name == "revival":
     _check_revival(rows, nets, saved)
+  if name == "power":
+    _check_power(config, rows, nets, saved)
   if name == "pilot":
     chosen = saved["chosen"]
     assert set(chosen) == {"mlp"}
@@ -135,6 +137,34 @@ def _check_revival(rows, nets, saved):
   assert {f: len(v) for f, v in families.items() if "per cell" in f} == {
       "train_loss per cell": cells, "test_acc per cell": cells, "dead_final per cell": cells}
   assert all(c["family_size"] == len(v) for v in families.values() for c in v)
+
+
+def _check_power(config, rows, nets, saved):
+  """Pilot seeds apart from the main ones; each main grid at its variant's lowest-loss rate;
+  the verdicts follow Holm over the family; the headline quotes the json."""
+  pilot = {int(n["seed"]) for n in nets if n["grid"].startswith("lr_")}
+  main = {int(n["seed"]) for n in nets if n["grid"].startswith("main_")}
+  assert pilot and main and not pilot & main
+  for family, picks in saved["rates"].items():
+    for variant, p in picks.items():
+      losses = dict(zip(p["rates"], p["train_loss_geomean"]))
+      assert p["lr"] == min(losses, key=losses.get)
+      assert p["at_edge"] == (p["lr"] in (min(p["rates"]), max(p["rates"])))
+      used = {float(n["lr"]) for n in nets
+              if n["grid"] == f"main_{family}_{variant}"}
+      assert used == {p["lr"]}, (family, variant, used)
+  assert {r["phase"] for r in rows} == {"rate pilot", "main"}
+  contrasts = saved["contrasts"]
+  assert {c["claim"] for c in contrasts.values()} == {"C1", "C6"}
+  for c in contrasts.values():
+    assert c["family_size"] == len(contrasts)
+    assert c["verdict"].startswith("detected") == c["holm_reject"], c
+    assert c["n"] == (config.seeds if c["claim"] == "C6" else config.spirals_seeds)
+  heads = studies.get("power").headline(saved)
+  assert set(heads) == {"C1", "C6"}
+  c1 = next(c for c in contrasts.values() if c["claim"] == "C1")
+  assert f"{100 * c1['mean']:+.1f}" in heads["C1"] and c1["verdict"] in heads["C1"]
+  assert saved["design"]["c6_width4"]["pairs_needed"] == 19  # From RESULTS.md's interval.
 
 
 def test_revival_counts_units_from_probe_rows():
@@ -242,7 +272,7 @@ def test_bad_configs_are_one_line_errors(tmp_path):
 
 def test_studies_are_found_by_name():
   assert set(studies.names()) == {"degradation", "dead_units", "collapse", "bottleneck",
-                                  "convergence", "redundancy", "pilot", "revival"}
+                                  "convergence", "redundancy", "pilot", "revival", "power"}
   for name in studies.names():
     module = studies.get(name)
     assert callable(module.analyze) and callable(module.figure) and module.FAMILIES

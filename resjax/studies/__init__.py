@@ -12,6 +12,10 @@ declares
                                  besides study, seed and seeds, with their rules
   tiny(config)                   (optional) its part of the ',tiny' shrink
   validate(config)               (optional) checks of its own config fields
+  grid_seeds(config, name)       (optional) a grid's own seeds (None: the study's)
+  prepare(config, name, grid, trained) -> grid
+                                 (optional) a grid's config from the grids trained
+                                 before it (in name order), e.g. a pilot's rate
 
 `get(name)` gives the module, `names()` lists the studies, `run(config,
 workdir)` trains and analyses one (runner.py), `redraw(workdir)` draws a
@@ -28,6 +32,8 @@ finished study's figure again from its study.json.
   pilot        the learning-rate pilot (reported, not applied)
   revival      dead units during training without and with ReDo resets, and
                whether learning comes back with them (C4)
+  power        C6 at bottleneck widths 2, 4 and C1 at n = 3 with the seeds a
+               power computation gives, each variant at its own pilot rate
 """
 from resjax.studies.registry import get, names
 from resjax.studies.runner import machine, redraw, rules, run, unused, validate
