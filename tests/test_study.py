@@ -11,7 +11,7 @@ import pytest
 
 from configs import study as study_configs
 from resjax import errors, grid, studies
-from resjax.studies import tables
+from resjax.studies import runs, tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -165,6 +165,28 @@ def _check_power(config, rows, nets, saved):
   c1 = next(c for c in contrasts.values() if c["claim"] == "C1")
   assert f"{100 * c1['mean']:+.1f}" in heads["C1"] and c1["verdict"] in heads["C1"]
   assert saved["design"]["c6_width4"]["pairs_needed"] == 19  # From RESULTS.md's interval.
+
+
+def test_power_picks_the_lowest_loss_rate_and_checks_its_seeds():
+  power = studies.get("power")
+  nets, losses = [], []
+  for variant, best in (("linear", 1e-2), ("relu6", 1e-3)):
+    for lr in (1e-3, 3e-3, 1e-2):
+      for seed in (1000, 1001):
+        nets.append(runs.Net(seed, 2, 2, variant, lr))
+        losses.append(0.01 * (1 + seed - 1000) if lr == best else 0.5)
+  run = runs.GridRun("lr_invres", None, "", nets, [600],
+                             {"train_loss": np.asarray(losses)[:, None]}, {})
+  picks = power.pick_rates(run)
+  assert {v: p["lr"] for v, p in picks.items()} == {"linear": 1e-2, "relu6": 1e-3}
+  assert picks["linear"]["at_edge"] and picks["relu6"]["at_edge"]
+  assert picks["linear"]["train_loss_geomean"][2] == pytest.approx(np.sqrt(0.01 * 0.02), rel=1e-5)
+  config = study_configs.get_config("power")
+  assert config.seeds < study_configs.power_seeds()["c6_width4"] == 19  # The budget's cut.
+  assert config.spirals_seeds == study_configs.power_seeds()["c1_n3"] == 15
+  config.rate_seed = 3  # Inside the main seeds 0..14.
+  with pytest.raises(errors.ConfigError, match="rate_seed=3 is not allowed"):
+    studies.validate(config)
 
 
 def test_revival_counts_units_from_probe_rows():
