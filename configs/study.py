@@ -239,7 +239,11 @@ def power_seeds() -> dict[str, int]:
   per earlier contrast: SD = half-width sqrt(n) / t_{n-1} of POWER_PRIOR's interval
   (stats.paired_sd, `power_sds`), then the fewest pairs whose detectable effect is at
   most the gap (stats.pairs_needed). It gives C6 width 2: SD 1.17 points, 13 seeds;
-  width 4: SD 1.45, 19 seeds; C1 n = 3: SD 1.26, 15 seeds."""
+  width 4: SD 1.45, 19 seeds; C1 n = 3: SD 1.26, 15 seeds. The digits arm runs
+  POWER_DIGITS_SEEDS = 8 (the budget), so at those SDs it detects 1.35 (width 2) and
+  1.68 points (width 4) with 80% power (stats.detectable), not 1; the spirals arm runs
+  its 15. Holm over the 3 contrasts lowers the power further (the first step tests
+  at 0.05 / 3)."""
   return {k: stats.pairs_needed(sd, POWER_EFFECT) for k, sd in power_sds().items()}
 
 
