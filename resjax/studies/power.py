@@ -235,8 +235,10 @@ def _pilot_panel(ax, family: str, picks: dict[str, dict]) -> None:
     j = p["rates"].index(p["lr"])
     ax.plot([p["lr"]], [loss[j]], marker="*", ms=14, color=COLORS[v], ls="none")
     edge = " (at the grid's edge)" if p["at_edge"] else ""
+    last = j == len(p["rates"]) - 1  # Text to the left of a pick at the right edge.
     ax.annotate(f"{LABELS[v]}: {p['lr']:g}{edge}", (p["lr"], loss[j]), fontsize=7,
-                xytext=(4, -10 if v in ("linear",) else 6), textcoords="offset points")
+                xytext=(-8, 8) if last else (4, -12 if v == "linear" else 6),
+                textcoords="offset points", ha="right" if last else "left")
   rates = next(iter(picks.values()))["rates"]
   ax.set_xscale("log")
   ax.set_yscale("log")
