@@ -12,6 +12,7 @@ with `config.grid` set) plus its analysis and figure (resjax/studies/<study>.py)
   python -m launch.study --config=configs/study.py:rank_collapse --workdir=runs/rank_collapse
   python -m launch.study --config=configs/study.py:identification --workdir=runs/identification
   python -m launch.study --config=configs/study.py:linear_regime --workdir=runs/linear_regime
+  python -m launch.study --config=configs/study.py:power       --workdir=runs/power
 
 Each grid of `config.grids` is a full training config (configs/embedded.py
 bases); it trains in `--workdir/<grid>` exactly as
@@ -61,7 +62,7 @@ import math
 import ml_collections
 
 from configs import embedded
-from resjax import errors, studies
+from resjax import errors, stats, studies
 
 # Redundancy study: intrinsic dimensions d and the ratios n/d its widths aim at.
 REDUNDANCY_DIMS = (1, 2, 3, 4, 6)
@@ -94,6 +95,20 @@ LINEAR_REGIME_DIGITS_SEEDS = 4
 # Pilot: the rates it compares, and the rate each family's studies use.
 PILOT_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
 PILOT_STUDY_RATES = {"mlp": 1e-2, "conv": 3e-2, "invres": 1e-2}
+# Power study: the paired 95% intervals (points) and seeds of the earlier studies
+# (RESULTS.md sections 3 and 4) behind its seed counts, the effect it is sized for
+# (points of test accuracy), its bottleneck widths, first-layer width and rate grid.
+POWER_PRIOR = {"c6_width2": (-1.0, 1.9, 5), "c6_width4": (-1.5, 2.1, 5),
+               "c1_n3": (-0.1, 2.0, 8)}
+POWER_EFFECT = 1.0
+POWER_WIDTHS = (2, 4)
+POWER_FIRST_WIDTH = 3
+POWER_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
+# The digits arm's main seeds (the power computation asks for 19; the CPU budget, at a
+# load average of 20-40 on the shared 2 cores, set 8) and the rate pilot's seeds per
+# (variant, width, rate).
+POWER_DIGITS_SEEDS = 8
+POWER_RATE_SEEDS = 1
 
 
 def redundancy_widths(d: int) -> tuple[int, ...]:
@@ -325,6 +340,53 @@ def pilot() -> dict[str, ml_collections.ConfigDict]:
   return out
 
 
+def power_seeds() -> dict[str, int]:
+  """Seeds for 80% power (two-sided paired t at 0.05) against a POWER_EFFECT-point gap,
+  per earlier contrast: SD = half-width sqrt(n) / t_{n-1} of POWER_PRIOR's interval
+  (stats.paired_sd, `power_sds`), then the fewest pairs whose detectable effect is at
+  most the gap (stats.pairs_needed). It gives C6 width 2: SD 1.17 points, 13 seeds;
+  width 4: SD 1.45, 19 seeds; C1 n = 3: SD 1.26, 15 seeds. The digits arm runs
+  POWER_DIGITS_SEEDS = 8 (the budget), so at those SDs it detects 1.35 (width 2) and
+  1.68 points (width 4) with 80% power (stats.detectable), not 1; the spirals arm runs
+  its 15. Holm over the 3 contrasts lowers the power further (the first step tests
+  at 0.05 / 3)."""
+  return {k: stats.pairs_needed(sd, POWER_EFFECT) for k, sd in power_sds().items()}
+
+
+def power_sds() -> dict[str, float]:
+  """The SD of the paired differences (points) behind each POWER_PRIOR interval."""
+  return {k: stats.paired_sd(lo, hi, n) for k, (lo, hi, n) in POWER_PRIOR.items()}
+
+
+def power() -> dict[str, ml_collections.ConfigDict]:
+  """The power study's grids (resjax/studies/power.py): C6 (the bottleneck study's nets at
+  POWER_WIDTHS) and C1 (the collapse study's first-layer nets at n = POWER_FIRST_WIDTH,
+  ReLU vs linear), each first as a rate pilot over POWER_RATES on its own seeds
+  ('lr_<family>', both variants), then one main grid per variant ('main_<family>_<variant>')
+  whose opt.lr the study sets to that variant's pilot pick before it trains. 15.3
+  CPU-minutes of user time on the 2-core Xeon (61 min at load 20-47; RESULTS.md, 9)."""
+  inv = bottleneck()["invres"]
+  inv.grid.model.stages = tuple(((w, 2, 1),) for w in POWER_WIDTHS)
+  # Evaluated once, at the end (the study reads final numbers; the cost is training).
+  inv.train.eval_every, inv.train.log_every = inv.train.steps, 100
+  first = collapse()["firstlayer"]
+  first.model.width = POWER_FIRST_WIDTH
+  first.grid.model.width = ()
+  first.grid.model.first = ("relu", "linear")
+  out = {}
+  for family, g, field, variants in (("invres", inv, "bottleneck", ("linear", "relu6")),
+                                     ("firstlayer", first, "first", ("relu", "linear"))):
+    pilot = ml_collections.ConfigDict(g.to_dict())
+    pilot.grid.opt.lr = POWER_RATES
+    out[f"lr_{family}"] = pilot
+    for v in variants:
+      main = ml_collections.ConfigDict(g.to_dict())
+      main.model[field] = v
+      main.grid.model[field] = ()
+      out[f"main_{family}_{v}"] = main
+  return out
+
+
 def _shrink(config: ml_collections.ConfigDict) -> None:
   """Seconds instead of minutes: 2 seeds, two values per axis, few steps (CI); a study
   module's `tiny(config)` first does its own part."""
@@ -364,8 +426,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.study = name  # One of resjax.studies.names().
   config.seed = 0  # First seed; the nets use seeds seed .. seed + seeds - 1.
-  config.seeds = {"bottleneck": 5, "dead_units": 5, "pilot": 2, "rank_collapse": 3}.get(
-      name, 8)  # Seeds per condition.
+  config.seeds = {"bottleneck": 5, "dead_units": 5, "pilot": 2, "rank_collapse": 3,
+                  "power": POWER_DIGITS_SEEDS}.get(name, 8)  # Seeds per condition.
   config.target_loss = 0.3  # Convergence: steps to this full training loss.
   if name in ("redundancy", "identification"):  # Bootstrap resamples of the seeds.
     config.bootstrap = 2000
@@ -373,8 +435,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seeds = 3  # x 3 draws of Q: 9 replicates per cell and label function.
   if name == "linear_regime":  # The digits grid costs 20x a spirals grid per net.
     config.grid_seeds = ml_collections.ConfigDict({"invres": LINEAR_REGIME_DIGITS_SEEDS})
-  if name in ("revival", "rank_collapse", "identification", "linear_regime"):
+  if name in ("revival", "rank_collapse", "identification", "linear_regime", "power"):
     config.power = 0.8  # The power of the smallest detectable effect.
+  if name == "power":  # POWER_DIGITS_SEEDS digits seeds; spirals and pilot seeds; the design.
+    config.spirals_seeds = power_seeds()["c1_n3"]
+    config.rate_seed = 1000  # Pilot seeds 1000.. (disjoint from the main seeds 0..).
+    config.rate_seeds = POWER_RATE_SEEDS
+    config.effect = POWER_EFFECT / 100  # In accuracy (the metrics' unit).
+    config.prior_sd = ml_collections.ConfigDict({k: v / 100 for k, v in power_sds().items()})
   if name == "pilot":  # The rate each family's studies use (the pilot only compares).
     config.study_rates = ml_collections.ConfigDict(PILOT_STUDY_RATES)
   # The untrained collapse curve drawn beside the collapse study (resjax.collapse.sweep).

@@ -4,7 +4,7 @@
   python -m launch.study --config=configs/study.py:collapse,tiny --workdir=/tmp/collapse
 
 Studies: degradation, dead_units, collapse, bottleneck, convergence,
-redundancy, pilot (append ',tiny' for a seconds-long version). Each grid trains
+redundancy, pilot, revival, power (append ',tiny' for a seconds-long version). Each grid trains
 in --workdir/<grid> as launch.train would; the study writes study.csv,
 nets.csv, study.json and <study>.png/.pdf to --workdir. SIGTERM or Ctrl-C saves
 the grid in training at its current step (or, when it cannot stop there within

@@ -18,6 +18,9 @@ axes. Too few values for an interval give NaN bounds.
   paired           paired contrast: mean difference, t-interval, p-value
   detectable       the smallest mean difference a paired t-test of n pairs
                    with a given SD detects with a given power (noncentral t)
+  pairs_needed     the fewest pairs whose detectable difference is at most a
+                   given effect (the seeds a design needs)
+  paired_sd        the SD of paired differences behind a reported t-interval
   holm             Holm's step-down correction for a family of p-values
 
 Quantiles come from `scipy.special` (cheap to import); tests check every
@@ -206,6 +209,20 @@ def detectable(sd: float, n: int, power: float = 0.8, confidence: float = 0.95) 
     return float("nan")
   t = float(_t_quantile(n - 1, confidence))
   return float(special.nctdtrinc(n - 1, 1.0 - power, t) * sd / math.sqrt(n))
+
+
+def pairs_needed(sd: float, effect: float, power: float = 0.8, confidence: float = 0.95,
+                 most: int = 10_000) -> int:
+  """The fewest pairs n >= 2 with `detectable(sd, n, power, confidence)` <= |effect|
+  (0 when more than `most` would be needed)."""
+  return next((n for n in range(2, most + 1)
+               if detectable(sd, n, power, confidence) <= abs(effect)), 0)
+
+
+def paired_sd(lo: float, hi: float, n: int, confidence: float = 0.95) -> float:
+  """The SD of the n paired differences behind a reported t-interval [lo, hi]:
+  half-width * sqrt(n) / t_{n-1}."""
+  return float((hi - lo) / 2 * math.sqrt(n) / _t_quantile(n - 1, confidence))
 
 
 def holm(p: Sequence[float], alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:

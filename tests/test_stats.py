@@ -73,6 +73,20 @@ def test_detectable_effect_has_the_power_it_claims():
   assert np.isnan(stats.detectable(1.0, 1))
 
 
+def test_pairs_needed_is_the_fewest_with_the_power():
+  for sd, effect in ((1.17, 1.0), (1.45, 1.0), (0.3, 0.1)):
+    n = stats.pairs_needed(sd, effect)
+    t = sps.t.ppf(0.975, n - 1)
+    power = lambda k: sps.nct.sf(sps.t.ppf(0.975, k - 1), k - 1, effect * np.sqrt(k) / sd)
+    assert power(n) >= 0.8 - 2e-3 > power(n - 1), (sd, effect, n, t)
+  assert stats.pairs_needed(1.0, 1e-6, most=50) == 0  # More than `most` pairs needed.
+  # The SD behind a reported interval gives that interval back.
+  rng = np.random.default_rng(4)
+  d = rng.standard_normal(7) * 1.3 + 0.5
+  _, lo, hi = stats.mean_ci(d)
+  assert stats.paired_sd(lo, hi, 7) == pytest.approx(np.std(d, ddof=1), rel=1e-10)
+
+
 def test_paired_contrast_and_holm():
   rng = np.random.default_rng(3)
   a = rng.standard_normal(10)

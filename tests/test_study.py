@@ -11,7 +11,7 @@ import pytest
 
 from configs import study as study_configs
 from resjax import errors, grid, studies, train
-from resjax.studies import tables
+from resjax.studies import runs, tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,6 +97,8 @@ def test_study_runs_end_to_end(name, tmp_path):
     _check_identification(rows, saved)
   if name == "linear_regime":
     _check_linear_regime(config, rows, nets, saved)
+  if name == "power":
+    _check_power(config, rows, nets, saved)
   if name == "pilot":
     chosen = saved["chosen"]
     assert set(chosen) == {"mlp"}
@@ -212,6 +214,54 @@ def test_linear_regime_grids_have_their_own_seeds_and_a_high_bias_that_turns_eve
   radius = float(np.max(np.linalg.norm(x, axis=1)))
   row_bound = 2 * np.sqrt(1 / 2) / 0.87962566103423978 * np.sqrt(2)  # truncated at 2 SD
   assert radius * row_bound < study_configs.LINEAR_REGIME_HIGH_BIAS < 1.2 * radius * row_bound
+def _check_power(config, rows, nets, saved):
+  """Pilot seeds apart from the main ones; each main grid at its variant's lowest-loss rate;
+  the verdicts follow Holm over the family; the headline quotes the json."""
+  pilot = {int(n["seed"]) for n in nets if n["grid"].startswith("lr_")}
+  main = {int(n["seed"]) for n in nets if n["grid"].startswith("main_")}
+  assert pilot and main and not pilot & main
+  for family, picks in saved["rates"].items():
+    for variant, p in picks.items():
+      losses = dict(zip(p["rates"], p["train_loss_geomean"]))
+      assert p["lr"] == min(losses, key=losses.get)
+      assert p["at_edge"] == (p["lr"] in (min(p["rates"]), max(p["rates"])))
+      used = {float(n["lr"]) for n in nets
+              if n["grid"] == f"main_{family}_{variant}"}
+      assert used == {p["lr"]}, (family, variant, used)
+  assert {r["phase"] for r in rows} == {"rate pilot", "main"}
+  contrasts = saved["contrasts"]
+  assert {c["claim"] for c in contrasts.values()} == {"C1", "C6"}
+  for c in contrasts.values():
+    assert c["family_size"] == len(contrasts)
+    assert c["verdict"].startswith("detected") == c["holm_reject"], c
+    assert c["n"] == (config.seeds if c["claim"] == "C6" else config.spirals_seeds)
+  heads = studies.get("power").headline(saved)
+  assert set(heads) == {"C1", "C6"}
+  c1 = next(c for c in contrasts.values() if c["claim"] == "C1")
+  assert f"{100 * c1['mean']:+.1f}" in heads["C1"] and c1["verdict"] in heads["C1"]
+  assert saved["design"]["c6_width4"]["pairs_needed"] == 19  # From RESULTS.md's interval.
+
+
+def test_power_picks_the_lowest_loss_rate_and_checks_its_seeds():
+  power = studies.get("power")
+  nets, losses = [], []
+  for variant, best in (("linear", 1e-2), ("relu6", 1e-3)):
+    for lr in (1e-3, 3e-3, 1e-2):
+      for seed in (1000, 1001):
+        nets.append(runs.Net(seed, 2, 2, variant, lr))
+        losses.append(0.01 * (1 + seed - 1000) if lr == best else 0.5)
+  run = runs.GridRun("lr_invres", None, "", nets, [600],
+                             {"train_loss": np.asarray(losses)[:, None]}, {})
+  picks = power.pick_rates(run)
+  assert {v: p["lr"] for v, p in picks.items()} == {"linear": 1e-2, "relu6": 1e-3}
+  assert picks["linear"]["at_edge"] and picks["relu6"]["at_edge"]
+  assert picks["linear"]["train_loss_geomean"][2] == pytest.approx(np.sqrt(0.01 * 0.02), rel=1e-5)
+  config = study_configs.get_config("power")
+  assert config.seeds < study_configs.power_seeds()["c6_width4"] == 19  # The budget's cut.
+  assert config.spirals_seeds == study_configs.power_seeds()["c1_n3"] == 15
+  config.rate_seed = 3  # Inside the main seeds 0..14.
+  with pytest.raises(errors.ConfigError, match="rate_seed=3 is not allowed"):
+    studies.validate(config)
 
 
 def test_revival_counts_units_from_probe_rows():
@@ -320,7 +370,8 @@ def test_bad_configs_are_one_line_errors(tmp_path):
 def test_studies_are_found_by_name():
   assert set(studies.names()) == {"degradation", "dead_units", "collapse", "bottleneck",
                                   "convergence", "redundancy", "pilot", "revival",
-                                  "rank_collapse", "identification", "linear_regime"}
+                                  "rank_collapse", "identification", "linear_regime",
+                                  "power"}
   for name in studies.names():
     module = studies.get(name)
     assert callable(module.analyze) and callable(module.figure) and module.FAMILIES

@@ -15,6 +15,10 @@ declares
   headline(study_json) -> {claim: sentence}
                                  (optional) its verdicts for RESULTS.md's summary
                                  table, from study.json alone (summary.py)
+  grid_seeds(config, name)       (optional) a grid's own seeds (None: the study's)
+  prepare(config, name, grid, trained) -> grid
+                                 (optional) a grid's config from the grids trained
+                                 before it (in name order), e.g. a pilot's rate
 
 `get(name)` gives the module, `names()` lists the studies, `run(config,
 workdir)` trains and analyses one (runner.py), `redraw(workdir)` draws a
@@ -33,6 +37,8 @@ finished study's figure again from its study.json.
                whether learning comes back with them (C4)
   identification  which of n/d, n - d, P(Bin(n, 1/2) < d) and n carries the
                ReLU damage, in cells chosen to tell them apart (C3)
+  power        C6 at bottleneck widths 2, 4 and C1 at n = 3 with the seeds a
+               power computation gives, each variant at its own pilot rate
 """
 from resjax.studies.registry import get, names
 from resjax.studies.runner import machine, redraw, rules, run, unused, validate

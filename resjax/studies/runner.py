@@ -157,9 +157,13 @@ def _run(config, workdir: str, log, should_stop) -> dict[str, Any]:
   t0 = time.perf_counter()
   trained, timing = {}, {}
   todo = runs.grids(config)
+  module = registry.get(config.study)
   for i, (name, g) in enumerate(todo.items()):
     if log:
       log(f"study {config.study}: grid {i + 1}/{len(todo)} '{name}'")
+    if hasattr(module, "prepare"):  # E.g. its rate from a pilot grid trained before it.
+      g = module.prepare(config, name, g, trained)
+      train.validate(g, 1)
     timing[name] = runs.train_grid(name, g, workdir, log, should_stop)
     if "stopped_at" in timing[name]:
       if log:
@@ -167,7 +171,6 @@ def _run(config, workdir: str, log, should_stop) -> dict[str, Any]:
             f"{timing[name]['stopped_at']}; run the same command to resume")
       return {"stopped": True, "grid": name, "step": timing[name]["stopped_at"]}
     trained[name] = runs.GridRun.read(name, g, os.path.join(workdir, name), timing[name])
-  module = registry.get(config.study)
   out = module.analyze(config, trained, workdir, log)
   rows, net_rows = out["rows"], out.pop("net_rows")
   out.update({"study": config.study, "config": cfg, "machine": machine(), "timing": timing,

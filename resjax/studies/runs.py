@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from resjax import errors, files, grid, models, probes, progress, restore, sharding, train
+from resjax.studies import registry
 
 Net = collections.namedtuple("Net", "seed width depth variant lr")
 
@@ -103,15 +104,19 @@ def seeds_of(config, name: str) -> int:
 
 
 def grids(config) -> dict[str, Any]:
-  """The study's grid configs, with the study's seeds (`seeds_of`) and, for grids of 32 nets
-  or more, one compiled call per value of the first model axis (each call
+  """The study's grid configs, with the study's seeds (those its module's
+  `grid_seeds(config, name)` gives a grid, else seed .. seed + `seeds_of` - 1) and, for
+  grids of 32 nets or more, one compiled call per value of the first model axis (each call
   padded to its own nets only: `calls_of`)."""
   out = {}
+  own = getattr(registry.get(config.study), "grid_seeds", lambda *_: None)
   for name, g in config.grids.items():
     tree = g.to_dict()  # As a dict: the study's values replace whatever the fields held.
-    seeds = seeds_of(config, name)
-    tree["grid"]["seeds"] = tuple(range(int(config.seed), int(config.seed) + seeds))
-    per_call = calls_of(g, seeds)
+    seeds = own(config, name)
+    if seeds is None:
+      seeds = tuple(range(int(config.seed), int(config.seed) + seeds_of(config, name)))
+    tree["grid"]["seeds"] = tuple(int(s) for s in seeds)
+    per_call = calls_of(g, len(seeds))
     if per_call is not None:
       tree["grid"]["nets_per_call"] = per_call
     out[name] = type(g)(tree)
