@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -118,22 +119,29 @@ def _flags(config: ml_collections.ConfigDict) -> list[str]:
           f"--config.grid.model.depth={join(g.model.depth)}"]
 
 
-def _timed(cmd: list[str]) -> float:
+def _timed(cmd: list[str]) -> tuple[float, float]:
+  """Wall and CPU seconds (user + system) of the process `cmd`.
+
+  On a machine shared with other jobs the wall time grows with their load;
+  the CPU time much less, so the ratios of both are printed.
+  """
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
   t0 = time.perf_counter()
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   took = time.perf_counter() - t0
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
   if proc.returncode:
     raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-  return took
+  return took, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def whole_process(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Whole-process wall times: launch.train's grid (empty, then warm cache) vs PyTorch."""
+  """Whole-process wall and CPU times: launch.train's grid (empty, then warm cache) vs PyTorch."""
   out: dict[str, Any] = {}
   with tempfile.TemporaryDirectory() as tmp:
     cache = os.path.join(tmp, "cache")
     for name in ("first", "rerun"):
-      out[f"resjax_{name}_s"] = _timed(
+      out[f"resjax_{name}_s"], out[f"resjax_{name}_cpu_s"] = _timed(
           [sys.executable, "-m", "launch.train", *_flags(config),
            f"--workdir={os.path.join(tmp, name)}", f"--compilation_cache_dir={cache}"])
     try:
@@ -145,14 +153,16 @@ def whole_process(config: ml_collections.ConfigDict) -> dict[str, Any]:
       job = os.path.join(tmp, "job.npz")
       np.savez(job, x=x, y=y, nets=_nets(config), steps=int(config.train.steps),
                batch=int(config.data.batch_size), lr=float(config.opt.lr))
-      out["torch_sequential_s"] = _timed([sys.executable, "-m", "benchmarks.torch_mlp", job])
-  line = (f"whole process, MLP grid: launch.train {out['resjax_first_s']:.1f} s (empty cache), "
-          f"{out['resjax_rerun_s']:.1f} s (warm cache)")
-  if "torch_sequential_s" in out:
-    t = out["torch_sequential_s"]
-    line += (f"; PyTorch one net after another {t:.1f} s: "
-             f"{t / out['resjax_first_s']:.2f}x / {t / out['resjax_rerun_s']:.2f}x")
-  print(line)
+      out["torch_sequential_s"], out["torch_sequential_cpu_s"] = _timed(
+          [sys.executable, "-m", "benchmarks.torch_mlp", job])
+  for unit, key in (("wall", "_s"), ("CPU", "_cpu_s")):
+    first, rerun = out["resjax_first" + key], out["resjax_rerun" + key]
+    line = (f"whole process, MLP grid, {unit}: launch.train {first:.1f} s (empty cache), "
+            f"{rerun:.1f} s (warm cache)")
+    if "torch_sequential" + key in out:
+      t = out["torch_sequential" + key]
+      line += f"; PyTorch one net after another {t:.1f} s: {t / first:.2f}x / {t / rerun:.2f}x"
+    print(line)
   return out
 
 

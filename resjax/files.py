@@ -163,28 +163,55 @@ def write_csv(path: str, rows: Iterable[Mapping[str, Any]]) -> None:
 def save_figure(fig, path: str, dpi: int = 150) -> list[str]:
   """Saves a matplotlib figure atomically as PNG at `path` and as PDF (vector) beside it.
 
-  The tight bounding box is found once (one layout pass without rendering)
-  and used for both formats. Returns the paths written: `x.png` and `x.pdf`
+  The figure is drawn twice, not three times: the PNG's one draw (Agg, at
+  `dpi`) also lays it out, its tight bounding box crops that image and is
+  passed to the PDF as it is (a PNG whose box reaches outside the figure is
+  drawn again by `savefig`). Returns the paths written: `x.png` and `x.pdf`
   for path `x.png`.
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top  (slow import; figures only)
+  # Slow imports (about 0.5 s): only what draws a figure pays them.
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  from matplotlib import image  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
   root, ext = os.path.splitext(path)
   paths = [path, root + ".pdf"] if ext.lower() == ".png" else [path]
-  dpi_before = fig.dpi
+  fmts = [os.path.splitext(out)[1][1:].lower() or "png" for out in paths]
+  dpi_before, canvas_before = fig.dpi, fig.canvas
   fig.set_dpi(dpi)  # Text extents depend on the dpi: lay out as the files are drawn.
   try:
-    fig.draw_without_rendering()
-    bbox = fig.get_tightbbox().padded(matplotlib.rcParams["savefig.pad_inches"])
+    canvas = backend_agg.FigureCanvasAgg(fig)
+    canvas.draw()
+    tight = fig.get_tightbbox(canvas.get_renderer())
+    pixels = np.asarray(canvas.buffer_rgba())
   finally:
     fig.set_dpi(dpi_before)
-  for out in paths:
+    fig.set_canvas(canvas_before)
+  bbox = tight.padded(matplotlib.rcParams["savefig.pad_inches"])
+  inside = (tight.x0 >= 0 and tight.y0 >= 0 and tight.x1 <= fig.bbox_inches.x1
+            and tight.y1 <= fig.bbox_inches.y1)
+  for out, fmt in zip(paths, fmts):
     buf = io.BytesIO()
-    fmt = os.path.splitext(out)[1][1:].lower() or "png"
-    # Fixed metadata: the same figure gives the same PDF bytes on every run.
-    meta = {"CreationDate": None} if fmt == "pdf" else {}
-    fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches=bbox, metadata=meta)
+    if fmt == "png" and inside:
+      image.imsave(buf, _crop(pixels, bbox, dpi, fig.get_facecolor()), format="png",
+                   origin="upper", dpi=dpi)
+    else:  # Artists outside the figure are not in that image: draw again. Fixed metadata:
+      meta = {"CreationDate": None} if fmt == "pdf" else {}  # the same PDF bytes every run.
+      fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches=bbox, metadata=meta)
     write_bytes(out, buf.getvalue())
   return paths
+
+
+def _crop(pixels: np.ndarray, bbox, dpi: float, facecolor) -> np.ndarray:
+  """The part of a drawn figure (RGBA rows from the top) in `bbox` (inches); the padding
+  beyond the figure's edges in its background colour, as savefig draws it."""
+  height, width = int(bbox.height * dpi), int(bbox.width * dpi)
+  top, left = round(pixels.shape[0] - bbox.y1 * dpi), round(bbox.x0 * dpi)
+  out = np.empty((height, width, 4), np.uint8)
+  out[:] = np.round(np.asarray(facecolor, np.float64) * 255).astype(np.uint8)
+  r0, c0 = max(top, 0), max(left, 0)
+  r1, c1 = min(top + height, pixels.shape[0]), min(left + width, pixels.shape[1])
+  out[r0 - top:r1 - top, c0 - left:c1 - left] = pixels[r0:r1, c0:c1]
+  return out
 
 
 def _jsonable(x: Any) -> Any:

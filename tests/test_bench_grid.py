@@ -11,12 +11,15 @@ def test_quick_grid_benchmark_compares_both_ways(capsys):
     assert f["grid_s"] > 0 and f["sequential_s"] > 0
     assert f["max_abs_final_loss_diff"] < 1e-3, f  # A few steps: rounding only.
   out = capsys.readouterr().out
-  assert "(b)/(a)" in out and "whole process, MLP grid" in out
+  assert "(b)/(a)" in out and "whole process, MLP grid, wall" in out
+  assert "whole process, MLP grid, CPU" in out
   processes = figures["whole_process"]
   assert processes["resjax_first_s"] > 0 and processes["resjax_rerun_s"] > 0
+  # The children's CPU time: a second process of JAX spends well over 0.1 s.
+  assert processes["resjax_first_cpu_s"] > 0.1 and processes["resjax_rerun_cpu_s"] > 0.1
   if importlib.util.find_spec("torch") is not None:  # The bench extra.
     assert figures["mlp"]["torch_sequential_s"] > 0 and figures["mlp"]["torch_vmap_s"] > 0
-    assert processes["torch_sequential_s"] > 0
+    assert processes["torch_sequential_s"] > 0 and processes["torch_sequential_cpu_s"] > 0.1
 
 
 def test_torch_vmap_trains_the_nets_the_sequential_loop_trains():

@@ -75,6 +75,32 @@ def _check_files(fig, path) -> None:
     assert f.read(5) == b"%PDF-"
 
 
+
+def test_save_figure_png_is_the_tight_savefig_png(tmp_path):
+  """One draw serves the PNG and the layout: the PNG is savefig(bbox_inches='tight')'s,
+  also where an artist reaches outside the figure (then drawn again)."""
+  import io
+  from matplotlib import figure as mfigure
+  from PIL import Image
+  for outside in (False, True):
+    fig = mfigure.Figure(figsize=(4, 2.5))
+    ax = fig.add_subplot()
+    ax.plot([0, 1, 4], [2, 0, 3], marker="o")
+    ax.set_title("a title", loc="left")
+    if outside:
+      fig.suptitle("far out", x=0.1, y=1.1)
+    canvas_before = fig.canvas
+    files.save_figure(fig, str(tmp_path / f"f{outside}.png"), dpi=120)
+    assert fig.canvas is canvas_before and fig.dpi == 100  # Left as it was.
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    expected = np.asarray(Image.open(buf)).astype(int)
+    written = np.asarray(Image.open(tmp_path / f"f{outside}.png")).astype(int)
+    assert written.shape == expected.shape
+    if outside:  # The box grew to the title above the figure.
+      assert written.shape[0] > 1.1 * 2.5 * 120
+    assert np.abs(written - expected).mean() < 1.0  # At most antialiasing at a shift.
+
 # ------------------------------------------------------------------ the sweep
 
 
