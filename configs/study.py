@@ -9,6 +9,7 @@ with `config.grid` set) plus its analysis and figure (resjax/studies/<study>.py)
   python -m launch.study --config=configs/study.py:redundancy  --workdir=runs/redundancy
   python -m launch.study --config=configs/study.py:pilot       --workdir=runs/pilot
   python -m launch.study --config=configs/study.py:revival     --workdir=runs/revival
+  python -m launch.study --config=configs/study.py:mnist1d     --workdir=runs/mnist1d
 
 Each grid of `config.grids` is a full training config (configs/embedded.py
 bases); it trains in `--workdir/<grid>` exactly as
@@ -35,6 +36,12 @@ that each depth and variant can be read at its best rate.
 d embedded in 16 input dimensions), one grid per d in REDUNDANCY_DIMS, widths
 n with n/d from 1 to 8 (`redundancy_widths`). Its recipe (Adam 1e-2 with a
 cosine decay, 2000 steps of 64, 4000 training points) was fixed before it ran.
+
+`mnist1d` (C5, C6 on real data) trains 1-D ResNets (plain vs residual, depths
+MNIST1D_DEPTHS, BatchNorm) and 1-D inverted-residual nets (linear vs ReLU6
+bottleneck, widths MNIST1D_WIDTHS) on MNIST-1D, each family at the rate of
+MNIST1D_RATES with the best validation accuracy on MNIST1D_NUM_VAL held-out
+training sequences (resjax/studies/mnist1d.py: the rule, fixed in code).
 """
 import math
 
@@ -52,6 +59,12 @@ REVIVAL_RESET_EVERY = 60
 # Pilot: the rates it compares, and the rate each family's studies use.
 PILOT_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
 PILOT_STUDY_RATES = {"mlp": 1e-2, "conv": 3e-2, "invres": 1e-2}
+# MNIST-1D study: the rates each family's rate is chosen from, the held-out
+# training sequences that choice reads, the ResNet depths and the bottleneck widths.
+MNIST1D_RATES = (1e-3, 3e-3, 1e-2)
+MNIST1D_NUM_VAL = 1000
+MNIST1D_DEPTHS = (8, 14, 32)
+MNIST1D_WIDTHS = (2, 4, 8)
 
 
 def redundancy_widths(d: int) -> tuple[int, ...]:
@@ -201,6 +214,51 @@ def redundancy() -> dict[str, ml_collections.ConfigDict]:
   return out
 
 
+def _mnist1d(model: dict, *, steps: int) -> ml_collections.ConfigDict:
+  """A net on MNIST-1D: Adam with a cosine decay, batches of 64, no weight decay; the
+  rate is the one its selection grid chooses (`mnist1d.configure` replaces opt.lr)."""
+  config = embedded.get_config("mnist1d_resnet")
+  config.model = ml_collections.ConfigDict(model)
+  config.data.batch_size = 64
+  config.opt.lr = MNIST1D_RATES[1]
+  config.opt.weight_decay = 0.0
+  config.opt.schedule = "cosine"
+  config.train.steps = steps
+  config.train.eval_every = steps // 4
+  config.train.eval_train = True  # The final training loss on the whole training split.
+  config.train.log_every = steps // 4
+  config.train.checkpoint_every = steps // 2
+  config.train.keep_checkpoints = 1
+  return config
+
+
+def mnist1d() -> dict[str, ml_collections.ConfigDict]:
+  """The MNIST-1D study's grids (resjax/studies/mnist1d.py): per family a selection grid
+  (one depth / width, both variants, MNIST1D_RATES, validation split) and its test grid."""
+  steps = 600
+  res = _mnist1d(dict(name="resnet1d", depth=14, width=8, residual=True, activation="relu"),
+                 steps=steps)
+  res.grid.model.depth = MNIST1D_DEPTHS
+  res.grid.model.residual = (False, True)
+  inv = _mnist1d(dict(
+      name="invres", expansion=6, bottleneck="linear", shortcut=True, width_multiplier=1.0,
+      stages=((4, 2, 1),),  # Two blocks of the bottleneck width (the grid varies it).
+      stem_width=16, head_width=64, activation="relu6", round_to=1), steps=steps)
+  inv.grid.model.stages = tuple(((w, 2, 1),) for w in MNIST1D_WIDTHS)
+  inv.grid.model.bottleneck = ("linear", "relu6")
+  out = {"test_resnet1d": res, "test_invres": inv}
+  for family, g in tuple(out.items()):
+    select = ml_collections.ConfigDict(g.to_dict())
+    select.data.num_val = MNIST1D_NUM_VAL
+    if family == "test_resnet1d":  # The middle depth / width only (14 / 4).
+      select.grid.model.depth = ()
+    else:
+      select.grid.model.stages = ()
+    select.grid.opt.lr = MNIST1D_RATES
+    out["select_" + family.split("_", 1)[1]] = select
+  return out
+
+
 def pilot() -> dict[str, ml_collections.ConfigDict]:
   """The pilot study's grids (resjax/studies/pilot.py)."""
   mlp = _spirals(norm="layer", steps=1500, eval_every=50)  # The degradation MLPs, depth 2.
@@ -240,7 +298,7 @@ def _shrink(config: ml_collections.ConfigDict) -> None:
       g.model.head_width = 8
     if g.data.name in ("spirals", "manifold"):
       g.data.num_train, g.data.num_test = 96, 64
-    else:
+    elif g.data.name == "digits":
       g.data.num_test = 1697  # 100 training images.
   config.collapse.seeds = 2
   config.collapse.manifold.points = 200
@@ -256,11 +314,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.study = name  # One of resjax.studies.names().
   config.seed = 0  # First seed; the nets use seeds seed .. seed + seeds - 1.
-  config.seeds = {"bottleneck": 5, "dead_units": 5, "pilot": 2}.get(name, 8)  # Seeds per condition.
+  config.seeds = {"bottleneck": 5, "dead_units": 5, "pilot": 2, "mnist1d": 4}.get(name, 8)  # Seeds per condition.
   config.target_loss = 0.3  # Convergence: steps to this full training loss.
   if name == "redundancy":  # Bootstrap resamples of the seeds for the one-curve fits.
     config.bootstrap = 2000
-  if name == "revival":  # The power at which it states the smallest detectable effect.
+  if name in ("revival", "mnist1d"):  # The power of the smallest detectable effect.
     config.power = 0.8
   if name == "pilot":  # The rate each family's studies use (the pilot only compares).
     config.study_rates = ml_collections.ConfigDict(PILOT_STUDY_RATES)

@@ -91,6 +91,8 @@ def test_study_runs_end_to_end(name, tmp_path):
     assert fit["r2_diff_lo"] <= fit["r2_diff"] <= fit["r2_diff_hi"]
   if name == "revival":
     _check_revival(rows, nets, saved)
+  if name == "mnist1d":
+    _check_mnist1d(rows, nets, saved)
   if name == "pilot":
     chosen = saved["chosen"]
     assert set(chosen) == {"mlp"}
@@ -106,6 +108,27 @@ def test_study_runs_end_to_end(name, tmp_path):
   with open(tmp_path / f"{name}.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert {f: (tmp_path / f).read_bytes() for f in before} == before
+
+
+def _check_mnist1d(rows, nets, saved):
+  """Each test grid trained at the rate of best mean validation accuracy of its selection
+  grid; verdicts follow Holm; the headline quotes study.json."""
+  for family in ("resnet1d", "invres"):
+    select = [n for n in nets if n["grid"] == f"select_{family}"]
+    means = {lr: np.mean([float(n["test_acc"]) for n in select if float(n["lr"]) == lr])
+             for lr in sorted({float(n["lr"]) for n in select})}
+    chosen = saved["selection"][family]["rate"]
+    assert chosen == max(means, key=means.get) and len(means) == 2
+    assert {float(n["lr"]) for n in nets if n["grid"] == f"test_{family}"} == {chosen}
+    assert saved["selection"][family]["num_val"] == 500
+  assert {r["split"] for r in rows} == {"validation", "test"}
+  for c in saved["contrasts"].values():
+    assert c["verdict"].startswith("detected") == c["holm_reject"], c
+    assert c["family_size"] == 2 and c["n"] == 2  # tiny: 2 depths / widths (variants), 2 seeds
+  lines = studies.get("mnist1d").headline(saved)
+  assert set(lines) == {"C5", "C6"} and all("MNIST-1D" in v for v in lines.values())
+  c = saved["contrasts"]["invres/width 2: test_acc(linear) - test_acc(relu6)"]
+  assert f"{100 * c['mean']:+.1f}" in lines["C6"]
 
 
 def _check_revival(rows, nets, saved):

@@ -1,8 +1,11 @@
 """Running a study: validate, train its grids, analyse, write the result set; redraw.
 
-`run(config, workdir)` trains each grid of `config.study` (runs.train_grid),
-reads them back (runs.GridRun), calls the study module's `analyze` and writes
-to `workdir`, as one result set (files.result_set):
+`run(config, workdir)` trains each grid of `config.study` (runs.train_grid) in
+name order, each first through the study module's `configure(name, grid, trained)`
+where it has one (settings chosen on the grids trained before it, e.g. a
+learning rate picked on a validation split), reads them back (runs.GridRun),
+calls the study module's `analyze` and writes to `workdir`, as one result set
+(files.result_set):
 
   study.csv   one row per condition (the tables' `rows`)
   nets.csv    one row per trained net (`net_rows`)
@@ -155,7 +158,10 @@ def _run(config, workdir: str, log, should_stop) -> dict[str, Any]:
   t0 = time.perf_counter()
   trained, timing = {}, {}
   todo = runs.grids(config)
+  module = registry.get(config.study)
   for i, (name, g) in enumerate(todo.items()):
+    if hasattr(module, "configure"):  # Settings chosen on the grids trained before it.
+      g = module.configure(name, g, trained)
     if log:
       log(f"study {config.study}: grid {i + 1}/{len(todo)} '{name}'")
     timing[name] = runs.train_grid(name, g, workdir, log, should_stop)
@@ -165,7 +171,6 @@ def _run(config, workdir: str, log, should_stop) -> dict[str, Any]:
             f"{timing[name]['stopped_at']}; run the same command to resume")
       return {"stopped": True, "grid": name, "step": timing[name]["stopped_at"]}
     trained[name] = runs.GridRun.read(name, g, os.path.join(workdir, name), timing[name])
-  module = registry.get(config.study)
   out = module.analyze(config, trained, workdir, log)
   rows, net_rows = out["rows"], out.pop("net_rows")
   out.update({"study": config.study, "config": cfg, "machine": machine(), "timing": timing,
