@@ -225,12 +225,14 @@ def figure(tabs: dict[str, Any]):
   with style.context():
     fig, axes = style.figure((14.5, 3.9 * max(len(arms), 1) + 3.6), len(arms) + 1, 3,
                              squeeze=False)
-    for r, (family, arm) in enumerate(arms.items()):
+    order = sorted(arms, key=lambda f: f != "resnet1d")  # C5, then C6.
+    for r, family in enumerate(order):
+      arm = arms[family]
       for c, key in enumerate(("train_loss", "test_acc")):
         ax = axes[r, c]
         for v in arm["variants"]:
           figures.line(ax, arm["series"][f"{v}/{key}"], color=COLORS[v], label=LABELS[v])
-        style.log2_axis(ax, arm["series"][f"{arm['variants'][0]}/{key}"]["x"])
+        style.log2_axis(ax, [int(x) for x in arm["series"][f"{arm['variants'][0]}/{key}"]["x"]])
         ax.set_xlabel("depth" if arm["axis"] == "depth" else "bottleneck width (channels)")
         if key == "train_loss":
           ax.set_yscale("log")
@@ -240,10 +242,11 @@ def figure(tabs: dict[str, Any]):
         ax.set_title(f"{arm['title']}, Adam {arm['lr']:g}, {arm['steps']} steps", fontsize=9)
         ax.legend(frameon=False)
       _forest(axes[r, 2], {k.split("/", 1)[1]: v for k, v in tabs["contrasts"].items()
-                           if k.startswith(family + "/")})
+                           if k.startswith(family + "/")}, "test_acc")
     _rates(axes[-1, 0], tabs["selection"])
-    for ax in axes[-1, 1:]:
-      ax.axis("off")
+    for c, family in enumerate(order[:2]):
+      _forest(axes[-1, c + 1], {k.split("/", 1)[1]: v for k, v in tabs["contrasts"].items()
+                                if k.startswith(family + "/")}, "train_loss")
     figures.finish(fig, "MNIST-1D: degradation (plain vs residual 1-D ResNets) and the linear "
                    "bottleneck (linear vs ReLU6)", figures.footer(
                        tabs, log_note=True, extra="; right: paired contrasts (first minus "
@@ -251,20 +254,26 @@ def figure(tabs: dict[str, Any]):
   return fig
 
 
-def _forest(ax, contrasts: dict[str, dict]) -> None:
-  """The test-accuracy (points) and training-loss contrasts as intervals on one axis each."""
-  keys = [k for k in contrasts if "test_acc" in k]
+def _forest(ax, contrasts: dict[str, dict], key: str) -> None:
+  """The contrasts of `key` (test accuracy in points, training loss) as intervals."""
+  keys = [k for k in contrasts if f"{key}(" in k]
+  scale = 100.0 if key == "test_acc" else 1.0
   for y, k in enumerate(keys):
     c = contrasts[k]
-    ax.plot([100 * c["lo"], 100 * c["hi"]], [y, y], color="k", lw=1.6)
-    ax.plot([100 * c["mean"]], [y], "o", color="k", mfc="k" if c.get("holm_reject") else "white")
+    ax.plot([scale * c["lo"], scale * c["hi"]], [y, y], color="k", lw=1.6)
+    ax.plot([scale * c["mean"]], [y], "o", color="k",
+            mfc="k" if c.get("holm_reject") else "white")
   ax.axvline(0.0, color="0.5", lw=0.8)
   ax.set_yticks(range(len(keys)))
-  ax.set_yticklabels([k.split(":")[0] for k in keys], fontsize=8)
+  bare = lambda k: k.split(": ", 1)[1].replace(f"{key}(", "").replace(")", "")
+  ax.set_yticklabels([f"{k.split(': ')[0]}: {bare(k)}" if "depth" in bare(k)
+                      else k.split(": ")[0] for k in keys], fontsize=8)
   ax.invert_yaxis()
-  first = keys[0].split(": ", 1)[1].replace("test_acc", "acc") if keys else ""
-  ax.set_xlabel(f"test accuracy difference, points ({first})")
-  ax.set_title("paired contrasts, 95% intervals (unadjusted)")
+  what = "test accuracy difference, points" if key == "test_acc" else \
+      "final training loss difference"
+  ax.set_xlabel(f"{what}, {bare(keys[0])}" if keys else what)
+  ax.set_title(f"paired contrasts of {'test accuracy' if key == 'test_acc' else 'training loss'}"
+               ", 95% intervals (unadjusted)", fontsize=9)
 
 
 def _rates(ax, selection: dict[str, dict]) -> None:
