@@ -102,7 +102,9 @@ def _verdict(c: dict[str, Any], power: float) -> dict[str, Any]:
   if c.get("holm_reject"):
     verdict = f"detected (Holm, family of {c['family_size']})"
   else:
-    verdict = f"not detected at this power ({power:.0%} power needs |effect| >= {least:.3g})"
+    before = "; the unadjusted interval excludes 0" if c["excludes_zero"] else ""
+    verdict = (f"not detected at this power ({power:.0%} power needs |effect| >= {least:.3g}"
+               f"{before})")
   return {**c, "detectable": least, "verdict": verdict}
 
 
@@ -186,8 +188,16 @@ def analyze(config, trained: dict[str, runs.GridRun], workdir: str, log) -> dict
 
 
 def _fmt(c: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
+  """'+m [lo, hi] (detected | not detected)' of a contrast, times `scale`."""
+  word = "detected" if c["holm_reject"] else "not detected"
   return (f"{scale * c['mean']:+.{digits}f} [{scale * c['lo']:+.{digits}f}, "
-          f"{scale * c['hi']:+.{digits}f}]")
+          f"{scale * c['hi']:+.{digits}f}] ({word})")
+
+
+def _cells(contrasts: dict[str, dict], prefix: str, key: str) -> list[tuple[str, dict]]:
+  """(depth or width, contrast) of the `key` contrasts of one arm, in axis order."""
+  return [(k.split(": ")[0].split()[-1], c) for k, c in contrasts.items()
+          if k.startswith(prefix) and f": {key}(" in k]
 
 
 def headline(result: dict) -> dict[str, str]:
@@ -195,26 +205,27 @@ def headline(result: dict) -> dict[str, str]:
   out, c = {}, result["contrasts"]
   arms, sel = result["figure_data"]["arms"], result["selection"]
   if "resnet1d" in arms:
-    d = [k.split(": ")[0].split()[-1] for k in c
-         if k.startswith("resnet1d/depth") and "train_loss" in k]
-    parts = [f"depth {x}: {_fmt(c[f'resnet1d/depth {x}: train_loss(plain) - train_loss(residual)'], digits=3)}"
-             f" ({c[f'resnet1d/depth {x}: train_loss(plain) - train_loss(residual)']['verdict'].split(' (')[0]})"
-             for x in d]
-    acc = c[f"resnet1d/depth {d[-1]}: test_acc(plain) - test_acc(residual)"]
-    out["C5"] = (f"MNIST-1D, 1-D ResNet ({arms['resnet1d']['steps']} steps, Adam "
-                 f"{sel['resnet1d']['rate']:g} chosen on a validation split): plain minus residual "
-                 f"final training loss {'; '.join(parts)}; test accuracy at depth {d[-1]} "
-                 f"{_fmt(acc, 100, 1)} points ({acc['verdict'].split(' (')[0]}); "
-                 f"Holm over {c[next(k for k in c if 'train_loss(plain)' in k)]['family_size']}, "
-                 f"{c[next(iter(c))]['n']} seeds.")
+    loss = _cells(c, "resnet1d/depth", "train_loss")
+    acc = _cells(c, "resnet1d/depth", "test_acc")[-1]
+    plain = next(v for k, v in c.items() if k.startswith("resnet1d/plain: train_loss"))
+    depths = [d for d, _ in loss]
+    out["C5"] = (
+        f"MNIST-1D, {arms['resnet1d']['title'].split(',')[0]} (BatchNorm), "
+        f"{arms['resnet1d']['steps']} steps "
+        f"at Adam {sel['resnet1d']['rate']:g} (chosen on a validation split), "
+        f"{loss[0][1]['n']} seeds: plain minus residual final training loss "
+        + "; ".join(f"depth {d}: {_fmt(x, digits=3)}" for d, x in loss)
+        + f" (Holm over {loss[0][1]['family_size']}); plain depth {depths[-1]} minus depth "
+        f"{depths[0]}: {_fmt(plain, digits=3)}; test accuracy at depth {acc[0]}, plain minus "
+        f"residual: {_fmt(acc[1], 100, 1)} points.")
   if "invres" in arms:
-    w = [k.split(": ")[0].split()[-1] for k in c if k.startswith("invres/width") and "test_acc" in k]
-    parts = [f"width {x}: {_fmt(c[f'invres/width {x}: test_acc(linear) - test_acc(relu6)'], 100, 1)}"
-             f" ({c[f'invres/width {x}: test_acc(linear) - test_acc(relu6)']['verdict'].split(' (')[0]})"
-             for x in w]
-    out["C6"] = (f"MNIST-1D, inverted-residual nets ({arms['invres']['steps']} steps, Adam "
-                 f"{sel['invres']['rate']:g} chosen on a validation split): linear minus ReLU6 "
-                 f"bottleneck test accuracy, points, {'; '.join(parts)}; Holm over {len(w)}.")
+    acc = _cells(c, "invres/width", "test_acc")
+    out["C6"] = (
+        f"MNIST-1D, inverted-residual nets, {arms['invres']['steps']} steps at Adam "
+        f"{sel['invres']['rate']:g} (chosen on a validation split), {acc[0][1]['n']} seeds: "
+        "linear minus ReLU6 bottleneck test accuracy, points, "
+        + "; ".join(f"width {w}: {_fmt(x, 100, 1)}" for w, x in acc)
+        + f" (Holm over {acc[0][1]['family_size']}).")
   return out
 
 
