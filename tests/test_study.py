@@ -265,7 +265,7 @@ def test_bad_configs_are_one_line_errors(tmp_path):
 
 def test_studies_are_found_by_name():
   assert set(studies.names()) == {"degradation", "dead_units", "collapse", "bottleneck",
-                                  "convergence", "redundancy", "pilot", "revival"}
+                                  "convergence", "redundancy", "pilot", "revival", "mnist1d"}
   for name in studies.names():
     module = studies.get(name)
     assert callable(module.analyze) and callable(module.figure) and module.FAMILIES
