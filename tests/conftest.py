@@ -57,7 +57,6 @@ SLOW = (
     "test_grid.py::test_grid_run_checkpoint_net_k_equals_single_run_with_seed_k[tiny]",
     "test_firstlayer.py::test_first_by_width_grid", "test_firstlayer.py::test_first_grid_with_seeds",
     "test_mnist1d.py::test_a_short_run_learns", "test_mnist1d.py::test_a_stopped_run_resumes",
-    "test_mnist1d.py::test_invres_grid_on_sequences",
     "test_grid.py::test_invres_frozen_bn_shift_run", "test_firstlayer.py::test_first_bias_init_grid",
     "test_figures.py::test_analysis_figures_name_the_runs", "test_figures.py::test_write_redraws",
     # Reliability cases that start launchers or signal subprocesses.

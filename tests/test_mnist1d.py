@@ -2,7 +2,6 @@
 import random
 
 import jax
-import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -147,30 +146,6 @@ def _tiny(steps: int):
   config.train.eval_every = 0
   config.train.checkpoint_every = 0
   return config
-
-
-def test_invres_grid_on_sequences_with_a_validation_split_net_k_is_its_single_run(tmp_path):
-  from resjax import grid, metrics
-  config = _tiny(3)
-  config.model = ml_collections.ConfigDict(dict(
-      name="invres", expansion=2, bottleneck="linear", stages=((2, 1, 1),), stem_width=4,
-      head_width=8, round_to=1))
-  config.data.num_val = 300
-  config.train.checkpoint_every = 3
-  config.grid.model.bottleneck = ("linear", "relu6")
-  config.grid.model.stages = (((2, 1, 1),), ((4, 1, 1),))
-  train.train_and_evaluate(config, str(tmp_path / "grid"))
-  evals = {r["net"]: r for r in metrics.read(str(tmp_path / "grid")) if "eval/accuracy" in r}
-  for k in (0, 3):  # linear at width 2, ReLU6 at width 4
-    one = grid.nets(config)[k]
-    result = train.train_and_evaluate(one, str(tmp_path / f"net{k}"))
-    _, single = checkpoints.load(str(tmp_path / f"net{k}"))
-    _, net = checkpoints.load(str(tmp_path / "grid"), net=k)
-    for a, b in ((single.params, net.params), (single.batch_stats, net.batch_stats)):
-      jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5),
-                   jax.device_get(a), jax.device_get(b))
-    # Both evaluate on the 300 held-out training sequences.
-    assert evals[k]["eval/loss"] == pytest.approx(result["eval/loss"], rel=1e-4, abs=1e-5)
 
 
 def test_a_short_run_learns_well_above_chance(tmp_path):
