@@ -147,10 +147,10 @@ def test_invres_bottleneck_grid_on_sequences_with_a_validation_split_equals_sing
   config.data.batch_size = 32
   config.data.num_val = 300  # Evaluations read 300 held-out training sequences.
   config.model = ml_collections.ConfigDict(dict(
-      name="invres", expansion=2, bottleneck="linear", shortcut=True, stages=((2, 2, 1),),
+      name="invres", expansion=2, bottleneck="linear", shortcut=True, stages=((4, 2, 1),),
       stem_width=4, head_width=8, activation="relu6", round_to=1))
   config.grid.model.bottleneck = ("linear", "relu6")
-  config.grid.model.stages = (((2, 2, 1),), ((4, 2, 1),))
+  config.grid.seeds = (0, 1)
   assert len(train.load_data(grid.nets(config)[0]).train) == 3700
   _check_equal(config, jax.devices()[:4], steps=2, atol=2e-5)
 
