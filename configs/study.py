@@ -13,6 +13,7 @@ with `config.grid` set) plus its analysis and figure (resjax/studies/<study>.py)
   python -m launch.study --config=configs/study.py:identification --workdir=runs/identification
   python -m launch.study --config=configs/study.py:linear_regime --workdir=runs/linear_regime
   python -m launch.study --config=configs/study.py:power       --workdir=runs/power
+  python -m launch.study --config=configs/study.py:mnist1d     --workdir=runs/mnist1d
 
 Each grid of `config.grids` is a full training config (configs/embedded.py
 bases); it trains in `--workdir/<grid>` exactly as
@@ -56,6 +57,11 @@ grids. The redundancy recipe at 16000 training points (d = 12 needs them: 78-86%
 test accuracy at 8000 in a 3-seed check) and 3 seeds. The comparison (leave-one-
 d-out R^2 of each coordinate, resjax/studies/identification.py) was fixed in
 the code before the run.
+`mnist1d` (C5, C6 on real data) trains 1-D ResNets (plain vs residual, depths
+MNIST1D_DEPTHS, BatchNorm) and 1-D inverted-residual nets (linear vs ReLU6
+bottleneck, widths MNIST1D_WIDTHS) on MNIST-1D, each family at the rate of
+MNIST1D_RATES with the best validation accuracy on MNIST1D_NUM_VAL held-out
+training sequences (resjax/studies/mnist1d.py: the rule, fixed in code).
 """
 import math
 
@@ -109,6 +115,12 @@ POWER_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
 # (variant, width, rate).
 POWER_DIGITS_SEEDS = 8
 POWER_RATE_SEEDS = 1
+# MNIST-1D study: the rates each family's rate is chosen from, the held-out
+# training sequences that choice reads, the ResNet depths and the bottleneck widths.
+MNIST1D_RATES = (1e-3, 3e-3, 1e-2)
+MNIST1D_NUM_VAL = 1000
+MNIST1D_DEPTHS = (8, 14, 32)
+MNIST1D_WIDTHS = (2, 4, 8)
 
 
 def redundancy_widths(d: int) -> tuple[int, ...]:
@@ -322,6 +334,51 @@ def identification() -> dict[str, ml_collections.ConfigDict]:
   return out
 
 
+def _mnist1d(model: dict, *, steps: int) -> ml_collections.ConfigDict:
+  """A net on MNIST-1D: Adam with a cosine decay, batches of 64, no weight decay; the
+  rate is the one its selection grid chooses (`mnist1d.prepare` replaces opt.lr)."""
+  config = embedded.get_config("mnist1d_resnet")
+  config.model = ml_collections.ConfigDict(model)
+  config.data.batch_size = 64
+  config.opt.lr = MNIST1D_RATES[1]
+  config.opt.weight_decay = 0.0
+  config.opt.schedule = "cosine"
+  config.train.steps = steps
+  config.train.eval_every = steps // 4
+  config.train.eval_train = True  # The final training loss on the whole training split.
+  config.train.log_every = steps // 4
+  config.train.checkpoint_every = steps // 2
+  config.train.keep_checkpoints = 1
+  return config
+
+
+def mnist1d() -> dict[str, ml_collections.ConfigDict]:
+  """The MNIST-1D study's grids (resjax/studies/mnist1d.py): per family a selection grid
+  (one depth / width, both variants, MNIST1D_RATES, validation split) and its test grid."""
+  steps = 400  # 25,600 sequences per net: 6.4 passes over the 4,000 (8.5 over 3,000).
+  res = _mnist1d(dict(name="resnet1d", depth=14, width=8, residual=True, activation="relu"),
+                 steps=steps)
+  res.grid.model.depth = MNIST1D_DEPTHS
+  res.grid.model.residual = (False, True)
+  inv = _mnist1d(dict(
+      name="invres", expansion=6, bottleneck="linear", shortcut=True, width_multiplier=1.0,
+      stages=((4, 2, 1),),  # Two blocks of the bottleneck width (the grid varies it).
+      stem_width=8, head_width=32, activation="relu6", round_to=1), steps=steps)
+  inv.grid.model.stages = tuple(((w, 2, 1),) for w in MNIST1D_WIDTHS)
+  inv.grid.model.bottleneck = ("linear", "relu6")
+  out = {"test_resnet1d": res, "test_invres": inv}
+  for family, g in tuple(out.items()):
+    select = ml_collections.ConfigDict(g.to_dict())
+    select.data.num_val = MNIST1D_NUM_VAL
+    if family == "test_resnet1d":  # The middle depth / width only (14 / 4).
+      select.grid.model.depth = ()
+    else:
+      select.grid.model.stages = ()
+    select.grid.opt.lr = MNIST1D_RATES
+    out["select_" + family.split("_", 1)[1]] = select
+  return out
+
+
 def pilot() -> dict[str, ml_collections.ConfigDict]:
   """The pilot study's grids (resjax/studies/pilot.py)."""
   mlp = _spirals(norm="layer", steps=1500, eval_every=50)  # The degradation MLPs, depth 2.
@@ -408,7 +465,7 @@ def _shrink(config: ml_collections.ConfigDict) -> None:
       g.model.head_width = 8
     if g.data.name in ("spirals", "manifold"):
       g.data.num_train, g.data.num_test = 96, 64
-    else:
+    elif g.data.name == "digits":
       g.data.num_test = 1697  # 100 training images.
   config.collapse.seeds = 2
   config.collapse.manifold.points = 200
@@ -427,7 +484,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.study = name  # One of resjax.studies.names().
   config.seed = 0  # First seed; the nets use seeds seed .. seed + seeds - 1.
   config.seeds = {"bottleneck": 5, "dead_units": 5, "pilot": 2, "rank_collapse": 3,
-                  "power": POWER_DIGITS_SEEDS}.get(name, 8)  # Seeds per condition.
+                  "power": POWER_DIGITS_SEEDS, "mnist1d": 4}.get(name, 8)  # Seeds per condition.
   config.target_loss = 0.3  # Convergence: steps to this full training loss.
   if name in ("redundancy", "identification"):  # Bootstrap resamples of the seeds.
     config.bootstrap = 2000
@@ -435,7 +492,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seeds = 3  # x 3 draws of Q: 9 replicates per cell and label function.
   if name == "linear_regime":  # The digits grid costs 20x a spirals grid per net.
     config.grid_seeds = ml_collections.ConfigDict({"invres": LINEAR_REGIME_DIGITS_SEEDS})
-  if name in ("revival", "rank_collapse", "identification", "linear_regime", "power"):
+  if name in ("revival", "rank_collapse", "identification", "linear_regime", "power",
+              "mnist1d"):
     config.power = 0.8  # The power of the smallest detectable effect.
   if name == "power":  # POWER_DIGITS_SEEDS digits seeds; spirals and pilot seeds; the design.
     config.spirals_seeds = power_seeds()["c1_n3"]

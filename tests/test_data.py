@@ -210,6 +210,36 @@ def test_load_checks_its_arguments_with_the_launchers_messages():
     train.load_data(config)
 
 
+def test_num_val_holds_out_the_tail_of_the_training_split_in_place_of_the_test_split():
+  from configs import embedded
+  from resjax import train
+  whole = data.load("spirals", num_train=50, num_test=7)
+  held = data.load("spirals", num_train=50, num_test=7, num_val=12)
+  assert (whole.eval_split, held.eval_split) == ("test", "validation")
+  assert (len(held.train), len(held.test)) == (38, 12)
+  np.testing.assert_array_equal(held.train.inputs, whole.train.inputs[:38])
+  np.testing.assert_array_equal(held.test.inputs, whole.train.inputs[38:])
+  np.testing.assert_array_equal(held.test.labels, whole.train.labels[38:])
+  # The statistics come from the training part only.
+  np.testing.assert_allclose(held.mean, whole.train.inputs[:38].mean(0), rtol=1e-5, atol=1e-7)
+  assert not np.allclose(held.mean, whole.mean)
+  for num_val, message in [(50, "data.num_val=50 is not allowed; use 0 (no validation split) "
+                                "or 1..49 (the training split holds 50 examples)"),
+                           (-1, "data.num_val=-1 is not allowed; use an integer >= 0"),
+                           (2.5, "data.num_val=2.5 is not allowed")]:
+    with pytest.raises(ConfigError) as e:
+      data.load("spirals", num_train=50, num_test=7, num_val=num_val)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value), num_val
+  # A config's field: checked before any work, and read by the trainer's loader.
+  config = embedded.get_config("tiny_mlp")
+  config.data.num_val = -3
+  with pytest.raises(ConfigError, match=r"data.num_val=-3 is not allowed"):
+    train.validate(config, num_devices=8)
+  config.data.num_val = 100
+  assert train.load_data(config).eval_split == "validation"
+  assert len(train.load_data(config).test) == 100
+
+
 def test_per_pixel_mean_centres_every_pixel_of_the_training_split():
   with mock_tfds(num_examples=24):
     pixel = data.load("cifar10", data_dir="/nonexistent/tfds", normalize="per_pixel_mean")

@@ -9,6 +9,7 @@ import pytest
 from configs import embedded
 from resjax import checkpoints, data, errors, models, train
 from resjax.data import embedded as embedded_data
+from resjax.models import layers
 
 
 def _global_states():
@@ -100,6 +101,41 @@ def test_resnet1d_plain_and_residual_share_their_parameters():
     models.build("resnet1d", 10, depth=10)
   with pytest.raises(errors.ConfigError, match="model.width=0 is not allowed"):
     models.build("resnet1d", 10, width=0)
+
+
+@pytest.mark.parametrize("bottleneck", ["linear", "relu6"])
+def test_inverted_residual_nets_take_sequences(bottleneck):
+  kw = dict(stages=((4, 2, 1), (8, 1, 2)), stem_width=8, head_width=16, round_to=1,
+            bottleneck=bottleneck)
+  seq, img = models.build("invres", 10, **kw), models.build("invres", 10, **kw)
+  x = jax.random.normal(jax.random.key(0), (3, 40, 1))
+  v = seq.init(jax.random.key(1), x)
+  logits, taps = seq.apply(v, x, mutable=list(models.COLLECTIONS))
+  assert logits.shape == (3, 10) and logits.dtype == jnp.float32
+  pre = models.probe_tensors(taps)
+  assert pre["stem"].shape == (3, 40, 8) and pre["stage2/block0/depthwise"].shape == (3, 20, 24)
+  assert ("stage1/block0/bottleneck" in pre) == (bottleneck == "relu6")
+  p = v["params"]
+  assert p["stem_conv"]["kernel"].shape == (3, 1, 8)
+  assert p["stage1_block0"]["depthwise_conv"]["kernel"].shape == (3, 1, 48)
+  assert p["stage1_block0"]["expand_conv"]["kernel"].shape == (1, 8, 48)
+  # The same family on images: 3x3 and 1x1 kernels, the same parameters but the extra
+  # taps of the stem's 8 kernels and the depthwise convs' 48 + 24 + 24 channels.
+  w = img.init(jax.random.key(1), jnp.zeros((1, 8, 8, 1)))["params"]
+  assert w["stage1_block0"]["depthwise_conv"]["kernel"].shape == (3, 3, 1, 48)
+  assert w["stage1_block0"]["expand_conv"]["kernel"].shape == (1, 1, 8, 48)
+  assert models.param_count(w) - models.param_count(p) == (8 + 48 + 24 + 24) * 6
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_depthwise_conv_on_sequences_is_the_grouped_conv(strides):
+  x = jax.random.normal(jax.random.key(0), (2, 10, 6))
+  fast = layers.depthwise(6, strides, jnp.float32, "dw", dims=1)
+  grouped = layers._conv(6, 3, strides, jnp.float32, "dw", groups=6, dims=1)  # pylint: disable=protected-access
+  v = fast.init(jax.random.key(1), x)
+  jax.tree.map(np.testing.assert_array_equal, v, grouped.init(jax.random.key(1), x))
+  np.testing.assert_allclose(fast.apply(v, x), grouped.apply(v, x), rtol=1e-5, atol=1e-6)
+  assert fast.apply(v, x).shape == (2, 10 // strides, 6)
 
 
 def _tiny(steps: int):

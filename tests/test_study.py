@@ -99,6 +99,8 @@ def test_study_runs_end_to_end(name, tmp_path):
     _check_linear_regime(config, rows, nets, saved)
   if name == "power":
     _check_power(config, rows, nets, saved)
+  if name == "mnist1d":
+    _check_mnist1d(rows, nets, saved)
   if name == "pilot":
     chosen = saved["chosen"]
     assert set(chosen) == {"mlp"}
@@ -139,6 +141,25 @@ def _check_linear_regime(config, rows, nets, saved):
   lines = studies.get("linear_regime").headline(saved)
   assert set(lines) == {"C1", "C6", "C7"} and all(any(ch.isdigit() for ch in v)
                                                   for v in lines.values())
+def _check_mnist1d(rows, nets, saved):
+  """Each test grid trained at the rate of best mean validation accuracy of its selection
+  grid; verdicts follow Holm; the headline quotes study.json."""
+  for family in ("resnet1d", "invres"):
+    select = [n for n in nets if n["grid"] == f"select_{family}"]
+    means = {lr: np.mean([float(n["test_acc"]) for n in select if float(n["lr"]) == lr])
+             for lr in sorted({float(n["lr"]) for n in select})}
+    chosen = saved["selection"][family]["rate"]
+    assert chosen == max(means, key=means.get) and len(means) == 2
+    assert {float(n["lr"]) for n in nets if n["grid"] == f"test_{family}"} == {chosen}
+    assert saved["selection"][family]["num_val"] == 500
+  assert {r["split"] for r in rows} == {"validation", "test"}
+  for c in saved["contrasts"].values():
+    assert c["verdict"].startswith("detected") == c["holm_reject"], c
+    assert c["family_size"] == 2 and c["n"] == 2  # tiny: 2 depths / widths (variants), 2 seeds
+  lines = studies.get("mnist1d").headline(saved)
+  assert set(lines) == {"C5", "C6"} and all("MNIST-1D" in v for v in lines.values())
+  c = saved["contrasts"]["invres/width 2: test_acc(linear) - test_acc(relu6)"]
+  assert f"{100 * c['mean']:+.1f}" in lines["C6"]
 
 
 def _check_revival(rows, nets, saved):
@@ -371,7 +392,7 @@ def test_studies_are_found_by_name():
   assert set(studies.names()) == {"degradation", "dead_units", "collapse", "bottleneck",
                                   "convergence", "redundancy", "pilot", "revival",
                                   "rank_collapse", "identification", "linear_regime",
-                                  "power"}
+                                  "power", "mnist1d"}
   for name in studies.names():
     module = studies.get(name)
     assert callable(module.analyze) and callable(module.figure) and module.FAMILIES

@@ -41,10 +41,12 @@ RULES = {
                             fix="use a directory path or None (the tfds default)"),
     "seed": schema.SEED,
     "normalize": schema.Choice(NORMALIZE),
+    "num_val": schema.Int(0, fix="use an integer >= 0 (0: no validation split), below the "
+                          "training split's size"),
 }
 
 __all__ = ["Dataset", "Split", "NAMES", "TFDS_NAMES", "EMBEDDED_NAMES", "NORMALIZE", "RULES",
-           "options", "rules", "unused", "load", "prepare_command", "channel_stats", "pixel_stats", "steps_per_epoch",
+           "options", "rules", "unused", "load", "validation_split", "prepare_command", "channel_stats", "pixel_stats", "steps_per_epoch",
            "train_indices", "local_rows", "train_batch", "num_eval_batches", "eval_batches",
            "prefetch", "preprocess", "crop_and_flip", "augment"]
 
@@ -61,7 +63,7 @@ def _rules(name: str) -> dict[str, schema.Rule]:
   optional = {k: dataclasses.replace(r, optional=True) for k, r in options.items()}
   return {**RULES, **optional,
           **{k: dataclasses.replace(RULES[k], optional=True)
-             for k in ("data_dir", "seed", "normalize")}}
+             for k in ("data_dir", "seed", "normalize", "num_val")}}
 
 
 def options(name: str) -> tuple[str, ...]:
@@ -80,7 +82,7 @@ def unused(name: str) -> dict[str, str]:
 
 
 def load(name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0,
-         normalize: str = "per_channel", **options: Any) -> Dataset:
+         normalize: str = "per_channel", num_val: int = 0, **options: Any) -> Dataset:
   """Loads dataset `name` fully into host memory.
 
   Args:
@@ -92,6 +94,12 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0,
       'per_channel' (mean and std per channel) or 'per_pixel_mean' (He et al.:
       the mean image is subtracted; then divided by the per-channel std around
       it, so inputs keep the scale of 'per_channel' and the learning rates).
+    num_val: 0, or the size of a validation split carved off the training
+      split: its last `num_val` examples (the generators and tfds shuffle
+      the order) are held out and take the test split's place
+      (`Dataset.eval_split` = 'validation'), so every evaluation of such a run
+      reads held-out training data and never the test split. The statistics
+      come from the remaining training examples. For recipe choices.
     **options: embedded-dataset options: 'spirals' takes num_arms, noise,
       turns, num_train, num_test; 'digits' takes num_test; 'manifold' takes d,
       ambient, num_classes, num_train, num_test, shift; 'mnist1d' takes none.
@@ -101,8 +109,8 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0,
       gives for it), or tfds data that is not prepared (the message gives the
       command that prepares it).
   """
-  schema.check({"name": name, "data_dir": data_dir, "seed": seed, "normalize": normalize},
-               RULES, prefix="data.")
+  schema.check({"name": name, "data_dir": data_dir, "seed": seed, "normalize": normalize,
+                "num_val": num_val}, RULES, prefix="data.")
   if name in GENERATORS:
     generate, defaults, rules = GENERATORS[name]
     options = _options(name, options, defaults)
@@ -115,10 +123,24 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None, seed: int = 0,
     errors.check(bool(np.isfinite(part.inputs).all()),
                  f"the {split} inputs of data.name={name!r} hold values that are not finite "
                  f"with the data options {_shown(options)}; use smaller values")
+  if num_val:
+    train, test = validation_split(train, num_val)
   stats = pixel_stats if normalize == "per_pixel_mean" else channel_stats
   mean, std = stats(train.inputs)
   return Dataset(name=name, train=train, test=test, num_classes=num_classes,
-                 mean=mean, std=std, normalize=normalize)
+                 mean=mean, std=std, normalize=normalize,
+                 eval_split="validation" if num_val else "test")
+
+
+def validation_split(train: Split, num_val: int) -> tuple[Split, Split]:
+  """(the first len - num_val training examples, the last num_val): a fixed held-out
+  part of the training split (ConfigError unless 0 < num_val < len(train))."""
+  schema.check_value("data.num_val", num_val, schema.Int(
+      1, len(train) - 1, fix=f"use 0 (no validation split) or 1..{len(train) - 1} "
+      f"(the training split holds {len(train)} examples)"))
+  keep = len(train) - num_val
+  return (Split(train.inputs[:keep], train.labels[:keep]),
+          Split(train.inputs[keep:], train.labels[keep:]))
 
 
 def _shown(options: dict[str, Any]) -> str:

@@ -34,6 +34,8 @@ class Dataset:
   normalize='per_channel': mean and std per channel [C] (per feature [D]);
   normalize='per_pixel_mean': mean per pixel [H, W, C] ([D]), std per channel
   [C] of the inputs around that mean (`pixel_stats`).
+  eval_split: what `test` holds: 'test', or 'validation' (a held-out part of
+  the training split, `data.num_val`).
   """
   name: str
   train: Split
@@ -42,6 +44,7 @@ class Dataset:
   mean: np.ndarray
   std: np.ndarray
   normalize: str = "per_channel"
+  eval_split: str = "test"
 
   @property
   def is_image(self) -> bool:

@@ -1,4 +1,4 @@
-"""The inverted residual network (MobileNetV2 blocks) for 32x32 inputs."""
+"""The inverted residual network (MobileNetV2 blocks) for 32x32 images or sequences."""
 from __future__ import annotations
 
 from typing import Any, ClassVar, Mapping, Sequence
@@ -46,7 +46,8 @@ class InvertedResidualBlock(nn.Module):
   or absent, i.e. frozen at 0, when `bn_shift=False`), and through the
   activation only when `linear_bottleneck` is False. With `residual` (stride 1,
   same width) the block output is x + branch. With t = 1 the expansion conv is
-  skipped.
+  skipped. The convs run over x's spatial axes ([B, *spatial, C]: 2 for images,
+  1 for sequences).
 
   Returns (y, taps): 'expand', 'depthwise', ['bottleneck'] activation inputs,
   then 'shortcut' (if residual) and 'branch'.
@@ -70,16 +71,17 @@ class InvertedResidualBlock(nn.Module):
     linear = float(self.linear_bottleneck) if linear_gate is None else linear_gate
     taps = {}
     hidden = x.shape[-1] * self.expansion
+    dims = x.ndim - 2
     h = x
     if self.expansion != 1:
-      h = layers._conv(hidden, 1, 1, self.dtype, "expand_conv")(h)
+      h = layers._conv(hidden, 1, 1, self.dtype, "expand_conv", dims=dims)(h)
       z = layers.batch_norm(train, self.dtype, "expand_bn")(h)
       taps["expand"] = z
       h = act(z)
-    h = layers._conv(hidden, 3, self.strides, self.dtype, "depthwise_conv", groups=hidden)(h)
+    h = layers.depthwise(hidden, self.strides, self.dtype, "depthwise_conv", dims)(h)
     z = layers.batch_norm(train, self.dtype, "depthwise_bn")(h)
     taps["depthwise"] = z
-    h = layers._conv(self.features, 1, 1, self.dtype, "project_conv")(act(z))
+    h = layers._conv(self.features, 1, 1, self.dtype, "project_conv", dims=dims)(act(z))
     b = layers.batch_norm(train, self.dtype, "project_bn", shift=self.bn_shift)(h)
     if not (layers.is_const(linear) and linear > 0):
       taps["bottleneck"] = b
@@ -93,7 +95,7 @@ class InvertedResidualBlock(nn.Module):
 
 
 class InvertedResidualNet(nn.Module):
-  """MobileNetV2-style network for 32x32 inputs.
+  """MobileNetV2-style network for 32x32 images, or [B, L, C] sequences (MNIST-1D).
 
   3x3 stem conv (stride 1, `stem_width`) with BN-ReLU6, the bottleneck stages of
   `stages` (default CIFAR_STAGES: widths 16, 24, 32, 64; 1, 2, 3, 3 blocks;
@@ -115,6 +117,9 @@ class InvertedResidualNet(nn.Module):
   `gated=True` (grids): gates 'shortcut' and 'linear' switch the shortcuts and
   the bottleneck's linearity, and every block after the first of its stage is
   kept only where its gate 'stage{s}_block{b}_on' is on.
+
+  Sequences: the same net with convs of width 3 and 1 over positions (the
+  spatial axes are those of the input, as in resnet.forward).
   """
   TOGGLES: ClassVar[Mapping[str, Toggle]] = {
       "shortcut": Toggle("shortcut", lambda v: float(bool(v)), True),
@@ -174,7 +179,8 @@ class InvertedResidualNet(nn.Module):
 
   def _stem_or_head(self, h: Array, train: bool, part: str, width: int, kernel: int) -> Array:
     """conv -> BN -> (sow '<part>') -> activation."""
-    h = layers._conv(self._width(width), kernel, 1, self.dtype, f"{part}_conv")(h)
+    h = layers._conv(self._width(width), kernel, 1, self.dtype, f"{part}_conv",
+                     dims=h.ndim - 2)(h)
     z = layers.batch_norm(train, self.dtype, f"{part}_bn")(h)
     layers.tap(self, "preacts", part, z)
     return activations.fn(self.activation)(z)
@@ -196,6 +202,6 @@ class InvertedResidualNet(nn.Module):
             dtype=self.dtype, name=module)(h, train, shortcut, linear)
         h = layers.block_output(self, module, b, y, h, taps, f"stage{s + 1}/block{b}")
     h = self._stem_or_head(h, train, "head", self.head_width, 1)
-    h = jnp.mean(h, axis=(1, 2))
+    h = jnp.mean(h, axis=tuple(range(1, h.ndim - 1)))
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(h)
     return logits.astype(jnp.float32)

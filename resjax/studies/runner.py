@@ -1,8 +1,11 @@
 """Running a study: validate, train its grids, analyse, write the result set; redraw.
 
-`run(config, workdir)` trains each grid of `config.study` (runs.train_grid),
-reads them back (runs.GridRun), calls the study module's `analyze` and writes
-to `workdir`, as one result set (files.result_set):
+`run(config, workdir)` trains each grid of `config.study` (runs.train_grid) in
+name order, each first through the study module's `prepare(config, name, grid,
+trained)` where it has one (settings chosen on the grids trained before it, e.g. a
+learning rate picked on a validation split), reads them back (runs.GridRun),
+calls the study module's `analyze` and writes to `workdir`, as one result set
+(files.result_set):
 
   study.csv   one row per condition (the tables' `rows`)
   nets.csv    one row per trained net (`net_rows`)

@@ -79,7 +79,8 @@ class GridRun:
     widths = sorted({n.width for n in self.nets})
     w = str(widths[0]) if len(widths) == 1 else "n"
     return {"mlp": f"MLP w{w}" if len(widths) == 1 else "MLP",
-            "resnet": f"ResNet {w} ch.", "invres": "inv. residual",
+            "resnet": f"ResNet {w} ch.", "resnet1d": f"1-D ResNet {w} ch.",
+            "invres": "inv. residual",
             "firstlayer": "width-n first layer"}[self.config.model.name] + \
         f", {self.config.data.name}"
 

@@ -113,14 +113,17 @@ def fractions(rows: list[dict], run: GridRun, metrics: dict[str, np.ndarray],
 
 
 def paired(run: GridRun, metric: np.ndarray, a: tuple, b: tuple) -> dict[str, Any]:
-  """Mean of metric[a] - metric[b] over the seeds both conditions share, 95% t-interval."""
+  """Mean of metric[a] - metric[b] over the seeds both conditions share, 95% t-interval,
+  and the SD of the differences."""
   by = groups(run)
   seeds_a = {run.nets[i].seed: i for i in by[a]}
   seeds_b = {run.nets[i].seed: i for i in by[b]}
   common = sorted(set(seeds_a) & set(seeds_b))
-  diffs = np.asarray([metric[seeds_a[s]] - metric[seeds_b[s]] for s in common], np.float64)
-  c = rstats.paired([metric[seeds_a[s]] for s in common], [metric[seeds_b[s]] for s in common])
-  sd = float(diffs.std(ddof=1)) if len(common) > 1 else float("nan")
+  a_, b_ = [metric[seeds_a[s]] for s in common], [metric[seeds_b[s]] for s in common]
+  c = rstats.paired(a_, b_)
+  diff = np.asarray(a_, np.float64) - np.asarray(b_, np.float64)
+  diff = diff[np.isfinite(diff)]
+  sd = float(np.std(diff, ddof=1)) if diff.size >= 2 else float("nan")
   return {**{k: g6(c[k]) for k in ("mean", "lo", "hi", "p")}, "n": len(common),
           "excludes_zero": c["excludes_zero"], "sd": g6(sd),
           "detectable": g6(rstats.detectable(sd, len(common)))}
