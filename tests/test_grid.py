@@ -143,6 +143,22 @@ def test_invres_bottleneck_and_depth_grid_equals_single_runs():
   _check_equal(config, jax.devices()[:4], steps=2, atol=2e-5)
 
 
+def test_invres_width_grid_whose_padding_equals_the_stem_width_equals_single_runs():
+  """Padded to 4 channels, the width-2 net's first block maps 4 to 4 like the width-4
+  net's, but its own block maps 4 to 2: it has no shortcut (gate 'stage1_block0_same')."""
+  config = _invres()
+  config.model.width_multiplier, config.model.round_to, config.model.stem_width = 1.0, 1, 4
+  config.model.stages = ((2, 2, 1),)
+  config.grid.model.stages = (((2, 2, 1),), ((4, 2, 1),))
+  losses, state = _grid_steps(config, jax.devices()[:2], 2)
+  gates = jax.device_get(state.states[0].gates)
+  assert [n.model.stages[0][0] for n in grid.nets(config)] == [2, 4]
+  assert list(gates["stage1_block0_same"]) == [0, 1] and list(gates["stage1_block1_same"]) == [1, 1]
+  for k, net in enumerate(grid.nets(config)):
+    np.testing.assert_allclose(losses[:, k], run_steps(net, jax.devices()[:1], 2)[0],
+                               rtol=1e-5, atol=2e-5)
+
+
 def test_invres_bottleneck_grid_on_sequences_with_a_validation_split_equals_single_runs():
   config = embedded.get_config("mnist1d_resnet")
   config.data.batch_size = 32

@@ -100,16 +100,22 @@ def gates(model_name: str, net_fields: dict[str, Any], own_params: Any,
   """Net k's values for the padded model's 'gates' collection.
 
   A block gate '<block>_on' is on where the net has that block (parameters
-  under its name); a toggle gate follows the net's own field (its family's TOGGLES).
+  under its name); a toggle gate follows the net's own field (its family's TOGGLES);
+  a gate its family's `gate_value` decides takes that value (e.g. whether a block's
+  own widths allow its shortcut).
   """
   toggles = {t.gate: t.value(net_fields[field])
              for field, t in models.toggles(model_name).items() if field in net_fields}
   own = set(own_params) if hasattr(own_params, "keys") else set()
+  family = models.gate_value(model_name)
 
   def one(path, like):
     name = str(getattr(path[-1], "key", path[-1]))
+    decided = None if family is None else family(name, own_params)
     if name in toggles:
       value = toggles[name]
+    elif decided is not None:
+      value = decided
     else:
       errors.check(name.endswith("_on"), f"grid: unknown gate {name!r}")
       value = float(name[:-len("_on")] in own)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -64,6 +64,12 @@ MODELS: dict[str, type[nn.Module]] = {
 def toggles(name: str) -> dict[str, Toggle]:
   """The fields of model `name` that a grid switches by a gate ({} for none)."""
   return dict(getattr(MODELS.get(name), "TOGGLES", {}))
+
+
+def gate_value(name: str) -> Callable[[str, Any], float | None] | None:
+  """Model `name`'s rule for the gates whose value it decides from a net's own
+  parameters (`gate_value(gate, own_params)`; None: it decides none)."""
+  return getattr(MODELS.get(name), "gate_value", None)
 
 
 def padded_values(name: str) -> dict[str, Any]:

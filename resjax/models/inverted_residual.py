@@ -115,8 +115,10 @@ class InvertedResidualNet(nn.Module):
   'stage{s}/block{b}'.
 
   `gated=True` (grids): gates 'shortcut' and 'linear' switch the shortcuts and
-  the bottleneck's linearity, and every block after the first of its stage is
-  kept only where its gate 'stage{s}_block{b}_on' is on.
+  the bottleneck's linearity, a block's shortcut is taken only where its gate
+  'stage{s}_block{b}_same' is on (the net's own input and output widths are
+  equal: `gate_value`), and every block after the first of its stage is kept
+  only where its gate 'stage{s}_block{b}_on' is on.
 
   Sequences: the same net with convs of width 3 and 1 over positions (the
   spatial axes are those of the input, as in resnet.forward).
@@ -174,6 +176,20 @@ class InvertedResidualNet(nn.Module):
     width, blocks, _ = tuple(fields["stages"])[0]
     return Traits(int(width), int(blocks), str(fields["bottleneck"]))
 
+  @staticmethod
+  def gate_value(name: str, own_params: Mapping[str, Any]) -> float | None:
+    """Net k's value of gate `name` of a padded grid, where the family decides it:
+    '<block>_same' is on where the net's own block maps its input width to the same
+    output width (then its shortcut exists; padding can equalize widths that differ)."""
+    if not name.endswith("_same"):
+      return None
+    p = own_params.get(name[:-len("_same")])
+    if p is None:  # A block the net lacks: gated out as a whole ('<block>_on').
+      return 1.0
+    width_in = (p["expand_conv"]["kernel"].shape[-2] if "expand_conv" in p
+                else p["depthwise_conv"]["kernel"].shape[-1])
+    return float(width_in == p["project_conv"]["kernel"].shape[-1])
+
   def _width(self, width: int) -> int:
     return round_width(width * self.width_multiplier, self.round_to)
 
@@ -195,11 +211,14 @@ class InvertedResidualNet(nn.Module):
         strides = stride if b == 0 else 1
         residual = (not layers.is_off(shortcut)) and strides == 1 and h.shape[-1] == features
         module = f"stage{s + 1}_block{b}"
+        gate = shortcut
+        if residual and self.gated:  # Padded widths may match where the net's own do not.
+          gate = shortcut * layers.gate(self, f"{module}_same")
         y, taps = InvertedResidualBlock(
             features, expansion=self.expansion, strides=strides, residual=residual,
             linear_bottleneck=self.bottleneck == "linear",
             bn_shift=self.bottleneck_bn_shift == "learned", activation=self.activation,
-            dtype=self.dtype, name=module)(h, train, shortcut, linear)
+            dtype=self.dtype, name=module)(h, train, gate, linear)
         h = layers.block_output(self, module, b, y, h, taps, f"stage{s + 1}/block{b}")
     h = self._stem_or_head(h, train, "head", self.head_width, 1)
     h = jnp.mean(h, axis=tuple(range(1, h.ndim - 1)))
