@@ -226,8 +226,18 @@ def headline(result: dict) -> dict[str, str]:
         f"{sel['invres']['rate']:g} (chosen on a validation split), {acc[0][1]['n']} seeds: "
         "linear minus ReLU6 bottleneck test accuracy, points, "
         + "; ".join(f"width {w}: {_fmt(x, 100, 1)}" for w, x in acc)
-        + f" (Holm over {acc[0][1]['family_size']}).")
+        + f" (Holm over {acc[0][1]['family_size']})" + _artefact(result, [w for w, _ in acc])
+        + ".")
   return out
+
+
+def _artefact(result: dict, widths: list) -> str:
+  """Where the invres grid was padded to its stem's width, the narrower nets' first
+  block took a shortcut their single runs lack (a grid artefact fixed since)."""
+  model = result["config"]["grids"]["test_invres"]["model"]
+  hit = [w for w in widths if int(w) < max(map(int, widths)) == int(model["stem_width"])]
+  return (f"; widths {', '.join(map(str, hit))} ran with a grid artefact (an identity "
+          "shortcut around their first block; RESULTS.md section 13)") if hit else ""
 
 
 def figure(tabs: dict[str, Any]):
