@@ -189,8 +189,10 @@ def analyze(config, trained: dict[str, runs.GridRun], workdir: str, log) -> dict
 
 
 def _fmt(c: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
-  """'+m [lo, hi] (detected | not detected)' of a contrast, times `scale`."""
-  word = "detected" if c["holm_reject"] else "not detected"
+  """'+m [lo, hi] (detected | not detected, 80% power needs d)' of a contrast, times
+  `scale`."""
+  word = ("detected" if c["holm_reject"] else
+          f"not detected, 80% power needs {scale * c['detectable']:.{digits}f}")
   return (f"{scale * c['mean']:+.{digits}f} [{scale * c['lo']:+.{digits}f}, "
           f"{scale * c['hi']:+.{digits}f}] ({word})")
 
