@@ -388,15 +388,13 @@ def figure(tabs: dict[str, Any]):
 
 def headline(result: dict[str, Any]) -> dict[str, str]:
   """C3 in one sentence from study.json: the one-curve fits and the coordinate fits."""
-  f, fits = result["one_curve"], result.get("coordinate_fits", {})
+  f, fits, dims = result["one_curve"], result.get("coordinate_fits", {}), result["figure_data"]["dims"]
   ranked = sorted(fits.items(), key=lambda kv: -kv[1]["r2_leave_one_d_out"])
-  coords = ", ".join(f"{k} {v['r2']:.3f} / {v['r2_leave_one_d_out']:.3f}" for k, v in ranked)
-  dims = result["figure_data"]["dims"]
+  ci = lambda k: f"{f[k]:.2f} [{f[k + '_lo']:.2f}, {f[k + '_hi']:.2f}]"  # pylint: disable=unnecessary-lambda-assignment
   return {"C3": (
       f"tasks of intrinsic dimension d = {min(dims)}-{max(dims)}, {f['cells']} cells x "
       f"{f['seeds']} seeds: one curve of the linear-minus-ReLU damage in n/d fits with R² "
-      f"{f['r2_ratio']:.2f} [{f['r2_ratio_lo']:.2f}, {f['r2_ratio_hi']:.2f}], in n "
-      f"{f['r2_n']:.2f} [{f['r2_n_lo']:.2f}, {f['r2_n_hi']:.2f}] (n/d minus n "
-      f"{f['r2_diff']:+.2f} [{f['r2_diff_lo']:.2f}, {f['r2_diff_hi']:.2f}]: better: "
-      f"{f['better']}); R² of each coordinate, all cells / leaving one d out, best first: "
-      f"{coords} (no interval on these).")}
+      f"{ci('r2_ratio')}, in n {ci('r2_n')} (n/d minus n {ci('r2_diff')}: better: {f['better']}); "
+      "R² of each coordinate, all cells / leaving one d out, best first: " + ", ".join(
+          f"{k} {v['r2']:.3f} / {v['r2_leave_one_d_out']:.3f}" for k, v in ranked) +
+      " (no interval on these).")}
