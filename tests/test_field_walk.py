@@ -218,7 +218,7 @@ def test_the_walk_covers_every_launcher_config_and_field():
   """Each launcher's configs are all there, and the tables hold no rule for a field
   that no config has (a stale rule would hide a renamed field)."""
   assert len(VARIANTS["train"]) == len(cifar10.VARIANTS) + len(embedded.VARIANTS)
-  assert len(VARIANTS["study"]) == len(studies.names()) == 9
+  assert len(VARIANTS["study"]) == len(studies.names()) == 13
   fields = sum(len(schema.leaves(c)) for k in VARIANTS for _, c, _, _ in VARIANTS[k])
   assert fields > 1500, fields
   seen = {k: set() for k in VARIANTS}
