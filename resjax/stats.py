@@ -53,11 +53,6 @@ def _out(*arrays):
   return tuple(float(a) if np.ndim(a) == 0 else np.asarray(a, np.float64) for a in arrays)
 
 
-def t_quantile(df: int, confidence: float = 0.95) -> float:
-  """The two-sided Student-t quantile of a `confidence` interval with `df` degrees of freedom."""
-  return float(_t_quantile(df, confidence))
-
-
 def _moments(v: ArrayLike):
   """Count, mean and sample variance over the last axis of the finite entries."""
   v = np.asarray(v, np.float64)

@@ -158,7 +158,7 @@ def detectable_of(c: Mapping[str, Any], power: float = 0.8) -> float:
   n = int(c["n"])
   sd = c.get("sd")
   if sd is None and n > 1:
-    sd = (float(c["hi"]) - float(c["lo"])) / 2 * math.sqrt(n) / rstats.t_quantile(n - 1)
+    sd = rstats.paired_sd(float(c["lo"]), float(c["hi"]), n)
   return rstats.detectable(float("nan") if sd is None else float(sd), n, power)
 
 
