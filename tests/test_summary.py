@@ -93,3 +93,24 @@ def test_launcher_check_and_rewrite(tmp_path):
   bad = _launch(f"--report={tmp_path / 'R.md'}", f"--results={tmp_path / 'none'}")
   assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --results=")
   assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_one_verdict_wording_follows_the_numbers():
+  from resjax.studies import tables
+  base = {"mean": 0.02, "lo": 0.01, "hi": 0.03, "n": 8, "sd": 0.012, "family_size": 3}
+  assert tables.verdict({**base, "holm_reject": True, "excludes_zero": True}) == (
+      "detected (Holm among 3)")
+  # A bootstrap interval that holds 0 outweighs a Holm rejection on its p.
+  assert tables.verdict({**base, "holm_reject": True, "excludes_zero": False}).startswith(
+      "not detected at this power")
+  before = tables.verdict({**base, "holm_reject": False, "excludes_zero": True})
+  assert before.startswith("not detected after Holm among 3 (the unadjusted interval")
+  # The smallest detectable effect: from the stored value, else from the SD.
+  least = tables.detectable_of(base)
+  text = tables.verdict({**base, "excludes_zero": False}, scale=100, unit=" points")
+  assert text == f"not detected at this power (80% power needs |effect| >= {100 * least:.3g} points)"
+  assert "needs |effect| >= 5" in tables.verdict({**base, "excludes_zero": False,
+                                                 "detectable": 5.0})
+  assert tables.verdict({**base, "sd": 0.0}) == "not detected: identical in every pair"
+  assert tables.verdict_text({**base, "holm_reject": True, "excludes_zero": True}, 100, 1) == (
+      "+2.0 [1.0, 3.0], detected (Holm among 3)")

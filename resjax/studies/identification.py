@@ -137,14 +137,7 @@ def fits(task: str, part: dict[str, Any], draws: int, seed: int,
 def _verdicts(family: dict[str, dict], power: float) -> None:
   """'detected' where the interval excludes 0 and Holm over the family rejects."""
   for c in family.values():
-    least = f"{power:.0%} power needs |effect| >= {c['detectable']:.3g}"
-    if c["excludes_zero"] and c["holm_reject"]:
-      c["verdict"] = f"detected (Holm over {c['family_size']})"
-    elif c["excludes_zero"]:
-      c["verdict"] = (f"not detected at this power after Holm over {c['family_size']} "
-                      f"(the unadjusted interval excludes 0; {least})")
-    else:
-      c["verdict"] = f"not detected at this power ({least})"
+    c["verdict"] = tables.verdict(c, power)
 
 
 def winner(fit: dict, contrasts: dict[str, dict]) -> dict[str, Any]:
@@ -152,7 +145,7 @@ def winner(fit: dict, contrasts: dict[str, dict]) -> dict[str, Any]:
   best = max(COORDS, key=lambda k: -math.inf if fit["coords"][k]["r2_loo"] is None
              or not math.isfinite(fit["coords"][k]["r2_loo"]) else fit["coords"][k]["r2_loo"])
   tied = [c["b"] if c["a"] == best else c["a"] for c in contrasts.values()
-          if best in (c["a"], c["b"]) and not c["verdict"].startswith("detected")]
+          if best in (c["a"], c["b"]) and not tables.verdict(c).startswith("detected")]
   return {"best": best, "not_told_apart_from": tied, "identified": not tied}
 
 
@@ -241,7 +234,7 @@ def headline(result: dict) -> dict[str, str]:
             f"{w['best']} best, not told apart from {', '.join(w['not_told_apart_from'])}")
     parts.append(f"{task}: {said} (leave-one-d-out R^2 {r2})")
   direct = [f"{k} {100 * c['mean']:+.1f} [{100 * c['lo']:+.1f}, {100 * c['hi']:+.1f}] "
-            f"({c['verdict'].split(' (')[0]})" for k, c in result["contrasts"].items()
+            f"({tables.verdict(c).split(' (')[0]})" for k, c in result["contrasts"].items()
             if c.get("family") == "direct contrasts"]
   return {"C3": "; ".join(parts + direct) + "."}
 

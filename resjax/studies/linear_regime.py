@@ -109,14 +109,9 @@ def _shares(run: runs.GridRun, log) -> dict[str, np.ndarray]:
 
 def _verdict(c: dict, power: float) -> str:
   """The verdict of a Holm-corrected paired contrast (see the module docstring)."""
-  if c["holm_reject"]:
-    return "detected"
-  if c["n"] >= 2 and c["sd"] == 0:
-    return "not detected: identical in every pair"
-  least = tables.g6(rstats.detectable(c["sd"], c["n"], power, 1 - 0.05 / c["family_size"]))
-  c["detectable"] = least
-  note = "; unadjusted interval excludes 0" if c["excludes_zero"] else ""
-  return f"not detected at this power ({power:.0%} power needs |effect| >= {least:.3g}{note})"
+  c["detectable"] = tables.g6(rstats.detectable(c["sd"], c["n"], power,
+                                                  1 - 0.05 / c["family_size"]))
+  return tables.verdict(c, power)
 
 
 def _family(diffs: dict[str, np.ndarray], family: str, power: float) -> dict[str, dict]:
@@ -236,7 +231,7 @@ def headline(result: dict) -> dict[str, str]:
   def fmt(key: str, scale: float = 100.0) -> str:
     x = c[key]
     return (f"{scale * x['mean']:+.1f} [{scale * x['lo']:.1f}, {scale * x['hi']:.1f}] "
-            f"(Holm p {x['p_holm']:.2g} of {x['family_size']}; {x['verdict'].split(' (')[0]})")
+            f"(Holm p {x['p_holm']:.2g} of {x['family_size']}; {tables.verdict(x).split(' (')[0]})")
 
   high = f"bias {result['high_bias']:g}"
   dmg = [k for k in c if k.startswith("n = 2:")]

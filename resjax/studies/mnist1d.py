@@ -99,14 +99,8 @@ def prepare(config, name: str, g, trained: dict[str, runs.GridRun]):
 
 def _verdict(c: dict[str, Any], power: float) -> dict[str, Any]:
   """Adds the verdict: detected after Holm, or the smallest effect detectable at `power`."""
-  least = tables.g6(tables.detectable_of(c, power))
-  if c.get("holm_reject"):
-    verdict = f"detected (Holm, family of {c['family_size']})"
-  else:
-    before = "; the unadjusted interval excludes 0" if c["excludes_zero"] else ""
-    verdict = (f"not detected at this power ({power:.0%} power needs |effect| >= {least:.3g}"
-               f"{before})")
-  return {**c, "detectable": least, "verdict": verdict}
+  c = {**c, "detectable": tables.g6(tables.detectable_of(c, power))}
+  return {**c, "verdict": tables.verdict(c, power)}
 
 
 def _family(contrasts: dict[str, dict], power: float) -> dict[str, dict]:
@@ -188,15 +182,6 @@ def analyze(config, trained: dict[str, runs.GridRun], workdir: str, log) -> dict
           "figure_data": {"arms": arms}}
 
 
-def _fmt(c: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
-  """'+m [lo, hi] (detected | not detected, 80% power needs d)' of a contrast, times
-  `scale`."""
-  word = ("detected" if c["holm_reject"] else
-          f"not detected, 80% power needs {scale * c['detectable']:.{digits}f}")
-  return (f"{scale * c['mean']:+.{digits}f} [{scale * c['lo']:+.{digits}f}, "
-          f"{scale * c['hi']:+.{digits}f}] ({word})")
-
-
 def _cells(contrasts: dict[str, dict], prefix: str, key: str) -> list[tuple[str, dict]]:
   """(depth or width, contrast) of the `key` contrasts of one arm, in axis order."""
   return [(k.split(": ")[0].split()[-1], c) for k, c in contrasts.items()
@@ -217,29 +202,19 @@ def headline(result: dict) -> dict[str, str]:
         f"{arms['resnet1d']['steps']} steps "
         f"at Adam {sel['resnet1d']['rate']:g} (chosen on a validation split), "
         f"{loss[0][1]['n']} seeds: plain minus residual final training loss "
-        + "; ".join(f"depth {d}: {_fmt(x, digits=3)}" for d, x in loss)
-        + f" (Holm over {loss[0][1]['family_size']}); plain depth {depths[-1]} minus depth "
-        f"{depths[0]}: {_fmt(plain, digits=3)}; test accuracy at depth {acc[0]}, plain minus "
-        f"residual: {_fmt(acc[1], 100, 1)} points.")
+        + "; ".join(f"depth {d}: {tables.verdict_text(x, digits=3)}" for d, x in loss)
+        + f"; plain depth {depths[-1]} minus depth "
+        f"{depths[0]}: {tables.verdict_text(plain, digits=3)}; test accuracy at depth {acc[0]}, plain minus "
+        f"residual: {tables.verdict_text(acc[1], 100, 1, unit=' points')}.")
   if "invres" in arms:
     acc = _cells(c, "invres/width", "test_acc")
     out["C6"] = (
         f"MNIST-1D, inverted-residual nets, {arms['invres']['steps']} steps at Adam "
         f"{sel['invres']['rate']:g} (chosen on a validation split), {acc[0][1]['n']} seeds: "
         "linear minus ReLU6 bottleneck test accuracy, points, "
-        + "; ".join(f"width {w}: {_fmt(x, 100, 1)}" for w, x in acc)
-        + f" (Holm over {acc[0][1]['family_size']})" + _artefact(result, [w for w, _ in acc])
+        + "; ".join(f"width {w}: {tables.verdict_text(x, 100, 1)}" for w, x in acc)
         + ".")
   return out
-
-
-def _artefact(result: dict, widths: list) -> str:
-  """Where the invres grid was padded to its stem's width, the narrower nets' first
-  block took a shortcut their single runs lack (a grid artefact fixed since)."""
-  model = result["config"]["grids"]["test_invres"]["model"]
-  hit = [w for w in widths if int(w) < max(map(int, widths)) == int(model["stem_width"])]
-  return (f"; widths {', '.join(map(str, hit))} ran with a grid artefact (an identity "
-          "shortcut around their first block; RESULTS.md section 13)") if hit else ""
 
 
 def figure(tabs: dict[str, Any]):

@@ -151,14 +151,11 @@ def _contrast(on: dict[int, float], off: dict[int, float], power: float) -> dict
 
 def _verdict(c: dict[str, Any], power: float) -> str:
   """'detected' where Holm rejects, else what the design could have detected."""
-  if c["holm_reject"]:
-    return "detected"
-  if c["sd"] == 0:
-    return "not detected: identical in every pair"
-  note = "; the unadjusted interval excludes 0" if c["excludes_zero"] else ""
-  return (f"not detected at this power ({power:.0%} power needs |effect| >= "
-          f"{100 * c['detectable']:.2g} points unadjusted, {100 * c['detectable_holm']:.2g} at "
-          f"Holm's first level){note}")
+  text = tables.verdict(c, power, 100, " points")
+  if text.startswith("detected") or c["sd"] == 0:
+    return text
+  return (f"{text[:-1]} unadjusted, {100 * c['detectable_holm']:.3g} at Holm's first "
+          "level)")
 
 
 def _by_seed(run: runs.GridRun, key: str) -> dict[tuple, dict[int, float]]:
@@ -300,8 +297,7 @@ def headline(result: dict) -> dict[str, str]:
     what = k.split(": ")[0].split(", ", 1)[1]
     out.setdefault(c["claim"], []).append(
         f"{what}: {100 * c['mean']:+.1f} [{100 * c['lo']:+.1f}, {100 * c['hi']:+.1f}] points "
-        f"over {c['n']} seeds (Holm p {c['p_holm']:.2g}, family of {c['family_size']}): "
-        f"{c['verdict']}")
+        f"over {c['n']} seeds (Holm p {c['p_holm']:.2g}): {_verdict(c, result['power'])}")
   lead = {"C6": "Linear minus ReLU6 bottleneck test accuracy, each at its own rate",
           "C1": "Linear minus ReLU first layer test accuracy, each at its own rate"}
   return {claim: f"{lead[claim]}: {'; '.join(parts)}." for claim, parts in out.items()}

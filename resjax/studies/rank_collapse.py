@@ -167,8 +167,7 @@ def _correlations(per_opt: dict, power: float) -> dict[str, dict]:
   tables.holm(family)
   for c in family.values():
     c["family"] = "init collapse predicts loss"
-    c["verdict"] = ("detected" if c.get("holm_reject") else
-                    f"not detected at this power ({c['n']} nets)")
+    c["verdict"] = tables.verdict(c)
   return family
 
 
@@ -383,14 +382,15 @@ def headline(result: dict) -> dict[str, str]:
   lo, hi = min(d for _, d in at), max(d for _, d in at)
   init = [v for v in c.values() if v["family"] == "geometry at init"]
   steps = [v for v in c.values() if v["family"] == "convergence: steps"]
-  found = [v for v in steps if v["verdict"] == "detected"]
+  found = [v for v in steps if tables.verdict(v).startswith("detected")]
   edge = sum(not b["bracketed"] for b in best)
   return {"C5": (
       f"At init the plain nets' last layer collapses with depth (uncentred effective rank "
       f"{at[('plain', lo)]['erank_init']:.2f} at depth {lo} to {at[('plain', hi)]['erank_init']:.2f}"
       f" at {hi}, mean cosine {at[('plain', hi)]['cosine_init']:.3f}; residual "
       f"{at[('residual', lo)]['erank_init']:.2f} to {at[('residual', hi)]['erank_init']:.2f}; "
-      f"{sum(v['verdict'] == 'detected' for v in init)} of {len(init)} plain-minus-residual "
+      f"{sum(tables.verdict(v).startswith('detected') for v in init)} of {len(init)} "
+      "plain-minus-residual "
       f"init contrasts detected after Holm with {result['config']['seeds']} seeds); at each "
       f"cell's best rate ({edge} of {len(best)} not bracketed) plain nets are detectably slower "
       f"to loss {result['target_loss']:g} in {len(found)} of {len(steps)} (optimizer, depth) "

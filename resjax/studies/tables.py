@@ -162,35 +162,44 @@ def detectable_of(c: Mapping[str, Any], power: float = 0.8) -> float:
   return rstats.detectable(float("nan") if sd is None else float(sd), n, power)
 
 
-def verdict_text(c: Mapping[str, Any], scale: float = 1.0, digits: int = 2) -> str:
-  """A contrast's estimate and what it supports: detected after Holm, an interval that
-  excludes 0 only before Holm, or not detected with the smallest detectable effect."""
-  est = interval_text(c, scale, digits)
-  family = c.get("family_size")
-  if c.get("holm_reject"):
-    return f"{est}, detected (Holm among {family})"
+def verdict(c: Mapping[str, Any], power: float = 0.8, scale: float = 1.0,
+            unit: str = "") -> str:
+  """What a contrast supports, worded the same in every study:
+  'detected (Holm among k)' where its interval excludes 0 and Holm rejects; 'not
+  detected: identical in every pair'; 'not detected after Holm among k (the unadjusted
+  interval excludes 0; ...)'; else 'not detected at this power (...)', where ... is the
+  smallest effect the design detects with `power` (c['detectable'] where the study
+  stored it, else from the contrast's SD or interval), times `scale`, in `unit`."""
+  k = c.get("family_size")
+  among = f" among {k}" if k else ""
+  if c.get("holm_reject") and c.get("excludes_zero", True):
+    return f"detected (Holm{among})"
+  if int(c.get("n", 0)) >= 2 and c.get("sd") == 0:
+    return "not detected: identical in every pair"
+  least = c.get("detectable")
+  if least is None and all(c.get(f) is not None for f in ("n", "lo", "hi")):
+    least = detectable_of(c, power)
+  need = ("" if least is None or not math.isfinite(float(least)) else
+          f"{power:.0%} power needs |effect| >= {scale * float(least):.3g}{unit}")
   if c.get("excludes_zero"):
-    return f"{est}, excludes 0 but not after Holm among {family}"
-  return (f"{est}, not detected at this power (80% power needs "
-          f"{scale * detectable_of(c):.{digits}f})")
+    return (f"not detected after Holm{among} (the unadjusted interval excludes 0"
+            + (f"; {need})" if need else ")"))
+  return "not detected at this power" + (f" ({need})" if need else "")
+
+
+def verdict_text(c: Mapping[str, Any], scale: float = 1.0, digits: int = 2,
+                 power: float = 0.8, unit: str = "") -> str:
+  """'<estimate [interval]>, <verdict>' of a contrast (times `scale`; see `verdict`)."""
+  return f"{interval_text(c, scale, digits)}{unit}, {verdict(c, power, scale, unit)}"
 
 
 def verdicts(family: dict[str, dict], name: str, power: float) -> dict[str, dict]:
   """Holm over `family` (contrasts with mean, lo, hi, p, n, sd, excludes_zero), then each
-  one's verdict: 'detected' where Holm rejects, else 'not detected ...' with the effect a
-  paired t-test of its n and SD detects with `power` (stats.detectable)."""
+  one's smallest detectable effect (a paired t-test of its n and SD with `power`,
+  stats.detectable) and its `verdict`."""
   holm(family)
   for c in family.values():
     sd = np.nan if c.get("sd") is None else c["sd"]
-    least = rstats.detectable(sd, c["n"], power)
-    c.update(family=name, detectable=g6(least))
-    if c.get("holm_reject"):
-      c["verdict"] = "detected"
-    elif c["n"] >= 2 and sd == 0:
-      c["verdict"] = "not detected: identical in every pair"
-    else:
-      c["verdict"] = (("not detected after Holm (unadjusted interval excludes 0); "
-                       if c["excludes_zero"] else "not detected at this power (")
-                      + f"{power:.0%} power needs |effect| >= {least:.3g}"
-                      + ("" if c["excludes_zero"] else ")"))
+    c.update(family=name, detectable=g6(rstats.detectable(sd, c["n"], power)))
+    c["verdict"] = verdict(c, power)
   return family
