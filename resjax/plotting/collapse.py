@@ -86,7 +86,8 @@ def _curve(ax, x_Px2: np.ndarray, title: str, note: str = "") -> None:
   from matplotlib import collections as mcoll  # pylint: disable=g-import-not-at-top
   pts = x_Px2.reshape(-1, 1, 2)
   segs = np.concatenate([pts[:-1], pts[1:]], axis=1)
-  lc = mcoll.LineCollection(segs, cmap="viridis", linewidths=1.6)
+  # Rasterized in the PDF: one image, not a path per segment (about 6,000 in the figure).
+  lc = mcoll.LineCollection(segs, cmap="viridis", linewidths=1.6, rasterized=True)
   lc.set_array(np.linspace(0, 1, len(segs)))
   ax.add_collection(lc)
   lim = max(np.abs(x_Px2).max(), 1e-6) * 1.08
