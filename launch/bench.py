@@ -7,6 +7,7 @@
   python -m launch.bench tried      # speed-ups tried on the ResNet-20 step, side by side
   python -m launch.bench grid       # a grid run (config.grid) vs one run per net, vs PyTorch
   python -m launch.bench layouts    # a grid's nets on one device: vmapped vs one after another
+  python -m launch.bench grid_devices  # a grid's step at 1/2/4/8 host devices along its nets
   python -m launch.bench checkpoint # step time with and without an async save in flight
   python -m launch.bench probes     # the 32-MLP grid with and without probes during training
   python -m launch.bench onednn_versions  # resjax's conv code on each oneDNN in RESJAX_ONEDNN_PREFIXES
@@ -23,8 +24,8 @@ from absl import app, flags
 from launch import common
 from resjax import errors, files
 
-BENCHES = ("collapse", "train", "profile", "split", "tried", "grid", "layouts", "checkpoint", "probes",
-           "onednn_versions")
+BENCHES = ("collapse", "train", "profile", "split", "tried", "grid", "layouts", "grid_devices",
+           "checkpoint", "probes", "onednn_versions")
 
 _QUICK = flags.DEFINE_bool("quick", False, "Shrink the benchmark to seconds.")
 _OUT = flags.DEFINE_string("out", None, "Write the figures to this JSON file.")
@@ -37,7 +38,8 @@ def main(argv):
   errors.check(importlib.util.find_spec("benchmarks") is not None,
                "benchmarks/ is not on the path; run python -m launch.bench from the "
                "repository root (benchmarks are not part of the installed package)")
-  if name in ("train", "profile", "split", "tried", "grid", "layouts", "probes"):
+  if name in ("train", "profile", "split", "tried", "grid", "layouts", "grid_devices",
+              "probes"):
     # Time the path launch.train runs: its host-device split, set before JAX starts.
     from launch import platform  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   # Benchmarks time compiles: no cache unless --compilation_cache_dir is given.

@@ -12,9 +12,10 @@ the grid in training at its current step (or, when it cannot stop there within
 prints what was kept and exits 130 / 143; running the same command again
 resumes. Override any config field with --config.<field>=VALUE (e.g.
 --config.seeds=4). On a CPU the cores are split into host devices as for
-launch.train, so the nets of a grid are spread over them (resjax/grid/steps.py
-grid_training_mesh). `--redraw` draws the figure of a finished study again
-from its study.json alone (no --config needed, nothing trained).
+launch.train, and the nets of a grid are spread over as many as they keep busy
+(resjax/grid/steps.py grid_training_mesh). `--redraw` draws the figure of a
+finished study again from its study.json alone (no --config needed, nothing
+trained).
 """
 from launch import platform  # noqa: F401  # pylint: disable=unused-import  (before JAX)
 

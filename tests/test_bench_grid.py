@@ -51,3 +51,16 @@ def test_quick_probes_benchmark_times_both_ways(capsys):
   assert figures["without_s"] > 0 and figures["with_s"] > 0
   assert figures["probe_rows"] == 5 * 2 * (2 + 3) * 2  # steps 0, 5, .., 20 x nets x layers
   assert "overhead" in capsys.readouterr().out
+
+
+def test_grid_devices_table_times_every_count_that_divides_the_nets():
+  from benchmarks import grid_devices  # pylint: disable=import-outside-toplevel
+  figures = grid_devices.run(quick=True)
+  assert len(figures) == 5  # --quick: one wide-MLP grid, not two.
+  for f in figures.values():
+    assert set(f["per_devices"]) == {1, 2, 4, 8}
+    assert all(r["cpu_ms"] > 0 and r["wall_ms"] > 0 for r in f["per_devices"].values())
+    assert f["forward_flops_at_1"] > 0
+  dense, conv = figures["32 MLPs (bench grid)"], figures["8 tiny ResNets (digits)"]
+  assert dense["forward_flops_per_param_per_example"] < 8 < conv[
+      "forward_flops_per_param_per_example"]

@@ -7,16 +7,20 @@ import pytest
 
 from configs import embedded
 from resjax import errors, grid, sharding, train
+from resjax.train import mesh as train_mesh
 from tests.conftest import run_steps
 
 
 def _grid_steps(config, devices, steps, mesh=None):
   """Losses [steps, K] and final stacked params of `config`'s grid on `devices`
-  (or on `mesh`), in the layout the training loop picks for it."""
+  (or on `mesh`), in the layout the training loop picks for it. The nets are
+  split over `devices` however light (no CPU work threshold), so the split
+  path is what runs."""
   ds = train.load_data(config)
   nets = grid.nets(config)
   if mesh is None:
-    mesh = grid.grid_training_mesh(config, ds.input_shape, ds.num_classes, len(nets), devices)
+    mesh = grid.grid_training_mesh(config, ds.input_shape, ds.num_classes, len(nets), devices,
+                                   min_host_flops=0)
   state = grid.create_grid_state(config, mesh, ds.input_shape, ds.num_classes,
                                   mean=ds.mean, std=ds.std)
   seeds = [n.seed for n in nets]
@@ -280,7 +284,8 @@ def test_nets_split_over_devices_train_without_collectives():
   config.data.num_test = 1697
   config.grid.seeds = tuple(range(4))
   ds = train.load_data(config)
-  mesh = grid.grid_training_mesh(config, ds.input_shape, ds.num_classes, 4, jax.devices())
+  mesh = grid.grid_training_mesh(config, ds.input_shape, ds.num_classes, 4, jax.devices(),
+                                 min_host_flops=0)
   assert (mesh.shape["grid"], mesh.shape["data"]) == (4, 1)
   state = grid.create_grid_state(config, mesh, ds.input_shape, ds.num_classes)
   p_train, _ = grid.jit_steps(state.states[0], mesh, shared_batch=False)
@@ -288,6 +293,39 @@ def test_nets_split_over_devices_train_without_collectives():
   hlo = p_train.lower(state.states[0], sharding.to_global(
       batch, mesh, sharding.net_batch_sharding(mesh))).compile().as_text()
   assert "all-gather" not in hlo and "all-reduce" not in hlo
+
+
+def test_host_devices_along_the_nets_follow_their_forward_work():
+  """On CPU host devices a grid of dense nets is split over the most devices
+  that each keep `min_host_flops` forward FLOPs per step: a light MLP grid
+  stays on one device (its batch not split either), a heavy one spreads over
+  all 8; convolutional nets spread as far as they divide, however light."""
+  shape = lambda mesh: (mesh.shape["grid"], mesh.shape["data"])
+  light = _mlp(seeds=tuple(range(8)))
+  ds = train.load_data(light)
+  work, per_param = grid.grid_work(light, ds.input_shape, ds.num_classes, range(8))
+  assert work < grid.MIN_HOST_GRID_FLOPS and per_param < grid.MIN_CONV_FLOPS_PER_PARAM
+  mesh = grid.grid_training_mesh(light, ds.input_shape, ds.num_classes, 8, jax.devices())
+  assert shape(mesh) == (1, 1)
+  assert "1 of 8 devices (1 along the nets x 1 along" in train_mesh.describe_mesh(mesh)
+  for threshold, rows in ((work / 2, 2), (work / 4, 4), (work / 8, 8), (work / 4 + 1, 2)):
+    mesh = grid.grid_training_mesh(light, ds.input_shape, ds.num_classes, 8, jax.devices(),
+                                   min_host_flops=threshold)
+    assert shape(mesh) == (rows, 1)
+  heavy = _mlp(seeds=tuple(range(8)))
+  heavy.model.width, heavy.data.batch_size = 1024, 128
+  work, _ = grid.grid_work(heavy, ds.input_shape, ds.num_classes, range(8))
+  assert work / 8 >= grid.MIN_HOST_GRID_FLOPS
+  mesh = grid.grid_training_mesh(heavy, ds.input_shape, ds.num_classes, 8, jax.devices())
+  assert shape(mesh) == (8, 1)
+  assert "8 of 8 devices (8 along the nets x 1 along" in train_mesh.describe_mesh(mesh)
+  conv = embedded.get_config("tiny")
+  conv.grid.seeds = tuple(range(4))
+  ds = train.load_data(conv)
+  work, per_param = grid.grid_work(conv, ds.input_shape, ds.num_classes, range(4))
+  assert work / 4 < grid.MIN_HOST_GRID_FLOPS and per_param > grid.MIN_CONV_FLOPS_PER_PARAM
+  mesh = grid.grid_training_mesh(conv, ds.input_shape, ds.num_classes, 4, jax.devices())
+  assert shape(mesh) == (4, 1)
 
 
 def _params_close(a, b, atol=1e-5):

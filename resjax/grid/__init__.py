@@ -14,5 +14,6 @@ from resjax.grid.spec import (MAX_NETS, MODEL_AXES, OPT_AXES, TOGGLES, TRAIN_AXE
                               padded_config, padded_fields, rules, validate)
 from resjax.grid.state import (GridCalls, abstract_grid_state, create_grid_state,
                                initial_states)
-from resjax.grid.steps import grid_training_mesh, jit_steps, merge_calls
+from resjax.grid.steps import (MIN_CONV_FLOPS_PER_PARAM, MIN_HOST_GRID_FLOPS, grid_training_mesh,
+                               grid_work, jit_steps, merge_calls)
 from resjax.grid.summary import CONDITION_METRICS, condition_rows, condition_table

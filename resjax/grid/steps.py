@@ -16,21 +16,72 @@ from resjax.train import mesh as train_mesh
 from resjax.train import steps as train_steps
 
 
+# CPU host devices. A grid's nets are split over k devices along 'grid' (each
+# device trains whole nets) only while each device keeps at least
+# MIN_HOST_GRID_FLOPS forward FLOPs per step (the padded net's forward FLOPs per
+# example x batch x nets per device: `grid_work`), unless the nets use each
+# weight at many positions of an example (convolutions: more than
+# MIN_CONV_FLOPS_PER_PARAM forward FLOPs per parameter per example, against
+# about 2 for dense layers): vmapped over nets on one device those run as
+# grouped convolutions, several times slower per net (docs/performance.md,
+# "Layouts"), so they are split as far as the nets divide. Measured by
+# `python -m launch.bench grid_devices` and with 8 dense MLPs (width x depth 4)
+# alongside (docs/performance.md, "Grids"): CPU ms per step at 1 / 2 / 4 / 8
+# devices [forward MFLOPs per step at 1 device; FLOPs per parameter per
+# example] and the count this picks:
+#
+#   32 MLPs (spirals, widths 4-32, depths 2, 4), batch 32 [7.2; 2]  1.8 / 1.8 / 2.1 / 2.8  -> 1
+#   the same 32 MLPs, batch 128 [29; 2]                              4.6 / 5.7 / 5.2 / 5.7  -> 1
+#   8 MLPs 256 x 4, batch 128 [407; 2]                               30 / 30 / 27 / 32      -> 4
+#   8 MLPs 512 x 4, batch 256 [3240; 2]                              172 / 147 / 142 / 158  -> 8
+#   8 tiny ResNet-8s (digits), batch 32 [17; 26]                     20 / 26 / 24 / 16      -> 8
+#   8 inverted-residual nets (digits, width 8), batch 32 [190; 115]  534 / 385 / 279 / 227  -> 8
+MIN_HOST_GRID_FLOPS = 64e6
+MIN_CONV_FLOPS_PER_PARAM = 8.0
+
+
+def grid_work(config: ml_collections.ConfigDict, input_shape, num_classes: int,
+              members: Sequence[int]) -> tuple[float, float]:
+  """(Forward FLOPs of one training step of the nets `members` on one device,
+  forward FLOPs per parameter per example of their padded net)."""
+  flops, n_params = train_mesh.forward_flops(spec.padded_config(config, members), input_shape,
+                                             num_classes)
+  return flops * int(config.data.batch_size) * len(members), flops / max(n_params, 1)
+
+
+def _host_rows(config: ml_collections.ConfigDict, input_shape, num_classes: int, rows: int,
+               min_host_flops: float) -> int:
+  """The largest divisor of `rows` whose host devices each keep `min_host_flops`
+  forward FLOPs per step in every call (all of `rows` for convolutional nets)."""
+  works = [grid_work(config, input_shape, num_classes, m) for m in spec.calls(config)]
+  if min(per_param for _, per_param in works) > MIN_CONV_FLOPS_PER_PARAM:
+    return rows
+  work = min(w for w, _ in works)
+  return max(k for k in range(1, rows + 1)
+             if rows % k == 0 and (k == 1 or work / k >= min_host_flops))
+
+
 def grid_training_mesh(config: ml_collections.ConfigDict, input_shape, num_classes: int,
-                       num_nets: int, devices=None) -> jax.sharding.Mesh:
+                       num_nets: int, devices=None,
+                       min_host_flops: float = MIN_HOST_GRID_FLOPS) -> jax.sharding.Mesh:
   """The mesh of a grid ('grid', 'data').
 
-  When the nets can be split over the devices (the largest divisor of every
-  call's net count that the devices allow is > 1), each device trains whole
-  nets: mesh (that divisor, 1). Otherwise all nets share every device and
-  their batch is split as a single run's would be (`train.data_mesh`: every
-  accelerator, or as many CPU host devices as the model keeps busy): mesh
-  (1, devices).
+  When the nets can be split over the devices (a divisor > 1 of every call's
+  net count that the devices allow), each device trains whole nets: mesh (k,
+  1), k the largest such divisor; on CPU host devices, for dense nets, the
+  largest whose devices each keep `min_host_flops` forward FLOPs per step in
+  every call (MIN_HOST_GRID_FLOPS, see above: light nets pay more for the
+  devices' dispatch than the split gains). Otherwise all nets share every
+  device and their batch is split as a single run's would be
+  (`train.data_mesh`: every accelerator, or as many CPU host devices as the
+  model keeps busy): mesh (1, devices).
   """
   devices = jax.devices() if devices is None else list(devices)
   rows = spec.grid_size(num_nets, len(devices))
   for members in spec.calls(config):
     rows = spec.grid_size(math.gcd(rows, len(members)), len(devices))
+  if rows > 1 and devices[0].platform == "cpu":
+    rows = _host_rows(config, input_shape, num_classes, rows, min_host_flops)
   if rows > 1:  # Each device trains whole nets (see jit_steps).
     return sharding.grid_mesh(devices[:rows], rows)
   per_net = devices
