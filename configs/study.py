@@ -416,8 +416,8 @@ def power() -> dict[str, ml_collections.ConfigDict]:
   POWER_WIDTHS) and C1 (the collapse study's first-layer nets at n = POWER_FIRST_WIDTH,
   ReLU vs linear), each first as a rate pilot over POWER_RATES on its own seeds
   ('lr_<family>', both variants), then one main grid per variant ('main_<family>_<variant>')
-  whose opt.lr the study sets to that variant's pilot pick before it trains. 15.3
-  CPU-minutes of user time on the 2-core Xeon (61 min at load 20-47; RESULTS.md, 9)."""
+  whose opt.lr the study sets to that variant's pilot pick before it trains. 96
+  CPU-minutes on the 2-core Xeon (73 min at load 5-12; RESULTS.md, section 12)."""
   inv = bottleneck()["invres"]
   inv.grid.model.stages = tuple(((w, 2, 1),) for w in POWER_WIDTHS)
   # Evaluated once, at the end (the study reads final numbers; the cost is training).

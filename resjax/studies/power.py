@@ -296,7 +296,7 @@ def headline(result: dict) -> dict[str, str]:
   for k, c in result["contrasts"].items():
     what = k.split(": ")[0].split(", ", 1)[1]
     out.setdefault(c["claim"], []).append(
-        f"{what}: {100 * c['mean']:+.1f} [{100 * c['lo']:+.1f}, {100 * c['hi']:+.1f}] points "
+        f"{what}: {tables.interval_text(c, 100, 2)} points "
         f"over {c['n']} seeds (Holm p {c['p_holm']:.2g}): {_verdict(c, result['power'])}")
   lead = {"C6": "Linear minus ReLU6 bottleneck test accuracy, each at its own rate",
           "C1": "Linear minus ReLU first layer test accuracy, each at its own rate"}
