@@ -40,20 +40,30 @@ MIN_HOST_GRID_FLOPS = 64e6
 MIN_CONV_FLOPS_PER_PARAM = 8.0
 
 
+def _call_flops(config: ml_collections.ConfigDict, input_shape, num_classes: int,
+                members: Sequence[int]) -> tuple[float, int]:
+  """(Forward FLOPs per example, parameters) of the padded net of the nets `members`."""
+  return train_mesh.forward_flops(spec.padded_config(config, members), input_shape, num_classes)
+
+
+def _work(config: ml_collections.ConfigDict, members: Sequence[int], flops: float,
+          n_params: int) -> tuple[float, float]:
+  return flops * int(config.data.batch_size) * len(members), flops / max(n_params, 1)
+
+
 def grid_work(config: ml_collections.ConfigDict, input_shape, num_classes: int,
               members: Sequence[int]) -> tuple[float, float]:
   """(Forward FLOPs of one training step of the nets `members` on one device,
   forward FLOPs per parameter per example of their padded net)."""
-  flops, n_params = train_mesh.forward_flops(spec.padded_config(config, members), input_shape,
-                                             num_classes)
-  return flops * int(config.data.batch_size) * len(members), flops / max(n_params, 1)
+  return _work(config, members, *_call_flops(config, input_shape, num_classes, members))
 
 
-def _host_rows(config: ml_collections.ConfigDict, input_shape, num_classes: int, rows: int,
-               min_host_flops: float) -> int:
+def _host_rows(config: ml_collections.ConfigDict, calls: Sequence[Sequence[int]],
+               flops: Sequence[tuple[float, int]], rows: int, min_host_flops: float) -> int:
   """The largest divisor of `rows` whose host devices each keep `min_host_flops`
-  forward FLOPs per step in every call (all of `rows` for convolutional nets)."""
-  works = [grid_work(config, input_shape, num_classes, m) for m in spec.calls(config)]
+  forward FLOPs per step in every call (all of `rows` for convolutional nets);
+  `flops`: each call's `_call_flops`."""
+  works = [_work(config, m, *f) for m, f in zip(calls, flops)]
   if min(per_param for _, per_param in works) > MIN_CONV_FLOPS_PER_PARAM:
     return rows
   work = min(w for w, _ in works)
@@ -77,18 +87,21 @@ def grid_training_mesh(config: ml_collections.ConfigDict, input_shape, num_class
   model keeps busy): mesh (1, devices).
   """
   devices = jax.devices() if devices is None else list(devices)
+  cpu = devices[0].platform == "cpu"
+  calls = spec.calls(config)
   rows = spec.grid_size(num_nets, len(devices))
-  for members in spec.calls(config):
+  for members in calls:
     rows = spec.grid_size(math.gcd(rows, len(members)), len(devices))
-  if rows > 1 and devices[0].platform == "cpu":
-    rows = _host_rows(config, input_shape, num_classes, rows, min_host_flops)
+  flops = []  # Each call's `_call_flops` (each traces its padded net), where the CPU needs them.
+  if rows > 1 and cpu:
+    flops = [_call_flops(config, input_shape, num_classes, m) for m in calls]
+    rows = _host_rows(config, calls, flops, rows, min_host_flops)
   if rows > 1:  # Each device trains whole nets (see jit_steps).
     return sharding.grid_mesh(devices[:rows], rows)
   per_net = devices
-  if devices[0].platform == "cpu":
-    net0 = spec.padded_config(config, spec.calls(config)[0])
-    flops, n_params = train_mesh.forward_flops(net0, input_shape, num_classes)
-    per_net = sharding.data_devices(int(config.data.batch_size), flops, n_params, per_net)
+  if cpu:
+    f, n_params = flops[0] if flops else _call_flops(config, input_shape, num_classes, calls[0])
+    per_net = sharding.data_devices(int(config.data.batch_size), f, n_params, per_net)
   batch = int(config.data.batch_size)
   width = len(per_net)
   while batch % width:
