@@ -321,9 +321,12 @@ def run(quick: bool = False) -> dict[str, Any]:
       timers.append(Timer("resjax_1dev", resjax_step(config, jax.devices()[:1])[0]))
     if first and mesh_size > 1 and not quick and impl == "onednn" and on_cpu:
       timers.append(Timer("resjax_1t", _threads(step, 1)))
+    if first and mesh_size == 1 and jax.device_count() > 1 and on_cpu and not quick:
+      # The same step split over every host device: what one device buys.
+      timers.append(Timer("resjax_alldev", resjax_step(config, jax.devices())[0]))
     if other:
       other_config = _config(depth, plain, batch, widths, other)
-      other_step, _, _ = resjax_step(other_config)
+      other_step, _, other_devices = resjax_step(other_config)
       timers.append(Timer(f"resjax_{other}", other_step))
       if first and mesh_size > 1 and not quick:
         timers.append(Timer(f"resjax_{other}_1dev",
@@ -334,6 +337,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     flops = 6 * resnet_macs(depth, widths)
     row = {"compile_s": compile_s, "flops_per_image": flops, "load": _load(),
            "devices": mesh_size, "conv_impl": impl}
+    if other:
+      row["other_devices"] = other_devices
     for t in timers:
       row[f"{t.name}_img_s"] = t.per_sec(batch)
       row[f"{t.name}_img_cpu_s"] = t.per_cpu_sec(batch)
@@ -373,14 +378,15 @@ def _print_table(figures: dict[str, Any], torch_names: list[str], impl: str,
   print()
   print(f"{'model':9s} {'implementation':26s} {'img/s':>7s} {'img/cpu-s':>9s} "
         f"{'GFLOP/s':>8s} {'% of jnp matmul':>15s}")
-  mine = ["resjax", "resjax_1dev", "resjax_1t"]
+  mine = ["resjax", "resjax_1dev", "resjax_1t", "resjax_alldev"]
   if other:
     mine += [f"resjax_{other}", f"resjax_{other}_1dev"]
   for name, row in figures["models"].items():
     dev = row["devices"]
     labels = {"resjax": f"resjax {impl} ({dev} dev)", "resjax_1dev": f"resjax {impl} (1 dev)",
               "resjax_1t": f"resjax {impl} ({dev} dev, 1 thr)",
-              f"resjax_{other}": f"resjax {other} ({dev} dev)",
+              "resjax_alldev": f"resjax {impl} ({jax.device_count()} dev)",
+              f"resjax_{other}": f"resjax {other} ({row.get('other_devices', dev)} dev)",
               f"resjax_{other}_1dev": f"resjax {other} (1 dev)"}
     for key in mine + torch_names:
       if f"{key}_img_s" not in row:

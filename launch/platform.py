@@ -28,11 +28,16 @@ each task of a SLURM job bound to its --cpus-per-task (task/affinity or
 task/cgroup) gets its own share of host devices, not the whole node's.
 
 Set XLA_FLAGS=--xla_force_host_platform_device_count=N to choose N yourself.
+
+Importing this module also imports `launch.memory`, which makes glibc's
+malloc keep the buffers XLA frees after each step (see there).
 """
 from __future__ import annotations
 
 import os
 from typing import MutableMapping
+
+from launch import memory  # noqa: F401  # pylint: disable=unused-import  (before JAX's threads)
 
 DEVICE_FLAG = "--xla_force_host_platform_device_count"
 MAX_HOST_DEVICES = 8

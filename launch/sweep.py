@@ -10,6 +10,8 @@ comma list (--config.activations=relu,tanh).
 import functools
 import os
 
+from launch import memory  # noqa: F401  # pylint: disable=unused-import  (before JAX's threads)
+
 from absl import app, flags
 
 import configs

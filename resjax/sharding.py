@@ -10,18 +10,30 @@ when each device has enough work: every step all-reduces the gradients
 across the host devices, which costs time in proportion to the parameters,
 and each op has a fixed cost, while the gain (smaller working sets, both
 cores busy) grows with the arithmetic. `data_devices` picks the count.
-Measured by `python -m launch.bench split` on a 2-core Xeon shared with other
-jobs (load 1.4-5.5), 8 host devices, ms per step at 1 / 2 / 4 / 8 devices (in
-brackets: forward FLOPs per parameter per step at 1 device), and the count
-chosen:
+Measured by `python -m launch.bench split` on a quiet 2-core Intel Xeon
+(2026-12-06, load 1.0 at the start; oneDNN convolutions for the CIFAR
+ResNets, `launch.memory` in place), ms per step at 1 / 2 / 4 / 8 devices:
+
+  ResNet-20, CIFAR, batch 128 (oneDNN)  248 / 269 / 289 / 369
+  ResNet-20, CIFAR, batch 32 (oneDNN)   87 / 120 / 161 / 196
+  ResNet-6 (8, 16), batch 128 (oneDNN)  45 / 52 / 73 / 106
+  ResNet-6 (8, 16), batch 32 (oneDNN)   21 / 28 / 52 / 88
+  ResNet-20, digits 8x8 (XLA)           62 / 73 / 80 / 115
+  MLP 8 x 1024, spirals                 50 / 223 / 439 / 857
+  MLP 24 x 16, spirals                  1.9 / 4.3 / 11 / 19
+
+A oneDNN convolution runs on every core by itself (its own OpenMP threads),
+so models that convolve with oneDNN train on one host device. XLA's own
+convolution still gains from a split: ResNet-20 at batch 128 with
+`model.conv_impl='xla'` took 630 ms per step on 1 device and 550 on 8 (same
+machine and day, load 3-4). For those, the FLOP rule below applies, from an
+earlier measurement (2-core Xeon shared with other jobs, load 1.4-5.5, XLA's
+convolution; in brackets forward FLOPs per parameter per step at 1 device):
 
   ResNet-20, CIFAR, batch 128 [35k]   1320 / 1055 / 932 / 912    -> 8
   ResNet-20, CIFAR, batch 32 [8.9k]   296 / 256 / 218 / 286      -> 4
-  ResNet-6 (8, 16), batch 128         207 / 152 / 135 / 148      -> 8
-  ResNet-6 (8, 16), batch 32          38.7 / 40.5 / 35.2 / 55.8  -> 4
   ResNet-20, digits 8x8 [1.6k]        139 / 131 / 135 / 220      -> 1
   MLP 8 x 1024, spirals [256]         98 / 295 / 550 / 999       -> 1
-  MLP 24 x 16, spirals [263]          2.1 / 4.8 / 7.9 / 14.7     -> 1
 """
 from __future__ import annotations
 
@@ -46,14 +58,16 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 
 def data_devices(batch: int, flops_per_example: float, num_params: int,
-                 devices: Sequence[jax.Device] | None = None) -> list[jax.Device]:
+                 devices: Sequence[jax.Device] | None = None, *,
+                 threaded_kernels: bool = False) -> list[jax.Device]:
   """The devices to split a training batch of `batch` examples over.
 
   Accelerators: all of `devices` (default: every global device). CPU host
   devices: the same number k (a power of two) of each process's devices, the
   largest k whose devices each get an equal share of the batch, of at least
   MIN_HOST_EXAMPLES examples and MIN_HOST_FLOPS_PER_PARAM forward FLOPs per
-  parameter; at least one each.
+  parameter; at least one each. `threaded_kernels` (the model's heavy ops
+  run on every core by themselves, as oneDNN's convolutions do): one each.
   """
   devices = jax.devices() if devices is None else list(devices)
   if devices[0].platform != "cpu":
@@ -66,7 +80,7 @@ def data_devices(batch: int, flops_per_example: float, num_params: int,
 
   def fits(k: int) -> bool:
     shards = k * len(local)
-    return (k <= per_process and batch % shards == 0 and batch // shards >= MIN_HOST_EXAMPLES
+    return (not threaded_kernels and k <= per_process and batch % shards == 0 and batch // shards >= MIN_HOST_EXAMPLES
             and work / shards >= MIN_HOST_FLOPS_PER_PARAM)
 
   k = 1

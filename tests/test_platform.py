@@ -66,3 +66,52 @@ def test_default_split_trains_a_resnet_like_one_device():
   np.testing.assert_allclose(losses_8, losses_1, rtol=2e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
                params_8, params_1)
+
+
+# malloc itself, not NumPy: NumPy asks for huge pages on large arrays, XLA does not.
+_REUSE = """
+import ctypes, resource, sys
+if sys.argv[1] == "keep":
+  from launch import memory
+  assert memory.KEPT
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def faults_of_a_fresh_block(size=300 << 20):  # Above glibc's largest mmap threshold.
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  block = libc.malloc(size)
+  ctypes.memset(block, 1, size)
+  libc.free(block)
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults_of_a_fresh_block()
+print(faults_of_a_fresh_block())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_freed_blocks_are_reused_without_page_faults():
+  """A 300 MiB block freed and allocated again faults its 77k pages again only by default."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+  faults = {}
+  for mode in ("default", "keep"):
+    done = subprocess.run([sys.executable, "-c", _REUSE, mode], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=True)
+    faults[mode] = int(done.stdout.strip())
+  assert faults["default"] > 70_000, faults
+  assert faults["keep"] < 1_000, faults
+
+
+def test_a_malloc_setting_of_the_users_wins():
+  from launch import memory  # pylint: disable=g-import-not-at-top
+  assert not memory.keep_freed_memory({"MALLOC_ARENA_MAX": "4"})
+  assert not memory.keep_freed_memory({"GLIBC_TUNABLES": "glibc.malloc.mmap_max=65536"})
+
+
+def test_launchers_keep_freed_memory_before_jax_starts():
+  for launcher in ("launch/train.py", "launch/study.py", "launch/sweep.py"):
+    with open(os.path.join(ROOT, launcher)) as f:
+      source = f.read()
+    memory_at = source.find("from launch import memory")
+    if memory_at < 0:
+      memory_at = source.find("from launch import platform")
+    assert 0 <= memory_at < source.find("from resjax"), launcher

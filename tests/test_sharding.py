@@ -76,6 +76,14 @@ def test_host_devices_follow_the_work_per_parameter(flops, params, batch, expect
   assert chosen == devices[:expect]
 
 
+def test_models_that_convolve_with_onednn_train_on_one_host_device():
+  devices = _fake("cpu", 1, 8)
+  assert sharding.data_devices(128, 75e6, 270e3, devices) == devices
+  assert sharding.data_devices(128, 75e6, 270e3, devices, threaded_kernels=True) == devices[:1]
+  gpus = _fake("gpu", 1, 8)
+  assert sharding.data_devices(128, 75e6, 270e3, gpus, threaded_kernels=True) == gpus
+
+
 def test_accelerators_all_train_and_host_processes_split_alike():
   gpus = _fake("gpu", 2, 4)
   assert sharding.data_devices(128, 1.0, 10**9, gpus) == gpus  # However little work.

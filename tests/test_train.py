@@ -11,6 +11,7 @@ import pytest
 from configs import cifar10, embedded
 from conftest import run_steps
 from resjax import errors, sharding, train
+from resjax.kernels import onednn
 
 
 def _lr(config, step):
@@ -121,11 +122,15 @@ def test_every_config_variant_is_valid(module):
     module.get_config("resnet21")
 
 
-def test_data_mesh_splits_a_cifar_resnet_but_not_an_mlp():
+def test_data_mesh_splits_a_cifar_resnet_with_xla_convs_but_not_an_mlp():
   config = cifar10.get_config("resnet20")
   flops, n_params = train.forward_flops(config, (32, 32, 3), 10)
   assert n_params == 269_722
   assert flops == pytest.approx(2 * 40.6e6, rel=0.15)  # XLA's count of one forward pass.
+  # oneDNN's convolutions use every core per call: one host device.
+  onednn_devices = 1 if onednn.available() else 8
+  assert sharding.num_shards(train.data_mesh(config, (32, 32, 3), 10)) == onednn_devices
+  config.model.conv_impl = "xla"
   assert sharding.num_shards(train.data_mesh(config, (32, 32, 3), 10)) == 8
   mlp = embedded.get_config("spirals_mlp")
   assert sharding.num_shards(train.data_mesh(mlp, (2,), 3)) == 1

@@ -7,6 +7,7 @@ import ml_collections
 
 from resjax import models
 from resjax import sharding
+from resjax.kernels import onednn
 from resjax.train.state import build_model
 
 
@@ -31,8 +32,15 @@ def data_mesh(config: ml_collections.ConfigDict, input_shape, num_classes: int,
   if devices[0].platform != "cpu":  # Every accelerator; no need to count FLOPs.
     return sharding.make_mesh(devices)
   flops, n_params = forward_flops(config, input_shape, num_classes)
-  return sharding.make_mesh(sharding.data_devices(int(config.data.batch_size), flops,
-                                                  n_params, devices))
+  return sharding.make_mesh(sharding.data_devices(
+      int(config.data.batch_size), flops, n_params, devices,
+      threaded_kernels=threaded_kernels(config, num_classes)))
+
+
+def threaded_kernels(config: ml_collections.ConfigDict, num_classes: int) -> bool:
+  """Whether the model convolves with oneDNN, whose calls use every core themselves."""
+  return (getattr(build_model(config, num_classes), "conv_impl", "xla") == "onednn"
+          and onednn.available())
 
 
 def describe_mesh(mesh: jax.sharding.Mesh) -> str:
