@@ -8,9 +8,9 @@ so every step the kernel zeroes and maps those pages again as the step's
 kernels first touch them: about 74,000 page faults per ResNet-20 step, in
 the middle of the convolutions. `keep_freed_memory` has glibc serve every
 block from one heap (one arena, no `mmap`) and keep what is freed there, so
-the next step reuses the same pages: 73,700 faults per step became 15,000
-and a step on one host device took 0.8 of the time
-(`python -m launch.bench train`; figures in docs/performance.md). Allocators
+the next step reuses the same pages: 73,700 faults per step became
+15,000-44,000 and a step on one host device took 0.8 of the time (the side
+by side is in docs/performance.md, "Training speed against PyTorch"). Allocators
 that keep memory (jemalloc, tcmalloc) are the usual advice for CPU training
 for the same reason; glibc's own settings need no extra library.
 
