@@ -151,11 +151,8 @@ def _contrast(on: dict[int, float], off: dict[int, float], power: float) -> dict
 
 def _verdict(c: dict[str, Any], power: float) -> str:
   """'detected' where Holm rejects, else what the design could have detected."""
-  text = tables.verdict(c, power, 100, " points")
-  if text.startswith("detected") or c["sd"] == 0:
-    return text
-  return (f"{text[:-1]} unadjusted, {100 * c['detectable_holm']:.3g} at Holm's first "
-          "level)")
+  note = f" unadjusted, {100 * c['detectable_holm']:.3g} at Holm's first level"
+  return tables.verdict(c, power, 100, " points", note=note)
 
 
 def _by_seed(run: runs.GridRun, key: str) -> dict[tuple, dict[int, float]]:

@@ -163,13 +163,14 @@ def detectable_of(c: Mapping[str, Any], power: float = 0.8) -> float:
 
 
 def verdict(c: Mapping[str, Any], power: float = 0.8, scale: float = 1.0,
-            unit: str = "") -> str:
+            unit: str = "", note: str = "") -> str:
   """What a contrast supports, worded the same in every study:
   'detected (Holm among k)' where its interval excludes 0 and Holm rejects; 'not
   detected: identical in every pair'; 'not detected after Holm among k (the unadjusted
   interval excludes 0; ...)'; else 'not detected at this power (...)', where ... is the
   smallest effect the design detects with `power` (c['detectable'] where the study
-  stored it, else from the contrast's SD or interval), times `scale`, in `unit`."""
+  stored it, else from the contrast's SD or interval), times `scale`, in `unit`, then
+  `note` (a study's qualifier of that effect)."""
   k = c.get("family_size")
   among = f" among {k}" if k else ""
   if c.get("holm_reject") and c.get("excludes_zero", True):
@@ -180,7 +181,7 @@ def verdict(c: Mapping[str, Any], power: float = 0.8, scale: float = 1.0,
   if least is None and all(c.get(f) is not None for f in ("n", "lo", "hi")):
     least = detectable_of(c, power)
   need = ("" if least is None or not math.isfinite(float(least)) else
-          f"{power:.0%} power needs |effect| >= {scale * float(least):.3g}{unit}")
+          f"{power:.0%} power needs |effect| >= {scale * float(least):.3g}{unit}{note}")
   if c.get("excludes_zero"):
     return (f"not detected after Holm{among} (the unadjusted interval excludes 0"
             + (f"; {need})" if need else ")"))
