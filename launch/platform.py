@@ -14,9 +14,12 @@ stage-1 activation is 8 MiB at batch 128, 1 MiB at 16), and the devices'
 programs keep both cores busy. `python -m launch.bench split` times meshes of
 1, 2, 4 and 8 host devices side by side; on a 2-core Xeon (AVX-512) shared
 with other jobs, ResNet-20 at batch 128 took 1320 ms per step on 1 device and
-912 ms on 8 (1.45x). More devices than 8 were slower in earlier one-off runs
-that no benchmark here repeats. Four devices per core, at most 8, is the rule
-below; XLA's thread pool keeps its default size.
+912 ms on 8 (1.45x), with XLA's convolution. More devices than 8 were slower
+in earlier one-off runs that no benchmark here repeats. Four devices per core,
+at most 8, is the rule below; XLA's thread pool keeps its default size.
+Since then models with oneDNN convolutions (the CIFAR ResNet configs) train
+on one of them, which the same benchmark found fastest on a quiet machine,
+and grids spread their nets over them (`resjax/grid/steps.py`).
 
 This module only makes the host devices exist. Models with little arithmetic
 per parameter (MLPs, nets on tiny images) train faster on fewer of them,
