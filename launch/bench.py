@@ -42,7 +42,13 @@ def main(argv):
   if name in ("train", "profile", "split", "tried", "grid", "layouts", "grid_devices",
               "probes"):
     # Time the path launch.train runs: its host-device split, set before JAX starts.
-    from launch import platform  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    from launch import platform  # pylint: disable=g-import-not-at-top
+    if name in ("train", "profile"):
+      # As launch.train starts a single CIFAR ResNet run (one host device with oneDNN).
+      from configs import cifar10  # pylint: disable=g-import-not-at-top
+      from resjax import train  # pylint: disable=g-import-not-at-top
+      if train.trains_on_one_host_device(cifar10.get_config("resnet20")):
+        platform.use_one_device()
   # Benchmarks time compiles: no cache unless --compilation_cache_dir is given.
   common.compilation_cache(None if flags.FLAGS["compilation_cache_dir"].present else "")
   common.log_devices()

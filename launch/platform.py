@@ -38,6 +38,7 @@ malloc keep the buffers XLA frees after each step (see there).
 from __future__ import annotations
 
 import os
+import re
 from typing import MutableMapping
 
 from launch import memory  # noqa: F401  # pylint: disable=unused-import  (before JAX's threads)
@@ -80,4 +81,26 @@ def configure(environ: MutableMapping[str, str] | None = None,
   return count
 
 
-configure()
+def use_one_device(environ: MutableMapping[str, str] | None = None,
+                   configured: int | None = None) -> bool:
+  """Sets the host device count `configure` chose (`configured`, default the
+  one it chose at import) to 1; whether it did. Call it before JAX's backend
+  starts (the first `jax.devices()`). A count the user chose is kept.
+
+  For a single run whose model convolves with oneDNN: it trains on one host
+  device anyway (`resjax.sharding.data_devices`), and the mere presence of
+  the other 7 made its step slower (ResNet-20 at batch 128: 467-534 img/s
+  with 8 host devices against 625-644 with 1, two rounds alternated, 2-core
+  Intel Xeon, 2026-12-06, load 1.4-1.8; `python -m launch.bench train` runs
+  the same way).
+  """
+  environ = os.environ if environ is None else environ
+  if (CONFIGURED if configured is None else configured) is None:
+    return False
+  flags = environ.get("XLA_FLAGS", "")
+  environ["XLA_FLAGS"] = re.sub(rf"{DEVICE_FLAG}=\d+", f"{DEVICE_FLAG}=1", flags)
+  return True
+
+
+# The count configure() set, or None where the user chose one.
+CONFIGURED = configure()

@@ -11,7 +11,7 @@ or --coordinator_address/--num_processes/--process_id; see launch/slurm_gpu.sh,
 launch/slurm_cpu.sh and launch/tpu_pod.sh. Override any config field with
 --config.<group>.<field>=VALUE.
 """
-from launch import platform  # noqa: F401  # pylint: disable=unused-import  (before JAX)
+from launch import platform  # (before JAX)
 
 import errno
 import os
@@ -50,6 +50,9 @@ def main(argv):
   errors.check(len(argv) == 1, f"unexpected arguments: {' '.join(argv[1:])}")
   errors.check(bool(_WORKDIR.value), "--workdir is required: pass --workdir=DIR")
   common.refuse_unused(train.unused(_CONFIG.value))
+  multihost = bool(_MULTIHOST.value or _NUM_PROCESSES.value)
+  if not multihost and train.trains_on_one_host_device(_CONFIG.value):
+    platform.use_one_device()  # Before JAX's backend starts (log_devices, below).
   if runtime.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                         auto=_MULTIHOST.value, timeout_s=_COORD_TIMEOUT.value):
     stdout_filter.quiet_gloo()

@@ -11,6 +11,7 @@ from configs import embedded
 from conftest import run_steps
 from helpers import ROOT
 from launch import platform
+from resjax.kernels import onednn
 
 
 @pytest.mark.parametrize("cpus,count", [(None, 4), (1, 4), (2, 8), (3, 8), (64, 8)])
@@ -115,3 +116,28 @@ def test_launchers_keep_freed_memory_before_jax_starts():
     if memory_at < 0:
       memory_at = source.find("from launch import platform")
     assert 0 <= memory_at < source.find("from resjax"), launcher
+
+
+def test_use_one_device_replaces_only_the_count_it_set():
+  env = {"XLA_FLAGS": "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=8"}
+  assert platform.use_one_device(env, configured=8)
+  assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=1"
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}  # The user's choice.
+  assert not platform.use_one_device(env, configured=None)
+  assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4"
+
+
+@pytest.mark.skipif(not onednn.available(), reason="the oneDNN convolution is not built")
+@pytest.mark.parametrize("conv_impl, line", [("onednn", "batch 32 over 1 device,"),
+                                             ("xla", "batch 32 over 1 of 8 host devices")])
+def test_a_single_onednn_run_starts_with_one_host_device(tmp_path, conv_impl, line):
+  """launch.train makes one host device, not 8, for a model that convolves with oneDNN."""
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+  env["JAX_PLATFORMS"] = "cpu"
+  done = subprocess.run(
+      [sys.executable, "-m", "launch.train", "--config=configs/embedded.py:tiny",
+       f"--config.model.conv_impl={conv_impl}", "--config.train.steps=1",
+       f"--workdir={tmp_path / conv_impl}"], cwd=ROOT, env=env, capture_output=True,
+      text=True, check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert line in done.stdout, done.stdout[:600]

@@ -9,7 +9,7 @@ a layer around this: resjax/grid.
 """
 from resjax.train.faults import Diverged, NotSaved
 from resjax.train.loop import DATA_FIELDS, checkpoint_meta, load_data, train_and_evaluate
-from resjax.train.mesh import data_mesh, forward_flops
+from resjax.train.mesh import data_mesh, forward_flops, trains_on_one_host_device
 from resjax.train.optimizer import (DECAY_PARAMS, OPT_AXES, OPTIMIZERS, SCHEDULES, Optimizer,
                                     hyperparams, make_optimizer, make_schedule)
 from resjax.train.state import (Preprocess, TrainState, abstract_train_state, build_model,

@@ -7,6 +7,7 @@ import ml_collections
 
 from resjax import models
 from resjax import sharding
+from resjax.grid import spec as grid_spec
 from resjax.kernels import onednn
 from resjax.train.state import build_model
 
@@ -35,6 +36,13 @@ def data_mesh(config: ml_collections.ConfigDict, input_shape, num_classes: int,
   return sharding.make_mesh(sharding.data_devices(
       int(config.data.batch_size), flops, n_params, devices,
       threaded_kernels=threaded_kernels(config, num_classes)))
+
+
+def trains_on_one_host_device(config: ml_collections.ConfigDict) -> bool:
+  """Whether a single run of `config` (not a grid) trains on one CPU host device
+  whatever the machine: its model convolves with oneDNN (`threaded_kernels`)."""
+  return (not grid_spec.is_grid(config) and config.model.get("conv_impl") == "onednn"
+          and onednn.available())
 
 
 def threaded_kernels(config: ml_collections.ConfigDict, num_classes: int) -> bool:
