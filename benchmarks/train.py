@@ -296,8 +296,10 @@ def run(quick: bool = False) -> dict[str, Any]:
         f"{jax.devices()[0].platform} device(s), {torch_desc}; {os.cpu_count()} CPUs, "
         f"load average {_load()}", flush=True)
   if jax.devices()[0].platform == "cpu" and jax.device_count() == 1 and (os.cpu_count() or 1) > 1:
-    print("note: one host device, not the split `launch.train` uses (launch.platform sets "
-          "it before JAX starts); the resjax figures are those of the 1-device path", flush=True)
+    print("note: the process has one host device, as launch.train starts a single run whose "
+          "model convolves with oneDNN (launch.platform.use_one_device); the XLA-convolution "
+          "column runs on it too, without the split launch.train would give that model",
+          flush=True)
 
   impl = _config(20, False, batch, widths).model.get("conv_impl", "xla")
   on_cpu = jax.devices()[0].platform == "cpu"
