@@ -19,7 +19,8 @@ in earlier one-off runs that no benchmark here repeats. Four devices per core,
 at most 8, is the rule below; XLA's thread pool keeps its default size.
 Since then models with oneDNN convolutions (the CIFAR ResNet configs) train
 on one of them, which the same benchmark found fastest on a quiet machine,
-and grids spread their nets over them (`resjax/grid/steps.py`).
+and `launch.train` starts a single run of such a model with just one
+(`use_one_device`); grids spread their nets over them (`resjax/grid/steps.py`).
 
 This module only makes the host devices exist. Models with little arithmetic
 per parameter (MLPs, nets on tiny images) train faster on fewer of them,
