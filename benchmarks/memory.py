@@ -65,10 +65,12 @@ def run(quick: bool = False) -> dict[str, Any]:
   """Prints step time, images/s and page faults per step for both modes; returns them."""
   depth, batch, widths, steps, rounds = ((6, 128, (8, 16), 3, 1) if quick
                                          else (20, 128, (16, 32, 64), 8, 3))
+  # Imported here: the child must set up malloc before JAX, which this imports.
+  from benchmarks.train import load_average  # pylint: disable=import-outside-toplevel
   args = [str(depth), str(batch), ",".join(map(str, widths)), str(steps)]
   print(f"ResNet-{depth}, batch {batch}, one host device: {rounds} rounds of {steps} steps "
         f"per mode, each mode in its own process, alternated; load average "
-        f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
+        f"{load_average()}", flush=True)
   runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
   for r in range(rounds):
     for mode in MODES:
@@ -86,8 +88,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         f"{1e3 * summary['launch_memory']['step_s']:.1f} against "
         f"{1e3 * summary['glibc_default']['step_s']:.1f} ms); page faults per step "
         f"{summary['launch_memory']['faults_per_step']:.0f} against "
-        f"{summary['glibc_default']['faults_per_step']:.0f}; load average "
-        f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+        f"{summary['glibc_default']['faults_per_step']:.0f}; load average {load_average()}")
   return {"depth": depth, "batch": batch, "rounds": runs, "summary": summary, "ratio": ratio}
 
 

@@ -294,7 +294,7 @@ def run(quick: bool = False) -> dict[str, Any]:
   torch_desc = f"torch {torch.__version__}, {threads} threads" if torch else "torch not installed"
   print(f"training benchmark: batch {batch} of 32x32x3, resjax on up to {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s), {torch_desc}; {os.cpu_count()} CPUs, "
-        f"load average {_load()}", flush=True)
+        f"load average {load_average()}", flush=True)
   if jax.devices()[0].platform == "cpu" and jax.device_count() == 1 and (os.cpu_count() or 1) > 1:
     print("note: the process has one host device, as launch.train starts a single run whose "
           "model convolves with oneDNN (launch.platform.use_one_device); the XLA-convolution "
@@ -337,7 +337,7 @@ def run(quick: bool = False) -> dict[str, Any]:
       timers.append(Timer(variant, torch_step(depth, plain, batch, widths, cl, n, device)))
     interleave(timers, rounds, steps)
     flops = 6 * resnet_macs(depth, widths)
-    row = {"compile_s": compile_s, "flops_per_image": flops, "load": _load(),
+    row = {"compile_s": compile_s, "flops_per_image": flops, "load": load_average(),
            "devices": mesh_size, "conv_impl": impl}
     if other:
       row["other_devices"] = other_devices
@@ -370,7 +370,8 @@ def run(quick: bool = False) -> dict[str, Any]:
   return figures
 
 
-def _load() -> str:
+def load_average() -> str:
+  """The 1, 5 and 15 minute load averages, one decimal each."""
   return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
@@ -417,4 +418,4 @@ def _print_table(figures: dict[str, Any], torch_names: list[str], impl: str,
   e2e = figures["end_to_end"]
   print(f"end to end ({e2e['model']}): train_and_evaluate loop {e2e['loop_steps_per_sec']:.3f} "
         f"steps/s vs bare step {e2e['bare_steps_per_sec']:.3f} steps/s = "
-        f"{100 * e2e['ratio']:.0f}% (target >= 90%); load average {_load()}")
+        f"{100 * e2e['ratio']:.0f}% (target >= 90%); load average {load_average()}")

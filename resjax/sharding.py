@@ -80,11 +80,11 @@ def data_devices(batch: int, flops_per_example: float, num_params: int,
 
   def fits(k: int) -> bool:
     shards = k * len(local)
-    return (not threaded_kernels and k <= per_process and batch % shards == 0 and batch // shards >= MIN_HOST_EXAMPLES
+    return (k <= per_process and batch % shards == 0 and batch // shards >= MIN_HOST_EXAMPLES
             and work / shards >= MIN_HOST_FLOPS_PER_PARAM)
 
   k = 1
-  while fits(2 * k):
+  while not threaded_kernels and fits(2 * k):
     k *= 2
   return [d for d in devices if local[d.process_index].index(d) < k]
 

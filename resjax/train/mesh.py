@@ -35,20 +35,19 @@ def data_mesh(config: ml_collections.ConfigDict, input_shape, num_classes: int,
   flops, n_params = forward_flops(config, input_shape, num_classes)
   return sharding.make_mesh(sharding.data_devices(
       int(config.data.batch_size), flops, n_params, devices,
-      threaded_kernels=threaded_kernels(config, num_classes)))
+      threaded_kernels=threaded_kernels(config)))
 
 
 def trains_on_one_host_device(config: ml_collections.ConfigDict) -> bool:
   """Whether a single run of `config` (not a grid) trains on one CPU host device
   whatever the machine: its model convolves with oneDNN (`threaded_kernels`)."""
-  return (not grid_spec.is_grid(config) and config.model.get("conv_impl") == "onednn"
-          and onednn.available())
+  return not grid_spec.is_grid(config) and threaded_kernels(config)
 
 
-def threaded_kernels(config: ml_collections.ConfigDict, num_classes: int) -> bool:
-  """Whether the model convolves with oneDNN, whose calls use every core themselves."""
-  return (getattr(build_model(config, num_classes), "conv_impl", "xla") == "onednn"
-          and onednn.available())
+def threaded_kernels(config: ml_collections.ConfigDict) -> bool:
+  """Whether the model convolves with oneDNN, whose calls use every core themselves
+  (`model.conv_impl`, a field only the families that convolve with it have)."""
+  return config.model.get("conv_impl") == "onednn" and onednn.available()
 
 
 def describe_mesh(mesh: jax.sharding.Mesh) -> str:
