@@ -9,7 +9,9 @@ kept), one with glibc's defaults (the child's environment sets
 MALLOC_MMAP_MAX_=65536, glibc's own value, so `launch.memory` leaves malloc
 alone). Each child times its steps and counts the minor page faults they
 cause (`getrusage`): with glibc's defaults XLA's temporary buffer is mapped
-afresh, and its pages faulted in, at every step.
+afresh, and its pages faulted in, at every step. The children inherit
+XLA_FLAGS: with --xla_force_host_platform_device_count=8 the same step runs
+on one of 8 host devices (see `launch.platform.use_one_device`).
 """
 from __future__ import annotations
 
