@@ -67,6 +67,22 @@ def _per_n_loop(grid: collapse.SweepSpec, x_PxD: np.ndarray) -> tuple[float, flo
   return compile_s, run_s, time.perf_counter() - start
 
 
+def _by_chunk(grid: collapse.SweepSpec, chunks: tuple[int, ...]) -> dict[int, float]:
+  """(a)'s steady run at each chunk size (draws vmapped per call), alternated over 2 rounds."""
+  programs = {c: collapse.compile_sweep(dataclasses.replace(grid, chunk=c))[:2] for c in chunks}
+  times: dict[int, list[float]] = {c: [] for c in chunks}
+  for _ in range(2):
+    for c, (program, args) in programs.items():
+      jax.block_until_ready(program(*args))
+      start = time.perf_counter()
+      jax.block_until_ready(program(*args))
+      times[c].append(time.perf_counter() - start)
+  best = {c: min(t) for c, t in times.items()}
+  print("    steady run by chunk size (draws per call; best of 2): " + ", ".join(
+      f"{c}: {t:.2f} s" for c, t in best.items()), flush=True)
+  return best
+
+
 def run(quick: bool = False) -> dict[str, Any]:
   """Times (a), (b), (c) on the default collapse grid (a small one when quick)."""
   config = configs.collapse.get_config("quick" if quick else None)
@@ -104,6 +120,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     figures["a_temp_mib_unchunked"] = getattr(mem0, "temp_size_in_bytes", 0) / 2 ** 20
     print(f"    without chunking XLA would hold {figures['a_temp_mib_unchunked']:.0f} MiB "
           "of temporaries", flush=True)
+    figures["a_steady_s_by_chunk"] = _by_chunk(grid, (1, 2, 4, 8, 16))
 
   # (b) NumPy loop; on the first seeds only when the whole loop would be long.
   b_seeds = grid.seeds if quick else min(grid.seeds, 2)

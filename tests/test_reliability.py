@@ -327,6 +327,7 @@ def test_memory_estimate_follows_xla():
 def test_too_large_sweeps_are_refused_before_compiling(tmp_path):
   from configs import collapse as cc
   config = cc.get_config()
+  config.chunk = 8  # The sizes below are for 8 draws at a time.
   config.seeds = 100_000_000
   with pytest.raises(errors.ConfigError, match=r"needs about 4.92 TB of memory .* but this "
                      r"machine has 16 GB; pass at most about 262,144 --config.seeds"):
@@ -343,7 +344,7 @@ def test_too_large_sweeps_are_refused_before_compiling(tmp_path):
   lines = _messages(err)
   assert proc.returncode == 2 and "Traceback" not in err, err
   assert len(lines) == 1 and re.match(
-      r"error: the sweep needs about 2.03 TB of memory \(n_max=100000, .* but this machine has "
+      r"error: the sweep needs about 508 GB of memory \(n_max=100000, .* but this machine has "
       r".*; keep --config.dims at most n=\d+ \(with --config.chunk=1\)", lines[0]), lines
   assert not os.path.exists(tmp_path / "w")
 
