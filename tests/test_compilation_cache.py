@@ -64,4 +64,5 @@ def test_a_rerun_loads_the_sweep_program_from_the_cache(tmp_path):
     assert "chunk 1/1" in out  # Progress still shown.
     entries.append(sorted(_files(tmp_path / "cache")))
   assert any(f.startswith("jit__chunk_fn") for f in entries[0]), entries[0]
+  assert any(f.endswith(".bin") for f in entries[0]), entries[0]  # Its traced program, exported.
   assert entries[1] == entries[0]  # Nothing compiled again: every program came from the cache.

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resjax import manifolds
+from resjax import manifolds, program_cache
 from resjax.collapse import cells, embedding, memory, theory
 from resjax.collapse import spec as spec_lib
 
@@ -90,10 +90,11 @@ def compile_sweep(spec: spec_lib.SweepSpec) -> tuple[SweepProgram, tuple, dict[s
   pad = -draws % chunk
   k_C, s_C = (np.concatenate([a, np.repeat(a[:1], pad)]) for a in (k_C, s_C))
   args = (x_KxPxD, np.asarray(spec.ds, np.int32), k_C, s_C, np.uint32(spec.seed))
-  fn = jax.jit(_chunk_fn, static_argnames=("names", "n_max", "dims"))
   start = time.perf_counter()
-  compiled = fn.lower(*args[:2], k_C[:chunk], s_C[:chunk], args[4], names=spec.activations,
-                      n_max=max(spec.dims), dims=spec.dims).compile(compiler_options())
+  compiled = program_cache.compile(
+      _chunk_fn, (*args[:2], k_C[:chunk], s_C[:chunk], args[4]),
+      static={"names": spec.activations, "n_max": max(spec.dims), "dims": spec.dims},
+      compiler_options=compiler_options())
   meta = {"x": x_KxPxD, "draws": draws, "chunk": chunk,
           "compile_s": time.perf_counter() - start}
   return SweepProgram(compiled, chunk), args, meta

@@ -1,0 +1,84 @@
+"""program_cache: a traced program kept on disk, so a rerun skips tracing and gets the same numbers."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resjax import program_cache
+
+TRACES = []
+
+
+def _fn(x, y, *, power):
+  TRACES.append(power)  # Runs once per trace, never when the program comes from disk.
+  return jnp.sum(jnp.linalg.svd(x @ x.T, compute_uv=False) ** power) + y
+
+
+def _args(n=4):
+  x = np.arange(n * 3, dtype=np.float32).reshape(n, 3) / 7
+  return x, np.float32(0.5)
+
+
+@pytest.fixture(autouse=True)
+def _no_traces():
+  TRACES.clear()
+
+
+def test_a_rerun_loads_the_program_without_tracing_and_gets_the_same_numbers(tmp_path):
+  args = _args()
+  want = jax.jit(_fn, static_argnames="power")(*args, power=2)
+  TRACES.clear()
+  first = program_cache.compile(_fn, args, static={"power": 2}, directory=str(tmp_path))
+  assert TRACES == [2] and len(os.listdir(tmp_path)) == 1
+  again = program_cache.compile(_fn, args, static={"power": 2}, directory=str(tmp_path))
+  assert TRACES == [2]  # Not traced again.
+  assert np.asarray(first(*args)) == np.asarray(again(*args)) == np.asarray(want)
+  assert "jit__fn" in again.as_text().splitlines()[0]  # Named after the function.
+
+
+def test_the_key_follows_static_arguments_shapes_and_options():
+  args = _args()
+  base = program_cache.key(_fn, args, {"power": 2}, None)
+  assert base == program_cache.key(_fn, _args(), {"power": 2}, None)
+  assert base != program_cache.key(_fn, args, {"power": 3}, None)
+  assert base != program_cache.key(_fn, _args(5), {"power": 2}, None)
+  assert base != program_cache.key(_fn, args, {"power": 2}, {"xla_backend_optimization_level": 1})
+
+
+def test_the_key_follows_the_sources(monkeypatch):
+  args = _args()
+  base = program_cache.key(_fn, args, {"power": 2}, None)
+  monkeypatch.setattr(program_cache, "sources_digest", lambda: "edited")
+  assert program_cache.key(_fn, args, {"power": 2}, None) != base
+
+
+def test_an_unreadable_entry_is_traced_again_and_replaced(tmp_path):
+  args = _args()
+  want = np.asarray(jax.jit(_fn, static_argnames="power")(*args, power=2))
+  TRACES.clear()
+  path = tmp_path / (program_cache.key(_fn, args, {"power": 2}, None) + ".bin")
+  path.write_bytes(b"not a program")
+  got = program_cache.compile(_fn, args, static={"power": 2}, directory=str(tmp_path))
+  assert TRACES == [2] and path.read_bytes() != b"not a program"
+  assert np.asarray(got(*args)) == want
+  program_cache.compile(_fn, args, static={"power": 2}, directory=str(tmp_path))
+  assert TRACES == [2]  # The replaced entry loads.
+
+
+def test_without_a_directory_nothing_is_kept(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  got = program_cache.compile(_fn, _args(), static={"power": 1}, directory="")
+  assert float(got(*_args())) > 0 and not os.listdir(tmp_path)
+
+
+def _host(x):
+  return jax.pure_callback(lambda v: np.asarray(v) * 2, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+
+
+def test_a_program_that_cannot_be_exported_is_compiled_as_jit_would(tmp_path):
+  x = np.ones(3, np.float32)
+  got = program_cache.compile(_host, (x,), directory=str(tmp_path))
+  np.testing.assert_array_equal(got(x), 2 * x)
+  assert not os.listdir(tmp_path)
