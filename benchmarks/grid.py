@@ -82,8 +82,8 @@ def _torch_columns(config: ml_collections.ConfigDict) -> dict[str, Any]:
   except ImportError:
     print("PyTorch columns left out: torch is not installed (pip install -e '.[bench]')")
     return {}
-  x, y, classes = _spirals(config)
-  nets = _nets(config)
+  x, y, classes = spirals(config)
+  nets = net_shapes(config)
   data = torch_mlp.batches(x, y, int(config.data.batch_size), int(config.train.steps))
   out = {}
   for name, fn in (("torch_sequential_s", torch_mlp.train_sequential),
@@ -96,17 +96,17 @@ def _torch_columns(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return out
 
 
-def _nets(config: ml_collections.ConfigDict) -> list[tuple[int, int, int]]:
+def net_shapes(config: ml_collections.ConfigDict) -> list[tuple[int, int, int]]:
   return [(int(n.seed), int(n.model.width), int(n.model.depth)) for n in grid.nets(config)]
 
 
-def _spirals(config: ml_collections.ConfigDict):
+def spirals(config: ml_collections.ConfigDict):
   ds = train.load_data(config)
   x = np.asarray(ds.train.inputs, np.float32).reshape(len(ds.train.labels), -1)
   return x, np.asarray(ds.train.labels), int(ds.num_classes)
 
 
-def _flags(config: ml_collections.ConfigDict) -> list[str]:
+def train_flags(config: ml_collections.ConfigDict) -> list[str]:
   """`launch.train` flags for the MLP grid of `mlp_config`."""
   d, t, g = config.data, config.train, config.grid
   join = lambda v: ",".join(map(str, v))
@@ -119,7 +119,7 @@ def _flags(config: ml_collections.ConfigDict) -> list[str]:
           f"--config.grid.model.depth={join(g.model.depth)}"]
 
 
-def _timed(cmd: list[str]) -> tuple[float, float]:
+def timed_process(cmd: list[str]) -> tuple[float, float]:
   """Wall and CPU seconds (user + system) of the process `cmd`.
 
   On a machine shared with other jobs the wall time grows with their load;
@@ -141,19 +141,19 @@ def whole_process(config: ml_collections.ConfigDict) -> dict[str, Any]:
   with tempfile.TemporaryDirectory() as tmp:
     cache = os.path.join(tmp, "cache")
     for name in ("first", "rerun"):
-      out[f"resjax_{name}_s"], out[f"resjax_{name}_cpu_s"] = _timed(
-          [sys.executable, "-m", "launch.train", *_flags(config),
+      out[f"resjax_{name}_s"], out[f"resjax_{name}_cpu_s"] = timed_process(
+          [sys.executable, "-m", "launch.train", *train_flags(config),
            f"--workdir={os.path.join(tmp, name)}", f"--compilation_cache_dir={cache}"])
     try:
       import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     except ImportError:
       torch = None
     if torch is not None:
-      x, y, _ = _spirals(config)
+      x, y, _ = spirals(config)
       job = os.path.join(tmp, "job.npz")
-      np.savez(job, x=x, y=y, nets=_nets(config), steps=int(config.train.steps),
+      np.savez(job, x=x, y=y, nets=net_shapes(config), steps=int(config.train.steps),
                batch=int(config.data.batch_size), lr=float(config.opt.lr))
-      out["torch_sequential_s"], out["torch_sequential_cpu_s"] = _timed(
+      out["torch_sequential_s"], out["torch_sequential_cpu_s"] = timed_process(
           [sys.executable, "-m", "benchmarks.torch_mlp", job])
   for unit, key in (("wall", "_s"), ("CPU", "_cpu_s")):
     first, rerun = out["resjax_first" + key], out["resjax_rerun" + key]

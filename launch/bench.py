@@ -13,6 +13,7 @@
   python -m launch.bench onednn_versions  # resjax's conv code on each oneDNN in RESJAX_ONEDNN_PREFIXES
   python -m launch.bench memory     # a train step with and without launch.memory's malloc settings
   python -m launch.bench imports    # each launcher's import floor, in fresh processes
+  python -m launch.bench startup    # the main job and the 32-MLP grid as whole processes, vs PyTorch
 
 `--quick` shrinks each benchmark (used by the tests); `--out=FILE.json` saves
 the printed figures. The benchmarks live in benchmarks/ at the repository root,
@@ -27,7 +28,7 @@ from launch import common
 from resjax import errors, files
 
 BENCHES = ("collapse", "train", "profile", "split", "tried", "grid", "layouts", "grid_devices",
-           "checkpoint", "probes", "onednn_versions", "memory", "imports")
+           "checkpoint", "probes", "onednn_versions", "memory", "imports", "startup")
 
 _QUICK = flags.DEFINE_bool("quick", False, "Shrink the benchmark to seconds.")
 _OUT = flags.DEFINE_string("out", None, "Write the figures to this JSON file.")
