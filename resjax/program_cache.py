@@ -12,8 +12,10 @@ executable from JAX's cache. Results are the same either way: the first run
 compiles from the deserialized program as well.
 
 With the compilation cache off (no directory) nothing is kept. A program
-that cannot be exported (a custom call outside JAX's stable set), or an entry
-that cannot be read, is traced as `jax.jit` would; a bad entry is replaced.
+that cannot be exported (a custom call outside JAX's stable set, an output
+tree that does not pickle), or an entry that cannot be read, is traced as
+`jax.jit` would; a bad entry is replaced. Entries are pickles: keep the
+compilation cache where only you can write.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import functools
 import hashlib
 import importlib.metadata
 import os
+import pickle
 import platform
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -63,11 +66,11 @@ def _aval(a: Any) -> tuple:
 
 
 def key(fn: Callable, args: Sequence[Any], static: Mapping[str, Any],
-        compiler_options: Optional[Mapping[str, Any]]) -> str:
+        compiler_options: Optional[Mapping[str, Any]], closure: str = "") -> str:
   """The entry name of `fn(*args, **static)`: a SHA-256 of what its trace depends on."""
   devices = jax.devices()
   parts = [
-      f"{fn.__module__}.{fn.__qualname__}", repr(sorted(static.items())),
+      f"{fn.__module__}.{fn.__qualname__}", repr(sorted(static.items())), closure,
       repr(jax.tree.map(_aval, list(args))), repr(jax.tree.structure(list(args))),
       repr(sorted((compiler_options or {}).items())), sources_digest(),
       repr([(p, _version(p)) for p in _PACKAGES]), platform.python_version(),
@@ -83,27 +86,56 @@ def cache_dir() -> Optional[str]:
   return os.path.join(base, SUBDIR) if base else None
 
 
-def _compile_exported(blob: bytes, name: str, args: Sequence[Any],
-                      compiler_options: Optional[Mapping[str, Any]]) -> jax.stages.Compiled:
+class Program:
+  """A compiled program whose flat outputs are put back into their tree."""
+
+  def __init__(self, compiled: jax.stages.Compiled, out_tree: Any):
+    self.compiled, self.out_tree = compiled, out_tree
+
+  def __call__(self, *args: Any) -> Any:
+    return jax.tree.unflatten(self.out_tree, self.compiled(*args))
+
+  def memory_analysis(self) -> Any:
+    return self.compiled.memory_analysis()
+
+  def as_text(self) -> str:
+    return self.compiled.as_text()
+
+
+def _compile_exported(blob: bytes, out_tree: Any, name: str, args: Sequence[Any],
+                      compiler_options: Optional[Mapping[str, Any]]) -> Program:
   exported = jax.export.deserialize(bytearray(blob))
 
   def call(*a):
     return exported.call(*a)
 
   call.__name__ = call.__qualname__ = name  # JAX's cache names the executable after it.
-  return jax.jit(call).lower(*args).compile(dict(compiler_options) if compiler_options else None)
+  compiled = jax.jit(call).lower(*args).compile(
+      dict(compiler_options) if compiler_options else None)
+  return Program(compiled, out_tree)
+
+
+def _read(path: str) -> tuple[bytes, Any]:
+  with open(path, "rb") as f:
+    entry = pickle.load(f)
+  return entry["exported"], entry["out_tree"]
 
 
 def compile(fn: Callable, args: Sequence[Any], *,  # pylint: disable=redefined-builtin
             static: Optional[Mapping[str, Any]] = None,
             compiler_options: Optional[Mapping[str, Any]] = None,
-            directory: Optional[str] = None) -> jax.stages.Compiled:
+            closure: str = "", directory: Optional[str] = None) -> Program | jax.stages.Compiled:
   """`jax.jit(fn, static)` lowered and compiled for `args`, traced only when not kept.
 
   `static`: keyword arguments bound into the program (hashable values whose
-  repr says what they are). `directory`: where entries live (default
-  `cache_dir()`; None there means no cache). The result is called with `args`'
-  shapes: `compiled(*args)`.
+  repr says what they are). `closure`: for a `fn` that closes over values, a
+  text that says all of them (e.g. the JSON of the configs it was built
+  from): it joins the key. `args`: arrays or trees of them. `directory`:
+  where entries live (default `cache_dir()`; None there means no cache). The
+  result is called with `args`' shapes, `program(*args)`, and returns what
+  `fn` returns; `fn`'s output tree (dicts, lists, tuples, named tuples) is
+  kept beside the program (pickled), so `fn` must not return objects that
+  carry functions.
   """
   static = dict(static or {})
   bound = functools.partial(fn, **static) if static else fn
@@ -111,19 +143,29 @@ def compile(fn: Callable, args: Sequence[Any], *,  # pylint: disable=redefined-b
   directory = cache_dir() if directory is None else directory
   if not directory:
     return jax.jit(bound).lower(*args).compile(options)
-  path = os.path.join(directory, key(fn, args, static, compiler_options) + ".bin")
+  path = os.path.join(directory, key(fn, args, static, compiler_options, closure) + ".bin")
   try:
-    with open(path, "rb") as f:
-      return _compile_exported(f.read(), fn.__name__, args, compiler_options)
+    return _compile_exported(*_read(path), fn.__name__, args, compiler_options)
   except Exception:  # pylint: disable=broad-except  # Absent or unreadable: trace it again.
     pass
-  avals = [jax.ShapeDtypeStruct(np.shape(a), jax.numpy.result_type(a)) for a in args]
+  avals = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jax.numpy.result_type(a)),
+                       list(args))
+  out_tree = []
+
+  def flat(*a):
+    leaves, tree = jax.tree.flatten(bound(*a))
+    out_tree.append(tree)
+    return leaves
+
   try:
-    blob = bytes(jax.export.export(jax.jit(bound))(*avals).serialize())
+    blob = bytes(jax.export.export(jax.jit(flat))(*avals).serialize())
+    entry = pickle.dumps({"exported": blob, "out_tree": out_tree[0]})
+    if pickle.loads(entry)["out_tree"] != out_tree[0]:
+      raise ValueError("the output tree does not survive pickling")
   except Exception:  # pylint: disable=broad-except  # Not exportable: as jax.jit would.
     return jax.jit(bound).lower(*args).compile(options)
   try:
-    files.write_bytes(path, blob)
+    files.write_bytes(path, entry)
   except OSError:
     pass  # A read-only cache: still correct, only not kept.
-  return _compile_exported(blob, fn.__name__, args, compiler_options)
+  return _compile_exported(blob, out_tree[0], fn.__name__, args, compiler_options)

@@ -82,3 +82,32 @@ def test_a_program_that_cannot_be_exported_is_compiled_as_jit_would(tmp_path):
   got = program_cache.compile(_host, (x,), directory=str(tmp_path))
   np.testing.assert_array_equal(got(x), 2 * x)
   assert not os.listdir(tmp_path)
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+  before = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+  yield tmp_path
+  jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_grid_initial_states_from_the_kept_program_equal_the_traced_ones(cache_dir):
+  from configs import embedded
+  from resjax import grid, train
+  config = embedded.get_config("spirals_mlp")
+  config.grid.seeds, config.grid.model.width = (0, 1), (4, 8)
+  nets = grid.nets(config)
+  jax.config.update("jax_compilation_cache_dir", "")
+  want = train.initial_states(nets, (2,), 3)
+  jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+  for _ in range(2):  # Exported and kept, then loaded.
+    got = train.initial_states(nets, (2,), 3)
+    assert os.listdir(cache_dir / program_cache.SUBDIR)
+    for g, w in zip(got, want):
+      arrays = lambda s: {**s.arrays(), "hparams": s.hparams, "gates": s.gates, "mask": s.mask}
+      assert jax.tree.structure(arrays(g)) == jax.tree.structure(arrays(w))
+      jax.tree.map(np.testing.assert_array_equal, arrays(g), arrays(w))
+      # The static fields: a new model of the same config each time, as a trace makes.
+      assert repr(g.apply_fn.__self__) == repr(w.apply_fn.__self__)
+      assert g.preprocess == w.preprocess and repr(g.optimizer) == repr(w.optimizer)

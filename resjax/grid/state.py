@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resjax import sharding
+from resjax import program_cache, sharding
 from resjax.grid import spec
 from resjax.grid import padding
 from resjax.train import optimizer as train_optimizer
@@ -104,15 +104,30 @@ def initial_states(nets: Sequence[ml_collections.ConfigDict], input_shape, num_c
     keys.append((jnp.stack([r[0] for r in pairs]), jnp.stack([r[1] for r in pairs])))
 
   def init_all(keys):
-    return [init(*k) for init, k in zip(inits, keys)]
+    return [_kept(init(*k)) for init, k in zip(inits, keys)]
 
-  compiled = jax.jit(init_all).lower(keys).compile(
+  # The program is kept on disk (`program_cache`): a rerun does not trace the inits.
+  closure = json.dumps([[json.loads(nets[m[0]].to_json_best_effort()) for m in members_of],
+                        list(input_shape), num_classes, _floats(mean), _floats(std)],
+                       sort_keys=True, default=str)
+  compiled = program_cache.compile(
+      init_all, (keys,), closure=closure,
       compiler_options=train_state.INIT_COMPILER_OPTIONS if on_cpu else None)
   out: list = [None] * len(nets)
   for members, stacked in zip(members_of, jax.device_get(compiled(keys))):
     for i, k in enumerate(members):
-      out[k] = jax.tree.map(lambda a, i=i: np.asarray(a[i]), stacked)
+      out[k] = train_state.from_arrays(nets[members[0]], input_shape, num_classes, mean, std,
+                                       jax.tree.map(lambda a, i=i: np.asarray(a[i]), stacked))
   return out
+
+
+def _kept(state: train_state.TrainState) -> dict:
+  """The array fields `train_state.from_arrays` makes a state of again."""
+  return {**state.arrays(), "hparams": state.hparams, "gates": state.gates}
+
+
+def _floats(v) -> Optional[list[float]]:
+  return None if v is None else [float(x) for x in np.ravel(v)]
 
 
 def _put(tree: Any, shard: jax.sharding.NamedSharding) -> Any:

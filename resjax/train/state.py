@@ -105,13 +105,25 @@ def _preprocess_for(config, input_shape, mean, std) -> Preprocess:
                     pad=int(config.data.get("pad", 4)), flip=bool(config.data.get("flip", True)))
 
 
+def _parts(config: ml_collections.ConfigDict, input_shape, num_classes: int, mean, std):
+  """The model, optimizer, hyperparameters and input preprocessing of `config`."""
+  return (build_model(config, num_classes), Optimizer.of(config.opt, config.train.steps),
+          hyperparams(config.opt), _preprocess_for(config, input_shape, mean, std))
+
+
+def from_arrays(config: ml_collections.ConfigDict, input_shape, num_classes: int, mean, std,
+                arrays: dict) -> TrainState:
+  """The state `init_fn(config, ...)` makes, from its array fields (`arrays()` with
+  'hparams' and 'gates'): what a state kept as arrays becomes again."""
+  model, optimizer, _, prep = _parts(config, tuple(input_shape), num_classes, mean, std)
+  return TrainState(**arrays, mask=None, apply_fn=model.apply, optimizer=optimizer,
+                    preprocess=prep)
+
+
 def init_fn(config: ml_collections.ConfigDict, input_shape, num_classes: int, mean,
             std) -> Callable[[jax.Array, jax.Array], TrainState]:
   """`init(rng_init, rng_train)`: the fresh state of `config` (pure; jit or vmap it)."""
-  model = build_model(config, num_classes)
-  optimizer = Optimizer.of(config.opt, config.train.steps)
-  hparams = hyperparams(config.opt)
-  prep = _preprocess_for(config, input_shape, mean, std)
+  model, optimizer, hparams, prep = _parts(config, input_shape, num_classes, mean, std)
 
   def init(rng_init: jax.Array, rng_train: jax.Array) -> TrainState:
     x = jnp.zeros((1, *input_shape), jnp.float32)
