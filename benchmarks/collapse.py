@@ -55,7 +55,7 @@ def _per_n_loop(grid: collapse.SweepSpec, x_PxD: np.ndarray) -> tuple[float, flo
   compiled = []
   for n in grid.dims:
     start = time.perf_counter()
-    fn = make(n).lower(seeds).compile(collapse.compiler_options())
+    fn = make(n).lower(seeds).compile(collapse.compiler_options(grid.draws))
     compile_s += time.perf_counter() - start
     start = time.perf_counter()
     jax.block_until_ready(fn(seeds))
@@ -81,6 +81,30 @@ def _by_chunk(grid: collapse.SweepSpec, chunks: tuple[int, ...]) -> dict[int, fl
   print("    steady run by chunk size (draws per call; best of 2): " + ", ".join(
       f"{c}: {t:.2f} s" for c, t in best.items()), flush=True)
   return best
+
+
+def _emitters(grid: collapse.SweepSpec, args: tuple, chunk: int) -> dict[str, dict[str, float]]:
+  """(a) compiled with XLA's older CPU fusion emitters and with the newer ones."""
+  out = {}
+  for name, older in (("older", True), ("newer", False)):
+    options = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": not older}
+    fn = jax.jit(collapse.compiled._chunk_fn,  # pylint: disable=protected-access
+                 static_argnames=("names", "n_max", "dims"))
+    x, d, k, s, seed = args
+    start = time.perf_counter()
+    compiled = fn.lower(x, d, k[:chunk], s[:chunk], seed, names=grid.activations,
+                        n_max=max(grid.dims), dims=grid.dims).compile(options)
+    compile_s = time.perf_counter() - start
+    one = collapse.compiled.SweepProgram(compiled, chunk)
+    one(*args)
+    start = time.perf_counter()
+    one(*args)
+    out[name] = {"compile_s": compile_s, "steady_s": time.perf_counter() - start}
+  print("    XLA's CPU fusion emitters: " + "; ".join(
+      f"{n} compile {v['compile_s']:.2f} s, steady run {v['steady_s']:.2f} s"
+      for n, v in out.items()) + f" (older ones used up to {collapse.compiled.FAST_COMPILE_DRAWS}"
+        f" draws; this grid has {grid.draws})", flush=True)
+  return out
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -120,7 +144,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     figures["a_temp_mib_unchunked"] = getattr(mem0, "temp_size_in_bytes", 0) / 2 ** 20
     print(f"    without chunking XLA would hold {figures['a_temp_mib_unchunked']:.0f} MiB "
           "of temporaries", flush=True)
-    figures["a_steady_s_by_chunk"] = _by_chunk(grid, (1, 2, 4, 8, 16))
+
+  figures["a_steady_s_by_chunk"] = _by_chunk(grid, (1, 2) if quick else (1, 2, 4, 8, 16))
+  figures["a_emitters"] = _emitters(grid, args, meta["chunk"])
 
   # (b) NumPy loop; on the first seeds only when the whole loop would be long.
   b_seeds = grid.seeds if quick else min(grid.seeds, 2)

@@ -215,7 +215,12 @@ def test_quick_benchmark_times_all_three(capsys):
   for key in ("a_compile_s", "a_steady_s", "b_s", "c_compile_s", "b_over_a_total",
               "c_over_a_total", "a_temp_mib", "a_peak_rss_mib"):
     assert figures[key] > 0, key
-  assert "ratios" in capsys.readouterr().out
+  assert set(figures["a_steady_s_by_chunk"]) == {1, 2}
+  assert all(t > 0 for t in figures["a_steady_s_by_chunk"].values())
+  assert set(figures["a_emitters"]) == {"older", "newer"}
+  assert all(v["compile_s"] > 0 and v["steady_s"] > 0 for v in figures["a_emitters"].values())
+  out = capsys.readouterr().out
+  assert "ratios" in out and "steady run by chunk size" in out and "fusion emitters" in out
 
 
 def test_activation_regions_match_active():

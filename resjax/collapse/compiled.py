@@ -23,13 +23,27 @@ from resjax.collapse import cells, embedding, memory, theory
 from resjax.collapse import spec as spec_lib
 
 
-def compiler_options() -> Optional[dict[str, Any]]:
-  """XLA options for the sweep: on the CPU, LLVM at -O1.
+# Sweeps of at most this many draws of T (the default has 64) are compile-bound
+# on a CPU: they compile with XLA's older CPU emitters.
+FAST_COMPILE_DRAWS = 256
 
-  Measured on the default sweep: about a third less compile time for about a
-  tenth more run time.
+
+def compiler_options(draws: int = 0) -> Optional[dict[str, Any]]:
+  """XLA options for a sweep of `draws` draws of T: on the CPU, LLVM at -O1, and for
+  up to FAST_COMPILE_DRAWS draws, XLA's older CPU fusion emitters.
+
+  Measured on the default sweep (64 draws, 2-core CPU; `python -m launch.bench
+  collapse` prints both): the older emitters compile in about 2.2 s against
+  3.8 and run in 2.5 s against 2.1, so a first run gains about 1.2 s and a
+  rerun from the cache loses 0.4; past about 270 draws the run's loss
+  outweighs the compile's gain. -O1 and -O2 measured alike.
   """
-  return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
+  if jax.default_backend() != "cpu":
+    return None
+  options: dict[str, Any] = {"xla_backend_optimization_level": 1}
+  if draws <= FAST_COMPILE_DRAWS:
+    options["xla_cpu_use_fusion_emitters"] = False
+  return options
 
 
 def _chunk_fn(x_KxPxD, d_K, k_c, s_c, seed, *, names, n_max, dims):
@@ -94,7 +108,7 @@ def compile_sweep(spec: spec_lib.SweepSpec) -> tuple[SweepProgram, tuple, dict[s
   compiled = program_cache.compile(
       _chunk_fn, (*args[:2], k_C[:chunk], s_C[:chunk], args[4]),
       static={"names": spec.activations, "n_max": max(spec.dims), "dims": spec.dims},
-      compiler_options=compiler_options())
+      compiler_options=compiler_options(draws))
   meta = {"x": x_KxPxD, "draws": draws, "chunk": chunk,
           "compile_s": time.perf_counter() - start}
   return SweepProgram(compiled, chunk), args, meta

@@ -68,7 +68,7 @@ class SweepSpec:
   ds: tuple[int, ...] = (2,)  # manifold (input) dimensions d
   points: int = 1000
   turns: float = 3.0
-  chunk: int = 8  # draws of T (d, seed) per vmapped chunk; 0 = all at once
+  chunk: int = 2  # draws of T (d, seed) per vmapped chunk; 0 = all at once
   scale: float = 1.0  # multiplier of the manifold's points
 
   @property
