@@ -153,3 +153,19 @@ def test_each_package_imports_alone(module):
                          "from resjax import checkpoints; print(checkpoints.load.__name__)"],
                         cwd=root, capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 0 and done.stdout.strip() == "load", done.stderr
+
+
+@pytest.mark.parametrize("variant", ["tiny_mlp", "digits_resnet20"])
+def test_init_options_leave_the_initial_state_bit_for_bit(variant):
+  """The older CPU fusion emitters in INIT_COMPILER_OPTIONS make the init compile
+  sooner and compute the same initial state as the newer ones, bit for bit."""
+  from configs import embedded
+  from resjax.train import state as train_state
+  config = embedded.get_config(variant)
+  ds = train.load_data(config)
+  init = train_state.init_fn(config, tuple(ds.input_shape), ds.num_classes, None, None)
+  keys = train_state.rngs(config.seed)
+  got = [jax.device_get(jax.jit(init).lower(*keys).compile(options)(*keys).arrays())
+         for options in (train_state.INIT_COMPILER_OPTIONS,
+                         {**train_state.INIT_COMPILER_OPTIONS, "xla_cpu_use_fusion_emitters": True})]
+  jax.tree.map(np.testing.assert_array_equal, *got)
