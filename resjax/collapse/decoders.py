@@ -17,7 +17,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import optimize
 
 from resjax.collapse import linalg
 
@@ -225,6 +224,9 @@ def least_norm_qp(a_KxD: np.ndarray, c_K: np.ndarray, g_MxD: np.ndarray,
   e = np.vstack([-gv_MxW.T, -rhs_M[None]])
   f = np.zeros(e.shape[0])
   f[-1] = 1.0
+  # Imported here: SciPy's optimize costs 0.2 s to import, and only this float64
+  # reference needs it (the sweep runs it on a worker thread, `collapse.job`).
+  from scipy import optimize  # pylint: disable=import-outside-toplevel
   u, _ = optimize.nnls(e, f, maxiter=50 * e.shape[1])
   res = e @ u - f
   w = -res[:-1] / res[-1] if abs(res[-1]) > 1e-300 else np.zeros(v_DxW.shape[1])
