@@ -33,7 +33,7 @@ import sys
 import threading
 from typing import Callable, Iterator
 
-from absl import logging
+from absl import app, logging
 import jax
 from jax.experimental import multihost_utils
 
@@ -61,6 +61,24 @@ def exit_now(message: str, code: int) -> None:
     with contextlib.suppress(Exception):
       locking.release_all()
     os._exit(code)
+
+
+def run(main: Callable[[list[str]], None], flags_parser: Callable) -> None:
+  """absl's `app.run(main)`; after a run that returns normally in a single process,
+  exits at once (`exit_now`, code 0).
+
+  By then every result is written whole (`resjax.files`); skipping the
+  interpreter's teardown (XLA's client, modules, exit hooks) ends the process
+  0.2 s sooner (`launch.sweep`'s rerun: 4.6 s against 4.8, measured side by
+  side). A multi-process run ends as usual, so that `jax.distributed` shuts
+  down with every process.
+  """
+  def then_exit(argv):
+    main(argv)
+    if jax.process_count() == 1:
+      exit_now("", 0)
+
+  app.run(then_exit, flags_parser=flags_parser)
 
 
 # ----------------------------------------------------------------------------- joining a job

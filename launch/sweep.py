@@ -12,7 +12,7 @@ import os
 
 from launch import memory  # noqa: F401  # pylint: disable=unused-import  (before JAX's threads)
 
-from absl import app, flags
+from absl import flags
 
 import configs
 from launch import common, runtime
@@ -37,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=common.parse_flags)
+  runtime.run(main, flags_parser=common.parse_flags)

@@ -16,7 +16,7 @@ from launch import platform  # (before JAX)
 import errno
 import os
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
 import jax
 
 import configs
@@ -84,4 +84,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=common.parse_flags)
+  runtime.run(main, flags_parser=common.parse_flags)
