@@ -6,7 +6,7 @@ the program's HLO: a rerun still traces and lowers the Python function
 itself, serialized by `jax.export`, under `<compilation cache>/exported/`,
 keyed on everything the trace can depend on: the function, its static
 arguments and argument shapes, resjax's sources, the versions of JAX, Flax,
-NumPy and Python, JAX's config values, the backend and its devices. A rerun
+NumPy and Python, JAX's and Flax's config values, the backend and its devices. A rerun
 with the same key deserializes the program (about a millisecond) and loads its
 executable from JAX's cache. Results are the same either way: the first run
 compiles from the deserialized program as well.
@@ -25,6 +25,7 @@ import importlib.metadata
 import os
 import pickle
 import platform
+import sys
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -65,6 +66,15 @@ def _aval(a: Any) -> tuple:
           str(sharding) if isinstance(a, jax.Array) else None)
 
 
+def _flax_flags() -> str:
+  """Flax's config flags (some change what a module traces to, e.g. its RNG streams)."""
+  flax = sys.modules.get("flax")
+  if flax is None:
+    return ""
+  return repr(sorted((name, repr(getattr(flax.config, name))) for name in dir(flax.config)
+                     if name.startswith(("flax_", "nnx_"))))
+
+
 def key(fn: Callable, args: Sequence[Any], static: Mapping[str, Any],
         compiler_options: Optional[Mapping[str, Any]], closure: str = "") -> str:
   """The entry name of `fn(*args, **static)`: a SHA-256 of what its trace depends on."""
@@ -74,7 +84,7 @@ def key(fn: Callable, args: Sequence[Any], static: Mapping[str, Any],
       repr(jax.tree.map(_aval, list(args))), repr(jax.tree.structure(list(args))),
       repr(sorted((compiler_options or {}).items())), sources_digest(),
       repr([(p, _version(p)) for p in _PACKAGES]), platform.python_version(),
-      repr(sorted((k, repr(v)) for k, v in jax.config.values.items())),
+      repr(sorted((k, repr(v)) for k, v in jax.config.values.items())), _flax_flags(),
       jax.default_backend(), repr(sorted({d.device_kind for d in devices})), str(len(devices)),
   ]
   return hashlib.sha256("\n".join(parts).encode()).hexdigest()

@@ -47,6 +47,19 @@ def test_the_key_follows_static_arguments_shapes_and_options():
   assert base != program_cache.key(_fn, args, {"power": 2}, {"xla_backend_optimization_level": 1})
 
 
+def test_the_key_follows_flax_flags():
+  import flax
+  args = _args()
+  base = program_cache.key(_fn, args, {"power": 2}, None)
+  before = flax.config.flax_fix_rng_separator
+  flax.config.update("flax_fix_rng_separator", not before)
+  try:
+    assert program_cache.key(_fn, args, {"power": 2}, None) != base
+  finally:
+    flax.config.update("flax_fix_rng_separator", before)
+  assert program_cache.key(_fn, args, {"power": 2}, None) == base
+
+
 def test_the_key_follows_the_sources(monkeypatch):
   args = _args()
   base = program_cache.key(_fn, args, {"power": 2}, None)
