@@ -86,11 +86,11 @@ def _by_chunk(grid: collapse.SweepSpec, chunks: tuple[int, ...]) -> dict[int, fl
 def _emitters(grid: collapse.SweepSpec, args: tuple, chunk: int) -> dict[str, dict[str, float]]:
   """(a) compiled with XLA's older CPU fusion emitters and with the newer ones."""
   out = {}
+  fn = jax.jit(collapse.compiled._chunk_fn,  # pylint: disable=protected-access
+               static_argnames=("names", "n_max", "dims"))
+  x, d, k, s, seed = args
   for name, older in (("older", True), ("newer", False)):
     options = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": not older}
-    fn = jax.jit(collapse.compiled._chunk_fn,  # pylint: disable=protected-access
-                 static_argnames=("names", "n_max", "dims"))
-    x, d, k, s, seed = args
     start = time.perf_counter()
     compiled = fn.lower(x, d, k[:chunk], s[:chunk], seed, names=grid.activations,
                         n_max=max(grid.dims), dims=grid.dims).compile(options)

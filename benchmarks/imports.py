@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any
 
+from benchmarks import train as bench_train
 from resjax import errors
 
 STATEMENTS = (
@@ -62,7 +63,7 @@ def run(quick: bool = False) -> dict[str, Any]:
   statements = STATEMENTS[:2] if quick else STATEMENTS
   times: dict[tuple[int, str], list[tuple[float, float]]] = {}
   failed: set[tuple[int, str]] = set()
-  print(f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}; {rounds} rounds, "
+  print(f"load average {bench_train.load_average()}; {rounds} rounds, "
         "fresh processes, medians")
   for _ in range(rounds):
     for i, python in enumerate(pythons):

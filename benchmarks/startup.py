@@ -27,12 +27,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks import grid as bench_grid
+from benchmarks import train as bench_train
 
 GOALS = {"sweep_first": 8.0, "sweep_rerun": 5.0, "grid_first_x": 2.0, "grid_rerun_x": 3.0}
-
-
-def _load() -> str:
-  return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def _round(tmp: str, r: int, sweep_flags: list[str], grid_config, torch_job: str | None
@@ -66,7 +63,7 @@ def run(quick: bool = False) -> dict[str, Any]:
   except ImportError:
     has_torch = False
     print("PyTorch left out: torch is not installed (pip install -e '.[bench]')")
-  print(f"load average before: {_load()}; {rounds} round(s), whole processes")
+  print(f"load average before: {bench_train.load_average()}; {rounds} round(s), whole processes")
   times: dict[str, list[tuple[float, float]]] = {}
   with tempfile.TemporaryDirectory() as tmp:
     job = None
@@ -82,7 +79,7 @@ def run(quick: bool = False) -> dict[str, Any]:
       print(f"round {r + 1}: " + ", ".join(f"{n} {w:.1f} s ({c:.1f} CPU-s)"
                                            for n, ts in times.items() for w, c in ts[-1:]),
             flush=True)
-  print(f"load average after: {_load()}")
+  print(f"load average after: {bench_train.load_average()}")
   med = {n: statistics.median(w for w, _ in ts) for n, ts in times.items()}
   figures: dict[str, Any] = {"rounds": rounds, "wall_s": times, "median_wall_s": med}
   print(f"medians: sweep {med['sweep_first']:.1f} s empty cache (goal <= "

@@ -21,13 +21,14 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
   (`collapsed_frac`, `dead_frac`, `linear_frac`), which sit near 0 in the
   tails, get `stats.cluster_wilson` with the seeds as clusters of `points`.
   """
-  # Every interval at once over [K, A, N, S]; then one row per cell.
+  # Every interval at once over [K, A, N, S] (in the rows' column order); then one row per cell.
   cols: dict[str, np.ndarray] = {}
   for e in spec_lib.ERRORS:
     v = results[f"{e}_error"]
     cols[f"{e}_error_mean"], cols[f"{e}_error_lo"], cols[f"{e}_error_hi"] = (
         np.asarray(a) for a in stats.mean_ci(v, bounds=(0.0, math.inf)))
     cols[f"{e}_error_median"] = np.median(v, axis=-1)
+  cols["span_error_theory"] = np.asarray(results["span_error_theory"])
   for m in ("collapsed_frac", "dead_frac", "active_frac", "linear_frac"):
     v = results[m]
     cols[m], cols[f"{m}_lo"], cols[f"{m}_hi"] = (
@@ -36,17 +37,12 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
     if m != "active_frac":
       cols[f"{m}_theory"] = np.mean(np.asarray(results[f"{m}_theory"]), axis=tuple(
           range(3, np.ndim(results[f"{m}_theory"]))))
-  cols["span_error_theory"] = np.asarray(results["span_error_theory"])
-  order = [f"{e}_error_{s}" for e in spec_lib.ERRORS for s in ("mean", "lo", "hi", "median")]
-  order += ["span_error_theory"]
-  for m in ("collapsed_frac", "dead_frac", "active_frac", "linear_frac"):
-    order += [m, f"{m}_lo", f"{m}_hi"] + ([f"{m}_theory"] if m != "active_frac" else [])
   rows = []
   for k, d in enumerate(results["d"]):
     for a, name in enumerate(results["activations"]):
       for i, n in enumerate(results["dims"]):
         row = {"activation": name, "d": int(d), "dim": int(n), "seeds": results["seeds"]}
-        row.update({c: _g(cols[c][k, a, i]) for c in order})
+        row.update({c: _g(v[k, a, i]) for c, v in cols.items()})
         rows.append(row)
   return rows
 
