@@ -32,11 +32,14 @@ def compiler_options(draws: int = 0) -> Optional[dict[str, Any]]:
   """XLA options for a sweep of `draws` draws of T: on the CPU, LLVM at -O1, and for
   up to FAST_COMPILE_DRAWS draws, XLA's older CPU fusion emitters.
 
-  Measured on the default sweep (64 draws, 2-core CPU; `python -m launch.bench
-  collapse` prints both): the older emitters compile in about 2.2 s against
-  3.8 and run in 2.5 s against 2.1, so a first run gains about 1.2 s and a
-  rerun from the cache loses 0.4; past about 270 draws the run's loss
-  outweighs the compile's gain. -O1 and -O2 measured alike.
+  Measured on the default sweep (64 draws, 2-core CPU). Whole processes
+  (`python -m launch.bench startup`): a first run took 8.0 s against 8.8 with
+  the newer emitters, a rerun from the cache 4.9 s against 4.5. In one process
+  (`python -m launch.bench collapse`, which prints both): compile 1.76 s
+  against 2.05, steady run 2.89 s against 2.30; part of the newer emitters'
+  compile cost is paid once per process. The run's loss grows with the draws
+  and outweighs the compile's gain past a few hundred. -O1 and -O2 measured
+  alike in one-off runs.
   """
   if jax.default_backend() != "cpu":
     return None

@@ -25,7 +25,7 @@ from resjax.train.optimizer import Optimizer, hyperparams
 # Init runs once: on the CPU, XLA's backend optimizations cost more compile
 # time (several seconds for a ResNet, mostly the random initializers) than
 # they could ever save. Its older CPU fusion emitters compile faster still (the
-# 32-MLP grid of `launch.bench grid` starts 0.35 s sooner on an empty cache)
+# 32-MLP grid of `launch.bench startup` started 0.35 s sooner on an empty cache)
 # and give the same initial state, bit for bit (tests/test_train.py). (Training
 # steps keep the newer ones: the older change a trained net's last digits.)
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
