@@ -276,11 +276,25 @@ def _orbax_log(record: py_logging.LogRecord) -> bool:
   save threads) reach the caller as the save's exception, which the launchers
   report in one line.
   """
+  if record.name == "asyncio":  # A failed read of Orbax's, after the restore has failed.
+    return not _orbax_task_left(record.getMessage())
   if "/orbax/" not in record.pathname:
     return True
   if "Given directory is read only" in record.getMessage():  # Every read-only restore.
     return False
   return record.levelno in (py_logging.WARNING, py_logging.CRITICAL)
+
+
+def _orbax_task_left(message: str) -> bool:
+  """Whether an asyncio log message reports an Orbax task whose exception nobody read.
+
+  When one read of a restore fails, Orbax raises it and closes the restore's
+  event loop; the other reads that failed too are reported by asyncio when the
+  garbage collector meets them ("Task exception was never retrieved", with a
+  traceback), at a moment no one chooses: sometimes before the launcher's
+  one-line error, sometimes never.
+  """
+  return "exception was never retrieved" in message and "/orbax/" in message
 
 
 def _read_only_warning(record: py_logging.LogRecord) -> bool:
@@ -309,8 +323,9 @@ def quiet_orbax() -> None:
   """Keeps Orbax's noise off the terminal (idempotent).
 
   Its per-save INFO lines and the "Given directory is read only" warning of
-  every read-only manager, and the `RuntimeError: Event loop is closed`
-  traceback of each read still in flight when a restore fails.
+  every read-only manager; the `RuntimeError: Event loop is closed`
+  traceback of each read still in flight when a restore fails, and asyncio's
+  report of each failed read whose exception the failed restore left unread.
   """
   handler = logging.get_absl_handler()
   if _orbax_log not in handler.filters:

@@ -259,3 +259,40 @@ def test_python_load_of_a_corrupted_checkpoint_is_one_error(dirs, tmp_path_facto
     assert line.startswith(f"checkpoint 16 in {dirs[key]}/checkpoints cannot be read ("), line
     # The fix of a load: an earlier step (launch.analyze has no --fresh).
     assert line.endswith("; load an earlier checkpoint: step=15 (launch.analyze: --step=15)"), line
+
+
+# A coroutine whose code lives in an Orbax file, as asyncio names it in its report.
+ORBAX_READ = "async def read():\n  raise ValueError('OUT_OF_RANGE: byte range not valid')\n"
+
+
+@pytest.mark.parametrize("path,kept", [("/site-packages/orbax/checkpoint/_src/read.py", 0),
+                                       ("/work/mine/read.py", 1)])
+def test_unread_orbax_task_exceptions_stay_off_stderr(path, kept):
+  """asyncio reports a failed task nobody awaited when the garbage collector meets it;
+  the launchers' filter drops those of Orbax's reads, and only those."""
+  import asyncio
+  import gc
+  import logging
+  from launch import runtime
+
+  namespace = {}
+  exec(compile(ORBAX_READ, path, "exec"), namespace)  # pylint: disable=exec-used
+  records = []
+  sink = logging.Handler()
+  sink.emit = records.append
+  sink.addFilter(runtime._orbax_log)  # pylint: disable=protected-access
+  log = logging.getLogger("asyncio")
+  log.addHandler(sink)
+  loop = asyncio.new_event_loop()
+  try:
+    task = loop.create_task(namespace["read"]())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert task.done()
+    del task
+    gc.collect()
+  finally:
+    loop.close()
+    log.removeHandler(sink)
+  assert len(records) == kept, [r.getMessage() for r in records]
+  if kept:
+    assert "exception was never retrieved" in records[0].getMessage()
