@@ -19,6 +19,8 @@ from typing import Callable, Mapping
 
 from absl import flags, logging
 
+import launch
+
 from resjax import errors
 
 
@@ -173,8 +175,17 @@ def _syntax(e: SyntaxError) -> str:
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing where a bad --config (file, variant, field) ends in one line.
 
-  Use as `app.run(main, flags_parser=common.parse_flags)`.
+  Use as `app.run(main, flags_parser=common.parse_flags)`. Turns the garbage
+  collector back on (see launch/__init__.py) once the config is loaded.
   """
+  try:
+    rest = _parse(argv)
+  finally:
+    launch.resume_gc()
+  return rest
+
+
+def _parse(argv: list[str]) -> list[str]:
   try:
     rest = flags.FLAGS(argv)
   except SyntaxError as e:

@@ -11,6 +11,13 @@ with the same key deserializes the program (about a millisecond) and loads its
 executable from JAX's cache. Results are the same either way: the first run
 compiles from the deserialized program as well.
 
+`outputs` serves a program whose outputs depend on nothing but its inputs'
+values (initializers) another way: it keeps the outputs themselves, up to
+MAX_KEPT_BYTES, keyed as above and on the inputs' bytes, so a rerun reads
+them without tracing, loading or running anything. It compiles with plain
+`jax.jit` (the executable still goes to JAX's cache): exporting first would
+cost a first run more than it saves a run with other inputs.
+
 With the compilation cache off (no directory) nothing is kept. A program
 that cannot be exported (a custom call outside JAX's stable set, an output
 tree that does not pickle), or an entry that cannot be read, is traced as
@@ -34,6 +41,7 @@ import numpy as np
 from resjax import files
 
 SUBDIR = "exported"
+MAX_KEPT_BYTES = 64 << 20  # `outputs` keeps no larger results (the initial states of big grids).
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "ml_dtypes", "flatbuffers")
 
 
@@ -179,3 +187,45 @@ def compile(fn: Callable, args: Sequence[Any], *,  # pylint: disable=redefined-b
   except OSError:
     pass  # A read-only cache: still correct, only not kept.
   return _compile_exported(blob, out_tree[0], fn.__name__, args, compiler_options)
+
+
+def _values_digest(args: Sequence[Any]) -> str:
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(list(args)):
+    a = np.asarray(leaf)
+    digest.update(f"{a.dtype.str}{a.shape}".encode() + np.ascontiguousarray(a).tobytes())
+  return digest.hexdigest()
+
+
+def outputs(fn: Callable, args: Sequence[Any], *, static: Optional[Mapping[str, Any]] = None,
+            compiler_options: Optional[Mapping[str, Any]] = None, closure: str = "",
+            directory: Optional[str] = None, max_bytes: int = MAX_KEPT_BYTES) -> Any:
+  """`fn(*args)` fetched to host NumPy arrays; with the same key (`key`) and the
+  same argument values, read back from disk instead of computed.
+
+  Only for deterministic programs (an initializer: same inputs, same bits).
+  `args`: host arrays (their bytes join the key). Results over `max_bytes`
+  are computed and not kept. A rerun gets exactly what the first run computed.
+  """
+  directory = cache_dir() if directory is None else directory
+  path = None
+  if directory:
+    name = key(fn, args, dict(static or {}), compiler_options, closure)
+    path = os.path.join(directory, f"{name}-{_values_digest(args)}.out")
+    try:
+      with open(path, "rb") as f:
+        entry = pickle.load(f)
+      return jax.tree.unflatten(entry["out_tree"], entry["leaves"])
+    except Exception:  # pylint: disable=broad-except  # Absent or unreadable: compute it.
+      pass
+  bound = functools.partial(fn, **static) if static else fn
+  program = jax.jit(bound).lower(*args).compile(
+      dict(compiler_options) if compiler_options else None)
+  out = jax.tree.map(np.asarray, jax.device_get(program(*args)))
+  leaves, tree = jax.tree.flatten(out)
+  if path and sum(a.nbytes for a in leaves) <= max_bytes:
+    try:
+      files.write_bytes(path, pickle.dumps({"out_tree": tree, "leaves": leaves}))
+    except (OSError, pickle.PicklingError, TypeError, AttributeError):
+      pass  # A read-only cache, or a tree that does not pickle: only not kept.
+  return out

@@ -115,3 +115,22 @@ def test_a_config_file_whose_get_config_fails_is_one_line(text, expected, tmp_pa
   assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, lines
   assert lines[0].startswith(f"error: --config file {bad}") and expected in lines[0], lines
   assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("argv,paused", [
+    (["python", "-m", "launch.train", "--workdir=w"], True),
+    (["python", "-X", "importtime", "-m", "launch.sweep"], True),
+    (["python", "-c", "import launch.train"], False),
+    (["python", "-m", "pytest", "tests"], False)])
+def test_the_gc_pauses_only_while_a_launcher_imports(monkeypatch, argv, paused):
+  import gc
+  import launch
+  monkeypatch.setattr(sys, "orig_argv", argv)
+  assert launch._started_as_launcher() == paused  # pylint: disable=protected-access
+  gc.disable()
+  try:
+    launch.resume_gc()  # What common.parse_flags calls once the flags are read.
+    assert gc.isenabled()
+  finally:
+    gc.unfreeze()
+    gc.enable()

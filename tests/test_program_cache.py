@@ -114,7 +114,7 @@ def test_grid_initial_states_from_the_kept_program_equal_the_traced_ones(cache_d
   jax.config.update("jax_compilation_cache_dir", "")
   want = train.initial_states(nets, (2,), 3)
   jax.config.update("jax_compilation_cache_dir", str(cache_dir))
-  for _ in range(2):  # Exported and kept, then loaded.
+  for _ in range(2):  # Computed and kept, then read back.
     got = train.initial_states(nets, (2,), 3)
     assert os.listdir(cache_dir / program_cache.SUBDIR)
     for g, w in zip(got, want):
@@ -124,3 +124,42 @@ def test_grid_initial_states_from_the_kept_program_equal_the_traced_ones(cache_d
       # The static fields: a new model of the same config each time, as a trace makes.
       assert repr(g.apply_fn.__self__) == repr(w.apply_fn.__self__)
       assert g.preprocess == w.preprocess and repr(g.optimizer) == repr(w.optimizer)
+  kept = [n for n in os.listdir(cache_dir / program_cache.SUBDIR) if n.endswith(".out")]
+  assert len(kept) == 1  # The states themselves, beside the program.
+  config.grid.seeds = (2, 3)  # Other seeds: the same program, other states.
+  other = grid.nets(config)
+  got = train.initial_states(other, (2,), 3)
+  jax.config.update("jax_compilation_cache_dir", "")
+  want = train.initial_states(other, (2,), 3)
+  for g, w in zip(got, want):
+    jax.tree.map(np.testing.assert_array_equal, g.arrays(), w.arrays())
+  first = jax.tree.leaves(train.initial_states(nets, (2,), 3)[0].params)
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got[0].params), first))
+
+
+def test_outputs_are_read_back_without_tracing_or_running(tmp_path, monkeypatch):
+  args = _args()
+  want = np.asarray(jax.jit(_fn, static_argnames="power")(*args, power=2))
+  TRACES.clear()
+  first = program_cache.outputs(_fn, args, static={"power": 2}, directory=str(tmp_path))
+  assert TRACES == [2] and isinstance(first, np.ndarray) and first == want
+  monkeypatch.setattr(jax, "jit", None)  # Nothing may compile now.
+  assert program_cache.outputs(_fn, args, static={"power": 2}, directory=str(tmp_path)) == want
+  assert TRACES == [2]
+  other = (args[0], np.float32(1.5))  # Other values of the same shapes: computed.
+  monkeypatch.undo()
+  assert program_cache.outputs(_fn, other, static={"power": 2},
+                               directory=str(tmp_path)) == want + 1
+  assert len([n for n in os.listdir(tmp_path) if n.endswith(".out")]) == 2
+
+
+def test_outputs_over_the_limit_or_unreadable_are_computed(tmp_path):
+  args = _args()
+  program_cache.outputs(_fn, args, static={"power": 2}, directory=str(tmp_path), max_bytes=1)
+  assert not [n for n in os.listdir(tmp_path) if n.endswith(".out")]
+  want = program_cache.outputs(_fn, args, static={"power": 2}, directory=str(tmp_path))
+  (path,) = [tmp_path / n for n in os.listdir(tmp_path) if n.endswith(".out")]
+  path.write_bytes(b"garbage")
+  TRACES.clear()
+  assert program_cache.outputs(_fn, args, static={"power": 2}, directory=str(tmp_path)) == want
+  assert TRACES == [2] and path.read_bytes() != b"garbage"  # Computed again and replaced.

@@ -28,7 +28,7 @@ def stacked_abstract(config, input_shape, num_classes, mean, std,
   """The padded single-net abstract state of the nets `members` (no net axis)."""
   init = train_state.init_fn(spec.padded_config(config, members), tuple(input_shape),
                              num_classes, mean, std)
-  big = jax.eval_shape(init, *train_state.rngs(0))
+  big = train_state.init_shapes(init)
   if spec.needs_mask(config):
     big = big.replace(mask=big.params)
   return big
@@ -89,7 +89,8 @@ def initial_states(nets: Sequence[ml_collections.ConfigDict], input_shape, num_c
   `train.create_train_state` makes it, on the default device: one compiled
   program for all nets, vmapping the init of each model over the seeds of the
   nets that share it (one program to compile or load from the cache, not one
-  per model)."""
+  per model). The states are kept beside the program (`program_cache.outputs`):
+  a rerun of the same nets reads them instead of computing them."""
   on_cpu = jax.devices()[0].platform == "cpu"
   groups: dict[str, list[int]] = {}
   for k, net in enumerate(nets):
@@ -98,24 +99,20 @@ def initial_states(nets: Sequence[ml_collections.ConfigDict], input_shape, num_c
   members_of = list(groups.values())
   inits = [jax.vmap(train_state.init_fn(nets[m[0]], tuple(input_shape), num_classes, mean, std))
            for m in members_of]
-  keys = []
-  for members in members_of:
-    pairs = [train_state.rngs(nets[k].seed) for k in members]
-    keys.append((jnp.stack([r[0] for r in pairs]), jnp.stack([r[1] for r in pairs])))
+  seeds = [np.asarray([int(nets[k].seed) for k in members], np.uint32) for members in members_of]
 
-  def init_all(keys):
-    return [_kept(init(*k)) for init, k in zip(inits, keys)]
+  def init_all(seeds):
+    return [_kept(init(*jax.vmap(train_state.rngs)(s))) for init, s in zip(inits, seeds)]
 
-  # The program is kept on disk (`program_cache`): a rerun does not trace the inits.
   closure = json.dumps([[json.loads(nets[m[0]].to_json_best_effort()) for m in members_of],
                         list(input_shape), num_classes, _floats(mean), _floats(std)],
                        sort_keys=True, default=str)
-  compiled = program_cache.compile(
-      init_all, (keys,), closure=closure,
+  stacked_all = program_cache.outputs(
+      init_all, (seeds,), closure=closure,
       compiler_options=train_state.INIT_COMPILER_OPTIONS if on_cpu else None)
   out: list = [None] * len(nets)
-  for members, stacked in zip(members_of, jax.device_get(compiled(keys))):
-    each = [jax.tree.map(lambda a, i=i: np.asarray(a[i]), stacked) for i in range(len(members))]
+  for members, stacked in zip(members_of, stacked_all):
+    each = [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(len(members))]
     # One model and optimizer per group, shared by its nets (as one traced init gave them).
     first = train_state.from_arrays(nets[members[0]], input_shape, num_classes, mean, std, each[0])
     for k, arrays in zip(members, each):

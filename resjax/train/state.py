@@ -142,18 +142,23 @@ def init_fn(config: ml_collections.ConfigDict, input_shape, num_classes: int, me
   return init
 
 
-def rngs(seed: int) -> tuple[jax.Array, jax.Array]:
-  """(init key, training key) of a seed."""
-  rng_init, rng_train = jax.random.split(jax.random.PRNGKey(int(seed)))
+def rngs(seed: int | jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(init key, training key) of a seed (an int, or a traced uint32 scalar: the same keys)."""
+  seed = int(seed) if isinstance(seed, (int, np.integer)) else seed
+  rng_init, rng_train = jax.random.split(jax.random.PRNGKey(seed))
   return rng_init, rng_train
+
+
+def init_shapes(init: Callable[[jax.Array, jax.Array], TrainState]) -> TrainState:
+  """The abstract state `init` makes (its keys are traced too: nothing runs)."""
+  return jax.eval_shape(lambda: init(*rngs(0)))
 
 
 def state_size(config: ml_collections.ConfigDict, input_shape, num_classes: int
                ) -> tuple[int, int]:
   """(parameters, bytes of the whole state) of one net of `config`, from its shapes
   alone (nothing is allocated; any size, however large, is counted)."""
-  abstract = jax.eval_shape(init_fn(config, tuple(input_shape), num_classes, None, None),
-                            *rngs(0))
+  abstract = init_shapes(init_fn(config, tuple(input_shape), num_classes, None, None))
   nbytes = sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(abstract))
   return models.param_count(abstract.params), int(nbytes)
 
@@ -164,13 +169,32 @@ def state_sharding(state: Any, mesh: jax.sharding.Mesh) -> Any:
 
 
 def abstract_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                         input_shape, num_classes: int, *, mean=None, std=None) -> TrainState:
-  """The state's shapes, dtypes and shardings without computing anything."""
+                         input_shape, num_classes: int, *, mean=None, std=None,
+                         weak_types: bool = False) -> TrainState:
+  """The state's shapes, dtypes and shardings without computing anything.
+
+  `weak_types`: the weak types a fresh state has (its hyper-parameters, made
+  from Python floats), what a step compiled ahead for it must see; a
+  restored state has none.
+  """
   init = init_fn(config, tuple(input_shape), num_classes, mean, std)
-  abstract = jax.eval_shape(init, *rngs(config.seed))
+  abstract = init_shapes(init)
   shardings = state_sharding(abstract, mesh)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(
+      a.shape, a.dtype, sharding=s, weak_type=weak_types and a.weak_type), abstract, shardings)
+
+
+def with_statics(like: TrainState, state: TrainState) -> TrainState:
+  """`state`'s arrays with `like`'s model, optimizer and preprocessing objects.
+
+  A step compiled ahead for `like` (an abstract state of the same config)
+  then runs `state` without tracing again: jit matches those objects by
+  identity.
+  """
+  leaves, want = jax.tree.leaves(state), jax.tree.structure(like)
+  if len(leaves) != want.num_leaves:
+    raise ValueError(f"state with {len(leaves)} arrays, expected {want.num_leaves}")
+  return jax.tree.unflatten(want, leaves)
 
 
 def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
