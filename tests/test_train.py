@@ -169,31 +169,3 @@ def test_init_options_leave_the_initial_state_bit_for_bit(variant):
          for options in (train_state.INIT_COMPILER_OPTIONS,
                          {**train_state.INIT_COMPILER_OPTIONS, "xla_cpu_use_fusion_emitters": True})]
   jax.tree.map(np.testing.assert_array_equal, *got)
-
-
-@pytest.mark.parametrize("grid", [False, True])
-def test_steps_compile_once_while_the_state_is_made(grid, tmp_path):
-  """The loop compiles the steps for the abstract state in a thread; the first
-  step then runs that program (each step is compiled once, not again)."""
-  import logging
-  config = embedded.get_config("tiny_mlp")
-  config.data.num_train, config.data.num_test = 256, 64
-  config.train.steps, config.train.log_every, config.train.checkpoint_every = 3, 3, 0
-  if grid:
-    config.grid.seeds = (0, 1)
-  records = []
-  sink = logging.Handler(logging.DEBUG)
-  sink.emit = records.append
-  log = logging.getLogger("jax._src.interpreters.pxla")
-  log.addHandler(sink)
-  jax.config.update("jax_log_compiles", True)
-  try:
-    result = train.train_and_evaluate(config, str(tmp_path / "w"), say=lambda _: None)
-  finally:
-    jax.config.update("jax_log_compiles", False)
-    log.removeHandler(sink)
-  compiled = [r.getMessage().split(" with ")[0] for r in records
-              if r.getMessage().startswith("Compiling jit(")]
-  assert compiled.count("Compiling jit(train_step)") == 1, compiled
-  assert compiled.count("Compiling jit(eval_step)") == 1, compiled
-  assert result["step"] == 3

@@ -23,7 +23,6 @@ from resjax.grid import padding
 from resjax.grid import state as grid_state
 from resjax.grid import steps as grid_steps
 from resjax.grid import summary
-from resjax.train import state as train_state
 from resjax.train import steps as train_steps
 
 
@@ -61,20 +60,9 @@ class Grid:
     return grid_steps.grid_training_mesh(self.config, ds.input_shape, ds.num_classes,
                                          self.count)
 
-  def abstract_state(self, mesh: jax.sharding.Mesh, ds: data.Dataset) -> grid_state.GridCalls:
-    """The stacked states' shapes and shardings (nothing computed)."""
-    return grid_state.abstract_grid_state(self.config, mesh, ds.input_shape, ds.num_classes,
-                                          mean=ds.mean, std=ds.std)
-
-  def create_state(self, mesh: jax.sharding.Mesh, ds: data.Dataset,
-                   like: grid_state.GridCalls | None = None) -> grid_state.GridCalls:
-    """The stacked initial states; with `like` (`abstract_state`), on its static objects."""
-    state = grid_state.create_grid_state(self.config, mesh, ds.input_shape, ds.num_classes,
-                                         mean=ds.mean, std=ds.std)
-    if like is None:
-      return state
-    return grid_state.GridCalls(tuple(train_state.with_statics(a, s)
-                                      for a, s in zip(like.states, state.states)))
+  def create_state(self, mesh: jax.sharding.Mesh, ds: data.Dataset) -> grid_state.GridCalls:
+    return grid_state.create_grid_state(self.config, mesh, ds.input_shape, ds.num_classes,
+                                        mean=ds.mean, std=ds.std)
 
   def jit_steps(self, state: Any, mesh: jax.sharding.Mesh) -> tuple[Callable, Callable]:
     return grid_steps.jit_steps(state, mesh, shared_batch=self.shared_batch, layout=self.layout)

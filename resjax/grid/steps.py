@@ -181,11 +181,6 @@ def _jit_calls(calls: grid_state.GridCalls, mesh: jax.sharding.Mesh,
   def p_eval(state: grid_state.GridCalls, batch: Any) -> tuple:
     return tuple(f(s, batch) for (_, f), s in zip(fns, state.states))
 
-  # What `train.steps.precompile` compiles: each call's program with its arguments.
-  p_train.calls = lambda state, batches: [  # type: ignore[attr-defined]
-      (f, (s, b)) for (f, _), s, b in zip(fns, state.states, batches)]
-  p_eval.calls = lambda state, batch: [  # type: ignore[attr-defined]
-      (f, (s, batch)) for (_, f), s in zip(fns, state.states)]
   return p_train, p_eval
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import threading
 import time
 from typing import Any, Callable
 
@@ -35,7 +34,6 @@ from resjax.train import faults
 from resjax.train import watch as train_watch
 from resjax.train.mesh import describe_mesh
 from resjax.train import state as train_state
-from resjax.train import steps as train_steps
 from resjax.train.single import Single
 from resjax.train.state import step_of
 from resjax.train.steps import evaluate
@@ -192,29 +190,6 @@ class _Run:
     return int(self.config.data.batch_size)
 
 
-class _Ahead:
-  """Compiles jitted steps for abstract arguments in a daemon thread (the process
-  never waits for it on exit); `join` waits and raises what the compile raised."""
-
-  def __init__(self, steps: list[tuple[Callable, tuple]]):
-    self.error: BaseException | None = None
-    self.thread = threading.Thread(target=self._run, args=(steps,), name="compile-ahead",
-                                   daemon=True)
-    self.thread.start()
-
-  def _run(self, steps: list[tuple[Callable, tuple]]) -> None:
-    try:
-      for fn, args in steps:
-        train_steps.precompile(fn, *args)
-    except BaseException as e:  # pylint: disable=broad-except  # Raised by `join`.
-      self.error = e
-
-  def join(self) -> None:
-    self.thread.join()
-    if self.error is not None:
-      raise self.error
-
-
 def _open(workdir: str, config: ml_collections.ConfigDict, ds: data.Dataset, nets: Any,
           mesh: jax.sharding.Mesh, lead: bool, say: Callable) -> tuple[_Run, Any]:
   """The run's checkpoint manager and state: restored when the workdir holds one."""
@@ -231,15 +206,7 @@ def _open(workdir: str, config: ml_collections.ConfigDict, ds: data.Dataset, net
   if lead:
     files.claim_kind(workdir, "train")
   mngr = ckpt.manager(workdir, keep=int(config.train.get("keep_checkpoints", 0)))
-  # The steps compile (or load) in a thread while the initial state is made.
-  abstract = nets.abstract_state(mesh, ds)
-  p_train, p_eval = nets.jit_steps(abstract, mesh)
-  ahead = [(p_train, (abstract, train_steps.abstract(nets.batch(ds.train, 0, mesh))))]
-  eval_batch = next(train_steps.eval_batches(ds.test, mesh, int(config.data.batch_size)), None)
-  if eval_batch is not None:
-    ahead.append((p_eval, (abstract, train_steps.abstract(eval_batch))))
-  ahead = _Ahead(ahead)
-  state = nets.create_state(mesh, ds, like=abstract)
+  state = nets.create_state(mesh, ds)
   last_saved = mngr.latest_step()
   if last_saved is not None:
     try:
@@ -250,7 +217,7 @@ def _open(workdir: str, config: ml_collections.ConfigDict, ds: data.Dataset, net
     say(f"resumed from {ckpt.directory(workdir)} at step {step_of(state)}")
   if lead:
     ckpt.save_config(workdir, config)
-  ahead.join()
+  p_train, p_eval = nets.jit_steps(state, mesh)
   run = _Run(config, workdir, ds, nets, mesh, say, mngr, checkpoint_meta(config, ds),
              p_train, p_eval, step_of(state), last_saved)
   n_params = models.param_count(state.params) // nets.count

@@ -33,16 +33,9 @@ class Single:
   def mesh(self, ds: data.Dataset) -> jax.sharding.Mesh:
     return train_mesh.data_mesh(self.config, ds.input_shape, ds.num_classes)
 
-  def abstract_state(self, mesh: jax.sharding.Mesh, ds: data.Dataset) -> Any:
-    """The fresh state's shapes and shardings (nothing computed)."""
-    return train_state.abstract_train_state(self.config, mesh, ds.input_shape, ds.num_classes,
-                                            mean=ds.mean, std=ds.std, weak_types=True)
-
-  def create_state(self, mesh: jax.sharding.Mesh, ds: data.Dataset, like: Any = None) -> Any:
-    """A fresh state; with `like` (`abstract_state`), on its static objects."""
-    state = train_state.create_train_state(self.config, mesh, ds.input_shape, ds.num_classes,
-                                           mean=ds.mean, std=ds.std)
-    return state if like is None else train_state.with_statics(like, state)
+  def create_state(self, mesh: jax.sharding.Mesh, ds: data.Dataset) -> Any:
+    return train_state.create_train_state(self.config, mesh, ds.input_shape, ds.num_classes,
+                                          mean=ds.mean, std=ds.std)
 
   def jit_steps(self, state: Any, mesh: jax.sharding.Mesh) -> tuple[Callable, Callable]:
     return train_steps.jit_steps(state, mesh)

@@ -169,32 +169,13 @@ def state_sharding(state: Any, mesh: jax.sharding.Mesh) -> Any:
 
 
 def abstract_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                         input_shape, num_classes: int, *, mean=None, std=None,
-                         weak_types: bool = False) -> TrainState:
-  """The state's shapes, dtypes and shardings without computing anything.
-
-  `weak_types`: the weak types a fresh state has (its hyper-parameters, made
-  from Python floats), what a step compiled ahead for it must see; a
-  restored state has none.
-  """
+                         input_shape, num_classes: int, *, mean=None, std=None) -> TrainState:
+  """The state's shapes, dtypes and shardings without computing anything."""
   init = init_fn(config, tuple(input_shape), num_classes, mean, std)
   abstract = init_shapes(init)
   shardings = state_sharding(abstract, mesh)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(
-      a.shape, a.dtype, sharding=s, weak_type=weak_types and a.weak_type), abstract, shardings)
-
-
-def with_statics(like: TrainState, state: TrainState) -> TrainState:
-  """`state`'s arrays with `like`'s model, optimizer and preprocessing objects.
-
-  A step compiled ahead for `like` (an abstract state of the same config)
-  then runs `state` without tracing again: jit matches those objects by
-  identity.
-  """
-  leaves, want = jax.tree.leaves(state), jax.tree.structure(like)
-  if len(leaves) != want.num_leaves:
-    raise ValueError(f"state with {len(leaves)} arrays, expected {want.num_leaves}")
-  return jax.tree.unflatten(want, leaves)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
 
 
 def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,

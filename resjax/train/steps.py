@@ -10,7 +10,7 @@ are resjax/grid/steps.py, built from these.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -80,21 +80,6 @@ def jit_steps(state: TrainState, mesh: jax.sharding.Mesh) -> tuple[Callable, Cal
   return p_train, p_eval
 
 
-def precompile(fn: Callable, *args: Any) -> None:
-  """Compiles the jitted step `fn` for abstract `args` (shapes with shardings), so
-  its first call with arrays like them runs at once. A step of several compiled
-  calls (a grid's) lists them in its `calls(*args)`."""
-  calls = getattr(fn, "calls", None)
-  for f, a in (calls(*args) if calls is not None else [(fn, args)]):
-    f.lower(*a).compile()
-
-
-def abstract(tree: Any) -> Any:
-  """Shapes, dtypes, weak types and shardings of the arrays of `tree`."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding,
-                                                     weak_type=x.weak_type), tree)
-
-
 def host_batch(split: data.Split, step: int, *, seed: int, global_batch: int) -> dict:
   """This process's rows of the training batch for `step` (NumPy)."""
   return data.train_batch(split, step, seed=seed, global_batch=global_batch,
@@ -106,13 +91,6 @@ def _same(fetched: Any) -> Any:
   return fetched
 
 
-def eval_batches(split: data.Split, mesh: jax.sharding.Mesh, global_batch: int) -> Iterator[dict]:
-  """The global evaluation batches of `split` (padded, with a mask), on `mesh`."""
-  rows = data.local_rows(global_batch, jax.process_index(), jax.process_count())
-  for batch in data.eval_batches(split, global_batch):
-    yield sharding.to_global({k: np.asarray(v)[rows] for k, v in batch.items()}, mesh)
-
-
 def evaluate(p_eval: Callable, state: Any, split: data.Split, mesh: jax.sharding.Mesh,
              global_batch: int, merge: Callable[[Any], dict] = _same) -> dict[str, Any]:
   """Loss, accuracy and error on every example of `split` (padded, masked).
@@ -120,7 +98,11 @@ def evaluate(p_eval: Callable, state: Any, split: data.Split, mesh: jax.sharding
   `merge` turns what `p_eval` returns, once fetched, into one dict of sums (a
   grid of several calls: `grid.merge_calls`).
   """
-  sums = [p_eval(state, batch) for batch in eval_batches(split, mesh, global_batch)]
+  rows = data.local_rows(global_batch, jax.process_index(), jax.process_count())
+  sums = []
+  for batch in data.eval_batches(split, global_batch):
+    local = {k: np.asarray(v)[rows] for k, v in batch.items()}
+    sums.append(p_eval(state, sharding.to_global(local, mesh)))
   sums = [merge(s) for s in jax.device_get(sums)]
   total = lambda key: np.sum([np.asarray(s[key], np.float64) for s in sums], axis=0)  # noqa: E731
   count = total("count")
