@@ -204,13 +204,15 @@ def outputs(fn: Callable, args: Sequence[Any], *, static: Optional[Mapping[str, 
   same argument values, read back from disk instead of computed.
 
   Only for deterministic programs (an initializer: same inputs, same bits).
-  `args`: host arrays (their bytes join the key). Results over `max_bytes`
+  `args`: host arrays (their bytes join the key, as do XLA_FLAGS). Results over `max_bytes`
   are computed and not kept. A rerun gets exactly what the first run computed.
   """
   directory = cache_dir() if directory is None else directory
   path = None
   if directory:
-    name = key(fn, args, dict(static or {}), compiler_options, closure)
+    # XLA's flags join the key: some change what a program computes (fast math).
+    name = key(fn, args, dict(static or {}), compiler_options,
+               f"{closure}\nXLA_FLAGS={os.environ.get('XLA_FLAGS', '')}")
     path = os.path.join(directory, f"{name}-{_values_digest(args)}.out")
     try:
       with open(path, "rb") as f:

@@ -163,3 +163,13 @@ def test_outputs_over_the_limit_or_unreadable_are_computed(tmp_path):
   TRACES.clear()
   assert program_cache.outputs(_fn, args, static={"power": 2}, directory=str(tmp_path)) == want
   assert TRACES == [2] and path.read_bytes() != b"garbage"  # Computed again and replaced.
+
+
+def test_outputs_are_kept_apart_per_xla_flags(tmp_path, monkeypatch):
+  args = _args()
+  program_cache.outputs(_fn, args, static={"power": 2}, directory=str(tmp_path))
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=true")  # Could change the bits.
+  TRACES.clear()
+  program_cache.outputs(_fn, args, static={"power": 2}, directory=str(tmp_path))
+  assert TRACES == [2]  # Not read from the entry of other flags.
+  assert len([n for n in os.listdir(tmp_path) if n.endswith(".out")]) == 2

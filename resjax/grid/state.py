@@ -12,7 +12,6 @@ import json
 from typing import Any, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
