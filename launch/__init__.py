@@ -11,8 +11,11 @@ import sys
 
 
 def _started_as_launcher() -> bool:
+  """Whether Python is starting `python -m launch.<name>` (while it finds the
+  module, sys.argv[0] is "-m")."""
   argv = getattr(sys, "orig_argv", [])
-  return any(a == "-m" and b.startswith("launch.") for a, b in zip(argv, argv[1:]))
+  return sys.argv[:1] == ["-m"] and any(
+      a == "-m" and b.startswith("launch.") for a, b in zip(argv, argv[1:]))
 
 
 if _started_as_launcher():

@@ -28,6 +28,7 @@ import contextlib
 import importlib
 import logging as py_logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -294,7 +295,8 @@ def _orbax_task_left(message: str) -> bool:
   traceback), at a moment no one chooses: sometimes before the launcher's
   one-line error, sometimes never.
   """
-  return "exception was never retrieved" in message and "/orbax/" in message
+  return ("exception was never retrieved" in message
+          and re.search(r"coro=<[^>]* defined at [^>]*/orbax/", message) is not None)
 
 
 def _read_only_warning(record: py_logging.LogRecord) -> bool:

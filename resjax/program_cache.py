@@ -13,7 +13,8 @@ compiles from the deserialized program as well.
 
 `outputs` serves a program whose outputs depend on nothing but its inputs'
 values (initializers) another way: it keeps the outputs themselves, up to
-MAX_KEPT_BYTES, keyed as above and on the inputs' bytes, so a rerun reads
+MAX_KEPT_BYTES each and KEPT_TOTAL_BYTES in all (the oldest go first), keyed
+as above, on the machine (`_machine`) and on the inputs' bytes, so a rerun reads
 them without tracing, loading or running anything. It compiles with plain
 `jax.jit` (the executable still goes to JAX's cache): exporting first would
 cost a first run more than it saves a run with other inputs.
@@ -26,6 +27,7 @@ compilation cache where only you can write.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -41,7 +43,8 @@ import numpy as np
 from resjax import files
 
 SUBDIR = "exported"
-MAX_KEPT_BYTES = 64 << 20  # `outputs` keeps no larger results (the initial states of big grids).
+MAX_KEPT_BYTES = 64 << 20  # `outputs` keeps no larger results (the initial states of big grids)
+KEPT_TOTAL_BYTES = 512 << 20  # and removes the oldest it kept beyond this.
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "ml_dtypes", "flatbuffers")
 
 
@@ -197,27 +200,71 @@ def _values_digest(args: Sequence[Any]) -> str:
   return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu() -> str:
+  """The processor's architecture and instruction sets (Linux: /proc/cpuinfo's flags)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next((l for l in f if l.startswith(("flags", "Features"))), "")
+  except OSError:
+    flags = platform.processor()
+  return f"{platform.machine()} {flags.strip()}"
+
+
+def _machine() -> str:
+  """What else can change a compiled program's bits: XLA's flags (fast math), the
+  backend's version (a CUDA driver) and, on CPU, the processor's instruction sets."""
+  backend = jax.devices()[0].client
+  return "\n".join([f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}",
+                    f"LIBTPU_INIT_ARGS={os.environ.get('LIBTPU_INIT_ARGS', '')}",
+                    str(getattr(backend, "platform_version", "")), _cpu()])
+
+
+def _evict(directory: str, keep_bytes: int) -> None:
+  """Removes the oldest kept outputs until those left take at most `keep_bytes`."""
+  entries = []
+  for name in os.listdir(directory):
+    if name.endswith(".out"):
+      try:
+        st = os.stat(os.path.join(directory, name))
+      except OSError:
+        continue
+      entries.append((st.st_mtime, st.st_size, name))
+  total = sum(size for _, size, _ in entries)
+  for _, size, name in sorted(entries):
+    if total <= keep_bytes:
+      return
+    with contextlib.suppress(OSError):  # Another process may have removed it.
+      os.remove(os.path.join(directory, name))
+    total -= size
+
+
 def outputs(fn: Callable, args: Sequence[Any], *, static: Optional[Mapping[str, Any]] = None,
             compiler_options: Optional[Mapping[str, Any]] = None, closure: str = "",
             directory: Optional[str] = None, max_bytes: int = MAX_KEPT_BYTES) -> Any:
-  """`fn(*args)` fetched to host NumPy arrays; with the same key (`key`) and the
-  same argument values, read back from disk instead of computed.
+  """`fn(*args)` fetched to host NumPy arrays; with the same key and the same
+  argument values, read back from disk instead of computed.
 
   Only for deterministic programs (an initializer: same inputs, same bits).
-  `args`: host arrays (their bytes join the key, as do XLA_FLAGS). Results over `max_bytes`
-  are computed and not kept. A rerun gets exactly what the first run computed.
+  The key is `key`'s, with XLA's flags, the backend's version and the
+  processor's instruction sets (`_machine`: a cache shared by other machines
+  keeps theirs apart), and the bytes of `args` (host arrays). Results over
+  `max_bytes` are computed and not kept; the kept ones together stay under
+  KEPT_TOTAL_BYTES (the oldest go first). A rerun gets exactly what the first
+  run computed.
   """
   directory = cache_dir() if directory is None else directory
   path = None
   if directory:
-    # XLA's flags join the key: some change what a program computes (fast math).
-    name = key(fn, args, dict(static or {}), compiler_options,
-               f"{closure}\nXLA_FLAGS={os.environ.get('XLA_FLAGS', '')}")
+    name = key(fn, args, dict(static or {}), compiler_options, f"{closure}\n{_machine()}")
     path = os.path.join(directory, f"{name}-{_values_digest(args)}.out")
     try:
       with open(path, "rb") as f:
         entry = pickle.load(f)
-      return jax.tree.unflatten(entry["out_tree"], entry["leaves"])
+      out = jax.tree.unflatten(entry["out_tree"], entry["leaves"])
+      with contextlib.suppress(OSError):
+        os.utime(path)  # Recently used: evicted last.
+      return out
     except Exception:  # pylint: disable=broad-except  # Absent or unreadable: compute it.
       pass
   bound = functools.partial(fn, **static) if static else fn
@@ -227,7 +274,11 @@ def outputs(fn: Callable, args: Sequence[Any], *, static: Optional[Mapping[str, 
   leaves, tree = jax.tree.flatten(out)
   if path and sum(a.nbytes for a in leaves) <= max_bytes:
     try:
-      files.write_bytes(path, pickle.dumps({"out_tree": tree, "leaves": leaves}))
-    except (OSError, pickle.PicklingError, TypeError, AttributeError):
-      pass  # A read-only cache, or a tree that does not pickle: only not kept.
+      entry = pickle.dumps({"out_tree": tree, "leaves": leaves})
+      if pickle.loads(entry)["out_tree"] != tree:
+        raise ValueError("the output tree does not survive pickling")
+      files.write_bytes(path, entry)
+      _evict(directory, KEPT_TOTAL_BYTES)
+    except Exception:  # pylint: disable=broad-except  # A read-only cache, a tree that
+      pass             # does not pickle: only not kept.
   return out

@@ -117,19 +117,25 @@ def test_a_config_file_whose_get_config_fails_is_one_line(text, expected, tmp_pa
   assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("argv,paused", [
-    (["python", "-m", "launch.train", "--workdir=w"], True),
-    (["python", "-X", "importtime", "-m", "launch.sweep"], True),
-    (["python", "-c", "import launch.train"], False),
-    (["python", "-m", "pytest", "tests"], False)])
-def test_the_gc_pauses_only_while_a_launcher_imports(monkeypatch, argv, paused):
-  import gc
+@pytest.mark.parametrize("argv,argv0,paused", [
+    (["python", "-m", "launch.train", "--workdir=w"], "-m", True),
+    (["python", "-X", "importtime", "-m", "launch.sweep"], "-m", True),
+    (["python", "-c", "import launch.train"], "-c", False),
+    (["python", "tool.py", "-m", "launch.x"], "tool.py", False),
+    (["python", "-m", "pytest", "tests"], "-m", False)])
+def test_the_gc_pauses_only_while_a_launcher_imports(monkeypatch, argv, argv0, paused):
   import launch
   monkeypatch.setattr(sys, "orig_argv", argv)
+  monkeypatch.setattr(sys, "argv", [argv0])  # What Python sets while it finds the module.
   assert launch._started_as_launcher() == paused  # pylint: disable=protected-access
+
+
+def test_parsing_the_flags_turns_the_gc_back_on():
+  import gc
+  from launch import common
   gc.disable()
   try:
-    launch.resume_gc()  # What common.parse_flags calls once the flags are read.
+    common.parse_flags(["launcher"])  # As app.run calls it, before main.
     assert gc.isenabled()
   finally:
     gc.unfreeze()

@@ -173,3 +173,16 @@ def test_outputs_are_kept_apart_per_xla_flags(tmp_path, monkeypatch):
   program_cache.outputs(_fn, args, static={"power": 2}, directory=str(tmp_path))
   assert TRACES == [2]  # Not read from the entry of other flags.
   assert len([n for n in os.listdir(tmp_path) if n.endswith(".out")]) == 2
+
+
+def test_kept_outputs_beyond_the_total_go_oldest_first(tmp_path, monkeypatch):
+  x, _ = _args()
+  program_cache.outputs(_fn, (x, np.float32(0.0)), static={"power": 2}, directory=str(tmp_path))
+  (one,) = [n for n in os.listdir(tmp_path) if n.endswith(".out")]
+  size = os.path.getsize(tmp_path / one)
+  monkeypatch.setattr(program_cache, "KEPT_TOTAL_BYTES", 2 * size)
+  os.utime(tmp_path / one, (1, 1))  # The oldest.
+  for y in (1.0, 2.0):
+    program_cache.outputs(_fn, (x, np.float32(y)), static={"power": 2}, directory=str(tmp_path))
+  left = [n for n in os.listdir(tmp_path) if n.endswith(".out")]
+  assert len(left) == 2 and one not in left

@@ -111,7 +111,7 @@ def initial_states(nets: Sequence[ml_collections.ConfigDict], input_shape, num_c
       compiler_options=train_state.INIT_COMPILER_OPTIONS if on_cpu else None)
   out: list = [None] * len(nets)
   for members, stacked in zip(members_of, stacked_all):
-    each = [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(len(members))]
+    each = [jax.tree.map(lambda a, i=i: np.asarray(a[i]), stacked) for i in range(len(members))]
     # One model and optimizer per group, shared by its nets (as one traced init gave them).
     first = train_state.from_arrays(nets[members[0]], input_shape, num_classes, mean, std, each[0])
     for k, arrays in zip(members, each):
