@@ -123,6 +123,22 @@ class Program:
     return self.compiled.as_text()
 
 
+def _jit_compile(fn: Callable, args: Sequence[Any], static: Mapping[str, Any],
+                 compiler_options: Optional[Mapping[str, Any]]) -> jax.stages.Compiled:
+  """`fn` with `static` bound, traced and compiled as `jax.jit` would for `args`."""
+  bound = functools.partial(fn, **static) if static else fn
+  return jax.jit(bound).lower(*args).compile(
+      dict(compiler_options) if compiler_options else None)
+
+
+def _pickled(entry: dict, out_tree: Any) -> bytes:
+  """`entry` pickled; ValueError when its 'out_tree' does not come back equal."""
+  data = pickle.dumps(entry)
+  if pickle.loads(data)["out_tree"] != out_tree:
+    raise ValueError("the output tree does not survive pickling")
+  return data
+
+
 def _compile_exported(blob: bytes, out_tree: Any, name: str, args: Sequence[Any],
                       compiler_options: Optional[Mapping[str, Any]]) -> Program:
   exported = jax.export.deserialize(bytearray(blob))
@@ -131,9 +147,7 @@ def _compile_exported(blob: bytes, out_tree: Any, name: str, args: Sequence[Any]
     return exported.call(*a)
 
   call.__name__ = call.__qualname__ = name  # JAX's cache names the executable after it.
-  compiled = jax.jit(call).lower(*args).compile(
-      dict(compiler_options) if compiler_options else None)
-  return Program(compiled, out_tree)
+  return Program(_jit_compile(call, args, {}, compiler_options), out_tree)
 
 
 def _read(path: str) -> tuple[bytes, Any]:
@@ -160,10 +174,9 @@ def compile(fn: Callable, args: Sequence[Any], *,  # pylint: disable=redefined-b
   """
   static = dict(static or {})
   bound = functools.partial(fn, **static) if static else fn
-  options = dict(compiler_options) if compiler_options else None
   directory = cache_dir() if directory is None else directory
   if not directory:
-    return jax.jit(bound).lower(*args).compile(options)
+    return _jit_compile(fn, args, static, compiler_options)
   path = os.path.join(directory, key(fn, args, static, compiler_options, closure) + ".bin")
   try:
     return _compile_exported(*_read(path), fn.__name__, args, compiler_options)
@@ -180,11 +193,9 @@ def compile(fn: Callable, args: Sequence[Any], *,  # pylint: disable=redefined-b
 
   try:
     blob = bytes(jax.export.export(jax.jit(flat))(*avals).serialize())
-    entry = pickle.dumps({"exported": blob, "out_tree": out_tree[0]})
-    if pickle.loads(entry)["out_tree"] != out_tree[0]:
-      raise ValueError("the output tree does not survive pickling")
+    entry = _pickled({"exported": blob, "out_tree": out_tree[0]}, out_tree[0])
   except Exception:  # pylint: disable=broad-except  # Not exportable: as jax.jit would.
-    return jax.jit(bound).lower(*args).compile(options)
+    return _jit_compile(fn, args, static, compiler_options)
   try:
     files.write_bytes(path, entry)
   except OSError:
@@ -267,17 +278,12 @@ def outputs(fn: Callable, args: Sequence[Any], *, static: Optional[Mapping[str, 
       return out
     except Exception:  # pylint: disable=broad-except  # Absent or unreadable: compute it.
       pass
-  bound = functools.partial(fn, **static) if static else fn
-  program = jax.jit(bound).lower(*args).compile(
-      dict(compiler_options) if compiler_options else None)
+  program = _jit_compile(fn, args, dict(static or {}), compiler_options)
   out = jax.tree.map(np.asarray, jax.device_get(program(*args)))
   leaves, tree = jax.tree.flatten(out)
   if path and sum(a.nbytes for a in leaves) <= max_bytes:
     try:
-      entry = pickle.dumps({"out_tree": tree, "leaves": leaves})
-      if pickle.loads(entry)["out_tree"] != tree:
-        raise ValueError("the output tree does not survive pickling")
-      files.write_bytes(path, entry)
+      files.write_bytes(path, _pickled({"out_tree": tree, "leaves": leaves}, tree))
       _evict(directory, KEPT_TOTAL_BYTES)
     except Exception:  # pylint: disable=broad-except  # A read-only cache, a tree that
       pass             # does not pickle: only not kept.
