@@ -137,6 +137,27 @@ def test_grid_initial_states_from_the_kept_program_equal_the_traced_ones(cache_d
   assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got[0].params), first))
 
 
+def test_models_sharing_seeds_in_other_patterns_keep_their_own_states(cache_dir):
+  # Models whose seeds coincide share one input of the kept program: two lists
+  # with the same models and the same distinct seeds, shared differently, must
+  # not read each other's states.
+  from configs import embedded
+  from resjax import sharding, train
+
+  def net(width, seed):
+    config = embedded.get_config("spirals_mlp")
+    config.model.width, config.seed = width, seed
+    return config
+
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  shared = [net(4, 0), net(4, 1), net(8, 0), net(8, 2)]
+  for nets in (shared + [net(16, 0), net(16, 1)], shared + [net(16, 0), net(16, 2)]):
+    got = train.initial_states(nets, (2,), 3)
+    for g, config in zip(got, nets):
+      want = train.create_train_state(config, mesh, (2,), 3)
+      jax.tree.map(np.testing.assert_array_equal, g.arrays(), jax.device_get(want.arrays()))
+
+
 def test_outputs_are_read_back_without_tracing_or_running(tmp_path, monkeypatch):
   args = _args()
   want = np.asarray(jax.jit(_fn, static_argnames="power")(*args, power=2))

@@ -98,13 +98,23 @@ def initial_states(nets: Sequence[ml_collections.ConfigDict], input_shape, num_c
   members_of = list(groups.values())
   inits = [jax.vmap(train_state.init_fn(nets[m[0]], tuple(input_shape), num_classes, mean, std))
            for m in members_of]
-  seeds = [np.asarray([int(nets[k].seed) for k in members], np.uint32) for members in members_of]
+  # Models that share their seeds (a grid crossing seeds with sizes) get the
+  # same input: XLA then derives each seed's keys once for all of them (the
+  # 32-MLP grid's init compiled in 1.7 s against 2.9).
+  seeds, seeds_of = [], []
+  for members in members_of:
+    s = np.asarray([int(nets[k].seed) for k in members], np.uint32)
+    i = next((j for j, t in enumerate(seeds) if np.array_equal(s, t)), len(seeds))
+    if i == len(seeds):
+      seeds.append(s)
+    seeds_of.append(i)
 
   def init_all(seeds):
-    return [_kept(init(*jax.vmap(train_state.rngs)(s))) for init, s in zip(inits, seeds)]
+    keys = [jax.vmap(train_state.rngs)(s) for s in seeds]
+    return [_kept(init(*keys[i])) for init, i in zip(inits, seeds_of)]
 
   closure = json.dumps([[json.loads(nets[m[0]].to_json_best_effort()) for m in members_of],
-                        list(input_shape), num_classes, _floats(mean), _floats(std)],
+                        seeds_of, list(input_shape), num_classes, _floats(mean), _floats(std)],
                        sort_keys=True, default=str)
   stacked_all = program_cache.outputs(
       init_all, (seeds,), closure=closure,

@@ -157,9 +157,11 @@ def jit_steps(state: Any, mesh: jax.sharding.Mesh, shared_batch: bool = True,
                               out_specs=(net_spec, net_spec))
     grid_eval = jax.shard_map(grid_eval, mesh=mesh, in_specs=(net_spec, whole),
                               out_specs=net_spec)
+  options = train_steps.compiler_options(mesh)
   p_train = jax.jit(grid_step, in_shardings=(state_s, train_batch_s),
-                    out_shardings=(state_s, nets), donate_argnums=0)
-  p_eval = jax.jit(grid_eval, in_shardings=(state_s, batch_s), out_shardings=nets)
+                    out_shardings=(state_s, nets), donate_argnums=0, compiler_options=options)
+  p_eval = jax.jit(grid_eval, in_shardings=(state_s, batch_s), out_shardings=nets,
+                   compiler_options=options)
   return p_train, p_eval
 
 

@@ -10,7 +10,7 @@ are resjax/grid/steps.py, built from these.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,22 @@ import optax
 from resjax import data
 from resjax import sharding
 from resjax.train.state import TrainState, state_sharding
+
+
+# The steps compile with LLVM at -O1 on the CPU instead of -O2: the same
+# training at the same speed, for a shorter compile. Measured on a 2-core AMD
+# EPYC: ResNet-20's train step (oneDNN convolutions, batch 128) compiled in
+# 5.6 s against 7.6 and ran 599 against 602 ms per step, its parameters equal
+# bit for bit after 30 steps; the 32-MLP grid's step compiled in 1.2-1.4 s
+# against 1.8, and after 300 steps its losses and every net's evaluation were
+# the same to the last digit (the gradient, parameter and update norms it
+# logs moved in their last float32 bits).
+STEP_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+def compiler_options(mesh: jax.sharding.Mesh) -> Optional[dict[str, Any]]:
+  """XLA options of the steps compiled for `mesh` (`STEP_COMPILER_OPTIONS` on the CPU)."""
+  return dict(STEP_COMPILER_OPTIONS) if mesh.devices.flat[0].platform == "cpu" else None
 
 
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -74,9 +90,11 @@ def jit_steps(state: TrainState, mesh: jax.sharding.Mesh) -> tuple[Callable, Cal
   replicated, the state donated to train_step. (A grid's: `grid.jit_steps`.)"""
   batch_s, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   state_s = state_sharding(state, mesh)
+  options = compiler_options(mesh)
   p_train = jax.jit(train_step, in_shardings=(state_s, batch_s),
-                    out_shardings=(state_s, repl), donate_argnums=0)
-  p_eval = jax.jit(eval_step, in_shardings=(state_s, batch_s), out_shardings=repl)
+                    out_shardings=(state_s, repl), donate_argnums=0, compiler_options=options)
+  p_eval = jax.jit(eval_step, in_shardings=(state_s, batch_s), out_shardings=repl,
+                   compiler_options=options)
   return p_train, p_eval
 
 
