@@ -12,7 +12,8 @@ bottleneck study's inverted-residual net at bottleneck width 8. The device
 counts are timed in turn within each round (the machine is shared); the
 forward work (`grid.grid_work`: MFLOPs per step on one device, FLOPs per
 parameter per example) printed beside them is what the rule of
-`grid.grid_training_mesh` reads.
+`grid.grid_training_mesh` reads. --quick times (a) at batch 32 and (c) on
+1 and 2 devices, for a smoke test.
 """
 from __future__ import annotations
 
@@ -33,17 +34,19 @@ COUNTS = (1, 2, 4, 8)
 
 def _configs(quick: bool) -> dict[str, ml_collections.ConfigDict]:
   mlp = bench_grid.mlp_config(quick)
+  tiny = embedded.get_config("tiny")
+  tiny.grid.seeds = tuple(range(8))
+  if quick:  # One dense and one conv grid.
+    return {"32 MLPs (bench grid)": mlp, "8 tiny ResNets (digits)": tiny}
   mlp128 = bench_grid.mlp_config(quick)
   mlp128.data.batch_size = 128
   out = {"32 MLPs (bench grid)": mlp, "32 MLPs, batch 128": mlp128}
-  for width, batch in ((64, 32),) if quick else ((256, 128), (512, 256)):
+  for width, batch in ((256, 128), (512, 256)):
     dense = bench_grid.mlp_config(quick)
     dense.grid = spec.config_group()
     dense.grid.seeds = tuple(range(8))
     dense.model.width, dense.model.depth, dense.data.batch_size = width, 4, batch
     out[f"8 MLPs {width} x 4, batch {batch}"] = dense
-  tiny = embedded.get_config("tiny")
-  tiny.grid.seeds = tuple(range(8))
   invres = study.bottleneck()["invres"]
   invres.grid = spec.config_group()
   invres.grid.seeds = tuple(range(8))
@@ -77,7 +80,7 @@ def _stepper(config: ml_collections.ConfigDict, ds, k: int):
 def run(quick: bool = False) -> dict[str, Any]:
   """CPU ms and wall ms per step at 1/2/4/8 devices along 'grid', per grid (the
   median of 3 rounds of at least 20 steps and about 0.2 s each)."""
-  counts = [k for k in COUNTS if k <= jax.device_count()]
+  counts = [k for k in (COUNTS[:2] if quick else COUNTS) if k <= jax.device_count()]
   n_steps, rounds = (3, 1) if quick else (20, 3)
   out = {}
   print(f"{'grid, ms per step (CPU / wall)':<30}" + "".join(f"{k:>16}" for k in counts)

@@ -40,7 +40,7 @@ def test_torch_vmap_trains_the_nets_the_sequential_loop_trains():
 def test_layout_table_times_both_layouts_and_one_net():
   from benchmarks import layouts  # pylint: disable=import-outside-toplevel
   figures = layouts.run(quick=True)
-  assert len(figures) == 3
+  assert len(figures) == 2  # --quick: the MLP and the ResNet.
   for t in figures.values():
     assert t["vmap"] > 0 and t["map"] > 0 and t["alone"] > 0 and t["auto"] in ("vmap", "map")
 
@@ -56,9 +56,9 @@ def test_quick_probes_benchmark_times_both_ways(capsys):
 def test_grid_devices_table_times_every_count_that_divides_the_nets():
   from benchmarks import grid_devices  # pylint: disable=import-outside-toplevel
   figures = grid_devices.run(quick=True)
-  assert len(figures) == 5  # --quick: one wide-MLP grid, not two.
+  assert len(figures) == 2  # --quick: one dense and one conv grid, on 1 and 2 devices.
   for f in figures.values():
-    assert set(f["per_devices"]) == {1, 2, 4, 8}
+    assert set(f["per_devices"]) == {1, 2}
     assert all(r["cpu_ms"] > 0 and r["wall_ms"] > 0 for r in f["per_devices"].values())
     assert f["forward_flops_at_1"] > 0
   dense, conv = figures["32 MLPs (bench grid)"], figures["8 tiny ResNets (digits)"]

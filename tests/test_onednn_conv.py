@@ -97,7 +97,11 @@ def test_batch_split_over_devices_stays_split_and_matches():
       _loss(lax.conv_general_dilated, (2, 2), PAD1), (0, 1)))(x, kernel)
   np.testing.assert_allclose(value, want_value, rtol=1e-5)
   np.testing.assert_allclose(dx, want_dx, rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(dw, want_dw, rtol=1e-4, atol=1e-6)
+  # The weight gradient sums 8 devices' partial sums in another order than one
+  # convolution over the whole batch: an entry that nearly cancels keeps an
+  # error of the size of its terms' rounding, so the tolerance scales with the
+  # gradient's largest entry (a device's share left out would be off by ~1/8).
+  np.testing.assert_allclose(dw, want_dw, rtol=1e-4, atol=1e-6 * np.abs(want_dw).max())
 
 
 @pytest.mark.parametrize("in_axes", [(0, 0), (0, None), (None, 0)])
