@@ -1,6 +1,7 @@
 """Studies by name: `resjax/studies/<name>.py` is study `name` (found with importlib)."""
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import pkgutil
@@ -12,8 +13,10 @@ from resjax import errors
 SHARED = ("figures", "registry", "runner", "runs", "summary", "tables")
 
 
+@functools.cache
 def names() -> tuple[str, ...]:
-  """The studies: every module of resjax/studies/ but the shared ones, sorted."""
+  """The studies: every module of resjax/studies/ but the shared ones, sorted
+  (listed once per process: validation asks for them at every field)."""
   here = os.path.dirname(os.path.abspath(__file__))
   return tuple(sorted(m.name for m in pkgutil.iter_modules([here])
                       if m.name not in SHARED and not m.name.startswith("_")))
