@@ -287,7 +287,7 @@ def test_signal_stops_a_sweep_at_once(tmp_path, sig, code, after):
   """SIGINT while compiling, SIGTERM while the compiled call runs."""
   _write_set(tmp_path, "old", names=("collapse.csv", "collapse.json", "collapse.png"))
   before = _digest(tmp_path)
-  proc = _launch("launch.sweep", f"--workdir={tmp_path}", "--config.seeds=1024",
+  proc = _launch("launch.sweep", f"--workdir={tmp_path}", "--config.seeds=256",
                  "--compilation_cache_dir=")
   lines = _wait_for(proc, after)
   start = time.monotonic()
