@@ -472,3 +472,20 @@ def test_imports_run_one_way_and_leave_matplotlib_out():
   proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
   assert proc.returncode == 0, proc.stderr
+
+
+def test_progress_comes_as_chunks_end_not_after_all_are_dispatched():
+  from resjax.collapse import compiled as compiled_lib
+  dispatched, seen = [], []
+
+  def fake(x, d, k, s, seed):  # One chunk's metrics: its draws' k values.
+    dispatched.append(int(k[0]))
+    return np.asarray(k, np.float32)[:, None, None, None]
+
+  program = compiled_lib.SweepProgram(fake, chunk=2)
+  k = np.arange(20)
+  out = program(None, None, k, k, 0, progress=lambda i, n: seen.append((i, n, len(dispatched))))
+  np.testing.assert_array_equal(out[:, 0, 0, 0], k)  # Every chunk, in order.
+  assert [(i, n) for i, n, _ in seen] == [(i, 10) for i in range(1, 11)]
+  # When chunk i is reported, at most IN_FLIGHT chunks beyond it were dispatched.
+  assert all(d <= min(i + compiled_lib.IN_FLIGHT, 10) for i, _, d in seen), seen
