@@ -68,12 +68,13 @@ def _gelu(z: Array) -> Array:
   return jax.nn.gelu(z, approximate=False)
 
 
-def _gelu_inverse(y: Array, steps: int = 8) -> Array:
+def _gelu_inverse(y: Array, steps: int = 3) -> Array:
   """z > 0 with z Phi(z) = y > 0, by Newton from the upper bound y / Phi(y).
 
   z Phi(z) is increasing on z > 0 with slope Phi + z phi >= 1/2; y <= z <=
-  y / Phi(y) brackets the root, and 8 steps reach float32 accuracy
-  (tests/test_collapse.py).
+  y / Phi(y) brackets the root, and Newton converges quadratically from
+  there: 3 steps reach float32 rounding (as many more do; 2 leave 4e-7 of
+  relative error, tests/test_collapse.py).
   """
   y = jnp.maximum(y, 1e-30)
   z = y / jax.scipy.special.ndtr(y)

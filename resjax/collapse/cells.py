@@ -39,7 +39,10 @@ def _metrics_at(x_PxD: Array, t_NxD: Array, d: Array, names: Sequence[str], n_Q:
   first_QxN = jnp.arange(n_units)[None, :] < n_Q[:, None]
   pinv_QxDxN = linalg.pinv(jnp.where(first_QxN[:, :, None], t_NxD[None], 0.0))
   y_AxNxP = jnp.stack([act.fn(z_NxP) for act in specs])
-  err_AxQx2 = jax.vmap(_errors, (None, None, 0, None))(x_PxD, pinv_QxDxN, y_AxNxP, total)
+  # T^+ given to every activation, not shared: each activation's T^+ y is then
+  # a batched matmul whose output needs no transpose.
+  pinv_AxQxDxN = jnp.broadcast_to(pinv_QxDxN, (len(specs),) + pinv_QxDxN.shape)
+  err_AxQx2 = jax.vmap(_errors, (None, 0, 0, None))(x_PxD, pinv_AxQxDxN, y_AxNxP, total)
   on_RxNxP = jnp.stack([activations.Activation(None, None, False, r).active(z_NxP)
                         for r in regions])
   count_RxQxP = jnp.einsum("qn,rnp->rqp", first_QxN.astype(jnp.float32),
@@ -93,14 +96,21 @@ def _duty_stats(count_QxP, n_Q, d):
 
 
 def _errors(x_PxD, pinv_QxDxN, y_NxP, total):
-  """pinv and refit errors [Q, 2] for every prefix from one activation's outputs."""
-  u_QxPxD = jnp.einsum("ip,ndi->npd", y_NxP, pinv_QxDxN, precision=linalg.HIGHEST)
-  uu_QxDxD = jnp.einsum("npd,npe->nde", u_QxPxD, u_QxPxD, precision=linalg.HIGHEST)
-  ux_QxDxD = jnp.einsum("npd,pe->nde", u_QxPxD, x_PxD, precision=linalg.HIGHEST)
+  """pinv and refit errors [Q, 2] for every prefix from one activation's outputs.
+
+  The decoded points are kept as [Q, D, P] (points minor): T_n^+ y for all n
+  is then one matmul [Q*D, N] @ [N, P], with no transposes of [Q, P, D]
+  tensors around it.
+  """
+  x_DxP = x_PxD.T
+  u_QxDxP = jnp.einsum("ndi,ip->ndp", pinv_QxDxN, y_NxP, precision=linalg.HIGHEST)
+  uu_QxDxD = jnp.einsum("ndp,nep->nde", u_QxDxP, u_QxDxP, precision=linalg.HIGHEST)
+  ux_QxDxD = jnp.einsum("ndp,ep->nde", u_QxDxP, x_DxP, precision=linalg.HIGHEST)
   b_QxDxD = linalg.small(linalg.psd_pinv(uu_QxDxD), ux_QxDxD)
+  fit_QxDxP = jnp.sum(b_QxDxD[..., :, :, None] * u_QxDxP[..., :, None, :], axis=-3)
   return jnp.stack([
-      jnp.sum((x_PxD - u_QxPxD) ** 2, axis=(1, 2)) / total,
-      jnp.sum((x_PxD - linalg.small(u_QxPxD, b_QxDxD)) ** 2, axis=(1, 2)) / total], -1)
+      jnp.sum((x_DxP - u_QxDxP) ** 2, axis=(1, 2)) / total,
+      jnp.sum((x_DxP - fit_QxDxP) ** 2, axis=(1, 2)) / total], -1)
 
 
 def prefix_metrics(x_PxD: Array, t_NxD: Array, d: Array, names: Sequence[str]) -> Array:
