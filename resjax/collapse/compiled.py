@@ -126,7 +126,8 @@ def compile_sweep(spec: spec_lib.SweepSpec) -> tuple[SweepProgram, tuple, dict[s
   return SweepProgram(compiled, chunk), args, meta
 
 
-def sweep(config: Any, *, progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
+def sweep(config: Any, *, progress: Optional[Callable[[int, int], None]] = None,
+          on_compiled: Optional[Callable[[], Any]] = None) -> dict[str, Any]:
   """Runs the whole sweep: one compiled program over every n, run chunk by chunk of draws.
 
   The config is validated as the launcher validates it (`spec_from_config`,
@@ -136,6 +137,8 @@ def sweep(config: Any, *, progress: Optional[Callable[[int, int], None]] = None)
   Args:
     config: a collapse ConfigDict / dict (see configs/collapse.py) or a SweepSpec.
     progress: optional `progress(chunks_done, chunks)`, called from the host after each chunk.
+    on_compiled: optional, called once the program is compiled, before it runs
+      (host work started there overlaps the run, which holds no GIL).
 
   Returns:
     NumPy arrays over the sweep: each of METRICS as [K, A, N, S] (manifold dims,
@@ -145,6 +148,8 @@ def sweep(config: Any, *, progress: Optional[Callable[[int, int], None]] = None)
   spec = spec_lib.spec_from_config(config)
   memory.check_memory(spec)
   program, args, meta = compile_sweep(spec)
+  if on_compiled is not None:
+    on_compiled()
   start = time.perf_counter()
   out_CxAxNxM = program(*args, progress=progress)
   run_s = time.perf_counter() - start

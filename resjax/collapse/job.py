@@ -65,16 +65,19 @@ def _run(config: Any, spec: spec_lib.SweepSpec, fig_act: str, fig_dims: Sequence
   log(header(spec))
   fig_act = collapse_plot.focus_activation(spec.activations, fig_act)  # The one it shows.
   # The figure's float64 reference and matplotlib's imports need no sweep
-  # result: a worker thread does them while XLA compiles and runs the sweep
-  # (both release the GIL), 0.4 s off a whole run.
+  # result: a worker thread does them while XLA runs the sweep, which releases
+  # the GIL. It starts once the program is compiled: tracing holds the GIL,
+  # and sharing it cost a first run 0.7 s on a 2-core CPU.
   with concurrent.futures.ThreadPoolExecutor(1) as pool:
-    prepared = pool.submit(_prepare_figure, spec, fig_act, fig_dims)
+    prepared = []
     try:
-      res = compiled.sweep(spec, progress=chunk_progress(spec, log))
+      res = compiled.sweep(spec, progress=chunk_progress(spec, log), on_compiled=lambda: (
+          prepared.append(pool.submit(_prepare_figure, spec, fig_act, fig_dims))))
     except BaseException:
-      prepared.cancel()
+      for future in prepared:
+        future.cancel()
       raise
-    recoveries = prepared.result()
+    recoveries = prepared[0].result()
   log(f"  compiled in {res['compile_s']:.1f} s, ran in {res['run_s']:.1f} s")
   rows = results.summarize(res)
   written = _write(workdir, config, spec, res, rows, recoveries)
