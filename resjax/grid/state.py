@@ -90,7 +90,6 @@ def initial_states(nets: Sequence[ml_collections.ConfigDict], input_shape, num_c
   nets that share it (one program to compile or load from the cache, not one
   per model). The states are kept beside the program (`program_cache.outputs`):
   a rerun of the same nets reads them instead of computing them."""
-  on_cpu = jax.devices()[0].platform == "cpu"
   groups: dict[str, list[int]] = {}
   for k, net in enumerate(nets):
     groups.setdefault(json.dumps(net.model.to_dict(), sort_keys=True, default=str),
@@ -115,7 +114,8 @@ def initial_states(nets: Sequence[ml_collections.ConfigDict], input_shape, num_c
                        sort_keys=True, default=str)
   stacked_all = program_cache.outputs(
       init_all, (seeds,), closure=closure,
-      compiler_options=train_state.INIT_COMPILER_OPTIONS if on_cpu else None)
+      compiler_options=train_state.cpu_options(train_state.INIT_COMPILER_OPTIONS,
+                                               jax.devices()[0].platform))
   out: list = [None] * len(nets)
   for members, stacked in zip(members_of, stacked_all):
     each = [jax.tree.map(lambda a, i=i: np.asarray(a[i]), stacked) for i in range(len(members))]

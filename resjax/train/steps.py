@@ -19,7 +19,7 @@ import optax
 
 from resjax import data
 from resjax import sharding
-from resjax.train.state import TrainState, state_sharding
+from resjax.train.state import TrainState, cpu_options, state_sharding
 
 
 # The steps compile with LLVM at -O1 on the CPU instead of -O2: the same
@@ -35,7 +35,7 @@ STEP_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 def compiler_options(mesh: jax.sharding.Mesh) -> Optional[dict[str, Any]]:
   """XLA options of the steps compiled for `mesh` (`STEP_COMPILER_OPTIONS` on the CPU)."""
-  return dict(STEP_COMPILER_OPTIONS) if mesh.devices.flat[0].platform == "cpu" else None
+  return cpu_options(STEP_COMPILER_OPTIONS, mesh.devices.flat[0].platform)
 
 
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
