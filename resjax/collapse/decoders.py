@@ -117,7 +117,11 @@ def min_norm_qp(x0_MxD, nrm_MxSxD, kind_MxS, t_NxD, side_MxN, b_MxN, valid_MxN, 
     tol_MxN = QP_TOL * (tnorm_N * jnp.linalg.norm(x, axis=-1, keepdims=True) + bscale_MxN)
     # (Active constraints hold with equality, so they are never picked again.)
     score = jnp.where(valid_MxN & (s_MxN > tol_MxN), s_MxN / tnorm_N, -jnp.inf)
-    pick, worst = jnp.argmax(score, -1), jnp.max(score, -1)
+    # argmax as two plain reductions (the first index of the max, as argmax
+    # gives): XLA's CPU backend runs a value-and-index reduction far slower.
+    worst = jnp.max(score, -1)
+    pick = jnp.min(jnp.where(score == worst[:, None], jnp.arange(score.shape[-1]),
+                             score.shape[-1]), -1)
     fresh = p < 0
     done = done | (fresh & (worst == -jnp.inf))
     p = jnp.where(fresh, pick, p)
@@ -173,16 +177,18 @@ def constrained_errors(x_PxD, t_NxD, d, n_Q, count_AxQxP, a_AxPxJxD, xs_AxPxJ1xD
   """Squared errors [A, Q, P] of the constrained decoder at the prefixes n_Q.
 
   Equal to the span decoder's where d units are on duty (the equations fix
-  x); elsewhere a QP per (activation, prefix, point). Only those are solved:
-  they are gathered from all activations together, QP_BATCH * d_max * A * P
-  at a time, for as long as any is left.
+  x) or where none is silent (no constraint beyond the equations); elsewhere
+  a QP per (activation, prefix, point). Only those are solved: they are
+  gathered from all activations together, QP_BATCH * d_max * A * P at a
+  time, for as long as any is left.
   """
   n_act, q_all, p = count_AxQxP.shape
   n_units, d_max = t_NxD.shape
   size = n_act * q_all * p
   cap = int(min(size, QP_BATCH * d_max * n_act * p))
   count_F = count_AxQxP.reshape(-1)
-  need_F = count_F < d
+  n_F = jnp.broadcast_to(n_Q[None, :, None], count_AxQxP.shape).reshape(-1)
+  need_F = (count_F < d) & (count_F < n_F)
   upto_F = jnp.cumsum(need_F.astype(jnp.int32))  # nondecreasing: a binary search finds the j-th
   left = upto_F[-1]
   side_AxPxN, b_AxPxN = jnp.swapaxes(side_AxNxP, 1, 2), jnp.swapaxes(b_AxNxP, 1, 2)
