@@ -1,8 +1,10 @@
 #!/bin/bash
 # The GPU check: training images/s of resjax and of PyTorch on this machine's
 # GPU (ResNet-20/56 and the plain nets, batch 128, both in one process:
-# `python -m launch.bench train`) and the time of the default collapse sweep
-# (`python -m launch.sweep`). A few minutes on one GPU; everything it prints
+# `python -m launch.bench train`), the time of the default collapse sweep
+# (`python -m launch.sweep`), a grid's nets vmapped against one after another
+# (`launch.bench layouts`) and what probes cost during training (`launch.bench
+# probes`). A few minutes on one GPU; everything it prints
 # is also written under OUTDIR (default runs/gpu_check).
 #
 #   bash launch/gpu_check.sh [OUTDIR]
@@ -36,3 +38,6 @@ awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "collapse sweep, default
 
 # A grid's nets on one GPU: vmapped vs one after another (train.grid_layout).
 python -m launch.bench layouts --out="$out/bench_layouts.json" 2>&1 | tee "$out/bench_layouts.log"
+
+# What probes during training cost on the GPU: the 32-MLP grid with and without.
+python -m launch.bench probes --out="$out/bench_probes.json" 2>&1 | tee "$out/bench_probes.log"
