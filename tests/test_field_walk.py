@@ -19,12 +19,12 @@ nothing written to the workdir).
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import hypothesis
 from hypothesis import strategies as st
-import ml_collections
 import numpy as np
 import pytest
 
@@ -71,15 +71,24 @@ ROUNDS: dict[str, int] = {}
 DRAWN: dict[str, int] = {}
 
 
-def _set(config: Any, field: str, value: Any) -> Any:
-  """A copy of `config` with `field` set to `value` (no ConfigDict type checks)."""
-  tree = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  node = tree
+@contextlib.contextmanager
+def _set(config: Any, field: str, value: Any) -> Iterator[Any]:
+  """`config` with `field` set to `value` for the block (no ConfigDict type checks), then as
+  it was. In place: a copy per value was a third of the walk's time."""
   parts = field.split(".")
+  if not hasattr(config, "to_dict"):  # A flat dict of flags.
+    yield {**config, field: value}
+    return
+  node = config
   for part in parts[:-1]:
     node = node[part]
-  node[parts[-1]] = value
-  return ml_collections.ConfigDict(tree) if hasattr(config, "to_dict") else tree
+  fields = node._fields  # pylint: disable=protected-access  (bypasses the type checks)
+  before = fields[parts[-1]]
+  fields[parts[-1]] = value
+  try:
+    yield config
+  finally:
+    fields[parts[-1]] = before
 
 
 def class_values(rule: schema.Rule, current: Any) -> list[Any]:
@@ -115,13 +124,13 @@ def _strategy(rule: schema.Rule) -> st.SearchStrategy:
 def _check(launcher: str, name: str, config: Any, table: dict, check: Callable, field: str,
            value: Any) -> None:
   rule = table[field]
-  changed = _set(config, field, value)
-  allowed = rule.ok(value) or (rule.when is not None and not rule.when(changed))
-  try:
-    check(changed)
-    lines = []
-  except errors.ConfigError as e:
-    lines = str(e).splitlines()
+  with _set(config, field, value) as changed:
+    allowed = rule.ok(value) or (rule.when is not None and not rule.when(changed))
+    try:
+      check(changed)
+      lines = []
+    except errors.ConfigError as e:
+      lines = str(e).splitlines()
   COUNTS["values"] += 1
   shown = f"{launcher} {name}: {field}={schema.show(value)}"
   if allowed:
