@@ -86,6 +86,11 @@ def _flax_flags() -> str:
                      if name.startswith(("flax_", "nnx_"))))
 
 
+def cpu_options(options: Mapping[str, Any], platform: str) -> Optional[dict[str, Any]]:
+  """`options` (flags of XLA's CPU backend) where programs run on `platform` 'cpu'; else None."""
+  return dict(options) if platform == "cpu" else None
+
+
 def key(fn: Callable, args: Sequence[Any], static: Mapping[str, Any],
         compiler_options: Optional[Mapping[str, Any]], closure: str = "") -> str:
   """The entry name of `fn(*args, **static)`: a SHA-256 of what its trace depends on."""

@@ -41,12 +41,10 @@ def compiler_options(draws: int = 0) -> Optional[dict[str, Any]]:
   and outweighs the compile's gain past a few hundred. -O1 and -O2 measured
   alike in one-off runs.
   """
-  if jax.default_backend() != "cpu":
-    return None
   options: dict[str, Any] = {"xla_backend_optimization_level": 1}
   if draws <= FAST_COMPILE_DRAWS:
     options["xla_cpu_use_fusion_emitters"] = False
-  return options
+  return program_cache.cpu_options(options, jax.default_backend())
 
 
 def _chunk_fn(x_KxPxD, d_K, k_c, s_c, seed, *, names, n_max, dims):

@@ -114,8 +114,8 @@ def initial_states(nets: Sequence[ml_collections.ConfigDict], input_shape, num_c
                        sort_keys=True, default=str)
   stacked_all = program_cache.outputs(
       init_all, (seeds,), closure=closure,
-      compiler_options=train_state.cpu_options(train_state.INIT_COMPILER_OPTIONS,
-                                               jax.devices()[0].platform))
+      compiler_options=program_cache.cpu_options(train_state.INIT_COMPILER_OPTIONS,
+                                                 jax.devices()[0].platform))
   out: list = [None] * len(nets)
   for members, stacked in zip(members_of, stacked_all):
     each = [jax.tree.map(lambda a, i=i: np.asarray(a[i]), stacked) for i in range(len(members))]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable
 
 import flax.struct
 import jax
@@ -19,6 +19,7 @@ import numpy as np
 
 from resjax import data
 from resjax import models
+from resjax import program_cache
 from resjax import sharding
 from resjax.train.optimizer import Optimizer, hyperparams
 
@@ -29,11 +30,6 @@ from resjax.train.optimizer import Optimizer, hyperparams
 # and give the same initial state, bit for bit (tests/test_train.py). (Training
 # steps keep the newer ones: the older change a trained net's last digits.)
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-
-def cpu_options(options: Mapping[str, Any], platform: str) -> Optional[dict[str, Any]]:
-  """`options` (flags of XLA's CPU backend) where programs run on `platform` 'cpu'; else None."""
-  return dict(options) if platform == "cpu" else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +190,7 @@ def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
   keys = rngs(config.seed)
   abstract = jax.eval_shape(init, *keys)
   lowered = jax.jit(init, out_shardings=state_sharding(abstract, mesh)).lower(*keys)
-  options = cpu_options(INIT_COMPILER_OPTIONS, mesh.devices.flat[0].platform)
+  options = program_cache.cpu_options(INIT_COMPILER_OPTIONS, mesh.devices.flat[0].platform)
   return lowered.compile(compiler_options=options)(*keys)
 
 

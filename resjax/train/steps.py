@@ -18,8 +18,9 @@ import numpy as np
 import optax
 
 from resjax import data
+from resjax import program_cache
 from resjax import sharding
-from resjax.train.state import TrainState, cpu_options, state_sharding
+from resjax.train.state import TrainState, state_sharding
 
 
 # The steps compile with LLVM at -O1 on the CPU instead of -O2: the same
@@ -35,7 +36,7 @@ STEP_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 def compiler_options(mesh: jax.sharding.Mesh) -> Optional[dict[str, Any]]:
   """XLA options of the steps compiled for `mesh` (`STEP_COMPILER_OPTIONS` on the CPU)."""
-  return cpu_options(STEP_COMPILER_OPTIONS, mesh.devices.flat[0].platform)
+  return program_cache.cpu_options(STEP_COMPILER_OPTIONS, mesh.devices.flat[0].platform)
 
 
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

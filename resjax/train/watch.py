@@ -35,6 +35,7 @@ from resjax import data
 from resjax import errors
 from resjax import metrics
 from resjax import models
+from resjax import program_cache
 from resjax import sharding
 from resjax.grid import spec as grid_spec
 from resjax.probes import training
@@ -122,7 +123,7 @@ class Watch:
     self.labels = jax.device_put(np.asarray(self.split.labels, np.int32), self.device)
     # Probes and resets run every K steps: on the CPU, as for init, XLA's
     # backend optimizations cost more compile time than they save.
-    options = train_state.cpu_options(train_state.INIT_COMPILER_OPTIONS, self.device.platform)
+    options = program_cache.cpu_options(train_state.INIT_COMPILER_OPTIONS, self.device.platform)
     configs = nets.configs if self.grid else [config]
     self.probes = []  # Per compiled call: (program, nets, units on the device).
     self.resets = []  # Per compiled call: _Resets, or None when none of its nets resets.
