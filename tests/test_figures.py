@@ -134,9 +134,18 @@ def test_collapse_figure_follows_what_was_swept(family, tmp_path):
   for name in activations.names():
     assert (name in legends) == (name in names), (name, legends)
   # The p = 1/2 Binomial formula only where it applies.
-  half = [t for t in legends if "frac{1}{2}" in t or "1/2" in t]
+  half = [t for t in legends if "½" in t or "1/2" in t]
   assert bool(half) == ("relu" in names), half
+  # No mathtext, tick labels included: each would be parsed once per resolution.
+  from matplotlib import text as mtext
+  math = [t.get_text() for t in fig.findobj(mtext.Text) if "$" in t.get_text()]
+  assert not math, math
   _check_files(fig, tmp_path / "collapse.png")
+
+
+def test_log_axes_label_powers_of_ten_in_plain_text():
+  labels = [plots._power_of_ten(v) for v in (1e-6, 1e-3, 0.1, 1.0, 10.0, 2e-3, 0.5)]
+  assert labels == ["10⁻⁶", "10⁻³", "10⁻¹", "10⁰", "10¹", "", ""]
 
 
 def test_overlapping_refit_curves_are_marked_and_named():
