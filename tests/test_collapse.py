@@ -69,6 +69,20 @@ def test_whole_grid_compiles_exactly_once(swept, grid):
   assert np.isfinite(results["refit_error"]).all()
 
 
+def test_figure_recoveries_use_the_sweeps_t_with_or_without_the_constrained_decoder():
+  spec = collapse.SweepSpec(activations=("relu",), dims=(1, 2, 5), seeds=1, points=80,
+                            manifold="spiral", ds=(2,), chunk=0, seed=3)
+  full = collapse.figure_recoveries(spec, "relu", (2, 5), seed_index=1)
+  lean = collapse.figure_recoveries(spec, "relu", (2, 5), seed_index=1, constrained=False)
+  t = _draw(3, 1, 2)
+  for n, a, b in zip((2, 5), full["panels"], lean["panels"]):
+    ref = collapse.recover(full["x"], t[:n], "relu")
+    np.testing.assert_array_equal(a["pinv"], ref["pinv"])
+    assert "constrained" in a and "constrained" not in b and "constrained_error" not in b
+    for key in ("pinv", "refit", "span", "pinv_error", "refit_error", "span_error"):
+      np.testing.assert_array_equal(a[key], b[key])
+
+
 def test_padded_draw_equals_unpadded_draw():
   @jax.jit
   def draws(key):

@@ -91,9 +91,12 @@ def _run(config: Any, spec: spec_lib.SweepSpec, fig_act: str, fig_dims: Sequence
 
 def _prepare_figure(spec: spec_lib.SweepSpec, fig_act: str,
                     fig_dims: Sequence[int]) -> Optional[dict[str, Any]]:
-  """The Fig. 1 recoveries (spiral sweeps; else None), with matplotlib imported."""
+  """The Fig. 1 recoveries (spiral sweeps; else None), with matplotlib imported.
+
+  The figure draws T^+ y and the refit error only: no constrained decoder.
+  """
   collapse_plot.preload()
-  return (reference.figure_recoveries(spec, fig_act, fig_dims)
+  return (reference.figure_recoveries(spec, fig_act, fig_dims, constrained=False)
           if spec.manifold == "spiral" else None)
 
 

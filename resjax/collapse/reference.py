@@ -76,19 +76,25 @@ def reference_metrics(x_PxD: np.ndarray, t_NxD: np.ndarray, activation: str) -> 
 
 
 def figure_recoveries(spec: spec_lib.SweepSpec, activation: str, dims: Sequence[int],
-                      seed_index: int = 0) -> dict[str, Any]:
-  """Input cloud (first manifold dim) and its recoveries at `dims` with the sweep's T."""
+                      seed_index: int = 0, constrained: bool = True) -> dict[str, Any]:
+  """Input cloud (first manifold dim) and its recoveries at `dims` with the sweep's T.
+
+  `constrained=False` leaves out the constrained decoder (an NNLS per point,
+  and SciPy's optimize to import), which the sweep's figure does not draw.
+  """
   d = spec.ds[0]
   x_PxD = manifolds.sample(spec.manifold, spec.points, d, seed=spec.seed, turns=spec.turns,
                            scale=spec.scale)
-  key = embedding.embedding_key(spec.seed, seed_index, d)
-  t_NxD = np.asarray(jax.jit(embedding.draw_embedding, static_argnums=(1, 2))(key, max(dims), d))
+  # Key and draw in one program: one trace and compile, not one per random op.
+  draw = jax.jit(lambda seed, s: embedding.draw_embedding(
+      embedding.embedding_key(seed, s, d), max(dims), d))
+  t_NxD = np.asarray(draw(np.uint32(spec.seed), np.int32(seed_index)))
   total = float(np.sum(x_PxD.astype(np.float64) ** 2))
   panels = []
   for n in dims:
-    rec = recover(x_PxD, t_NxD[:n], activation)  # T_n: the first n rows, as in the sweep
+    rec = recover(x_PxD, t_NxD[:n], activation, constrained)  # T_n: the first n rows
     rec.update(n=n, **{f"{e}_error": float(np.sum((x_PxD - rec[e]) ** 2) / total)
-                       for e in spec_lib.ERRORS})
+                       for e in spec_lib.ERRORS if e in rec})
     panels.append(rec)
   return {"x": x_PxD, "activation": activation, "panels": panels}
 
