@@ -73,15 +73,21 @@ def _gelu_inverse(y: Array, steps: int = 3) -> Array:
 
   z Phi(z) is increasing on z > 0 with slope Phi + z phi >= 1/2; y <= z <=
   y / Phi(y) brackets the root, and Newton converges quadratically from
-  there: 3 steps reach float32 rounding (as many more do; 2 leave 4e-7 of
-  relative error, tests/test_collapse.py).
+  there: 3 steps reach float32 rounding (1.8e-7 relative error against a
+  float64 Newton, 1.4e-7 after more steps; 2 leave 4e-7, tests/test_collapse.py).
   """
   y = jnp.maximum(y, 1e-30)
-  z = y / jax.scipy.special.ndtr(y)
+  z = y / _phi_positive(y)
   for _ in range(steps):
-    slope = jax.scipy.special.ndtr(z) + z * jnp.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-    z = jnp.clip(z - (_gelu(z) - y) / slope, y, None)
+    phi = _phi_positive(z)  # one erf per step: z Phi(z) and the slope share it
+    slope = phi + z * jnp.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    z = jnp.clip(z - (z * phi - y) / slope, y, None)
   return z
+
+
+def _phi_positive(z: Array) -> Array:
+  """The normal CDF for z > 0 from erf alone (no erfc branch: Phi >= 1/2 there)."""
+  return 0.5 * (1.0 + jax.lax.erf(z * (1 / math.sqrt(2))))
 
 
 def _softplus_inverse(y: Array) -> Array:
