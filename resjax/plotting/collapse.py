@@ -33,6 +33,7 @@ _FLOOR = 1e-6  # log axes stop here; smaller errors are exact up to float32
 # matplotlib, each draw measures every y axis to place them (0.15 s of this
 # figure's saving). The refit panels (a linear axis, free limits) keep that.
 _TITLE_Y = 1.0
+_CURVE_BANDS = 48  # colours along a Fig. 1 curve
 
 
 def focus_activation(names: tuple[str, ...], *wanted: Optional[str]) -> str:
@@ -107,11 +108,14 @@ def _letter(ax, letter: str) -> None:
 def _curve(ax, x_Px2: np.ndarray, title: str, note: str = "") -> None:
   """A 2-D point sequence as a line coloured by position along the input curve."""
   from matplotlib import collections as mcoll  # pylint: disable=g-import-not-at-top
-  pts = x_Px2.reshape(-1, 1, 2)
-  segs = np.concatenate([pts[:-1], pts[1:]], axis=1)
-  # Rasterized in the PDF: one image, not a path per segment (about 6,000 in the figure).
-  lc = mcoll.LineCollection(segs, cmap="viridis", linewidths=1.6, rasterized=True)
-  lc.set_array(np.linspace(0, 1, len(segs)))
+  # _CURVE_BANDS polylines, each one colour, sharing their end points: vector
+  # paths in the PDF (a segment per point pair, about 6,000 in the figure,
+  # had to be rasterized there and took most of the figure's drawing).
+  cuts = np.linspace(0, len(x_Px2) - 1, min(_CURVE_BANDS, len(x_Px2) - 1) + 1).round().astype(int)
+  bands = [x_Px2[a:b + 1] for a, b in zip(cuts[:-1], cuts[1:])]
+  lc = mcoll.LineCollection(bands, cmap="viridis", linewidths=1.6, capstyle="round",
+                            joinstyle="round")
+  lc.set_array(np.linspace(0, 1, len(bands)))
   ax.add_collection(lc)
   lim = max(np.abs(x_Px2).max(), 1e-6) * 1.08
   ax.set_xlim(-lim, lim)
