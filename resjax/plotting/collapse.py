@@ -73,13 +73,13 @@ _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 def _power_of_ten(v: float, _=None) -> str:
   """'10⁻³' at a power of ten, '' elsewhere: plain text, where matplotlib's own
-  log labels are mathtext, parsed once per label and resolution (a fifth of
-  this figure's drawing time)."""
+  log labels are mathtext, parsed once per label and resolution."""
   e = int(np.round(np.log10(v))) if v > 0 else 0
   return f"10{str(e).translate(_SUPERSCRIPT)}" if v > 0 and np.isclose(v, 10.0**e) else ""
 
 
 def _log10_y(ax, top: float) -> None:
+  """A log y axis from _FLOOR to `top`, its decades labelled by `_power_of_ten`."""
   from matplotlib import ticker  # pylint: disable=g-import-not-at-top  (slow import)
   ax.set_yscale("log")
   ax.yaxis.set_major_formatter(ticker.FuncFormatter(_power_of_ten))
@@ -109,8 +109,8 @@ def _curve(ax, x_Px2: np.ndarray, title: str, note: str = "") -> None:
   """A 2-D point sequence as a line coloured by position along the input curve."""
   from matplotlib import collections as mcoll  # pylint: disable=g-import-not-at-top
   # _CURVE_BANDS polylines, each one colour, sharing their end points: vector
-  # paths in the PDF (a segment per point pair, about 6,000 in the figure,
-  # had to be rasterized there and took most of the figure's drawing).
+  # paths in the PDF, drawn faster than a segment per point pair (about 6,000
+  # in the figure), which had to be rasterized there.
   cuts = np.linspace(0, len(x_Px2) - 1, min(_CURVE_BANDS, len(x_Px2) - 1) + 1).round().astype(int)
   bands = [x_Px2[a:b + 1] for a, b in zip(cuts[:-1], cuts[1:])]
   lc = mcoll.LineCollection(bands, cmap="viridis", linewidths=1.6, capstyle="round",
