@@ -14,6 +14,7 @@ Then XLA CPU flags, each in its own process (flags are read at start-up) on
 one device, between two runs of the unchanged step; and the time of a bare
 transpose of a stage-1 activation (the layout change a weight gradient needs)
 for comparison with the fused transposes of `python -m launch.bench profile`.
+--quick: ResNet-6 at batch 32, 1 device, the first flag, one unchanged run before it.
 """
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ def run(quick: bool = False) -> dict[str, Any]:
   config = _config(quick)
   wraps = {"base": None, "barrier": lax.optimization_barrier, "cond": _identity_cond}
   figures: dict[str, Any] = {"variants": {}, "flags": {}}
-  for label, devices in (("1 device", jax.devices()[:1]), ("default mesh", None)):
+  meshes = (("1 device", jax.devices()[:1]), ("default mesh", None))
+  for label, devices in meshes[:1] if quick else meshes:
     timers = []
     for name, wrap in wraps.items():
       with _conv_inputs(wrap) if wrap else contextlib.nullcontext():
@@ -113,9 +115,10 @@ def run(quick: bool = False) -> dict[str, Any]:
   flags = FLAGS[:1] if quick else FLAGS
   before = _flag_ms("", quick)
   results = {flag: _flag_ms(flag, quick) for flag in flags}
-  base = (before + _flag_ms("", quick)) / 2
+  base = before if quick else (before + _flag_ms("", quick)) / 2
   figures["flags"] = {"base_ms": base, "ms": results}
-  print(f"XLA flags, 1 device, one process each: base {base:.0f} ms (mean of before and after)")
+  print(f"XLA flags, 1 device, one process each: base {base:.0f} ms "
+        f"({'before' if quick else 'mean of before and after'})")
   for flag, v in results.items():
     print(f"  {flag}: {v:.0f} ms ({base / v:.2f}x)", flush=True)
   batch, width = config.data.batch_size, config.model.widths[0]

@@ -19,7 +19,9 @@ them without tracing, loading or running anything. It compiles with plain
 `jax.jit` (the executable still goes to JAX's cache): exporting first would
 cost a first run more than it saves a run with other inputs.
 
-With the compilation cache off (no directory) nothing is kept. A program
+With the compilation cache off (no directory) nothing is kept on disk; the
+newest outputs are kept in the process's memory instead (MEMORY_TOTAL_BYTES),
+so building the same nets again in one process reads them. A program
 that cannot be exported (a custom call outside JAX's stable set, an output
 tree that does not pickle), or an entry that cannot be read, is traced as
 `jax.jit` would; a bad entry is replaced. Entries are pickles: keep the
@@ -27,6 +29,7 @@ compilation cache where only you can write.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
@@ -35,6 +38,7 @@ import os
 import pickle
 import platform
 import sys
+import threading
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -45,6 +49,13 @@ from resjax import files
 SUBDIR = "exported"
 MAX_KEPT_BYTES = 64 << 20  # `outputs` keeps no larger results (the initial states of big grids)
 KEPT_TOTAL_BYTES = 512 << 20  # and removes the oldest it kept beyond this.
+# Without a cache directory `outputs` keeps its newest results in memory, up to this
+# much: a process that builds the same nets again (a study's analysis after training)
+# reads them there.
+MEMORY_TOTAL_BYTES = 128 << 20
+_MEMORY: "collections.OrderedDict[str, tuple[Any, list[np.ndarray], int]]" = (
+    collections.OrderedDict())
+_MEMORY_LOCK = threading.Lock()
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "ml_dtypes", "flatbuffers")
 
 
@@ -267,13 +278,21 @@ def outputs(fn: Callable, args: Sequence[Any], *, static: Optional[Mapping[str, 
   keeps theirs apart), and the bytes of `args` (host arrays). Results over
   `max_bytes` are computed and not kept; the kept ones together stay under
   KEPT_TOTAL_BYTES (the oldest go first). A rerun gets exactly what the first
-  run computed.
+  run computed. Each call gets arrays of its own (copies of those kept in memory).
   """
   directory = cache_dir() if directory is None else directory
   path = None
+  name = key(fn, args, dict(static or {}), compiler_options, f"{closure}\n{_machine()}")
+  name = f"{name}-{_values_digest(args)}"
+  if not directory:
+    with _MEMORY_LOCK:
+      held = _MEMORY.get(name)
+      if held is not None:
+        _MEMORY.move_to_end(name)
+    if held is not None:
+      return jax.tree.unflatten(held[0], [np.array(a) for a in held[1]])
   if directory:
-    name = key(fn, args, dict(static or {}), compiler_options, f"{closure}\n{_machine()}")
-    path = os.path.join(directory, f"{name}-{_values_digest(args)}.out")
+    path = os.path.join(directory, f"{name}.out")
     try:
       with open(path, "rb") as f:
         entry = pickle.load(f)
@@ -286,6 +305,8 @@ def outputs(fn: Callable, args: Sequence[Any], *, static: Optional[Mapping[str, 
   program = _jit_compile(fn, args, dict(static or {}), compiler_options)
   out = jax.tree.map(np.asarray, jax.device_get(program(*args)))
   leaves, tree = jax.tree.flatten(out)
+  if not directory:
+    _hold(name, tree, leaves, max_bytes)
   if path and sum(a.nbytes for a in leaves) <= max_bytes:
     try:
       files.write_bytes(path, _pickled({"out_tree": tree, "leaves": leaves}, tree))
@@ -293,3 +314,15 @@ def outputs(fn: Callable, args: Sequence[Any], *, static: Optional[Mapping[str, 
     except Exception:  # pylint: disable=broad-except  # A read-only cache, a tree that
       pass             # does not pickle: only not kept.
   return out
+
+
+def _hold(name: str, tree: Any, leaves: Sequence[np.ndarray], max_bytes: int) -> None:
+  """Keeps a copy of an `outputs` result in this process (the newest MEMORY_TOTAL_BYTES)."""
+  size = sum(np.asarray(a).nbytes for a in leaves)
+  if size > min(max_bytes, MEMORY_TOTAL_BYTES):
+    return
+  with _MEMORY_LOCK:
+    _MEMORY[name] = (tree, [np.array(a) for a in leaves], size)
+    _MEMORY.move_to_end(name)
+    while sum(entry[2] for entry in _MEMORY.values()) > MEMORY_TOTAL_BYTES:
+      _MEMORY.popitem(last=False)

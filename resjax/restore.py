@@ -6,8 +6,9 @@ also `resjax.checkpoints.load`.
 """
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import ml_collections
@@ -38,15 +39,19 @@ def _abstract(config: ml_collections.ConfigDict, facts: dict, mesh: jax.sharding
               net: int | None, workdir: str) -> Any:
   """The abstract state the checkpoint of `config` restores into."""
   if grid_spec.is_grid(config):
-    count = len(grid_spec.nets(config))
-    errors.check(net is None or 0 <= net < count,
-                 f"net={net!r} is not a net of the grid in {os.path.abspath(workdir)}; "
-                 f"use 0..{count - 1}")
+    _check_net(config, net, workdir)
     grid_mesh = sharding.grid_mesh(mesh.devices.flat, 1)
     return grid_state.abstract_grid_state(config, grid_mesh, **facts)
   errors.check(net in (None, 0), f"net={net!r}: {os.path.abspath(workdir)} holds a "
                "single run, not a grid; leave net out")
   return train_state.abstract_train_state(config, mesh, **facts)
+
+
+def _check_net(config: ml_collections.ConfigDict, net: int | None, workdir: str) -> None:
+  count = len(grid_spec.nets(config))
+  errors.check(net is None or 0 <= net < count,
+               f"net={net!r} is not a net of the grid in {os.path.abspath(workdir)}; "
+               f"use 0..{count - 1}")
 
 
 def _load_fix(steps: Sequence[int], step: int) -> str:
@@ -114,8 +119,42 @@ def load(workdir: str, step: int | None = None,
   config, facts, mesh, state = _restored(workdir, step, devices, net)
   if not grid_spec.is_grid(config) or net is None:
     return config, state
+  return _own(config, facts, mesh, state, net, {})
+
+
+def load_nets(workdir: str, nets: Sequence[int] | None = None, step: int | None = None,
+              devices: Sequence[jax.Device] | None = None
+              ) -> Iterator[tuple[ml_collections.ConfigDict, Any]]:
+  """(config, TrainState) of each net k in `nets` (default: every net) of the grid run
+  in `workdir`, in order, each as `load(workdir, step, devices, net=k)` returns it, from
+  one restore of the checkpoint (a grid's nets analysed one after another).
+
+  The checkpoint is restored, and every argument checked, before this returns; each
+  net's state is cut out when the iterator reaches it.
+  """
+  _check_args(workdir, step, None)
+  for k in nets or ():
+    _check_args(workdir, step, k)
+  config, facts, mesh, state = _restored(workdir, step, devices, None)
+  errors.check(grid_spec.is_grid(config), f"{os.path.abspath(workdir)} holds a single run, "
+               "not a grid; load it with checkpoints.load(workdir)")
+  state = jax.device_get(state)  # Fetched once; each net is sliced on the host.
+  nets = range(len(grid_spec.nets(config))) if nets is None else list(nets)
+  for k in nets:
+    _check_net(config, k, workdir)
+  abstract: dict[str, Any] = {}  # Nets that differ only in their seed share their shapes.
+  return (_own(config, facts, mesh, state, k, abstract) for k in nets)
+
+
+def _own(config: ml_collections.ConfigDict, facts: dict, mesh: jax.sharding.Mesh, state: Any,
+         net: int, abstract: dict[str, Any]) -> tuple[ml_collections.ConfigDict, Any]:
+  """Net `net` of the restored grid `state`, cut back to its own size."""
   own_config = grid_spec.nets(config)[net]
-  own = train_state.abstract_train_state(own_config, mesh, **facts)
+  shape_key = json.dumps({k: v for k, v in own_config.to_dict().items() if k != "seed"},
+                         sort_keys=True, default=str)
+  if shape_key not in abstract:
+    abstract[shape_key] = train_state.abstract_train_state(own_config, mesh, **facts)
+  own = abstract[shape_key]
   arrays = grid_padding.crop(jax.device_get(state.net_arrays(config, net)), own.arrays())
   arrays = jax.tree.map(lambda a, like: jax.device_put(a, like.sharding), arrays, own.arrays())
   hparams = {k: jax.device_put(v, sharding.replicated(mesh))

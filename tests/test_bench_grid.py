@@ -49,7 +49,8 @@ def test_quick_probes_benchmark_times_both_ways(capsys):
   from benchmarks import probes as bench_probes
   figures = bench_probes.run(quick=True)
   assert figures["without_s"] > 0 and figures["with_s"] > 0
-  assert figures["probe_rows"] == 5 * 2 * (2 + 3) * 2  # steps 0, 5, .., 20 x nets x layers
+  # Steps 0, 5, .., 20 x 2 widths x 2 seeds x 2 layers (depth 2).
+  assert figures["probe_rows"] == 5 * 2 * 2 * 2
   assert "overhead" in capsys.readouterr().out
 
 

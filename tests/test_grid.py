@@ -51,11 +51,14 @@ def _own_params(config, k, state):
   return grid.crop(jax.device_get(state.net_arrays(config, k)["params"]), own.params)
 
 
-def _check_equal(config, devices, steps=3, atol=1e-5):
+def _check_equal(config, devices, steps=3, atol=1e-5, only=None):
+  """Net k of the grid against its single run, for every k (or the k in `only`)."""
   losses, state = _grid_steps(config, devices, steps)
   nets = grid.nets(config)
   assert losses.shape == (steps, len(nets))
   for k, net in enumerate(nets):
+    if only is not None and k not in only:
+      continue
     single_losses, single_params = run_steps(net, jax.devices()[:1], steps)
     np.testing.assert_allclose(losses[:, k], single_losses, rtol=1e-5, atol=atol)
     got = _own_params(config, k, state)
@@ -224,8 +227,16 @@ def test_resnet_1d_depth_width_and_residual_grid_equals_single_runs():
   config.grid.model.depth = (8, 14)
   config.grid.model.width = (2, 4)
   config.grid.model.residual = (False, True)
-  assert len(grid.nets(config)) == 8
-  _check_equal(config, jax.devices()[:8], steps=2, atol=2e-5)
+  nets = grid.nets(config)
+  assert len(nets) == 8
+  # All 8 train in the grid; 4 are checked against single runs, a half fraction of
+  # the 2 x 2 x 2 design: each value of each axis twice, each pair of two axes' values
+  # once; the largest net and one of the smallest size (the most padding) among them.
+  half = [k for k, n in enumerate(nets)
+          if (n.model.depth == 14) ^ (n.model.width == 4) ^ n.model.residual]
+  assert len(half) == 4 and {(nets[k].model.depth, nets[k].model.width) for k in half} == {
+      (8, 2), (8, 4), (14, 2), (14, 4)}
+  _check_equal(config, jax.devices()[:8], steps=2, atol=2e-5, only=half)
 
 
 def test_grid_axes_and_labels():
@@ -383,6 +394,33 @@ def test_load_net_of_a_single_run_or_out_of_range_is_one_line(tmp_path):
   train.train_and_evaluate(config, str(tmp_path / "g"))
   with pytest.raises(errors.ConfigError, match="use 0..1"):
     checkpoints.load(str(tmp_path / "g"), net=2)
+
+
+def test_load_nets_restores_once_and_gives_what_load_gives_each_net(tmp_path):
+  from resjax import checkpoints
+  config = _mlp(seeds=(0, 1), model__width=(3, 8))
+  config.train.steps = 2
+  workdir = str(tmp_path / "g")
+  train.train_and_evaluate(config, workdir)
+  for order in (None, [3, 0, 2]):
+    got = list(checkpoints.load_nets(workdir, order))
+    assert len(got) == (4 if order is None else 3)
+    for k, (net_config, state) in zip(order or range(4), got):
+      want_config, want = checkpoints.load(workdir, net=k)
+      assert net_config == want_config and net_config.seed == k % 2
+      assert jax.tree.structure(state.arrays()) == jax.tree.structure(want.arrays())
+      assert state.apply_fn.__self__ == want.apply_fn.__self__  # The net's own model.
+      jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.arrays()),
+                   jax.device_get(want.arrays()))
+      assert {k: float(v) for k, v in state.hparams.items()} == {
+          k: float(v) for k, v in want.hparams.items()}
+  with pytest.raises(errors.ConfigError, match="use 0..3"):
+    checkpoints.load_nets(workdir, [0, 4])  # Refused before any net is cut out.
+  single = _mlp()
+  single.train.steps = 1
+  train.train_and_evaluate(single, str(tmp_path / "s"))
+  with pytest.raises(errors.ConfigError, match="holds a single run, not a grid"):
+    checkpoints.load_nets(str(tmp_path / "s"))
 
 
 def test_analyze_a_grid_probes_every_net_and_summarizes_conditions(tmp_path):

@@ -174,6 +174,23 @@ def test_outputs_are_read_back_without_tracing_or_running(tmp_path, monkeypatch)
   assert len([n for n in os.listdir(tmp_path) if n.endswith(".out")]) == 2
 
 
+def test_outputs_without_a_directory_are_kept_in_memory_as_copies(monkeypatch):
+  monkeypatch.setattr(program_cache, "_MEMORY", type(program_cache._MEMORY)())
+  x, _ = _args()
+  args = (x, np.float32(2.5))  # Values no other test uses.
+  first = program_cache.outputs(_fn, args, static={"power": 3}, directory="")
+  assert TRACES == [3] and len(program_cache._MEMORY) == 1
+  monkeypatch.setattr(jax, "jit", None)  # Nothing may compile now.
+  again = program_cache.outputs(_fn, args, static={"power": 3}, directory="")
+  (kept,) = next(iter(program_cache._MEMORY.values()))[1]
+  assert TRACES == [3] and again == first and not np.shares_memory(again, kept)
+  monkeypatch.undo()  # Kept no more: computed again.
+  monkeypatch.setattr(program_cache, "_MEMORY", type(program_cache._MEMORY)())
+  monkeypatch.setattr(program_cache, "MEMORY_TOTAL_BYTES", 0)
+  program_cache.outputs(_fn, args, static={"power": 3}, directory="")
+  assert TRACES == [3, 3] and not program_cache._MEMORY
+
+
 def test_outputs_over_the_limit_or_unreadable_are_computed(tmp_path):
   args = _args()
   program_cache.outputs(_fn, args, static={"power": 2}, directory=str(tmp_path), max_bytes=1)

@@ -7,7 +7,7 @@ with `io`); `load` here hands over to it. Code inside the library imports
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import ml_collections
@@ -29,3 +29,12 @@ def load(workdir: str, step: int | None = None, devices: Sequence[jax.Device] | 
   this `__init__`), so it may still be loading while this module runs.
   """
   return _restore.load(workdir, step, devices, net)
+
+
+def load_nets(workdir: str, nets: Sequence[int] | None = None, step: int | None = None,
+              devices: Sequence[jax.Device] | None = None
+              ) -> Iterator[tuple[ml_collections.ConfigDict, Any]]:
+  """(config, TrainState) of each net k in `nets` (default: all) of a grid run, each as
+  `load(workdir, step, devices, net=k)` gives it, from one restore. See
+  `resjax.restore.load_nets`."""
+  return _restore.load_nets(workdir, nets, step, devices)

@@ -96,8 +96,8 @@ def _shares(run: runs.GridRun, log) -> dict[str, np.ndarray]:
   inits = train.initial_states(configs, ds.input_shape, ds.num_classes, mean=ds.mean, std=ds.std)
   out = {k: np.full(len(configs), np.nan) for k in
          ("share_init", "share_trained", "input_share_init", "input_share_trained")}
-  for i, k in enumerate(run.index):
-    _, final = restore.load(run.workdir, net=k, devices=jax.devices()[:1])
+  finals = restore.load_nets(run.workdir, run.index, devices=jax.devices()[:1])
+  for i, (_, final) in enumerate(finals):
     for tag, state in (("init", inits[i]), ("trained", final)):
       got = regions.linear_shares(state, ds.train.inputs, names, act)["all"]
       out[f"share_{tag}"][i], out[f"input_share_{tag}"][i] = got["position"], got["input"]

@@ -185,9 +185,10 @@ def probe_grid(run: GridRun, log: Callable[[str], None] | None,
   inits = dict(zip(new, train.initial_states([nets[run.index[i]] for i in new], ds.input_shape,
                                               ds.num_classes, mean=ds.mean, std=ds.std)))
   meter = progress.Progress(len(new), "nets", report=log, every=10.0) if log and new else None
-  for count, i in enumerate(new):
+  finals = restore.load_nets(run.workdir, [run.index[i] for i in new],
+                             devices=jax.devices()[:1]) if new else iter(())
+  for count, (i, (_, final)) in enumerate(zip(new, finals)):
     k = run.index[i]
-    _, final = restore.load(run.workdir, net=k, devices=jax.devices()[:1])
     cached[str(k)] = {"init": _probe_one(inits.pop(i), ds, grad_at_init(run.nets[i])),
                       "final": _probe_one(final, ds, False)}
     if meter:
