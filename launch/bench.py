@@ -9,6 +9,7 @@
   python -m launch.bench layouts    # a grid's nets on one device: vmapped vs one after another
   python -m launch.bench grid_devices  # a grid's step at 1/2/4/8 host devices along its nets
   python -m launch.bench checkpoint # step time with and without an async save in flight
+  python -m launch.bench restore    # each net of a grid checkpoint: one restore per net vs one
   python -m launch.bench probes     # the 32-MLP grid with and without probes during training
   python -m launch.bench onednn_versions  # resjax's conv code on each oneDNN in RESJAX_ONEDNN_PREFIXES
   python -m launch.bench memory     # a train step with and without launch.memory's malloc settings
@@ -28,7 +29,7 @@ from launch import common
 from resjax import errors, files
 
 BENCHES = ("collapse", "train", "profile", "split", "tried", "grid", "layouts", "grid_devices",
-           "checkpoint", "probes", "onednn_versions", "memory", "imports", "startup")
+           "checkpoint", "restore", "probes", "onednn_versions", "memory", "imports", "startup")
 
 _QUICK = flags.DEFINE_bool("quick", False, "Shrink the benchmark to seconds.")
 _OUT = flags.DEFINE_string("out", None, "Write the figures to this JSON file.")

@@ -54,6 +54,13 @@ def test_quick_probes_benchmark_times_both_ways(capsys):
   assert "overhead" in capsys.readouterr().out
 
 
+def test_quick_restore_benchmark_times_both_ways(capsys):
+  from benchmarks import restore as bench_restore  # pylint: disable=import-outside-toplevel
+  figures = bench_restore.run(quick=True)
+  assert figures["nets"] == 4 and figures["each_s"] > 0 and figures["once_s"] > 0
+  assert "load_nets" in capsys.readouterr().out
+
+
 def test_grid_devices_table_times_every_count_that_divides_the_nets():
   from benchmarks import grid_devices  # pylint: disable=import-outside-toplevel
   figures = grid_devices.run(quick=True)
