@@ -58,6 +58,32 @@ def test_dataset_is_cached_deterministic_and_seeded():
     data.load("mnist1d", num_test=10)
 
 
+def test_generated_set_is_kept_beside_the_compilation_cache_and_read_back(tmp_path,
+                                                                          monkeypatch):
+  from mnist1d import data as mnist1d_data
+  want = data.load("mnist1d", seed=2)  # Generated here (or in an earlier test).
+  from resjax import program_cache  # Where the compilation cache keeps results.
+  monkeypatch.setattr(program_cache, "cache_dir", lambda: str(tmp_path / "exported"))
+  embedded_data._mnist1d_arrays.cache_clear()  # pylint: disable=protected-access
+  data.load("mnist1d", seed=2)
+  (kept,) = (tmp_path / "exported").glob("mnist1d-*.npz")
+  embedded_data._mnist1d_arrays.cache_clear()  # pylint: disable=protected-access
+  generate = mnist1d_data.make_dataset
+  monkeypatch.setattr(mnist1d_data, "make_dataset", None)  # Nothing may generate now.
+  got = data.load("mnist1d", seed=2)
+  for a, b in ((got.train, want.train), (got.test, want.test)):
+    np.testing.assert_array_equal(a.inputs, b.inputs)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.inputs.dtype == np.float32 and a.labels.dtype == np.int32
+  kept.write_bytes(kept.read_bytes()[:1000])  # Cut short: generated again and replaced.
+  embedded_data._mnist1d_arrays.cache_clear()  # pylint: disable=protected-access
+  monkeypatch.setattr(mnist1d_data, "make_dataset", generate)
+  again = data.load("mnist1d", seed=2)
+  np.testing.assert_array_equal(again.train.inputs, want.train.inputs)
+  assert kept.stat().st_size > 100_000
+  embedded_data._mnist1d_arrays.cache_clear()  # pylint: disable=protected-access
+
+
 def test_option_a_shortcut_on_sequences():
   x = jnp.arange(2 * 6 * 3, dtype=jnp.float32).reshape(2, 6, 3)
   s = models.shortcut_option_a(x, 5, 2)

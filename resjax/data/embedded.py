@@ -2,13 +2,19 @@
 manifold task, MNIST-1D."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
 import random
 import threading
 
 import numpy as np
 
-from resjax import schema
+from resjax import files, schema
 from resjax.data.dataset import Split
 
 
@@ -116,26 +122,69 @@ MNIST1D_SEED = 42
 _MNIST1D_LOCK = threading.Lock()
 
 
+_MNIST1D_KEYS = ("x", "y", "x_test", "y_test")
+
+
 @functools.lru_cache(maxsize=4)
 def _mnist1d_arrays(generation_seed: int) -> tuple[np.ndarray, ...]:
   """(x_train, y_train, x_test, y_test) of `make_dataset` at `generation_seed`,
-  read-only, generated once per process."""
+  read-only, generated once per process, and kept beside the compilation cache
+  when there is one (`_mnist1d_kept`): a later process reads them instead."""
   from mnist1d import data as mnist1d_data  # pylint: disable=g-import-not-at-top
 
   args = mnist1d_data.get_dataset_args()
   args.seed = generation_seed
-  with _MNIST1D_LOCK:
-    np_state, py_state = np.random.get_state(), random.getstate()
-    try:
-      made = mnist1d_data.make_dataset(args)
-    finally:
-      np.random.set_state(np_state)
-      random.setstate(py_state)
-  out = (made["x"].astype(np.float32)[..., None], made["y"].astype(np.int32),
-         made["x_test"].astype(np.float32)[..., None], made["y_test"].astype(np.int32))
+  path = _mnist1d_kept(dict(vars(args)))
+  made = _read_kept(path)
+  if made is None:
+    with _MNIST1D_LOCK:
+      np_state, py_state = np.random.get_state(), random.getstate()
+      try:
+        made = mnist1d_data.make_dataset(args)
+      finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    made = {k: np.asarray(made[k], np.float32 if k.startswith("x") else np.int32)
+            for k in _MNIST1D_KEYS}
+    if path:
+      buffer = io.BytesIO()
+      np.savez(buffer, **made)
+      with contextlib.suppress(OSError):  # A read-only cache: only not kept.
+        files.write_bytes(path, buffer.getvalue())
+  out = (made["x"][..., None], made["y"], made["x_test"][..., None], made["y_test"])
   for a in out:
     a.setflags(write=False)
   return out
+
+
+def _mnist1d_kept(args: dict) -> str | None:
+  """Where the set `make_dataset(args)` generates is kept: under the compilation
+  cache (`program_cache.cache_dir`), named by the arguments and the versions of
+  mnist1d, NumPy and SciPy that generate it; None when the cache is off."""
+  from resjax import program_cache  # pylint: disable=g-import-not-at-top  (imports JAX)
+
+  directory = program_cache.cache_dir()
+  if not directory:
+    return None
+  versions = [(p, importlib.metadata.version(p)) for p in ("mnist1d", "numpy", "scipy")]
+  digest = hashlib.sha256(json.dumps([args, versions], sort_keys=True, default=str).encode())
+  return os.path.join(directory, f"mnist1d-{digest.hexdigest()[:32]}.npz")
+
+
+def _read_kept(path: str | None) -> dict[str, np.ndarray] | None:
+  """The kept arrays at `path`, or None when absent or not a whole MNIST-1D set."""
+  if not path:
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as kept:
+      made = {k: np.asarray(kept[k]) for k in _MNIST1D_KEYS}
+  except Exception:  # pylint: disable=broad-except  # Absent, cut short or foreign.
+    return None
+  x, y, x_test, y_test = (made[k] for k in _MNIST1D_KEYS)
+  whole = (x.dtype == x_test.dtype == np.float32 and y.dtype == y_test.dtype == np.int32
+           and x.ndim == x_test.ndim == 2 and x.shape[1] == x_test.shape[1]
+           and y.shape == x.shape[:1] and y_test.shape == x_test.shape[:1])
+  return made if whole else None
 
 
 def mnist1d(seed: int) -> tuple[Split, Split, int]:
