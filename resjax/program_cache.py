@@ -291,7 +291,7 @@ def outputs(fn: Callable, args: Sequence[Any], *, static: Optional[Mapping[str, 
         _MEMORY.move_to_end(name)
     if held is not None:
       return jax.tree.unflatten(held[0], [np.array(a) for a in held[1]])
-  if directory:
+  else:
     path = os.path.join(directory, f"{name}.out")
     try:
       with open(path, "rb") as f:

@@ -138,6 +138,26 @@ def load_nets(workdir: str, nets: Sequence[int] | None = None, step: int | None 
   config, facts, mesh, state = _restored(workdir, step, devices, None)
   errors.check(grid_spec.is_grid(config), f"{os.path.abspath(workdir)} holds a single run, "
                "not a grid; load it with checkpoints.load(workdir)")
+  return _cut(config, facts, mesh, state, nets, workdir)
+
+
+def load_each(workdir: str, step: int | None = None,
+              devices: Sequence[jax.Device] | None = None
+              ) -> tuple[ml_collections.ConfigDict, Iterator[tuple[ml_collections.ConfigDict, Any]]]:
+  """(the run's config, its nets): a single run's one (config, state), or every net of
+  a grid as `load_nets` gives it; the checkpoint is restored once either way."""
+  _check_args(workdir, step, None)
+  config, facts, mesh, state = _restored(workdir, step, devices, None)
+  if not grid_spec.is_grid(config):
+    return config, iter([(config, state)])
+  return config, _cut(config, facts, mesh, state, None, workdir)
+
+
+def _cut(config: ml_collections.ConfigDict, facts: dict, mesh: jax.sharding.Mesh, state: Any,
+         nets: Sequence[int] | None, workdir: str
+         ) -> Iterator[tuple[ml_collections.ConfigDict, Any]]:
+  """Nets `nets` (default: all) of the restored grid `state`, each checked now and cut
+  out when the iterator reaches it."""
   state = jax.device_get(state)  # Fetched once; each net is sliced on the host.
   nets = range(len(grid_spec.nets(config))) if nets is None else list(nets)
   for k in nets:

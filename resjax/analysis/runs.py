@@ -149,16 +149,15 @@ def analyze(workdir: str, *, step: int | None = None, compare: Sequence[str] = (
 
 def _restore(dirs: Sequence[str], step: int | None) -> list[dict]:
   """One entry per net to probe: a run, or each net of a grid run (its own
-  config and state, `restore.load_nets(d)`), labelled and with its
+  config and state, `restore.load_each`), labelled and with its
   condition (the grid's axes but the seed)."""
   entries = []
   for label, d in zip(_labels(dirs), dirs):
-    config, state = restore.load(d, step)
+    config, nets = restore.load_each(d, step)  # One restore, a grid's nets cut out of it.
     if not grid.is_grid(config):
+      (_, state), = nets
       entries.append({"label": label, "dir": d, "config": config, "state": state})
       continue
-    del state
-    nets = restore.load_nets(d, step=step)
     for k, (net_label, (net_config, net_state)) in enumerate(zip(grid.labels(config), nets)):
       entries.append({"label": f"{label}/net{k}", "dir": d, "config": net_config,
                       "state": net_state, "grid": label,
