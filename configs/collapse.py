@@ -33,8 +33,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.activations = activations.names()  # Activation names, e.g. relu,tanh.
   config.dims = tuple(range(1, 65))  # Embedding dimensions n, e.g. 2,3,5,15,30.
   config.seeds = 64  # Random embeddings T per (d, activation, n).
-  # Draws of T vmapped per call (bounds memory); 0 = all at once. 2 ran the
-  # default sweep fastest on a 2-core CPU (`python -m launch.bench collapse`).
+  # Draws of T per call; 0 = all in one call. On a CPU they run one after
+  # another inside the call; on accelerators they are vmapped (a chunk then
+  # bounds memory). Progress is reported per call.
   config.chunk = 2
 
   config.manifold = ml_collections.ConfigDict()

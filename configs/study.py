@@ -505,7 +505,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       activations=("relu",),  # Activations of the untrained curve.
       seeds=64,  # Random embeddings T per n (enough draws to compare with the theory).
       seed=0,  # Seed of the embeddings.
-      chunk=0,  # Draws per vmapped chunk (0 = all at once).
+      chunk=0,  # Draws per call (0 = all in one).
       manifold=dict(name="spiral", dims=(2,), points=1000, turns=3.0),  # The 2-D spiral.
   ))
   # Grid name -> launch.train config.

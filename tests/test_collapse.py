@@ -377,6 +377,31 @@ def test_constrained_qp_matches_scipy():
   assert unsolved > 0
 
 
+def test_prefixes_past_the_closed_form_window_are_solved_as_qps():
+  # d = 1: the window is QP_WINDOW units, so n = 17 and 20 lie past it, where
+  # every QP with no unit on duty goes to the active-set solver. At scale 20
+  # ReLU6 and tanh leave many points with none on duty there (checked below,
+  # so that the path is taken); the sweep matches the float64 NNLS reference.
+  dims, n_max = (2, 17, 20), 20
+  assert collapse.QP_WINDOW < 17
+  spec = collapse.SweepSpec(activations=("relu6", "tanh"), dims=dims, seeds=2, manifold="ball",
+                            ds=(1,), points=200, chunk=1, scale=20.0)
+  results = collapse.sweep(spec)
+  x_PxD = manifolds.sample("ball", spec.points, 1, seed=spec.seed, scale=spec.scale)
+  far_qps = 0
+  for s in range(spec.seeds):
+    t_NxD = np.asarray(collapse.draw_embedding(collapse.embedding_key(spec.seed, s, 1), n_max, 1))
+    for a, name in enumerate(spec.activations):
+      lo, hi = activations.get(name).region
+      z_NxP = t_NxD @ x_PxD.T
+      far_qps += int(np.sum(~np.any((z_NxP > lo) & (z_NxP < hi), axis=0)))
+      for i, n in enumerate(dims):
+        want = collapse.reference_metrics(x_PxD, t_NxD[:n], name)
+        got = np.array([results[m][0, a, i, s] for m in collapse.METRICS])
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6, err_msg=f"{name} n={n}")
+  assert far_qps > 0
+
+
 def test_gelu_inverse_reaches_float32_rounding_in_its_default_steps():
   z = np.concatenate([np.geomspace(1e-6, 1, 4000), np.linspace(1, 12, 4000)]).astype(np.float32)
   gelu = activations.get("gelu")

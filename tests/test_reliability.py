@@ -333,9 +333,16 @@ def test_too_large_sweeps_are_refused_before_compiling(tmp_path):
                      r"machine has 16 GB; pass at most about 262,144 --config.seeds"):
     collapse.check_memory(collapse.spec_from_config(config), {"host": 16e9, "device": None})
   config.seeds, config.dims = 64, tuple(range(1, 4097))
+  # Vmapped draws (the accelerators' layout): a chunk's draws share the memory.
   with pytest.raises(errors.ConfigError, match=r"but this machine has 8 GB; pass "
                      r"--config.chunk=2 \(about 5.32 GB\)"):
-    collapse.check_memory(collapse.spec_from_config(config), {"host": 8e9, "device": None})
+    collapse.check_memory(collapse.spec_from_config(config), {"host": 8e9, "device": None},
+                          sequential=False)
+  # One draw after another (the CPU's): the same sweep fits, as one draw does.
+  one_at_a_time = collapse.check_memory(collapse.spec_from_config(config),
+                                        {"host": 8e9, "device": None}, sequential=True)
+  assert one_at_a_time["device"] < collapse.memory_estimate(
+      collapse.spec_from_config(config), 2, sequential=False)["device"]
   config.dims = (2, 64)
   assert collapse.check_memory(collapse.spec_from_config(config),
                                {"host": 16e9, "device": None})["total"] < 1e9
@@ -344,8 +351,9 @@ def test_too_large_sweeps_are_refused_before_compiling(tmp_path):
   lines = _messages(err)
   assert proc.returncode == 2 and "Traceback" not in err, err
   assert len(lines) == 1 and re.match(
-      r"error: the sweep needs about 508 GB of memory \(n_max=100000, .* but this machine has "
-      r".*; keep --config.dims at most n=\d+ \(with --config.chunk=1\)", lines[0]), lines
+      r"error: the sweep needs about 254 GB of memory \(n_max=100000, 1000 points, 64 draws, "
+      r"one at a time\) but this machine has .*; keep --config.dims at most n=\d+, or fewer "
+      r"--config.manifold.points$", lines[0]), lines
   assert not os.path.exists(tmp_path / "w")
 
 

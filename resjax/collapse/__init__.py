@@ -20,7 +20,8 @@ and read y:
                T_i x' <= 0), T_i x' >= hi above it (ReLU6: >= 6). Among the x'
                that fit y it takes the one of least norm, as the span decoder
                does, so it is never worse than the span decoder (a QP per
-               point, `decoders.min_norm_qp`).
+               point: `decoders.constrained_errors` solves it in closed form
+               where one direction is free, else `decoders.min_norm_qp`).
 
 plus the fraction of points with fewer than d units on duty (collapsed), with
 none (dead), the mean fraction on duty, and the fraction with all units on
@@ -36,7 +37,7 @@ lock, sweep, write one result set, report through `log`).
 """
 from resjax.collapse.cells import cell_metrics, prefix_metrics
 from resjax.collapse.compiled import compile_sweep, compiler_options, sweep
-from resjax.collapse.decoders import QP_BATCH, QP_STEPS, QP_TOL, least_norm_qp
+from resjax.collapse.decoders import QP_BATCH, QP_STEPS, QP_TOL, QP_WINDOW, least_norm_qp
 from resjax.collapse.embedding import draw_embedding, embedding_key
 from resjax.collapse.job import run
 from resjax.collapse.linalg import GRAM_RTOL, PINV_RTOL
@@ -44,13 +45,14 @@ from resjax.collapse.memory import available_memory, check_memory, memory_estima
 from resjax.collapse.reference import NUMPY_FNS, figure_recoveries, recover, reference_metrics
 from resjax.collapse.results import summarize, table
 from resjax.collapse.spec import (ERRORS, METRICS, RULES, THEORY, SweepSpec, config_of,
-                                  spec_from_config, unused)
+                                  sequential_draws, spec_from_config, unused)
 
 __all__ = [
     "ERRORS", "GRAM_RTOL", "METRICS", "NUMPY_FNS", "PINV_RTOL", "QP_BATCH", "QP_STEPS",
-    "QP_TOL", "RULES", "SweepSpec", "THEORY", "available_memory", "cell_metrics", "check_memory",
+    "QP_TOL", "QP_WINDOW", "RULES", "SweepSpec", "THEORY", "available_memory", "cell_metrics", "check_memory",
     "compile_sweep", "compiler_options", "config_of", "draw_embedding", "embedding_key",
     "figure_recoveries", "least_norm_qp", "memory_estimate",
-    "prefix_metrics", "recover", "reference_metrics", "run", "spec_from_config", "summarize",
+    "prefix_metrics", "recover", "reference_metrics", "run", "sequential_draws",
+    "spec_from_config", "summarize",
     "sweep", "table", "unused",
 ]

@@ -4,9 +4,11 @@ T is drawn once per (d, seed) at [n_max, d] (zero-padded to d_max columns;
 each d has its own key, so the T's of different d are independent), and T_n
 is its first n rows, exactly the unpadded draw for n. Everything that
 depends on n is a sum over the first n units, so prefix sums over the unit
-axis give every n at once (`cells`). Draws are vmapped in chunks, one
-compiled program run chunk after chunk (memory stays bounded), and the
-activations are unrolled inside that program, sharing T x, the pseudo-inverses and the duty statistics.
+axis give every n at once (`cells`). Draws run in chunks, one compiled
+program run chunk after chunk (memory stays bounded): on accelerators a
+chunk's draws are vmapped, on a CPU they run one after another inside the
+call (`spec.sequential_draws`). The activations are unrolled inside that program,
+sharing T x, the pseudo-inverses and the duty statistics.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def compiler_options(draws: int = 0) -> Optional[dict[str, Any]]:
   return program_cache.cpu_options(options, jax.default_backend())
 
 
-def _chunk_fn(x_KxPxD, d_K, k_c, s_c, seed, *, names, n_max, dims):
+def _chunk_fn(x_KxPxD, d_K, k_c, s_c, seed, *, names, n_max, dims, sequential=False):
   """Metrics [chunk, A, len(dims), M] for one chunk of draws (manifold dim k, seed s)."""
   d_max = x_KxPxD.shape[-1]
   pick_N = np.asarray(dims) - 1
@@ -57,6 +59,8 @@ def _chunk_fn(x_KxPxD, d_K, k_c, s_c, seed, *, names, n_max, dims):
     t_NxD = embedding.draw_padded(key, n_max, d_K[k], n_max, d_max)
     return cells.prefix_metrics(x_KxPxD[k], t_NxD, d_K[k], names)[:, pick_N]
 
+  if sequential:
+    return jax.lax.map(lambda ks: one(*ks), (k_c, s_c))
   return jax.vmap(one)(k_c, s_c)
 
 
@@ -117,7 +121,8 @@ def compile_sweep(spec: spec_lib.SweepSpec) -> tuple[SweepProgram, tuple, dict[s
   start = time.perf_counter()
   compiled = program_cache.compile(
       _chunk_fn, (*args[:2], k_C[:chunk], s_C[:chunk], args[4]),
-      static={"names": spec.activations, "n_max": max(spec.dims), "dims": spec.dims},
+      static={"names": spec.activations, "n_max": max(spec.dims), "dims": spec.dims,
+              "sequential": spec_lib.sequential_draws(jax.default_backend())},
       compiler_options=compiler_options(draws))
   meta = {"x": x_KxPxD, "draws": draws, "chunk": chunk,
           "compile_s": time.perf_counter() - start}

@@ -3,14 +3,18 @@
 The span decoder solves act^-1(y_i) = T_i x on the units on duty (least
 norm); the constrained decoder also enforces the silent units' constraints
 (T_i x <= lo below the region, >= hi above it), a QP per point. `min_norm_qp`
-solves those QPs in JAX at static shapes; `least_norm_qp` is its float64
-NumPy twin (an exact NNLS), the reference the tests hold it to.
+solves those QPs in JAX at static shapes, where `constrained_errors` finds
+no shorter way (most have none to solve, or one free direction: a closed
+form); `least_norm_qp` is its float64 NumPy twin (an exact NNLS), the
+reference the tests hold them to.
 
 QP_STEPS: at most that many active-set steps per unit of d_max (each adds or
 drops one constraint; tests/test_collapse.py checks the result against
 scipy.optimize.nnls). QP_TOL: a constraint counts as violated beyond that
 fraction of its scale. QP_BATCH: up to QP_BATCH * d_max QPs per point and
-activation are solved at a time.
+activation are solved at a time. QP_WINDOW: prefixes of up to that many units
+per unit of d_max are decoded without `min_norm_qp` where they can be (past
+them, fewer than d units on duty is rare: under 1e-8 of ReLU points at d = 2).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ Array = jax.Array
 QP_STEPS = 4
 QP_TOL = 1e-5
 QP_BATCH = 1
+QP_WINDOW = 16
 
 
 def first_on(t_NxD: Array, on_NxP: Array, zhat_NxP: Array, d: Array) -> tuple[Array, Array]:
@@ -172,47 +177,161 @@ def min_norm_qp(x0_MxD, nrm_MxSxD, kind_MxS, t_NxD, side_MxN, b_MxN, valid_MxN, 
   return jax.lax.while_loop(cond, body, state)[0]
 
 
+def _null_direction(a_XxJxD: Array, d: Array) -> tuple[Array, Array]:
+  """A unit v_XxD orthogonal to the rows in slots < d - 1, within the first d coordinates.
+
+  ok_X where those d - 1 rows are independent: the solutions of their
+  equations in R^d are then the line x0 + t v. v is the largest projection
+  of a coordinate axis e_j (j < d) off the rows' span (its squared norm is at
+  least 1/d).
+  """
+  lead, (slots, d_max) = a_XxJxD.shape[:-2], a_XxJxD.shape[-2:]
+  rows = jnp.where((jnp.arange(slots) < d - 1)[:, None], a_XxJxD, 0.0)
+  us, coef = slot_basis(rows.reshape(-1, slots, d_max))
+  rank = sum((c[-1] > 0).astype(jnp.int32) for c in coef)
+  proj_XxDxD = jnp.eye(d_max) - sum(u[..., :, None] * u[..., None, :] for u in us)
+  left_XxD = jnp.where(jnp.arange(d_max) < d, jnp.diagonal(proj_XxDxD, axis1=-2, axis2=-1),
+                       -1.0)
+  j = jnp.argmax(left_XxD, -1)
+  v = jnp.take_along_axis(proj_XxDxD, j[..., None, None], axis=-1)[..., 0]
+  v = v / jnp.linalg.norm(v, axis=-1, keepdims=True)
+  return v.reshape(*lead, d_max), (rank == d - 1).reshape(lead)
+
+
+def _line_errors(x_PxD, t_WxD, d, n_Q, a_AxPxJxD, xs_AxPxJ1xD, side_AxWxP, b_AxWxP):
+  """(errors [A, Q, P], ok [A, P]) of the QPs with one free direction, every prefix at once.
+
+  With d - 1 independent equations (ok) the solutions are x0 + t v (x0 the
+  span solution, v `_null_direction`), and ||x||^2 = ||x0||^2 + t^2. Each
+  silent unit bounds t from one side; the bounds of the first n units are
+  running minima and maxima over the unit axis, and the least-norm t of
+  prefix n is 0 clipped to them: no iterations. Only the W units given are
+  read (a prefix past them gets their bounds).
+  """
+  width = t_WxD.shape[0]
+  v_AxPxD, ok_AxP = _null_direction(a_AxPxJxD, d)
+  x0_AxPxD = jnp.take(xs_AxPxJ1xD, d - 1, axis=2)
+  tx0_AxWxP = jnp.einsum("nd,apd->anp", t_WxD, x0_AxPxD, precision=linalg.HIGHEST)
+  tv_AxWxP = jnp.einsum("nd,apd->anp", t_WxD, v_AxPxD, precision=linalg.HIGHEST)
+  s0_AxWxP, gv_AxWxP = side_AxWxP * (tx0_AxWxP - b_AxWxP), side_AxWxP * tv_AxWxP
+  bound_AxWxP = -s0_AxWxP / jnp.where(gv_AxWxP != 0, gv_AxWxP, 1.0)
+  # The upper bounds and the negated lower ones, running minima in one
+  # log-depth scan (XLA's CPU backend runs lax.cummin as a windowed
+  # reduction, quadratic in the window).
+  up_2xAxWxP = jnp.stack([jnp.where(gv_AxWxP > 0, bound_AxWxP, jnp.inf),
+                          jnp.where(gv_AxWxP < 0, -bound_AxWxP, jnp.inf)])
+  up_2xAxWxP = jax.lax.associative_scan(jnp.minimum, up_2xAxWxP, axis=2)
+  at_Q = jnp.minimum(n_Q, width) - 1
+  t_AxQxP = jnp.minimum(jnp.maximum(-up_2xAxWxP[1][:, at_Q], 0.0), up_2xAxWxP[0][:, at_Q])
+  # ||x - x0 - t v||^2 = ||e_perp||^2 + (e . v - t)^2, e = x - x0 split along v.
+  e_AxPxD = x_PxD[None] - x0_AxPxD
+  ev_AxP = linalg.dot(e_AxPxD, v_AxPxD)
+  perp_AxP = jnp.sum((e_AxPxD - ev_AxP[..., None] * v_AxPxD) ** 2, -1)
+  return perp_AxP[:, None] + (ev_AxP[:, None] - t_AxQxP) ** 2, ok_AxP
+
+
+def _first_violated(t_WxD, xs_AxPxJxD, side_AxWxP, b_AxWxP):
+  """The first silent unit each span solution violates [A, J, P] (W where none).
+
+  A QP whose prefix ends before that unit is solved by its span solution.
+  """
+  width = t_WxD.shape[0]
+  z_AxJxWxP = jnp.einsum("nd,apjd->ajnp", t_WxD, xs_AxPxJxD, precision=linalg.HIGHEST)
+  s = side_AxWxP[:, None] * (z_AxJxWxP - b_AxWxP[:, None])
+  xnorm_AxJxP = jnp.swapaxes(jnp.linalg.norm(xs_AxPxJxD, axis=-1), 1, 2)
+  tol = QP_TOL * (jnp.linalg.norm(t_WxD, axis=-1)[:, None] * xnorm_AxJxP[:, :, None]
+                  + jnp.abs(b_AxWxP)[:, None])
+  return jnp.min(jnp.where(s > tol, jnp.arange(width)[:, None], width), 2)
+
+
 def constrained_errors(x_PxD, t_NxD, d, n_Q, count_AxQxP, a_AxPxJxD, xs_AxPxJ1xD, side_AxNxP,
                        b_AxNxP, span_AxQxP):
   """Squared errors [A, Q, P] of the constrained decoder at the prefixes n_Q.
 
   Equal to the span decoder's where d units are on duty (the equations fix
-  x) or where none is silent (no constraint beyond the equations); elsewhere
-  a QP per (activation, prefix, point). Only those are solved: they are
-  gathered from all activations together, QP_BATCH * d_max * A * P at a
-  time, for as long as any is left.
+  x), where none is silent, or where the span solution already meets the
+  silent units' constraints. Within the first QP_WINDOW * d_max units (W):
+  a prefix whose span solution breaks none of its units' constraints is
+  found solved (`_first_violated`), and a QP with one free direction (d - 1
+  independent equations) is solved in closed form for every prefix at once
+  (`_line_errors`). The others (fewer than d - 1 equations and a broken
+  constraint, or prefixes past W with fewer than d units on duty, which are
+  rare) go to `min_norm_qp`, gathered from all activations together,
+  QP_BATCH * d_max * A * P at a time, for as long as any is left: often
+  none, and the loop never runs. n_Q must be strictly increasing (all
+  prefixes 1..N, or a single n): then only its first W entries can lie
+  within W units.
   """
+  q_all = count_AxQxP.shape[1]
+  n_units, d_max = t_NxD.shape
+  width = min(n_units, QP_WINDOW * d_max)
+  near = min(q_all, width)  # n_Q increasing: prefixes past the first W are past W units.
+  t_WxD, side_AxWxP, b_AxWxP = t_NxD[:width], side_AxNxP[:, :width], b_AxNxP[:, :width]
+  count_AxVxP, n_V = count_AxQxP[:, :near], n_Q[:near]
+  first_AxJxP = _first_violated(t_WxD, xs_AxPxJ1xD[:, :, :d_max], side_AxWxP, b_AxWxP)
+  line_AxVxP, ok_AxP = _line_errors(x_PxD, t_WxD, d, n_V, a_AxPxJxD, xs_AxPxJ1xD, side_AxWxP,
+                                    b_AxWxP)
+  inside = (n_V <= width)[:, None]
+  need = (count_AxVxP < d) & (count_AxVxP < n_V[:, None])
+  line = need & inside & (count_AxVxP == d - 1) & ok_AxP[:, None]
+  out_AxQxP = jnp.concatenate(
+      [jnp.where(line, line_AxVxP, span_AxQxP[:, :near]), span_AxQxP[:, near:]], 1)
+  far_AxQxP = count_AxQxP[:, near:]
+  far = (far_AxQxP < d) & (far_AxQxP < n_Q[near:][:, None])
+
+  def left_mask():
+    """The QPs left to `min_norm_qp` [A, Q, P]."""
+    solved = inside & (n_V[:, None] <= jnp.take_along_axis(
+        first_AxJxP, jnp.minimum(count_AxVxP, d_max - 1), axis=1))
+    return jnp.concatenate([need & ~line & ~solved, far], 1)
+
+  # Whether any is left, without that mask (a gather per QP of a reduction
+  # over the units, which XLA fuses and redoes per prefix): per slot k, the
+  # last prefix with k units on duty against the span solution's first broken
+  # constraint. (It may say yes where none is left; never the other way.)
+  any_left = jnp.any(need & ~inside) | jnp.any(far)
+  for k in range(d_max):
+    last_AxP = jnp.max(jnp.where((count_AxVxP == k) & need & inside, n_V[:, None], 0), 1)
+    open_AxP = (k < d - 1) | ~ok_AxP
+    any_left |= jnp.any(open_AxP & (last_AxP > first_AxJxP[:, k]))
+  return jax.lax.cond(any_left, lambda out: _solve_left(
+      x_PxD, t_NxD, d, n_Q, count_AxQxP, a_AxPxJxD, xs_AxPxJ1xD, side_AxNxP, b_AxNxP,
+      left_mask(), out), lambda out: out, out_AxQxP)
+
+
+def _solve_left(x_PxD, t_NxD, d, n_Q, count_AxQxP, a_AxPxJxD, xs_AxPxJ1xD, side_AxNxP, b_AxNxP,
+                left_AxQxP, out_AxQxP):
+  """out_AxQxP where the QPs of left_AxQxP are solved by `min_norm_qp`, in batches."""
   n_act, q_all, p = count_AxQxP.shape
   n_units, d_max = t_NxD.shape
   size = n_act * q_all * p
   cap = int(min(size, QP_BATCH * d_max * n_act * p))
   count_F = count_AxQxP.reshape(-1)
-  n_F = jnp.broadcast_to(n_Q[None, :, None], count_AxQxP.shape).reshape(-1)
-  need_F = (count_F < d) & (count_F < n_F)
-  upto_F = jnp.cumsum(need_F.astype(jnp.int32))  # nondecreasing: a binary search finds the j-th
-  left = upto_F[-1]
-  side_AxPxN, b_AxPxN = jnp.swapaxes(side_AxNxP, 1, 2), jnp.swapaxes(b_AxNxP, 1, 2)
+  n_F = jnp.broadcast_to(n_Q[:, None], (q_all, p)).reshape(-1)
   slot_S = jnp.arange(d_max)
 
   def body(state):
-    start, out_F = state
-    live_M = jnp.arange(cap) < left - start
-    idx_M = jnp.minimum(jnp.searchsorted(upto_F, start + jnp.arange(cap) + 1), size - 1)
-    a_M, q_M, p_M = idx_M // (q_all * p), idx_M // p % q_all, idx_M % p
+    # The running count of the QPs left (a binary search in it finds the
+    # j-th) is built from the loop's state, so it is not hoisted out of it.
+    left_F, out_F = state
+    upto_F = jnp.cumsum(left_F.astype(jnp.int32))
+    live_M = jnp.arange(cap) < upto_F[-1]
+    idx_M = jnp.minimum(jnp.searchsorted(upto_F, jnp.arange(cap) + 1), size - 1)
+    a_M, p_M = idx_M // (q_all * p), idx_M % p
     k_M = jnp.minimum(count_F[idx_M], d)
     eq_MxS = slot_S < k_M[:, None]
-    side_MxN = side_AxPxN[a_M, p_M]
-    valid_MxN = (side_MxN != 0) & (jnp.arange(n_units) < n_Q[q_M][:, None])
+    side_MxN = side_AxNxP[a_M, :, p_M]
+    valid_MxN = (side_MxN != 0) & (jnp.arange(n_units) < n_F[idx_M % (q_all * p)][:, None])
     x_MxD = min_norm_qp(xs_AxPxJ1xD[a_M, p_M, k_M],
                         jnp.where(eq_MxS[..., None], a_AxPxJxD[a_M, p_M], 0.0),
-                        eq_MxS.astype(jnp.int32), t_NxD, side_MxN, b_AxPxN[a_M, p_M],
+                        eq_MxS.astype(jnp.int32), t_NxD, side_MxN, b_AxNxP[a_M, :, p_M],
                         valid_MxN, ~live_M, QP_STEPS * d_max)
     sq_M = jnp.sum((x_PxD[p_M] - x_MxD) ** 2, -1)
     out_F = out_F.at[jnp.where(live_M, idx_M, size)].set(sq_M, mode="drop")
-    return start + cap, out_F
+    return left_F & (upto_F > cap), out_F
 
-  out_F = jax.lax.while_loop(lambda s: s[0] < left, body,
-                             (jnp.int32(0), span_AxQxP.reshape(-1)))[1]
+  out_F = jax.lax.while_loop(lambda s: jnp.any(s[0]), body,
+                             (left_AxQxP.reshape(-1), out_AxQxP.reshape(-1)))[1]
   return out_F.reshape(n_act, q_all, p)
 
 
