@@ -49,10 +49,9 @@ from resjax.collapse.spec import (ERRORS, METRICS, RULES, THEORY, SweepSpec, con
 
 __all__ = [
     "ERRORS", "GRAM_RTOL", "METRICS", "NUMPY_FNS", "PINV_RTOL", "QP_BATCH", "QP_STEPS",
-    "QP_TOL", "QP_WINDOW", "RULES", "SweepSpec", "THEORY", "available_memory", "cell_metrics", "check_memory",
-    "compile_sweep", "compiler_options", "config_of", "draw_embedding", "embedding_key",
-    "figure_recoveries", "least_norm_qp", "memory_estimate",
-    "prefix_metrics", "recover", "reference_metrics", "run", "sequential_draws",
-    "spec_from_config", "summarize",
+    "QP_TOL", "QP_WINDOW", "RULES", "SweepSpec", "THEORY", "available_memory", "cell_metrics",
+    "check_memory", "compile_sweep", "compiler_options", "config_of", "draw_embedding",
+    "embedding_key", "figure_recoveries", "least_norm_qp", "memory_estimate", "prefix_metrics",
+    "recover", "reference_metrics", "run", "sequential_draws", "spec_from_config", "summarize",
     "sweep", "table", "unused",
 ]

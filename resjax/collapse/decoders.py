@@ -198,7 +198,7 @@ def _null_direction(a_XxJxD: Array, d: Array) -> tuple[Array, Array]:
   return v.reshape(*lead, d_max), (rank == d - 1).reshape(lead)
 
 
-def _line_errors(x_PxD, t_WxD, d, n_Q, a_AxPxJxD, xs_AxPxJ1xD, side_AxWxP, b_AxWxP):
+def _line_errors(x_PxD, t_WxD, d, n_Q, a_AxPxJxD, xs_AxPxJ1xD, side_AxWxP, s0_AxWxP):
   """(errors [A, Q, P], ok [A, P]) of the QPs with one free direction, every prefix at once.
 
   With d - 1 independent equations (ok) the solutions are x0 + t v (x0 the
@@ -206,14 +206,13 @@ def _line_errors(x_PxD, t_WxD, d, n_Q, a_AxPxJxD, xs_AxPxJ1xD, side_AxWxP, b_AxW
   silent unit bounds t from one side; the bounds of the first n units are
   running minima and maxima over the unit axis, and the least-norm t of
   prefix n is 0 clipped to them: no iterations. Only the W units given are
-  read (a prefix past them gets their bounds).
+  read (a prefix past them gets their bounds). s0: x0's slack in each unit's
+  constraint (`_slack` at slot d - 1).
   """
   width = t_WxD.shape[0]
   v_AxPxD, ok_AxP = _null_direction(a_AxPxJxD, d)
   x0_AxPxD = jnp.take(xs_AxPxJ1xD, d - 1, axis=2)
-  tx0_AxWxP = jnp.einsum("nd,apd->anp", t_WxD, x0_AxPxD, precision=linalg.HIGHEST)
-  tv_AxWxP = jnp.einsum("nd,apd->anp", t_WxD, v_AxPxD, precision=linalg.HIGHEST)
-  s0_AxWxP, gv_AxWxP = side_AxWxP * (tx0_AxWxP - b_AxWxP), side_AxWxP * tv_AxWxP
+  gv_AxWxP = side_AxWxP * jnp.einsum("nd,apd->anp", t_WxD, v_AxPxD, precision=linalg.HIGHEST)
   bound_AxWxP = -s0_AxWxP / jnp.where(gv_AxWxP != 0, gv_AxWxP, 1.0)
   # The upper bounds and the negated lower ones, running minima in one
   # log-depth scan (XLA's CPU backend runs lax.cummin as a windowed
@@ -230,18 +229,23 @@ def _line_errors(x_PxD, t_WxD, d, n_Q, a_AxPxJxD, xs_AxPxJ1xD, side_AxWxP, b_AxW
   return perp_AxP[:, None] + (ev_AxP[:, None] - t_AxQxP) ** 2, ok_AxP
 
 
-def _first_violated(t_WxD, xs_AxPxJxD, side_AxWxP, b_AxWxP):
+def _slack(t_WxD, xs_AxPxJxD, side_AxWxP, b_AxWxP):
+  """side_i (T_i x - b_i) [A, J, W, P]: each span solution x's slack in each unit's
+  constraint (> 0: broken)."""
+  z_AxJxWxP = jnp.einsum("nd,apjd->ajnp", t_WxD, xs_AxPxJxD, precision=linalg.HIGHEST)
+  return side_AxWxP[:, None] * (z_AxJxWxP - b_AxWxP[:, None])
+
+
+def _first_violated(t_WxD, xs_AxPxJxD, b_AxWxP, s_AxJxWxP):
   """The first silent unit each span solution violates [A, J, P] (W where none).
 
   A QP whose prefix ends before that unit is solved by its span solution.
   """
   width = t_WxD.shape[0]
-  z_AxJxWxP = jnp.einsum("nd,apjd->ajnp", t_WxD, xs_AxPxJxD, precision=linalg.HIGHEST)
-  s = side_AxWxP[:, None] * (z_AxJxWxP - b_AxWxP[:, None])
   xnorm_AxJxP = jnp.swapaxes(jnp.linalg.norm(xs_AxPxJxD, axis=-1), 1, 2)
   tol = QP_TOL * (jnp.linalg.norm(t_WxD, axis=-1)[:, None] * xnorm_AxJxP[:, :, None]
                   + jnp.abs(b_AxWxP)[:, None])
-  return jnp.min(jnp.where(s > tol, jnp.arange(width)[:, None], width), 2)
+  return jnp.min(jnp.where(s_AxJxWxP > tol, jnp.arange(width)[:, None], width), 2)
 
 
 def constrained_errors(x_PxD, t_NxD, d, n_Q, count_AxQxP, a_AxPxJxD, xs_AxPxJ1xD, side_AxNxP,
@@ -268,9 +272,10 @@ def constrained_errors(x_PxD, t_NxD, d, n_Q, count_AxQxP, a_AxPxJxD, xs_AxPxJ1xD
   near = min(q_all, width)  # n_Q increasing: prefixes past the first W are past W units.
   t_WxD, side_AxWxP, b_AxWxP = t_NxD[:width], side_AxNxP[:, :width], b_AxNxP[:, :width]
   count_AxVxP, n_V = count_AxQxP[:, :near], n_Q[:near]
-  first_AxJxP = _first_violated(t_WxD, xs_AxPxJ1xD[:, :, :d_max], side_AxWxP, b_AxWxP)
+  s_AxJxWxP = _slack(t_WxD, xs_AxPxJ1xD[:, :, :d_max], side_AxWxP, b_AxWxP)
+  first_AxJxP = _first_violated(t_WxD, xs_AxPxJ1xD[:, :, :d_max], b_AxWxP, s_AxJxWxP)
   line_AxVxP, ok_AxP = _line_errors(x_PxD, t_WxD, d, n_V, a_AxPxJxD, xs_AxPxJ1xD, side_AxWxP,
-                                    b_AxWxP)
+                                    jnp.take(s_AxJxWxP, d - 1, axis=1))
   inside = (n_V <= width)[:, None]
   need = (count_AxVxP < d) & (count_AxVxP < n_V[:, None])
   line = need & inside & (count_AxVxP == d - 1) & ok_AxP[:, None]
@@ -307,7 +312,6 @@ def _solve_left(x_PxD, t_NxD, d, n_Q, count_AxQxP, a_AxPxJxD, xs_AxPxJ1xD, side_
   size = n_act * q_all * p
   cap = int(min(size, QP_BATCH * d_max * n_act * p))
   count_F = count_AxQxP.reshape(-1)
-  n_F = jnp.broadcast_to(n_Q[:, None], (q_all, p)).reshape(-1)
   slot_S = jnp.arange(d_max)
 
   def body(state):
@@ -317,11 +321,11 @@ def _solve_left(x_PxD, t_NxD, d, n_Q, count_AxQxP, a_AxPxJxD, xs_AxPxJ1xD, side_
     upto_F = jnp.cumsum(left_F.astype(jnp.int32))
     live_M = jnp.arange(cap) < upto_F[-1]
     idx_M = jnp.minimum(jnp.searchsorted(upto_F, jnp.arange(cap) + 1), size - 1)
-    a_M, p_M = idx_M // (q_all * p), idx_M % p
+    a_M, q_M, p_M = idx_M // (q_all * p), idx_M // p % q_all, idx_M % p
     k_M = jnp.minimum(count_F[idx_M], d)
     eq_MxS = slot_S < k_M[:, None]
     side_MxN = side_AxNxP[a_M, :, p_M]
-    valid_MxN = (side_MxN != 0) & (jnp.arange(n_units) < n_F[idx_M % (q_all * p)][:, None])
+    valid_MxN = (side_MxN != 0) & (jnp.arange(n_units) < n_Q[q_M][:, None])
     x_MxD = min_norm_qp(xs_AxPxJ1xD[a_M, p_M, k_M],
                         jnp.where(eq_MxS[..., None], a_AxPxJxD[a_M, p_M], 0.0),
                         eq_MxS.astype(jnp.int32), t_NxD, side_MxN, b_AxNxP[a_M, :, p_M],
