@@ -29,11 +29,11 @@ def sequential_draws(platform: str) -> bool:
   """Whether a chunk's draws run one after another (`lax.map`), not vmapped, on `platform`.
 
   On the CPU they do. The default sweep's program (2-core AMD EPYC, one
-  process each way, twice, alternated; `compile_sweep`, then three runs):
-  compiled in 4.6 s against 5.9 s vmapped and ran in 1.8 s against 2.35 s,
-  the same numbers within float32 rounding. Vmapped, XLA batches the
-  decoder's loops and conditionals (every carried value selected per draw,
-  the QP solver run whenever any draw needs it). Accelerators keep the
+  process each way, twice, alternated; `compile_sweep`, then three runs, in
+  a one-off script): compiled in 4.6 s against 5.9 s vmapped and ran in
+  1.8 s against 2.35 s, the same numbers within float32 rounding. Vmapped,
+  XLA batches the decoder's loops and conditionals (every carried value
+  selected per draw, the QP solver run whenever any draw needs it). Accelerators keep the
   vmapped chunk, which fills them with work (not measured there). A chunk
   then bounds the memory of its draws only where they are vmapped
   (`memory_estimate`).
