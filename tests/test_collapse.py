@@ -529,9 +529,9 @@ def test_progress_comes_as_chunks_end_not_after_all_are_dispatched():
   from resjax.collapse import compiled as compiled_lib
   dispatched, seen = [], []
 
-  def fake(x, d, k, s, seed):  # One chunk's metrics: its draws' k values.
+  def fake(x, d, k, s, seed):  # One chunk's metrics: its draws' k values; no QP left.
     dispatched.append(int(k[0]))
-    return np.asarray(k, np.float32)[:, None, None, None]
+    return np.asarray(k, np.float32)[:, None, None, None], np.zeros(len(k), bool)
 
   program = compiled_lib.SweepProgram(fake, chunk=2)
   k = np.arange(20)
@@ -540,3 +540,67 @@ def test_progress_comes_as_chunks_end_not_after_all_are_dispatched():
   assert [(i, n) for i, n, _ in seen] == [(i, 10) for i in range(1, 11)]
   # When chunk i is reported, at most IN_FLIGHT chunks beyond it were dispatched.
   assert all(d <= min(i + compiled_lib.IN_FLIGHT, 10) for i, _, d in seen), seen
+
+
+def test_a_chunk_that_leaves_a_qp_unsolved_runs_again_with_the_solver():
+  from resjax.collapse import compiled as compiled_lib
+  calls = []
+
+  def program(name, value):
+    def run(x, d, k, s, seed):  # Chunk 3 (draws 6, 7) leaves a QP to the solver.
+      calls.append((name, int(k[0]) // 2))
+      return np.full((len(k), 1, 1, 1), value, np.float32), np.isin(k, (6, 7))
+    return run
+
+  compiles = []
+  sweep = compiled_lib.SweepProgram(program("fast", 1.0), chunk=2, with_solver=lambda: (
+      compiles.append(1), program("full", 2.0))[1])
+  k = np.arange(20)
+  out = sweep(None, None, k, k, 0)
+  # Chunks 0-2 keep the fast program's numbers and 3 is run again with the
+  # full one. 4 and 5 were dispatched before it was compiled (IN_FLIGHT = 2)
+  # and left nothing: they are kept. Every chunk after them runs the full
+  # program only.
+  assert compiled_lib.IN_FLIGHT == 2
+  np.testing.assert_array_equal(out[::2, 0, 0, 0], [1, 1, 1, 2, 1, 1, 2, 2, 2, 2])
+  assert compiles == [1] and sweep.rerun_chunks == 1
+  assert sorted(calls) == sorted([("fast", i) for i in range(6)] + [("full", i) for i in
+                                                                    (3, 6, 7, 8, 9)]), calls
+  # A program compiled with the solver from the start runs nothing twice.
+  calls.clear()
+  full_only = compiled_lib.SweepProgram(program("full", 2.0), chunk=2)
+  np.testing.assert_array_equal(full_only(None, None, k, k, 0)[:, 0, 0, 0], [2.0] * 20)
+  assert len(calls) == 10 and full_only.rerun_chunks == 0
+
+
+def test_which_sweeps_start_with_the_solver():
+  config = configs.collapse.get_config()
+  spec = collapse.spec_from_config(config)
+  x = manifolds.padded(spec.manifold, spec.points, spec.ds, seed=spec.seed, turns=spec.turns,
+                       scale=spec.scale)
+  from resjax.collapse import compiled as compiled_lib
+  assert not compiled_lib.starts_with_solver(spec, x)  # The default sweep: none needs it.
+  assert compiled_lib.starts_with_solver(spec, 20 * x)  # ReLU6 and tanh saturate.
+  relu = collapse.SweepSpec(activations=("relu", "identity"), dims=(2,), seeds=1)
+  assert not compiled_lib.starts_with_solver(relu, 20 * x)  # No bound but 0.
+  ball = collapse.SweepSpec(activations=("relu",), dims=(2,), seeds=1, manifold="ball",
+                            ds=(1, 3))
+  assert compiled_lib.starts_with_solver(ball, x)
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_starting_without_the_solver_gives_the_same_numbers(monkeypatch, scale):
+  # At scale 3 some chunks leave QPs to the solver (checked: they are run
+  # again), at scale 1 none does; either way the numbers are the ones of the
+  # program compiled with the solver, bit for bit.
+  from resjax.collapse import compiled as compiled_lib
+  spec = collapse.SweepSpec(activations=("relu", "relu6", "tanh"), dims=(1, 2, 3, 5, 8, 20),
+                            seeds=8, points=300, chunk=2, scale=scale)
+  monkeypatch.setattr(compiled_lib, "starts_with_solver", lambda *_: True)
+  want = collapse.sweep(spec)
+  monkeypatch.setattr(compiled_lib, "starts_with_solver", lambda *_: False)
+  got = collapse.sweep(spec)
+  assert want["rerun_chunks"] == 0
+  assert (got["rerun_chunks"] > 0) == (scale > 1), got["rerun_chunks"]
+  for m in collapse.METRICS:
+    np.testing.assert_array_equal(got[m], want[m], err_msg=m)

@@ -20,8 +20,11 @@ from resjax.collapse import decoders, linalg
 Array = jax.Array
 
 
-def _metrics_at(x_PxD: Array, t_NxD: Array, d: Array, names: Sequence[str], n_Q: Array) -> Array:
-  """Metrics [A, Q, len(METRICS)] of T_n (the first n rows of T_NxD) for each n in n_Q.
+def _metrics_at(x_PxD: Array, t_NxD: Array, d: Array, names: Sequence[str], n_Q: Array,
+                solve: bool = True) -> tuple[Array, Array]:
+  """(metrics [A, Q, len(METRICS)] of T_n (the first n rows of T_NxD) for each n in n_Q, left).
+
+  left, solve: as `decoders.constrained_errors` gives and takes them.
 
   T_n^+ for all n come from one batched SVD of the masked prefixes, and T_n^+ y
   for all n from one matmul; the duty counts of all n are prefix counts over
@@ -61,19 +64,20 @@ def _metrics_at(x_PxD: Array, t_NxD: Array, d: Array, names: Sequence[str], n_Q:
   count_AxQxP = count_RxQxP[r_A]
   k_AxQxP = jnp.minimum(count_AxQxP, d)
   span_AxQxP = jnp.take_along_axis(jnp.swapaxes(sq_AxPxJ1, 1, 2), k_AxQxP, axis=1)
-  con_AxQxP = span_AxQxP
+  con_AxQxP, left = span_AxQxP, jnp.zeros((), bool)
   bounded = [a for a, act in enumerate(specs) if act.region != (-math.inf, math.inf)]
   if bounded:
     sel = np.array(bounded)
     side_AxNxP, b_AxNxP = _silent_constraints([specs[a].region for a in bounded], z_NxP)
-    con = decoders.constrained_errors(x_PxD, t_NxD, d, n_Q, count_AxQxP[sel], a_AxPxJxD[sel],
-                                      xs_AxPxJ1xD[sel], side_AxNxP, b_AxNxP, span_AxQxP[sel])
+    con, left = decoders.constrained_errors(
+        x_PxD, t_NxD, d, n_Q, count_AxQxP[sel], a_AxPxJxD[sel], xs_AxPxJ1xD[sel], side_AxNxP,
+        b_AxNxP, span_AxQxP[sel], solve=solve)
     con_AxQxP = con_AxQxP.at[sel].set(con)
   dec_AxQx2 = jnp.stack([span_AxQxP.sum(-1), con_AxQxP.sum(-1)], -1) / total
   duty_AxQx4 = duty_RxQx4[r_A]
   linear_A = np.array([1.0 if act.identity_on_active else np.nan for act in specs], np.float32)
   duty_AxQx4 = duty_AxQx4.at[:, :, 3].multiply(linear_A[:, None])
-  return jnp.concatenate([err_AxQx2, dec_AxQx2, duty_AxQx4], -1).astype(jnp.float32)
+  return jnp.concatenate([err_AxQx2, dec_AxQx2, duty_AxQx4], -1).astype(jnp.float32), left
 
 
 def _silent_constraints(regions: Sequence[tuple[float, float]],
@@ -113,9 +117,11 @@ def _errors(x_PxD, pinv_QxDxN, y_NxP, total):
       jnp.sum((x_DxP - fit_QxDxP) ** 2, axis=(1, 2)) / total], -1)
 
 
-def prefix_metrics(x_PxD: Array, t_NxD: Array, d: Array, names: Sequence[str]) -> Array:
-  """Metrics [A, N, len(METRICS)] for every n = 1..N, T_n being the first n rows of T_NxD."""
-  return _metrics_at(x_PxD, t_NxD, d, names, jnp.arange(1, t_NxD.shape[0] + 1))
+def prefix_metrics(x_PxD: Array, t_NxD: Array, d: Array, names: Sequence[str], *,
+                   solve: bool = True) -> tuple[Array, Array]:
+  """(metrics [A, N, len(METRICS)] for every n = 1..N, T_n being the first n rows of T_NxD,
+  left): as `decoders.constrained_errors` gives left and takes solve."""
+  return _metrics_at(x_PxD, t_NxD, d, names, jnp.arange(1, t_NxD.shape[0] + 1), solve)
 
 
 def cell_metrics(x_PxD: Array, t_NxD: Array, n: Array, d: Array,
@@ -125,4 +131,4 @@ def cell_metrics(x_PxD: Array, t_NxD: Array, n: Array, d: Array,
   The per-cell counterpart of `prefix_metrics` (and the per-n baseline of the
   benchmark); rows of T past n and columns past d may be zero padding.
   """
-  return _metrics_at(x_PxD, t_NxD, d, names, jnp.reshape(n, (1,)).astype(jnp.int32))[:, 0]
+  return _metrics_at(x_PxD, t_NxD, d, names, jnp.reshape(n, (1,)).astype(jnp.int32))[0][:, 0]

@@ -12,7 +12,7 @@ sharing T x, the pseudo-inverses and the duty statistics.
 """
 from __future__ import annotations
 
-import dataclasses
+import math
 import time
 from typing import Any, Callable, Optional
 
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resjax import manifolds, program_cache
+from resjax import activations, manifolds, program_cache
 from resjax.collapse import cells, embedding, memory, theory
 from resjax.collapse import spec as spec_lib
 
@@ -49,65 +49,122 @@ def compiler_options(draws: int = 0) -> Optional[dict[str, Any]]:
   return program_cache.cpu_options(options, jax.default_backend())
 
 
-def _chunk_fn(x_KxPxD, d_K, k_c, s_c, seed, *, names, n_max, dims, sequential=False):
-  """Metrics [chunk, A, len(dims), M] for one chunk of draws (manifold dim k, seed s)."""
+def _chunk_fn(x_KxPxD, d_K, k_c, s_c, seed, *, names, n_max, dims, sequential=False,
+              solve=True):
+  """(metrics [chunk, A, len(dims), M], left [chunk]) for one chunk of draws (manifold dim k,
+  seed s); left and solve as `decoders.constrained_errors` gives and takes them."""
   d_max = x_KxPxD.shape[-1]
   pick_N = np.asarray(dims) - 1
 
   def one(k, s):
     key = embedding.embedding_key(seed, s, d_K[k])
     t_NxD = embedding.draw_padded(key, n_max, d_K[k], n_max, d_max)
-    return cells.prefix_metrics(x_KxPxD[k], t_NxD, d_K[k], names)[:, pick_N]
+    metrics, left = cells.prefix_metrics(x_KxPxD[k], t_NxD, d_K[k], names, solve=solve)
+    return metrics[:, pick_N], left
 
   if sequential:
     return jax.lax.map(lambda ks: one(*ks), (k_c, s_c))
   return jax.vmap(one)(k_c, s_c)
 
 
+# A sweep starts with the QP solver compiled in where a silent unit's constraint
+# that x = 0 breaks (a finite bound other than 0) is within this many times the
+# largest |x| (T x is N(0, |x|^2) per unit), or where d >= 3.
+SOLVER_REACH = 2.5
+
+
+def starts_with_solver(spec: spec_lib.SweepSpec, x_KxPxD: np.ndarray) -> bool:
+  """Whether the sweep's program is compiled with `decoders.min_norm_qp` from the start.
+
+  Elsewhere it starts without (`SweepProgram`). Measured on the spiral at d = 2
+  (64 draws, all activations): no draw needed the solver at scale 1, 1.25 or
+  1.5; 2 at scale 2, 20 at 3, 42 at 4 and all 64 at 20. The ball and the
+  sphere needed it in every draw at d = 3 to 8 (4 seeds) and in none at d = 1, 2.
+  """
+  if max(spec.ds) >= 3:
+    return True
+  bounds = [abs(b) for a in spec.activations for b in activations.get(a).region
+            if math.isfinite(b) and b != 0]
+  reach = SOLVER_REACH * float(np.max(np.linalg.norm(x_KxPxD, axis=-1)))
+  return bool(bounds) and min(bounds) <= reach
+
+
 # Chunks dispatched ahead of the one being read back.
 IN_FLIGHT = 2
 
 
-@dataclasses.dataclass(frozen=True)
 class SweepProgram:
-  """The sweep's one compiled program, run once per chunk of draws.
+  """The sweep's compiled program, run once per chunk of draws.
 
-  Every chunk runs the same executable; up to IN_FLIGHT chunks are dispatched
-  ahead of the one read back, so `progress(chunks_done, chunks)` is reported
-  from the host as each chunk ends. (Dispatching every chunk first held the
-  first report back until most chunks had run: 20 s into a 256-seed sweep on
-  a 2-core CPU.) With no callback inside, the program is one that JAX's
-  persistent compilation cache stores: a rerun loads it.
+  It starts with the chunk program compiled without `decoders.min_norm_qp`
+  (`solve=False`): most draws pose no QP that needs it (none of the default
+  sweep's), and that program compiles in about half the time. A chunk that
+  left a QP unsolved is run again with the full program, compiled by
+  `with_solver` when first needed, and the chunks after it run that program
+  (a sweep that needs it once, at large scale or d >= 3, needs it for most
+  draws). Every draw's numbers are the full program's: what the two share
+  runs the same code.
+
+  Up to IN_FLIGHT chunks are dispatched ahead of the one read back, so
+  `progress(chunks_done, chunks)` is reported from the host as each chunk ends.
+  (Dispatching every chunk first held the first report back until most
+  chunks had run: 20 s into a 256-seed sweep on a 2-core CPU.) With no callback
+  inside, both programs are ones that JAX's persistent compilation cache
+  stores: a rerun loads them.
   """
-  compiled: Any  # jax.stages.Compiled of one chunk.
-  chunk: int
+
+  def __init__(self, compiled: Any, chunk: int,
+               with_solver: Optional[Callable[[], Any]] = None):
+    self.compiled = compiled  # jax.stages.Compiled of one chunk (without the solver if with_solver)
+    self.chunk = chunk
+    self.with_solver = with_solver
+    # The program with the solver, once compiled (`compiled` itself without with_solver).
+    self.full: Any = None if with_solver is not None else compiled
+    self.solver_compile_s = 0.0
+    self.rerun_chunks = 0  # Chunks run again with it.
 
   def __call__(self, x_KxPxD, d_K, k_C, s_C, seed, *,
                progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
     """Metrics [draws (padded to a multiple of chunk), A, len(dims), M] as NumPy."""
     chunks = len(k_C) // self.chunk
     k_C, s_C = (np.asarray(a).reshape(chunks, self.chunk) for a in (k_C, s_C))
-    run = lambda i: self.compiled(x_KxPxD, d_K, k_C[i], s_C[i], seed)
-    pending = [run(i) for i in range(min(IN_FLIGHT, chunks))]
+    run = lambda program, i: (program, program(x_KxPxD, d_K, k_C[i], s_C[i], seed))
+    pending = [run(self._current(), i) for i in range(min(IN_FLIGHT, chunks))]
     out = []
     for i in range(chunks):
       if i + len(pending) < chunks:
-        pending.append(run(i + len(pending)))
-      out.append(np.asarray(pending.pop(0)))
+        pending.append(run(self._current(), i + len(pending)))
+      program, (metrics, left) = pending.pop(0)
+      if program is not self.full and np.any(left):
+        self._compile_full()
+        self.rerun_chunks += 1
+        metrics = run(self.full, i)[1][0]
+      out.append(np.asarray(metrics))
       if progress is not None:
         progress(i + 1, chunks)
     return np.concatenate(out)
 
+  def _current(self) -> Any:
+    return self.compiled if self.full is None else self.full
+
+  def _compile_full(self) -> None:
+    if self.full is None:
+      start = time.perf_counter()
+      self.full = self.with_solver()
+      self.solver_compile_s = time.perf_counter() - start
+
   def memory_analysis(self) -> Any:
-    """XLA's memory analysis of the chunk's program."""
-    return self.compiled.memory_analysis()
+    """XLA's memory analysis of the full chunk program (compiled here if it was not yet)."""
+    self._compile_full()
+    return self.full.memory_analysis()
 
 
 def compile_sweep(spec: spec_lib.SweepSpec) -> tuple[SweepProgram, tuple, dict[str, Any]]:
-  """Lowers and compiles the sweep's one program: returns (program, args, meta).
+  """Lowers and compiles the sweep's program: returns (program, args, meta).
 
   `program(*args)` -> metrics [draws, A, len(spec.dims), M] over the
-  (manifold dim, seed) draws; meta holds what unpacks it and the compile time.
+  (manifold dim, seed) draws; meta holds what unpacks it and the compile time
+  (of the program it starts with: `starts_with_solver`).
   """
   x_KxPxD = manifolds.padded(spec.manifold, spec.points, spec.ds, seed=spec.seed,
                              turns=spec.turns, scale=spec.scale)
@@ -118,15 +175,17 @@ def compile_sweep(spec: spec_lib.SweepSpec) -> tuple[SweepProgram, tuple, dict[s
   pad = -draws % chunk
   k_C, s_C = (np.concatenate([a, np.repeat(a[:1], pad)]) for a in (k_C, s_C))
   args = (x_KxPxD, np.asarray(spec.ds, np.int32), k_C, s_C, np.uint32(spec.seed))
-  start = time.perf_counter()
-  compiled = program_cache.compile(
+  static = {"names": spec.activations, "n_max": max(spec.dims), "dims": spec.dims,
+            "sequential": spec_lib.sequential_draws(jax.default_backend())}
+  compile_chunk = lambda solve: program_cache.compile(
       _chunk_fn, (*args[:2], k_C[:chunk], s_C[:chunk], args[4]),
-      static={"names": spec.activations, "n_max": max(spec.dims), "dims": spec.dims,
-              "sequential": spec_lib.sequential_draws(jax.default_backend())},
-      compiler_options=compiler_options(draws))
+      static={**static, "solve": solve}, compiler_options=compiler_options(draws))
+  full = starts_with_solver(spec, x_KxPxD)
+  start = time.perf_counter()
+  compiled = compile_chunk(full)
   meta = {"x": x_KxPxD, "draws": draws, "chunk": chunk,
           "compile_s": time.perf_counter() - start}
-  return SweepProgram(compiled, chunk), args, meta
+  return SweepProgram(compiled, chunk, None if full else lambda: compile_chunk(True)), args, meta
 
 
 def sweep(config: Any, *, progress: Optional[Callable[[int, int], None]] = None,
@@ -155,7 +214,7 @@ def sweep(config: Any, *, progress: Optional[Callable[[int, int], None]] = None,
     on_compiled()
   start = time.perf_counter()
   out_CxAxNxM = program(*args, progress=progress)
-  run_s = time.perf_counter() - start
+  run_s = time.perf_counter() - start - program.solver_compile_s
   out = out_CxAxNxM[:meta["draws"]].reshape(
       len(spec.ds), spec.seeds, len(spec.activations), len(spec.dims), len(spec_lib.METRICS))
   out = out.transpose(0, 2, 3, 1, 4)
@@ -164,7 +223,8 @@ def sweep(config: Any, *, progress: Optional[Callable[[int, int], None]] = None,
              "seeds": spec.seeds, "seed": spec.seed, "points": spec.points,
              "turns": spec.turns, "scale": spec.scale, "cells": spec.cells,
              "chunk": meta["chunk"],
-             "compile_s": meta["compile_s"], "run_s": run_s}
+             "compile_s": meta["compile_s"] + program.solver_compile_s, "run_s": run_s,
+             "rerun_chunks": program.rerun_chunks}
   results.update({m: out[..., i] for i, m in enumerate(spec_lib.METRICS)})
   results.update(theory.predict(meta["x"], spec.ds, spec.activations, spec.dims))
   return results

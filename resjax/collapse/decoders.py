@@ -249,8 +249,8 @@ def _first_violated(t_WxD, xs_AxPxJxD, b_AxWxP, s_AxJxWxP):
 
 
 def constrained_errors(x_PxD, t_NxD, d, n_Q, count_AxQxP, a_AxPxJxD, xs_AxPxJ1xD, side_AxNxP,
-                       b_AxNxP, span_AxQxP):
-  """Squared errors [A, Q, P] of the constrained decoder at the prefixes n_Q.
+                       b_AxNxP, span_AxQxP, *, solve: bool = True):
+  """(squared errors [A, Q, P] of the constrained decoder at the prefixes n_Q, left).
 
   Equal to the span decoder's where d units are on duty (the equations fix
   x), where none is silent, or where the span solution already meets the
@@ -262,7 +262,11 @@ def constrained_errors(x_PxD, t_NxD, d, n_Q, count_AxQxP, a_AxPxJxD, xs_AxPxJ1xD
   constraint, or prefixes past W with fewer than d units on duty, which are
   rare) go to `min_norm_qp`, gathered from all activations together,
   QP_BATCH * d_max * A * P at a time, for as long as any is left: often
-  none, and the loop never runs. n_Q must be strictly increasing (all
+  none, and the loop never runs. left says whether any was left (it may
+  say so where none was; never the other way). With solve=False the
+  program holds no `min_norm_qp` (it compiles in about half the time) and
+  those QPs keep the span decoder's error: where left is set, the errors
+  are not the constrained decoder's. n_Q must be strictly increasing (all
   prefixes 1..N, or a single n): then only its first W entries can lie
   within W units.
   """
@@ -299,9 +303,11 @@ def constrained_errors(x_PxD, t_NxD, d, n_Q, count_AxQxP, a_AxPxJxD, xs_AxPxJ1xD
     last_AxP = jnp.max(jnp.where((count_AxVxP == k) & need & inside, n_V[:, None], 0), 1)
     open_AxP = (k < d - 1) | ~ok_AxP
     any_left |= jnp.any(open_AxP & (last_AxP > first_AxJxP[:, k]))
+  if not solve:
+    return out_AxQxP, any_left
   return jax.lax.cond(any_left, lambda out: _solve_left(
       x_PxD, t_NxD, d, n_Q, count_AxQxP, a_AxPxJxD, xs_AxPxJ1xD, side_AxNxP, b_AxNxP,
-      left_mask(), out), lambda out: out, out_AxQxP)
+      left_mask(), out), lambda out: out, out_AxQxP), any_left
 
 
 def _solve_left(x_PxD, t_NxD, d, n_Q, count_AxQxP, a_AxPxJxD, xs_AxPxJ1xD, side_AxNxP, b_AxNxP,

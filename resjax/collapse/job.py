@@ -78,7 +78,10 @@ def _run(config: Any, spec: spec_lib.SweepSpec, fig_act: str, fig_dims: Sequence
         future.cancel()
       raise
     recoveries = prepared[0].result()
-  log(f"  compiled in {res['compile_s']:.1f} s, ran in {res['run_s']:.1f} s")
+  chunks = -(-len(spec.ds) * spec.seeds // res["chunk"])
+  again = (f"; {res['rerun_chunks']} of {chunks} chunks ran again with the QP solver"
+           if res["rerun_chunks"] else "")
+  log(f"  compiled in {res['compile_s']:.1f} s, ran in {res['run_s']:.1f} s{again}")
   rows = results.summarize(res)
   written = _write(workdir, config, spec, res, rows, recoveries)
   for name in dict.fromkeys(("relu",) + spec.activations[:1]):
@@ -110,7 +113,8 @@ def _write(workdir: str, config: Any, spec: spec_lib.SweepSpec, res: dict[str, A
     files.write_json(os.path.join(new, "collapse.json"), {
         "config": to_dict() if to_dict else dict(config),
         "grid": dataclasses.asdict(spec),  # "grid": the file format's key, kept
-        "timing": {"compile_s": res["compile_s"], "run_s": res["run_s"]},
+        "timing": {"compile_s": res["compile_s"], "run_s": res["run_s"],
+                   "rerun_chunks": res["rerun_chunks"]},
         "results": rows})
     fig = collapse_plot.collapse_figure(res, recoveries)
     figures = files.save_figure(fig, os.path.join(new, "collapse.png"))
