@@ -83,6 +83,28 @@ def test_figure_recoveries_use_the_sweeps_t_with_or_without_the_constrained_deco
       np.testing.assert_array_equal(a[key], b[key])
 
 
+def test_the_sweeps_first_draw_is_the_figures_t():
+  # The job hands the sweep's first draw to the figure instead of drawing T
+  # again: the same T (seed index 0, first manifold dim), zero padded.
+  spec = collapse.SweepSpec(activations=("relu",), dims=(1, 2, 5), seeds=2, points=80,
+                            manifold="ball", ds=(2, 3), chunk=1, seed=3)
+  first = collapse.sweep(spec)["first_draw"]
+  assert first.shape == (5, 3)
+  np.testing.assert_array_equal(first[:, 2], 0.0)
+  np.testing.assert_array_equal(first[:5, :2], np.asarray(collapse.draw_embedding(
+      collapse.embedding_key(3, 0, 2), 5, 2)))
+  spiral = collapse.SweepSpec(activations=("relu",), dims=(1, 2, 5), seeds=1, points=80, seed=3)
+  drawn = collapse.figure_recoveries(spiral, "relu", (2, 5), constrained=False)
+  given = collapse.figure_recoveries(spiral, "relu", (2, 5), constrained=False,
+                                     t_NxD=np.pad(first[:, :2], ((0, 3), (0, 1))))
+  for a, b in zip(drawn["panels"], given["panels"]):
+    for key in ("pinv", "refit", "span", "refit_error"):
+      np.testing.assert_array_equal(a[key], b[key])
+  short = collapse.figure_recoveries(spiral, "relu", (2, 5), constrained=False,
+                                     t_NxD=first[:4])  # Too few rows: drawn again.
+  np.testing.assert_array_equal(short["panels"][1]["pinv"], drawn["panels"][1]["pinv"])
+
+
 def test_padded_draw_equals_unpadded_draw():
   @jax.jit
   def draws(key):
@@ -531,7 +553,8 @@ def test_progress_comes_as_chunks_end_not_after_all_are_dispatched():
 
   def fake(x, d, k, s, seed):  # One chunk's metrics: its draws' k values; no QP left.
     dispatched.append(int(k[0]))
-    return np.asarray(k, np.float32)[:, None, None, None], np.zeros(len(k), bool)
+    return (np.asarray(k, np.float32)[:, None, None, None], np.zeros(len(k), bool),
+            np.zeros((len(k), 1, 1)))
 
   program = compiled_lib.SweepProgram(fake, chunk=2)
   k = np.arange(20)
@@ -549,7 +572,8 @@ def test_a_chunk_that_leaves_a_qp_unsolved_runs_again_with_the_solver():
   def program(name, value):
     def run(x, d, k, s, seed):  # Chunk 3 (draws 6, 7) leaves a QP to the solver.
       calls.append((name, int(k[0]) // 2))
-      return np.full((len(k), 1, 1, 1), value, np.float32), np.isin(k, (6, 7))
+      return (np.full((len(k), 1, 1, 1), value, np.float32), np.isin(k, (6, 7)),
+              np.zeros((len(k), 1, 1)))
     return run
 
   compiles = []

@@ -51,8 +51,9 @@ def compiler_options(draws: int = 0) -> Optional[dict[str, Any]]:
 
 def _chunk_fn(x_KxPxD, d_K, k_c, s_c, seed, *, names, n_max, dims, sequential=False,
               solve=True):
-  """(metrics [chunk, A, len(dims), M], left [chunk]) for one chunk of draws (manifold dim k,
-  seed s); left and solve as `decoders.constrained_errors` gives and takes them."""
+  """(metrics [chunk, A, len(dims), M], left [chunk], T [chunk, n_max, d_max]) for one chunk
+  of draws (manifold dim k, seed s); left and solve as `decoders.constrained_errors` gives and
+  takes them."""
   d_max = x_KxPxD.shape[-1]
   pick_N = np.asarray(dims) - 1
 
@@ -60,7 +61,7 @@ def _chunk_fn(x_KxPxD, d_K, k_c, s_c, seed, *, names, n_max, dims, sequential=Fa
     key = embedding.embedding_key(seed, s, d_K[k])
     t_NxD = embedding.draw_padded(key, n_max, d_K[k], n_max, d_max)
     metrics, left = cells.prefix_metrics(x_KxPxD[k], t_NxD, d_K[k], names, solve=solve)
-    return metrics[:, pick_N], left
+    return metrics[:, pick_N], left, t_NxD
 
   if sequential:
     return jax.lax.map(lambda ks: one(*ks), (k_c, s_c))
@@ -122,6 +123,7 @@ class SweepProgram:
     self.full: Any = None if with_solver is not None else compiled
     self.solver_compile_s = 0.0
     self.rerun_chunks = 0  # Chunks run again with it.
+    self.first_draw: Optional[np.ndarray] = None  # T [n_max, d_max] of the first draw run.
 
   def __call__(self, x_KxPxD, d_K, k_C, s_C, seed, *,
                progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
@@ -134,7 +136,9 @@ class SweepProgram:
     for i in range(chunks):
       if i + len(pending) < chunks:
         pending.append(run(self._current(), i + len(pending)))
-      program, (metrics, left) = pending.pop(0)
+      program, (metrics, left, t_CxNxD) = pending.pop(0)
+      if i == 0:
+        self.first_draw = np.asarray(t_CxNxD)[0]  # (Indexing on the device would compile.)
       if program is not self.full and np.any(left):
         self._compile_full()
         self.rerun_chunks += 1
@@ -205,7 +209,8 @@ def sweep(config: Any, *, progress: Optional[Callable[[int, int], None]] = None,
   Returns:
     NumPy arrays over the sweep: each of METRICS as [K, A, N, S] (manifold dims,
     activations, embedding dims, seeds), each of THEORY as [K, A, N], plus the
-    spec's axes and timings.
+    spec's axes, timings, and first_draw: T [max(dims), max(d)] of the first
+    manifold dim and seed index 0, zero padded.
   """
   spec = spec_lib.spec_from_config(config)
   memory.check_memory(spec)
@@ -224,7 +229,8 @@ def sweep(config: Any, *, progress: Optional[Callable[[int, int], None]] = None,
              "turns": spec.turns, "scale": spec.scale, "cells": spec.cells,
              "chunk": meta["chunk"],
              "compile_s": meta["compile_s"] + program.solver_compile_s, "run_s": run_s,
-             "rerun_chunks": program.rerun_chunks}
+             "rerun_chunks": program.rerun_chunks,
+             "first_draw": program.first_draw}
   results.update({m: out[..., i] for i, m in enumerate(spec_lib.METRICS)})
   results.update(theory.predict(meta["x"], spec.ds, spec.activations, spec.dims))
   return results

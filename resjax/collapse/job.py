@@ -64,20 +64,25 @@ def _run(config: Any, spec: spec_lib.SweepSpec, fig_act: str, fig_dims: Sequence
          workdir: str, log: Log) -> dict[str, Any]:
   log(header(spec))
   fig_act = collapse_plot.focus_activation(spec.activations, fig_act)  # The one it shows.
-  # The figure's float64 reference and matplotlib's imports need no sweep
-  # result: a worker thread does them while XLA runs the sweep, which releases
-  # the GIL. It starts once the program is compiled: tracing holds the GIL,
-  # and sharing it cost a first run 0.7 s on a 2-core CPU.
+  # matplotlib's imports need no sweep result: a worker thread does them while
+  # XLA runs the sweep, which releases the GIL. It starts once the program is
+  # compiled: tracing holds the GIL, and sharing it cost a first run 0.7 s on
+  # a 2-core CPU.
   with concurrent.futures.ThreadPoolExecutor(1) as pool:
     prepared = []
     try:
       res = compiled.sweep(spec, progress=chunk_progress(spec, log), on_compiled=lambda: (
-          prepared.append(pool.submit(_prepare_figure, spec, fig_act, fig_dims))))
+          prepared.append(pool.submit(collapse_plot.preload))))
     except BaseException:
       for future in prepared:
         future.cancel()
       raise
-    recoveries = prepared[0].result()
+    prepared[0].result()
+  # The Fig. 1 panels read the sweep's first draw of T (drawing it again took
+  # a compile: 0.5 s of a first run on a 2-core CPU).
+  recoveries = (reference.figure_recoveries(spec, fig_act, fig_dims, constrained=False,
+                                            t_NxD=res["first_draw"])
+                if spec.manifold == "spiral" else None)
   chunks = -(-len(spec.ds) * spec.seeds // res["chunk"])
   again = (f"; {res['rerun_chunks']} of {chunks} chunks ran again with the QP solver"
            if res["rerun_chunks"] else "")
@@ -90,17 +95,6 @@ def _run(config: Any, spec: spec_lib.SweepSpec, fig_act: str, fig_dims: Sequence
                                           if n in spec.dims)))
   log("wrote " + "\n      ".join(written))
   return {"rows": rows, "results": res}
-
-
-def _prepare_figure(spec: spec_lib.SweepSpec, fig_act: str,
-                    fig_dims: Sequence[int]) -> Optional[dict[str, Any]]:
-  """The Fig. 1 recoveries (spiral sweeps; else None), with matplotlib imported.
-
-  The figure draws T^+ y and the refit error only: no constrained decoder.
-  """
-  collapse_plot.preload()
-  return (reference.figure_recoveries(spec, fig_act, fig_dims, constrained=False)
-          if spec.manifold == "spiral" else None)
 
 
 def _write(workdir: str, config: Any, spec: spec_lib.SweepSpec, res: dict[str, Any],

@@ -6,7 +6,7 @@ against (tests/test_collapse.py), and what draws the figure's Fig. 1 panels.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
@@ -76,19 +76,25 @@ def reference_metrics(x_PxD: np.ndarray, t_NxD: np.ndarray, activation: str) -> 
 
 
 def figure_recoveries(spec: spec_lib.SweepSpec, activation: str, dims: Sequence[int],
-                      seed_index: int = 0, constrained: bool = True) -> dict[str, Any]:
+                      seed_index: int = 0, constrained: bool = True,
+                      t_NxD: Optional[np.ndarray] = None) -> dict[str, Any]:
   """Input cloud (first manifold dim) and its recoveries at `dims` with the sweep's T.
 
   `constrained=False` leaves out the constrained decoder (an NNLS per point,
   and SciPy's optimize to import), which the sweep's figure does not draw.
+  `t_NxD`: that T as the sweep drew it (its `first_draw`, seed index 0; zero
+  padded), which spares drawing it again (a compile); ignored when it has
+  fewer than max(dims) rows.
   """
   d = spec.ds[0]
   x_PxD = manifolds.sample(spec.manifold, spec.points, d, seed=spec.seed, turns=spec.turns,
                            scale=spec.scale)
-  # Key and draw in one program: one trace and compile, not one per random op.
-  draw = jax.jit(lambda seed, s: embedding.draw_embedding(
-      embedding.embedding_key(seed, s, d), max(dims), d))
-  t_NxD = np.asarray(draw(np.uint32(spec.seed), np.int32(seed_index)))
+  if t_NxD is not None and seed_index == 0 and len(t_NxD) >= max(dims):
+    t_NxD = np.asarray(t_NxD)[:max(dims), :d]
+  else:  # Key and draw in one program: one trace and compile, not one per random op.
+    draw = jax.jit(lambda seed, s: embedding.draw_embedding(
+        embedding.embedding_key(seed, s, d), max(dims), d))
+    t_NxD = np.asarray(draw(np.uint32(spec.seed), np.int32(seed_index)))
   total = float(np.sum(x_PxD.astype(np.float64) ** 2))
   panels = []
   for n in dims:
