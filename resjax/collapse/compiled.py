@@ -8,7 +8,9 @@ axis give every n at once (`cells`). Draws run in chunks, one compiled
 program run chunk after chunk (memory stays bounded): on accelerators a
 chunk's draws are vmapped, on a CPU they run one after another inside the
 call (`spec.sequential_draws`). The activations are unrolled inside that program,
-sharing T x, the pseudo-inverses and the duty statistics.
+sharing T x, the pseudo-inverses and the duty statistics. The program holds
+the constrained decoder's active-set solver only where a draw needs it
+(`SweepProgram`, `starts_with_solver`).
 """
 from __future__ import annotations
 
@@ -103,8 +105,8 @@ class SweepProgram:
   left a QP unsolved is run again with the full program, compiled by
   `with_solver` when first needed, and the chunks after it run that program
   (a sweep that needs it once, at large scale or d >= 3, needs it for most
-  draws). Every draw's numbers are the full program's: what the two share
-  runs the same code.
+  draws). A draw that leaves no QP gets the same numbers from either program,
+  bit for bit (the default sweep, and tests/test_collapse.py at two scales).
 
   Up to IN_FLIGHT chunks are dispatched ahead of the one read back, so
   `progress(chunks_done, chunks)` is reported from the host as each chunk ends.
