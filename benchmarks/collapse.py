@@ -87,15 +87,22 @@ def _emitters(grid: collapse.SweepSpec, args: tuple, chunk: int) -> dict[str, di
   """(a) compiled with XLA's older CPU fusion emitters and with the newer ones."""
   out = {}
   fn = jax.jit(collapse.compiled._chunk_fn,  # pylint: disable=protected-access
-               static_argnames=("names", "n_max", "dims"))
+               static_argnames=("names", "n_max", "dims", "sequential", "solve"))
   x, d, k, s, seed = args
+  # The program the sweep starts with (`compile_sweep`).
+  layout = {"sequential": collapse.sequential_draws(jax.default_backend()),
+            "solve": collapse.compiled.starts_with_solver(grid, x)}
   for name, older in (("older", True), ("newer", False)):
     options = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": not older}
     start = time.perf_counter()
     compiled = fn.lower(x, d, k[:chunk], s[:chunk], seed, names=grid.activations,
-                        n_max=max(grid.dims), dims=grid.dims).compile(options)
+                        n_max=max(grid.dims), dims=grid.dims, **layout).compile(options)
     compile_s = time.perf_counter() - start
-    one = collapse.compiled.SweepProgram(compiled, chunk)
+    with_solver = lambda options=options: fn.lower(
+        x, d, k[:chunk], s[:chunk], seed, names=grid.activations, n_max=max(grid.dims),
+        dims=grid.dims, **{**layout, "solve": True}).compile(options)
+    one = collapse.compiled.SweepProgram(compiled, chunk,
+                                         None if layout["solve"] else with_solver)
     one(*args)
     start = time.perf_counter()
     one(*args)
