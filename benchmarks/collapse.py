@@ -137,14 +137,21 @@ def run(quick: bool = False) -> dict[str, Any]:
   jax.block_until_ready(compiled(*args))
   a_steady = time.perf_counter() - start
   a_compile = meta["compile_s"]
-  mem = compiled.memory_analysis()
+  started_with_solver = compiled.full is compiled.compiled
+  reruns = compiled.rerun_chunks
+  mem = compiled.memory_analysis()  # The full program's: compiled here if the sweep never needed it.
   temp_mb = getattr(mem, "temp_size_in_bytes", 0) / 2 ** 20 if mem else float("nan")
   rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(f"(a) one-call sweep: compile {a_compile:.2f} s, first run {a_first:.2f} s, "
         f"steady {a_steady:.3f} s; XLA temp memory {temp_mb:.0f} MiB "
         f"(chunk={meta['chunk']} draws), process peak RSS {rss_mb:.0f} MiB", flush=True)
+  print("    " + ("started with the QP solver compiled in" if started_with_solver else
+                  f"started without the QP solver; {reruns} chunks ran again with it; the "
+                  f"program with it compiled in {compiled.solver_compile_s:.2f} s"), flush=True)
   figures = {"cells": cells, "a_compile_s": a_compile, "a_first_s": a_first,
-             "a_steady_s": a_steady, "a_temp_mib": temp_mb, "a_peak_rss_mib": rss_mb}
+             "a_steady_s": a_steady, "a_temp_mib": temp_mb, "a_peak_rss_mib": rss_mb,
+             "a_started_with_solver": started_with_solver, "a_rerun_chunks": reruns,
+             "a_solver_compile_s": compiled.solver_compile_s}
   if not quick:
     unchunked = collapse.compile_sweep(dataclasses.replace(grid, chunk=0))[0]
     mem0 = unchunked.memory_analysis()

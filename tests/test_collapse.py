@@ -255,8 +255,13 @@ def test_quick_benchmark_times_all_three(capsys):
   assert all(t > 0 for t in figures["a_steady_s_by_chunk"].values())
   assert set(figures["a_emitters"]) == {"older", "newer"}
   assert all(v["compile_s"] > 0 and v["steady_s"] > 0 for v in figures["a_emitters"].values())
+  # The quick grid (relu, d = 2) starts without the solver and never needs it;
+  # the memory figure compiled the program with it.
+  assert not figures["a_started_with_solver"] and figures["a_rerun_chunks"] == 0
+  assert figures["a_solver_compile_s"] > 0
   out = capsys.readouterr().out
   assert "ratios" in out and "steady run by chunk size" in out and "fusion emitters" in out
+  assert "started without the QP solver; 0 chunks ran again with it" in out
 
 
 def test_activation_regions_match_active():
