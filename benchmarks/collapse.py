@@ -137,7 +137,7 @@ def run(quick: bool = False) -> dict[str, Any]:
   jax.block_until_ready(compiled(*args))
   a_steady = time.perf_counter() - start
   a_compile = meta["compile_s"]
-  started_with_solver = compiled.full is compiled.compiled
+  started_with_solver = compiled.with_solver is None
   reruns = compiled.rerun_chunks
   mem = compiled.memory_analysis()  # The full program's: compiled here if the sweep never needed it.
   temp_mb = getattr(mem, "temp_size_in_bytes", 0) / 2 ** 20 if mem else float("nan")

@@ -83,7 +83,7 @@ def _run(config: Any, spec: spec_lib.SweepSpec, fig_act: str, fig_dims: Sequence
   recoveries = (reference.figure_recoveries(spec, fig_act, fig_dims, constrained=False,
                                             t_NxD=res["first_draw"])
                 if spec.manifold == "spiral" else None)
-  chunks = -(-len(spec.ds) * spec.seeds // res["chunk"])
+  chunks = -(-spec.draws // res["chunk"])
   again = (f"; {res['rerun_chunks']} of {chunks} chunks ran again with the QP solver"
            if res["rerun_chunks"] else "")
   log(f"  compiled in {res['compile_s']:.1f} s, ran in {res['run_s']:.1f} s{again}")
