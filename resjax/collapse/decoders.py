@@ -97,6 +97,12 @@ def slot_basis(nrm_MxSxD: Array) -> tuple[list[Array], list[list[Array]]]:
   return us, coef
 
 
+def _violation_tol(tnorm: Array, xnorm: Array, bscale: Array) -> Array:
+  """How far past its bound T_i x may lie before a constraint counts as violated:
+  QP_TOL of its scale |T_i| |x| + |b_i| (one rule for the solver and the shortcuts)."""
+  return QP_TOL * (tnorm * xnorm + bscale)
+
+
 def min_norm_qp(x0_MxD, nrm_MxSxD, kind_MxS, t_NxD, side_MxN, b_MxN, valid_MxN, done_M,
                 steps: int):
   """The least-norm x with n_j . x = c_j (eq slots) and side_i (T_i x - b_i) <= 0 (valid i).
@@ -119,7 +125,7 @@ def min_norm_qp(x0_MxD, nrm_MxSxD, kind_MxS, t_NxD, side_MxN, b_MxN, valid_MxN, 
     us, coef = slot_basis(nrm * (kind > 0)[..., None])
     # A new constraint to add where the last step finished one.
     s_MxN = side_MxN * (linalg.mm(x, t_NxD.T) - b_MxN)  # > 0: violated
-    tol_MxN = QP_TOL * (tnorm_N * jnp.linalg.norm(x, axis=-1, keepdims=True) + bscale_MxN)
+    tol_MxN = _violation_tol(tnorm_N, jnp.linalg.norm(x, axis=-1, keepdims=True), bscale_MxN)
     # (Active constraints hold with equality, so they are never picked again.)
     score = jnp.where(valid_MxN & (s_MxN > tol_MxN), s_MxN / tnorm_N, -jnp.inf)
     # argmax as two plain reductions (the first index of the max, as argmax
@@ -243,8 +249,8 @@ def _first_violated(t_WxD, xs_AxPxJxD, b_AxWxP, s_AxJxWxP):
   """
   width = t_WxD.shape[0]
   xnorm_AxJxP = jnp.swapaxes(jnp.linalg.norm(xs_AxPxJxD, axis=-1), 1, 2)
-  tol = QP_TOL * (jnp.linalg.norm(t_WxD, axis=-1)[:, None] * xnorm_AxJxP[:, :, None]
-                  + jnp.abs(b_AxWxP)[:, None])
+  tol = _violation_tol(jnp.linalg.norm(t_WxD, axis=-1)[:, None], xnorm_AxJxP[:, :, None],
+                       jnp.abs(b_AxWxP)[:, None])
   return jnp.min(jnp.where(s_AxJxWxP > tol, jnp.arange(width)[:, None], width), 2)
 
 
