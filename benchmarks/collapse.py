@@ -10,7 +10,10 @@
 (c) a loop over n that jits one program per n (vmapped over seeds, all
     activations unrolled) and runs it: one compile per n.
 For each: compile time, first-run and steady-state time; then the ratios and
-the peak memory of (a).
+the peak memory of (a). Then, for the rule that picks the program the sweep
+starts with (`compiled.starts_with_solver`), how many draws leave a QP to the
+active-set solver: the spiral at scales 1-20 and the ball and the sphere at
+d = 1-8 (4 seeds), each beside what the rule picks.
 """
 from __future__ import annotations
 
@@ -114,6 +117,33 @@ def _emitters(grid: collapse.SweepSpec, args: tuple, chunk: int) -> dict[str, di
   return out
 
 
+def _solver_need(grid: collapse.SweepSpec, cases: tuple[tuple[str, float, int], ...]
+                 ) -> list[dict[str, Any]]:
+  """Per (manifold, scale, seeds) case of `grid`: the draws whose QPs need the solver, per d."""
+  fn = jax.jit(collapse.compiled._chunk_fn,  # pylint: disable=protected-access
+               static_argnames=("names", "n_max", "dims", "sequential", "solve"))
+  rows = []
+  for manifold, scale, seeds in cases:
+    ds = grid.ds if manifold == "spiral" else (1, 2, 3, 4, 6, 8)
+    spec = dataclasses.replace(grid, manifold=manifold, scale=scale, seeds=seeds, ds=ds)
+    x = manifolds.padded(spec.manifold, spec.points, spec.ds, seed=spec.seed, turns=spec.turns,
+                         scale=spec.scale)
+    k_C, s_C = (a.ravel().astype(np.int32) for a in np.meshgrid(
+        np.arange(len(ds)), np.arange(seeds), indexing="ij"))
+    left = np.asarray(fn(x, np.asarray(ds, np.int32), k_C, s_C, np.uint32(spec.seed),
+                         names=spec.activations, n_max=max(spec.dims), dims=spec.dims,
+                         sequential=collapse.sequential_draws(jax.default_backend()),
+                         solve=False)[1])
+    row = {"manifold": manifold, "scale": scale, "draws": int(left.size),
+           "need": {int(d): int(left[k_C == k].sum()) for k, d in enumerate(ds)},
+           "starts_with_solver": collapse.compiled.starts_with_solver(spec, x)}
+    rows.append(row)
+    print(f"    {manifold} at scale {scale:g}: draws needing the solver by d "
+          f"{row['need']} of {seeds} each; starts {'with' if row['starts_with_solver'] else 'without'}"
+          " it", flush=True)
+  return rows
+
+
 def run(quick: bool = False) -> dict[str, Any]:
   """Times (a), (b), (c) on the default collapse grid (a small one when quick)."""
   config = configs.collapse.get_config("quick" if quick else None)
@@ -161,6 +191,11 @@ def run(quick: bool = False) -> dict[str, Any]:
 
   figures["a_steady_s_by_chunk"] = _by_chunk(grid, (1, 2) if quick else (1, 2, 4, 8, 16))
   figures["a_emitters"] = _emitters(grid, args, meta["chunk"])
+  print("    the program the sweep starts with (`compiled.starts_with_solver`):", flush=True)
+  figures["a_solver_need"] = _solver_need(grid, (("spiral", 1.0, 2), ("spiral", 20.0, 2)) if quick
+                                          else tuple(("spiral", s, grid.seeds) for s in
+                                                     (1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 20.0))
+                                          + (("ball", 1.0, 4), ("sphere", 1.0, 4)))
 
   # (b) NumPy loop; on the first seeds only when the whole loop would be long.
   b_seeds = grid.seeds if quick else min(grid.seeds, 2)

@@ -262,6 +262,10 @@ def test_quick_benchmark_times_all_three(capsys):
   out = capsys.readouterr().out
   assert "ratios" in out and "steady run by chunk size" in out and "fusion emitters" in out
   assert "started without the QP solver; 0 chunks ran again with it" in out
+  # ReLU alone has no bound but 0: the rule never starts with the solver at d = 2.
+  assert [r["scale"] for r in figures["a_solver_need"]] == [1.0, 20.0]
+  assert not any(r["starts_with_solver"] for r in figures["a_solver_need"])
+  assert all(sum(r["need"].values()) <= r["draws"] == 2 for r in figures["a_solver_need"])
 
 
 def test_activation_regions_match_active():

@@ -82,7 +82,8 @@ def starts_with_solver(spec: spec_lib.SweepSpec, x_KxPxD: np.ndarray) -> bool:
   Elsewhere it starts without (`SweepProgram`). Measured on the spiral at d = 2
   (64 draws, all activations): no draw needed the solver at scale 1, 1.25 or
   1.5; 2 at scale 2, 20 at 3, 42 at 4 and all 64 at 20. The ball and the
-  sphere needed it in every draw at d = 3 to 8 (4 seeds) and in none at d = 1, 2.
+  sphere needed it in every draw at d = 3 to 8 (4 seeds) and in none at d = 1, 2
+  (`python -m launch.bench collapse` counts them).
   """
   if max(spec.ds) >= 3:
     return True
