@@ -48,17 +48,17 @@ def _metrics_at(x_PxD: Array, t_NxD: Array, d: Array, names: Sequence[str], n_Q:
   err_AxQx2 = jax.vmap(_errors, (None, 0, 0, None))(x_PxD, pinv_AxQxDxN, y_AxNxP, total)
   on_RxNxP = jnp.stack([activations.Activation(None, None, False, r).active(z_NxP)
                         for r in regions])
-  count_RxQxP = jnp.einsum("qn,rnp->rqp", first_QxN.astype(jnp.float32),
-                           on_RxNxP.astype(jnp.float32),
-                           precision=linalg.HIGHEST).astype(jnp.int32)
+  # Counts on duty of every prefix: a unit's rank among those on duty up to it.
+  rank_RxNxP = decoders.unit_ranks(on_RxNxP)
+  count_RxQxP = jnp.take(rank_RxNxP, n_Q - 1, axis=1)
   duty_RxQx4 = jax.vmap(_duty_stats, (0, None, None))(count_RxQxP, n_Q, d)
   # The decoders read y: act^-1(y) on the units on duty.
   on_AxNxP = on_RxNxP[r_A]
   safe = [act.fn(jnp.float32(0.5)) for act in specs]  # 0.5 is in every region
   zhat_AxNxP = jnp.stack([jnp.where(on_AxNxP[a], act.inverse(jnp.where(on_AxNxP[a], y, safe[a])),
                                     0.0) for a, (act, y) in enumerate(zip(specs, y_AxNxP))])
-  a_AxPxJxD, zf_AxPxJ = jax.vmap(decoders.first_on, (None, 0, 0, None))(
-      t_NxD, on_AxNxP, zhat_AxNxP, d)
+  a_AxPxJxD, zf_AxPxJ = jax.vmap(decoders.first_on, (None, 0, 0, 0, None))(
+      t_NxD, on_AxNxP, rank_RxNxP[r_A], zhat_AxNxP, d)
   xs_AxPxJ1xD = jax.vmap(decoders.span_solutions)(a_AxPxJxD, zf_AxPxJ)
   sq_AxPxJ1 = jnp.sum((x_PxD[None, :, None] - xs_AxPxJ1xD) ** 2, -1)
   count_AxQxP = count_RxQxP[r_A]

@@ -32,19 +32,28 @@ QP_BATCH = 1
 QP_WINDOW = 16
 
 
-def first_on(t_NxD: Array, on_NxP: Array, zhat_NxP: Array, d: Array) -> tuple[Array, Array]:
+def unit_ranks(on_NxP: Array) -> Array:
+  """Each unit's rank among the units on duty up to it, inclusive, [N, P] (int32).
+
+  Row n - 1 is the count on duty among the first n units. A matmul with a
+  triangle of ones: exact in float32 up to 2^24 units.
+  """
+  n_units = on_NxP.shape[-2]
+  upto_NxN = (jnp.arange(n_units)[None, :] <= jnp.arange(n_units)[:, None]).astype(jnp.float32)
+  return linalg.mm(upto_NxN, on_NxP.astype(jnp.float32)).astype(jnp.int32)
+
+
+def first_on(t_NxD: Array, on_NxP: Array, rank_NxP: Array, zhat_NxP: Array,
+             d: Array) -> tuple[Array, Array]:
   """Rows a_PxJxD and decoded pre-activations zf_PxJ of each point's first d units on duty.
 
   J = d_max; slots past d or past the point's count stay zero. With fewer than
   d on duty these are all of them, which is when the decoders lose anything.
-  A unit's rank among those on duty is a matmul with a triangle of ones
-  (exact in float32 up to 2^24 units) and slot j gathers the unit of rank
-  j + 1. (One-hot products over the unit axis made XLA transpose [J, N, P]
-  tensors: a sixth of the default sweep's run on a CPU.)
+  rank_NxP: `unit_ranks(on_NxP)`; slot j gathers the unit of rank j + 1.
+  (One-hot products over the unit axis made XLA transpose [J, N, P] tensors:
+  a sixth of the default sweep's run on a CPU.)
   """
   n_units, d_max = t_NxD.shape
-  upto_NxN = (jnp.arange(n_units)[None, :] <= jnp.arange(n_units)[:, None]).astype(jnp.float32)
-  rank_NxP = linalg.mm(upto_NxN, on_NxP.astype(jnp.float32)).astype(jnp.int32)
   slot_J = jnp.arange(d_max)
   pick_JxNxP = (on_NxP[None] & (rank_NxP[None] == slot_J[:, None, None] + 1)
                 & (slot_J < d)[:, None, None])
