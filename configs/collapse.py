@@ -11,7 +11,7 @@ constrained decoder 0.47 / 0.25 / 0.07; the collapsed fraction follows
 P(Binomial(n, 1/2) < 2) (0.75 at n=2, 0.19 at n=5) within its 95% interval;
 identity has ~0 error in all four measures for n >= 2. About 10 s on a
 2-core Intel Xeon at load 0.7 with the compilation cache off (compile 3.2 s,
-run 2.5 s; 2026-12-05); 8.5 s on a slower 2-core AMD EPYC with an empty
+run 2.5 s; 2026-12-05); 8.7 s on a slower 2-core AMD EPYC with an empty
 cache and 5.4 s on a rerun (2026-12-07, whole processes, docs/performance.md).
 
 `--config.manifold.scale=20` pushes the spiral (radius <= 1) out to radius
