@@ -86,11 +86,16 @@ def _by_chunk(grid: collapse.SweepSpec, chunks: tuple[int, ...]) -> dict[int, fl
   return best
 
 
+def _chunk_program():
+  """The sweep's chunk program, jitted with its static arguments named (compiled by callers)."""
+  return jax.jit(collapse.compiled._chunk_fn,  # pylint: disable=protected-access
+                 static_argnames=("names", "n_max", "dims", "sequential", "solve"))
+
+
 def _emitters(grid: collapse.SweepSpec, args: tuple, chunk: int) -> dict[str, dict[str, float]]:
   """(a) compiled with XLA's older CPU fusion emitters and with the newer ones."""
   out = {}
-  fn = jax.jit(collapse.compiled._chunk_fn,  # pylint: disable=protected-access
-               static_argnames=("names", "n_max", "dims", "sequential", "solve"))
+  fn = _chunk_program()
   x, d, k, s, seed = args
   # The program the sweep starts with (`compile_sweep`).
   layout = {"sequential": collapse.sequential_draws(jax.default_backend()),
@@ -120,16 +125,14 @@ def _emitters(grid: collapse.SweepSpec, args: tuple, chunk: int) -> dict[str, di
 def _solver_need(grid: collapse.SweepSpec, cases: tuple[tuple[str, float, int], ...]
                  ) -> list[dict[str, Any]]:
   """Per (manifold, scale, seeds) case of `grid`: the draws whose QPs need the solver, per d."""
-  fn = jax.jit(collapse.compiled._chunk_fn,  # pylint: disable=protected-access
-               static_argnames=("names", "n_max", "dims", "sequential", "solve"))
+  fn = _chunk_program()
   rows = []
   for manifold, scale, seeds in cases:
     ds = grid.ds if manifold == "spiral" else (1, 2, 3, 4, 6, 8)
     spec = dataclasses.replace(grid, manifold=manifold, scale=scale, seeds=seeds, ds=ds)
     x = manifolds.padded(spec.manifold, spec.points, spec.ds, seed=spec.seed, turns=spec.turns,
                          scale=spec.scale)
-    k_C, s_C = (a.ravel().astype(np.int32) for a in np.meshgrid(
-        np.arange(len(ds)), np.arange(seeds), indexing="ij"))
+    k_C, s_C = collapse.compiled.draw_axes(spec)
     left = np.asarray(fn(x, np.asarray(ds, np.int32), k_C, s_C, np.uint32(spec.seed),
                          names=spec.activations, n_max=max(spec.dims), dims=spec.dims,
                          sequential=collapse.sequential_draws(jax.default_backend()),

@@ -166,6 +166,12 @@ class SweepProgram:
     return self.full.memory_analysis()
 
 
+def draw_axes(spec: spec_lib.SweepSpec) -> tuple[np.ndarray, np.ndarray]:
+  """(manifold-dim index, seed index) of every draw of T, int32 [draws], dims major."""
+  k_C, s_C = np.meshgrid(np.arange(len(spec.ds)), np.arange(spec.seeds), indexing="ij")
+  return k_C.ravel().astype(np.int32), s_C.ravel().astype(np.int32)
+
+
 def compile_sweep(spec: spec_lib.SweepSpec) -> tuple[SweepProgram, tuple, dict[str, Any]]:
   """Lowers and compiles the sweep's program: returns (program, args, meta).
 
@@ -175,8 +181,7 @@ def compile_sweep(spec: spec_lib.SweepSpec) -> tuple[SweepProgram, tuple, dict[s
   """
   x_KxPxD = manifolds.padded(spec.manifold, spec.points, spec.ds, seed=spec.seed,
                              turns=spec.turns, scale=spec.scale)
-  k_C, s_C = (a.ravel().astype(np.int32) for a in np.meshgrid(
-      np.arange(len(spec.ds)), np.arange(spec.seeds), indexing="ij"))
+  k_C, s_C = draw_axes(spec)
   draws = k_C.size
   chunk = draws if spec.chunk <= 0 else min(spec.chunk, draws)
   pad = -draws % chunk
