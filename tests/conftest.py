@@ -21,16 +21,14 @@ _CACHE_HOME = tempfile.mkdtemp(prefix="resjax-tests-cache-")
 atexit.register(shutil.rmtree, _CACHE_HOME, True)
 os.environ["XDG_CACHE_HOME"] = _CACHE_HOME
 
-import jax  # noqa: E402
+from launch import common  # noqa: E402
 
-# The tests' own programs go to a compilation cache in the same directory, the
-# one the launchers use, shared by both workers: many tests build a program
-# that another test has built (the single runs a grid is checked against, one
+# The tests' own programs go to the compilation cache the launchers use (in
+# that directory, shared by both workers): many tests build a program that
+# another test has built (the single runs a grid is checked against, one
 # train step in several files), and loading it is faster than compiling it
-# again. Every program is kept, as the launchers keep them.
-jax.config.update("jax_compilation_cache_dir", os.path.join(_CACHE_HOME, "resjax", "jax"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# again.
+common.compilation_cache(common.default_cache_dir())
 
 import contextlib  # noqa: E402
 from unittest import mock  # noqa: E402
