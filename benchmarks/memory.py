@@ -13,8 +13,8 @@ afresh, and its pages faulted in, at every step. With the settings the heap
 still grows now and then by about the temporary buffer's size (one `brk`
 of 54 MB for ResNet-6 at batch 128, seen with strace) and those pages are
 faulted in: in 1-3 of 10 steps after the warm-up on a loaded 2-core
-machine. The figures are medians over the steps for that reason. The children inherit
-XLA_FLAGS: with --xla_force_host_platform_device_count=8 the same step runs
+machine. The figures are medians over the steps for that reason. The
+children inherit XLA_FLAGS: with --xla_force_host_platform_device_count=8 the same step runs
 on one of 8 host devices (see `launch.platform.use_one_device`).
 """
 from __future__ import annotations

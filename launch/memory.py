@@ -17,10 +17,11 @@ for the same reason; glibc's own settings need no extra library.
 The cost: memory freed by the process stays in it until it exits (resident
 size grows to the largest working set it has seen, plus fragmentation:
 about 3.8 GB for ResNet-56 at batch 128, the peak it reached with a 1 GiB
-trim threshold too) instead of going back to the system, and every thread allocates from the one arena
-(small blocks still come from each thread's own cache). The training loop
-with its input pipeline ran at 101% of the bare step's rate with these
-settings (`python -m launch.bench train`, "end to end").
+trim threshold too) instead of going back to the system, and every thread
+allocates from the one arena (small blocks still come from each thread's
+own cache). The training loop with its input pipeline ran at 101% of the
+bare step's rate with these settings (`python -m launch.bench train`, "end
+to end").
 
 Only glibc on Linux is affected, and only when the user set none of
 MALLOC_ARENA_MAX, MALLOC_MMAP_MAX_, MALLOC_TRIM_THRESHOLD_ or GLIBC_TUNABLES
