@@ -7,6 +7,7 @@ import pytest
 
 from configs import embedded
 from resjax import models
+from resjax.models import layers
 from resjax import sharding
 from resjax.kernels import onednn
 from tests.conftest import run_steps
@@ -186,3 +187,63 @@ def test_grid_of_nets_under_shard_map_matches_lax():
 
   for g, ref in zip(grads(onednn.conv_general_dilated), grads(lax.conv_general_dilated)):
     np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_materialize_is_the_identity_wherever_a_step_runs():
+  """`materialize` returns x and passes the gradient through unchanged: under
+  jit, vmap, a batch split over 8 devices (kept split) and shard_map."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((8, 4, 4, 3)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+  loss = lambda a, w: jnp.sum(jnp.sin(onednn.materialize(jnp.cos(a))) * w)
+  want_loss = lambda a, w: jnp.sum(jnp.sin(jnp.cos(a)) * w)
+  assert "resjax_materialize" in jax.jit(loss).lower(x, w).as_text()
+  np.testing.assert_array_equal(jax.jit(onednn.materialize)(x), x)
+  stacked = jnp.stack([x, 2 * x])
+  np.testing.assert_array_equal(jax.jit(jax.vmap(onednn.materialize))(stacked), stacked)
+  want = jax.jit(jax.value_and_grad(want_loss))(x, w)
+  for got in (jax.jit(jax.value_and_grad(loss))(x, w),
+              jax.jit(jax.vmap(jax.value_and_grad(loss)))(stacked[:1], w[None])):
+    np.testing.assert_allclose(np.reshape(got[0], ()), want[0], rtol=1e-6)
+    np.testing.assert_allclose(np.reshape(got[1], x.shape), want[1], rtol=1e-6, atol=1e-7)
+  mesh = sharding.make_mesh(jax.devices()[:8])
+  batch = sharding.batch_sharding(mesh)
+  split = jax.jit(jax.grad(loss), in_shardings=(batch, batch), out_shardings=batch)
+  assert "all-gather" not in split.lower(x, w).compile().as_text()
+  np.testing.assert_allclose(split(jax.device_put(x, batch), jax.device_put(w, batch)),
+                             want[1], rtol=1e-6, atol=1e-7)
+  grid = jax.sharding.Mesh(np.asarray(jax.devices()[:2]), ("grid",))
+  spec = jax.sharding.PartitionSpec("grid")
+  per_net = jax.jit(jax.shard_map(jax.vmap(jax.grad(loss)), mesh=grid, in_specs=(spec, spec),
+                                  out_specs=spec))
+  np.testing.assert_allclose(per_net(jnp.stack([x, x]), jnp.stack([w, w]))[1], want[1],
+                             rtol=1e-6, atol=1e-7)
+
+
+def _relu_elements(plain: bool) -> int:
+  """Elements the compiled train step of a ResNet-14 on digits (oneDNN's
+  convolutions, one device) takes the maximum of: the forward ReLUs, wherever
+  XLA's fusions evaluate them."""
+  import re  # pylint: disable=import-outside-toplevel
+  from resjax import train  # pylint: disable=import-outside-toplevel
+  config = embedded.get_config("tiny")
+  config.model.conv_impl, config.model.depth, config.model.plain = "onednn", 14, plain
+  ds = train.load_data(config)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  state = train.create_train_state(config, mesh, ds.input_shape, ds.num_classes)
+  p_train, _ = train.jit_steps(state, mesh)
+  batch = sharding.to_global(train.host_batch(ds.train, 0, seed=0, global_batch=16), mesh)
+  hlo = p_train.lower(state, batch).compile().as_text()
+  shapes = re.findall(r"= f32\[([\d,]*)\]\S* maximum\(", hlo)
+  return sum(int(np.prod([int(d) for d in s.split(",") if d])) for s in shapes)
+
+
+def test_resnet_step_computes_its_residual_stream_once(monkeypatch):
+  """With oneDNN's convolutions the residual step takes as many ReLUs as its
+  plain twin: each block's output is written once (`layers.stream`). Without
+  it XLA fused a stage's whole stream, from its first block on, into each
+  block's shortcut add."""
+  plain, residual = _relu_elements(True), _relu_elements(False)
+  assert residual == plain
+  monkeypatch.setattr(layers, "stream", lambda h, conv_impl: h)
+  assert _relu_elements(False) > 1.3 * plain

@@ -17,6 +17,12 @@ libdnnl, which is loaded here first. `available()` says whether it loaded and
 oneDNN parallelizes each call over OpenMP threads (one per core by default).
 `set_threads(n)` sets that count; with several host devices running their
 programs at once, one thread each keeps them from oversubscribing the cores.
+
+The same library gives `materialize(x)`: x itself, through a call XLA's CPU
+fusion cannot see into. A ResNet's residual stream is one: without it, XLA
+fuses each block's BatchNorm, shortcut add and ReLU into every reader of the
+block's output that is elementwise (the next shortcut add), so a stage's
+stream was recomputed from its first block on at every block.
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 TARGETS = ("resjax_onednn_conv_fwd", "resjax_onednn_conv_bwd_data",
-           "resjax_onednn_conv_bwd_weights")
+           "resjax_onednn_conv_bwd_weights", "resjax_materialize")
 _SETTERS = ("resjax_onednn_jaxlib_version", "resjax_onednn_set_threads", "resjax_onednn_version")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _NHWC_HWIO = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
@@ -242,6 +248,50 @@ def _conv_bwd(strides, padding, residuals, dy):
 
 
 conv_nhwc.defvjp(_conv_fwd, _conv_bwd)
+
+
+@functools.cache
+def _materialize_op(ndim: int) -> Callable[[jax.Array], jax.Array]:
+  """The `resjax_materialize` call on rank-`ndim` arrays: kept split as its
+  operand is under the SPMD partitioner, batched as a whole under vmap."""
+  _load()
+  axes = " ".join(f"d{i}" for i in range(ndim))
+
+  def plain(a):
+    return jax.ffi.ffi_call(TARGETS[3], jax.ShapeDtypeStruct(a.shape, a.dtype),
+                            vmap_method="broadcast_all", input_output_aliases={0: 0})(a)
+
+  def partition(mesh, arg_shapes, result_shape):
+    del result_shape
+    return mesh, plain, arg_shapes[0].sharding, (arg_shapes[0].sharding,)
+
+  partitioned = custom_partitioning(plain)
+  partitioned.def_partition(partition=partition, sharding_rule=f"{axes} -> {axes}")
+  op = jax.custom_batching.custom_vmap(lambda a: partitioned(a))
+
+  @op.def_vmap
+  def _batched(axis_size, in_batched, a):
+    del axis_size, in_batched
+    return plain(a), True
+
+  return op
+
+
+@jax.custom_vjp
+def _materialized(x: jax.Array) -> jax.Array:
+  return _varying_like(_materialize_op(x.ndim)(x), x)
+
+
+_materialized.defvjp(lambda x: (_materialized(x), None), lambda _, dy: (dy,))
+
+
+def materialize(x: jax.Array) -> jax.Array:
+  """x, written to memory once for every op that reads it (the identity, its
+  gradient too): on the CPU where the library loaded, through an FFI call
+  XLA cannot fuse into its readers; elsewhere x unchanged."""
+  if jax.default_backend() != "cpu" or not available():
+    return x
+  return _materialized(x)
 
 
 def _explicit_padding(padding, x_shape, w_shape, strides):

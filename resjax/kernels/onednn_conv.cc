@@ -8,6 +8,9 @@
 //   resjax_onednn_conv_bwd_data     dx[N,H,W,C]   from dy[N,OH,OW,O], w
 //   resjax_onednn_conv_bwd_weights  dw[KH,KW,C,O] from x, dy
 //
+// and one that is not oneDNN's: resjax_materialize, y = x for any dtype and
+// shape (the result aliases the operand), a call XLA cannot fuse through.
+//
 // Activations stay NHWC (as PyTorch's channels-last path keeps them); kernels
 // are reordered to and from the blocked layout oneDNN picks for the shape
 // (small tensors). Primitives and reorders are built once per shape and
@@ -234,6 +237,16 @@ ffi::Error BackwardWeights(F32 x, F32 dy, F32Out dw, int64_t sh, int64_t sw, int
   return Run(s, x.untyped_data(), dw->untyped_data(), dy.untyped_data());
 }
 
+// y = x as an opaque call: XLA writes x to memory once for all its readers
+// instead of fusing (and so recomputing) the elementwise ops that make it into
+// each of them. The result aliases the operand, so nothing is copied here.
+ffi::Error Materialize(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
+  if (y->untyped_data() != x.untyped_data()) {
+    std::memcpy(y->untyped_data(), x.untyped_data(), x.size_bytes());
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 #define RESJAX_BIND(first, second)                                           \
@@ -252,6 +265,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(resjax_onednn_conv_fwd, Forward, RESJAX_BIND(x, w)
 XLA_FFI_DEFINE_HANDLER_SYMBOL(resjax_onednn_conv_bwd_data, BackwardData, RESJAX_BIND(dy, w));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(resjax_onednn_conv_bwd_weights, BackwardWeights,
                               RESJAX_BIND(x, dy));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(resjax_materialize, Materialize,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 
 #ifndef RESJAX_JAXLIB_VERSION
 #define RESJAX_JAXLIB_VERSION ""

@@ -26,6 +26,15 @@ Gate = Any  # A float32 scalar (gated models) or a Python number (1.0 on, 0.0 of
 # (CPU, float32; elsewhere, or where it is not built, XLA's; resjax/kernels).
 CONV_IMPLS = {"xla": None, "onednn": onednn.conv_general_dilated}
 
+
+def stream(h: Array, conv_impl: str) -> Array:
+  """A residual stream between blocks: with oneDNN's convolutions, written to
+  memory once for all its readers (`onednn.materialize`), which XLA's CPU
+  fusion would otherwise recompute from the stage's first block at each block;
+  with XLA's convolutions, `h` itself."""
+  return onednn.materialize(h) if conv_impl == "onednn" else h
+
+
 # He et al. 2015 normal init, fan_out mode (keeps the backward-pass variance;
 # torchvision's choice for ResNets and MobileNetV2). Every conv is followed by
 # BatchNorm, so fan_in would train the same.

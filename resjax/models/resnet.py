@@ -196,6 +196,7 @@ def forward(model: nn.Module, x: Array, train: bool, widths: Sequence[int],
     z = layers.batch_norm(train, model.dtype, "stem_bn")(h)
     layers.tap(model, "preacts", "stem", z)
     h = act(z)
+  h = layers.stream(h, conv_impl)
   blocks = (model.depth - 2) // (2 * len(widths))
   for s, features in enumerate(widths):
     for b in range(blocks):
@@ -204,7 +205,7 @@ def forward(model: nn.Module, x: Array, train: bool, widths: Sequence[int],
           features, strides=2 if (s > 0 and b == 0) else 1, preact=preact,
           activation=model.activation, dtype=model.dtype, conv_impl=conv_impl, dims=dims,
           name=module)(h, train, shortcut)
-      h = layers.block_output(model, module, b, y, h, taps, name)
+      h = layers.stream(layers.block_output(model, module, b, y, h, taps, name), conv_impl)
   if preact:
     z = layers.batch_norm(train, model.dtype, "final_bn")(h)
     layers.tap(model, "preacts", "final", z)
