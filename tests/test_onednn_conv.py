@@ -221,8 +221,8 @@ def test_materialize_is_the_identity_wherever_a_step_runs():
 
 
 def _compiled_step(plain: bool) -> tuple:
-  """(the compiled train step, its state, the digits, the mesh) of a ResNet-14
-  on digits with oneDNN's convolutions, on one device."""
+  """(the compiled train step, its initial state, the batches of 20 steps) of
+  a ResNet-14 on digits with oneDNN's convolutions, on one device."""
   from resjax import train  # pylint: disable=import-outside-toplevel
   config = embedded.get_config("tiny")
   config.model.conv_impl, config.model.depth, config.model.plain = "onednn", 14, plain

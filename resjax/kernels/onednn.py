@@ -110,6 +110,11 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
   return lib, ""
 
 
+def _runs_here() -> bool:
+  """Whether programs traced now compile for the CPU and the library loaded."""
+  return jax.default_backend() == "cpu" and available()
+
+
 def available() -> bool:
   """Whether the oneDNN convolution library is built and loaded."""
   return _load()[0] is not None
@@ -289,9 +294,7 @@ def materialize(x: jax.Array) -> jax.Array:
   """x, written to memory once for every op that reads it (the identity, its
   gradient too): on the CPU where the library loaded, through an FFI call
   XLA cannot fuse into its readers; elsewhere x unchanged."""
-  if jax.default_backend() != "cpu" or not available():
-    return x
-  return _materialized(x)
+  return _materialized(x) if _runs_here() else x
 
 
 def _explicit_padding(padding, x_shape, w_shape, strides):
@@ -307,8 +310,7 @@ def covers(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=No
   ones = lambda d: d is None or all(int(v) == 1 for v in d)
   return (dn == _NHWC_HWIO and lhs.ndim == 4 and lhs.dtype == jnp.float32
           and rhs.dtype == jnp.float32 and feature_group_count == 1 and batch_group_count == 1
-          and ones(lhs_dilation) and ones(rhs_dilation) and jax.default_backend() == "cpu"
-          and available())
+          and ones(lhs_dilation) and ones(rhs_dilation) and _runs_here())
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
