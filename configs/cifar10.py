@@ -92,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 2000  # Steps between checkpoints (0 = end only).
   config.train.keep_checkpoints = 0  # Checkpoints kept (0 = all, for the analyses).
   config.train.eval_train = False  # Also evaluate the whole training split (eval_train/...).
+  config.train.eval_batch_size = 0  # Evaluation batch: a multiple of data.batch_size (0 = it).
   # A grid's nets on a device: vmap | map (one after another) | auto (by family and platform).
   config.train.grid_layout = "auto"
   config.train.probe_every = 0  # Steps between probes of every layer (0 = none; probes.jsonl).

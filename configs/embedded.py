@@ -183,5 +183,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.steps = 4
   config.train.log_every = 2
   config.train.eval_every = 0
+  config.train.eval_batch_size = 256  # The test split in two batches, not twelve.
   config.train.checkpoint_every = 2
   return config

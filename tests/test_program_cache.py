@@ -109,6 +109,7 @@ def test_grid_initial_states_from_the_kept_program_equal_the_traced_ones(cache_d
   from configs import embedded
   from resjax import grid, train
   config = embedded.get_config("spirals_mlp")
+  config.model.depth = 3  # What is kept does not depend on the depth (spirals_mlp: 24).
   config.grid.seeds, config.grid.model.width = (0, 1), (4, 8)
   nets = grid.nets(config)
   jax.config.update("jax_compilation_cache_dir", "")
@@ -146,7 +147,7 @@ def test_models_sharing_seeds_in_other_patterns_keep_their_own_states(cache_dir)
 
   def net(width, seed):
     config = embedded.get_config("spirals_mlp")
-    config.model.width, config.seed = width, seed
+    config.model.width, config.model.depth, config.seed = width, 3, seed
     return config
 
   mesh = sharding.make_mesh(jax.devices()[:1])

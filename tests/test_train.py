@@ -112,6 +112,33 @@ def test_residual_mlp_fits_spirals():
   assert int(state.step) == config.train.steps
 
 
+def test_evaluation_reads_the_split_in_batches_of_eval_batch_size(tmp_path, monkeypatch):
+  from resjax.train import loop  # pylint: disable=import-outside-toplevel
+  config = embedded.get_config("tiny_mlp")  # Batch 32; spirals: 1,500 test points.
+  config.train.eval_every, config.train.eval_batch_size = 2, 128
+  seen = []
+  real = loop.evaluate
+  monkeypatch.setattr(loop, "evaluate", lambda *a: seen.append(a[4]) or real(*a))
+  result = train.train_and_evaluate(config, str(tmp_path), say=lambda _: None)
+  assert seen == [128, 128]  # At steps 2 and 4.
+  # Other batches give the same accuracy, and the loss to float32 rounding.
+  ds = train.load_data(config)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  state = train.create_train_state(config, mesh, ds.input_shape, ds.num_classes,
+                                   mean=ds.mean, std=ds.std)
+  _, p_eval = train.jit_steps(state, mesh)
+  each = [train.evaluate(p_eval, state, ds.test, mesh, b) for b in (32, 128, 1504)]
+  assert len({r["accuracy"] for r in each}) == 1
+  np.testing.assert_allclose([r["loss"] for r in each], each[0]["loss"], rtol=1e-6)
+  assert 0.0 <= result["eval/accuracy"] <= 1.0
+  config.train.eval_batch_size = 48
+  with pytest.raises(errors.ConfigError, match=r"train.eval_batch_size=48 is not a multiple of "
+                     r"data.batch_size=32; use one \(or 0: data.batch_size\)"):
+    train.validate(config, 1, unit="processes")
+  config.train.eval_batch_size = 0  # The training batch.
+  train.validate(config, 1, unit="processes")
+
+
 @pytest.mark.parametrize("module", [cifar10, embedded])
 def test_every_config_variant_is_valid(module):
   for variant in module.VARIANTS:
@@ -138,7 +165,7 @@ def test_data_mesh_splits_a_cifar_resnet_with_xla_convs_but_not_an_mlp():
 
 def test_validate_names_what_the_batch_must_split_over():
   config = embedded.get_config("tiny")
-  config.data.batch_size = 33
+  config.data.batch_size, config.train.eval_batch_size = 33, 0
   with pytest.raises(errors.ConfigError, match="not divisible by the 2 processes; use a multiple of 2"):
     train.validate(config, 2, unit="processes")
   train.validate(config, 1, unit="processes")  # One process takes any batch.

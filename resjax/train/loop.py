@@ -189,6 +189,11 @@ class _Run:
   def batch_size(self) -> int:
     return int(self.config.data.batch_size)
 
+  @property
+  def eval_batch(self) -> int:
+    """The evaluation's global batch: train.eval_batch_size, else the training batch."""
+    return int(self.config.train.get("eval_batch_size") or 0) or self.batch_size
+
 
 def _open(workdir: str, config: ml_collections.ConfigDict, ds: data.Dataset, nets: Any,
           mesh: jax.sharding.Mesh, lead: bool, say: Callable) -> tuple[_Run, Any]:
@@ -253,7 +258,7 @@ def _train_in(workdir: str, config: ml_collections.ConfigDict, ds: data.Dataset,
       if run.watch is not None:
         run.watch.flush(writer)
       if run.start >= run.total:
-        ev = evaluate(run.p_eval, state, ds.test, mesh, run.batch_size, nets.merge)
+        ev = evaluate(run.p_eval, state, ds.test, mesh, run.eval_batch, nets.merge)
         result.update({f"eval/{k}": v for k, v in ev.items()})
         say(f"nothing to train: checkpoint at step {run.start} >= train.steps={run.total}; "
             "eval " + metrics.eval_line(ev))
@@ -344,11 +349,11 @@ def _log(run: _Run, done: int, writer: metrics.Writer) -> dict:
 
 def _eval(run: _Run, state: Any, done: int, writer: metrics.Writer) -> dict:
   """The evaluation row (test split; the training split too with train.eval_train)."""
-  ev = evaluate(run.p_eval, state, run.ds.test, run.mesh, run.batch_size, run.nets.merge)
+  ev = evaluate(run.p_eval, state, run.ds.test, run.mesh, run.eval_batch, run.nets.merge)
   row = {f"eval/{k}": v for k, v in ev.items()}
   if run.config.train.get("eval_train", False):  # The whole training split too.
     row.update({f"eval_train/{k}": v for k, v in evaluate(
-        run.p_eval, state, run.ds.train, run.mesh, run.batch_size, run.nets.merge).items()})
+        run.p_eval, state, run.ds.train, run.mesh, run.eval_batch, run.nets.merge).items()})
   run.nets.write(writer, done, row)
   run.say(f"eval at step {done}: " + metrics.eval_line(ev))
   return row

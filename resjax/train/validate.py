@@ -44,6 +44,8 @@ RULES = {
     "train.eval_every": schema.Int(0, fix="use an integer >= 0 (0 = only at the end)"),
     "train.checkpoint_every": schema.Int(0, fix="use an integer >= 0 (0 = only at the end)"),
     "train.eval_train": schema.Bool(optional=True),
+    "train.eval_batch_size": schema.Int(0, optional=True,
+                                        fix="use a multiple of data.batch_size (0 = data.batch_size)"),
     "train.grid_layout": schema.Choice(("auto", "vmap", "map"), optional=True),
     "train.keep_checkpoints": schema.Int(0, optional=True,
                                          fix="use an integer >= 0 (0 = keep all)"),
@@ -153,6 +155,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, unit: str = "d
   if ok("data.batch_size") and batch % num_devices:
     problems.append(f"data.batch_size={batch} is not divisible by the {num_devices} {unit}; "
                     f"use a multiple of {num_devices}")
+  eval_batch = schema.get(config, "train.eval_batch_size")
+  if ok("train.eval_batch_size") and ok("data.batch_size") \
+      and eval_batch not in (schema.MISSING, None) and eval_batch % batch:
+    # The mesh splits the training batch: a multiple of it splits the same way.
+    problems.append(f"train.eval_batch_size={eval_batch} is not a multiple of "
+                    f"data.batch_size={batch}; use one (or 0: data.batch_size)")
   if all(ok(f) for f in table if f.startswith("model.")) and not any(
       line.startswith("model.") for line in problems):
     try:
