@@ -112,6 +112,19 @@ def test_residual_mlp_fits_spirals():
   assert int(state.step) == config.train.steps
 
 
+def test_global_norms_are_optaxs_tree_norms():
+  import optax  # pylint: disable=import-outside-toplevel
+  from resjax.train import steps  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  trees = [{"a": {"kernel": rng.normal(size=(3, 4)) * s, "bias": rng.normal(size=(4,))},
+            "b": rng.normal(size=(2, 2, 5)).astype(np.float32)} for s in (1.0, 1e-3, 30.0)]
+  want = [float(optax.tree.norm(t)) for t in trees]
+  np.testing.assert_allclose(jax.jit(steps.global_norms)(*trees), want, rtol=1e-6)
+  stacked = [jax.tree.map(lambda x: np.stack([x, 2 * x]), t) for t in trees]  # A grid's nets.
+  got = jax.jit(jax.vmap(steps.global_norms))(*stacked)
+  np.testing.assert_allclose(got, [want, [2 * w for w in want]], rtol=1e-6)
+
+
 def test_evaluation_reads_the_split_in_batches_of_eval_batch_size(tmp_path, monkeypatch):
   from resjax.train import loop  # pylint: disable=import-outside-toplevel
   config = embedded.get_config("tiny_mlp")  # Batch 32; spirals: 1,500 test points.

@@ -43,6 +43,23 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
+def global_norms(*trees: Any) -> jax.Array:
+  """The L2 norm of each of `trees` (pytrees of one structure), over all its leaves.
+
+  The leaves are copied into one vector and reduced at once. `optax.tree.norm`
+  reduces every leaf on its own, and XLA compiles each reduction: in a 1-D
+  ResNet-14's step its three norms were 149 of 523 fusions and a quarter to a
+  third of the compile. (Without the barrier XLA splits the reduction of the
+  concatenation back into one per leaf.) The values agree with
+  `optax.tree.norm` to float32 rounding (tests/test_train.py).
+  """
+  leaves = [jnp.ravel(x).astype(jnp.float32) for t in trees for x in jax.tree.leaves(t)]
+  if not leaves:
+    return jnp.zeros((len(trees),), jnp.float32)
+  flat = jax.lax.optimization_barrier(jnp.concatenate(leaves))
+  return jnp.sqrt(jnp.sum(jnp.square(flat.reshape(len(trees), -1)), axis=1))
+
+
 def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
   """One optimizer step on a global batch {'inputs', 'labels'}; returns (state, metrics)."""
   rng = jax.random.fold_in(state.rng, state.step)
@@ -65,10 +82,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[Train
       "loss": loss,
       "accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
       "lr": schedule(state.step),
-      "grad_norm": optax.tree.norm(grads),
-      "param_norm": optax.tree.norm(params),
-      "update_norm": optax.tree.norm(updates),
   }
+  out["grad_norm"], out["param_norm"], out["update_norm"] = global_norms(grads, params, updates)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state)
   return new_state, out
