@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from resjax import program_cache, sharding
+from resjax import merged_draws, program_cache, sharding
 from resjax.grid import spec
 from resjax.grid import padding
 from resjax.train import optimizer as train_optimizer
@@ -112,10 +112,10 @@ def initial_states(nets: Sequence[ml_collections.ConfigDict], input_shape, num_c
   closure = json.dumps([[json.loads(nets[m[0]].to_json_best_effort()) for m in members_of],
                         seeds_of, list(input_shape), num_classes, _floats(mean), _floats(std)],
                        sort_keys=True, default=str)
+  platform = jax.devices()[0].platform
   stacked_all = program_cache.outputs(
-      init_all, (seeds,), closure=closure,
-      compiler_options=program_cache.cpu_options(train_state.INIT_COMPILER_OPTIONS,
-                                                 jax.devices()[0].platform))
+      merged_draws.merged_draws(init_all, platform), (seeds,), closure=closure,
+      compiler_options=program_cache.cpu_options(train_state.INIT_COMPILER_OPTIONS, platform))
   out: list = [None] * len(nets)
   for members, stacked in zip(members_of, stacked_all):
     each = [jax.tree.map(lambda a, i=i: np.asarray(a[i]), stacked) for i in range(len(members))]

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from resjax import data
+from resjax import merged_draws
 from resjax import models
 from resjax import program_cache
 from resjax import sharding
@@ -189,8 +190,10 @@ def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
   init = init_fn(config, tuple(input_shape), num_classes, mean, std)
   keys = rngs(config.seed)
   abstract = jax.eval_shape(init, *keys)
-  lowered = jax.jit(init, out_shardings=state_sharding(abstract, mesh)).lower(*keys)
-  options = program_cache.cpu_options(INIT_COMPILER_OPTIONS, mesh.devices.flat[0].platform)
+  platform = mesh.devices.flat[0].platform
+  lowered = jax.jit(merged_draws.merged_draws(init, platform),
+                    out_shardings=state_sharding(abstract, mesh)).lower(*keys)
+  options = program_cache.cpu_options(INIT_COMPILER_OPTIONS, platform)
   return lowered.compile(compiler_options=options)(*keys)
 
 

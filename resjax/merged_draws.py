@@ -1,0 +1,283 @@
+"""A function's random draws hashed together: one threefry call per wave of draws.
+
+XLA's CPU backend lowers every threefry hash to a loop of its own, and a net's
+initialization draws once per parameter, folds a key in per layer and splits
+keys: the 32-MLP grid's init program held about 70 such loops, and most of its
+compile time went to them. `merged_draws(fn)` evaluates `fn`'s program with
+every random primitive on threefry keys written out as its hashes, and hashes
+all the draws whose keys are known at the same point in one call (the init
+programs have three such waves). Threefry is elementwise in its key and
+counter, so the numbers are the same bit for bit (tested); only the program's
+shape changes.
+
+jax offers no public transform for this; the rewrite is an interpreter over
+the jaxpr (as `jax.core.eval_jaxpr` is), with random primitives expanded by
+the public threefry implementation (`jax.extend.random.threefry_prng_impl`).
+Any program it does not cover (keys of another implementation, keys passed to
+primitives other than random ones and reshaping ones, effects) is traced as it
+is.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jcore
+from jax.extend import random as jrandom
+
+_THREEFRY = jrandom.threefry_prng_impl
+_CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call")
+_ALIASES = ("random_wrap", "random_unwrap", "random_clone")
+
+
+class _Unsupported(Exception):
+  """The program has something the rewrite does not cover."""
+
+
+def _is_key(aval: Any) -> bool:
+  dtype = getattr(aval, "dtype", None)
+  return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _vmapped(f: Callable, n: int) -> Callable:
+  for _ in range(n):
+    f = jax.vmap(f)
+  return f
+
+
+@functools.lru_cache(maxsize=None)
+def _expansion(name: str, params: tuple, shapes: tuple) -> jcore.ClosedJaxpr:
+  """The threefry hashes of one random primitive, over key data (uint32 [..., 2])."""
+  p = dict(params)
+  args = [jax.ShapeDtypeStruct(s, d) for s, d in shapes]
+  if name == "random_seed":
+    fn = _vmapped(_THREEFRY.seed, len(shapes[0][0]))
+  elif name == "random_split":
+    fn = _vmapped(lambda k: _THREEFRY.split(k, p["shape"]), len(shapes[0][0]) - 1)
+  elif name == "random_bits":
+    fn = _vmapped(lambda k: _THREEFRY.random_bits(k, p["bit_width"], p["shape"]),
+                  len(shapes[0][0]) - 1)
+  elif name == "random_fold_in":
+    (key_shape, _), (msg_shape, _) = shapes
+    out = np.broadcast_shapes(key_shape[:-1], msg_shape)
+
+    def fn(keys, msgs):
+      keys = jnp.broadcast_to(keys, (*out, key_shape[-1]))
+      return _vmapped(_THREEFRY.fold_in, len(out))(keys, jnp.broadcast_to(msgs, out))
+  else:
+    raise _Unsupported(name)
+  return jax.make_jaxpr(fn)(*args)
+
+
+def _sub_jaxpr(eqn: Any) -> tuple[jcore.Jaxpr, Any] | None:
+  sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+  if isinstance(sub, jcore.ClosedJaxpr):
+    return sub.jaxpr, sub.consts
+  if isinstance(sub, jcore.Jaxpr):
+    return sub, ()
+  return None
+
+
+def _inlined(eqn: Any) -> bool:
+  """A call whose body can be spliced in (no placement of its own)."""
+  if eqn.primitive.name not in _CALLS or _sub_jaxpr(eqn) is None:
+    return False
+  return all(type(s).__name__ == "UnspecifiedValue"
+             for name in ("in_shardings", "out_shardings") for s in eqn.params.get(name, ()))
+
+
+def _on_key_data(eqn: Any) -> dict:
+  """The parameters of a structural primitive on keys, for their data (uint32 [..., 2])."""
+  p = dict(eqn.params)
+  rank = len(eqn.outvars[0].aval.shape)
+  name = eqn.primitive.name
+  if name == "slice":
+    strides = p["strides"] or (1,) * len(p["start_indices"])
+    return {**p, "start_indices": (*p["start_indices"], 0),
+            "limit_indices": (*p["limit_indices"], 2), "strides": (*strides, 1)}
+  if name == "reshape" and p.get("dimensions") is None and p.get("sharding") is None:
+    return {**p, "new_sizes": (*p["new_sizes"], 2)}
+  if name == "broadcast_in_dim" and p.get("sharding") is None:
+    return {**p, "shape": (*p["shape"], 2),
+            "broadcast_dimensions": (*p["broadcast_dimensions"], rank)}
+  if name == "transpose":
+    return {**p, "permutation": (*p["permutation"], rank)}
+  if name in ("squeeze", "concatenate", "copy", "copy_p"):
+    return p
+  raise _Unsupported(f"keys passed to {name}")
+
+
+class _Literal:
+  """A literal operand in the flat program."""
+
+  def __init__(self, value: Any):
+    self.value = value
+
+
+def _flat(jaxpr: jcore.Jaxpr, consts: Any) -> tuple[list, list, list, dict]:
+  """(equations, inputs, outputs, constants) of one flat program: calls spliced in,
+  random primitives replaced by their hashes, keys by their data. Values are ints."""
+  eqns: list = []
+  env: dict = {}
+  count = iter(range(1 << 62))
+
+  def splice(jaxpr, consts, inputs):
+    names: dict = {}
+
+    def name(v):
+      return _Literal(v.val) if isinstance(v, jcore.Literal) else names[v]
+
+    for v, c in zip(jaxpr.constvars, consts):
+      names[v] = next(count)
+      env[names[v]] = c
+    names.update(zip(jaxpr.invars, inputs))
+    for eqn in jaxpr.eqns:
+      ins = [name(v) for v in eqn.invars]
+      prim = eqn.primitive.name
+      if prim in _ALIASES:
+        outs = ins
+      elif prim.startswith("random_"):
+        if not all(str(v.aval.dtype) == "key<fry>" for v in (*eqn.invars, *eqn.outvars)
+                   if _is_key(v.aval)):
+          raise _Unsupported("keys of another implementation")
+        shapes = tuple(((*v.aval.shape, 2), np.dtype("uint32")) if _is_key(v.aval)
+                       else (tuple(v.aval.shape), np.dtype(v.aval.dtype)) for v in eqn.invars)
+        params = tuple(sorted((k, v) for k, v in eqn.params.items() if k != "impl"))
+        sub = _expansion(prim, params, shapes)
+        outs = splice(sub.jaxpr, sub.consts, ins)
+      elif _inlined(eqn):
+        outs = splice(*_sub_jaxpr(eqn), ins)
+      else:
+        params = eqn.params
+        if any(_is_key(v.aval) for v in (*eqn.invars, *eqn.outvars)):
+          params = _on_key_data(eqn)
+        outs = [next(count) for _ in eqn.outvars]
+        eqns.append((eqn, ins, outs, params))
+      names.update(zip(eqn.outvars, outs))
+    return [name(v) for v in jaxpr.outvars]
+
+  inputs = [next(count) for _ in jaxpr.invars]
+  outputs = splice(jaxpr, consts, inputs)
+  return eqns, inputs, outputs, env
+
+
+# At most this many numbers per call: the operands are copied at full size, so a
+# wave over a model of billions of parameters is hashed in calls of this size.
+MAX_CALL = 1 << 24
+
+
+def _hash_together(rows: list[tuple[Any, list, tuple]]) -> list[tuple[jax.Array, jax.Array]]:
+  """threefry2x32 of several (equation, operands, shape) rows in one call."""
+  columns = [[jnp.ravel(jnp.broadcast_to(x, shape)) for x in operands]
+             for _, operands, shape in rows]
+  y1, y2 = jrandom.threefry2x32_p.bind(*(jnp.concatenate(c) for c in zip(*columns)))
+  out, start = [], 0
+  for _, _, shape in rows:
+    stop = start + int(np.prod(shape, dtype=np.int64))
+    out.append((y1[start:stop].reshape(shape), y2[start:stop].reshape(shape)))
+    start = stop
+  return out
+
+
+def _groups(items: list[int], shapes: list) -> list[list[int]]:
+  """`items` in runs of at most MAX_CALL numbers (a larger item alone)."""
+  groups: list[list[int]] = [[]]
+  size = 0
+  for item, shape in zip(items, shapes):
+    n = int(np.prod(shape, dtype=np.int64))
+    if groups[-1] and size + n > MAX_CALL:
+      groups.append([])
+      size = 0
+    groups[-1].append(item)
+    size += n
+  return groups
+
+
+def _evaluate(jaxpr: jcore.Jaxpr, consts: Any, args: list) -> tuple[list, int]:
+  """(outputs, threefry calls) of the program with each wave of hashes in one call."""
+  eqns, inputs, outputs, env = _flat(jaxpr, consts)
+  env.update(zip(inputs, args))
+
+  def read(n):
+    return n.value if isinstance(n, _Literal) else env[n]
+
+  waiting = [0] * len(eqns)
+  users = collections.defaultdict(list)
+  for i, (_, ins, _, _) in enumerate(eqns):
+    for n in {n for n in ins if not isinstance(n, _Literal) and n not in env}:
+      waiting[i] += 1
+      users[n].append(i)
+  ready = collections.deque(i for i, w in enumerate(waiting) if w == 0)
+  hashes: list[int] = []
+  calls = 0
+
+  def known(names):
+    for n in names:
+      for j in users.pop(n, ()):
+        waiting[j] -= 1
+        if waiting[j] == 0:
+          ready.append(j)
+
+  while ready or hashes:
+    if not ready:  # Every hash whose operands are known: one call.
+      for group in _groups(hashes, [eqns[i][0].outvars[0].aval.shape for i in hashes]):
+        calls += 1
+        rows = [(eqns[i][0], [read(n) for n in eqns[i][1]],
+                 tuple(eqns[i][0].outvars[0].aval.shape)) for i in group]
+        for i, pair in zip(group, _hash_together(rows)):
+          env.update(zip(eqns[i][2], pair))
+      for i in hashes:
+        known(eqns[i][2])
+      hashes = []
+      continue
+    i = ready.popleft()
+    eqn, ins, outs, params = eqns[i]
+    if eqn.primitive is jrandom.threefry2x32_p:
+      hashes.append(i)
+      continue
+    with eqn.ctx.manager:
+      res = eqn.primitive.bind(*map(read, ins), **eqn.primitive.get_bind_params(params))
+    env.update(zip(outs, res if eqn.primitive.multiple_results else [res]))
+    known(outs)
+  return [read(n) for n in outputs], calls
+
+
+def merged_draws(fn: Callable, platform: str = "cpu") -> Callable:
+  """`fn` (traced under jit) with its threefry draws hashed in one call per wave: the
+  same outputs bit for bit, a program with a few hash loops instead of one per draw.
+
+  Only where the program runs on `platform` 'cpu': GPUs hash with a kernel of
+  their own rather than a loop, so elsewhere `fn` is returned as it is.
+  """
+  if platform != "cpu":
+    return fn
+
+  @functools.wraps(fn)
+  def wrapped(*args):
+    flat, tree = jax.tree.flatten(args)
+    closed, shapes = jax.make_jaxpr(lambda *a: fn(*jax.tree.unflatten(tree, a)),
+                                    return_shape=True)(*flat)
+    if closed.jaxpr.effects:
+      return fn(*args)
+    try:
+      out, _ = _evaluate(closed.jaxpr, closed.consts, flat)
+    except _Unsupported:
+      return fn(*args)
+    return jax.tree.unflatten(jax.tree.structure(shapes), out)
+
+  return wrapped
+
+
+def threefry_calls(fn: Callable, *args) -> tuple[int, int]:
+  """(threefry calls in `fn`'s program, in `merged_draws(fn)`'s), for tests and benchmarks."""
+  flat, tree = jax.tree.flatten(args)
+  closed = jax.make_jaxpr(lambda *a: fn(*jax.tree.unflatten(tree, a)))(*flat)
+  eqns, _, _, _ = _flat(closed.jaxpr, closed.consts)
+  before = sum(e.primitive is jrandom.threefry2x32_p for e, *_ in eqns)
+  found = []
+  jax.make_jaxpr(lambda *a: found.append(_evaluate(closed.jaxpr, closed.consts, list(a))[1]))(*flat)
+  return before, found[0]
