@@ -15,6 +15,7 @@
   python -m launch.bench memory     # a train step with and without launch.memory's malloc settings
   python -m launch.bench imports    # each launcher's import floor, in fresh processes
   python -m launch.bench startup    # the main job and the 32-MLP grid as whole processes, vs PyTorch
+  python -m launch.bench init       # initial states' programs with and without their draws merged
 
 `--quick` shrinks each benchmark (used by the tests); `--out=FILE.json` saves
 the printed figures. The benchmarks live in benchmarks/ at the repository root,
@@ -29,7 +30,7 @@ from launch import common
 from resjax import errors, files
 
 BENCHES = ("collapse", "train", "profile", "split", "tried", "grid", "layouts", "grid_devices",
-           "checkpoint", "restore", "probes", "onednn_versions", "memory", "imports", "startup")
+           "checkpoint", "restore", "probes", "onednn_versions", "memory", "imports", "startup", "init")
 
 _QUICK = flags.DEFINE_bool("quick", False, "Shrink the benchmark to seconds.")
 _OUT = flags.DEFINE_string("out", None, "Write the figures to this JSON file.")

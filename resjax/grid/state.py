@@ -82,14 +82,21 @@ def abstract_grid_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Me
   return GridCalls(tuple(states))
 
 
-def initial_states(nets: Sequence[ml_collections.ConfigDict], input_shape, num_classes: int,
-                   *, mean=None, std=None) -> list[train_state.TrainState]:
-  """Each net's initial state at its own size (host NumPy leaves), as
-  `train.create_train_state` makes it, on the default device: one compiled
-  program for all nets, vmapping the init of each model over the seeds of the
-  nets that share it (one program to compile or load from the cache, not one
-  per model). The states are kept beside the program (`program_cache.outputs`):
-  a rerun of the same nets reads them instead of computing them."""
+@dataclasses.dataclass(frozen=True)
+class InitProgram:
+  """The one program that initializes a grid's nets: `fn(seeds)` gives, per
+  model (`members[i]`, the nets sharing it), the stacked arrays of its nets;
+  `closure` names what the trace depends on besides `seeds`."""
+  fn: Any
+  seeds: list
+  members: list
+  closure: str
+
+
+def init_program(nets: Sequence[ml_collections.ConfigDict], input_shape, num_classes: int,
+                 *, mean=None, std=None) -> InitProgram:
+  """The initial states' program of `nets`, vmapping the init of each model over
+  the seeds of the nets that share it (one program, not one per model)."""
   groups: dict[str, list[int]] = {}
   for k, net in enumerate(nets):
     groups.setdefault(json.dumps(net.model.to_dict(), sort_keys=True, default=str),
@@ -103,7 +110,6 @@ def initial_states(nets: Sequence[ml_collections.ConfigDict], input_shape, num_c
   index: dict[tuple[int, ...], int] = {}  # Each distinct seed tuple, in order of first use.
   seeds_of = [index.setdefault(tuple(int(nets[k].seed) for k in members), len(index))
               for members in members_of]
-  seeds = [np.asarray(t, np.uint32) for t in index]
 
   def init_all(seeds):
     keys = [jax.vmap(train_state.rngs)(s) for s in seeds]
@@ -112,12 +118,23 @@ def initial_states(nets: Sequence[ml_collections.ConfigDict], input_shape, num_c
   closure = json.dumps([[json.loads(nets[m[0]].to_json_best_effort()) for m in members_of],
                         seeds_of, list(input_shape), num_classes, _floats(mean), _floats(std)],
                        sort_keys=True, default=str)
+  return InitProgram(init_all, [np.asarray(t, np.uint32) for t in index], members_of, closure)
+
+
+def initial_states(nets: Sequence[ml_collections.ConfigDict], input_shape, num_classes: int,
+                   *, mean=None, std=None) -> list[train_state.TrainState]:
+  """Each net's initial state at its own size (host NumPy leaves), as
+  `train.create_train_state` makes it, on the default device, from one
+  compiled program (`init_program`, its draws merged: `merged_draws`). The
+  states are kept beside the program (`program_cache.outputs`): a rerun of
+  the same nets reads them instead of computing them."""
+  program = init_program(nets, input_shape, num_classes, mean=mean, std=std)
   platform = jax.devices()[0].platform
   stacked_all = program_cache.outputs(
-      merged_draws.merged_draws(init_all, platform), (seeds,), closure=closure,
+      merged_draws.merged_draws(program.fn, platform), (program.seeds,), closure=program.closure,
       compiler_options=program_cache.cpu_options(train_state.INIT_COMPILER_OPTIONS, platform))
   out: list = [None] * len(nets)
-  for members, stacked in zip(members_of, stacked_all):
+  for members, stacked in zip(program.members, stacked_all):
     each = [jax.tree.map(lambda a, i=i: np.asarray(a[i]), stacked) for i in range(len(members))]
     # One model and optimizer per group, shared by its nets (as one traced init gave them).
     first = train_state.from_arrays(nets[members[0]], input_shape, num_classes, mean, std, each[0])
