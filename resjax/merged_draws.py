@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 from jax.extend import core as jcore
 from jax.extend import random as jrandom
@@ -170,17 +172,22 @@ def _flat(jaxpr: jcore.Jaxpr, consts: Any) -> tuple[list, list, list, dict]:
 MAX_CALL = 1 << 24
 
 
+def _as_vector(x: Any, shape: tuple) -> jax.Array:
+  """`x` broadcast to `shape` and flattened, in as few operations as it needs."""
+  x = jnp.asarray(x)
+  if x.shape != shape:
+    x = lax.broadcast_in_dim(x, shape, tuple(range(len(shape) - x.ndim, len(shape))))
+  return x if x.ndim == 1 else lax.reshape(x, (math.prod(shape),))
+
+
 def _hash_together(rows: list[tuple[Any, list, tuple]]) -> list[tuple[jax.Array, jax.Array]]:
   """threefry2x32 of several (equation, operands, shape) rows in one call."""
-  columns = [[jnp.ravel(jnp.broadcast_to(x, shape)) for x in operands]
-             for _, operands, shape in rows]
-  y1, y2 = jrandom.threefry2x32_p.bind(*(jnp.concatenate(c) for c in zip(*columns)))
-  out, start = [], 0
-  for _, _, shape in rows:
-    stop = start + int(np.prod(shape, dtype=np.int64))
-    out.append((y1[start:stop].reshape(shape), y2[start:stop].reshape(shape)))
-    start = stop
-  return out
+  columns = zip(*[[_as_vector(x, shape) for x in operands] for _, operands, shape in rows])
+  ys = jrandom.threefry2x32_p.bind(*(lax.concatenate(list(c), 0) for c in columns))
+  shapes = [shape for _, _, shape in rows]
+  parts = [lax.split(y, [math.prod(shape) for shape in shapes]) for y in ys]
+  return [tuple(p if len(shape) == 1 else lax.reshape(p, shape) for p in pair)
+          for pair, shape in zip(zip(*parts), shapes)]
 
 
 def _groups(items: list[int], shapes: list) -> list[list[int]]:
@@ -197,8 +204,27 @@ def _groups(items: list[int], shapes: list) -> list[list[int]]:
   return groups
 
 
+def _signature(eqn: Any, params: dict, operands: list) -> Any:
+  """What an equation computes (primitive, parameters, operands by identity or bits),
+  or None where a parameter cannot be hashed."""
+  key = (eqn.primitive, eqn.ctx, tuple(sorted(params.items())),
+         tuple((type(x), np.asarray(x).tobytes()) if isinstance(x, (int, float, bool, np.generic))
+               else id(x) for x in operands))
+  try:
+    hash(key)
+  except TypeError:
+    return None
+  return key
+
+
 def _evaluate(jaxpr: jcore.Jaxpr, consts: Any, args: list) -> tuple[list, int]:
-  """(outputs, threefry calls) of the program with each wave of hashes in one call."""
+  """(outputs, threefry calls) of the program with each wave of hashes in one call.
+
+  An equation that computes what an earlier one computed (the same primitive
+  and parameters on the same values: models of a grid sharing their seeds
+  derive the same keys) is not computed again; every value stays referenced
+  in `env`, so operand identities are never reused.
+  """
   eqns, inputs, outputs, env = _flat(jaxpr, consts)
   env.update(zip(inputs, args))
 
@@ -214,6 +240,7 @@ def _evaluate(jaxpr: jcore.Jaxpr, consts: Any, args: list) -> tuple[list, int]:
   ready = collections.deque(i for i, w in enumerate(waiting) if w == 0)
   hashes: list[int] = []
   calls = 0
+  done: dict = {}  # signature -> outputs
 
   def known(names):
     for n in names:
@@ -224,13 +251,22 @@ def _evaluate(jaxpr: jcore.Jaxpr, consts: Any, args: list) -> tuple[list, int]:
 
   while ready or hashes:
     if not ready:  # Every hash whose operands are known: one call.
+      fresh, again = [], []
+      for i in hashes:
+        sig = _signature(eqns[i][0], eqns[i][3], [read(n) for n in eqns[i][1]])
+        (again if sig is not None and sig in done else fresh).append((i, sig))
+        if sig is not None:
+          done.setdefault(sig, i)
+      hashes = [i for i, _ in fresh]
       for group in _groups(hashes, [eqns[i][0].outvars[0].aval.shape for i in hashes]):
         calls += 1
         rows = [(eqns[i][0], [read(n) for n in eqns[i][1]],
                  tuple(eqns[i][0].outvars[0].aval.shape)) for i in group]
         for i, pair in zip(group, _hash_together(rows)):
           env.update(zip(eqns[i][2], pair))
-      for i in hashes:
+      for i, sig in again:
+        env.update(zip(eqns[i][2], [env[n] for n in eqns[done[sig]][2]]))
+      for i, _ in fresh + again:
         known(eqns[i][2])
       hashes = []
       continue
@@ -239,9 +275,17 @@ def _evaluate(jaxpr: jcore.Jaxpr, consts: Any, args: list) -> tuple[list, int]:
     if eqn.primitive is jrandom.threefry2x32_p:
       hashes.append(i)
       continue
-    with eqn.ctx.manager:
-      res = eqn.primitive.bind(*map(read, ins), **eqn.primitive.get_bind_params(params))
-    env.update(zip(outs, res if eqn.primitive.multiple_results else [res]))
+    operands = [read(n) for n in ins]
+    sig = _signature(eqn, params, operands)
+    if sig is not None and sig in done:
+      res = done[sig]
+    else:
+      with eqn.ctx.manager:
+        res = eqn.primitive.bind(*operands, **eqn.primitive.get_bind_params(params))
+      res = res if eqn.primitive.multiple_results else [res]
+      if sig is not None:
+        done[sig] = res
+    env.update(zip(outs, res))
     known(outs)
   return [read(n) for n in outputs], calls
 

@@ -96,3 +96,23 @@ def test_programs_it_does_not_cover_are_traced_as_they_are(case):
 
 def test_off_the_cpu_the_function_is_left_alone():
   assert merged_draws.merged_draws(_draws, "gpu") is _draws
+
+
+def test_a_draw_made_twice_is_made_once_and_literals_are_told_apart_by_their_bits():
+  def once(seed):
+    a = jax.random.normal(jax.random.PRNGKey(seed), (3,))
+    return a, a
+
+  def twice(seed):  # Two models of a grid sharing a seed derive the same numbers.
+    return tuple(jax.random.normal(jax.random.PRNGKey(seed), (3,)) for _ in range(2))
+
+  seed = np.uint32(4)
+  size = [len(jax.make_jaxpr(merged_draws.merged_draws(f))(seed).jaxpr.eqns) for f in (once, twice)]
+  assert size[0] == size[1], size
+  _same(jax.jit(merged_draws.merged_draws(twice))(seed), jax.jit(twice)(seed))
+
+  def zeros(x):
+    return x * 0.0, x * -0.0  # Equal as floats, not as bits: -0.0 and 0.0 for x = -1.
+
+  got = jax.jit(merged_draws.merged_draws(zeros))(np.float32(-1.0))
+  assert [np.signbit(v) for v in got] == [True, False]
