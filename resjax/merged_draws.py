@@ -149,7 +149,10 @@ def _flat(jaxpr: jcore.Jaxpr, consts: Any) -> tuple[list, list, list, dict]:
         shapes = tuple(((*v.aval.shape, 2), np.dtype("uint32")) if _is_key(v.aval)
                        else (tuple(v.aval.shape), np.dtype(v.aval.dtype)) for v in eqn.invars)
         params = tuple(sorted((k, v) for k, v in eqn.params.items() if k != "impl"))
-        sub = _expansion(prim, params, shapes)
+        try:
+          sub = _expansion(prim, params, shapes)
+        except TypeError as e:  # A parameter that cannot be a cache key.
+          raise _Unsupported(prim) from e
         outs = splice(sub.jaxpr, sub.consts, ins)
       elif _inlined(eqn):
         outs = splice(*_sub_jaxpr(eqn), ins)
@@ -295,7 +298,9 @@ def merged_draws(fn: Callable, platform: str = "cpu") -> Callable:
   same outputs bit for bit, a program with a few hash loops instead of one per draw.
 
   Only where the program runs on `platform` 'cpu': GPUs hash with a kernel of
-  their own rather than a loop, so elsewhere `fn` is returned as it is.
+  their own rather than a loop, so elsewhere `fn` is returned as it is. The
+  result is for evaluating, not differentiating: custom derivative rules
+  inside `fn` are inlined away (an init has none that matter).
   """
   if platform != "cpu":
     return fn
