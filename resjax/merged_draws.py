@@ -184,22 +184,21 @@ def _as_vector(x: Any, shape: tuple) -> jax.Array:
   return x if x.ndim == 1 else lax.reshape(x, (math.prod(shape),))
 
 
-def _hash_together(rows: list[tuple[Any, list, tuple]]) -> list[tuple[jax.Array, jax.Array]]:
-  """threefry2x32 of several (equation, operands, shape) rows in one call."""
-  columns = zip(*[[_as_vector(x, shape) for x in operands] for _, operands, shape in rows])
+def _hash_together(rows: list[tuple[list, tuple]]) -> list[tuple[jax.Array, jax.Array]]:
+  """threefry2x32 of several (operands, shape) rows in one call."""
+  columns = zip(*[[_as_vector(x, shape) for x in operands] for operands, shape in rows])
   ys = jrandom.threefry2x32_p.bind(*(lax.concatenate(list(c), 0) for c in columns))
-  shapes = [shape for _, _, shape in rows]
+  shapes = [shape for _, shape in rows]
   parts = [lax.split(y, [math.prod(shape) for shape in shapes]) for y in ys]
   return [tuple(p if len(shape) == 1 else lax.reshape(p, shape) for p in pair)
           for pair, shape in zip(zip(*parts), shapes)]
 
 
-def _groups(items: list[int], shapes: list) -> list[list[int]]:
+def _groups(items: list, sizes: list[int]) -> list[list]:
   """`items` in runs of at most MAX_CALL numbers (a larger item alone)."""
-  groups: list[list[int]] = [[]]
+  groups: list[list] = [[]]
   size = 0
-  for item, shape in zip(items, shapes):
-    n = int(np.prod(shape, dtype=np.int64))
+  for item, n in zip(items, sizes):
     if groups[-1] and size + n > MAX_CALL:
       groups.append([])
       size = 0
@@ -257,22 +256,22 @@ def _evaluate(jaxpr: jcore.Jaxpr, consts: Any, args: list) -> tuple[list, int]:
     if not ready:  # Every hash whose operands are known: one call.
       fresh, again, seen = [], [], set()
       for i in hashes:
-        sig = _signature(eqns[i][0], eqns[i][3], [read(n) for n in eqns[i][1]])
-        (again if sig is not None and (sig in done or sig in seen) else fresh).append((i, sig))
+        operands = [read(n) for n in eqns[i][1]]
+        sig = _signature(eqns[i][0], eqns[i][3], operands)
+        if sig is not None and (sig in done or sig in seen):
+          again.append((i, sig))
+        else:
+          fresh.append((i, sig, (operands, tuple(eqns[i][0].outvars[0].aval.shape))))
         seen.add(sig)
-      hashes = [i for i, _ in fresh]
-      for group in _groups(hashes, [eqns[i][0].outvars[0].aval.shape for i in hashes]):
+      for group in _groups(fresh, [math.prod(row[1]) for _, _, row in fresh]):
         calls += 1
-        rows = [(eqns[i][0], [read(n) for n in eqns[i][1]],
-                 tuple(eqns[i][0].outvars[0].aval.shape)) for i in group]
-        for i, pair in zip(group, _hash_together(rows)):
+        for (i, sig, _), pair in zip(group, _hash_together([row for _, _, row in group])):
           env.update(zip(eqns[i][2], pair))
-      for i, sig in fresh:
-        if sig is not None:
-          done[sig] = [env[n] for n in eqns[i][2]]
+          if sig is not None:
+            done[sig] = list(pair)
       for i, sig in again:
         env.update(zip(eqns[i][2], done[sig]))
-      for i, _ in fresh + again:
+      for i in hashes:
         known(eqns[i][2])
       hashes = []
       continue
