@@ -441,8 +441,8 @@ def power() -> dict[str, ml_collections.ConfigDict]:
 
 
 def _shrink(config: ml_collections.ConfigDict) -> None:
-  """Seconds instead of minutes: 2 seeds, two values per axis, few steps (CI); a study
-  module's `tiny(config)` first does its own part."""
+  """Seconds instead of minutes: 2 seeds, two values per axis, few steps, one block per
+  stage (CI); a study module's `tiny(config)` first does its own part."""
   config.seeds = 2
   module = studies.get(config.study)
   if hasattr(module, "tiny"):
@@ -455,11 +455,17 @@ def _shrink(config: ml_collections.ConfigDict) -> None:
     if len(g.grid.opt.lr) > 1:
       g.grid.opt.lr = tuple(g.grid.opt.lr)[:2]
     g.train.steps, g.train.eval_every, g.train.log_every = 20, 20, 10
-    g.train.checkpoint_every = 10
+    g.train.checkpoint_every = 20  # The last step (a stop saves its own).
     g.data.batch_size = 16
     g.train.eval_batch_size = 512  # Evaluations in a few calls (MNIST-1D's 4,000: 8).
     if "head_width" in g.model:
       g.model.head_width = 8
+    if "stages" in g.model:  # One block per stage: each block is compile time.
+      one = lambda stages: tuple((w, 1, s) for w, _, s in stages)
+      g.model.stages = one(g.model.stages)
+      g.grid.model.stages = tuple(one(st) for st in g.grid.model.get("stages", ()))
+    if g.model.name == "resnet1d" and not g.grid.model.get("depth"):
+      g.model.depth = 8  # The shallowest 1-D ResNet, where the depth is not an axis.
     if g.data.name in ("spirals", "manifold"):
       g.data.num_train, g.data.num_test = 96, 64
     elif g.data.name == "digits":
