@@ -229,13 +229,17 @@ def _pilot_panel(ax, family: str, picks: dict[str, dict]) -> None:
     j = p["rates"].index(p["lr"])
     ax.plot([p["lr"]], [loss[j]], marker="*", ms=14, color=COLORS[v], ls="none")
     edge = " (at the grid's edge)" if p["at_edge"] else ""
-    last = j == len(p["rates"]) - 1  # Text to the left of a pick at the right edge.
+    # Text to the left of a pick at the right edge; linear's below its star, the other
+    # variant's above, so two picks at one rate and a similar loss keep apart.
+    last = j == len(p["rates"]) - 1
+    dy = -14 if v == "linear" else 8
     ax.annotate(f"{LABELS[v]}: {p['lr']:g}{edge}", (p["lr"], loss[j]), fontsize=7,
-                xytext=(-8, 8) if last else (4, -12 if v == "linear" else 6),
+                xytext=(-8, dy) if last else (4, dy),
                 textcoords="offset points", ha="right" if last else "left")
   rates = next(iter(picks.values()))["rates"]
   ax.set_xscale("log")
   ax.set_yscale("log")
+  ax.margins(y=0.15)  # Room for the labels above and below the picks.
   ax.set_xticks(rates)
   ax.set_xticklabels([f"{r:g}" for r in rates])
   ax.minorticks_off()
