@@ -181,16 +181,39 @@ def t_test_p(v: ArrayLike):
   return float(p) if np.ndim(p) == 0 else p
 
 
+def sign_test_p(n: int) -> float:
+  """Two-sided p of the exact sign test when all `n` nonzero paired differences
+  share one sign: 2^(1-n) (1 for n < 1)."""
+  return 1.0 if n < 1 else min(1.0, 2.0 ** (1 - n))
+
+
 def paired(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
   """Paired contrast of a - b (aligned by seed; pairs with a non-finite value are dropped).
 
   Returns the mean difference with its t-interval, the number of pairs, the
-  t-test p-value and whether the interval excludes 0.
+  t-test p-value, whether the interval excludes 0, the SD of the differences
+  ('sd'; exactly 0 where they are all equal) and 'test' ('t').
+
+  Where every pair differs by the same nonzero amount d (discrete metrics such
+  as accuracies on a small test set make that likely with few pairs), the
+  t-interval has no width and its p is 0, which says more than n pairs can.
+  The exact sign test stands in ('test': 'sign'): p = 2^(1-n), and the
+  interval is [d, d], the order-statistic interval of the median, whose
+  confidence 1 - 2^(1-n) must reach `confidence` (n >= 6 at 95%); below that
+  the interval is NaN and excludes nothing.
   """
   diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
   diff = diff[np.isfinite(diff)]
   mean, lo, hi = mean_ci(diff, confidence)
-  return {"mean": mean, "lo": lo, "hi": hi, "n": int(diff.size), "p": t_test_p(diff),
+  p, test = t_test_p(diff), "t"
+  same = diff.size >= 2 and bool(np.all(diff == diff[0]))
+  sd = 0.0 if same else float(np.std(diff, ddof=1)) if diff.size >= 2 else float("nan")
+  if same and diff[0] != 0:
+    p, test = sign_test_p(diff.size), "sign"
+    if 1.0 - p < confidence:
+      lo = hi = float("nan")
+  return {"mean": mean, "lo": lo, "hi": hi, "n": int(diff.size), "p": p, "sd": sd,
+          "test": test,
           "excludes_zero": bool(np.isfinite(lo) and (lo > 0 or hi < 0))}
 
 
@@ -199,8 +222,9 @@ def detectable(sd: float, n: int, power: float = 0.8, confidence: float = 0.95) 
   `n` pairs whose differences have SD `sd` rejects (at 1 - confidence) with
   probability `power`: delta = nc sd / sqrt(n), nc the noncentrality at which the
   noncentral t(n - 1) exceeds the t quantile with probability `power` (the
-  opposite tail, below 1e-3 for n >= 3 at 80% power, ignored). NaN for n < 2."""
-  if n < 2 or not np.isfinite(sd):
+  opposite tail, below 1e-3 for n >= 3 at 80% power, ignored). NaN for n < 2 and
+  for an SD of 0: differences that do not vary measure no noise to size power by."""
+  if n < 2 or not np.isfinite(sd) or sd <= 0:
     return float("nan")
   t = float(_t_quantile(n - 1, confidence))
   return float(special.nctdtrinc(n - 1, 1.0 - power, t) * sd / math.sqrt(n))

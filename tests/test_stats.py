@@ -1,4 +1,5 @@
 """resjax.stats: formulas against scipy, and coverage of the intervals by simulation."""
+import itertools
 import math
 
 import numpy as np
@@ -106,6 +107,27 @@ def test_paired_contrast_and_holm():
   np.testing.assert_allclose(stats.holm([0.9, 0.01, 0.3])[0], [0.9, 0.03, 0.6])
 
 
+def test_paired_differences_that_do_not_vary_use_the_sign_test():
+  # The same nonzero difference in every pair: no t-interval of width 0 and p = 0.
+  for n in range(2, 9):
+    c = stats.paired(np.full(n, 0.0625), np.zeros(n))
+    assert c["test"] == "sign" and c["sd"] == 0 and c["p"] == pytest.approx(2.0 ** (1 - n))
+    assert c["excludes_zero"] == (n >= 6)  # 1 - 2^(1-n) >= 0.95 from n = 6.
+    assert (c["lo"] == c["hi"] == 0.0625) if n >= 6 else np.isnan([c["lo"], c["hi"]]).all()
+    assert np.isnan(stats.detectable(c["sd"], n))
+  # Sums that do not come out exact still count as equal differences.
+  assert stats.paired([0.3, 0.3, 0.3], [0.2, 0.2, 0.2])["test"] == "sign"
+  same = stats.paired([0.5, 0.25], [0.5, 0.25])
+  assert (same["p"], same["sd"], same["test"], same["excludes_zero"]) == (1.0, 0.0, "t", False)
+  # Type I error, exactly, under a two-point null (each difference +d or -d, equally
+  # likely, all 2^n sign patterns): the t-test alone rejected every all-equal pattern
+  # (half the patterns at n = 2); with the sign test, at most 5% for n <= 6.
+  for n in range(2, 7):
+    rejected = sum(stats.paired(np.array(signs) / 64, np.zeros(n))["excludes_zero"]
+                   for signs in itertools.product((-1.0, 1.0), repeat=n))
+    assert rejected / 2 ** n <= 0.05, n
+
+
 def test_cluster_wilson_basics():
   # All seeds 0: still an upper bound, Wilson's for 0 of S trials with the t_(S-1) quantile.
   for s in (8, 64):
@@ -206,3 +228,19 @@ def test_cluster_wilson_is_no_wider_than_t_away_from_the_tails():
   c = _coverage(8, 4, reps=2000, rng=np.random.default_rng(7))
   assert 0.90 <= c["cluster"] <= 0.98 and 0.90 <= c["t"] <= 0.98, c
   assert c["cluster_width"] <= 1.05 * c["t_width"], c
+
+
+def test_paired_interval_covers_on_discrete_accuracies_with_two_seeds():
+  # A tiny study's situation: test accuracies on 64 points (steps of 1/64), two
+  # seeds, no true difference. About 7% of draws give the same nonzero difference
+  # in both pairs, where a t-interval would be [d, d] and miss 0 (coverage about
+  # 0.92); with the sign test they give no interval.
+  rng = np.random.default_rng(5)
+  draws, covered, without = 3000, 0, 0
+  for _ in range(draws):
+    a, b = rng.binomial(64, 0.9, size=(2, 2)) / 64
+    c = stats.paired(a, b)
+    if np.isnan(c["lo"]):
+      without += 1
+    covered += not c["excludes_zero"]
+  assert covered / draws >= 0.95 and 0.04 <= without / draws <= 0.11

@@ -111,6 +111,11 @@ def test_one_verdict_wording_follows_the_numbers():
   assert text == f"not detected at this power (80% power needs |effect| >= {100 * least:.3g} points)"
   assert "needs |effect| >= 5" in tables.verdict({**base, "excludes_zero": False,
                                                  "detectable": 5.0})
-  assert tables.verdict({**base, "sd": 0.0}) == "not detected: identical in every pair"
+  assert tables.verdict({**base, "mean": 0.0, "sd": 0.0}) == (
+      "not detected: identical in every pair")
+  # One nonzero difference in every pair: the sign test's p, never a detectable effect of 0.
+  assert tables.verdict({**base, "sd": 0.0, "p": 2.0 ** -7, "p_holm": 3 * 2.0 ** -7}) == (
+      "not detected: the same difference in all 8 pairs (sign test p = 0.00781, 0.0234 "
+      "after Holm among 3)")
   assert tables.verdict_text({**base, "holm_reject": True, "excludes_zero": True}, 100, 1) == (
       "+2.0 [1.0, 3.0], detected (Holm among 3)")

@@ -152,7 +152,7 @@ def winner(fit: dict, contrasts: dict[str, dict]) -> dict[str, Any]:
 def _replicate_contrast(values: np.ndarray, family: str, power: float) -> dict[str, Any]:
   """Mean of per-replicate `values` against 0: t-interval, p, detectable effect."""
   c = rstats.paired(values, np.zeros_like(values))
-  sd = float(np.std(values, ddof=1)) if c["n"] >= 2 else float("nan")
+  sd = c["sd"]
   return {"family": family, **{k: g6(c[k]) for k in ("mean", "lo", "hi", "p")}, "n": c["n"],
           "excludes_zero": c["excludes_zero"], "sd": g6(sd),
           "detectable": g6(rstats.detectable(sd, c["n"], power))}
@@ -233,7 +233,7 @@ def headline(result: dict) -> dict[str, str]:
     said = (f"{w['best']} identified" if w["identified"] else
             f"{w['best']} best, not told apart from {', '.join(w['not_told_apart_from'])}")
     parts.append(f"{task}: {said} (leave-one-d-out R^2 {r2})")
-  direct = [f"{k} {100 * c['mean']:+.1f} [{100 * c['lo']:+.1f}, {100 * c['hi']:+.1f}] "
+  direct = [f"{k} {100 * c['mean']:+.1f} {tables.bounds_text(c, 100, 1, '+')} "
             f"({tables.verdict(c).split(' (')[0]})" for k, c in result["contrasts"].items()
             if c.get("family") == "direct contrasts"]
   return {"C3": "; ".join(parts + direct) + "."}

@@ -120,10 +120,8 @@ def _family(diffs: dict[str, np.ndarray], family: str, power: float) -> dict[str
   for key, d in diffs.items():
     d = np.asarray(d, np.float64)
     c = rstats.paired(d, np.zeros_like(d))
-    ok = d[np.isfinite(d)]
-    sd = float(np.std(ok, ddof=1)) if ok.size >= 2 else float("nan")
     out[key] = {"family": family, **{k: tables.g6(c[k]) for k in ("mean", "lo", "hi", "p")},
-                "n": c["n"], "excludes_zero": c["excludes_zero"], "sd": tables.g6(sd)}
+                "n": c["n"], "excludes_zero": c["excludes_zero"], "sd": tables.g6(c["sd"])}
   tables.holm(out)
   for c in out.values():
     c["verdict"] = _verdict(c, power)
@@ -230,7 +228,7 @@ def headline(result: dict) -> dict[str, str]:
 
   def fmt(key: str, scale: float = 100.0) -> str:
     x = c[key]
-    return (f"{scale * x['mean']:+.1f} [{scale * x['lo']:.1f}, {scale * x['hi']:.1f}] "
+    return (f"{scale * x['mean']:+.1f} {tables.bounds_text(x, scale, 1)} "
             f"(Holm p {x['p_holm']:.2g} of {x['family_size']}; {tables.verdict(x).split(' (')[0]})")
 
   high = f"bias {result['high_bias']:g}"

@@ -259,7 +259,7 @@ def _forest(ax, contrasts: dict[str, dict], key: str) -> None:
   scale = 100.0 if key == "test_acc" else 1.0
   for y, k in enumerate(keys):
     c = contrasts[k]
-    ax.plot([scale * c["lo"], scale * c["hi"]], [y, y], color="k", lw=1.6)
+    ax.plot(scale * figures.arr([c["lo"], c["hi"]]), [y, y], color="k", lw=1.6)
     ax.plot([scale * c["mean"]], [y], "o", color="k",
             mfc="k" if c.get("holm_reject") else "white")
   ax.axvline(0.0, color="0.5", lw=0.8)

@@ -141,8 +141,7 @@ def _contrast(on: dict[int, float], off: dict[int, float], power: float) -> dict
   """on minus off over the seeds both have: interval, p, SD, what the design detects."""
   seeds = sorted(set(on) & set(off))
   c = rstats.paired([on[s] for s in seeds], [off[s] for s in seeds])
-  diff = np.asarray([on[s] - off[s] for s in seeds], np.float64)
-  sd = float(np.std(diff, ddof=1)) if diff.size >= 2 else float("nan")
+  sd = c["sd"]
   return {**{k: tables.g6(c[k]) for k in ("mean", "lo", "hi", "p")}, "n": c["n"],
           "excludes_zero": c["excludes_zero"], "sd": tables.g6(sd),
           "detectable": tables.g6(rstats.detectable(sd, c["n"], power)),
@@ -151,7 +150,9 @@ def _contrast(on: dict[int, float], off: dict[int, float], power: float) -> dict
 
 def _verdict(c: dict[str, Any], power: float) -> str:
   """'detected' where Holm rejects, else what the design could have detected."""
-  note = f" unadjusted, {100 * c['detectable_holm']:.3g} at Holm's first level"
+  holm = c.get("detectable_holm")
+  note = ("" if holm is None or not math.isfinite(holm) else
+          f" unadjusted, {100 * holm:.3g} at Holm's first level")
   return tables.verdict(c, power, 100, " points", note=note)
 
 
@@ -204,7 +205,7 @@ def analyze(config, trained: dict[str, runs.GridRun], workdir: str, log) -> dict
     c["verdict"] = _verdict(c, power)
   if log:
     for k, c in contrasts.items():
-      log(f"power: {k}: {100 * c['mean']:+.2f} [{100 * c['lo']:+.2f}, {100 * c['hi']:+.2f}] "
+      log(f"power: {k}: {100 * c['mean']:+.2f} {tables.bounds_text(c, 100, 2, '+')} "
           f"points, Holm p {c['p_holm']:.3g}: {c['verdict']}")
   net_rows = []
   for run in trained.values():

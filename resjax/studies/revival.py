@@ -105,13 +105,12 @@ def _contrast(values: np.ndarray, pairs: list[tuple[int, int]], power: float) ->
   on = [values[a] for a, _ in pairs]
   off = [values[b] for _, b in pairs]
   c = rstats.paired(on, off)
-  diff = np.asarray(on, np.float64) - np.asarray(off, np.float64)
-  sd = float(np.std(diff[np.isfinite(diff)], ddof=1)) if c["n"] >= 2 else float("nan")
+  sd = c["sd"]
   least = rstats.detectable(sd, c["n"], power)
   if c["excludes_zero"]:
     verdict = "detected"
   elif c["n"] >= 2 and sd == 0:
-    verdict = "not detected: identical in every pair"
+    verdict = tables.no_spread({**c, "sd": sd})
   else:
     verdict = f"not detected at this power ({power:.0%} power needs |effect| >= {least:.3g})"
   return {**{k: tables.g6(c[k]) for k in ("mean", "lo", "hi", "p")}, "n": c["n"],

@@ -121,9 +121,7 @@ def paired(run: GridRun, metric: np.ndarray, a: tuple, b: tuple) -> dict[str, An
   common = sorted(set(seeds_a) & set(seeds_b))
   a_, b_ = [metric[seeds_a[s]] for s in common], [metric[seeds_b[s]] for s in common]
   c = rstats.paired(a_, b_)
-  diff = np.asarray(a_, np.float64) - np.asarray(b_, np.float64)
-  diff = diff[np.isfinite(diff)]
-  sd = float(np.std(diff, ddof=1)) if diff.size >= 2 else float("nan")
+  sd = c["sd"]
   return {**{k: g6(c[k]) for k in ("mean", "lo", "hi", "p")}, "n": len(common),
           "excludes_zero": c["excludes_zero"], "sd": g6(sd),
           "detectable": g6(rstats.detectable(sd, len(common)))}
@@ -138,10 +136,19 @@ def holm(contrasts: dict[str, dict]) -> dict[str, dict]:
   return contrasts
 
 
+def bounds_text(c: Mapping[str, Any], scale: float = 1.0, digits: int = 2,
+                sign: str = "") -> str:
+  """'[0.50, 0.74]' of a contrast's interval (times `scale`; `sign` '+' signs both);
+  '[no interval]' where it has none (`stats.paired`: too few pairs, all alike)."""
+  lo, hi = (float("nan") if c.get(k) is None else scale * float(c[k]) for k in ("lo", "hi"))
+  if not (math.isfinite(lo) and math.isfinite(hi)):
+    return "[no interval]"
+  return f"[{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]"
+
+
 def interval_text(c: Mapping[str, Any], scale: float = 1.0, digits: int = 2) -> str:
   """'+0.62 [0.50, 0.74]' of a contrast's mean and interval (times `scale`)."""
-  m, lo, hi = (scale * float(c[k]) for k in ("mean", "lo", "hi"))
-  return f"{m:+.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+  return f"{scale * float(c['mean']):+.{digits}f} {bounds_text(c, scale, digits)}"
 
 
 def holm_count(contrasts: Mapping[str, Mapping[str, Any]], family: str | None = None,
@@ -176,7 +183,7 @@ def verdict(c: Mapping[str, Any], power: float = 0.8, scale: float = 1.0,
   if c.get("holm_reject") and c.get("excludes_zero", True):
     return f"detected (Holm{among})"
   if int(c.get("n", 0)) >= 2 and c.get("sd") == 0:
-    return "not detected: identical in every pair"
+    return no_spread(c, among)
   least = c.get("detectable")
   if least is None and all(c.get(f) is not None for f in ("n", "lo", "hi")):
     least = detectable_of(c, power)
@@ -186,6 +193,18 @@ def verdict(c: Mapping[str, Any], power: float = 0.8, scale: float = 1.0,
     return (f"not detected after Holm{among} (the unadjusted interval excludes 0"
             + (f"; {need})" if need else ")"))
   return "not detected at this power" + (f" ({need})" if need else "")
+
+
+def no_spread(c: Mapping[str, Any], among: str = "") -> str:
+  """The verdict of paired differences that do not vary (SD 0) and were not detected:
+  none at all, or one difference in every pair, which only the sign test
+  (`stats.paired`) reads."""
+  if float(c.get("mean", 0.0)) == 0.0:
+    return "not detected: identical in every pair"
+  p = f"sign test p = {float(c['p']):.3g}" if c.get("p") is not None else "sign test"
+  if c.get("p_holm") is not None and among:
+    p += f", {float(c['p_holm']):.3g} after Holm{among}"
+  return f"not detected: the same difference in all {int(c['n'])} pairs ({p})"
 
 
 def verdict_text(c: Mapping[str, Any], scale: float = 1.0, digits: int = 2,
