@@ -3,7 +3,8 @@
 Same nets as resjax's `mlp` family without shortcuts or norm: a Dense layer
 into `width` units, depth - 1 more Dense layers each after a ReLU, a ReLU and
 a linear classifier; softmax cross-entropy; Adam (b1 0.9, b2 0.999, eps 1e-8)
-at a constant rate. PyTorch's default initialization, not resjax's: the
+at a constant rate, with PyTorch's fused CPU kernel (`fused=True`: one call per
+step for all of a net's tensors, against one loop over them by default). PyTorch's default initialization, not resjax's: the
 benchmark times the same work, it does not compare the trained numbers.
 
   sequential  each net trained alone for all its steps, eager mode.
@@ -12,7 +13,9 @@ benchmark times the same work, it does not compare the trained numbers.
               stacks (Adam is elementwise, so each net gets its own update).
 
 `python -m benchmarks.torch_mlp JOB.npz` trains a grid one net after another as a
-whole process (what `python -m launch.bench grid` times against `launch.train`).
+whole process (what `python -m launch.bench grid` times against `launch.train`),
+on one intra-op thread (`THREADS`). Both settings are PyTorch's fastest measured
+for these nets (docs/performance.md, "The PyTorch competitor's settings").
 Import needs `torch` (the `bench` extra: `pip install -e '.[bench]'`).
 """
 from __future__ import annotations
@@ -25,6 +28,16 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+
+# Intra-op threads of the whole-process competitor: these nets are too small
+# for a second thread to pay (docs/performance.md).
+THREADS = 1
+
+
+def adam(params, lr: float) -> torch.optim.Optimizer:
+  """Adam as resjax's grid runs it, in PyTorch's fused CPU kernel."""
+  return torch.optim.Adam(params, lr=lr, fused=True)
 
 
 def mlp(in_dim: int, width: int, depth: int, num_classes: int) -> nn.Module:
@@ -51,7 +64,7 @@ def train_sequential(nets: Sequence[tuple[int, int, int]], data, lr: float, in_d
   for seed, width, depth in nets:
     torch.manual_seed(seed)
     model = mlp(in_dim, width, depth, num_classes)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = adam(model.parameters(), lr)
     for xb, yb in data:
       opt.zero_grad(set_to_none=True)
       loss = F.cross_entropy(model(xb), yb)
@@ -82,7 +95,7 @@ def train_vmapped(nets: Sequence[tuple[int, int, int]], data, lr: float, in_dim:
       return torch.func.functional_call(base, (dict(zip(names, p)), b), (xb,))
 
     batched = torch.func.vmap(forward, in_dims=(0, 0, None))
-    opt = torch.optim.Adam(leaves, lr=lr)
+    opt = adam(leaves, lr)
     for xb, yb in data:
       opt.zero_grad(set_to_none=True)
       logits = batched(leaves, buffers, xb)  # [nets, batch, classes]
@@ -100,6 +113,7 @@ def main(argv: Sequence[str]) -> None:
   batch and lr, written by `benchmarks.grid`.
   """
   start = time.perf_counter()
+  torch.set_num_threads(THREADS)
   with np.load(argv[1]) as f:
     job = {k: f[k] for k in f.files}
   x, y, nets = job["x"], job["y"], [tuple(map(int, n)) for n in job["nets"]]
