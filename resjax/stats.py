@@ -13,8 +13,9 @@ axes. Too few values for an interval give NaN bounds.
                    interval on the pooled fraction with an effective sample
                    size from the spread between seeds (good in the tails, where
                    the t-interval is not; tests/test_stats.py checks coverage)
-  bootstrap_ci     percentile bootstrap over seeds (median_ci: of the median;
-                   seed_bootstrap_ci: of the mean of per-seed values)
+  bootstrap_ci     percentile bootstrap over seeds (seed_bootstrap_ci: of the
+                   mean of per-seed values)
+  median_ci        the median's distribution-free order-statistic interval
   paired           paired contrast: mean difference, t-interval, p-value
   detectable       the smallest mean difference a paired t-test of n pairs
                    with a given SD detects with a given power (noncentral t)
@@ -159,9 +160,23 @@ def bootstrap_ci(v: Sequence[float], statistic: Callable[..., Any] = np.median,
   return float(statistic(v[None], axis=1)[0]), float(lo), float(hi)
 
 
-def median_ci(v: Sequence[float], seed: int = 0, draws: int = 2000, confidence: float = 0.95):
-  """Median and its percentile-bootstrap interval; inf (e.g. target not reached) is allowed."""
-  return bootstrap_ci(v, np.median, confidence, draws, seed)
+def median_ci(v: Sequence[float], confidence: float = 0.95):
+  """Median and its distribution-free interval [x_(k), x_(n+1-k)] of the sorted
+  values, k the largest with 1 - 2 P(Binomial(n, 1/2) < k) >= `confidence`;
+  NaN bounds where even [min, max] falls short (n < 6 at 95%: [min, max] of 3
+  values holds the median with probability 0.75). inf (e.g. a target not
+  reached) is allowed; NaN values are dropped."""
+  v = np.sort(np.asarray(v, np.float64).ravel())
+  v = v[~np.isnan(v)]
+  n = v.size
+  if n == 0:
+    return math.nan, math.nan, math.nan
+  k = 0  # Coverage of [x_(k), x_(n+1-k)] is 1 - 2 bdtr(k - 1, n, 1/2).
+  while k + 1 <= (n + 1) // 2 and 1 - 2 * special.bdtr(k, n, 0.5) >= confidence:
+    k += 1
+  if k == 0:
+    return float(np.median(v)), math.nan, math.nan
+  return float(np.median(v)), float(v[k - 1]), float(v[n - k])
 
 
 def seed_bootstrap_ci(v_S: Sequence[float], seed: int = 0, draws: int = 2000,
@@ -181,6 +196,22 @@ def t_test_p(v: ArrayLike):
   return float(p) if np.ndim(p) == 0 else p
 
 
+# Paired differences within SAME x the largest |value| (at least 1) of one
+# another count as equal (`paired`).
+SAME = 1e-9
+
+
+def fisher_ci(r: float, se: float, confidence: float = 0.95) -> tuple[float, float]:
+  """Interval of a correlation r from Fisher's z = atanh(r) with standard error
+  `se`: 1 / sqrt(n - 3) for Pearson's r of n pairs (n - q - 3 with q variables
+  partialled out), sqrt(1.06 / (n - 3)) for Spearman's rho (Fieller, Hartley and
+  Pearson 1957). NaN bounds where r or se is not finite."""
+  if not (math.isfinite(r) and math.isfinite(se) and se > 0):
+    return float("nan"), float("nan")
+  z, half = math.atanh(max(min(r, 1 - 1e-15), -1 + 1e-15)), _quantile(confidence) * se
+  return math.tanh(z - half), math.tanh(z + half)
+
+
 def sign_test_p(n: int) -> float:
   """Two-sided p of the exact sign test when all `n` nonzero paired differences
   share one sign: 2^(1-n) (1 for n < 1)."""
@@ -194,24 +225,34 @@ def paired(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> 
   t-test p-value, whether the interval excludes 0, the SD of the differences
   ('sd'; exactly 0 where they are all equal) and 'test' ('t').
 
-  Where every pair differs by the same nonzero amount d (discrete metrics such
-  as accuracies on a small test set make that likely with few pairs), the
-  t-interval has no width and its p is 0, which says more than n pairs can.
+  Where every pair differs by the same nonzero amount d, up to rounding
+  (`SAME`; discrete metrics such as accuracies on a small test set make that
+  likely with few pairs), the t-interval has no width and its p is 0, which
+  says more than n pairs can.
   The exact sign test stands in ('test': 'sign'): p = 2^(1-n), and the
   interval is [d, d], the order-statistic interval of the median, whose
   confidence 1 - 2^(1-n) must reach `confidence` (n >= 6 at 95%); below that
   the interval is NaN and excludes nothing.
   """
-  diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-  diff = diff[np.isfinite(diff)]
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  diff = a - b
+  ok = np.isfinite(diff)
+  diff = diff[ok]
   mean, lo, hi = mean_ci(diff, confidence)
   p, test = t_test_p(diff), "t"
-  same = diff.size >= 2 and bool(np.all(diff == diff[0]))
-  sd = 0.0 if same else float(np.std(diff, ddof=1)) if diff.size >= 2 else float("nan")
-  if same and diff[0] != 0:
-    p, test = sign_test_p(diff.size), "sign"
-    if 1.0 - p < confidence:
-      lo = hi = float("nan")
+  sd = float(np.std(diff, ddof=1)) if diff.size >= 2 else float("nan")
+  # Equal up to rounding: 0.7 - 0.67 and 0.8 - 0.77 differ in the 17th digit.
+  tol = SAME * max(1.0, float(np.max(np.abs(np.r_[a[ok], b[ok]])))) if diff.size else 0.0
+  if diff.size >= 2 and float(np.ptp(diff)) <= tol:
+    sd = 0.0
+    if abs(mean) <= tol:  # No difference in any pair.
+      mean = lo = hi = 0.0
+      p = 1.0
+    else:
+      lo = hi = mean
+      p, test = sign_test_p(diff.size), "sign"
+      if 1.0 - p < confidence:
+        lo = hi = float("nan")
   return {"mean": mean, "lo": lo, "hi": hi, "n": int(diff.size), "p": p, "sd": sd,
           "test": test,
           "excludes_zero": bool(np.isfinite(lo) and (lo > 0 or hi < 0))}

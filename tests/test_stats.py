@@ -53,12 +53,28 @@ def test_bootstraps():
                       random_state=np.random.default_rng(2)).confidence_interval
   assert mean == pytest.approx(v.mean())
   assert (lo, hi) == pytest.approx((ref.low, ref.high), rel=0.03)
-  med, lo, hi = stats.median_ci(v, draws=20000)
-  ref = sps.bootstrap((v,), np.median, method="percentile", n_resamples=20000,
-                      random_state=np.random.default_rng(2)).confidence_interval
-  assert med == np.median(v) and (lo, hi) == pytest.approx((ref.low, ref.high), rel=0.05)
-  med, lo, hi = stats.median_ci([10, 20, 30, np.inf, np.inf])  # inf: target never reached
-  assert med == 30 and hi == np.inf and lo >= 10
+
+
+
+def test_median_interval_is_the_order_statistics_one():
+  # n = 40: [x_(14), x_(27)] (1 - 2 P(Bin(40, 1/2) <= 13) = 0.962; k = 15 gives 0.919).
+  v = np.random.default_rng(1).exponential(size=40)
+  med, lo, hi = stats.median_ci(v)
+  s = np.sort(v)
+  assert med == np.median(v) and (lo, hi) == (s[13], s[26])
+  assert 1 - 2 * sps.binom.cdf(13, 40, 0.5) >= 0.95 > 1 - 2 * sps.binom.cdf(14, 40, 0.5)
+  # inf (target never reached) is an order statistic like any other.
+  med, lo, hi = stats.median_ci([10, 20, 30, 40, np.inf, np.inf, np.inf, np.nan])
+  assert med == 40 and (lo, hi) == (10, np.inf)
+  # Too few values for a 95% interval: [min, max] of 5 holds the median with 0.9375.
+  med, lo, hi = stats.median_ci([3.0, 1.0, 2.0, 5.0, 4.0])
+  assert med == 3.0 and np.isnan([lo, hi]).all()
+  # Coverage of the true median, skewed values, n = 6 and 9.
+  rng = np.random.default_rng(7)
+  for n in (6, 9):
+    got = [stats.median_ci(rng.exponential(size=n))[1:] for _ in range(4000)]
+    covered = np.mean([lo <= math.log(2) <= hi for lo, hi in got])
+    assert 0.95 <= covered <= 0.99, (n, covered)
 
 
 def test_detectable_effect_has_the_power_it_claims():
@@ -244,3 +260,31 @@ def test_paired_interval_covers_on_discrete_accuracies_with_two_seeds():
       without += 1
     covered += not c["excludes_zero"]
   assert covered / draws >= 0.95 and 0.04 <= without / draws <= 0.11
+
+
+def test_paired_differences_equal_up_to_rounding_count_as_equal():
+  # +3 points in both seeds, as accuracies read back from JSON: 0.7 - 0.67 and
+  # 0.8 - 0.77 differ in the 17th digit.
+  c = stats.paired([0.7, 0.8], [0.67, 0.77])
+  assert c["test"] == "sign" and c["sd"] == 0 and c["p"] == 0.5 and not c["excludes_zero"]
+  none = stats.paired([0.1 + 0.2, 0.3], [0.3, 0.1 + 0.2])  # No difference, up to rounding.
+  assert (none["mean"], none["p"], none["sd"], none["test"]) == (0.0, 1.0, 0.0, "t")
+  assert stats.paired([0.7, 0.8001], [0.67, 0.77])["test"] == "t"  # A real spread stays a t-test.
+
+
+def test_fisher_intervals_of_correlations_cover():
+  # Pearson's r and Spearman's rho of 15 bivariate normal pairs with correlation 0.5.
+  rng = np.random.default_rng(6)
+  cov = [[1.0, 0.5], [0.5, 1.0]]
+  rho_s = 6 / np.pi * np.arcsin(0.25)  # Spearman's rho of that normal.
+  hits = {"pearson": 0, "spearman": 0}
+  draws = 2000
+  for _ in range(draws):
+    x, y = rng.multivariate_normal([0, 0], cov, size=15).T
+    lo, hi = stats.fisher_ci(float(np.corrcoef(x, y)[0, 1]), 1 / math.sqrt(12))
+    hits["pearson"] += lo <= 0.5 <= hi
+    lo, hi = stats.fisher_ci(float(sps.spearmanr(x, y)[0]), math.sqrt(1.06 / 12))
+    hits["spearman"] += lo <= rho_s <= hi
+  for name, h in hits.items():
+    assert 0.93 <= h / draws <= 0.975, (name, h / draws)
+  assert np.isnan(stats.fisher_ci(float("nan"), 0.3)).all()

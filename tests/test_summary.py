@@ -1,5 +1,6 @@
 """RESULTS.md's summary table is the one the committed study.json files give."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -111,6 +112,14 @@ def test_one_verdict_wording_follows_the_numbers():
   assert text == f"not detected at this power (80% power needs |effect| >= {100 * least:.3g} points)"
   assert "needs |effect| >= 5" in tables.verdict({**base, "excludes_zero": False,
                                                  "detectable": 5.0})
+  # The rate rules score a rate with a diverged net as +inf, never on its survivors.
+  assert tables.rate_score([0.1, 0.4]) == pytest.approx(0.2)
+  assert tables.rate_score([0.01, float("nan")]) == tables.rate_score([0.01, math.inf]) == math.inf
+  # A contrast without a p counts in its Holm family (as p = 1) and is never rejected.
+  family = tables.holm({"a": {"p": 0.02}, "b": {"p": 0.03}, "c": {"p": float("nan")}})
+  assert [family[k]["family_size"] for k in "abc"] == [3, 3, 3]
+  assert [family[k]["holm_reject"] for k in "abc"] == [False, False, False]  # 0.06, 0.06
+  assert family["a"]["p_holm"] == pytest.approx(0.06) and math.isnan(family["c"]["p_holm"])
   assert tables.verdict({**base, "mean": 0.0, "sd": 0.0}) == (
       "not detected: identical in every pair")
   # One nonzero difference in every pair: the sign test's p, never a detectable effect of 0.

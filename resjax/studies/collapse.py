@@ -166,8 +166,9 @@ def headline(result: dict[str, Any]) -> dict[str, str]:
         f"accuracy in points: n = {narrow} {tables.verdict_text(linear[narrow], 100, 1)}")
   if narrow + 1 in linear:
     c1 += f"; n = {narrow + 1} {tables.verdict_text(linear[narrow + 1], 100, 1)}"
-  c1 += (f"; detected after Holm at n = {', '.join(map(str, found)) or 'no width'} among "
-         f"the {len(linear)} widths.")
+  size = linear[narrow].get("family_size", len(linear))
+  c1 += (f"; detected after Holm at n = {', '.join(map(str, found)) or 'no width'} of "
+         f"the {len(linear)} widths (Holm among {size}).")
   relu = sorted((r for r in result["rows"] if r["variant"] == "relu"), key=lambda r: r["width"])
   # n = 2, 3 match by symmetry, not as evidence; where the theory is below 0.1% every
   # share is 0 and says nothing.

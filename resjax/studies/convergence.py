@@ -1,5 +1,5 @@
 """Convergence speed (C5): steps to reach a target full training loss, plain vs residual
-MLPs with the same budget (median over seeds, bootstrap interval), and the curves.
+MLPs with the same budget (median over seeds, order-statistic interval), and the curves.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _rows(run: runs.GridRun, steps: np.ndarray, target: float, seed: int) -> lis
     s = steps[idx]
     row = {"grid": run.name, "variant": v, "width": wd, "depth": d, "lr": run.nets[idx[0]].lr,
            "n": len(idx), "target_loss": target}
-    row.update(tables.stat_cols("steps_to_target_median", rstats.median_ci(s, seed=seed)))
+    row.update(tables.stat_cols("steps_to_target_median", rstats.median_ci(s)))
     row.update(tables.stat_cols("reached_fraction",
                                 rstats.wilson(int(np.isfinite(s).sum()), len(s))))
     for key in ("train_loss", "train_acc"):
@@ -70,7 +70,7 @@ def analyze(config, trained: dict[str, runs.GridRun], workdir: str, log) -> dict
       series[f"{v}/depth{d}/train_loss"] = s
       curves[f"{v}/depth{d}/train_loss_geomean"] = s["mean"]
   for v in variants:
-    triples = [rstats.median_ci(steps[by[(v, w, d)]], seed=config.seed) for d in depths]
+    triples = [rstats.median_ci(steps[by[(v, w, d)]]) for d in depths]
     shown = [tuple(min(x, budget * 1.08) if not math.isnan(x) else x for x in t) for t in triples]
     series[f"{v}/steps_to_target"] = tables.series(depths, shown)  # Not reached: above budget.
     missed += [{"variant": v, "depth": d, "reached": int(np.isfinite(steps[by[(v, w, d)]]).sum()),
@@ -119,7 +119,7 @@ def _steps_panel(ax, data: dict, series: dict) -> None:
   ax.set_ylim(0, budget * 1.15)
   ax.set_xlabel("depth (hidden layers)")
   ax.set_ylabel(f"steps to training loss <= {target:g} (median)")
-  ax.set_title("steps to target (95% bootstrap interval)")
+  ax.set_title("steps to target (median, 95% order-statistic interval)")
   ax.legend(frameon=False)
 
 

@@ -9,7 +9,6 @@ panel: gradient norms per layer at init of the deepest nets.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -28,8 +27,7 @@ def _best_rate(run: runs.GridRun) -> tuple[runs.GridRun, dict[str, float]]:
   best: dict[tuple, tuple[float, float]] = {}
   loss = tables.final(run, "train_loss")
   for (v, w, d, lr), idx in by.items():
-    score = tables.geo_ci95(loss[idx])[0]
-    score = score if math.isfinite(score) else math.inf
+    score = tables.rate_score(loss[idx])
     if (v, w, d) not in best or score < best[(v, w, d)][0]:
       best[(v, w, d)] = (score, lr)
   members = sorted(i for (v, w, d, lr), idx in by.items() if best[(v, w, d)][1] == lr

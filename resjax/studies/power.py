@@ -115,9 +115,8 @@ def pick_rates(run: runs.GridRun) -> dict[str, dict[str, Any]]:
   for v in sorted({n.variant for n in run.nets}):
     score = {}
     for lr in lrs:
-      s = tables.geo_ci95(loss[[i for i, n in enumerate(run.nets)
-                                if (n.variant, n.lr) == (v, lr)]])[0]
-      score[lr] = s if math.isfinite(s) else math.inf
+      score[lr] = tables.rate_score(loss[[i for i, n in enumerate(run.nets)
+                                          if (n.variant, n.lr) == (v, lr)]])
     best = min(lrs, key=lambda lr: score[lr])
     out[v] = {"lr": best, "at_edge": best in (lrs[0], lrs[-1]), "rates": lrs,
               "train_loss_geomean": [tables.g6(score[lr]) for lr in lrs]}
@@ -144,8 +143,7 @@ def _contrast(on: dict[int, float], off: dict[int, float], power: float) -> dict
   sd = c["sd"]
   return {**{k: tables.g6(c[k]) for k in ("mean", "lo", "hi", "p")}, "n": c["n"],
           "excludes_zero": c["excludes_zero"], "sd": tables.g6(sd),
-          "detectable": tables.g6(rstats.detectable(sd, c["n"], power)),
-          "detectable_holm": tables.g6(rstats.detectable(sd, c["n"], power, 1 - ALPHA / 3))}
+          "detectable": tables.g6(rstats.detectable(sd, c["n"], power))}
 
 
 def _verdict(c: dict[str, Any], power: float) -> str:
@@ -201,7 +199,10 @@ def analyze(config, trained: dict[str, runs.GridRun], workdir: str, log) -> dict
         gaps[key] = [acc[(on, w)][s] - acc[(off, w)][s]
                      for s in sorted(set(acc[(on, w)]) & set(acc[(off, w)]))]
   contrasts = tables.holm(contrasts)
-  for c in contrasts.values():
+  for c in contrasts.values():  # At Holm's first level: alpha over the family's size.
+    c["detectable_holm"] = tables.g6(rstats.detectable(
+        c["sd"] if c["sd"] is not None else math.nan, c["n"], power,
+        1 - ALPHA / c["family_size"]))
     c["verdict"] = _verdict(c, power)
   if log:
     for k, c in contrasts.items():

@@ -34,7 +34,8 @@ optimizer or rate); 'geometry at the end' (cosine, erank per optimizer and depth
 'init collapse predicts loss': across the plain nets at their best rates, the
 correlation of init erank and cosine with the final training loss, across depths
 (Spearman; depth drives both) and within depths (Pearson of the deviations from
-each depth's mean, df = nets - depths - 1). Verdicts: 'detected' where the Holm-
+each depth's mean, df = nets - depths - 1), each with its 95% Fisher-z interval
+(`stats.fisher_ci`). Verdicts: 'detected' where the Holm-
 adjusted test rejects (its 95% interval excludes 0), else 'not detected at this
 power' with the effect a paired t-test of its n and SD detects with power
 `config.power` (`stats.detectable`).
@@ -124,10 +125,8 @@ def _pair(values: np.ndarray, plain: list[int], resid: list[int], run: runs.Grid
   a = np.asarray([values[ps[s]] for s in common], np.float64)
   b = np.asarray([values[rs[s]] for s in common], np.float64)
   c = rstats.paired(a, b)
-  diff = (a - b)[np.isfinite(a - b)]
-  sd = float(np.std(diff, ddof=1)) if diff.size >= 2 else float("nan")
   return {**{k: tables.g6(c[k]) for k in ("mean", "lo", "hi", "p")}, "n": c["n"],
-          "excludes_zero": c["excludes_zero"], "sd": tables.g6(sd),
+          "excludes_zero": c["excludes_zero"], "sd": tables.g6(c["sd"]),
           "plain_mean": tables.g6(float(np.nanmean(a))) if a.size else None,
           "residual_mean": tables.g6(float(np.nanmean(b))) if b.size else None}
 
@@ -148,10 +147,11 @@ def _correlations(per_opt: dict, power: float) -> dict[str, dict]:
     for key in CONTRASTED:
       x = m[f"{key}_init"][idx]
       ok = np.isfinite(x) & np.isfinite(loss)
-      rho, p = sstats.spearmanr(x[ok], loss[ok]) if ok.sum() >= 3 else (np.nan, np.nan)
+      n = int(ok.sum())
+      rho, p = sstats.spearmanr(x[ok], loss[ok]) if n >= 3 else (np.nan, np.nan)
       family[f"{opt}: plain nets, {key} at init vs final training loss, across depths "
              "(Spearman)"] = {"estimate": tables.g6(float(rho)), "p": tables.g6(float(p)),
-                              "n": int(ok.sum())}
+                              "n": n, **tables.correlation_interval(float(rho), n - 3, 1.06)}
       dx, dl = x.astype(np.float64).copy(), loss.astype(np.float64).copy()
       for d in depths:  # Deviations from each depth's mean: what depth leaves over.
         sel = (depth == d) & ok
@@ -163,7 +163,7 @@ def _correlations(per_opt: dict, power: float) -> dict[str, dict]:
       pw = float(2 * sstats.t.sf(abs(t), df)) if np.isfinite(t) else np.nan
       family[f"{opt}: plain nets, {key} at init vs final training loss, within depths "
              "(Pearson)"] = {"estimate": tables.g6(r), "p": tables.g6(pw), "n": int(ok.sum()),
-                             "df": df}
+                             "df": df, **tables.correlation_interval(r, df - 1)}
   tables.holm(family)
   for c in family.values():
     c["family"] = "init collapse predicts loss"
@@ -238,7 +238,7 @@ def analyze(config, trained: dict[str, runs.GridRun], workdir: str, log) -> dict
             "reached": int(m["reached"][idx].sum()),
             **tables.stat_cols("train_loss", tables.ci95_in(m["train_loss"][idx], "loss")),
             **tables.stat_cols("steps_to_target_median",
-                               rstats.median_ci(m["steps_to_target"][idx], seed=config.seed)),
+                               rstats.median_ci(m["steps_to_target"][idx])),
             **{k: tables.g6(v_) for k, v_ in (
                 (f"{g}_{w}", float(np.nanmean(m[f"{g}_{w}"][idx])))
                 for g in GEOMETRY for w in ("init", "end"))}})
@@ -282,7 +282,7 @@ def _figure_data(per_opt: dict) -> dict:
         out["series"][f"{opt}/{v}/{key}"] = tables.series(depths, [rstats.mean_ci(
             m[key][idx[d]][np.isfinite(m[key][idx[d]])], bounds=bounds) for d in depths])
       out["series"][f"{opt}/{v}/steps"] = tables.series(
-          depths, [rstats.median_ci(m["steps_to_target"][idx[d]], seed=0) for d in depths])
+          depths, [rstats.median_ci(m["steps_to_target"][idx[d]]) for d in depths])
       out["best_lr"][f"{opt}/{v}"] = {"depths": depths,
                                       "lr": [best[(v, d)]["best_lr"] for d in depths],
                                       "bracketed": [best[(v, d)]["bracketed"] for d in depths]}
@@ -334,7 +334,8 @@ def figure(tabs: dict[str, Any]):
     _rates_panel(axes[1, 2], data, opts, dash)
     figures.finish(fig, f"Rank collapse: {data['title']}, plain vs residual, "
                    f"{data['steps']} steps", figures.footer(
-                       tabs, extra="; steps: medians with bootstrap intervals"))
+                       tabs, extra="; steps: medians, order-statistic 95% intervals "
+                       "(none below 6 seeds)"))
   return fig
 
 

@@ -201,7 +201,8 @@ def _grid_tables(run: runs.GridRun, d: int, out: dict) -> dict[str, Any]:
 
 
 def _damage(dims: list[int], per_d: dict) -> tuple[list[tuple[int, int]], np.ndarray]:
-  """The cells (d, n) and their per-seed damage (linear - ReLU), seeds aligned [cell, seed]."""
+  """The cells (d, n) and their per-seed damage (linear - ReLU), [cell, seed] over the
+  seeds every cell holds (column j is the same seed in every cell)."""
   cells, diffs = [], []
   for d in dims:
     info, by = per_d[d], per_d[d]["groups"]
@@ -210,11 +211,10 @@ def _damage(dims: list[int], per_d: dict) -> tuple[list[tuple[int, int]], np.nda
         acc = info["metrics"]["test_acc"]
         lin = {info["run"].nets[i].seed: acc[i] for i in by[("linear", w, 1)]}
         rel = {info["run"].nets[i].seed: acc[i] for i in by[("relu", w, 1)]}
-        seeds = sorted(set(lin) & set(rel))
         cells.append((d, w))
-        diffs.append([lin[s] - rel[s] for s in seeds])
-  common = min(len(v) for v in diffs) if diffs else 0
-  return cells, np.asarray([v[:common] for v in diffs], np.float64)
+        diffs.append({s: lin[s] - rel[s] for s in set(lin) & set(rel)})
+  seeds = sorted(set.intersection(*(set(v) for v in diffs))) if diffs else []
+  return cells, np.reshape([[v[s] for s in seeds] for v in diffs], (len(cells), len(seeds)))
 
 
 def _drawn(dims, per_d, cells, diffs_CxS, curves) -> dict[str, Any]:

@@ -19,10 +19,11 @@ own): final training loss, test accuracy and dead_final per (variant, width,
 depth) cell, and loss and accuracy pooled over cells per variant and per
 dead_layer_init; the loss contrasts also count the pairs at chance (final
 training loss within CHANCE_MARGIN of ln(classes)) without resets but not with
-them ('escaped') and the reverse ('fell'). Each states a verdict: 'detected'
-where the 95% interval excludes 0, else 'not detected at this power' with the
-effect a paired t-test of its n and SD would detect with power `config.power`
-(0.8; `stats.detectable`).
+them ('escaped') and the reverse ('fell'). Each states a verdict
+(`tables.verdict`): 'detected' where the 95% interval excludes 0 and Holm
+rejects within its family, else 'not detected' with the effect a paired t-test
+of its n and SD would detect with power `config.power` (0.8;
+`stats.detectable`).
 """
 from __future__ import annotations
 
@@ -101,21 +102,21 @@ def _trajectory(probes: list[tuple[int, dict[str, dict]]]) -> tuple[list[int], l
 
 
 def _contrast(values: np.ndarray, pairs: list[tuple[int, int]], power: float) -> dict[str, Any]:
-  """reset minus none over `pairs` (reset net, none net): interval, SD, verdict."""
+  """reset minus none over `pairs` (reset net, none net): interval, SD, detectable
+  effect (the verdict comes after Holm, `_verdicts`)."""
   on = [values[a] for a, _ in pairs]
   off = [values[b] for _, b in pairs]
   c = rstats.paired(on, off)
-  sd = c["sd"]
-  least = rstats.detectable(sd, c["n"], power)
-  if c["excludes_zero"]:
-    verdict = "detected"
-  elif c["n"] >= 2 and sd == 0:
-    verdict = tables.no_spread({**c, "sd": sd})
-  else:
-    verdict = f"not detected at this power ({power:.0%} power needs |effect| >= {least:.3g})"
   return {**{k: tables.g6(c[k]) for k in ("mean", "lo", "hi", "p")}, "n": c["n"],
-          "excludes_zero": c["excludes_zero"], "sd": tables.g6(sd),
-          "detectable": tables.g6(least), "verdict": verdict}
+          "excludes_zero": c["excludes_zero"], "sd": tables.g6(c["sd"]),
+          "detectable": tables.g6(rstats.detectable(c["sd"], c["n"], power))}
+
+
+def _verdicts(family: dict[str, dict], power: float) -> dict[str, dict]:
+  """Holm over `family`, then each contrast's verdict."""
+  for c in tables.holm(family).values():
+    c["verdict"] = tables.verdict(c, power)
+  return family
 
 
 def _chance(metrics: dict[str, np.ndarray], pairs: list[tuple[int, int]]) -> dict[str, int]:
@@ -140,7 +141,7 @@ def _families(run: runs.GridRun, arm: list[str], metrics: dict[str, np.ndarray],
     family = {f"{label}: {LABELS[v]}, width {w}, depth {d}": {
         "family": f"{key} per cell", **_contrast(metrics[key], p, power), **_chance(metrics, p)}
         for (v, w, d), p in sorted(pairs.items())}
-    out.update(tables.holm(family))
+    out.update(_verdicts(family, power))
   family = {}
   for key, label in (("train_loss", "final training loss"), ("test_acc", "test accuracy")):
     for v in sorted({c[0] for c in pairs}):
@@ -150,7 +151,7 @@ def _families(run: runs.GridRun, arm: list[str], metrics: dict[str, np.ndarray],
         if p:
           family[f"{label}: {LABELS[v]} nets with {tag}, all cells"] = {
               "family": "pooled by dead layer at init", **_contrast(metrics[key], p, power)}
-  out.update(tables.holm(family))
+  out.update(_verdicts(family, power))
   return out
 
 
@@ -254,7 +255,7 @@ def figure(tabs: dict[str, Any]):
     _pairs(axes[1, 1], data["pairs"])
     figures.finish(fig, data["title"], figures.footer(
         tabs, extra="; bottom left: resets minus none, paired by seed, filled where the "
-        "interval excludes 0"))
+        "interval excludes 0 and Holm rejects"))
   return fig
 
 
@@ -266,7 +267,8 @@ def _forest(ax, contrasts: dict[str, dict]) -> None:
     color = COLORS["residual" if "residual" in k else "plain"]
     mean, lo, hi = (np.nan if c[f] is None else c[f] for f in ("mean", "lo", "hi"))
     ax.plot([lo, hi], [y, y], color=color, lw=1.6)
-    ax.plot([mean], [y], "o", color=color, mfc=color if c["excludes_zero"] else "white")
+    detected = c.get("holm_reject") and c["excludes_zero"]
+    ax.plot([mean], [y], "o", color=color, mfc=color if detected else "white")
   ax.axvline(0.0, color="0.5", lw=0.8)
   cells = sum("all cells" not in k for k in keys)
   if 0 < cells < len(keys):  # Per cell above, pooled by dead layer at init below.

@@ -40,6 +40,14 @@ def geo_ci95(values):
   return rstats.geo_mean_ci(values, floor=1e-12)
 
 
+def rate_score(losses) -> float:
+  """A rate's score for the rate rules: the geometric mean of its nets' final
+  training losses, +inf where any of them diverged (a rate is never scored on
+  its survivors only)."""
+  v = np.asarray(losses, np.float64)
+  return float(geo_ci95(v)[0]) if v.size and np.isfinite(v).all() else math.inf
+
+
 def series(x: Sequence[float], triples) -> dict[str, list]:
   """What a figure draws as one line with its interval: x and (mean, lo, hi) per x."""
   return {"x": [g6(float(v)) for v in x], "mean": [g6(t[0]) for t in triples],
@@ -120,19 +128,33 @@ def paired(run: GridRun, metric: np.ndarray, a: tuple, b: tuple) -> dict[str, An
   seeds_b = {run.nets[i].seed: i for i in by[b]}
   common = sorted(set(seeds_a) & set(seeds_b))
   a_, b_ = [metric[seeds_a[s]] for s in common], [metric[seeds_b[s]] for s in common]
-  c = rstats.paired(a_, b_)
+  c = rstats.paired(a_, b_)  # Pairs with a non-finite value (a diverged net) drop out.
   sd = c["sd"]
-  return {**{k: g6(c[k]) for k in ("mean", "lo", "hi", "p")}, "n": len(common),
-          "excludes_zero": c["excludes_zero"], "sd": g6(sd),
-          "detectable": g6(rstats.detectable(sd, len(common)))}
+  return {**{k: g6(c[k]) for k in ("mean", "lo", "hi", "p")}, "n": c["n"],
+          "dropped": len(common) - c["n"], "excludes_zero": c["excludes_zero"], "sd": g6(sd),
+          "detectable": g6(rstats.detectable(sd, c["n"]))}
+
+
+def correlation_interval(r: float, size: float, factor: float = 1.0) -> dict[str, Any]:
+  """A correlation's 95% Fisher-z interval (`stats.fisher_ci`, standard error
+  sqrt(factor / size): size n - 3 for n pairs, factor 1.06 for Spearman's rho)
+  and whether it excludes 0."""
+  lo, hi = rstats.fisher_ci(r, math.sqrt(factor / size) if size > 0 else math.nan)
+  return {"lo": g6(lo), "hi": g6(hi),
+          "excludes_zero": bool(math.isfinite(lo) and (lo > 0 or hi < 0))}
 
 
 def holm(contrasts: dict[str, dict]) -> dict[str, dict]:
-  """Adds Holm-adjusted p-values over `contrasts` (the ones read together)."""
+  """Adds Holm-adjusted p-values over `contrasts` (the ones read together). A
+  contrast without a p (too few pairs) still counts in the family, as p = 1, so
+  'Holm among k' is a correction over all k; its own adjusted p stays empty."""
   keys = [k for k, c in contrasts.items() if "p" in c]
-  adjusted, reject = rstats.holm([contrasts[k]["p"] for k in keys])
-  for k, a, r in zip(keys, adjusted, reject):
-    contrasts[k].update(p_holm=g6(a), holm_reject=bool(r), family_size=len(keys))
+  p = [contrasts[k]["p"] for k in keys]
+  tested = [x is not None and math.isfinite(float(x)) for x in p]
+  adjusted, reject = rstats.holm([float(x) if t else 1.0 for x, t in zip(p, tested)])
+  for k, a, r, t in zip(keys, adjusted, reject, tested):
+    contrasts[k].update(p_holm=g6(a) if t else float("nan"), holm_reject=bool(r and t),
+                        family_size=len(keys))
   return contrasts
 
 
