@@ -103,20 +103,13 @@ def _trajectory(probes: list[tuple[int, dict[str, dict]]]) -> tuple[list[int], l
 
 def _contrast(values: np.ndarray, pairs: list[tuple[int, int]], power: float) -> dict[str, Any]:
   """reset minus none over `pairs` (reset net, none net): interval, SD, detectable
-  effect (the verdict comes after Holm, `_verdicts`)."""
+  effect (the verdict comes after Holm, `tables.verdicts`)."""
   on = [values[a] for a, _ in pairs]
   off = [values[b] for _, b in pairs]
   c = rstats.paired(on, off)
   return {**{k: tables.g6(c[k]) for k in ("mean", "lo", "hi", "p")}, "n": c["n"],
           "excludes_zero": c["excludes_zero"], "sd": tables.g6(c["sd"]),
           "detectable": tables.g6(rstats.detectable(c["sd"], c["n"], power))}
-
-
-def _verdicts(family: dict[str, dict], power: float) -> dict[str, dict]:
-  """Holm over `family`, then each contrast's verdict."""
-  for c in tables.holm(family).values():
-    c["verdict"] = tables.verdict(c, power)
-  return family
 
 
 def _chance(metrics: dict[str, np.ndarray], pairs: list[tuple[int, int]]) -> dict[str, int]:
@@ -141,7 +134,7 @@ def _families(run: runs.GridRun, arm: list[str], metrics: dict[str, np.ndarray],
     family = {f"{label}: {LABELS[v]}, width {w}, depth {d}": {
         "family": f"{key} per cell", **_contrast(metrics[key], p, power), **_chance(metrics, p)}
         for (v, w, d), p in sorted(pairs.items())}
-    out.update(_verdicts(family, power))
+    out.update(tables.verdicts(family, f"{key} per cell", power))
   family = {}
   for key, label in (("train_loss", "final training loss"), ("test_acc", "test accuracy")):
     for v in sorted({c[0] for c in pairs}):
@@ -151,7 +144,7 @@ def _families(run: runs.GridRun, arm: list[str], metrics: dict[str, np.ndarray],
         if p:
           family[f"{label}: {LABELS[v]} nets with {tag}, all cells"] = {
               "family": "pooled by dead layer at init", **_contrast(metrics[key], p, power)}
-  out.update(_verdicts(family, power))
+  out.update(tables.verdicts(family, "pooled by dead layer at init", power))
   return out
 
 
